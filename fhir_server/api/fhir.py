@@ -1,0 +1,76 @@
+"""The FHIR REST endpoint: one catch-all route that turns HTTP into FhirRequest and back.
+
+All FHIR behaviour lives in ``fhir_server.rest``; this file only adapts Starlette to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from fhir_server.api.negotiation import FHIR_JSON, negotiate
+from fhir_server.errors import TOO_COSTLY, FhirError
+from fhir_server.rest.request import FhirRequest, FhirResponse
+from fhir_server.rest.server import FhirServer
+
+router = APIRouter()
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def render(resp: FhirResponse, *, pretty: bool, head: bool, media_type: str = FHIR_JSON) -> Response:
+    headers = dict(resp.headers)
+    if resp.stream is not None:
+        return StreamingResponse(resp.stream, status_code=resp.status, headers=headers,
+                                 media_type=resp.media_type or "application/octet-stream")
+    if resp.resource is None or resp.status == 304:
+        return Response(status_code=resp.status, headers=headers)
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    body = b"" if head else orjson.dumps(resp.resource, option=option)
+    return Response(body, status_code=resp.status, headers=headers, media_type=f"{media_type}; charset=utf-8")
+
+
+def error_response(exc: FhirError, pretty: bool = False) -> Response:
+    return render(FhirResponse(exc.status, exc.outcome()), pretty=pretty, head=False)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise FhirError(413, TOO_COSTLY, f"The request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise FhirError(413, TOO_COSTLY, f"The request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def base_url(request: Request, server: FhirServer) -> str:
+    if server.settings.base_url:
+        return server.settings.base_url.rstrip("/")
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+@router.api_route("/fhir", methods=METHODS, include_in_schema=False)
+@router.api_route("/fhir/{path:path}", methods=METHODS, summary="FHIR R4 REST API")
+async def fhir_endpoint(request: Request, path: str = "") -> Response:
+    server: FhirServer = request.app.state.fhir
+    query = list(request.query_params.multi_items())
+    pretty = request.query_params.get("_pretty", "").lower() == "true"
+    head = request.method == "HEAD"
+    try:
+        negotiate(request.query_params.get("_format"), request.headers.get("accept"))
+        body = None if request.method in ("GET", "HEAD", "DELETE") else \
+            await read_body(request, server.settings.max_body_bytes)
+    except FhirError as exc:
+        return error_response(exc, pretty)
+    headers: dict[str, Any] = {k.lower(): v for k, v in request.headers.items()}
+    req = FhirRequest(request.method, path, query, headers, body, base_url=base_url(request, server))
+    resp = await run_in_threadpool(server.handle, req)
+    return render(resp, pretty=pretty, head=head)

@@ -1,0 +1,52 @@
+"""create_app(settings): the FastAPI application around the FHIR core."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from fhir_server.api import fhir
+from fhir_server.config import Settings, get_settings
+from fhir_server.errors import EXCEPTION, Issue, operation_outcome
+from fhir_server.hooks import HookPoint
+from fhir_server.rest.server import FhirServer
+from fhir_server.storage.outbox import OutboxDispatcher
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, server: FhirServer | None = None,
+               dispatcher: OutboxDispatcher | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    server = server or FhirServer(settings)
+    dispatcher = dispatcher or OutboxDispatcher(server.engine)
+    # Committed writes may have queued outbox work: let the dispatcher look now, not at the next poll.
+    server.hooks.register(HookPoint.AFTER_COMMIT, lambda _event, _repo: dispatcher.wake())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.outbox_dispatcher:
+            dispatcher.start(settings.outbox_poll_seconds)
+        yield
+        dispatcher.stop()
+
+    app = FastAPI(title="FHIR R4 server", version="0.1.0", lifespan=lifespan, docs_url="/docs")
+    app.state.fhir = server
+    app.state.outbox = dispatcher
+    app.include_router(fhir.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.exception_handler(Exception)
+    async def unhandled(_request: Request, exc: Exception) -> Response:
+        log.error("unhandled error: %s", type(exc).__name__)
+        return JSONResponse(operation_outcome([Issue(EXCEPTION, "Internal server error")]), status_code=500,
+                            media_type="application/fhir+json")
+
+    return app

@@ -1,0 +1,90 @@
+"""Framework-free request and response of the FHIR REST core (the web adapter converts to and from these)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from fhir_server.errors import INVALID, STRUCTURE, FhirError
+
+
+@dataclass
+class FhirRequest:
+    method: str
+    path: str  # relative to the FHIR base, e.g. "Patient/1/_history/2"; "" for the base itself
+    query: list[tuple[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes | None = None
+    # A large raw body (Binary upload) spooled to a file by the adapter instead of ``body``.
+    body_file: IO[bytes] | None = None
+    base_url: str = ""
+    # Bundle entries hand their already-parsed resource over instead of bytes.
+    resource: dict[str, Any] | None = None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def param(self, name: str) -> str | None:
+        for key, value in self.query:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def content_type(self) -> str:
+        return (self.header("content-type") or "").split(";")[0].strip().lower()
+
+    def json_body(self) -> Any:
+        if self.resource is not None:
+            return self.resource
+        if not self.body:
+            raise FhirError(400, STRUCTURE, "The request has no body")
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise FhirError(400, STRUCTURE, f"The body is not valid JSON: {exc}") from exc
+
+    def prefer(self, key: str) -> str | None:
+        """Value of one Prefer token, e.g. prefer("return") -> "minimal"."""
+        header = self.header("prefer")
+        if not header:
+            return None
+        for part in header.split(","):
+            for token in part.split(";"):
+                name, _, value = token.strip().partition("=")
+                if name.strip().lower() == key:
+                    return value.strip().strip('"') or name.strip()
+        return None
+
+
+@dataclass
+class FhirResponse:
+    status: int
+    resource: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    # Raw content (Binary download): an iterator of chunks and its media type.
+    stream: Iterator[bytes] | None = None
+    media_type: str | None = None
+
+
+def parse_version(value: str, what: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise FhirError(400, INVALID, f"{what} {value!r} is not a version number") from None
+    if number < 1:
+        raise FhirError(400, INVALID, f"{what} {value!r} is not a version number")
+    return number
+
+
+def parse_etag(value: str | None) -> int | None:
+    """If-Match / ETag values: W/"3", "3" or 3."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    return parse_version(text.strip('"'), "If-Match")

@@ -1,0 +1,71 @@
+"""FhirServer: the framework-free FHIR core. ``handle(request) -> response`` for any FHIR REST call."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from fhir_server.config import Settings
+from fhir_server.errors import EXCEPTION, INVALID, FhirError, Issue, operation_outcome
+from fhir_server.hooks import Hooks
+from fhir_server.rest import bundle
+from fhir_server.rest.metadata import capability_statement
+from fhir_server.rest.operations import OperationRegistry
+from fhir_server.rest.request import FhirRequest, FhirResponse
+from fhir_server.rest.router import READ_METHODS, route
+from fhir_server.rest.search import SUPPORTED as SEARCH_SUPPORTED
+from fhir_server.search.criteria import CriteriaFinder
+from fhir_server.storage.database import make_engine
+from fhir_server.storage.repository import Finder, Repository
+from fhir_server.storage.uow import UnitOfWork
+from fhir_server.validation import ResourceValidator
+
+log = logging.getLogger(__name__)
+
+
+class FhirServer:
+    def __init__(self, settings: Settings, engine: Engine | None = None, *, hooks: Hooks | None = None,
+                 finder: Finder | None = None, validator: ResourceValidator | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings)
+        self.hooks = hooks or Hooks()
+        self.validator = validator or ResourceValidator()
+        self.finder = finder or CriteriaFinder()
+        self.uow = UnitOfWork(self.engine, self.hooks, self.validator, self.finder)
+        self.operations = OperationRegistry()
+        self.started = datetime.now(UTC)
+        self._capability: dict[str, Any] | None = None
+
+    def capability_statement(self) -> dict[str, Any]:
+        if self._capability is None:
+            self._capability = capability_statement(self.settings.base_url or "", self.operations,
+                                                    set(SEARCH_SUPPORTED), self.started)
+        return self._capability
+
+    def route(self, req: FhirRequest, repo: Repository) -> FhirResponse:
+        return route(self, req, repo)
+
+    def handle(self, req: FhirRequest) -> FhirResponse:
+        """One request in one unit of work; every error leaves as an OperationOutcome."""
+        try:
+            if req.method == "POST" and not req.path.strip("/"):
+                return self._bundle(req)
+            write = req.method not in READ_METHODS and not req.path.rstrip("/").endswith("_search")
+            return self.uow.run(lambda repo: self.route(req, repo), write=write)
+        except FhirError as exc:
+            return FhirResponse(exc.status, exc.outcome())
+        except Exception:  # never a stack trace to the client; the log keeps it
+            log.exception("unhandled error in %s /%s", req.method, req.path)
+            return FhirResponse(500, operation_outcome([Issue(EXCEPTION, "Internal server error")]))
+
+    def _bundle(self, req: FhirRequest) -> FhirResponse:
+        body = req.json_body()
+        btype, entries = bundle.parse_bundle(body, req.base_url)
+        if btype == "transaction":
+            return bundle.transaction(self, req, entries)
+        if btype == "batch":
+            return bundle.batch(self, req, entries)
+        raise FhirError(400, INVALID, f"Unsupported Bundle.type {btype}")

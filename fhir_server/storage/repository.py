@@ -1,0 +1,253 @@
+"""The per-request repository: every read and write of resources goes through it.
+
+One generic path serves every resource type (HAPI's generic DAO, Medplum's Repository). It runs inside a
+unit of work's transaction (see ``uow.py``) and never commits itself. Writes keep ``meta.versionId`` and
+``meta.lastUpdated``, append a history row, and run the BEFORE_VALIDATE / BEFORE_COMMIT hooks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, and_, func, insert, select, update
+
+from fhir_server.errors import CONFLICT, DELETED, INVALID, NOT_FOUND, FhirError, Issue, not_found
+from fhir_server.hooks import HookPoint, Hooks, WriteEvent
+from fhir_server.storage.database import lock_key
+from fhir_server.storage.models import OUTBOX, RESOURCE, RESOURCE_HISTORY
+from fhir_server.validation import ResourceValidator
+
+RES = RESOURCE
+HIST = RESOURCE_HISTORY
+
+
+@dataclass(frozen=True)
+class Version:
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: dict[str, Any] | None
+    method: str = "PUT"
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+
+class Finder(Protocol):
+    """Finds resources matching search criteria (conditional interactions; the search module provides it)."""
+
+    def find_ids(self, repo: Repository, resource_type: str, params: list[tuple[str, str]], *,
+                 limit: int = 50, after: str | None = None) -> list[str]: ...
+
+
+def instant(value: datetime) -> str:
+    """FHIR instant text for a UTC datetime, millisecond precision as most servers emit."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Repository:
+    conn: Connection
+    hooks: Hooks
+    validator: ResourceValidator
+    finder: Finder
+    events: list[WriteEvent] = field(default_factory=list)
+
+    @property
+    def dialect(self) -> str:
+        return self.conn.dialect.name
+
+    # --- reads -------------------------------------------------------------------------------------------
+
+    def read(self, resource_type: str, resource_id: str) -> Version:
+        version = self.current(resource_type, resource_id)
+        if version is None:
+            raise not_found(resource_type, resource_id)
+        if version.deleted:
+            raise FhirError(410, DELETED, f"Resource {resource_type}/{resource_id} has been deleted "
+                                          f"(version {version.version_id})")
+        return version
+
+    def current(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Version | None:
+        stmt = select(RES.c.version_id, RES.c.last_updated, RES.c.deleted, RES.c.content).where(
+            RES.c.resource_type == resource_type, RES.c.id == resource_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = self.conn.execute(stmt).first()
+        if row is None:
+            return None
+        return Version(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.content)
+
+    def vread(self, resource_type: str, resource_id: str, version_id: int) -> Version:
+        row = self.conn.execute(
+            select(HIST.c.last_updated, HIST.c.deleted, HIST.c.content, HIST.c.method).where(
+                HIST.c.resource_type == resource_type, HIST.c.id == resource_id,
+                HIST.c.version_id == version_id)).first()
+        if row is None:
+            raise FhirError(404, NOT_FOUND, f"Version {version_id} of {resource_type}/{resource_id} is not known")
+        if row.deleted:
+            raise FhirError(410, DELETED, f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+        return Version(resource_type, resource_id, version_id, row.last_updated, row.deleted, row.content,
+                       row.method)
+
+    def read_many(self, references: list[tuple[str, str]]) -> list[Version]:
+        """Current, non-deleted versions of the given (type, id) pairs, in no particular order."""
+        out: list[Version] = []
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in references:
+            by_type.setdefault(rtype, []).append(rid)
+        for rtype, ids in by_type.items():
+            for start in range(0, len(ids), 500):
+                rows = self.conn.execute(
+                    select(RES.c.id, RES.c.version_id, RES.c.last_updated, RES.c.content).where(
+                        RES.c.resource_type == rtype, RES.c.id.in_(ids[start:start + 500]),
+                        RES.c.deleted.is_(False)))
+                out.extend(Version(rtype, r.id, r.version_id, r.last_updated, False, r.content) for r in rows)
+        return out
+
+    def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
+                since: datetime | None = None, at: datetime | None = None, before_pk: int | None = None,
+                count: int = 20) -> tuple[list[tuple[int, Version]], bool]:
+        """Versions newest first; returns (rows with their cursor pk, whether more follow)."""
+        conds = []
+        if resource_type is not None:
+            conds.append(HIST.c.resource_type == resource_type)
+        if resource_id is not None:
+            conds.append(HIST.c.id == resource_id)
+        if since is not None:
+            conds.append(HIST.c.last_updated >= since)
+        if at is not None:
+            conds.append(HIST.c.last_updated <= at)
+        if before_pk is not None:
+            conds.append(HIST.c.pk < before_pk)
+        stmt = select(HIST).where(and_(*conds)).order_by(HIST.c.pk.desc()).limit(count + 1)
+        rows = self.conn.execute(stmt).all()
+        out = [(r.pk, Version(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method))
+               for r in rows[:count]]
+        return out, len(rows) > count
+
+    def history_total(self, resource_type: str, resource_id: str) -> int:
+        return int(self.conn.execute(select(func.count()).select_from(HIST).where(
+            HIST.c.resource_type == resource_type, HIST.c.id == resource_id)).scalar_one())
+
+    def find_ids(self, resource_type: str, params: list[tuple[str, str]], *, limit: int = 50,
+                 after: str | None = None) -> list[str]:
+        return self.finder.find_ids(self, resource_type, params, limit=limit, after=after)
+
+    # --- writes ------------------------------------------------------------------------------------------
+
+    def lock(self, key: str) -> None:
+        """Serialise writers that share ``key`` until this transaction ends (conditional interactions).
+
+        SQLite writers already hold the database lock from BEGIN IMMEDIATE; PostgreSQL takes an advisory
+        transaction lock, so 50 concurrent conditional creates with the same criteria make one resource.
+        """
+        if self.dialect == "postgresql":
+            self.conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (lock_key(key),))
+
+    def create(self, resource_type: str, resource: dict[str, Any], *, resource_id: str | None = None,
+               method: str = "POST") -> Version:
+        event = WriteEvent("create", resource_type, resource_id, resource)
+        content = self._prepare(event)
+        rid = resource_id or str(uuid.uuid4())
+        return self._write(event, content, rid, 1, method, insert_current=True)
+
+    def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
+               if_match: int | None = None, method: str = "PUT",
+               interaction: str = "update") -> tuple[Version, bool]:
+        """Write a new version; returns (version, created) where created means no live resource existed."""
+        current = self.current(resource_type, resource_id, for_update=True)
+        _check_if_match(current, if_match, resource_type, resource_id)
+        event = WriteEvent(interaction, resource_type, resource_id, resource, previous=current)
+        content = self._prepare(event)
+        if current is None:
+            return self._write(event, content, resource_id, 1, method, insert_current=True), True
+        version = self._write(event, content, resource_id, current.version_id + 1, method, insert_current=False)
+        return version, current.deleted
+
+    def delete(self, resource_type: str, resource_id: str, *, if_match: int | None = None) -> Version | None:
+        """Write a tombstone version; None when the resource was already deleted."""
+        current = self.current(resource_type, resource_id, for_update=True)
+        if current is None:
+            raise not_found(resource_type, resource_id)
+        _check_if_match(current, if_match, resource_type, resource_id)
+        if current.deleted:
+            return None
+        event = WriteEvent("delete", resource_type, resource_id, None, previous=current)
+        return self._write(event, None, resource_id, current.version_id + 1, "DELETE", insert_current=False)
+
+    def enqueue(self, topic: str, key: str, payload: dict[str, Any], *, max_attempts: int = 10) -> None:
+        """Add work to the outbox in this transaction: it exists if and only if the change commits."""
+        now = datetime.now(UTC)
+        self.conn.execute(insert(OUTBOX).values(topic=topic, key=key, payload=payload, status="pending",
+                                                attempts=0, max_attempts=max_attempts, next_attempt_at=now,
+                                                created_at=now))
+
+    # --- internals ---------------------------------------------------------------------------------------
+
+    def _prepare(self, event: WriteEvent) -> dict[str, Any]:
+        self.hooks.run(HookPoint.BEFORE_VALIDATE, event, self)
+        assert event.resource is not None
+        issues = self.validator.validate(event.resource, event.resource_type)
+        if issues:
+            raise FhirError(400, issues)
+        return event.resource
+
+    def _write(self, event: WriteEvent, content: dict[str, Any] | None, resource_id: str, version_id: int,
+               method: str, *, insert_current: bool) -> Version:
+        now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as precise as meta.lastUpdated
+        if content is not None:
+            content = _stamp(content, resource_id, version_id, now)
+        deleted = content is None
+        values = {"version_id": version_id, "last_updated": now, "deleted": deleted, "content": content}
+        if insert_current:
+            self.conn.execute(insert(RES).values(resource_type=event.resource_type, id=resource_id, **values))
+        else:
+            self.conn.execute(update(RES).where(RES.c.resource_type == event.resource_type,
+                                                RES.c.id == resource_id).values(**values))
+        self.conn.execute(insert(HIST).values(resource_type=event.resource_type, id=resource_id,
+                                              method=method, **values))
+        version = Version(event.resource_type, resource_id, version_id, now, deleted, content, method)
+        event.resource_id = resource_id
+        event.resource = content
+        event.version = version
+        self.hooks.run(HookPoint.BEFORE_COMMIT, event, self)
+        self.events.append(event)
+        return version
+
+
+def _check_if_match(current: Version | None, if_match: int | None, rtype: str, rid: str) -> None:
+    if if_match is None:
+        return
+    if current is None:
+        raise FhirError(412, CONFLICT, f"If-Match W/\"{if_match}\" given but {rtype}/{rid} does not exist")
+    if current.version_id != if_match:
+        raise FhirError(412, CONFLICT, f"Version conflict on {rtype}/{rid}: If-Match W/\"{if_match}\" but the "
+                                       f"current version is {current.version_id}")
+
+
+def _stamp(resource: dict[str, Any], resource_id: str, version_id: int, now: datetime) -> dict[str, Any]:
+    """A copy with id and meta set; resourceType, id and meta first, as FHIR JSON is usually written."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version_id)
+    meta["lastUpdated"] = instant(now)
+    out: dict[str, Any] = {"resourceType": resource["resourceType"], "id": resource_id, "meta": meta}
+    for key, value in resource.items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def invalid_id(resource_type: str, value: str) -> FhirError:
+    return FhirError(400, [Issue(INVALID, f"Invalid id {value!r}", expression=(f"{resource_type}.id",))])

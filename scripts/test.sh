@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the test dependencies, start what the tests need (PostgreSQL), lint, type-check, run the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test]'
+
+FHIR_TEST_POSTGRES_URL="$(bash scripts/postgres.sh)"
+export FHIR_TEST_POSTGRES_URL
+
+echo "== ruff"; .venv/bin/ruff check fhir_server interfaces mappings terminology migrations tests bench
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"
+set +e
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; exit 1; fi
+exit "$status"
