@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-import jsonpatch
-
 from fhir_server.definitions import resource_types
 from fhir_server.errors import INVALID, NOT_FOUND, NOT_SUPPORTED, PROCESSING, FhirError, Issue, informational
+from fhir_server.rest.patch import apply_json_patch
 from fhir_server.rest.request import FhirRequest, FhirResponse, parse_etag, parse_version
 from fhir_server.rest.respond import read_response, version_headers, write_response
 from fhir_server.storage.repository import Repository, Version
@@ -150,15 +149,10 @@ def _apply_patch(req: FhirRequest, repo: Repository, current: Version) -> FhirRe
     if req.content_type != "application/json-patch+json":
         raise FhirError(415, NOT_SUPPORTED, f"PATCH supports application/json-patch+json, not "
                                             f"{req.content_type or 'no Content-Type'}")
-    operations = req.json_body()
-    if not isinstance(operations, list):
-        raise FhirError(400, INVALID, "A JSON Patch document is an array of operations")
     assert current.content is not None
-    try:
-        patched = jsonpatch.JsonPatch(operations).apply(current.content)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
-        raise FhirError(422, PROCESSING, f"The JSON Patch could not be applied: {exc}") from exc
-    if patched.get("id") != current.id or patched.get("resourceType") != current.resource_type:
+    patched = apply_json_patch(current.content, req.json_body())
+    if not isinstance(patched, dict) or (patched.get("id"), patched.get("resourceType")) != \
+            (current.id, current.resource_type):
         raise FhirError(422, PROCESSING, "A patch may not change the resource's id or resourceType")
     if_match = parse_etag(req.header("if-match"))
     version, _ = repo.update(current.resource_type, current.id, patched, if_match=if_match, method="PATCH",

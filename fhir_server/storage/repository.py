@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, true, update
 
 from fhir_server.errors import CONFLICT, DELETED, INVALID, NOT_FOUND, FhirError, Issue, not_found
 from fhir_server.hooks import HookPoint, Hooks, WriteEvent
@@ -130,7 +130,7 @@ class Repository:
             conds.append(HIST.c.last_updated <= at)
         if before_pk is not None:
             conds.append(HIST.c.pk < before_pk)
-        stmt = select(HIST).where(and_(*conds)).order_by(HIST.c.pk.desc()).limit(count + 1)
+        stmt = select(HIST).where(true(), *conds).order_by(HIST.c.pk.desc()).limit(count + 1)
         rows = self.conn.execute(stmt).all()
         out = [(r.pk, Version(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method))
                for r in rows[:count]]
