@@ -168,7 +168,9 @@ class Repository:
         """Write a new version; returns (version, created) where created means no live resource existed."""
         current = self.current(resource_type, resource_id, for_update=True)
         _check_if_match(current, if_match, resource_type, resource_id)
-        event = WriteEvent(interaction, resource_type, resource_id, resource, previous=current)
+        # A PUT that brings a resource into being is a create for hooks (subscriptions, audit).
+        event = WriteEvent(interaction if current is not None else "create", resource_type, resource_id, resource,
+                           previous=current)
         content = self._prepare(event)
         if current is None:
             return self._write(event, content, resource_id, 1, method, insert_current=True), True
