@@ -119,9 +119,22 @@ def plan(repo: Repository, entries: list[Entry], *, atomic: bool) -> Plan:
                 e.resource = {**e.resource, "id": rid}
                 _target(result, e, e.path)
     if atomic:
+        _reject_duplicates(entries)
         for e in entries:
             rewrite_entry(repo, e, result.targets)
     return result
+
+
+def _reject_duplicates(entries: list[Entry]) -> None:
+    """A transaction may not touch one resource twice (http.html#trules: identities must be unique)."""
+    seen: dict[str, int] = {}
+    for e in entries:
+        if e.method in ("PUT", "DELETE", "PATCH") and len(e.path.split("/")) == 2 and not e.query:
+            if e.path in seen:
+                where = f"Bundle.entry[{e.index}]"
+                raise FhirError(400, INVALID, f"{where}: {e.path} is already changed by Bundle.entry[{seen[e.path]}]"
+                                              "; a transaction may change a resource only once", (where,))
+            seen[e.path] = e.index
 
 
 def rewrite_entry(repo: Repository, e: Entry, targets: dict[str, str]) -> None:

@@ -3,6 +3,7 @@ and their conditional forms. Each is ``(request, repository) -> response`` and k
 
 from __future__ import annotations
 
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -176,5 +177,15 @@ def body_resource(req: FhirRequest, resource_type: str) -> dict[str, Any]:
 
 
 def _not_modified(req: FhirRequest, version: Version) -> bool:
+    """Conditional read (http.html#cread): If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2)."""
     if_none_match = req.header("if-none-match")
-    return if_none_match is not None and if_none_match.strip() in (version.etag, f'"{version.version_id}"')
+    if if_none_match is not None:
+        return if_none_match.strip() in (version.etag, f'"{version.version_id}"')
+    if_modified_since = req.header("if-modified-since")
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False  # an unparseable date is ignored, as HTTP says
+        return version.last_updated.replace(microsecond=0) <= since
+    return False

@@ -189,3 +189,13 @@ def test_synthea_patient_bundle_loads_in_one_transaction(api: LiveServer) -> Non
     obs = next(e for e in r.json()["entry"] if e["response"]["location"].startswith("Observation/"))
     got = api.http.get(obs["response"]["location"].split("/_history")[0]).json()
     assert got["subject"]["reference"] == f"Patient/{patient_id}"
+
+
+def test_transaction_may_not_change_one_resource_twice(api: LiveServer) -> None:
+    tx = bundle("transaction",
+                {"resource": {"resourceType": "Patient", "id": "dup"},
+                 "request": {"method": "PUT", "url": "Patient/dup"}},
+                {"request": {"method": "DELETE", "url": "Patient/dup"}})
+    r = api.http.post("", json=tx, headers=FHIR_JSON)
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.entry[1]"]
+    assert api.http.get("Patient/dup").status_code == 404

@@ -120,3 +120,12 @@ def test_unsupported_interaction_is_405(api: LiveServer) -> None:
     r = api.http.post("Patient/abc", json=patient(), headers=FHIR_JSON)
     assert r.status_code == 405 and r.json()["resourceType"] == "OperationOutcome"
     assert api.http.delete("metadata").status_code == 405
+
+
+def test_if_modified_since(api: LiveServer) -> None:
+    r = api.http.post("Patient", json=patient(), headers=FHIR_JSON)
+    pid, last_modified = r.json()["id"], r.headers["last-modified"]
+    assert api.http.get(f"Patient/{pid}", headers={"If-Modified-Since": last_modified}).status_code == 304
+    old = "Mon, 01 Jan 2001 00:00:00 GMT"
+    assert api.http.get(f"Patient/{pid}", headers={"If-Modified-Since": old}).status_code == 200
+    assert api.http.get(f"Patient/{pid}", headers={"If-Modified-Since": "garbage"}).status_code == 200
