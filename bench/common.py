@@ -31,6 +31,10 @@ import psycopg
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+# The server code under test: this checkout, or a clean snapshot of one commit (a git worktree) so that
+# others' uncommitted work in the tree is not measured. It goes first on sys.path for in-process use.
+SOURCE_DIR = Path(os.environ.get("FHIR_BENCH_SOURCE") or REPO_DIR).resolve()
+sys.path.insert(0, str(SOURCE_DIR))
 RESULTS = BENCH_DIR / "RESULTS.md"
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:54329/postgres"
 LOOPBACK = "127.0.0.1"
@@ -110,7 +114,7 @@ def fhir_server(database_url: str, workers: int, *, startup_timeout: float = 180
            "--workers", str(workers)]
     with open(log_path, "wb") as log:
         # Its own session, so stopping it also stops the uvicorn worker processes it forks.
-        process = subprocess.Popen(cmd, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(cmd, cwd=SOURCE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     server = Server(f"http://{LOOPBACK}:{port}/fhir", process, log_path)
     try:
@@ -221,11 +225,17 @@ def ms(seconds: float) -> str:
 
 def git_commit() -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=SOURCE_DIR, capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
     dirty = [line for line in git("status", "--porcelain", "--", "fhir_server", "migrations").splitlines() if line]
-    return commit + (" (+ uncommitted changes in fhir_server/ or migrations/)" if dirty else "")
+    where = "" if SOURCE_DIR == REPO_DIR else " (clean worktree)"
+    return commit + where + (" + uncommitted changes in fhir_server/ or migrations/" if dirty else "")
+
+
+def load_average() -> str:
+    """1/5/15-minute load: other work on this shared 2-core machine skews the numbers."""
+    return " / ".join(open("/proc/loadavg").read().split()[:3])
 
 
 def machine_facts(database_url: str) -> dict[str, str]:
@@ -248,13 +258,16 @@ def machine_facts(database_url: str) -> dict[str, str]:
         "python": platform.python_version(),
         "postgresql": f"{pg['version']} (shared_buffers={pg['shared_buffers']}, fsync={pg['fsync']}, "
                       f"synchronous_commit={pg['synchronous_commit']})",
-        "commit": git_commit(),
+        "commit measured": git_commit(),
+        "load average (1/5/15 min) at start": load_average(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
 def facts_markdown(facts: dict[str, str]) -> str:
-    return "\n".join(f"- {name}: {value}" for name, value in facts.items())
+    """The facts taken at the start, plus the load at the end (call when the measurements are done)."""
+    lines = [f"- {name}: {value}" for name, value in facts.items()]
+    return "\n".join([*lines, f"- load average (1/5/15 min) at end: {load_average()}"])
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -1,0 +1,159 @@
+"""Where ingest time goes: cProfile around ``FhirServer.handle`` on patient transaction Bundles, in-process
+on PostgreSQL (no HTTP). Prints and writes the ``ingest-profile`` section of RESULTS.md: in-process
+throughput without the profiler, then the hot spots by own time, by area, and key functions by
+cumulative time.
+
+    /tmp/venv/bin/python bench/profile_ingest.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import bench_database, facts_markdown, log, machine_facts, table, write_section
+from synthea import make_bundles
+
+# Own time is attributed to an area by where the function lives (first match wins).
+AREAS = [
+    ("validation: fhir.resources / fhir_core models", ("fhir/resources", "fhir_core")),
+    ("validation: pydantic", ("pydantic",)),
+    ("validation: our validator", ("fhir_server/validation",)),
+    ("SQLAlchemy", ("sqlalchemy",)),
+    ("psycopg (driver, incl. waiting for PostgreSQL)", ("psycopg",)),
+    ("transaction Bundle processing (rest/bundle.py)", ("fhir_server/rest/bundle",)),
+    ("repository / unit of work / hooks", ("fhir_server/storage", "fhir_server/hooks")),
+    ("search / indexing", ("fhir_server/search",)),
+    ("other fhir_server", ("fhir_server",)),
+    ("JSON (orjson/json)", ("orjson", "json")),
+]
+# Entry points whose cumulative time tells the story (matched on function name and file).
+KEY_FUNCTIONS = [
+    ("transaction", "rest/bundle.py"), ("plan", "rest/bundle.py"), ("_rewrite", "rest/bundle.py"),
+    ("run_entry", "rest/bundle.py"), ("create", "storage/repository.py"), ("_prepare", "storage/repository.py"),
+    ("validate", "fhir_server/validation"), ("model_validate", "pydantic"), ("_write", "storage/repository.py"),
+    ("execute", "sqlalchemy/engine/base.py"), ("_stamp", "storage/repository.py"), ("run", "fhir_server/hooks.py"),
+    ("commit", "sqlalchemy/engine/base.py"), ("json_body", "rest/request.py"), ("dumps", "orjson"),
+]
+
+
+def area_of(filename: str) -> str:
+    for name, needles in AREAS:
+        if any(n in filename for n in needles):
+            return name
+    if filename.startswith("~") or "<built-in" in filename:
+        return "builtins (C functions)"
+    return "other Python"
+
+
+def requests_for(bundles: list[dict[str, Any]]) -> list[Any]:
+    from fhir_server.rest.request import FhirRequest
+
+    return [FhirRequest("POST", "", [], {"content-type": "application/fhir+json"}, orjson.dumps(b),
+                        base_url="http://127.0.0.1/fhir") for b in bundles]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundles", type=int, default=30, help="Bundles per phase (timed, then profiled)")
+    parser.add_argument("--source", choices=["auto", "samples", "generated"], default="auto")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="smoke run; RESULTS.md is not written")
+    args = parser.parse_args(argv)
+    from fhir_server.config import Settings
+    from fhir_server.rest.server import FhirServer
+    from fhir_server.storage.migrate import upgrade
+
+    rng = random.Random(args.seed)
+    with bench_database("profile") as url:
+        facts = machine_facts(url)
+        server = FhirServer(Settings(database_url=url, outbox_dispatcher=False))
+        upgrade(server.engine)
+        kind, bundles = make_bundles(args.source, 3 + 2 * args.bundles, rng)
+        warm, timed, profiled = (requests_for(bundles[:3]), requests_for(bundles[3:3 + args.bundles]),
+                                 requests_for(bundles[3 + args.bundles:]))
+        for req in warm:
+            assert server.handle(req).status == 200
+        entries = sum(len(b["entry"]) for b in bundles[3:3 + args.bundles])
+        t0 = time.perf_counter()
+        for req in timed:
+            assert server.handle(req).status == 200
+        plain = time.perf_counter() - t0
+        log(f"in-process, no profiler: {entries / plain:,.0f} resources/s")
+        profile = cProfile.Profile()
+        profile.enable()
+        for req in profiled:
+            assert server.handle(req).status == 200
+        profile.disable()
+        server.engine.dispose()
+    report = render(pstats.Stats(profile), facts, kind, args, entries, plain)
+    print(report)
+    if not args.quick:
+        write_section("ingest-profile", report)
+        log("wrote the ingest-profile section of bench/RESULTS.md")
+    return 0
+
+
+def render(stats: pstats.Stats, facts: dict[str, str], kind: str, args: argparse.Namespace, entries: int,
+           plain: float) -> str:
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for (_cc, _nc, tt, _ct, _callers) in raw.values())
+
+    def short(key: tuple[str, int, str]) -> str:
+        filename, line, name = key
+        for marker in ("site-packages/", "/work/main/"):
+            if marker in filename:
+                filename = filename.split(marker, 1)[1]
+        return f"`{name}` ({filename}:{line})" if line else f"`{name}`"
+
+    own = sorted(raw.items(), key=lambda kv: -kv[1][2])[: args.top]
+    own_rows = [[i + 1, short(k), f"{v[2] / total:.1%}", f"{v[3] / total:.1%}", v[1]] for i, (k, v) in enumerate(own)]
+    areas: dict[str, float] = {}
+    for (filename, _line, _name), v in raw.items():
+        areas[area_of(filename)] = areas.get(area_of(filename), 0.0) + v[2]
+    area_rows = [[name, f"{t / total:.1%}"] for name, t in sorted(areas.items(), key=lambda kv: -kv[1])]
+    key_rows = []
+    for name, where in KEY_FUNCTIONS:
+        matches = [(k, v) for k, v in raw.items() if k[2] == name and where in k[0]]
+        if matches:
+            cum = max(v[3] for _k, v in matches)  # the outermost frame of a recursive function
+            calls = sum(v[1] for _k, v in matches)
+            key_rows.append([f"`{name}` ({where})", f"{cum / total:.1%}", calls])
+    key_rows.sort(key=lambda r: -float(str(r[1]).rstrip("%")))
+    return f"""## Ingest profile (`bench/profile_ingest.py`)
+
+{facts_markdown(facts)}
+
+In-process (`FhirServer.handle`, no HTTP) on PostgreSQL, {kind} patient transaction Bundles as in the
+ingest bench. Without the profiler, {args.bundles} Bundles ({entries:,} resources) took {plain:.1f}s:
+**{entries / plain:,.0f} resources/s on one thread** — the ceiling one server worker can reach before HTTP.
+Then {args.bundles} more Bundles under cProfile (profiled time {total:.1f}s; cProfile inflates Python-heavy
+code, so read the shares, not the absolute times).
+
+Own time by area (where the CPU is spent):
+
+{table(["area", "share of own time"], area_rows)}
+
+Key functions by cumulative time (share of the profiled time spent inside them):
+
+{table(["function", "cumulative share", "calls"], key_rows)}
+
+Top {args.top} functions by own time:
+
+{table(["#", "function", "own", "cumulative", "calls"], own_rows)}
+"""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
