@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from fhir_server.api import fhir
+from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.config import Settings, get_settings
 from fhir_server.errors import EXCEPTION, Issue, operation_outcome
 from fhir_server.hooks import HookPoint
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app.state.fhir = server
     app.state.outbox = dispatcher
     app.include_router(fhir.router)
+    app.add_middleware(AccessLogMiddleware)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -42,11 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = args.port or settings.port
         if args.workers > 1:
             uvicorn.run("fhir_server.asgi:app", host=host, port=port, workers=args.workers,
-                        log_level="info")
+                        log_level="info", access_log=False)
         else:
             from fhir_server.app import create_app
 
-            uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+            uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
         return 0
     if args.command == "load":
         from fhir_server.loader import load_paths
