@@ -12,6 +12,7 @@ from fhir_server.errors import INVALID, NOT_FOUND, NOT_SUPPORTED, PROCESSING, Fh
 from fhir_server.rest.patch import apply_json_patch
 from fhir_server.rest.request import FhirRequest, FhirResponse, parse_etag, parse_version
 from fhir_server.rest.respond import read_response, version_headers, write_response
+from fhir_server.rest.shaping import shape
 from fhir_server.storage.repository import Repository, Version
 from fhir_server.validation.resource import ID_RE
 
@@ -41,12 +42,19 @@ def read(req: FhirRequest, repo: Repository, resource_type: str, resource_id: st
     response = read_response(req, version)
     if _not_modified(req, version):
         return FhirResponse(304, None, response.headers)
+    return _shaped(req, response)
+
+
+def _shaped(req: FhirRequest, response: FhirResponse) -> FhirResponse:
+    summary, elements = req.param("_summary"), req.param("_elements")
+    if response.resource is not None and (summary or elements):
+        response.resource = shape(response.resource, summary, elements)
     return response
 
 
 def vread(req: FhirRequest, repo: Repository, resource_type: str, resource_id: str, vid: str) -> FhirResponse:
     check_id(resource_type, resource_id)
-    return read_response(req, repo.vread(resource_type, resource_id, parse_version(vid, "Version")))
+    return _shaped(req, read_response(req, repo.vread(resource_type, resource_id, parse_version(vid, "Version"))))
 
 
 def create(req: FhirRequest, repo: Repository, resource_type: str) -> FhirResponse:

@@ -129,3 +129,21 @@ def test_if_modified_since(api: LiveServer) -> None:
     old = "Mon, 01 Jan 2001 00:00:00 GMT"
     assert api.http.get(f"Patient/{pid}", headers={"If-Modified-Since": old}).status_code == 200
     assert api.http.get(f"Patient/{pid}", headers={"If-Modified-Since": "garbage"}).status_code == 200
+
+
+def test_read_with_summary_and_elements(api: LiveServer) -> None:
+    body = patient(text={"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">A</div>"},
+                   gender="female", photo=[{"contentType": "image/png", "data": "AAAA"}])
+    pid = api.http.post("Patient", json=body, headers=FHIR_JSON).json()["id"]
+    summary = api.http.get(f"Patient/{pid}", params={"_summary": "true"}).json()
+    assert summary["gender"] == "female" and "photo" not in summary and "text" not in summary
+    assert summary["meta"]["tag"][-1]["code"] == "SUBSETTED"
+    text = api.http.get(f"Patient/{pid}", params={"_summary": "text"}).json()
+    assert "text" in text and "name" not in text
+    data = api.http.get(f"Patient/{pid}", params={"_summary": "data"}).json()
+    assert "text" not in data and "photo" in data
+    elements = api.http.get(f"Patient/{pid}", params={"_elements": "birthDate"}).json()
+    assert set(elements) == {"resourceType", "id", "meta", "birthDate"}
+    assert api.http.get(f"Patient/{pid}", params={"_summary": "maybe"}).status_code == 400
+    full = api.http.get(f"Patient/{pid}").json()
+    assert "tag" not in full["meta"]
