@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,7 +21,11 @@ class Settings(BaseSettings):
     # Largest request body accepted for a FHIR resource or Bundle (Binary uploads stream and are capped apart).
     max_body_bytes: int = 64 * 1024 * 1024
     max_binary_bytes: int = 2 * 1024 * 1024 * 1024
+    # Where Binary content lives: file://DIR (relative to the working directory, or file:///abs) or
+    # s3://bucket[/prefix]?endpoint=http://host:9000&region=us-east-1 (any S3-compatible server).
     binary_store_url: str = "file://data/binary"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
     default_page_size: int = 20
     max_page_size: int = 1000
     outbox_poll_seconds: float = 1.0

@@ -5,7 +5,8 @@ All FHIR behaviour lives in ``fhir_server.rest``; this file only adapts Starlett
 
 from __future__ import annotations
 
-from typing import Any
+import tempfile
+from typing import IO, Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -13,16 +14,23 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from fhir_server.api.negotiation import FHIR_JSON, negotiate
+from fhir_server.binary import media as binary_media
 from fhir_server.errors import TOO_COSTLY, FhirError
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.server import FhirServer
 
 router = APIRouter()
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+SPOOL_IN_MEMORY = 1024 * 1024  # raw Binary bodies larger than this are spooled to a temporary file
 
 
 def render(resp: FhirResponse, *, pretty: bool, head: bool, media_type: str = FHIR_JSON) -> Response:
     headers = dict(resp.headers)
+    if resp.stream is not None and head:
+        close = getattr(resp.stream, "close", None)
+        if close is not None:
+            close()
+        return Response(status_code=resp.status, headers=headers, media_type=resp.media_type)
     if resp.stream is not None:
         return StreamingResponse(resp.stream, status_code=resp.status, headers=headers,
                                  media_type=resp.media_type or "application/octet-stream")
@@ -51,6 +59,26 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def spool_body(request: Request, limit: int) -> IO[bytes]:
+    """A raw Binary body, copied chunk by chunk to a temporary file (never held whole in memory)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise FhirError(413, TOO_COSTLY, f"The Binary content exceeds {limit} bytes", ("Binary.data",))
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 (closed by caller)
+    try:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise FhirError(413, TOO_COSTLY, f"The Binary content exceeds {limit} bytes", ("Binary.data",))
+            spool.write(chunk)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
 def base_url(request: Request, server: FhirServer) -> str:
     if server.settings.base_url:
         return server.settings.base_url.rstrip("/")
@@ -64,13 +92,23 @@ async def fhir_endpoint(request: Request, path: str = "") -> Response:
     query = list(request.query_params.multi_items())
     pretty = request.query_params.get("_pretty", "").lower() == "true"
     head = request.method == "HEAD"
+    body: bytes | None = None
+    body_file: IO[bytes] | None = None
     try:
-        negotiate(request.query_params.get("_format"), request.headers.get("accept"))
-        body = None if request.method in ("GET", "HEAD", "DELETE") else \
-            await read_body(request, server.settings.max_body_bytes)
+        negotiate(request.query_params.get("_format"), request.headers.get("accept"),
+                  raw_content=binary_media.is_read(request.method, path))
+        if binary_media.is_raw_write(request.method, path, request.headers.get("content-type")):
+            body_file = await spool_body(request, server.settings.max_binary_bytes)
+        elif request.method not in ("GET", "HEAD", "DELETE"):
+            body = await read_body(request, server.settings.max_body_bytes)
     except FhirError as exc:
         return error_response(exc, pretty)
     headers: dict[str, Any] = {k.lower(): v for k, v in request.headers.items()}
-    req = FhirRequest(request.method, path, query, headers, body, base_url=base_url(request, server))
-    resp = await run_in_threadpool(server.handle, req)
+    req = FhirRequest(request.method, path, query, headers, body, body_file=body_file,
+                      base_url=base_url(request, server))
+    try:
+        resp = await run_in_threadpool(server.handle, req)
+    finally:
+        if body_file is not None:
+            body_file.close()
     return render(resp, pretty=pretty, head=head)

@@ -9,8 +9,14 @@ XML_TYPES = {"xml", "text/xml", "application/xml", "application/fhir+xml", "appl
 FHIR_JSON = "application/fhir+json"
 
 
-def negotiate(format_param: str | None, accept: str | None) -> str:
-    """The media type to answer with, or FhirError 406."""
+FHIR_XML_TYPES = {"xml", "application/fhir+xml", "application/xml+fhir"}
+
+
+def negotiate(format_param: str | None, accept: str | None, *, raw_content: bool = False) -> str:
+    """The media type to answer with, or FhirError 406.
+
+    ``raw_content``: a Binary read, which may answer in the content's own type, so only FHIR XML is refused
+    (a stored XML document is served as application/xml)."""
     if format_param:
         fmt = format_param.split(";")[0].strip().lower()
         if fmt in JSON_TYPES:
@@ -23,7 +29,7 @@ def negotiate(format_param: str | None, accept: str | None) -> str:
     for media in ranges:
         if media in JSON_TYPES or media in ("*/*", "application/*", "") or media.endswith("+json"):
             return FHIR_JSON
-    if any(m in XML_TYPES for m in ranges):
+    if any(m in (FHIR_XML_TYPES if raw_content else XML_TYPES) for m in ranges):
         raise FhirError(406, NOT_SUPPORTED, "FHIR XML is not supported; ask for application/fhir+json")
     # Any other media type (text/html, image/png ...) is left to the interaction (Binary answers in its own).
     return ranges[0]

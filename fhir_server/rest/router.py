@@ -48,6 +48,8 @@ def route(server: FhirServer, req: FhirRequest, repo: Repository) -> FhirRespons
         return server.operations.invoke(req, repo, head[1:], None, None)
     ix.check_type_known(head)
     rtype = head
+    if rtype == "Binary" and (binary := server.binary.route(req, repo)) is not None:
+        return binary  # raw content in and out (fhir_server.binary)
     if len(parts) == 1:
         if method == "GET":
             return search_type(req, repo, rtype, req.query, default_count=s.default_page_size,

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from fhir_server.binary import BinaryStorage
 from fhir_server.config import Settings
 from fhir_server.errors import EXCEPTION, INVALID, FhirError, Issue, operation_outcome
 from fhir_server.hooks import Hooks
@@ -35,6 +36,7 @@ class FhirServer:
         self.validator = validator or ResourceValidator()
         self.finder = finder or CriteriaFinder()
         self.uow = UnitOfWork(self.engine, self.hooks, self.validator, self.finder)
+        self.binary = BinaryStorage(settings, self.hooks)  # Binary.data -> blob store, raw Binary REST
         self.operations = OperationRegistry()
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
