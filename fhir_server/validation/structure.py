@@ -141,6 +141,8 @@ def _companion(obj: dict[str, Any], key: str, value: Any, prop: Prop | None, pat
         _issue(out, STRUCTURE, step, f"'{key}' must be a non-empty JSON array (the element repeats)")
     elif values is not None and (type(values) is not list or len(values) != len(value)):
         _issue(out, STRUCTURE, step, f"'{key}' must have as many entries as '{prop.key}'")
+    elif values is None and all(item is None for item in value):
+        _issue(out, STRUCTURE, step, f"'{key}' holds only nulls and '{prop.key}' is absent: the element is empty")
     else:
         for i, item in enumerate(value):
             if item is None:
