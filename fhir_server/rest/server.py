@@ -19,6 +19,8 @@ from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.router import READ_METHODS, route
 from fhir_server.rest.search import SUPPORTED as SEARCH_SUPPORTED
 from fhir_server.search.criteria import CriteriaFinder
+from fhir_server.search.index import SearchIndexer
+from fhir_server.search.registry import core_registry
 from fhir_server.storage.database import make_engine
 from fhir_server.storage.repository import Finder, Repository
 from fhir_server.storage.uow import UnitOfWork
@@ -33,6 +35,8 @@ class FhirServer:
         self.settings = settings
         self.engine = engine or make_engine(settings)
         self.hooks = hooks or Hooks()
+        self.search_registry = core_registry()
+        SearchIndexer(self.search_registry, settings.base_url or "").register(self.hooks)
         self.validator = validator or ResourceValidator()
         self.finder = finder or CriteriaFinder()
         self.uow = UnitOfWork(self.engine, self.hooks, self.validator, self.finder)

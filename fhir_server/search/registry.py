@@ -1,0 +1,136 @@
+"""The search parameter registry, generated from the official R4 SearchParameter definitions.
+
+Every core parameter of every resource type comes from ``definitions/search-parameters`` (no hand-written
+lists). A parameter defined on several bases (``clinical-patient``: 32 types) carries one FHIRPath union; the
+registry keeps, per base type, only the union's parts that start with that type, so each type evaluates just
+what applies to it. ``Resource`` and ``DomainResource`` parameters (``_tag``, ``_profile``, ...) join every
+type they apply to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from fhir_server.definitions import bundle_resources, resource_types
+
+# Types that are Resources but not DomainResources (no text, contained, extension).
+NOT_DOMAIN = {"Bundle", "Binary", "Parameters"}
+# Parameters answered from the resource table itself, never indexed.
+RESOURCE_COLUMNS = {"_id", "_lastUpdated"}
+# Types whose values the index stores; composite and special parameters are not indexed (yet).
+INDEXED_TYPES = {"string", "token", "reference", "date", "number", "quantity", "uri"}
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    code: str
+    type: str  # number | date | string | token | reference | composite | quantity | uri | special
+    url: str
+    base: str  # the resource type this entry serves
+    expression: str | None  # the union parts for ``base`` only
+    targets: tuple[str, ...] = ()
+    components: tuple[tuple[str, str], ...] = ()  # composite: (definition url, expression)
+    description: str = ""
+
+    @property
+    def indexed(self) -> bool:
+        return self.type in INDEXED_TYPES and bool(self.expression) and self.code not in RESOURCE_COLUMNS
+
+    @property
+    def supported(self) -> bool:
+        """Searchable today: indexed parameters plus the ones answered from the resource table."""
+        return self.indexed or self.code in RESOURCE_COLUMNS
+
+
+def split_union(expression: str) -> list[str]:
+    """Split a FHIRPath union ``a | b | c`` at the top level (not inside parentheses or string literals)."""
+    parts: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    for i, ch in enumerate(expression):
+        if ch == "'" and (i == 0 or expression[i - 1] != "\\"):
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(expression[start:i].strip())
+            start = i + 1
+    parts.append(expression[start:].strip())
+    return [p for p in parts if p]
+
+
+def parts_for(expression: str, resource_type: str) -> list[str]:
+    """The union parts of ``expression`` that apply to ``resource_type``."""
+    out = []
+    for part in split_union(expression):
+        head = part.lstrip("(")
+        for generic in ("Resource.", "DomainResource."):
+            if head.startswith(generic):
+                part = part.replace(generic, f"{resource_type}.", 1)
+                head = head.replace(generic, f"{resource_type}.", 1)
+        if head.startswith(f"{resource_type}.") or head == resource_type:
+            out.append(part)
+    return out
+
+
+@dataclass
+class Registry:
+    """Search parameters by resource type and code."""
+
+    by_type: dict[str, dict[str, SearchParam]] = field(default_factory=dict)
+    by_url: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add_definition(self, sp: dict[str, Any]) -> None:
+        """Add one SearchParameter resource (core or, later, created at runtime)."""
+        bases = sp.get("base") or []
+        types = resource_types()
+        self.by_url[sp.get("url", "")] = sp
+        for base in bases:
+            if base == "Resource":
+                applies = sorted(types)
+            elif base == "DomainResource":
+                applies = sorted(types - NOT_DOMAIN)
+            elif base in types:
+                applies = [base]
+            else:
+                continue
+            for rtype in applies:
+                expr = sp.get("expression")
+                parts = parts_for(expr, rtype) if expr else []
+                self.by_type.setdefault(rtype, {})[sp["code"]] = SearchParam(
+                    code=sp["code"], type=sp["type"], url=sp.get("url", ""), base=rtype,
+                    expression=" | ".join(parts) or None, targets=tuple(sp.get("target") or ()),
+                    components=tuple((c["definition"], c["expression"]) for c in sp.get("component") or ()),
+                    description=sp.get("description", ""))
+
+    def get(self, resource_type: str, code: str) -> SearchParam | None:
+        return self.by_type.get(resource_type, {}).get(code)
+
+    def params(self, resource_type: str) -> dict[str, SearchParam]:
+        return self.by_type.get(resource_type, {})
+
+    def indexed(self, resource_type: str) -> list[SearchParam]:
+        return [p for p in self.params(resource_type).values() if p.indexed]
+
+    def supported(self, resource_type: str) -> list[SearchParam]:
+        return sorted((p for p in self.params(resource_type).values() if p.supported), key=lambda p: p.code)
+
+    def capability_params(self, resource_type: str) -> list[dict[str, Any]]:
+        """CapabilityStatement.rest.resource.searchParam for what this server really answers."""
+        return [{"name": p.code, "definition": p.url, "type": p.type} for p in self.supported(resource_type)]
+
+
+@lru_cache(maxsize=1)
+def core_registry() -> Registry:
+    """The registry of all R4 core search parameters (built once per process)."""
+    registry = Registry()
+    for sp in bundle_resources("search-parameters", "SearchParameter"):
+        registry.add_definition(sp)
+    return registry
