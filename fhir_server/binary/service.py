@@ -99,16 +99,19 @@ class BinaryStorage:
 
         The response carries the stored resource too (with its pointer, no bytes): a Bundle entry that
         reads a Binary shows that, as search does; HTTP sends the stream."""
+        as_fhir = media.wants_fhir(req.param("_format"), req.header("accept"))
+        if not as_fhir:  # _summary / _elements shape a resource, never the content itself
+            req = replace(req, query=[(k, v) for k, v in req.query if k not in ("_summary", "_elements")])
         found = ix.read(req, repo, "Binary", resource_id) if vid is None else \
             ix.vread(req, repo, "Binary", resource_id, vid)
         if found.status != 200 or found.resource is None:
             return found  # 304 Not Modified
         resource = found.resource
-        blob = content.pointer(resource)
+        blob = content.pointer(resource)  # None also when _summary / _elements left data out
         if blob is not None and not self.store.exists(blob.key):
             log.error("blob %s of Binary/%s is missing from the store", blob.key, resource_id)
             raise FhirError(500, EXCEPTION, f"The content of Binary/{resource_id} is missing from the binary store")
-        if media.wants_fhir(req.param("_format"), req.header("accept")):
+        if as_fhir:
             pretty = (req.param("_pretty") or "").lower() == "true"
             start, end = content.json_form(resource, has_data=blob is not None, pretty=pretty)
             length = len(start) + len(end) + (content.encoded_length(blob.size) if blob else 0)

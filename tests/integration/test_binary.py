@@ -19,11 +19,14 @@ import pytest
 import uvicorn
 from pydantic import SecretStr
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from fhir_server.app import create_app
 from fhir_server.binary.content import BLOB_EXT, pointer
+from fhir_server.hooks import HookPoint, WriteEvent
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.models import RESOURCE, RESOURCE_HISTORY
+from fhir_server.storage.repository import Repository
 from tests.conftest import Backend, LiveServer, _free_port, wait_until
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -107,6 +110,11 @@ def test_json_form_on_request(api: LiveServer) -> None:
         assert base64.b64decode(body["data"]) == PNG
         assert "_data" not in body  # the storage pointer is the server's business
         assert r.headers["content-length"] == str(len(r.content))
+    # _summary / _elements shape the JSON form (data is not a summary element) and never the raw content.
+    summary = api.http.get(f"Binary/{rid}?_summary=true").json()
+    assert summary["contentType"] == "image/png" and "data" not in summary and "_data" not in summary
+    assert base64.b64decode(api.http.get(f"Binary/{rid}?_elements=data").json()["data"]) == PNG
+    assert api.http.get(f"Binary/{rid}?_summary=true", headers=RAW).content == PNG
     # The raw form is the default for a client that names no FHIR type.
     assert api.http.get(f"Binary/{rid}", headers={"Accept": "image/png, */*;q=0.1"}).content == PNG
 
@@ -172,6 +180,43 @@ def test_update_vread_and_delete(api: LiveServer) -> None:
     assert api.http.delete("Binary/scan-7").status_code == 204
     assert api.http.get("Binary/scan-7", headers=RAW).status_code == 410
     assert api.http.get("Binary/scan-7/_history/1", headers=RAW).content == PDF  # history keeps its bytes
+
+
+def test_patch_keeps_or_replaces_content(api: LiveServer) -> None:
+    rid = api.http.post("Binary", content=PDF, headers={"Content-Type": "application/octet-stream"}).json()["id"]
+    patch = {"Content-Type": "application/json-patch+json"}
+    r = api.http.patch(f"Binary/{rid}", json=[{"op": "replace", "path": "/contentType", "value": "application/pdf"}],
+                       headers=patch)
+    assert r.status_code == 200, r.text
+    got = api.http.get(f"Binary/{rid}", headers=RAW)
+    assert got.content == PDF and got.headers["content-type"] == "application/pdf"
+    r = api.http.patch(f"Binary/{rid}", json=[
+        {"op": "add", "path": "/data", "value": base64.b64encode(PNG).decode()},
+        {"op": "replace", "path": "/contentType", "value": "image/png"}], headers=patch)
+    assert r.status_code == 200, r.text
+    assert api.http.get(f"Binary/{rid}", headers=RAW).content == PNG
+    assert_externalised(api, rid, PNG)
+
+
+def test_retried_raw_write_reads_the_body_again(api: LiveServer) -> None:
+    """A unit-of-work retry (a conflict the database reported) runs the raw upload again from the start."""
+    attempts: list[int] = []
+
+    def conflict_once(event: WriteEvent, _repo: Repository | None) -> None:
+        if event.resource_type == "Binary" and not attempts:
+            attempts.append(1)
+            raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed (injected)"))
+
+    api.fhir.hooks.register(HookPoint.BEFORE_COMMIT, conflict_once)
+    try:
+        big = os.urandom(3 * 1024 * 1024)  # larger than the adapter keeps in memory: spooled to disk
+        r = api.http.put("Binary/retried", content=big, headers={"Content-Type": "application/octet-stream"})
+    finally:
+        api.fhir.hooks.unregister(HookPoint.BEFORE_COMMIT, conflict_once)
+    assert attempts == [1]
+    assert r.status_code == 201, r.text
+    assert api.http.get("Binary/retried", headers=RAW).content == big
+    assert_externalised(api, "retried", big)
 
 
 def test_upload_limit_is_413(api: LiveServer) -> None:
