@@ -19,6 +19,7 @@ Check = Callable[[Any], "str | None"]
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
+MAX_STRING = 1024 * 1024  # R4 string: "SHALL NOT exceed 1MB in size" (counted here in characters)
 
 # JSON numbers carry integer/decimal; the SD regexes for these describe the XML/string form.
 _NUMBER_TYPES = {"integer": (INT32_MIN, "an integer"), "unsignedInt": (0, "an unsignedInt (>= 0)"),
@@ -63,6 +64,7 @@ def _valid_day(value: str) -> bool:
 
 def _string(type_name: str, regex: re.Pattern[str] | None) -> Check:
     dated = type_name in _DATE_TYPES
+    limit = MAX_STRING if type_name in ("string", "markdown") else None
     match = regex.fullmatch if regex is not None else None
 
     def check(value: Any) -> str | None:
@@ -70,6 +72,8 @@ def _string(type_name: str, regex: re.Pattern[str] | None) -> Check:
             return f"{_describe(value)} is not a JSON string holding a {type_name}"
         if not value:
             return f"an empty string is not a valid {type_name}"
+        if limit is not None and len(value) > limit:
+            return f"a {type_name} SHALL NOT exceed 1MB"
         if match is not None and match(value) is None:
             return f"{_describe(value)} is not a valid {type_name}"
         if dated and not _valid_day(value):

@@ -23,7 +23,11 @@ CODE_INVALID = "code-invalid"
 def validate_structure(resource: dict[str, Any], path: str | None = None) -> list[Issue]:
     """The issues of ``resource`` (a dict with a known R4 ``resourceType``) against R4's definitions."""
     out: list[Issue] = []
-    _resource(resource, path or str(resource.get("resourceType")), out)
+    root = path or str(resource.get("resourceType"))
+    try:
+        _resource(resource, root, out)
+    except RecursionError:  # JSON parsers allow ~1,000 levels; no real resource comes near
+        out.append(Issue(STRUCTURE, f"{root}: the resource is nested too deeply to validate", expression=(root,)))
     return out
 
 
@@ -100,7 +104,10 @@ def _object(obj: dict[str, Any], node: Node, path: str, out: list[Issue]) -> Non
         elif type(value) is list:
             _issue(out, STRUCTURE, f"{path}.{prop.fhir}", "must not be a JSON array (the element does not repeat)")
         elif prop.kind == PRIMITIVE:
-            _primitive(value, prop, f"{path}.{prop.fhir}", out)
+            check = prop.check  # inlined _primitive: most values are primitives, and most are valid
+            assert check is not None
+            if check(value) is not None or (prop.codes is not None and value not in prop.codes):
+                _primitive(value, prop, f"{path}.{prop.fhir}", out)
         else:
             _complex(value, prop, f"{path}.{prop.fhir}", out)
     for name, keys in node.required:

@@ -117,10 +117,6 @@ class Registry:
                 self._resources[name] = node  # published only when complete
         return node
 
-    def check(self, type_name: str) -> Check:
-        self._datatypes()
-        return self._checks[type_name]
-
     # --- compilation ----------------------------------------------------------------------------------
 
     def _datatypes(self) -> None:

@@ -371,3 +371,16 @@ def test_r4_rejects_whatever_r4b_rejects() -> None:
                 at = _json_path(resource["resourceType"], path if kind == "wrong-type" else (*path, "bogusElement"))
                 assert at in [_json_path_of(i.expression[0]) for i in ours], (at, ours)
     assert r4b_rejected > 300
+
+
+def test_deep_nesting_is_an_issue_not_a_crash() -> None:
+    extension: dict[str, Any] = {"url": "http://x", "valueString": "leaf"}
+    for _ in range(2000):
+        extension = {"url": "http://x", "extension": [extension]}
+    found = problems(patient(extension=[extension]))
+    assert found == [("structure", "Patient")]
+
+
+def test_string_size_limit() -> None:
+    assert problems(patient(name=[{"text": "x" * (1024 * 1024 + 1)}])) == [("value", "Patient.name[0].text")]
+    assert problems(patient(photo=[{"data": "QUFB" * 300_000}])) == []  # base64Binary has no such limit
