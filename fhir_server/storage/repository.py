@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, func, insert, select, true, update
+from sqlalchemy import Connection, CursorResult, Executable, bindparam, func, insert, select, true, update
 
 from fhir_server.errors import CONFLICT, DELETED, INVALID, NOT_FOUND, FhirError, Issue, not_found
 from fhir_server.hooks import HookPoint, Hooks, WriteEvent
@@ -22,6 +22,12 @@ from fhir_server.validation import ResourceValidator
 
 RES = RESOURCE
 HIST = RESOURCE_HISTORY
+_VERSION_COLUMNS = {c: bindparam(c) for c in ("version_id", "last_updated", "deleted", "content")}
+_INSERT_CURRENT = insert(RES).values(resource_type=bindparam("rt"), id=bindparam("rid"), **_VERSION_COLUMNS)
+_UPDATE_CURRENT = update(RES).where(RES.c.resource_type == bindparam("rt"), RES.c.id == bindparam("rid")) \
+    .values(**_VERSION_COLUMNS)
+_INSERT_HISTORY = insert(HIST).values(resource_type=bindparam("rt"), id=bindparam("rid"), method=bindparam("method"),
+                                      **_VERSION_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,28 @@ class Repository:
     finder: Finder
     events: list[WriteEvent] = field(default_factory=list)
 
+    # Inserts deferred until the next statement or the commit, then sent as one executemany per statement
+    # (psycopg pipelines it: one round trip for a whole transaction Bundle instead of one per row).
+    pending: dict[Executable, list[dict[str, Any]]] = field(default_factory=dict)
+
     @property
     def dialect(self) -> str:
         return self.conn.dialect.name
+
+    def defer(self, statement: Executable, params: dict[str, Any]) -> None:
+        """Queue an INSERT whose result nobody reads; it runs before anything else touches the database."""
+        self.pending.setdefault(statement, []).append(params)
+
+    def flush(self) -> None:
+        while self.pending:
+            statement, rows = next(iter(self.pending.items()))
+            del self.pending[statement]
+            self.conn.execute(statement, rows)
+
+    def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
+        """Run a statement in this transaction, after the deferred inserts (so it sees them)."""
+        self.flush()
+        return self.conn.execute(statement, params)
 
     # --- reads -------------------------------------------------------------------------------------------
 
@@ -83,13 +108,13 @@ class Repository:
             RES.c.resource_type == resource_type, RES.c.id == resource_id)
         if for_update:
             stmt = stmt.with_for_update()
-        row = self.conn.execute(stmt).first()
+        row = self.execute(stmt).first()
         if row is None:
             return None
         return Version(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.content)
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Version:
-        row = self.conn.execute(
+        row = self.execute(
             select(HIST.c.last_updated, HIST.c.deleted, HIST.c.content, HIST.c.method).where(
                 HIST.c.resource_type == resource_type, HIST.c.id == resource_id,
                 HIST.c.version_id == version_id)).first()
@@ -108,7 +133,7 @@ class Repository:
             by_type.setdefault(rtype, []).append(rid)
         for rtype, ids in by_type.items():
             for start in range(0, len(ids), 500):
-                rows = self.conn.execute(
+                rows = self.execute(
                     select(RES.c.id, RES.c.version_id, RES.c.last_updated, RES.c.content).where(
                         RES.c.resource_type == rtype, RES.c.id.in_(ids[start:start + 500]),
                         RES.c.deleted.is_(False)))
@@ -131,17 +156,18 @@ class Repository:
         if before_pk is not None:
             conds.append(HIST.c.pk < before_pk)
         stmt = select(HIST).where(true(), *conds).order_by(HIST.c.pk.desc()).limit(count + 1)
-        rows = self.conn.execute(stmt).all()
+        rows = self.execute(stmt).all()
         out = [(r.pk, Version(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method))
                for r in rows[:count]]
         return out, len(rows) > count
 
     def history_total(self, resource_type: str, resource_id: str) -> int:
-        return int(self.conn.execute(select(func.count()).select_from(HIST).where(
+        return int(self.execute(select(func.count()).select_from(HIST).where(
             HIST.c.resource_type == resource_type, HIST.c.id == resource_id)).scalar_one())
 
     def find_ids(self, resource_type: str, params: list[tuple[str, str]], *, limit: int = 50,
                  after: str | None = None) -> list[str]:
+        self.flush()
         return self.finder.find_ids(self, resource_type, params, limit=limit, after=after)
 
     # --- writes ------------------------------------------------------------------------------------------
@@ -191,7 +217,7 @@ class Repository:
     def enqueue(self, topic: str, key: str, payload: dict[str, Any], *, max_attempts: int = 10) -> None:
         """Add work to the outbox in this transaction: it exists if and only if the change commits."""
         now = datetime.now(UTC)
-        self.conn.execute(insert(OUTBOX).values(topic=topic, key=key, payload=payload, status="pending",
+        self.execute(insert(OUTBOX).values(topic=topic, key=key, payload=payload, status="pending",
                                                 attempts=0, max_attempts=max_attempts, next_attempt_at=now,
                                                 created_at=now))
 
@@ -212,14 +238,14 @@ class Repository:
         if content is not None:
             content = _stamp(content, resource_id, version_id, now)
         deleted = content is None
-        values = {"version_id": version_id, "last_updated": now, "deleted": deleted, "content": content}
+        params = {"rt": event.resource_type, "rid": resource_id, "version_id": version_id, "last_updated": now,
+                  "deleted": deleted, "content": content}
+        # Prebuilt statements with parameters apart: SQLAlchemy compiles each once (a hot path on ingest).
         if insert_current:
-            self.conn.execute(insert(RES).values(resource_type=event.resource_type, id=resource_id, **values))
+            self.defer(_INSERT_CURRENT, params)
         else:
-            self.conn.execute(update(RES).where(RES.c.resource_type == event.resource_type,
-                                                RES.c.id == resource_id).values(**values))
-        self.conn.execute(insert(HIST).values(resource_type=event.resource_type, id=resource_id,
-                                              method=method, **values))
+            self.execute(_UPDATE_CURRENT, params)
+        self.defer(_INSERT_HISTORY, {**params, "method": method})
         version = Version(event.resource_type, resource_id, version_id, now, deleted, content, method)
         event.resource_id = resource_id
         event.resource = content

@@ -56,6 +56,7 @@ class UnitOfWork:
                     with conn.begin():
                         repo = Repository(conn, self.hooks, self.validator, self.finder)
                         result = work(repo)
+                        repo.flush()
             except DBAPIError as exc:
                 if not _retryable(exc):
                     raise

@@ -199,3 +199,30 @@ def test_transaction_may_not_change_one_resource_twice(api: LiveServer) -> None:
     r = api.http.post("", json=tx, headers=FHIR_JSON)
     assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.entry[1]"]
     assert api.http.get("Patient/dup").status_code == 404
+
+
+def test_fullurls_are_rewritten_in_uris_and_narrative(api: LiveServer) -> None:
+    div = ('<div xmlns="http://www.w3.org/1999/xhtml">'
+           '<a href="urn:uuid:aa000000-0000-4000-8000-000000000001">p</a></div>')
+    tx = bundle("transaction",
+                post("urn:uuid:aa000000-0000-4000-8000-000000000001", {"resourceType": "Patient"}),
+                post("urn:uuid:aa000000-0000-4000-8000-000000000002", {
+                    "resourceType": "Provenance", "recorded": "2026-01-01T00:00:00Z",
+                    "text": {"status": "generated", "div": div},
+                    "policy": ["urn:uuid:aa000000-0000-4000-8000-000000000001"],
+                    "target": [{"reference": "urn:uuid:aa000000-0000-4000-8000-000000000001"}],
+                    "agent": [{"who": {"display": "urn:uuid:not-an-entry"}}]}),
+                {"fullUrl": "http://example.org/fhir/Patient/abs", "resource": {"resourceType": "Patient", "id": "abs"},
+                 "request": {"method": "PUT", "url": "Patient/abs"}},
+                post("urn:uuid:aa000000-0000-4000-8000-000000000003", {
+                    "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                    "subject": {"reference": "http://example.org/fhir/Patient/abs"}}))
+    r = api.http.post("", json=tx, headers=FHIR_JSON)
+    assert r.status_code == 200, r.text
+    locs = [e["response"]["location"].split("/_history")[0] for e in r.json()["entry"]]
+    prov = api.http.get(locs[1]).json()
+    assert prov["target"][0]["reference"] == locs[0]
+    assert prov["policy"] == [locs[0]]
+    assert f'href="{locs[0]}"' in prov["text"]["div"]
+    assert prov["agent"][0]["who"]["display"] == "urn:uuid:not-an-entry"  # not a reference: left alone
+    assert api.http.get(locs[3]).json()["subject"]["reference"] == "Patient/abs"
