@@ -22,7 +22,7 @@ from fhir_server.validation import ResourceValidator
 
 RES = RESOURCE
 HIST = RESOURCE_HISTORY
-_VERSION_COLUMNS = {c: bindparam(c) for c in ("version_id", "last_updated", "deleted", "content")}
+_VERSION_COLUMNS: dict[str, Any] = {c: bindparam(c) for c in ("version_id", "last_updated", "deleted", "content")}
 _INSERT_CURRENT = insert(RES).values(resource_type=bindparam("rt"), id=bindparam("rid"), **_VERSION_COLUMNS)
 _UPDATE_CURRENT = update(RES).where(RES.c.resource_type == bindparam("rt"), RES.c.id == bindparam("rid")) \
     .values(**_VERSION_COLUMNS)
