@@ -162,3 +162,16 @@ def test_running_dispatcher_thread_delivers_promptly(api: LiveServer) -> None:
         wait_until(lambda: got == ["prompt"], 10, "prompt delivery")
     finally:
         dispatcher.stop()
+
+
+def test_an_internal_error_is_a_500_outcome_without_a_stack_trace(api: LiveServer) -> None:
+    def broken(_event: WriteEvent, _repo: Repository | None) -> None:
+        raise KeyError("secret internal detail")
+
+    with hooked(api, HookPoint.BEFORE_COMMIT, broken):
+        r = api.http.post("Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON)
+    assert r.status_code == 500
+    assert r.json() == {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "exception", "diagnostics": "Internal server error"}]}
+    assert "Traceback" not in r.text and "secret" not in r.text
+    assert api.http.get("Patient").json()["entry"] == []  # rolled back
