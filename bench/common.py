@@ -205,6 +205,71 @@ def run_load(base: str, jobs: Sequence[Job], clients: int, *, max_seconds: float
     return result
 
 
+# --- CPU accounting (contention-proof cost per request) ---------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user+system CPU seconds) of one process, None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree_cpu(root: int) -> float:
+    """CPU seconds used so far by ``root`` and all its descendants (uvicorn's worker processes)."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
+            stats[int(entry)] = stat
+    total, frontier = 0.0, {root}
+    while frontier:
+        total += sum(stats[p][1] for p in frontier if p in stats)
+        frontier = {p for p, (ppid, _cpu) in stats.items() if ppid in frontier}
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds spent by the server, by the PostgreSQL backends serving the bench database, and by this
+    client process, between ``start()`` and ``stop()``. Unlike wall time, this barely moves when other work
+    shares the machine, so cost per request stays comparable between runs."""
+
+    server_pid: int
+    database_url: str
+    server: float = 0.0
+    postgres: float = 0.0
+    client: float = 0.0
+    _pg_before: dict[int, float] = field(default_factory=dict)
+    _server_before: float = 0.0
+    _client_before: float = 0.0
+
+    def _backends(self) -> dict[int, float]:
+        with psycopg.connect(libpq(self.database_url)) as conn:
+            pids = [int(r[0]) for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        return {pid: stat[1] for pid in pids if (stat := _proc_stat(pid)) is not None}
+
+    def start(self) -> None:
+        self._pg_before = self._backends()
+        self._server_before = process_tree_cpu(self.server_pid)
+        self._client_before = time.process_time()
+
+    def stop(self) -> None:
+        self.client = time.process_time() - self._client_before
+        self.server = process_tree_cpu(self.server_pid) - self._server_before
+        after = self._backends()
+        self.postgres = sum(cpu - self._pg_before.get(pid, 0.0) for pid, cpu in after.items())
+
+    @property
+    def total(self) -> float:
+        return self.server + self.postgres + self.client
+
+
 # --- statistics and machine facts ------------------------------------------------------------------------
 
 

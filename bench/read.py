@@ -22,6 +22,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    CpuMeter,
     LoadResult,
     bench_database,
     facts_markdown,
@@ -35,10 +36,11 @@ from common import (
     write_section,
 )
 from fill import fill, table_sizes
+from ingest import ceiling
 
 GOAL_P95_MS = 10.0
 HEADERS = ["server workers", "clients", "interaction", "requests", "requests/s", "p50 ms", "p95 ms", "p99 ms",
-           "max ms", "errors"]
+           "max ms", "server CPU ms/req", "PostgreSQL CPU ms/req", "CPU-bound ceiling req/s", "errors"]
 
 
 def get(path: str) -> Callable[[httpx.Client], int]:
@@ -62,11 +64,14 @@ def migrate(database_url: str) -> None:
     engine.dispose()
 
 
-def cells(workers: int, clients: int, what: str, r: LoadResult) -> list[Any]:
+def cells(workers: int, clients: int, what: str, r: LoadResult, cpu: CpuMeter) -> list[Any]:
     rate = r.jobs_done / r.wall if r.wall else 0.0
     p95 = percentile(r.latencies, 95)
+    n = max(1, r.jobs_done)
     return [workers, clients, what, r.jobs_done, f"{rate:,.0f}", ms(percentile(r.latencies, 50)), f"**{ms(p95)}**",
-            ms(percentile(r.latencies, 99)), ms(max(r.latencies, default=float("nan"))), len(r.errors)]
+            ms(percentile(r.latencies, 99)), ms(max(r.latencies, default=float("nan"))),
+            f"{cpu.server * 1000 / n:.2f}", f"{cpu.postgres * 1000 / n:.2f}",
+            f"{ceiling(workers, cpu.server / n, cpu.postgres / n):,.0f}", len(r.errors)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                     picks = [rng.choice(ids) for _ in range(args.requests)]
                     for what, jobs in (("read", [get(f"{t}/{i}") for t, i in picks]),
                                        ("vread", [get(f"{t}/{i}/_history/1") for t, i in picks[::-1]])):
+                        cpu = CpuMeter(server.process.pid, url)
+                        cpu.start()
                         result = run_load(server.base, jobs, clients, max_seconds=args.max_seconds)
-                        rows.append(cells(workers, clients, what, result))
+                        cpu.stop()
+                        rows.append(cells(workers, clients, what, result, cpu))
                         print(table(HEADERS, [rows[-1]]), flush=True)
                         for error in result.errors[:3]:
                             log(f"  error: {error}")
@@ -144,7 +152,9 @@ read path does not depend on how the rows got there. No search index rows are wr
 Each measurement: {args.requests:,} GETs of ids drawn uniformly at random from the whole dataset
 (`Type/id` for read, `Type/id/_history/1` for vread), by that many client threads (httpx, keep-alive),
 through a real `fhir-server serve --workers N` on loopback, after 200 warm-up reads. Latency is measured
-by the client and includes HTTP and JSON serialisation.
+by the client and includes HTTP and JSON serialisation. CPU ms/req and the ceiling are as in the ingest
+section: CPU time of the server processes and of the bench database's PostgreSQL backends per request,
+and the requests/s those costs allow on 2 otherwise idle cores.
 
 Goal: read p95 < {GOAL_P95_MS:.0f} ms. Read p95 with one client (worst over the worker counts):
 **{single:.1f} ms — goal {verdict}**. Worst p95 of any row: {worst:.1f} ms (the 4-client rows include
