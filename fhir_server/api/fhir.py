@@ -79,6 +79,15 @@ async def spool_body(request: Request, limit: int) -> IO[bytes]:
     return spool
 
 
+def handle(server: FhirServer, req: FhirRequest) -> FhirResponse:
+    """The core's answer; a raw Binary upload is stored first, outside the database transaction."""
+    try:
+        with server.binary.staged(req) as staged:
+            return server.handle(staged)
+    except FhirError as exc:
+        return FhirResponse(exc.status, exc.outcome())
+
+
 def base_url(request: Request, server: FhirServer) -> str:
     if server.settings.base_url:
         return server.settings.base_url.rstrip("/")
@@ -107,7 +116,7 @@ async def fhir_endpoint(request: Request, path: str = "") -> Response:
     req = FhirRequest(request.method, path, query, headers, body, body_file=body_file,
                       base_url=base_url(request, server))
     try:
-        resp = await run_in_threadpool(server.handle, req)
+        resp = await run_in_threadpool(handle, server, req)
     finally:
         if body_file is not None:
             body_file.close()

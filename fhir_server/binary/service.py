@@ -73,12 +73,25 @@ class BinaryStorage:
         raise FhirError(400, INVALID, "Binary._data names stored content this Binary does not hold; send the "
                                       "content as Binary.data or as a raw body", ("Binary._data",))
 
+    @contextmanager
+    def staged(self, req: FhirRequest) -> Iterator[FhirRequest]:
+        """Store a raw upload's content before the unit of work begins, so no transaction (on SQLite, the
+        write lock) is held while it is copied; the request handed on carries the stored blob instead."""
+        if not media.is_raw_write(req.method, req.path, req.header("content-type")):
+            yield req
+            return
+        blob = self.store.put(_body_chunks(req), max_bytes=self.settings.max_binary_bytes)
+        with minted(blob.key):
+            yield replace(req, body=None, body_file=None, resource=content.with_pointer({}, blob))
+
     def raw_write(self, req: FhirRequest, repo: Repository, resource_id: str | None) -> FhirResponse:
         """POST /Binary or PUT /Binary/{id} with the content as the body (any non-FHIR Content-Type).
 
-        A unit-of-work retry runs this again: the body is read again from its start and, the key being the
-        content's hash, stores nothing new."""
-        blob = self.store.put(_body_chunks(req), max_bytes=self.settings.max_binary_bytes)
+        The content was normally stored by ``staged``; otherwise it is stored here, and a unit-of-work retry
+        reads the body again from its start (the key being the content's hash, nothing new is stored)."""
+        blob = content.pointer(req.resource)
+        if blob is None or blob.key not in _minted.get():
+            blob = self.store.put(_body_chunks(req), max_bytes=self.settings.max_binary_bytes)
         resource: dict[str, Any] = {"resourceType": "Binary", "contentType": _content_type(req)}
         if resource_id is not None:
             resource["id"] = resource_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from fhir_server.app import create_app
 from fhir_server.binary.content import BLOB_EXT, pointer
 from fhir_server.hooks import HookPoint, WriteEvent
+from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.models import RESOURCE, RESOURCE_HISTORY
 from fhir_server.storage.repository import Repository
@@ -198,25 +200,49 @@ def test_patch_keeps_or_replaces_content(api: LiveServer) -> None:
     assert_externalised(api, rid, PNG)
 
 
-def test_retried_raw_write_reads_the_body_again(api: LiveServer) -> None:
-    """A unit-of-work retry (a conflict the database reported) runs the raw upload again from the start."""
-    attempts: list[int] = []
+def test_raw_upload_is_stored_before_the_transaction(api: LiveServer) -> None:
+    """Copying the content holds no database connection (on SQLite that would be the write lock)."""
+    store = api.fhir.binary.store
+    held: list[int] = []
+    put = store.put
+
+    def watching_put(*args: Any, **kwargs: Any) -> Any:
+        held.append(api.backend.engine.pool.checkedout())  # type: ignore[attr-defined]
+        return put(*args, **kwargs)
+
+    store.put = watching_put  # type: ignore[method-assign]
+    try:
+        assert api.http.post("Binary", content=PDF, headers={"Content-Type": "application/pdf"}).status_code == 201
+    finally:
+        del store.put  # type: ignore[method-assign]
+    assert held == [0]
+
+
+def test_retried_raw_write(api: LiveServer) -> None:
+    """A unit-of-work retry (a conflict the database reported) writes the Binary again: over HTTP with the
+    blob stored before the transaction, in process with the body read again from its start."""
+    attempts: list[str] = []
 
     def conflict_once(event: WriteEvent, _repo: Repository | None) -> None:
-        if event.resource_type == "Binary" and not attempts:
-            attempts.append(1)
+        if event.resource_type == "Binary" and event.resource_id not in attempts:
+            attempts.append(str(event.resource_id))
             raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed (injected)"))
 
+    big = os.urandom(3 * 1024 * 1024)  # larger than the adapter keeps in memory: spooled to disk
     api.fhir.hooks.register(HookPoint.BEFORE_COMMIT, conflict_once)
     try:
-        big = os.urandom(3 * 1024 * 1024)  # larger than the adapter keeps in memory: spooled to disk
         r = api.http.put("Binary/retried", content=big, headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 201, r.text
+        req = FhirRequest("PUT", "Binary/in-process", headers={"content-type": "image/png"},
+                          body_file=io.BytesIO(PNG), base_url=api.url)
+        assert api.fhir.handle(req).status == 201
     finally:
         api.fhir.hooks.unregister(HookPoint.BEFORE_COMMIT, conflict_once)
-    assert attempts == [1]
-    assert r.status_code == 201, r.text
+    assert attempts == ["retried", "in-process"]
     assert api.http.get("Binary/retried", headers=RAW).content == big
     assert_externalised(api, "retried", big)
+    assert api.http.get("Binary/in-process", headers=RAW).content == PNG
+    assert_externalised(api, "in-process", PNG)
 
 
 def test_upload_limit_is_413(api: LiveServer) -> None:
