@@ -24,6 +24,10 @@ from sqlalchemy.exc import IntegrityError
 
 from fhir_server.app import create_app
 from fhir_server.binary.content import BLOB_EXT, pointer
+from fhir_server.binary.s3 import S3BlobStore
+from fhir_server.binary.store import BlobMissing
+from fhir_server.config import Settings
+from fhir_server.errors import FhirError
 from fhir_server.hooks import HookPoint, WriteEvent
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
@@ -386,3 +390,22 @@ def test_s3_store_round_trip(backend: Backend, s3_endpoint: str) -> None:
     assert head["ContentLength"] == len(big)
     store.delete(sha)
     assert not store.exists(sha)
+
+
+def test_s3_store_protocol(s3_endpoint: str) -> None:
+    store = S3BlobStore.from_settings(Settings(
+        binary_store_url=f"s3://fhir-binary/protocol?endpoint={s3_endpoint}&region=us-east-1",
+        s3_access_key_id=SecretStr("test-key"), s3_secret_access_key=SecretStr("test-secret")))
+    data = os.urandom(100_000)
+    blob = store.put(data[i:i + 7000] for i in range(0, len(data), 7000))
+    assert blob.key == blob.sha256 == hashlib.sha256(data).hexdigest() and blob.size == len(data)
+    assert store.put([data]) == blob  # the same bytes: one object
+    listed = store.client.list_objects_v2(Bucket="fhir-binary", Prefix="protocol/")["Contents"]
+    assert [o["Key"] for o in listed] == [f"protocol/{blob.key}"]
+    assert b"".join(store.open(blob.key, chunk_size=4096)) == data
+    with pytest.raises(FhirError):
+        store.put([b"x" * 2000], max_bytes=1000)
+    store.delete(blob.key)
+    assert not store.exists(blob.key) and not store.exists("../etc")
+    with pytest.raises(BlobMissing):
+        store.open(blob.key)
