@@ -28,7 +28,7 @@ def make_engine(settings: Settings) -> Engine:
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size * 2,
-        pool_pre_ping=True,
+        pool_recycle=1800,  # no pre-ping: it costs a round trip per request; dropped connections retry (uow)
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
     )

@@ -30,6 +30,8 @@ RETRY_SQLSTATES = {"40001", "40P01", "23505", "55P03"}
 
 
 def _retryable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:  # a pooled connection the server dropped: the pool has discarded it
+        return True
     orig = exc.orig
     sqlstate = getattr(orig, "sqlstate", None)
     if sqlstate is not None:
@@ -53,6 +55,10 @@ class UnitOfWork:
                 with self.engine.connect() as conn:
                     if write:
                         conn.execution_options(fhir_write=True)
+                    elif conn.dialect.name == "postgresql":
+                        # READ COMMITTED snapshots per statement anyway, so a read-only unit of work loses
+                        # nothing without BEGIN/COMMIT and saves two round trips per request.
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
                     with conn.begin():
                         repo = Repository(conn, self.hooks, self.validator, self.finder)
                         result = work(repo)

@@ -147,3 +147,16 @@ def test_read_with_summary_and_elements(api: LiveServer) -> None:
     assert api.http.get(f"Patient/{pid}", params={"_summary": "maybe"}).status_code == 400
     full = api.http.get(f"Patient/{pid}").json()
     assert "tag" not in full["meta"]
+
+
+def test_a_connection_dropped_by_the_server_is_replaced(api: LiveServer) -> None:
+    if api.backend.name != "postgresql":
+        return
+    from sqlalchemy import text
+
+    pid = api.http.post("Patient", json=patient(), headers=FHIR_JSON).json()["id"]
+    with api.backend.engine.connect() as conn:  # terminate every other session of this database
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    for _ in range(25):  # more than the pool holds: every pooled connection was dropped
+        assert api.http.get(f"Patient/{pid}").status_code == 200
