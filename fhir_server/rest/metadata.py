@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from fhir_server import __version__
-from fhir_server.definitions import bundle_resources, resource_types
+from fhir_server.definitions import resource_types
 from fhir_server.rest.operations import OperationRegistry
 from fhir_server.storage.repository import instant
 
 TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type",
                      "create", "search-type"]
 SYSTEM_INTERACTIONS = ["transaction", "batch", "history-system"]
-# Search parameters every type answers to, with their definitions' canonical URLs.
-COMMON_SEARCH = [("_id", "token", "http://hl7.org/fhir/SearchParameter/Resource-id")]
-
-
-@lru_cache(maxsize=1)
-def _definitions_by_code() -> dict[tuple[str, str], dict[str, Any]]:
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for sp in bundle_resources("search-parameters", "SearchParameter"):
-        for base in sp.get("base", []):
-            out[(base, sp["code"])] = sp
-    return out
-
-
-def search_params_for(resource_type: str, supported: set[str]) -> list[dict[str, Any]]:
-    out = [{"name": n, "type": t, "definition": d} for n, t, d in COMMON_SEARCH if n in supported]
-    defs = _definitions_by_code()
-    for code in sorted(supported):
-        sp = defs.get((resource_type, code))
-        if sp is not None:
-            out.append({"name": code, "type": sp["type"], "definition": sp["url"]})
-    return out
-
-
-def capability_statement(base_url: str, operations: OperationRegistry, supported_search: set[str],
-                         started: datetime) -> dict[str, Any]:
+def capability_statement(base_url: str, operations: OperationRegistry,
+                         search_params: Callable[[str], list[dict[str, Any]]], started: datetime) -> dict[str, Any]:
+    """``search_params(type)``: the searchParam entries of that type (from the search registry)."""
     resources = []
     for rtype in sorted(resource_types()):
         entry: dict[str, Any] = {
@@ -53,7 +31,7 @@ def capability_statement(base_url: str, operations: OperationRegistry, supported
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "logical"],
-            "searchParam": search_params_for(rtype, supported_search),
+            "searchParam": search_params(rtype),
         }
         ops = [{"name": o.name, "definition": o.definition} for o in operations.operations.values()
                if o.types is None or rtype in o.types]

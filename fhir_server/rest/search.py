@@ -1,55 +1,214 @@
-"""Type-level search, interim: ``_id`` and ``identifier`` (what conditional interactions need), ``_count``
-and cursor paging. The search issue replaces the Finder behind it with the full R4 search."""
+"""Type-level search (search.html): GET ``Type?...`` and POST ``Type/_search`` (form body).
+
+Criteria are parsed by ``fhir_server.search.parser`` and run by the SearchFinder on the index tables.
+Result shaping here: ``_count``, ``_sort``, ``_total``, cursor paging (self/next links), ``_include`` /
+``_revinclude`` (with ``:iterate`` and ``*``), ``_summary=count``. Unknown parameters are ignored and
+reported in an OperationOutcome entry, or rejected with ``Prefer: handling=strict``.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
-from fhir_server.errors import NOT_SUPPORTED, FhirError, Issue, operation_outcome
-from fhir_server.rest.history import page_size
+from sqlalchemy import and_, or_, select
+
+from fhir_server.definitions import resource_types
+from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue, operation_outcome
 from fhir_server.rest.request import FhirRequest, FhirResponse
-from fhir_server.storage.repository import Repository, instant
+from fhir_server.search.finder import SearchFinder, parse_sort
+from fhir_server.search.parser import parse_query
+from fhir_server.search.registry import core_registry
+from fhir_server.search.tables import REFERENCE
+from fhir_server.storage.repository import Repository, Version, instant
 
-SUPPORTED = {"_id", "identifier"}
-CONTROL = {"_count", "_cursor", "_format", "_pretty"}
+MAX_INCLUDED = 1000  # included resources per page
+MAX_ITERATIONS = 4  # rounds of :iterate
+TOTAL_MODES = {"none", "estimate", "accurate"}
+# Result parameters accepted but not applied yet (reported as ignored).
+NOT_APPLIED = {"_elements", "_contained", "_containedType"}
+
+
+def finder_of(repo: Repository, req: FhirRequest) -> SearchFinder:
+    finder = repo.finder
+    return finder if isinstance(finder, SearchFinder) else SearchFinder(core_registry(), req.base_url)
+
+
+def search_params(req: FhirRequest, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """URL query plus, for POST _search, the form body (search.html#Introduction)."""
+    if req.method != "POST":
+        return list(params)
+    if req.body and req.content_type not in ("application/x-www-form-urlencoded", ""):
+        raise FhirError(415, INVALID, "POST _search takes an application/x-www-form-urlencoded body")
+    body = parse_qsl((req.body or b"").decode(), keep_blank_values=True)
+    return [*params, *body]
+
+
+def _count(value: str | None, default: int, maximum: int) -> int:
+    if value is None:
+        return default
+    try:
+        count = int(value)
+    except ValueError:
+        raise FhirError(400, INVALID, f"_count {value!r} is not a number", ("_count",)) from None
+    if count < 0:
+        raise FhirError(400, INVALID, "_count must not be negative", ("_count",))
+    return min(count, maximum)
 
 
 def search_type(req: FhirRequest, repo: Repository, resource_type: str, params: list[tuple[str, str]], *,
                 default_count: int, max_count: int) -> FhirResponse:
-    count = page_size(req, default_count, max_count)
-    criteria: list[tuple[str, str]] = []
-    ignored: list[tuple[str, str]] = []
-    for name, value in params:
-        if name in CONTROL:
-            continue
-        (criteria if name in SUPPORTED else ignored).append((name, value))
-    strict = (req.prefer("handling") or "").lower() == "strict"
-    if ignored and strict:
-        raise FhirError(400, [Issue(NOT_SUPPORTED, f"Unknown or unsupported search parameter '{n}'",
-                                    expression=(n,)) for n, _ in ignored])
-    after = req.param("_cursor")
-    ids = repo.find_ids(resource_type, criteria, limit=count + 1, after=after) if count else []
-    more = len(ids) > count
-    ids = ids[:count]
-    found = {v.id: v for v in repo.read_many([(resource_type, i) for i in ids])}
-    entries: list[dict[str, Any]] = [
-        {"fullUrl": f"{req.base_url}/{resource_type}/{i}", "resource": found[i].content, "search": {"mode": "match"}}
-        for i in ids if i in found]
+    params = search_params(req, params)
+    finder = finder_of(repo, req)
+    query = parse_query(finder.registry, resource_type, params, base_url=req.base_url)
+    control: dict[str, list[str]] = {}
+
+    def last(name: str, default: str | None = None) -> str | None:
+        values = control.get(name)
+        return values[-1] if values else default
+
+    for name, value in query.control:
+        control.setdefault(name, []).append(value)
+    ignored = list(query.unknown) + [(n, f"'{n}' is not applied yet") for n in control if n in NOT_APPLIED]
+    summary = last("_summary")
+    if summary not in (None, "count", "false"):
+        ignored.append(("_summary", f"_summary={summary} is not applied yet"))
+    if ignored and (req.prefer("handling") or "").lower() == "strict":
+        raise FhirError(400, [Issue(NOT_SUPPORTED, reason, expression=(name,)) for name, reason in ignored])
+
+    count = _count(last("_count"), default_count, max_count)
+    total_mode = last("_total", "none")
+    if total_mode not in TOTAL_MODES:
+        raise FhirError(400, INVALID, f"_total must be one of none, estimate, accurate (not {total_mode!r})",
+                        ("_total",))
+    sort = parse_sort(finder.registry, resource_type, ",".join(control.get("_sort", [])))
+    cursor = last("_cursor")
+
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
+                              "meta": {"lastUpdated": instant(datetime.now(UTC))}}
+    entries: list[dict[str, Any]] = []
+    used = [(k, v) for k, v in params if k != "_cursor" and k not in {n for n, _ in query.unknown}]
+    links = [{"relation": "self", "url": _url(req, resource_type, params)}]
+    if summary == "count":
+        bundle["total"] = finder.total(repo, resource_type, query.criteria)
+    elif count > 0:
+        page = finder.page(repo, resource_type, query.criteria, sort, count, cursor)
+        found = {v.id: v for v in repo.read_many([(resource_type, i) for i in page.ids])}
+        matches = [found[i] for i in page.ids if i in found]
+        entries = [_entry(req, v, "match") for v in matches]
+        entries += [_entry(req, v, "include") for v in _includes(req, repo, finder, resource_type, matches,
+                                                                 control)]
+        if page.next_cursor:
+            links.append({"relation": "next", "url": _url(req, resource_type, [*used, ("_cursor", page.next_cursor)])})
+        if total_mode != "none":
+            bundle["total"] = finder.total(repo, resource_type, query.criteria, estimate=total_mode == "estimate")
+        elif cursor is None and page.next_cursor is None:
+            bundle["total"] = len(matches)  # the whole result is on this page: the count is free
+    elif total_mode != "none":
+        bundle["total"] = finder.total(repo, resource_type, query.criteria, estimate=total_mode == "estimate")
     if ignored:
         entries.append({"resource": operation_outcome([
-            Issue(NOT_SUPPORTED, f"Search parameter '{n}' is not supported and was ignored", severity="warning",
-                  expression=(n,)) for n, _ in ignored]), "search": {"mode": "outcome"}})
-    used = [(k, v) for k, v in params if k != "_cursor" and (k, v) not in ignored]
-    links = [{"relation": "self", "url": _url(req, resource_type, used)}]
-    if more and ids:
-        links.append({"relation": "next", "url": _url(req, resource_type, [*used, ("_cursor", ids[-1])])})
-    bundle = {"resourceType": "Bundle", "type": "searchset", "meta": {"lastUpdated": instant(datetime.now(UTC))},
-              "link": links, "entry": entries}
+            Issue(NOT_SUPPORTED, f"{reason}; ignored", severity="warning", expression=(name,))
+            for name, reason in ignored]), "search": {"mode": "outcome"}})
+    bundle["link"] = links
+    bundle["entry"] = entries
     return FhirResponse(200, bundle)
+
+
+def _entry(req: FhirRequest, v: Version, mode: str) -> dict[str, Any]:
+    return {"fullUrl": f"{req.base_url}/{v.resource_type}/{v.id}", "resource": v.content, "search": {"mode": mode}}
 
 
 def _url(req: FhirRequest, path: str, query: list[tuple[str, str]]) -> str:
     qs = urlencode(query)
     return f"{req.base_url}/{path}" + (f"?{qs}" if qs else "")
+
+
+def _parse_include(finder: SearchFinder, name: str, spec: str) -> tuple[str, str | None, str | None]:
+    """``Source:param[:Target]`` or ``*`` -> (source, param or None for all, target)."""
+    if spec == "*":
+        return "*", None, None
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in resource_types():
+        raise FhirError(400, INVALID, f"{name} takes Type:parameter[:TargetType], not {spec!r}", (name,))
+    source, param = parts[0], parts[1]
+    if param != "*":
+        sp = finder.registry.get(source, param)
+        if sp is None or sp.type != "reference":
+            raise FhirError(400, INVALID, f"'{param}' is not a reference parameter of {source}", (name,))
+    target = parts[2] if len(parts) == 3 else None
+    if target is not None and target not in resource_types():
+        raise FhirError(400, INVALID, f"Unknown target type {target!r} in {name}", (name,))
+    return source, None if param == "*" else param, target
+
+
+def _includes(req: FhirRequest, repo: Repository, finder: SearchFinder, resource_type: str,
+              matches: list[Version], control: dict[str, list[str]]) -> list[Version]:
+    specs: list[tuple[bool, bool, tuple[str, str | None, str | None]]] = []  # (reverse, iterate, spec)
+    for name in ("_include", "_revinclude", "_include:iterate", "_revinclude:iterate",
+                 "_include:recurse", "_revinclude:recurse"):
+        for value in control.get(name, []):
+            specs.append((name.startswith("_rev"), ":" in name, _parse_include(finder, name, value)))
+    if not specs or not matches:
+        return []
+    seen = {(v.resource_type, v.id) for v in matches}
+    included: list[Version] = []
+    frontier = list(matches)
+    for round_ in range(MAX_ITERATIONS + 1):
+        refs: set[tuple[str, str]] = set()
+        for reverse, iterate, spec in specs:
+            if round_ > 0 and not iterate:
+                continue
+            refs |= _revinclude_refs(repo, spec, frontier) if reverse else _include_refs(repo, spec, frontier)
+        new = sorted(r for r in refs if r not in seen)[:MAX_INCLUDED - len(included)]
+        if not new:
+            break
+        seen.update(new)
+        frontier = repo.read_many(new)
+        included += frontier
+        if len(included) >= MAX_INCLUDED:
+            break
+    return included
+
+
+def _include_refs(repo: Repository, spec: tuple[str, str | None, str | None],
+                  sources: list[Version]) -> set[tuple[str, str]]:
+    source, param, target = spec
+    conds = []
+    by_type: dict[str, list[str]] = {}
+    for v in sources:
+        if source in ("*", v.resource_type):
+            by_type.setdefault(v.resource_type, []).append(v.id)
+    for rtype, ids in by_type.items():
+        conds.append(and_(REFERENCE.c.resource_type == rtype, REFERENCE.c.resource_id.in_(ids)))
+    if not conds:
+        return set()
+    stmt = select(REFERENCE.c.target_type, REFERENCE.c.target_id).where(
+        or_(*conds), REFERENCE.c.target_type.is_not(None), REFERENCE.c.target_url.is_(None))
+    if param is not None:
+        stmt = stmt.where(REFERENCE.c.param == param)
+    if target is not None:
+        stmt = stmt.where(REFERENCE.c.target_type == target)
+    return {(r.target_type, r.target_id) for r in repo.conn.execute(stmt.limit(MAX_INCLUDED * 2))}
+
+
+def _revinclude_refs(repo: Repository, spec: tuple[str, str | None, str | None],
+                     targets: list[Version]) -> set[tuple[str, str]]:
+    source, param, target = spec
+    if source == "*":
+        return set()
+    conds = []
+    by_type: dict[str, list[str]] = {}
+    for v in targets:
+        if target in (None, v.resource_type):
+            by_type.setdefault(v.resource_type, []).append(v.id)
+    for rtype, ids in by_type.items():
+        conds.append(and_(REFERENCE.c.target_type == rtype, REFERENCE.c.target_id.in_(ids)))
+    if not conds:
+        return set()
+    stmt = select(REFERENCE.c.resource_id).where(REFERENCE.c.resource_type == source, or_(*conds),
+                                                 REFERENCE.c.target_url.is_(None))
+    if param is not None:
+        stmt = stmt.where(REFERENCE.c.param == param)
+    return {(source, r.resource_id) for r in repo.conn.execute(stmt.limit(MAX_INCLUDED * 2))}

@@ -17,8 +17,7 @@ from fhir_server.rest.metadata import capability_statement
 from fhir_server.rest.operations import OperationRegistry
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.router import READ_METHODS, route
-from fhir_server.rest.search import SUPPORTED as SEARCH_SUPPORTED
-from fhir_server.search.criteria import CriteriaFinder
+from fhir_server.search.finder import SearchFinder
 from fhir_server.search.index import SearchIndexer
 from fhir_server.search.registry import core_registry
 from fhir_server.storage.database import make_engine
@@ -38,7 +37,7 @@ class FhirServer:
         self.search_registry = core_registry()
         SearchIndexer(self.search_registry, settings.base_url or "").register(self.hooks)
         self.validator = validator or ResourceValidator()
-        self.finder = finder or CriteriaFinder()
+        self.finder = finder or SearchFinder(self.search_registry, settings.base_url or "")
         self.uow = UnitOfWork(self.engine, self.hooks, self.validator, self.finder)
         self.binary = BinaryStorage(settings, self.hooks)  # Binary.data -> blob store, raw Binary REST
         self.operations = OperationRegistry()
@@ -48,7 +47,7 @@ class FhirServer:
     def capability_statement(self) -> dict[str, Any]:
         if self._capability is None:
             self._capability = capability_statement(self.settings.base_url or "", self.operations,
-                                                    set(SEARCH_SUPPORTED), self.started)
+                                                    self.search_registry.capability_params, self.started)
         return self._capability
 
     def route(self, req: FhirRequest, repo: Repository) -> FhirResponse:

@@ -63,7 +63,8 @@ class SearchIndexer:
             mark = "?" if dialect.paramstyle == "qmark" else "%s"
             sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
                    f"VALUES ({', '.join(mark for _ in columns)})")
-            processors: list[Callable[[Any], Any] | None] = [table.c[c].type.bind_processor(dialect)
-                                                             for c in columns]
+            # dialect_impl: the SQLite DATETIME text format must be exactly what SQLAlchemy binds in queries
+            processors: list[Callable[[Any], Any] | None] = [
+                table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
             cached = self._inserts[key] = (sql, columns, processors)
         return cached

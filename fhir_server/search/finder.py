@@ -1,0 +1,113 @@
+"""SearchFinder: runs parsed searches on the index, for conditional interactions and the search API.
+
+All reads go through the per-request Repository's connection (``repo.conn``), so the access policy that
+will be applied there covers searches too.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import and_, func, select
+
+from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue
+from fhir_server.search.parser import Criterion, HasCriterion, parse_query
+from fhir_server.search.registry import Registry
+from fhir_server.search.sql import SqlContext, conditions
+from fhir_server.search.sql.sort import SortKey, after_cursor, order_by, sort_expression
+from fhir_server.storage.models import RESOURCE
+
+if TYPE_CHECKING:
+    from fhir_server.storage.repository import Repository
+
+
+@dataclass
+class Page:
+    ids: list[str]
+    next_cursor: str | None
+
+
+def encode_cursor(values: list[Any], last_id: str) -> str:
+    data = [{"t": v.isoformat()} if isinstance(v, datetime) else v for v in values]
+    return base64.urlsafe_b64encode(orjson.dumps([data, last_id])).decode().rstrip("=")
+
+
+def decode_cursor(text: str, n: int) -> tuple[list[Any], str]:
+    try:
+        data, last_id = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        values = [datetime.fromisoformat(v["t"]) if isinstance(v, dict) else v for v in data]
+        if len(values) != n or not isinstance(last_id, str):
+            raise ValueError
+    except (ValueError, TypeError, KeyError):
+        raise FhirError(400, INVALID, "The paging cursor is not valid for this search", ("_cursor",)) from None
+    return values, last_id
+
+
+def parse_sort(registry: Registry, rtype: str, text: str | None) -> list[SortKey]:
+    keys: list[SortKey] = []
+    for raw in (text or "").split(","):
+        code = raw.strip()
+        if not code:
+            continue
+        desc = code.startswith("-")
+        code = code.lstrip("-")
+        sp = registry.get(rtype, code)
+        if sp is None or not sp.supported:
+            raise FhirError(400, [Issue(NOT_SUPPORTED, f"Cannot sort {rtype} by '{code}'", expression=("_sort",))])
+        keys.append(SortKey(sp, desc))
+    return keys
+
+
+class SearchFinder:
+    def __init__(self, registry: Registry, base_url: str = "") -> None:
+        self.registry = registry
+        self.ctx = SqlContext(registry, base_url)
+
+    def find_ids(self, repo: Repository, resource_type: str, params: list[tuple[str, str]], *,
+                 limit: int = 50, after: str | None = None) -> list[str]:
+        """Conditional interactions: every criterion must be understood (never ignore one and match more)."""
+        query = parse_query(self.registry, resource_type, params, base_url=self.ctx.base_url)
+        if query.unknown:
+            raise FhirError(400, [Issue(NOT_SUPPORTED, reason, expression=(name,)) for name, reason in query.unknown])
+        r = RESOURCE
+        conds = conditions(self.ctx, r, resource_type, query.criteria)
+        if after is not None:
+            conds.append(r.c.id > after)
+        rows = repo.conn.execute(select(r.c.id).where(and_(*conds)).order_by(r.c.id).limit(limit))
+        return [row.id for row in rows]
+
+    def page(self, repo: Repository, resource_type: str, criteria: list[Criterion | HasCriterion],
+             sort: list[SortKey], count: int, cursor: str | None) -> Page:
+        r = RESOURCE
+        keys = [sort_expression(r, resource_type, k).label(f"s{i}") for i, k in enumerate(sort)]
+        inner = select(r.c.id, *keys).where(and_(*conditions(self.ctx, r, resource_type, criteria))).subquery()
+        columns = [inner.c[f"s{i}"] for i in range(len(sort))]
+        stmt = select(inner)
+        if cursor:
+            values, last_id = decode_cursor(cursor, len(sort))
+            stmt = stmt.where(after_cursor(columns, sort, inner.c.id, values, last_id))
+        stmt = stmt.order_by(*order_by(columns, sort, inner.c.id)).limit(count + 1)
+        rows = repo.conn.execute(stmt).all()
+        more = len(rows) > count
+        rows = rows[:count]
+        next_cursor = encode_cursor(list(rows[-1][1:]), rows[-1][0]) if more and rows else None
+        return Page([row[0] for row in rows], next_cursor)
+
+    def total(self, repo: Repository, resource_type: str, criteria: list[Criterion | HasCriterion],
+              *, estimate: bool = False) -> int:
+        r = RESOURCE
+        matching = select(r.c.id).where(and_(*conditions(self.ctx, r, resource_type, criteria)))
+        if estimate and repo.dialect == "postgresql":
+            try:
+                compiled = matching.compile(repo.conn, compile_kwargs={"literal_binds": True})
+            except Exception:  # a value without a literal form: count exactly instead
+                compiled = None
+            if compiled is not None:
+                plan = repo.conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}").scalar_one()
+                plan = orjson.loads(plan) if isinstance(plan, str | bytes) else plan
+                return int(plan[0]["Plan"]["Plan Rows"])
+        return int(repo.conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one())

@@ -1,0 +1,60 @@
+"""SQL for search: one predicate builder per parameter type, composed here over the resource table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, FromClause, Select, and_, select
+
+from fhir_server.search.parser import Criterion, HasCriterion, TokenValue
+from fhir_server.search.sql.common import SqlContext
+from fhir_server.search.sql.date import date_predicate
+from fhir_server.search.sql.number import number_predicate, quantity_predicate
+from fhir_server.search.sql.reference import has_predicate, reference_predicate
+from fhir_server.search.sql.string import string_predicate
+from fhir_server.search.sql.token import token_predicate
+from fhir_server.search.sql.uri import uri_predicate
+from fhir_server.storage.models import RESOURCE
+
+__all__ = ["SqlContext", "conditions", "match_ids", "predicate"]
+
+
+def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: Criterion | HasCriterion) -> ColumnElement[bool]:
+    def sub(target: str, criteria: list[Criterion | HasCriterion]) -> Select[tuple[str]]:
+        return match_ids(ctx, target, criteria)
+
+    if isinstance(c, HasCriterion):
+        return has_predicate(r, rtype, c, sub)
+    kind = c.param.type
+    if c.param.code == "_id":
+        if c.modifier == "missing":
+            return r.c.id.is_(None) if c.values[0] else r.c.id.is_not(None)
+        ids = [v.code for v in c.values if isinstance(v, TokenValue) and v.code]
+        return r.c.id.not_in(ids) if c.modifier == "not" else r.c.id.in_(ids)
+    if kind == "token":
+        return token_predicate(r, rtype, c)
+    if kind == "string":
+        return string_predicate(r, rtype, c)
+    if kind == "date":
+        return date_predicate(r, rtype, c)
+    if kind == "number":
+        return number_predicate(r, rtype, c)
+    if kind == "quantity":
+        return quantity_predicate(r, rtype, c)
+    if kind == "uri":
+        return uri_predicate(r, rtype, c)
+    if kind == "reference":
+        return reference_predicate(ctx, r, rtype, c, sub)
+    raise AssertionError(f"unsupported parameter type {kind}")  # the parser only lets supported ones through
+
+
+def conditions(ctx: SqlContext, r: FromClause, rtype: str,
+               criteria: list[Criterion | HasCriterion]) -> list[ColumnElement[bool]]:
+    return [r.c.resource_type == rtype, r.c.deleted.is_(False),
+            *(predicate(ctx, r, rtype, c) for c in criteria)]
+
+
+def match_ids(ctx: SqlContext, rtype: str, criteria: list[Criterion | HasCriterion]) -> Select[Any]:
+    """``SELECT id`` of the live resources of ``rtype`` matching all criteria (a subquery for nesting)."""
+    r = RESOURCE.alias()
+    return select(r.c.id).where(and_(*conditions(ctx, r, rtype, criteria)))
