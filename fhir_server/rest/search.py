@@ -89,7 +89,7 @@ def search_type(req: FhirRequest, repo: Repository, resource_type: str, params: 
                               "meta": {"lastUpdated": instant(datetime.now(UTC))}}
     entries: list[dict[str, Any]] = []
     used = [(k, v) for k, v in params if k != "_cursor" and k not in {n for n, _ in query.unknown}]
-    links = [{"relation": "self", "url": _url(req, resource_type, params)}]
+    links = [{"relation": "self", "url": _url(req, resource_type, [*used, *([("_cursor", cursor)] if cursor else [])])}]
     if summary == "count":
         bundle["total"] = finder.total(repo, resource_type, query.criteria)
     elif count > 0:
