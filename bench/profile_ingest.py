@@ -21,7 +21,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bench_database, facts_markdown, log, machine_facts, table, write_section
+from common import SOURCE_DIR, bench_database, facts_markdown, log, machine_facts, table, write_section
 from synthea import make_bundles
 
 # Own time is attributed to an area by where the function lives (first match wins).
@@ -45,6 +45,9 @@ KEY_FUNCTIONS = [
     ("execute", "sqlalchemy/engine/base.py"), ("_stamp", "storage/repository.py"), ("run", "fhir_server/hooks.py"),
     ("commit", "sqlalchemy/engine/base.py"), ("json_body", "rest/request.py"), ("dumps", "orjson"),
 ]
+
+
+SEND_FUNCTIONS = {"_send_query_prepared", "_execute_send", "_exec_command"}
 
 
 def area_of(filename: str) -> str:
@@ -112,7 +115,7 @@ def render(stats: pstats.Stats, facts: dict[str, str], kind: str, args: argparse
 
     def short(key: tuple[str, int, str]) -> str:
         filename, line, name = key
-        for marker in ("site-packages/", "/work/main/"):
+        for marker in ("site-packages/", f"{SOURCE_DIR}/"):
             if marker in filename:
                 filename = filename.split(marker, 1)[1]
         return f"`{name}` ({filename}:{line})" if line else f"`{name}`"
@@ -131,6 +134,9 @@ def render(stats: pstats.Stats, facts: dict[str, str], kind: str, args: argparse
             calls = sum(v[1] for _k, v in matches)
             key_rows.append([f"`{name}` ({where})", f"{cum / total:.1%}", calls])
     key_rows.sort(key=lambda r: -float(str(r[1]).rstrip("%")))
+    # Every query psycopg sends goes through one of these: statements per resource = round-trip pressure.
+    sends = sum(v[1] for k, v in raw.items() if "psycopg" in k[0] and k[2] in SEND_FUNCTIONS)
+    resources = entries  # the profiled phase posts as many Bundles as the timed one, of the same kind
     return f"""## Ingest profile (`bench/profile_ingest.py`)
 
 {facts_markdown(facts)}
@@ -140,6 +146,10 @@ ingest bench. Without the profiler, {args.bundles} Bundles ({entries:,} resource
 **{entries / plain:,.0f} resources/s on one thread** — the ceiling one server worker can reach before HTTP.
 Then {args.bundles} more Bundles under cProfile (profiled time {total:.1f}s; cProfile inflates Python-heavy
 code, so read the shares, not the absolute times).
+
+Statements sent to PostgreSQL during the profiled phase: {sends:,} (about {sends / max(1, resources):.1f} per
+resource, counted at psycopg's send functions; each is a separate protocol message that PostgreSQL parses,
+plans from the prepared statement and executes).
 
 Own time by area (where the CPU is spent):
 
