@@ -32,11 +32,38 @@ class Settings(BaseSettings):
     # Run the in-process outbox dispatcher inside `serve` (the embedded default needs no worker).
     outbox_dispatcher: bool = True
     db_pool_size: int = 10
+    # HL7 v2 over MLLP (interfaces/mllp). `serve` starts the listener only when a port is set;
+    # `fhir-server mllp` uses 2575 when unset.
+    mllp_port: int | None = None
+    mllp_host: str | None = None  # default: `host`
+    mllp_max_message_bytes: int = 16 * 1024 * 1024
+    mllp_idle_timeout_seconds: float = 600.0
+    mllp_tls_cert: str | None = None  # PEM certificate chain; with mllp_tls_key, the listener speaks TLS
+    mllp_tls_key: str | None = None
+    mllp_tls_client_ca: str | None = None  # PEM CA bundle: when set, senders must present a client cert
+    # Assigning authority (CX-4 namespace or OID) -> Identifier.system, as JSON: {"HOSP": "https://..."}
+    hl7_identifier_systems: dict[str, str] = {}
+    hl7_default_timezone: str = "+00:00"  # for v2 timestamps without an offset
+    # --- SMART on FHIR (fhir_server.auth) ---
+    # Bearer token required on the FHIR API (all but /metadata and .well-known); unset: true in production.
+    auth_required: bool | None = None
+    auth_access_token_seconds: int = 900  # at most 1800 (30 min)
+    auth_refresh_token_days: int = 30
+    auth_key_rotation_days: int = 30  # a new id_token/access-token signing key after this; the old stays in JWKS
+    auth_smart_style_url: str | None = None
 
     @model_validator(mode="after")
     def _production_needs_postgres(self) -> Settings:
         if self.environment == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("FHIR_ENVIRONMENT=production requires a PostgreSQL FHIR_DATABASE_URL")
+        return self
+
+    @model_validator(mode="after")
+    def _auth_defaults(self) -> Settings:
+        if self.auth_required is None:
+            self.auth_required = self.environment == "production"
+        if not 60 <= self.auth_access_token_seconds <= 1800:
+            raise ValueError("FHIR_AUTH_ACCESS_TOKEN_SECONDS must be between 60 and 1800 (SMART: short-lived)")
         return self
 
     def sqlite_path(self) -> Path | None:
