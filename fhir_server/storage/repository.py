@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, CursorResult, Executable, bindparam, func, insert, select, true, update
+from sqlalchemy import Connection, CursorResult, Executable, Table, bindparam, func, insert, select, true, update
 
 from fhir_server.errors import CONFLICT, DELETED, INVALID, NOT_FOUND, FhirError, Issue, not_found
 from fhir_server.hooks import HookPoint, Hooks, WriteEvent
+from fhir_server.storage.bulk import BulkRows
 from fhir_server.storage.database import lock_key
 from fhir_server.storage.models import OUTBOX, RESOURCE, RESOURCE_HISTORY
 from fhir_server.validation import ResourceValidator
@@ -23,11 +24,8 @@ from fhir_server.validation import ResourceValidator
 RES = RESOURCE
 HIST = RESOURCE_HISTORY
 _VERSION_COLUMNS: dict[str, Any] = {c: bindparam(c) for c in ("version_id", "last_updated", "deleted", "content")}
-_INSERT_CURRENT = insert(RES).values(resource_type=bindparam("rt"), id=bindparam("rid"), **_VERSION_COLUMNS)
 _UPDATE_CURRENT = update(RES).where(RES.c.resource_type == bindparam("rt"), RES.c.id == bindparam("rid")) \
     .values(**_VERSION_COLUMNS)
-_INSERT_HISTORY = insert(HIST).values(resource_type=bindparam("rt"), id=bindparam("rid"), method=bindparam("method"),
-                                      **_VERSION_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,16 @@ class Version:
     @property
     def reference(self) -> str:
         return f"{self.resource_type}/{self.id}"
+
+
+class AccessPolicy(Protocol):
+    """What the request's token permits (fhir_server.auth.access); None on the repository = full access."""
+
+    def can_read(self, version: Version) -> bool: ...
+
+    def check_read(self, version: Version) -> None: ...
+
+    def check_write(self, resource_type: str, content: dict[str, Any] | None, previous: Version | None) -> None: ...
 
 
 class Finder(Protocol):
@@ -69,23 +77,23 @@ class Repository:
     finder: Finder
     events: list[WriteEvent] = field(default_factory=list)
 
-    # Inserts deferred until the next statement or the commit, then sent as one executemany per statement
-    # (psycopg pipelines it: one round trip for a whole transaction Bundle instead of one per row).
-    pending: dict[Executable, list[dict[str, Any]]] = field(default_factory=dict)
+    # Inserts deferred until the next statement or the commit, then written in bulk (COPY on PostgreSQL):
+    # a whole transaction Bundle, with its search index rows, costs a few statements instead of thousands.
+    pending: BulkRows = field(default_factory=BulkRows)
+    access: AccessPolicy | None = None  # auth: the caller's access policy, enforced below (None: full access)
 
     @property
     def dialect(self) -> str:
         return self.conn.dialect.name
 
-    def defer(self, statement: Executable, params: dict[str, Any]) -> None:
-        """Queue an INSERT whose result nobody reads; it runs before anything else touches the database."""
-        self.pending.setdefault(statement, []).append(params)
+    def defer_insert(self, table: Table, row: dict[str, Any]) -> None:
+        """Queue a row whose insert nobody reads back; it is written before anything else touches the
+        database in this transaction (any ``execute`` flushes first), at the latest before the commit."""
+        self.pending.add(table, row)
 
     def flush(self) -> None:
-        while self.pending:
-            statement, rows = next(iter(self.pending.items()))
-            del self.pending[statement]
-            self.conn.execute(statement, rows)
+        if self.pending:
+            self.pending.flush(self.conn)
 
     def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
         """Run a statement in this transaction, after the deferred inserts (so it sees them)."""
@@ -101,6 +109,8 @@ class Repository:
         if version.deleted:
             raise FhirError(410, DELETED, f"Resource {resource_type}/{resource_id} has been deleted "
                                           f"(version {version.version_id})")
+        if self.access is not None:  # auth
+            self.access.check_read(version)
         return version
 
     def current(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Version | None:
@@ -122,8 +132,11 @@ class Repository:
             raise FhirError(404, NOT_FOUND, f"Version {version_id} of {resource_type}/{resource_id} is not known")
         if row.deleted:
             raise FhirError(410, DELETED, f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
-        return Version(resource_type, resource_id, version_id, row.last_updated, row.deleted, row.content,
-                       row.method)
+        version = Version(resource_type, resource_id, version_id, row.last_updated, row.deleted, row.content,
+                          row.method)
+        if self.access is not None:  # auth
+            self.access.check_read(version)
+        return version
 
     def read_many(self, references: list[tuple[str, str]]) -> list[Version]:
         """Current, non-deleted versions of the given (type, id) pairs, in no particular order."""
@@ -138,6 +151,8 @@ class Repository:
                         RES.c.resource_type == rtype, RES.c.id.in_(ids[start:start + 500]),
                         RES.c.deleted.is_(False)))
                 out.extend(Version(rtype, r.id, r.version_id, r.last_updated, False, r.content) for r in rows)
+        if self.access is not None:  # auth: what the token may not see is left out
+            out = [v for v in out if self.access.can_read(v)]
         return out
 
     def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
@@ -159,6 +174,8 @@ class Repository:
         rows = self.execute(stmt).all()
         out = [(r.pk, Version(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method))
                for r in rows[:count]]
+        if self.access is not None:  # auth: filtered after paging, so a page may come back shorter
+            out = [(pk, v) for pk, v in out if self.access.can_read(v)]
         return out, len(rows) > count
 
     def history_total(self, resource_type: str, resource_id: str) -> int:
@@ -183,6 +200,8 @@ class Repository:
 
     def create(self, resource_type: str, resource: dict[str, Any], *, resource_id: str | None = None,
                method: str = "POST") -> Version:
+        if self.access is not None:  # auth
+            self.access.check_write(resource_type, resource, None)
         event = WriteEvent("create", resource_type, resource_id, resource)
         content = self._prepare(event)
         rid = resource_id or str(uuid.uuid4())
@@ -194,6 +213,8 @@ class Repository:
         """Write a new version; returns (version, created) where created means no live resource existed."""
         current = self.current(resource_type, resource_id, for_update=True)
         _check_if_match(current, if_match, resource_type, resource_id)
+        if self.access is not None:  # auth
+            self.access.check_write(resource_type, resource, current)
         # A PUT that brings a resource into being is a create for hooks (subscriptions, audit).
         event = WriteEvent(interaction if current is not None else "create", resource_type, resource_id, resource,
                            previous=current)
@@ -211,6 +232,8 @@ class Repository:
         _check_if_match(current, if_match, resource_type, resource_id)
         if current.deleted:
             return None
+        if self.access is not None:  # auth
+            self.access.check_write(resource_type, None, current)
         event = WriteEvent("delete", resource_type, resource_id, None, previous=current)
         return self._write(event, None, resource_id, current.version_id + 1, "DELETE", insert_current=False)
 
@@ -238,14 +261,13 @@ class Repository:
         if content is not None:
             content = _stamp(content, resource_id, version_id, now)
         deleted = content is None
-        params = {"rt": event.resource_type, "rid": resource_id, "version_id": version_id, "last_updated": now,
-                  "deleted": deleted, "content": content}
-        # Prebuilt statements with parameters apart: SQLAlchemy compiles each once (a hot path on ingest).
+        row = {"resource_type": event.resource_type, "id": resource_id, "version_id": version_id,
+               "last_updated": now, "deleted": deleted, "content": content}
         if insert_current:
-            self.defer(_INSERT_CURRENT, params)
+            self.defer_insert(RES, row)
         else:
-            self.execute(_UPDATE_CURRENT, params)
-        self.defer(_INSERT_HISTORY, {**params, "method": method})
+            self.execute(_UPDATE_CURRENT, {**row, "rt": event.resource_type, "rid": resource_id})
+        self.defer_insert(HIST, {**row, "method": method})
         version = Version(event.resource_type, resource_id, version_id, now, deleted, content, method)
         event.resource_id = resource_id
         event.resource = content

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 from sqlalchemy import Engine
@@ -18,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from fhir_server.errors import CONFLICT, FhirError
 from fhir_server.hooks import Hooks
-from fhir_server.storage.repository import Finder, Repository
+from fhir_server.storage.repository import AccessPolicy, Finder, Repository
 from fhir_server.validation import ResourceValidator
 
 T = TypeVar("T")
@@ -27,6 +29,18 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 # SQLSTATEs worth a retry: serialization_failure, deadlock_detected, unique_violation, lock_not_available.
 RETRY_SQLSTATES = {"40001", "40P01", "23505", "55P03"}
+# auth: the access policy of the request being handled (FhirServer.handle sets it), so every unit of work of
+# that request -- a plain interaction, a transaction Bundle, each batch entry -- gets a repository bound to it.
+CURRENT_ACCESS: ContextVar[AccessPolicy | None] = ContextVar("fhir_access", default=None)
+
+
+@contextmanager
+def acting_as(access: AccessPolicy | None) -> Iterator[None]:
+    token = CURRENT_ACCESS.set(access)
+    try:
+        yield
+    finally:
+        CURRENT_ACCESS.reset(token)
 
 
 def _retryable(exc: DBAPIError) -> bool:
@@ -49,7 +63,8 @@ class UnitOfWork:
         self.validator = validator
         self.finder = finder
 
-    def run(self, work: Callable[[Repository], T], *, write: bool) -> T:
+    def run(self, work: Callable[[Repository], T], *, write: bool, access: AccessPolicy | None = None) -> T:
+        access = access if access is not None else CURRENT_ACCESS.get()  # auth
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 with self.engine.connect() as conn:
@@ -60,7 +75,7 @@ class UnitOfWork:
                         # nothing without BEGIN/COMMIT and saves two round trips per request.
                         conn.execution_options(isolation_level="AUTOCOMMIT")
                     with conn.begin():
-                        repo = Repository(conn, self.hooks, self.validator, self.finder)
+                        repo = Repository(conn, self.hooks, self.validator, self.finder, access=access)
                         result = work(repo)
                         repo.flush()
             except DBAPIError as exc:
