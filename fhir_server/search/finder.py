@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import and_, func, select
 
 from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue
+from fhir_server.search.index import flush_pending
 from fhir_server.search.parser import Criterion, HasCriterion, parse_query
 from fhir_server.search.registry import Registry
 from fhir_server.search.sql import SqlContext, conditions
@@ -73,6 +74,7 @@ class SearchFinder:
         query = parse_query(self.registry, resource_type, params, base_url=self.ctx.base_url)
         if query.unknown:
             raise FhirError(400, [Issue(NOT_SUPPORTED, reason, expression=(name,)) for name, reason in query.unknown])
+        flush_pending(repo.conn)  # index rows queued earlier in this transaction must be visible
         r = RESOURCE
         conds = conditions(self.ctx, r, resource_type, query.criteria)
         if after is not None:
@@ -82,6 +84,7 @@ class SearchFinder:
 
     def page(self, repo: Repository, resource_type: str, criteria: list[Criterion | HasCriterion],
              sort: list[SortKey], count: int, cursor: str | None) -> Page:
+        flush_pending(repo.conn)
         r = RESOURCE
         keys = [sort_expression(r, resource_type, k).label(f"s{i}") for i, k in enumerate(sort)]
         inner = select(r.c.id, *keys).where(and_(*conditions(self.ctx, r, resource_type, criteria))).subquery()
@@ -99,6 +102,7 @@ class SearchFinder:
 
     def total(self, repo: Repository, resource_type: str, criteria: list[Criterion | HasCriterion],
               *, estimate: bool = False) -> int:
+        flush_pending(repo.conn)
         r = RESOURCE
         matching = select(r.c.id).where(and_(*conditions(self.ctx, r, resource_type, criteria)))
         if estimate and repo.dialect == "postgresql":

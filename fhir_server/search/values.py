@@ -27,13 +27,15 @@ DATE_RE = re.compile(
 
 def normalize(text: str) -> str:
     """Accent- and case-insensitive form used for string search (``Chloé`` and ``CHLOE`` match)."""
+    if text.isascii():  # the common case, 10x cheaper
+        return text.lower()[:MAX_INDEXED]
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()[:MAX_INDEXED]
 
 
 def hash64(*parts: str | None) -> int:
     """A signed 64-bit hash of the parts (None and "" differ), stable across processes and databases."""
-    data = "\x1f".join("\x00" if p is None else p for p in parts).encode()
+    data = "\x1f".join(["\x00" if p is None else p for p in parts]).encode()
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 

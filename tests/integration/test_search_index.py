@@ -32,3 +32,19 @@ def test_failed_transaction_leaves_no_index_rows(api: LiveServer) -> None:
     assert api.http.post("", json=bundle).status_code >= 400
     with api.backend.engine.connect() as conn:
         assert conn.execute(select(TOKEN.c.pk).where(TOKEN.c.code == "rolled-back")).first() is None
+
+
+def test_rows_queued_in_a_transaction_are_written_once_and_searchable(api: LiveServer) -> None:
+    entries = [{"fullUrl": f"urn:uuid:00000000-0000-0000-0000-00000000000{i}",
+                "resource": {"resourceType": "Patient", "name": [{"family": f"Batch{i}"}]},
+                "request": {"method": "POST", "url": "Patient"}} for i in range(5)]
+    # the same resource written twice in one transaction: only the final version is indexed
+    entries.append({"resource": {"resourceType": "Patient", "id": "twice", "name": [{"family": "First"}]},
+                    "request": {"method": "PUT", "url": "Patient/twice"}})
+    resp = api.http.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert resp.status_code == 200, resp.text
+    found = api.http.get("Patient?name=batch").json()
+    assert found["total"] == 5
+    assert _names(api, "twice") == {"first"}
+    api.http.put("Patient/twice", json={"resourceType": "Patient", "id": "twice", "name": [{"family": "Second"}]})
+    assert _names(api, "twice") == {"second"}
