@@ -2,7 +2,7 @@
 
 Criteria are parsed by ``fhir_server.search.parser`` and run by the SearchFinder on the index tables.
 Result shaping here: ``_count``, ``_sort``, ``_total``, cursor paging (self/next links), ``_include`` /
-``_revinclude`` (with ``:iterate`` and ``*``), ``_summary=count``. Unknown parameters are ignored and
+``_revinclude`` (with ``:iterate`` and ``*``), ``_summary``, ``_elements``. Unknown parameters are ignored and
 reported in an OperationOutcome entry, or rejected with ``Prefer: handling=strict``.
 """
 
@@ -20,6 +20,7 @@ from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.search.finder import SearchFinder, parse_sort
 from fhir_server.search.parser import parse_query
 from fhir_server.search.registry import core_registry
+from fhir_server.search.summary import check_summary, shape
 from fhir_server.search.tables import REFERENCE
 from fhir_server.storage.repository import Repository, Version, instant
 
@@ -27,7 +28,7 @@ MAX_INCLUDED = 1000  # included resources per page
 MAX_ITERATIONS = 4  # rounds of :iterate
 TOTAL_MODES = {"none", "estimate", "accurate"}
 # Result parameters accepted but not applied yet (reported as ignored).
-NOT_APPLIED = {"_elements", "_contained", "_containedType"}
+NOT_APPLIED = {"_contained", "_containedType"}
 
 
 def finder_of(repo: Repository, req: FhirRequest) -> SearchFinder:
@@ -71,9 +72,8 @@ def search_type(req: FhirRequest, repo: Repository, resource_type: str, params: 
     for name, value in query.control:
         control.setdefault(name, []).append(value)
     ignored = list(query.unknown) + [(n, f"'{n}' is not applied yet") for n in control if n in NOT_APPLIED]
-    summary = last("_summary")
-    if summary not in (None, "count", "false"):
-        ignored.append(("_summary", f"_summary={summary} is not applied yet"))
+    summary = check_summary(last("_summary"))
+    elements = [e.strip() for v in control.get("_elements", []) for e in v.split(",") if e.strip()] or None
     if ignored and (req.prefer("handling") or "").lower() == "strict":
         raise FhirError(400, [Issue(NOT_SUPPORTED, reason, expression=(name,)) for name, reason in ignored])
 
@@ -96,9 +96,9 @@ def search_type(req: FhirRequest, repo: Repository, resource_type: str, params: 
         page = finder.page(repo, resource_type, query.criteria, sort, count, cursor)
         found = {v.id: v for v in repo.read_many([(resource_type, i) for i in page.ids])}
         matches = [found[i] for i in page.ids if i in found]
-        entries = [_entry(req, v, "match") for v in matches]
-        entries += [_entry(req, v, "include") for v in _includes(req, repo, finder, resource_type, matches,
-                                                                 control)]
+        entries = [_entry(req, v, "match", summary, elements) for v in matches]
+        entries += [_entry(req, v, "include", summary, elements)
+                    for v in _includes(req, repo, finder, resource_type, matches, control)]
         if page.next_cursor:
             links.append({"relation": "next", "url": _url(req, resource_type, [*used, ("_cursor", page.next_cursor)])})
         if total_mode != "none":
@@ -116,8 +116,10 @@ def search_type(req: FhirRequest, repo: Repository, resource_type: str, params: 
     return FhirResponse(200, bundle)
 
 
-def _entry(req: FhirRequest, v: Version, mode: str) -> dict[str, Any]:
-    return {"fullUrl": f"{req.base_url}/{v.resource_type}/{v.id}", "resource": v.content, "search": {"mode": mode}}
+def _entry(req: FhirRequest, v: Version, mode: str, summary: str | None = None,
+           elements: list[str] | None = None) -> dict[str, Any]:
+    content = shape(v.content, summary, elements) if v.content is not None else None
+    return {"fullUrl": f"{req.base_url}/{v.resource_type}/{v.id}", "resource": content, "search": {"mode": mode}}
 
 
 def _url(req: FhirRequest, path: str, query: list[tuple[str, str]]) -> str:

@@ -136,3 +136,22 @@ def test_capability_statement_lists_supported_parameters(api: LiveServer) -> Non
     names = {p["name"] for p in patient["searchParam"]}
     assert {"_id", "_lastUpdated", "name", "birthdate", "identifier", "general-practitioner", "_tag"} <= names
     assert "_text" not in names and "_content" not in names  # not supported yet
+
+
+def test_summary_and_elements(api: LiveServer) -> None:
+    post(api, {"resourceType": "Patient", "name": [{"family": "Sum"}], "gender": "male",
+               "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Sum</div>"},
+               "maritalStatus": {"text": "married"}, "deceasedBoolean": False})
+    full = follow(api, "Patient?name=sum")["entry"][0]["resource"]
+    assert "maritalStatus" in full and "text" in full
+    summary = follow(api, "Patient?name=sum&_summary=true")["entry"][0]["resource"]
+    assert "maritalStatus" not in summary and "text" not in summary
+    assert summary["name"] and summary["gender"] == "male" and summary["deceasedBoolean"] is False
+    assert any(t["code"] == "SUBSETTED" for t in summary["meta"]["tag"])
+    data = follow(api, "Patient?name=sum&_summary=data")["entry"][0]["resource"]
+    assert "text" not in data and "maritalStatus" in data
+    text = follow(api, "Patient?name=sum&_summary=text")["entry"][0]["resource"]
+    assert set(text) == {"resourceType", "id", "meta", "text"}
+    elements = follow(api, "Patient?name=sum&_elements=gender,deceased")["entry"][0]["resource"]
+    assert set(elements) == {"resourceType", "id", "meta", "gender", "deceasedBoolean"}
+    assert api.http.get("Patient?_summary=maybe").status_code == 400
