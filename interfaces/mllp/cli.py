@@ -1,0 +1,48 @@
+"""`fhir-server mllp` and `fhir-server hl7 stats|replay` (wired in fhir_server/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+
+from fhir_server.config import Settings
+
+
+def run_command(settings: Settings, args: argparse.Namespace) -> int:
+    from fhir_server.rest.server import FhirServer
+    from fhir_server.storage.migrate import upgrade
+    from interfaces.mllp.pipeline import Hl7Pipeline
+    from interfaces.mllp.store import MessageStore
+
+    if args.command == "mllp":
+        from interfaces.mllp.listener import MllpListener
+
+        if args.host:
+            settings = settings.model_copy(update={"mllp_host": args.host})
+        server = FhirServer(settings)
+        upgrade(server.engine)
+
+        async def main() -> None:
+            listener = MllpListener(server, port=args.port)
+            try:
+                await listener.serve_forever()
+            finally:
+                await listener.stop()
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+        return 0
+    server = FhirServer(settings)
+    store = MessageStore(server.engine)
+    if args.hl7_command == "stats":
+        print(json.dumps(store.counts(), sort_keys=True))
+        return 0
+    if args.hl7_command == "replay":
+        outcome = Hl7Pipeline(server, store).replay(args.status, args.limit)
+        print(json.dumps(outcome, sort_keys=True))
+        return 1 if outcome.get("error") else 0
+    print(f"unknown hl7 command {args.hl7_command}", file=sys.stderr)
+    return 2

@@ -1,0 +1,139 @@
+"""The asyncio MLLP listener: many concurrent connections, idle timeouts, optional TLS.
+
+Each connection reads frames with the pure decoder (framing.py) and handles its messages in order; the
+blocking work (database, mapping) runs in a thread pool so the event loop keeps serving other senders.
+ACKs leave only after the pipeline has committed what they say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fhir_server.config import Settings
+from fhir_server.rest.server import FhirServer
+from interfaces.mllp.framing import FrameTooLarge, MllpDecoder, encode
+from interfaces.mllp.pipeline import Hl7Pipeline
+from interfaces.mllp.store import RECEIVED, MessageStore
+from mappings.hl7v2.message import detect_charset
+
+log = logging.getLogger(__name__)
+DEFAULT_PORT = 2575
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.mllp_tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.mllp_tls_cert, settings.mllp_tls_key)
+    if settings.mllp_tls_client_ca:
+        ctx.load_verify_locations(settings.mllp_tls_client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class MllpListener:
+    def __init__(self, server: FhirServer, *, host: str | None = None, port: int | None = None,
+                 pipeline: Hl7Pipeline | None = None, workers: int | None = None) -> None:
+        settings = server.settings
+        self.settings = settings
+        self.host = host or settings.mllp_host or settings.host
+        self.port = port if port is not None else (settings.mllp_port or DEFAULT_PORT)
+        self.pipeline = pipeline or Hl7Pipeline(server, MessageStore(server.engine))
+        self.executor = ThreadPoolExecutor(max_workers=workers or max(4, settings.db_pool_size),
+                                           thread_name_prefix="mllp")
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    @property
+    def bound_port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        # Messages a previous run stored but never finished (killed after an accept ACK): apply them now.
+        recovered = await self._run(self.pipeline.replay, RECEIVED)
+        if recovered:
+            log.info("mllp: finished %s messages left from a previous run", recovered)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=tls_context(self.settings),
+                                                  limit=64 * 1024)
+        tls = " (TLS)" if self.settings.mllp_tls_cert else ""
+        log.info("mllp listening on %s:%s%s", self.host, self.bound_port, tls)
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.executor.shutdown(wait=True)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        decoder = MllpDecoder(self.settings.mllp_max_message_bytes)
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(reader.read(65536), self.settings.mllp_idle_timeout_seconds)
+                except TimeoutError:
+                    log.info("mllp: closing an idle connection")
+                    return
+                if not chunk:
+                    return
+                for frame in decoder.feed(chunk):
+                    await self._handle(frame, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            log.info("mllp: connection ended: %s", type(exc).__name__)
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handle(self, frame: bytes | FrameTooLarge, writer: asyncio.StreamWriter) -> None:
+        raw = frame.head if isinstance(frame, FrameTooLarge) else frame
+        codec = detect_charset(raw)  # answer in the sender's character set (MSH-18)
+
+        async def send(ack: str) -> None:
+            writer.write(encode(ack.encode(codec, errors="replace")))
+            await writer.drain()
+
+        if isinstance(frame, FrameTooLarge):
+            acc = await self._run(self.pipeline.accept, frame.head, frame.size)
+        else:
+            acc = await self._run(self.pipeline.accept, frame)
+        for ack in acc.immediate:  # duplicates, rejections, and the enhanced-mode accept ACK
+            await send(ack)
+        if acc.to_process:
+            ack = await self._run(self.pipeline.process, acc)
+            if ack:
+                await send(ack)
+
+
+async def run(settings: Settings, port: int | None = None) -> None:
+    """`fhir-server mllp`: the listener alone, until interrupted."""
+    listener = MllpListener(FhirServer(settings), port=port)
+    try:
+        await listener.serve_forever()
+    finally:
+        await listener.stop()

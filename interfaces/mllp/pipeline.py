@@ -1,0 +1,204 @@
+"""One message through the adapter: decode -> store and commit -> map -> one FHIR transaction -> ACK.
+
+Blocking code (the listener runs it in an executor). Two steps, so that enhanced acknowledgement mode can
+send its accept ACK as soon as the raw message is committed:
+``accept(raw)``  decodes MSH, stores the message (committed), and answers duplicates and rejections at once;
+``process(acc)`` maps and applies the message, records the outcome (committed) and returns the ACK.
+An ACK never leaves before the row that records it is committed, so a re-sent message always finds the
+ACK that was actually sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir_server.rest.request import FhirRequest
+from fhir_server.rest.server import FhirServer
+from interfaces.mllp.ack import build_ack
+from interfaces.mllp.store import ACK_SEPARATOR, ERROR, PROCESSED, RECEIVED, REJECTED, MessageStore, StoredMessage
+from mappings.hl7v2.errors import (
+    APPLICATION_INTERNAL_ERROR,
+    UNSUPPORTED_VERSION_ID,
+    ErrorDetail,
+    MappingError,
+    RejectedMessage,
+)
+from mappings.hl7v2.header import Header, read_header
+from mappings.hl7v2.mapper import V2Mapper
+from mappings.hl7v2.message import MessageError, V2Message, decode, parse
+
+log = logging.getLogger(__name__)
+
+_ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
+
+
+@dataclass
+class Accepted:
+    """What ``accept`` decided: ACKs to send now, and whether ``process`` must still run."""
+
+    immediate: list[str] = field(default_factory=list)
+    stored: StoredMessage | None = None
+    header: Header | None = None
+    msg: V2Message | None = None
+    to_process: bool = False
+
+
+def _wants(condition: str, success: bool) -> bool:
+    """MSH-15/16 (table 0155): AL always, NE never, ER only on error, SU only on success; empty = AL."""
+    condition = condition or "AL"
+    return condition == "AL" or (condition == "SU" and success) or (condition == "ER" and not success)
+
+
+class Hl7Pipeline:
+    def __init__(self, server: FhirServer, store: MessageStore, mapper: V2Mapper | None = None) -> None:
+        self.server = server
+        self.store = store
+        settings = server.settings
+        self.mapper = mapper or V2Mapper(identifier_systems=settings.hl7_identifier_systems,
+                                         default_tz=settings.hl7_default_timezone)
+
+    # -- step 1 ----------------------------------------------------------------------------------------
+    def accept(self, raw: bytes, oversize: int | None = None) -> Accepted:
+        text = decode(raw)
+        try:
+            msg = parse(text)
+        except MessageError as exc:
+            return self._reject_unreadable(text, str(exc))
+        header = read_header(msg)
+        if oversize is not None:
+            detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, f"Message of {oversize} bytes exceeds the limit")
+            return self._store_rejected(msg, header, text, detail)
+        if not header.version_supported():
+            detail = ErrorDetail(UNSUPPORTED_VERSION_ID, f"Unsupported version {header.version or '(none)'}",
+                                 "MSH", 1, 12, 1)
+            return self._store_rejected(msg, header, text, detail)
+        try:
+            self.mapper.template_for(header)
+        except RejectedMessage as exc:
+            return self._store_rejected(msg, header, text, exc.detail)
+        # Enhanced mode: the accept ACK (CA) is committed with the message, then sent before processing.
+        accept_ack = build_ack(header, "CA", enc=msg.enc) \
+            if header.enhanced and _wants(header.accept_ack, True) else None
+        stored = self.store.receive(sender=header.sender, control_id=header.control_id or None,
+                                    message_type=header.event, version=header.version, raw=text, ack=accept_ack)
+        if stored.duplicate:
+            if stored.acks:  # the original outcome, re-sent as it was
+                return Accepted(stored.acks, stored, header, msg)
+            log.info("hl7 message %s is a re-send of one not yet acknowledged; processing it", stored.pk)
+        return Accepted([accept_ack] if accept_ack else [], stored, header, msg, to_process=True)
+
+    def _reject_unreadable(self, text: str, reason: str) -> Accepted:
+        ack = build_ack(None, "AR", [ErrorDetail(APPLICATION_INTERNAL_ERROR, reason, "MSH", 1)])
+        self.store.receive(sender="", control_id=None, message_type="", version="", raw=text, status=REJECTED,
+                           error=reason, ack=ack)
+        return Accepted([ack])
+
+    def _store_rejected(self, msg: V2Message, header: Header, text: str, detail: ErrorDetail) -> Accepted:
+        code = "CR" if header.enhanced else "AR"
+        ack = build_ack(header, code, [detail], enc=msg.enc)
+        stored = self.store.receive(sender=header.sender, control_id=header.control_id or None,
+                                    message_type=header.event, version=header.version, raw=text,
+                                    status=REJECTED, error=detail.describe(), ack=ack)
+        if stored.duplicate and stored.acks:
+            return Accepted(stored.acks, stored, header, msg)
+        send = not header.enhanced or _wants(header.accept_ack, False)
+        return Accepted([ack] if send else [], stored, header, msg)
+
+    # -- step 2 ----------------------------------------------------------------------------------------
+    def process(self, acc: Accepted) -> str | None:
+        assert acc.stored is not None and acc.header is not None and acc.msg is not None
+        header, msg, stored = acc.header, acc.msg, acc.stored
+        status, error, resources = PROCESSED, None, None
+        code, details = "AA", []
+        try:
+            result = self.mapper.map(msg, header, stored.received_at)
+            response = self.server.handle(FhirRequest("POST", "", headers={"content-type": "application/fhir+json"},
+                                                      resource=result.bundle))
+            if response.status >= 400:
+                status, code = ERROR, "AE"
+                details = [self._transaction_error(response.resource, result.sources)]
+            else:
+                resources = _locations(response.resource)
+        except MappingError as exc:
+            status, code, details = ERROR, "AE", exc.details
+        except RejectedMessage as exc:
+            status, code, details = REJECTED, "AR", [exc.detail]
+        except Exception:  # a bug must not lose the message: it stays stored for replay
+            log.exception("hl7 message %s failed while mapping", stored.pk)
+            status, code = ERROR, "AE"
+            details = [ErrorDetail(APPLICATION_INTERNAL_ERROR, "Internal error while processing the message")]
+        error = "; ".join(d.describe() for d in details) or None
+        app_ack = build_ack(header, code, details, enc=msg.enc)
+        sent = acc.immediate if header.enhanced else []
+        send = not header.enhanced or _wants(header.application_ack, status == PROCESSED)
+        acks = [*sent, app_ack] if send else sent
+        self.store.finish(stored.pk, status=status, ack=ACK_SEPARATOR.join(acks) or None, error=error,
+                          resources=resources)
+        return app_ack if send else None
+
+    def handle(self, raw: bytes) -> list[str]:
+        """Both steps at once (tests, replay): every ACK this message produces."""
+        acc = self.accept(raw)
+        acks = list(acc.immediate)
+        if acc.to_process:
+            ack = self.process(acc)
+            if ack:
+                acks.append(ack)
+        return acks
+
+    def _transaction_error(self, body: Any, sources: list[tuple[str, int]]) -> ErrorDetail:
+        issues = body.get("issue", []) if isinstance(body, dict) else []
+        text = "; ".join(str(i.get("diagnostics", "")) for i in issues)[:500] or "The FHIR transaction failed"
+        for issue in issues:
+            for expr in [*issue.get("expression", []), str(issue.get("diagnostics", ""))]:
+                m = _ENTRY.search(expr)
+                if m and int(m.group(1)) < len(sources):
+                    seg, occurrence = sources[int(m.group(1))]
+                    return ErrorDetail(APPLICATION_INTERNAL_ERROR, text, seg, occurrence)
+        return ErrorDetail(APPLICATION_INTERNAL_ERROR, text)
+
+    # -- replay ----------------------------------------------------------------------------------------
+    def replay(self, status: str = ERROR, limit: int = 1000) -> dict[str, int]:
+        """Re-run stored messages of ``status`` (after a fix); each keeps its row and gets a new outcome."""
+        outcome: dict[str, int] = {}
+        last = 0
+        while True:
+            rows = self.store.with_status(status, limit=min(limit, 500), after_pk=last)
+            if not rows:
+                return outcome
+            for row in rows:
+                last = row.pk
+                new_status = self.reprocess(row)
+                outcome[new_status] = outcome.get(new_status, 0) + 1
+                limit -= 1
+                if limit <= 0:
+                    return outcome
+
+    def reprocess(self, row: StoredMessage) -> str:
+        try:
+            msg = parse(row.raw)
+        except MessageError:
+            return row.status
+        header = read_header(msg)
+        original = Header(**{**header.__dict__, "accept_ack": "NE", "application_ack": "AL"}) \
+            if header.enhanced else header
+        # Keep the accept ACK that was sent (enhanced mode); the application ACK is replaced.
+        acc = Accepted(row.acks[:1] if header.enhanced else [], row, original, msg, to_process=True)
+        self.process(acc)
+        updated = self.store.get(row.pk)
+        return updated.status if updated else RECEIVED
+
+
+def _locations(body: Any) -> list[str]:
+    out = []
+    for entry in body.get("entry", []) if isinstance(body, dict) else []:
+        location = entry.get("response", {}).get("location", "")
+        parts = location.split("/")
+        if len(parts) >= 2:
+            idx = parts.index("_history") if "_history" in parts else len(parts)
+            out.append("/".join(parts[max(0, idx - 2):idx]))
+    return out
+

@@ -1,0 +1,193 @@
+"""Named functions templates call with ``"fn"`` for what plain paths and code maps cannot express."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from mappings.hl7v2 import convert
+from mappings.hl7v2.engine import Context, Function, Json, Value
+from mappings.hl7v2.errors import DATA_TYPE_ERROR
+
+UCUM = "http://unitsofmeasure.org"
+
+
+def identifier_system(value: Value, ctx: Context, _node: dict[str, Any]) -> Json:
+    """Assigning authority (HD: namespace ^ universal id ^ type) -> identifier system (configurable map)."""
+    namespace = value.part(1) if value.level < 2 else value.text()
+    universal = value.part(2) if value.level < 2 else ""
+    systems = ctx.engine.codemaps["identifier-systems"]["map"]
+    # Inside a CX the identifier type (CX-5) refines the authority: "HOSP^MR" and "HOSP^VN" may differ.
+    id_type = ctx.engine.text(".5", ctx) if ctx.value is not None and ctx.value is not value else ""
+    keys = [f"{namespace}^{id_type}", f"{universal}^{id_type}"] if id_type else []
+    for key in (*keys, namespace, universal):
+        if key and key in systems:
+            return systems[key]
+    if universal and re.fullmatch(r"[0-2](\.\d+)+", universal):
+        return f"urn:oid:{universal}"
+    if namespace:
+        return f"{ctx.engine.codemaps['identifier-systems']['base']}{quote(namespace, safe='')}"
+    return None
+
+
+def coding_system(value: Value, ctx: Context, _node: dict[str, Any]) -> Json:
+    """Name of coding system (table 0396) -> FHIR system URI; HL7nnnn -> the v2 code system."""
+    name = value.text()
+    found = ctx.engine.lookup("coding-systems", name)
+    if found:
+        return found
+    m = re.fullmatch(r"HL7(\d{4})", name.upper())
+    if m:
+        return f"http://terminology.hl7.org/CodeSystem/v2-{m.group(1)}"
+    if re.fullmatch(r"[0-2](\.\d+)+", name):
+        return f"urn:oid:{name}"
+    return None
+
+
+def _unit(value: Value | None, ctx: Context) -> dict[str, Any]:
+    if value is None:
+        return {}
+    code = value.text()
+    text = value.part(2) if value.level == 0 else ""
+    system = value.part(3) if value.level == 0 else ""
+    unit = ctx.engine.lookup("ucum-units", code)
+    if unit:
+        return {"unit": text or code, "system": UCUM, "code": unit}
+    if system.upper() in ("UCUM", "ISO+") and code:
+        return {"unit": text or code, "system": UCUM, "code": code}
+    return {"unit": text or code} if code or text else {}
+
+
+def quantity(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
+    """NM value with units from ``units`` (a path, e.g. OBX-6) mapped to UCUM where known."""
+    number = _number(value)
+    units = ctx.engine.resolve(node["units"], ctx)
+    return {"value": number, **_unit(units[0] if units else None, ctx)}
+
+
+def _number(value: Value, text: str | None = None) -> int | float:
+    try:
+        return convert.to_decimal(value.text() if text is None else text)
+    except convert.ConversionError as exc:
+        raise value.error(DATA_TYPE_ERROR, str(exc)) from exc
+
+
+def _sn(value: Value) -> tuple[str, str, str, str]:
+    # SN: comparator ^ num1 ^ separator/suffix ^ num2
+    parts = [value.part(i) for i in range(1, 5)]
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def sn_quantity(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
+    comparator, num1, sep, num2 = _sn(value)
+    if sep or num2 or not num1:
+        return None
+    units = ctx.engine.resolve(node["units"], ctx)
+    out: dict[str, Any] = {"value": _number(value, num1), **_unit(units[0] if units else None, ctx)}
+    if comparator in ("<", ">", "<=", ">="):
+        out["comparator"] = comparator
+    elif comparator in ("<>", "="):
+        pass
+    elif comparator:
+        raise value.error(DATA_TYPE_ERROR, f"SN comparator {comparator!r} is not one of > < >= <= = <>")
+    return out
+
+
+def sn_range(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
+    _comparator, num1, sep, num2 = _sn(value)
+    if sep not in ("-",) or not num2:
+        return None
+    units = ctx.engine.resolve(node["units"], ctx)
+    unit = _unit(units[0] if units else None, ctx)
+    return {"low": {"value": _number(value, num1), **unit}, "high": {"value": _number(value, num2), **unit}}
+
+
+def sn_ratio(value: Value, _ctx: Context, _node: dict[str, Any]) -> Json:
+    _comparator, num1, sep, num2 = _sn(value)
+    if sep not in (":", "/") or not num2:
+        return None
+    return {"numerator": {"value": _number(value, num1)}, "denominator": {"value": _number(value, num2)}}
+
+
+def reference_range(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
+    """OBX-7 ``low-high``, ``low_high``, ``<x``, ``>x`` -> Observation.referenceRange; text otherwise."""
+    text = value.text()
+    units = ctx.engine.resolve(node["units"], ctx)
+    unit = _unit(units[0] if units else None, ctx)
+    number = r"[+-]?\d+(?:\.\d+)?"
+    m = re.fullmatch(rf"\s*({number})\s*[-_]\s*({number})\s*", text)
+    if m:
+        return {"low": {"value": convert.to_decimal(m.group(1)), **unit},
+                "high": {"value": convert.to_decimal(m.group(2)), **unit}, "text": text}
+    m = re.fullmatch(rf"\s*(<=?|>=?)\s*({number})\s*", text)
+    if m:
+        bound = "high" if m.group(1).startswith("<") else "low"
+        return {bound: {"value": convert.to_decimal(m.group(2)), **unit}, "text": text}
+    return {"text": text}
+
+
+def joined_text(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
+    """All repetitions of a text field (TX/FT lines) joined by newlines."""
+    lines = [v.text(formatted=True) for v in ctx.engine.resolve(node["$"], ctx)]
+    return "\n".join(lines).strip() or None
+
+
+def person_name(value: Value, _ctx: Context, _node: dict[str, Any]) -> Json:
+    """XCN/XPN -> display text ("Given Middle Family"); XCN has the name from component 2."""
+    start = 2 if _node.get("xcn") else 1
+    family = value.child(start)
+    given = [value.child(start + i) for i in (1, 2)]
+    parts = [g.text() for g in given if g] + ([family.part(1)] if family else [])
+    return " ".join(p for p in parts if p) or None
+
+
+def location_display(value: Value, _ctx: Context, _node: dict[str, Any]) -> Json:
+    """PL (point of care ^ room ^ bed ^ facility ...) -> a readable display."""
+    parts = [value.child(i) for i in (4, 1, 2, 3)]
+    return " ".join(p.part(1) if p else "" for p in parts).strip() or None
+
+
+def telecom_value(value: Value, _ctx: Context, _node: dict[str, Any]) -> Json:
+    """XTN: email (4), else country/area/local/extension (5-8), else the old free text (1)."""
+    parts = {i: value.part(i) for i in range(1, 9)}
+    if parts[4]:
+        return parts[4]
+    if parts[6] or parts[7]:
+        number = " ".join(p for p in (f"+{parts[5]}" if parts[5] else "", parts[6], parts[7]) if p)
+        return number + (f" x{parts[8]}" if parts[8] else "")
+    return parts[1] or None
+
+
+def telecom_system(value: Value, ctx: Context, _node: dict[str, Any]) -> Json:
+    equipment = value.part(3)
+    if value.child(4):
+        return "email"
+    return ctx.engine.lookup("telecom-equipment", equipment) or "phone"
+
+
+def encounter_status(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
+    """By trigger event; an update (A08) with a discharge time is finished."""
+    event = ctx.variables.get("event", "")
+    if event == "ADT^A08" and ctx.engine.text("PV1-45", ctx):
+        return "finished"
+    return ctx.engine.lookup("encounter-status-by-event", event)
+
+
+def participant(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
+    """An XCN in PV1 -> Encounter.participant with its v3 ParticipationType."""
+    individual = ctx.engine.render(ctx.engine.partials["XCN"], ctx.with_value(value))
+    if not individual:
+        return None
+    return {"type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                  "code": node["code"], "display": node["display"]}]}],
+            "individual": individual}
+
+
+FUNCTIONS: dict[str, Function] = {
+    "identifier_system": identifier_system, "coding_system": coding_system, "quantity": quantity,
+    "sn_quantity": sn_quantity, "sn_range": sn_range, "sn_ratio": sn_ratio, "reference_range": reference_range,
+    "joined_text": joined_text, "person_name": person_name, "location_display": location_display,
+    "telecom_value": telecom_value, "telecom_system": telecom_system, "encounter_status": encounter_status,
+    "participant": participant,
+}

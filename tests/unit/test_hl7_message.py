@@ -1,0 +1,58 @@
+"""ER7 tokenising, escapes, MSH-18 character sets, and ACK/ERR formatting."""
+
+from __future__ import annotations
+
+import pytest
+
+from interfaces.mllp.ack import build_ack
+from mappings.hl7v2.errors import REQUIRED_FIELD_MISSING, ErrorDetail
+from mappings.hl7v2.header import read_header
+from mappings.hl7v2.message import Encoding, MessageError, decode, escape, parse, unescape
+
+ENC = Encoding()
+
+
+def test_unescape_delimiters_hex_and_formatting() -> None:
+    assert unescape(r"a\F\b\S\c\T\d\R\e\E\f", ENC) == "a|b^c&d~e\\f"
+    assert unescape("caf\\XC3A9\\", ENC) == "café"
+    assert unescape(r"one\.br\two\.sp\three", ENC) == "one\ntwo\nthree"
+    assert unescape(r"\H\bold\N\ text", ENC) == "bold text"
+    assert unescape(r"dangling \ escape", ENC) == r"dangling \ escape"
+    assert unescape(escape("x|y^z&w~v\\u\nnext", ENC), ENC) == "x|y^z&w~v\\u\nnext"
+
+
+def test_positions_follow_the_standard() -> None:
+    msg = parse("MSH|^~\\&|APP|FAC|||20240101||ADT^A01|C1|P|2.5\nPID|1||A^^^H&1.2.3&ISO^MR~B^^^H^PI||Doe^Jo")
+    msh, pid = msg.msh, msg.segments[1]
+    assert msh.get(1) == "|" and msh.get(2) == "^~\\&" and msh.get(10) == "C1"
+    assert pid.get(3, rep=1) == "B" and pid.get(3, rep=0, comp=4, sub=2) == "1.2.3" and pid.get(5, comp=2) == "Jo"
+    assert pid.get(3, rep=5) == "" and pid.get(40) == ""
+    assert read_header(msg).sender == "APP|FAC" and read_header(msg).event == "ADT^A01"
+
+
+def test_charsets_from_msh18() -> None:
+    latin = "MSH|^~\\&|A|B|||20240101||ADT^A01|1|P|2.5||||||8859/1\rPID|1||1||Müller".encode("latin-1")
+    assert "Müller" in decode(latin)
+    utf8 = "MSH|^~\\&|A|B|||20240101||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|1||1||Müller".encode()
+    assert "Müller" in decode(utf8)
+    lying = "MSH|^~\\&|A|B|||20240101||ADT^A01|1|P|2.5||||||ASCII\rPID|1||1||Müller".encode("latin-1")
+    assert "Müller" in decode(lying)  # never refuse bytes: fall back to Latin-1
+
+
+@pytest.mark.parametrize("text", ["", "PID|1", "MSH", "MSH|^^~\\&|A", "MSH|^~\\&|A\rPID|1\rMSH|^~\\&|B",
+                                  "MSH|^~\\&|A\rpid|1"])
+def test_unparseable(text: str) -> None:
+    with pytest.raises(MessageError):
+        parse(text)
+
+
+def test_ack_with_err_for_25_and_23() -> None:
+    msg = parse("MSH|^~\\&|LAB|CITY|EHR|HOSP|20240101||ORU^R01|C9|P|2.5.1")
+    detail = ErrorDetail(REQUIRED_FIELD_MISSING, "PID-3 is required", "PID", 1, 3, 1)
+    ack = build_ack(read_header(msg), "AE", [detail]).split("\r")
+    assert ack[0].startswith("MSH|^~\\&|EHR|HOSP|LAB|CITY|") and "|ACK^R01^ACK|" in ack[0]
+    assert ack[1] == "MSA|AE|C9|PID-3 is required"
+    assert ack[2] == "ERR||PID^1^3^1^1|101^Required field missing^HL70357|E||||PID-3 is required"
+    old = parse("MSH|^~\\&|LAB|CITY|EHR|HOSP|20240101||ORU^R01|C9|P|2.3")
+    assert build_ack(read_header(old), "AE", [detail]).split("\r")[2] == \
+        "ERR|PID^1^3^101&Required field missing&HL70357"
