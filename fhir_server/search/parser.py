@@ -30,6 +30,7 @@ MODIFIERS = {
     "number": {"missing"},
     "quantity": {"missing"},
     "uri": {"missing", "above", "below"},
+    "composite": set(),
 }
 TERMINOLOGY_MODIFIERS = {"in", "not-in", "above", "below"}
 
@@ -59,7 +60,14 @@ class ReferenceValue:
     url: str | None = None
 
 
-Value = str | TokenValue | RangeValue | ReferenceValue | bool
+@dataclass(frozen=True)
+class CompositeValue:
+    """``a$b``: one single-valued criterion per component, all to hold on the same resource."""
+
+    parts: tuple[Criterion, ...]
+
+
+Value = str | TokenValue | RangeValue | ReferenceValue | bool | CompositeValue
 
 
 @dataclass
@@ -173,12 +181,28 @@ def parse_criterion(registry: Registry, rtype: str, name: str, value: str,
     if mod in TERMINOLOGY_MODIFIERS and sp.type == "token":
         raise bad(name, f"Modifier ':{mod}' needs the terminology service, which is not available yet",
                   NOT_SUPPORTED)
+    if sp.type == "composite":
+        return Criterion(name, sp, mod, [_parse_composite(registry, rtype, sp, name, v)
+                                         for v in split_raw(value, ",")])
     values = [_parse_value(sp, name, mod, v) for v in split_raw(value, ",")]
     if mod is not None and sp.type == "reference" and mod not in ("identifier",):
         values = [ReferenceValue(mod, v.id, None) if isinstance(v, ReferenceValue) and v.type in (None, mod)
                   else _raise_type(name, mod, v) for v in values]
         mod = None
     return Criterion(name, sp, mod, values)
+
+
+def _parse_composite(registry: Registry, rtype: str, sp: SearchParam, name: str, text: str) -> CompositeValue:
+    pieces = split_raw(text, "$")
+    if len(pieces) != len(sp.components):
+        raise bad(name, f"'{sp.code}' takes {len(sp.components)} values joined by '$', not {text!r}")
+    parts = []
+    for (definition, _), piece in zip(sp.components, pieces, strict=True):
+        component = registry.component(rtype, definition)
+        if component is None or not component.indexed:
+            raise bad(name, f"Component {definition} of '{sp.code}' is not searchable", NOT_SUPPORTED)
+        parts.append(Criterion(name, component, None, [_parse_value(component, name, None, piece)]))
+    return CompositeValue(tuple(parts))
 
 
 def _raise_type(name: str, mod: str, value: Value) -> Value:

@@ -40,8 +40,8 @@ class SearchParam:
 
     @property
     def supported(self) -> bool:
-        """Searchable today: indexed parameters plus the ones answered from the resource table."""
-        return self.indexed or self.code in RESOURCE_COLUMNS
+        """Searchable today: indexed parameters, those answered from the resource table, composites."""
+        return self.indexed or self.code in RESOURCE_COLUMNS or (self.type == "composite" and bool(self.components))
 
 
 def split_union(expression: str) -> list[str]:
@@ -109,6 +109,11 @@ class Registry:
                     expression=" | ".join(parts) or None, targets=tuple(sp.get("target") or ()),
                     components=tuple((c["definition"], c["expression"]) for c in sp.get("component") or ()),
                     description=sp.get("description", ""))
+
+    def component(self, resource_type: str, definition: str) -> SearchParam | None:
+        """A composite's component parameter, by its definition URL, as it applies to ``resource_type``."""
+        sp = self.by_url.get(definition)
+        return self.get(resource_type, sp["code"]) if sp else None
 
     def get(self, resource_type: str, code: str) -> SearchParam | None:
         return self.by_type.get(resource_type, {}).get(code)

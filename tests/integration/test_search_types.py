@@ -166,3 +166,18 @@ def test_uri_and_meta(api: LiveServer) -> None:
     assert ids(api, "ValueSet?url:above=http://example.org/fhir/ValueSet/a/b/c") == {vs}
     assert ids(api, "ValueSet?_tag=urn:tags|t1") == {vs}
     assert ids(api, "ValueSet?_profile=http://example.org/StructureDefinition/p") == {vs}
+
+
+def test_composite(api: LiveServer) -> None:
+    def bp(code: str, value: float) -> str:
+        return post(api, {"resourceType": "Observation", "status": "final",
+                          "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                          "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}})
+
+    high, low = bp("8480-6", 150), bp("8480-6", 110)
+    other = bp("8462-4", 150)
+    assert ids(api, "Observation?code-value-quantity=http://loinc.org|8480-6$gt140") == {high}
+    assert ids(api, "Observation?code-value-quantity=8480-6$gt100,8462-4$gt140") == {high, low, other}
+    assert ids(api, "Observation?code-value-quantity=8480-6$lt100") == set()
+    resp = api.http.get("Observation?code-value-quantity=8480-6")
+    assert resp.status_code == 400 and resp.json()["issue"][0]["expression"] == ["code-value-quantity"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, and_, select
+from sqlalchemy import ColumnElement, FromClause, Select, and_, or_, select
 
-from fhir_server.search.parser import Criterion, HasCriterion, TokenValue
+from fhir_server.search.parser import CompositeValue, Criterion, HasCriterion, TokenValue
 from fhir_server.search.sql.common import SqlContext
 from fhir_server.search.sql.date import date_predicate
 from fhir_server.search.sql.number import number_predicate, quantity_predicate
@@ -45,6 +45,9 @@ def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: Criterion | HasCrit
         return uri_predicate(r, rtype, c)
     if kind == "reference":
         return reference_predicate(ctx, r, rtype, c, sub)
+    if kind == "composite":  # every component on the same resource (not necessarily the same element)
+        return or_(*(and_(*(predicate(ctx, r, rtype, part) for part in v.parts))
+                     for v in c.values if isinstance(v, CompositeValue)))
     raise AssertionError(f"unsupported parameter type {kind}")  # the parser only lets supported ones through
 
 
