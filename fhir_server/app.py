@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from fhir_server.api import fhir
+from fhir_server.api import auth, fhir
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.config import Settings, get_settings
 from fhir_server.errors import EXCEPTION, Issue, operation_outcome
@@ -38,6 +38,8 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app = FastAPI(title="FHIR R4 server", version="0.1.0", lifespan=lifespan, docs_url="/docs")
     app.state.fhir = server
     app.state.outbox = dispatcher
+    app.state.auth = auth.SmartAuth(server)  # SMART on FHIR authorization server
+    app.include_router(auth.router)  # /auth/* and /fhir/.well-known/*, before the FHIR catch-all route
     app.include_router(fhir.router)
     app.add_middleware(AccessLogMiddleware)
 

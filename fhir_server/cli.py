@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from fhir_server.auth import cli as auth_cli
 from fhir_server.config import get_settings
 
 
@@ -20,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply pending database migrations")
     load = sub.add_parser("load", help="load Bundles (.json) and resources (.ndjson); prints counts")
     load.add_argument("paths", nargs="+")
+    auth_cli.add_parsers(sub)  # users create, clients create (fhir_server/auth/cli.py)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
@@ -48,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
         return 0
+    if args.command in ("users", "clients"):
+        return auth_cli.run(args, settings)
     if args.command == "load":
         from fhir_server.loader import load_paths
 

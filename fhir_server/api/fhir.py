@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from fhir_server.api.auth import bearer_access
 from fhir_server.api.negotiation import FHIR_JSON, negotiate
 from fhir_server.binary import media as binary_media
 from fhir_server.errors import TOO_COSTLY, FhirError
@@ -103,6 +104,9 @@ async def fhir_endpoint(request: Request, path: str = "") -> Response:
     head = request.method == "HEAD"
     body: bytes | None = None
     body_file: IO[bytes] | None = None
+    access = await bearer_access(request, path)  # auth: the token's access context, or a 401
+    if isinstance(access, Response):
+        return access
     try:
         negotiate(request.query_params.get("_format"), request.headers.get("accept"),
                   raw_content=binary_media.is_read(request.method, path))
@@ -114,7 +118,7 @@ async def fhir_endpoint(request: Request, path: str = "") -> Response:
         return error_response(exc, pretty)
     headers: dict[str, Any] = {k.lower(): v for k, v in request.headers.items()}
     req = FhirRequest(request.method, path, query, headers, body, body_file=body_file,
-                      base_url=base_url(request, server))
+                      base_url=base_url(request, server), access=access)
     try:
         resp = await run_in_threadpool(handle, server, req)
     finally:

@@ -59,3 +59,9 @@ def capability_statement(base_url: str, operations: OperationRegistry,
         "patchFormat": ["application/json-patch+json"],
         "rest": [rest],
     }
+
+
+def with_security(statement: dict[str, Any], security: dict[str, Any]) -> dict[str, Any]:
+    """The statement with ``rest[0].security`` (SMART on FHIR: fhir_server.auth.discovery) added."""
+    rest = {**statement["rest"][0], "security": security}
+    return {**statement, "rest": [rest, *statement["rest"][1:]]}

@@ -9,6 +9,7 @@ from typing import IO, Any
 import orjson
 
 from fhir_server.errors import INVALID, STRUCTURE, FhirError
+from fhir_server.storage.repository import AccessPolicy
 
 
 @dataclass
@@ -23,6 +24,8 @@ class FhirRequest:
     base_url: str = ""
     # Bundle entries hand their already-parsed resource over instead of bytes.
     resource: dict[str, Any] | None = None
+    # auth: what the caller's token permits (fhir_server.auth.access.AccessContext); None = full access.
+    access: AccessPolicy | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from fhir_server.config import Settings
 from fhir_server.errors import EXCEPTION, INVALID, FhirError, Issue, operation_outcome
 from fhir_server.hooks import Hooks
 from fhir_server.rest import bundle
-from fhir_server.rest.metadata import capability_statement
+from fhir_server.rest.metadata import capability_statement, with_security
 from fhir_server.rest.operations import OperationRegistry
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.router import READ_METHODS, route
@@ -22,7 +23,7 @@ from fhir_server.search.index import SearchIndexer
 from fhir_server.search.registry import core_registry
 from fhir_server.storage.database import make_engine
 from fhir_server.storage.repository import Finder, Repository
-from fhir_server.storage.uow import UnitOfWork
+from fhir_server.storage.uow import UnitOfWork, acting_as
 from fhir_server.validation import ResourceValidator
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,15 @@ class FhirServer:
         self.operations = OperationRegistry()
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
+        # auth: CapabilityStatement.rest.security for a base URL (fhir_server.auth sets it; None: no SMART).
+        self.security: Callable[[str], dict[str, Any]] | None = None
 
-    def capability_statement(self) -> dict[str, Any]:
+    def capability_statement(self, base_url: str = "") -> dict[str, Any]:
         if self._capability is None:
             self._capability = capability_statement(self.settings.base_url or "", self.operations,
                                                     self.search_registry.capability_params, self.started)
+        if self.security is not None:  # auth
+            return with_security(self._capability, self.security(self.settings.base_url or base_url))
         return self._capability
 
     def route(self, req: FhirRequest, repo: Repository) -> FhirResponse:
@@ -56,10 +61,11 @@ class FhirServer:
     def handle(self, req: FhirRequest) -> FhirResponse:
         """One request in one unit of work; every error leaves as an OperationOutcome."""
         try:
-            if req.method == "POST" and not req.path.strip("/"):
-                return self._bundle(req)
-            write = req.method not in READ_METHODS and not req.path.rstrip("/").endswith("_search")
-            return self.uow.run(lambda repo: self.route(req, repo), write=write)
+            with acting_as(req.access):  # auth: every unit of work of this request enforces the token
+                if req.method == "POST" and not req.path.strip("/"):
+                    return self._bundle(req)
+                write = req.method not in READ_METHODS and not req.path.rstrip("/").endswith("_search")
+                return self.uow.run(lambda repo: self.route(req, repo), write=write)
         except FhirError as exc:
             return FhirResponse(exc.status, exc.outcome())
         except Exception:  # never a stack trace to the client; the log keeps it

@@ -1,0 +1,293 @@
+"""SMART on FHIR over HTTP: discovery, /auth/authorize (sign-in + consent), /auth/token, introspection,
+revocation, JWKS and EHR launch; and the bearer check the FHIR endpoint calls (``bearer_access``).
+
+Only adapts Starlette to ``fhir_server.auth``: the OAuth 2 logic is authlib's, behind
+``SmartAuthorizationServer``. Routes are included before the FHIR catch-all route.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+import orjson
+from authlib.oauth2 import OAuth2Error
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from fhir_server.auth.access import AccessContext
+from fhir_server.auth.authorization import SmartAuthorizationServer, SmartRequest
+from fhir_server.auth.clients import CURRENT_URLS, Urls
+from fhir_server.auth.discovery import capability_security, smart_configuration
+from fhir_server.auth.keys import KeyRing
+from fhir_server.auth.pages import HEADERS, authorize_page, error_page
+from fhir_server.auth.scopes import describe, split
+from fhir_server.auth.store import AuthStore, User
+from fhir_server.errors import Issue, operation_outcome
+from fhir_server.rest.server import FhirServer
+
+router = APIRouter()
+T = TypeVar("T")
+CSRF_COOKIE = "smart_csrf"
+# Form fields of our own page, never passed on as OAuth parameters.
+PAGE_FIELDS = {"username", "password", "csrf_token", "decision", "patient"}
+PUBLIC_FHIR_PATHS = {"metadata", ".well-known/smart-configuration"}
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class SmartAuth:
+    """The authorization server and its store for one app (``app.state.auth``)."""
+
+    def __init__(self, server: FhirServer) -> None:
+        self.fhir = server
+        self.settings = server.settings
+        self.store = AuthStore(server.engine)
+        self.keys = KeyRing(server.engine, server.settings.auth_key_rotation_days)
+        self.server = SmartAuthorizationServer(server.settings, self.store, self.keys)
+        server.security = lambda base: capability_security(Urls.at(_root_of(base), base))  # rest.security
+
+    def urls(self, request: Request) -> Urls:
+        if self.settings.base_url:
+            base = self.settings.base_url.rstrip("/")
+            return Urls.at(_root_of(base), base)
+        root = str(request.base_url).rstrip("/")
+        return Urls.at(root, root + "/fhir")
+
+
+def _root_of(fhir_base: str) -> str:
+    return fhir_base[: -len("/fhir")] if fhir_base.endswith("/fhir") else fhir_base
+
+
+def _auth(request: Request) -> SmartAuth:
+    auth: SmartAuth = request.app.state.auth
+    return auth
+
+
+async def _call(urls: Urls, fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking auth work (database, argon2, RSA) in the thread pool, with this request's URLs."""
+    def run() -> T:
+        CURRENT_URLS.set(urls)
+        return fn(*args)
+    return await run_in_threadpool(run)
+
+
+async def _form(request: Request) -> list[tuple[str, str]]:
+    if request.method != "POST":
+        return []
+    body = await request.body()
+    return parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def _oauth_response(result: tuple[int, Any, list[tuple[str, str]]]) -> Response:
+    status, body, headers = result
+    out = {k: v for k, v in headers if k.lower() != "content-type"}
+    if status == 302:
+        return RedirectResponse(out.pop("Location"), status_code=302, headers=out)
+    payload = body if isinstance(body, dict | list) else orjson.loads(body or "{}")
+    return JSONResponse(payload, status_code=status, headers={**out, **NO_STORE})
+
+
+# --- discovery -----------------------------------------------------------------------------------------------
+
+@router.get("/fhir/.well-known/smart-configuration", summary="SMART App Launch discovery")
+async def well_known(request: Request) -> Response:
+    return JSONResponse(smart_configuration(_auth(request).urls(request)), headers={"Cache-Control": "max-age=300"})
+
+
+@router.get("/auth/jwks", summary="Public keys of access tokens and id_tokens")
+async def jwks(request: Request) -> Response:
+    auth = _auth(request)
+    return JSONResponse(await _call(auth.urls(request), auth.keys.jwks), headers={"Cache-Control": "max-age=300"})
+
+
+# --- authorization endpoint ----------------------------------------------------------------------------------
+
+@router.api_route("/auth/authorize", methods=["GET", "POST"], summary="Sign in and consent (authorization code)")
+async def authorize(request: Request) -> Response:
+    auth = _auth(request)
+    urls = auth.urls(request)
+    form = await _form(request)
+    pairs = list(request.query_params.multi_items()) if request.method == "GET" else \
+        [(k, v) for k, v in form if k not in PAGE_FIELDS]
+    fields = dict(form)
+    sreq = SmartRequest(request.method, urls.authorize, request.headers, pairs, [])
+    if request.method == "POST":
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        if not cookie or not hmac.compare_digest(cookie, fields.get("csrf_token", "")):
+            return _html(error_page("The sign-in form expired or was not sent from this site. Start again from "
+                                    "the app."), 400)
+    return await _call(urls, _authorize, auth, request, urls, sreq, fields)
+
+
+def _authorize(auth: SmartAuth, request: Request, urls: Urls, sreq: SmartRequest, fields: dict[str, str]) -> Response:
+    server = auth.server
+    try:
+        grant = server.get_consent_grant(sreq)
+    except OAuth2Error as error:
+        if error.redirect_uri:
+            return _oauth_response(server.handle_error_response(sreq, error))
+        return _html(error_page(error.description or error.error), 400)
+    data = sreq.payload.data
+    launch_context: dict[str, Any] | None = None
+    try:
+        if data.get("aud", "").rstrip("/") != urls.issuer:
+            raise _redirect_error(grant, "invalid_request", "aud must be this server's FHIR base URL")
+        if data.get("launch"):
+            launch_context = auth.store.launch_context(data["launch"])
+            if launch_context is None:
+                raise _redirect_error(grant, "invalid_request", "Unknown or expired launch")
+    except OAuth2Error as error:
+        return _oauth_response(server.handle_error_response(sreq, error))
+    granted = split(sreq.scope)
+    ask_patient = "launch/patient" in granted and launch_context is None
+    client = grant.request.client
+
+    def page(error: str | None = None, status: int = 200) -> Response:
+        csrf = secrets.token_urlsafe(32)
+        html = authorize_page(action=urls.authorize, client_name=client.name, csrf=csrf, error=error,
+                              scopes=[(s, describe(s)) for s in granted], hidden=sreq.payload.pairs,
+                              username=fields.get("username", ""), ask_patient=ask_patient)
+        response = _html(html, status)
+        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/auth",
+                            secure=urls.authorize.startswith("https:"))
+        return response
+
+    if request.method == "GET":
+        return page()
+    if fields.get("decision") != "allow":
+        return _oauth_response(server.create_authorization_response(sreq, grant_user=None, grant=grant))
+    user = auth.store.login(fields.get("username", ""), fields.get("password", ""))
+    if user is None:  # one message for unknown user, wrong password and locked account
+        return page("The username or password is not right, or the account is locked for a while.", 401)
+    context = dict(launch_context or {})
+    if ask_patient:
+        patient = _standalone_patient(auth, user, fields.get("patient", "").strip())
+        if patient is None:
+            return page("Enter the id of an existing Patient this app may work with.", 400)
+        context.update(patient=patient, need_patient_banner=True)
+    elif user.role == "patient" and user.fhir_user and user.fhir_user.startswith("Patient/"):
+        context.setdefault("patient", user.fhir_user.split("/", 1)[1])
+    if data.get("nonce"):
+        context["nonce"] = data["nonce"]
+    sreq.smart_context = context
+    return _oauth_response(server.create_authorization_response(sreq, grant_user=user, grant=grant))
+
+
+def _standalone_patient(auth: SmartAuth, user: User, picked: str) -> str | None:
+    """launch/patient in a standalone launch: a patient user is their own patient; others pick one."""
+    if user.role == "patient":
+        own = user.fhir_user or ""
+        return own.split("/", 1)[1] if own.startswith("Patient/") else None
+    if not picked:
+        return None
+    found = auth.fhir.uow.run(lambda repo: repo.current("Patient", picked), write=False)
+    return picked if found is not None and not found.deleted else None
+
+
+def _redirect_error(grant: Any, code: str, description: str) -> OAuth2Error:
+    error = OAuth2Error(description=description, redirect_uri=grant.redirect_uri)
+    error.error = code
+    error.state = grant.request.payload.state
+    return error
+
+
+def _html(html: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+
+# --- token, introspection, revocation, launch ------------------------------------------------------------------
+
+@router.post("/auth/token", summary="OAuth 2 token endpoint")
+async def token(request: Request) -> Response:
+    auth = _auth(request)
+    urls = auth.urls(request)
+    sreq = SmartRequest("POST", urls.token, request.headers, [], await _form(request))
+    return _oauth_response(await _call(urls, auth.server.create_token_response, sreq))
+
+
+def _client_then(auth: SmartAuth, sreq: SmartRequest, methods: list[str], endpoint: str,
+                 then: Callable[[Any], Any]) -> tuple[int, Any, list[tuple[str, str]]]:
+    try:
+        client = auth.server.authenticate_client(sreq, methods, endpoint)
+    except OAuth2Error as error:
+        return auth.server.handle_error_response(sreq, error)
+    return 200, then(client), []
+
+
+@router.post("/auth/introspect", summary="RFC 7662 token introspection")
+async def introspect(request: Request) -> Response:
+    auth = _auth(request)
+    urls = auth.urls(request)
+    sreq = SmartRequest("POST", urls.introspect, request.headers, [], await _form(request))
+    token_value = sreq.form.get("token", "")
+    return _oauth_response(await _call(urls, _client_then, auth, sreq, ["client_secret_basic", "private_key_jwt"],
+                                       "introspection", lambda _c: auth.server.introspect(token_value)))
+
+
+@router.post("/auth/revoke", summary="RFC 7009 token revocation")
+async def revoke(request: Request) -> Response:
+    auth = _auth(request)
+    urls = auth.urls(request)
+    sreq = SmartRequest("POST", urls.revoke, request.headers, [], await _form(request))
+    token_value = sreq.form.get("token", "")
+    return _oauth_response(await _call(urls, _client_then, auth, sreq,
+                                       ["none", "client_secret_basic", "private_key_jwt"], "revocation",
+                                       lambda c: _revoke(auth, token_value, c)))
+
+
+def _revoke(auth: SmartAuth, token_value: str, client: Any) -> dict[str, Any]:
+    auth.server.revoke(token_value, client)
+    return {}
+
+
+@router.post("/auth/launch", summary="EHR launch: a launch id bound to a patient (and encounter)")
+async def launch(request: Request) -> Response:
+    auth = _auth(request)
+    urls = auth.urls(request)
+    access = await bearer_access(request, "auth/launch", required=True)
+    if isinstance(access, Response):
+        return access
+    body = await request.body()
+    content_type = request.headers.get("content-type", "")
+    data = orjson.loads(body) if "json" in content_type and body else dict(parse_qsl(body.decode()))
+    context: dict[str, Any] = {k: str(data[k]) for k in ("patient", "encounter") if data.get(k)}
+    if "patient" not in context:
+        return JSONResponse({"error": "invalid_request", "error_description": "patient is required"}, 400)
+    context["need_patient_banner"] = bool(data.get("need_patient_banner", False))
+    launch_id = await _call(urls, auth.store.create_launch, context)
+    return JSONResponse({"launch": launch_id, "expires_in": 300}, headers=NO_STORE)
+
+
+# --- the bearer check of the FHIR endpoint -----------------------------------------------------------------------
+
+def _unauthorized(message: str, error: str | None = None) -> Response:
+    challenge = 'Bearer realm="fhir"' + (f', error="{error}"' if error else "")
+    body = orjson.dumps(operation_outcome([Issue("login", message)]))
+    return Response(body, status_code=401, media_type="application/fhir+json",
+                    headers={"WWW-Authenticate": challenge})
+
+
+async def bearer_access(request: Request, path: str, *,
+                        required: bool | None = None) -> AccessContext | Response | None:
+    """The access context of the request's bearer token; None = full access (no token and auth not required);
+    a 401 response when the token is missing (and required), malformed, expired, revoked or tampered."""
+    auth: SmartAuth | None = getattr(request.app.state, "auth", None)
+    if auth is None:
+        return None
+    header = request.headers.get("authorization")
+    if header is None:
+        must = auth.settings.auth_required if required is None else required
+        if not must or path.strip("/") in PUBLIC_FHIR_PATHS:
+            return None
+        return _unauthorized("Authentication is required: send an OAuth 2 bearer access token")
+    scheme, _, token_value = header.partition(" ")
+    if scheme.lower() != "bearer" or not token_value.strip():
+        return _unauthorized("Only Bearer tokens are accepted", "invalid_request")
+    claims = await _call(auth.urls(request), auth.server.verify_access_token, token_value.strip())
+    if claims is None:
+        return _unauthorized("The access token is not valid (expired, revoked or not issued here)", "invalid_token")
+    return auth.server.access_context(claims)

@@ -1,0 +1,1 @@
+"""SMART-on-FHIR authorization: users with hospital roles, clients, tokens, scopes -> access policy."""

@@ -1,0 +1,105 @@
+"""The access context a token carries into the per-request repository (``Repository.access``).
+
+A permission holds for (resource type, letter, resource) when some granted scope covers the type, has the
+letter and its ``?`` constraints match the resource, when the user's role allows it (roles.py), and when a
+``patient/`` scope (or a patient user) is used, when the resource is in that patient's compartment.
+Read checks accept ``r`` or ``s`` (a search returns what a read would); writes need ``c``, ``u`` or ``d``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_server.auth.compartment import in_patient_compartment
+from fhir_server.auth.roles import role_allows
+from fhir_server.auth.scopes import ResourceScope
+from fhir_server.errors import FORBIDDEN, FhirError
+from fhir_server.storage.repository import Version
+
+
+@dataclass(frozen=True)
+class AccessContext:
+    scopes: tuple[ResourceScope, ...]
+    role: str | None = None  # None: a backend client acting for itself (system/ scopes)
+    patient: str | None = None  # launch context patient id (patient/ scopes)
+    fhir_user: str | None = None  # Practitioner/1, Patient/7
+
+    @property
+    def own_patient(self) -> str | None:
+        """A patient user only ever sees their own compartment, whatever the scopes say."""
+        if self.role == "patient" and self.fhir_user and self.fhir_user.startswith("Patient/"):
+            return self.fhir_user.split("/", 1)[1]
+        return None
+
+    def _allowed(self, resource_type: str, letters: str, content: dict[str, Any] | None) -> bool:
+        if self.role is not None and not any(role_allows(self.role, resource_type, c) for c in letters):
+            return False
+        own = self.own_patient
+        if self.role == "patient" and (own is None or content is None
+                                       or not in_patient_compartment(resource_type, content, own)):
+            return False
+        for scope in self.scopes:
+            if not scope.covers_type(resource_type) or not any(c in scope.permissions for c in letters):
+                continue
+            if self.role is not None and not any(role_allows(self.role, resource_type, c)
+                                                 for c in letters if c in scope.permissions):
+                continue
+            if scope.constraints and (content is None or not _matches(scope, content)):
+                continue
+            if scope.context == "patient" and (self.patient is None or content is None
+                                               or not in_patient_compartment(resource_type, content, self.patient)):
+                continue
+            return True
+        return False
+
+    def can_read(self, version: Version) -> bool:
+        return self._allowed(version.resource_type, "rs", version.content)
+
+    def check_read(self, version: Version) -> None:
+        if not self.can_read(version):
+            raise FhirError(403, FORBIDDEN, f"The access token does not permit reading {version.reference}",
+                            (version.resource_type,))
+
+    def check_write(self, resource_type: str, content: dict[str, Any] | None, previous: Version | None) -> None:
+        """Create (no previous), update (both) or delete (no content): the old and the new must both be
+        within the grant, so a patient-scoped write can neither take a resource out of the compartment
+        nor bring one in from another patient."""
+        if previous is None or previous.content is None:
+            letter, subjects = "c", [content]
+        elif content is None:
+            letter, subjects = "d", [previous.content]
+        else:
+            letter, subjects = "u", [previous.content, content]
+        action = {"c": "create", "u": "update", "d": "delete"}[letter]
+        for subject in subjects:
+            if not self._allowed(resource_type, letter, subject):
+                raise FhirError(403, FORBIDDEN, f"The access token does not permit {action} of {resource_type}",
+                                (resource_type,))
+
+
+def _codings(value: Any) -> list[tuple[str | None, str | None]]:
+    out: list[tuple[str | None, str | None]] = []
+    for concept in value if isinstance(value, list) else [value]:
+        if isinstance(concept, dict):
+            out.extend((c.get("system"), c.get("code")) for c in concept.get("coding", []) if isinstance(c, dict))
+    return out
+
+
+def _matches(scope: ResourceScope, content: dict[str, Any]) -> bool:
+    """v2 granular constraints; only token parameters on a top-level CodeableConcept of the same name are
+    understood (``category``, ``code``, ``status``); any other constraint matches nothing (fail closed)."""
+    for name, wanted in scope.constraints:
+        value = content.get(name)
+        if isinstance(value, str):
+            if value not in wanted.split(","):
+                return False
+            continue
+        codings = _codings(value)
+        ok = False
+        for alt in wanted.split(","):
+            system, bar, code = alt.rpartition("|")
+            ok = ok or any(c == code and (not bar or s == system) for s, c in codings)
+        if not ok:
+            return False
+    return True

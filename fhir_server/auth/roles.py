@@ -1,0 +1,44 @@
+"""Hospital roles as data: what any token of a user with that role may do at most, per resource type.
+
+Permissions use the SMART v2 letters (c create, r read, u update, d delete, s search). ``"*"`` is every
+type not listed. A type a role does not list, and no ``"*"``, is out of reach for that role entirely.
+Effective rights of a user token = requested scopes ∩ the client's allowed scopes ∩ this table.
+"""
+
+from __future__ import annotations
+
+ALL = "cruds"
+READ = "rs"
+FINANCIAL = ["Account", "ChargeItem", "ChargeItemDefinition", "Claim", "ClaimResponse", "Coverage",
+             "CoverageEligibilityRequest", "CoverageEligibilityResponse", "ExplanationOfBenefit", "Invoice",
+             "PaymentNotice", "PaymentReconciliation", "Contract"]
+ADMINISTRATIVE = ["Patient", "Practitioner", "PractitionerRole", "Organization", "Location", "HealthcareService",
+                  "Endpoint", "Schedule", "Slot", "Appointment", "AppointmentResponse", "RelatedPerson"]
+
+ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
+    "admin": {"*": ALL},
+    "doctor": {"*": ALL},
+    "nurse": {"*": "crus"},
+    # Front desk: registration and scheduling only, no clinical content (no Observation, Condition, ...).
+    "receptionist": {**dict.fromkeys(ADMINISTRATIVE, "crus"), "Appointment": ALL, "Encounter": "crus",
+                     "Coverage": "crus"},
+    # Billing reads clinical records to code claims but never writes them.
+    "billing_officer": {"*": READ, **dict.fromkeys(FINANCIAL, ALL)},
+    "lab_technician": {"*": READ, "Observation": "crus", "DiagnosticReport": "crus", "Specimen": "crus",
+                       "ServiceRequest": "rus"},
+    "pharmacist": {"*": READ, "Medication": "crus", "MedicationDispense": "crus", "MedicationRequest": "rus",
+                   "MedicationKnowledge": "crus"},
+    "radiologist": {"*": READ, "ImagingStudy": "crus", "DiagnosticReport": "crus", "Observation": "crus",
+                    "Media": "crus"},
+    # A patient reads their own record; the compartment restriction is applied apart (access.py).
+    "patient": {"*": READ},
+}
+ROLES = tuple(ROLE_PERMISSIONS)
+
+
+def role_allows(role: str, resource_type: str, permission: str) -> bool:
+    table = ROLE_PERMISSIONS.get(role)
+    if table is None:
+        return False
+    allowed = table.get(resource_type, table.get("*", ""))
+    return permission in allowed
