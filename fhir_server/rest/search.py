@@ -1,4 +1,5 @@
-"""Type-level search (search.html): GET ``Type?...`` and POST ``Type/_search`` (form body).
+"""Search (search.html): type level (GET ``Type?...``, POST ``Type/_search`` with a form body), compartment
+(``Patient/123/Observation``) and system level (``?_type=A,B``).
 
 Criteria are parsed by ``fhir_server.search.parser`` and run by the SearchFinder on the index tables.
 Result shaping here: ``_count``, ``_sort``, ``_total``, cursor paging (self/next links), ``_include`` /
@@ -17,8 +18,9 @@ from sqlalchemy import and_, or_, select
 from fhir_server.definitions import resource_types
 from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue, operation_outcome
 from fhir_server.rest.request import FhirRequest, FhirResponse
+from fhir_server.search.compartment import compartment_criterion
 from fhir_server.search.finder import SearchFinder, parse_sort
-from fhir_server.search.parser import parse_query
+from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import core_registry
 from fhir_server.search.summary import check_summary, shape
 from fhir_server.search.tables import REFERENCE
@@ -60,18 +62,54 @@ def _count(value: str | None, default: int, maximum: int) -> int:
 
 def search_type(req: FhirRequest, repo: Repository, resource_type: str, params: list[tuple[str, str]], *,
                 default_count: int, max_count: int) -> FhirResponse:
+    return _search(req, repo, [resource_type], resource_type, params, [], default_count, max_count)
+
+
+def search_compartment(req: FhirRequest, repo: Repository, compartment: str, compartment_id: str,
+                       resource_type: str, params: list[tuple[str, str]], *, default_count: int,
+                       max_count: int) -> FhirResponse:
+    """``GET [base]/Patient/123/Observation?...``: a type search within one compartment."""
+    check = compartment_criterion(compartment, compartment_id, resource_type)
+    return _search(req, repo, [resource_type], f"{compartment}/{compartment_id}/{resource_type}", params, [check],
+                   default_count, max_count)
+
+
+def search_system(req: FhirRequest, repo: Repository, params: list[tuple[str, str]], *, default_count: int,
+                  max_count: int) -> FhirResponse:
+    """``GET [base]?_type=Patient,Observation&...``: the listed types, paged together."""
     params = search_params(req, params)
+    types = [t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()]
+    if not types:
+        raise FhirError(400, INVALID, "System-level search needs _type (e.g. _type=Patient,Observation)", ("_type",))
+    unknown = [t for t in types if t not in resource_types()]
+    if unknown:
+        raise FhirError(400, INVALID, f"Unknown resource type(s) in _type: {', '.join(unknown)}", ("_type",))
+    rest = [(k, v) for k, v in params if k != "_type"]
+    return _search(req, repo, list(dict.fromkeys(types)), "", rest, [], default_count, max_count,
+                   extra_link=[("_type", ",".join(dict.fromkeys(types)))], already_merged=True)
+
+
+def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, params: list[tuple[str, str]],
+            extra: list[AnyCriterion], default_count: int, max_count: int, *,
+            extra_link: list[tuple[str, str]] | None = None, already_merged: bool = False) -> FhirResponse:
+    params = params if already_merged else search_params(req, params)
     finder = finder_of(repo, req)
-    query = parse_query(finder.registry, resource_type, params, base_url=req.base_url)
+    queries = [parse_query(finder.registry, t, params, base_url=req.base_url) for t in types]
+    unknown: dict[str, str] = {}
+    for q in queries:
+        unknown.update(dict(q.unknown))
+    if len(queries) > 1 and unknown:  # a parameter some types lack is ignored for all, never half-applied
+        known = [(k, v) for k, v in params if k not in unknown]
+        queries = [parse_query(finder.registry, t, known, base_url=req.base_url) for t in types]
     control: dict[str, list[str]] = {}
 
     def last(name: str, default: str | None = None) -> str | None:
         values = control.get(name)
         return values[-1] if values else default
 
-    for name, value in query.control:
+    for name, value in queries[0].control:
         control.setdefault(name, []).append(value)
-    ignored = list(query.unknown) + [(n, f"'{n}' is not applied yet") for n in control if n in NOT_APPLIED]
+    ignored = list(unknown.items()) + [(n, f"'{n}' is not applied yet") for n in control if n in NOT_APPLIED]
     summary = check_summary(last("_summary"))
     elements = [e.strip() for v in control.get("_elements", []) for e in v.split(",") if e.strip()] or None
     if ignored and (req.prefer("handling") or "").lower() == "strict":
@@ -82,31 +120,41 @@ def search_type(req: FhirRequest, repo: Repository, resource_type: str, params: 
     if total_mode not in TOTAL_MODES:
         raise FhirError(400, INVALID, f"_total must be one of none, estimate, accurate (not {total_mode!r})",
                         ("_total",))
-    sort = parse_sort(finder.registry, resource_type, ",".join(control.get("_sort", [])))
+    sorts = [parse_sort(finder.registry, t, ",".join(control.get("_sort", []))) for t in types]
+    if len({tuple(k.param.type for k in s) for s in sorts}) > 1:
+        raise FhirError(400, INVALID, "_sort keys must have the same type in every _type", ("_sort",))
     cursor = last("_cursor")
+    criteria = [[*extra, *q.criteria] for q in queries]
+
+    def total(estimate: bool = False) -> int:
+        return sum(finder.total(repo, t, c, estimate=estimate) for t, c in zip(types, criteria, strict=True))
 
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                               "meta": {"lastUpdated": instant(datetime.now(UTC))}}
     entries: list[dict[str, Any]] = []
-    used = [(k, v) for k, v in params if k != "_cursor" and k not in {n for n, _ in query.unknown}]
-    links = [{"relation": "self", "url": _url(req, resource_type, [*used, *([("_cursor", cursor)] if cursor else [])])}]
+    used = [*(extra_link or []), *((k, v) for k, v in params if k != "_cursor" and k not in unknown)]
+    links = [{"relation": "self", "url": _url(req, path, [*used, *([("_cursor", cursor)] if cursor else [])])}]
     if summary == "count":
-        bundle["total"] = finder.total(repo, resource_type, query.criteria)
+        bundle["total"] = total()
     elif count > 0:
-        page = finder.page(repo, resource_type, query.criteria, sort, count, cursor)
-        found = {v.id: v for v in repo.read_many([(resource_type, i) for i in page.ids])}
-        matches = [found[i] for i in page.ids if i in found]
+        if len(types) == 1:
+            page = finder.page(repo, types[0], criteria[0], sorts[0], count, cursor)
+            refs, next_cursor = [(types[0], i) for i in page.ids], page.next_cursor
+        else:
+            refs, next_cursor = finder.page_types(repo, list(zip(types, criteria, sorts, strict=True)), count, cursor)
+        found = {(v.resource_type, v.id): v for v in repo.read_many(refs)}
+        matches = [found[ref] for ref in refs if ref in found]
         entries = [_entry(req, v, "match", summary, elements) for v in matches]
         entries += [_entry(req, v, "include", summary, elements)
-                    for v in _includes(req, repo, finder, resource_type, matches, control)]
-        if page.next_cursor:
-            links.append({"relation": "next", "url": _url(req, resource_type, [*used, ("_cursor", page.next_cursor)])})
+                    for v in _includes(req, repo, finder, matches, control)]
+        if next_cursor:
+            links.append({"relation": "next", "url": _url(req, path, [*used, ("_cursor", next_cursor)])})
         if total_mode != "none":
-            bundle["total"] = finder.total(repo, resource_type, query.criteria, estimate=total_mode == "estimate")
-        elif cursor is None and page.next_cursor is None:
+            bundle["total"] = total(total_mode == "estimate")
+        elif cursor is None and next_cursor is None:
             bundle["total"] = len(matches)  # the whole result is on this page: the count is free
     elif total_mode != "none":
-        bundle["total"] = finder.total(repo, resource_type, query.criteria, estimate=total_mode == "estimate")
+        bundle["total"] = total(total_mode == "estimate")
     if ignored:
         entries.append({"resource": operation_outcome([
             Issue(NOT_SUPPORTED, f"{reason}; ignored", severity="warning", expression=(name,))
@@ -124,7 +172,7 @@ def _entry(req: FhirRequest, v: Version, mode: str, summary: str | None = None,
 
 def _url(req: FhirRequest, path: str, query: list[tuple[str, str]]) -> str:
     qs = urlencode(query)
-    return f"{req.base_url}/{path}" + (f"?{qs}" if qs else "")
+    return f"{req.base_url}/{path}".rstrip("/") + (f"?{qs}" if qs else "")
 
 
 def _parse_include(finder: SearchFinder, name: str, spec: str) -> tuple[str, str | None, str | None]:
@@ -145,8 +193,8 @@ def _parse_include(finder: SearchFinder, name: str, spec: str) -> tuple[str, str
     return source, None if param == "*" else param, target
 
 
-def _includes(req: FhirRequest, repo: Repository, finder: SearchFinder, resource_type: str,
-              matches: list[Version], control: dict[str, list[str]]) -> list[Version]:
+def _includes(req: FhirRequest, repo: Repository, finder: SearchFinder, matches: list[Version],
+              control: dict[str, list[str]]) -> list[Version]:
     specs: list[tuple[bool, bool, tuple[str, str | None, str | None]]] = []  # (reverse, iterate, spec)
     for name in ("_include", "_revinclude", "_include:iterate", "_revinclude:iterate",
                  "_include:recurse", "_revinclude:recurse"):

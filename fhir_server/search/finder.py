@@ -12,11 +12,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, literal, select, union_all
 
 from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue
 from fhir_server.search.index import flush_pending
-from fhir_server.search.parser import Criterion, HasCriterion, parse_query
+from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import Registry
 from fhir_server.search.sql import SqlContext, conditions
 from fhir_server.search.sql.sort import SortKey, after_cursor, order_by, sort_expression
@@ -82,7 +82,7 @@ class SearchFinder:
         rows = repo.conn.execute(select(r.c.id).where(and_(*conds)).order_by(r.c.id).limit(limit))
         return [row.id for row in rows]
 
-    def page(self, repo: Repository, resource_type: str, criteria: list[Criterion | HasCriterion],
+    def page(self, repo: Repository, resource_type: str, criteria: list[AnyCriterion],
              sort: list[SortKey], count: int, cursor: str | None) -> Page:
         flush_pending(repo.conn)
         r = RESOURCE
@@ -100,7 +100,32 @@ class SearchFinder:
         next_cursor = encode_cursor(list(rows[-1][1:]), rows[-1][0]) if more and rows else None
         return Page([row[0] for row in rows], next_cursor)
 
-    def total(self, repo: Repository, resource_type: str, criteria: list[Criterion | HasCriterion],
+    def page_types(self, repo: Repository, parts: list[tuple[str, list[AnyCriterion], list[SortKey]]],
+                   count: int, cursor: str | None) -> tuple[list[tuple[str, str]], str | None]:
+        """System-level search over several types: one UNION ALL, ordered by the sort keys then Type/id."""
+        flush_pending(repo.conn)
+        r = RESOURCE
+        n = len(parts[0][2])
+        selects = []
+        for rtype, criteria, sort in parts:
+            keys = [sort_expression(r, rtype, k).label(f"s{i}") for i, k in enumerate(sort)]
+            ref = (literal(rtype + "/") + r.c.id).label("ref")
+            selects.append(select(ref, *keys).where(and_(*conditions(self.ctx, r, rtype, criteria))))
+        inner = union_all(*selects).subquery() if len(selects) > 1 else selects[0].subquery()
+        columns = [inner.c[f"s{i}"] for i in range(n)]
+        sort = parts[0][2]
+        stmt = select(inner)
+        if cursor:
+            values, last_ref = decode_cursor(cursor, n)
+            stmt = stmt.where(after_cursor(columns, sort, inner.c.ref, values, last_ref))
+        rows = repo.conn.execute(stmt.order_by(*order_by(columns, sort, inner.c.ref)).limit(count + 1)).all()
+        more = len(rows) > count
+        rows = rows[:count]
+        next_cursor = encode_cursor(list(rows[-1][1:]), rows[-1][0]) if more and rows else None
+        refs = [(str(row[0]).split("/", 1)[0], str(row[0]).split("/", 1)[1]) for row in rows]
+        return refs, next_cursor
+
+    def total(self, repo: Repository, resource_type: str, criteria: list[AnyCriterion],
               *, estimate: bool = False) -> int:
         flush_pending(repo.conn)
         r = RESOURCE

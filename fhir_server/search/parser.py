@@ -91,10 +91,23 @@ class HasCriterion:
     inner: Criterion | HasCriterion
 
 
+@dataclass(frozen=True)
+class CompartmentCriterion:
+    """Membership of ``compartment/compartment_id`` through any of ``params`` (or being it, ``itself``)."""
+
+    compartment: str
+    compartment_id: str
+    params: tuple[str, ...]
+    itself: bool = False
+
+
+AnyCriterion = Criterion | HasCriterion | CompartmentCriterion
+
+
 @dataclass
 class Query:
     resource_type: str
-    criteria: list[Criterion | HasCriterion] = field(default_factory=list)
+    criteria: list[AnyCriterion] = field(default_factory=list)
     unknown: list[tuple[str, str]] = field(default_factory=list)  # (parameter, reason)
     control: list[tuple[str, str]] = field(default_factory=list)
 

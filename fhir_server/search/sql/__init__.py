@@ -6,7 +6,14 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, FromClause, Select, and_, or_, select
 
-from fhir_server.search.parser import CompositeValue, Criterion, HasCriterion, TokenValue
+from fhir_server.search.parser import (
+    AnyCriterion,
+    CompartmentCriterion,
+    CompositeValue,
+    Criterion,
+    HasCriterion,
+    TokenValue,
+)
 from fhir_server.search.sql.common import SqlContext
 from fhir_server.search.sql.date import date_predicate
 from fhir_server.search.sql.number import number_predicate, quantity_predicate
@@ -14,17 +21,20 @@ from fhir_server.search.sql.reference import has_predicate, reference_predicate
 from fhir_server.search.sql.string import string_predicate
 from fhir_server.search.sql.token import token_predicate
 from fhir_server.search.sql.uri import uri_predicate
+from fhir_server.search.tables import REFERENCE
 from fhir_server.storage.models import RESOURCE
 
 __all__ = ["SqlContext", "conditions", "match_ids", "predicate"]
 
 
-def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: Criterion | HasCriterion) -> ColumnElement[bool]:
+def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: AnyCriterion) -> ColumnElement[bool]:
     def sub(target: str, criteria: list[Criterion | HasCriterion]) -> Select[tuple[str]]:
-        return match_ids(ctx, target, criteria)
+        return match_ids(ctx, target, [*criteria])
 
     if isinstance(c, HasCriterion):
         return has_predicate(r, rtype, c, sub)
+    if isinstance(c, CompartmentCriterion):
+        return compartment_predicate(r, rtype, c)
     kind = c.param.type
     if c.param.code == "_id":
         if c.modifier == "missing":
@@ -51,13 +61,23 @@ def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: Criterion | HasCrit
     raise AssertionError(f"unsupported parameter type {kind}")  # the parser only lets supported ones through
 
 
+def compartment_predicate(r: FromClause, rtype: str, c: CompartmentCriterion) -> ColumnElement[bool]:
+    members = select(REFERENCE.c.resource_id).where(
+        REFERENCE.c.resource_type == rtype, REFERENCE.c.param.in_(c.params), REFERENCE.c.target_type == c.compartment,
+        REFERENCE.c.target_id == c.compartment_id, REFERENCE.c.target_url.is_(None))
+    cond: ColumnElement[bool] = r.c.id.in_(members)
+    if c.itself and rtype == c.compartment:
+        cond = or_(cond, r.c.id == c.compartment_id)
+    return cond
+
+
 def conditions(ctx: SqlContext, r: FromClause, rtype: str,
-               criteria: list[Criterion | HasCriterion]) -> list[ColumnElement[bool]]:
+               criteria: list[AnyCriterion]) -> list[ColumnElement[bool]]:
     return [r.c.resource_type == rtype, r.c.deleted.is_(False),
             *(predicate(ctx, r, rtype, c) for c in criteria)]
 
 
-def match_ids(ctx: SqlContext, rtype: str, criteria: list[Criterion | HasCriterion]) -> Select[Any]:
+def match_ids(ctx: SqlContext, rtype: str, criteria: list[AnyCriterion]) -> Select[Any]:
     """``SELECT id`` of the live resources of ``rtype`` matching all criteria (a subquery for nesting)."""
     r = RESOURCE.alias()
     return select(r.c.id).where(and_(*conditions(ctx, r, rtype, criteria)))
