@@ -8,6 +8,13 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q -e '.[test]'
 
 FHIR_TEST_POSTGRES_URL="$(bash scripts/postgres.sh)"
+
+# Headless Chromium for the SMART sign-in page tests (tests/integration/test_auth_browser.py).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "installing chromium and chromium-driver from Debian packages" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2 && apt-get install -y -qq chromium chromium-driver >&2
+fi
 export FHIR_TEST_POSTGRES_URL
 
 echo "== ruff"; .venv/bin/ruff check fhir_server interfaces mappings terminology migrations tests bench

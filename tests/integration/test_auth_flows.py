@@ -303,3 +303,16 @@ def test_csrf_is_required(smart: Smart) -> None:
     smart.http.cookies.clear()
     r = smart.http.post(f"{smart.root}/auth/authorize", data=form)
     assert r.status_code == 400 and "location" not in r.headers
+
+
+def test_key_rotation_keeps_tokens_in_flight_valid(smart: Smart) -> None:
+    before = smart.system_token("system/*.rs")
+    old_kid = orjson.loads(base64.urlsafe_b64decode(before.split(".")[0] + "=="))["kid"]
+    smart.auth.keys.rotate()
+    after = smart.system_token("system/*.rs")
+    new_kid = orjson.loads(base64.urlsafe_b64decode(after.split(".")[0] + "=="))["kid"]
+    assert new_kid != old_kid
+    kids = {k["kid"] for k in smart.http.get(f"{smart.root}/auth/jwks").json()["keys"]}
+    assert {old_kid, new_kid} <= kids
+    assert smart.fhir("GET", "Patient", before).status_code == 200
+    assert smart.fhir("GET", "Patient", after).status_code == 200
