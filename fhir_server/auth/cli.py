@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from sqlalchemy.exc import IntegrityError
+
 from fhir_server.auth.roles import ROLES
 from fhir_server.auth.store import AuthStore
 from fhir_server.config import Settings
@@ -61,6 +63,9 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) 
                                          public=args.public, jwks=jwks, jwks_uri=args.jwks_uri)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except IntegrityError:
+        print(f"error: {args.command[:-1]} already exists", file=sys.stderr)
         return 2
     finally:
         engine.dispose()
