@@ -32,7 +32,15 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.outbox_dispatcher:
             dispatcher.start(settings.outbox_poll_seconds)
+        listener = None
+        if settings.mllp_port:  # HL7 v2 over MLLP beside HTTP (interfaces/mllp)
+            from interfaces.mllp.listener import MllpListener
+
+            listener = MllpListener(server)
+            await listener.start()
         yield
+        if listener is not None:
+            await listener.stop()
         dispatcher.stop()
 
     app = FastAPI(title="FHIR R4 server", version="0.1.0", lifespan=lifespan, docs_url="/docs")

@@ -18,6 +18,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL only)")
+    serve.add_argument("--mllp-port", type=int, default=None, help="also run the HL7 v2 MLLP listener")
+    mllp = sub.add_parser("mllp", help="apply pending migrations, then run the HL7 v2 MLLP listener alone")
+    mllp.add_argument("--host", default=None)
+    mllp.add_argument("--port", type=int, default=None, help="default FHIR_MLLP_PORT or 2575")
+    hl7 = sub.add_parser("hl7", help="HL7 v2 message store: stats, replay")
+    hl7_sub = hl7.add_subparsers(dest="hl7_command", required=True)
+    hl7_sub.add_parser("stats", help="message counts by status")
+    replay = hl7_sub.add_parser("replay", help="re-run stored messages (after a fix)")
+    replay.add_argument("--status", default="error", choices=["error", "received", "rejected"])
+    replay.add_argument("--limit", type=int, default=100_000)
     sub.add_parser("migrate", help="apply pending database migrations")
     load = sub.add_parser("load", help="load Bundles (.json) and resources (.ndjson); prints counts")
     load.add_argument("paths", nargs="+")
@@ -39,6 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fhir_server.storage.database import make_engine
         from fhir_server.storage.migrate import upgrade
 
+        if args.mllp_port:
+            if args.workers > 1:
+                print("--mllp-port needs --workers 1; run `fhir-server mllp` beside the workers", file=sys.stderr)
+                return 2
+            settings = settings.model_copy(update={"mllp_port": args.mllp_port})
+
         upgrade(make_engine(settings))
         host = args.host or settings.host
         port = args.port or settings.port
@@ -52,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ("users", "clients"):
         return auth_cli.run(args, settings)
+    if args.command in ("mllp", "hl7"):
+        from interfaces.mllp.cli import run_command
+
+        return run_command(settings, args)
     if args.command == "load":
         from fhir_server.loader import load_paths
 

@@ -39,8 +39,9 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 class MllpListener:
     def __init__(self, server: FhirServer, *, host: str | None = None, port: int | None = None,
-                 pipeline: Hl7Pipeline | None = None, workers: int | None = None) -> None:
-        settings = server.settings
+                 pipeline: Hl7Pipeline | None = None, workers: int | None = None,
+                 settings: Settings | None = None) -> None:
+        settings = settings or server.settings
         self.settings = settings
         self.host = host or settings.mllp_host or settings.host
         self.port = port if port is not None else (settings.mllp_port or DEFAULT_PORT)
