@@ -13,6 +13,7 @@ This is the ingest hot path: the statements are precompiled per dialect and go s
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary, WeakSet
 
@@ -60,8 +61,12 @@ def flush_pending(conn: Connection) -> int:
     n = 0
     for kind, batch in by_kind.items():
         sql, columns, processors = _insert(conn.dialect, kind)
-        params = [tuple(row[c] if p is None else p(row[c]) for c, p in zip(columns, processors, strict=True))
-                  for row in batch]
+        if any(processors):
+            params = [tuple(row[c] if p is None else p(row[c]) for c, p in zip(columns, processors, strict=True))
+                      for row in batch]
+        else:  # most tables: plain values, no per-value conversion
+            getter = itemgetter(*columns)
+            params = [getter(row) for row in batch]
         conn.exec_driver_sql(sql, params)
         n += len(params)
     return n
