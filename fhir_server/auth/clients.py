@@ -7,6 +7,7 @@ ahead, and each ``jti`` is accepted once (kept until the assertion expires).
 
 from __future__ import annotations
 
+import hmac
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -20,9 +21,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from fhir_server.auth.passwords import verify_secret
 from fhir_server.auth.scopes import grantable
-from fhir_server.auth.store import AuthStore
+from fhir_server.auth.store import AuthStore, digest
 
 ASSERTION_ALGORITHMS = ["RS384", "ES384", "RS256", "ES256", "RS512", "ES512"]
 MAX_ASSERTION_SECONDS = 300
@@ -85,7 +85,8 @@ class Client(ClientMixin):
         return redirect_uri in self.redirect_uris  # exact match only, no prefix or pattern
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return self.secret_hash is not None and verify_secret(self.secret_hash, client_secret)
+        # Generated 256-bit secrets need no slow hash (unlike passwords): SHA-256, compared in constant time.
+        return self.secret_hash is not None and hmac.compare_digest(self.secret_hash, digest(client_secret))
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         return method == self.auth_method

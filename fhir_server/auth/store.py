@@ -119,7 +119,7 @@ class AuthStore:
             grant_types = [*grant_types, "refresh_token"]
         with self.engine.begin() as conn:
             conn.execute(insert(AUTH_CLIENT).values(
-                client_id=client_id, name=name, secret_hash=hash_secret(secret) if secret else None, public=public,
+                client_id=client_id, name=name, secret_hash=digest(secret) if secret else None, public=public,
                 auth_method=method, grant_types=grant_types, redirect_uris=redirect_uris, scope=scope, jwks=jwks,
                 jwks_uri=jwks_uri, created_at=now()))
         out: dict[str, Any] = {"client_id": client_id, "name": name, "token_endpoint_auth_method": method,

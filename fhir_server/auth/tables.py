@@ -1,7 +1,7 @@
 """Authorization tables on the storage metadata (migration 0004): users, clients, codes, tokens, keys.
 
-Secrets never stored in the clear: passwords and client secrets as argon2 hashes, authorization codes and
-refresh tokens as SHA-256 digests (they are random 256-bit strings, so a plain digest suffices).
+Secrets never stored in the clear: passwords as argon2 hashes; client secrets, authorization codes and refresh
+tokens as SHA-256 digests (they are random 256-bit strings we generate, so a plain digest suffices).
 """
 
 from __future__ import annotations
