@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     auth_refresh_token_days: int = 30
     auth_key_rotation_days: int = 30  # a new id_token/access-token signing key after this; the old stays in JWKS
     auth_smart_style_url: str | None = None
+    # Requests per minute per client address (0: unlimited) on sign-in POSTs and on the token endpoint.
+    auth_login_rate_per_minute: int = 30
+    auth_token_rate_per_minute: int = 600
 
     @model_validator(mode="after")
     def _production_needs_postgres(self) -> Settings:

@@ -25,6 +25,7 @@ from fhir_server.auth.clients import CURRENT_URLS, Urls
 from fhir_server.auth.discovery import capability_security, smart_configuration
 from fhir_server.auth.keys import KeyRing
 from fhir_server.auth.pages import HEADERS, authorize_page, error_page
+from fhir_server.auth.ratelimit import RateLimiter
 from fhir_server.auth.scopes import describe, split
 from fhir_server.auth.store import AuthStore, User
 from fhir_server.errors import Issue, operation_outcome
@@ -48,6 +49,8 @@ class SmartAuth:
         self.store = AuthStore(server.engine)
         self.keys = KeyRing(server.engine, server.settings.auth_key_rotation_days)
         self.server = SmartAuthorizationServer(server.settings, self.store, self.keys)
+        self.login_limit = RateLimiter(server.settings.auth_login_rate_per_minute)
+        self.token_limit = RateLimiter(server.settings.auth_token_rate_per_minute)
         server.security = lambda base: capability_security(Urls.at(_root_of(base), base))  # rest.security
 
     def urls(self, request: Request) -> Urls:
@@ -80,6 +83,14 @@ async def _form(request: Request) -> list[tuple[str, str]]:
         return []
     body = await request.body()
     return parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def _too_many(limiter: RateLimiter, request: Request) -> Response | None:
+    wait = limiter.retry_after(request.client.host if request.client else "unknown")
+    if not wait:
+        return None
+    return JSONResponse({"error": "slow_down", "error_description": "Too many requests; retry later"},
+                        status_code=429, headers={"Retry-After": str(wait), **NO_STORE})
 
 
 def _oauth_response(result: tuple[int, Any, list[tuple[str, str]]]) -> Response:
@@ -116,6 +127,8 @@ async def authorize(request: Request) -> Response:
     fields = dict(form)
     sreq = SmartRequest(request.method, urls.authorize, request.headers, pairs, [])
     if request.method == "POST":
+        if (limited := _too_many(auth.login_limit, request)) is not None:
+            return limited
         cookie = request.cookies.get(CSRF_COOKIE, "")
         if not cookie or not hmac.compare_digest(cookie, fields.get("csrf_token", "")):
             return _html(error_page("The sign-in form expired or was not sent from this site. Start again from "
@@ -204,6 +217,8 @@ def _html(html: str, status: int = 200) -> HTMLResponse:
 @router.post("/auth/token", summary="OAuth 2 token endpoint")
 async def token(request: Request) -> Response:
     auth = _auth(request)
+    if (limited := _too_many(auth.token_limit, request)) is not None:
+        return limited
     urls = auth.urls(request)
     sreq = SmartRequest("POST", urls.token, request.headers, [], await _form(request))
     return _oauth_response(await _call(urls, auth.server.create_token_response, sreq))

@@ -70,9 +70,11 @@ class Smart:
         return str(r.json()["access_token"])
 
 
-def smart_server(backend: Backend) -> Iterator[Smart]:
+def smart_server(backend: Backend, **settings_overrides: Any) -> Iterator[Smart]:
     """A real uvicorn server with FHIR_AUTH_REQUIRED=true on the test backend (each module's ``smart``)."""
-    settings = backend.settings.model_copy(update={"auth_required": True})
+    # Many sign-ins from one address in a few seconds: rate limits off unless a test sets them.
+    settings = backend.settings.model_copy(update={"auth_required": True, "auth_login_rate_per_minute": 0,
+                                                   "auth_token_rate_per_minute": 0, **settings_overrides})
     fhir = FhirServer(settings, backend.engine)
     app = create_app(settings, fhir)
     port = _free_port()
