@@ -15,7 +15,6 @@ import orjson
 from sqlalchemy import and_, func, literal, select, union_all
 
 from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue
-from fhir_server.search.index import flush_pending
 from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import Registry
 from fhir_server.search.sql import SqlContext, conditions
@@ -74,7 +73,7 @@ class SearchFinder:
         query = parse_query(self.registry, resource_type, params, base_url=self.ctx.base_url)
         if query.unknown:
             raise FhirError(400, [Issue(NOT_SUPPORTED, reason, expression=(name,)) for name, reason in query.unknown])
-        flush_pending(repo.conn)  # index rows queued earlier in this transaction must be visible
+        repo.flush()  # index rows deferred earlier in this transaction must be visible
         r = RESOURCE
         conds = conditions(self.ctx, r, resource_type, query.criteria)
         if after is not None:
@@ -84,7 +83,7 @@ class SearchFinder:
 
     def page(self, repo: Repository, resource_type: str, criteria: list[AnyCriterion],
              sort: list[SortKey], count: int, cursor: str | None) -> Page:
-        flush_pending(repo.conn)
+        repo.flush()
         r = RESOURCE
         keys = [sort_expression(r, resource_type, k).label(f"s{i}") for i, k in enumerate(sort)]
         inner = select(r.c.id, *keys).where(and_(*conditions(self.ctx, r, resource_type, criteria))).subquery()
@@ -103,7 +102,7 @@ class SearchFinder:
     def page_types(self, repo: Repository, parts: list[tuple[str, list[AnyCriterion], list[SortKey]]],
                    count: int, cursor: str | None) -> tuple[list[tuple[str, str]], str | None]:
         """System-level search over several types: one UNION ALL, ordered by the sort keys then Type/id."""
-        flush_pending(repo.conn)
+        repo.flush()
         r = RESOURCE
         n = len(parts[0][2])
         selects = []
@@ -127,7 +126,7 @@ class SearchFinder:
 
     def total(self, repo: Repository, resource_type: str, criteria: list[AnyCriterion],
               *, estimate: bool = False) -> int:
-        flush_pending(repo.conn)
+        repo.flush()
         r = RESOURCE
         matching = select(r.c.id).where(and_(*conditions(self.ctx, r, resource_type, criteria)))
         if estimate and repo.dialect == "postgresql":
