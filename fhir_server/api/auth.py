@@ -277,6 +277,31 @@ async def launch(request: Request) -> Response:
     return JSONResponse({"launch": launch_id, "expires_in": 300}, headers=NO_STORE)
 
 
+@router.post("/auth/clients", summary="Register a client (admin users only; RFC 7591-style metadata)")
+async def register_client(request: Request) -> Response:
+    auth = _auth(request)
+    access = await bearer_access(request, "auth/clients", required=True)
+    if isinstance(access, Response):
+        return access
+    if access is None or access.role != "admin":
+        return JSONResponse({"error": "insufficient_scope", "error_description": "Only admin users register clients"},
+                            status_code=403)
+    try:
+        meta = orjson.loads(await request.body())
+        grants = meta.get("grant_types") or ["authorization_code"]
+        if not isinstance(meta.get("client_name"), str) or not isinstance(meta.get("scope"), str) \
+                or not set(grants) <= {"authorization_code", "client_credentials", "refresh_token"}:
+            raise ValueError("client_name and scope are required; grant_types: authorization_code, "
+                             "client_credentials")
+        created = await _call(auth.urls(request), auth.store.create_client, meta["client_name"], list(grants),
+                              meta["scope"], [str(u) for u in meta.get("redirect_uris") or []],
+                              meta.get("token_endpoint_auth_method") == "none", meta.get("jwks"),
+                              meta.get("jwks_uri"))
+    except (ValueError, AttributeError, TypeError) as exc:
+        return JSONResponse({"error": "invalid_client_metadata", "error_description": str(exc)}, status_code=400)
+    return JSONResponse(created, status_code=201, headers=NO_STORE)
+
+
 # --- the bearer check of the FHIR endpoint -----------------------------------------------------------------------
 
 def _unauthorized(message: str, error: str | None = None) -> Response:

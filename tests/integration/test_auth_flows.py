@@ -316,3 +316,28 @@ def test_key_rotation_keeps_tokens_in_flight_valid(smart: Smart) -> None:
     assert {old_kid, new_kid} <= kids
     assert smart.fhir("GET", "Patient", before).status_code == 200
     assert smart.fhir("GET", "Patient", after).status_code == 200
+
+
+def test_admin_registers_clients_over_http(smart: Smart) -> None:
+    def admin_token(role: str) -> str:
+        user = smart.user(role)
+        app = smart.client(["authorization_code"], "user/*.rs", redirect_uris=[REDIRECT], public=True)
+        verifier, challenge = pkce()
+        code = code_from(authorize(smart, app["client_id"], REDIRECT, "user/*.rs", user, challenge=challenge),
+                         REDIRECT)
+        return str(exchange(smart, app["client_id"], code, REDIRECT, verifier).json()["access_token"])
+
+    meta = {"client_name": "Insurer pull", "grant_types": ["client_credentials"], "scope": "system/Claim.rs"}
+    url = f"{smart.root}/auth/clients"
+    assert smart.http.post(url, json=meta).status_code == 401
+    doctor = admin_token("doctor")
+    assert smart.http.post(url, json=meta, headers={"Authorization": f"Bearer {doctor}"}).status_code == 403
+    admin = {"Authorization": f"Bearer {admin_token('admin')}"}
+    created = smart.http.post(url, json=meta, headers=admin)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    r = smart.http.post(smart.token_url, data={"grant_type": "client_credentials"},
+                        auth=(body["client_id"], body["client_secret"]))
+    assert r.status_code == 200 and r.json()["scope"] == "system/Claim.rs"
+    bad = smart.http.post(url, json={"client_name": "x", "grant_types": ["password"], "scope": "a"}, headers=admin)
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_client_metadata"
