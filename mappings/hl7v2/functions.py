@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 from urllib.parse import quote
@@ -184,10 +185,48 @@ def participant(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
             "individual": individual}
 
 
+def event_lookup(_value: Value | None, ctx: Context, node: dict[str, Any]) -> Json:
+    """A code map keyed by the message's event (e.g. SIU^S15 -> cancelled)."""
+    return ctx.engine.lookup(node["map"], ctx.variables.get("event", ""))
+
+
+_MEDIA_TYPES = {"PDF": "application/pdf", "RTF": "application/rtf", "HTML": "text/html", "XML": "text/xml",
+                "JPEG": "image/jpeg", "JPG": "image/jpeg", "PNG": "image/png", "TIFF": "image/tiff",
+                "GIF": "image/gif", "DICOM": "application/dicom", "TEXT": "text/plain", "OCTET-STREAM":
+                "application/octet-stream", "MSWORD": "application/msword"}
+
+
+def document_attachment(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
+    """MDM document content from the OBX segments: an ED (encapsulated data) OBX as is, else the text lines."""
+    obx = [seg for seg in ctx.msg.segments[ctx.seg.index + 1:] if seg.id == "OBX"]
+    for seg in obx:
+        if seg.get(2).upper() == "ED":
+            ed = ctx.engine.resolve("OBX-5", ctx.at(seg))[0] if ctx.engine.resolve("OBX-5", ctx.at(seg)) else None
+            if ed is None:
+                continue
+            subtype, encoding, data = ed.part(3).upper(), ed.part(4).upper(), ed.child(5)
+            raw = data.raw if data else ""
+            try:
+                if encoding == "BASE64":
+                    payload = base64.b64decode(raw, validate=True)
+                elif encoding == "HEX":
+                    payload = bytes.fromhex(raw)
+                else:
+                    payload = (data.text() if data else "").encode()
+            except ValueError as exc:
+                raise ed.error(DATA_TYPE_ERROR, f"OBX-5.5 is not valid {encoding or 'data'}") from exc
+            media = _MEDIA_TYPES.get(subtype, "application/octet-stream")
+            return {"contentType": media, "data": base64.b64encode(payload).decode()}
+    lines = [v.text() for seg in obx for v in ctx.engine.resolve("OBX-5", ctx.at(seg))]
+    if not any(lines):
+        return None
+    return {"contentType": "text/plain; charset=utf-8", "data": base64.b64encode("\n".join(lines).encode()).decode()}
+
+
 FUNCTIONS: dict[str, Function] = {
     "identifier_system": identifier_system, "coding_system": coding_system, "quantity": quantity,
     "sn_quantity": sn_quantity, "sn_range": sn_range, "sn_ratio": sn_ratio, "reference_range": reference_range,
     "joined_text": joined_text, "person_name": person_name, "location_display": location_display,
     "telecom_value": telecom_value, "telecom_system": telecom_system, "encounter_status": encounter_status,
-    "participant": participant,
+    "participant": participant, "event_lookup": event_lookup, "document_attachment": document_attachment,
 }
