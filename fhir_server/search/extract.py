@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_server.definitions import resource_types
-from fhir_server.search.paths import Evaluator, compile_expression
+from fhir_server.search.paths import Evaluator, compile_expression, root_keys
 from fhir_server.search.registry import Registry, SearchParam
 from fhir_server.search.values import MAX_INSTANT, MIN_INSTANT, date_range, hash64, normalize
 
@@ -66,6 +66,7 @@ class Extractor:
         self.registry = registry
         self.base_url = base_url
         self._plans: dict[str, list[tuple[SearchParam, Evaluator]]] = {}
+        self._roots: dict[str, list[frozenset[str] | None]] = {}
 
     def plan(self, resource_type: str) -> list[tuple[SearchParam, Evaluator]]:
         plan = self._plans.get(resource_type)
@@ -77,12 +78,16 @@ class Extractor:
                     plan.append((sp, compile_expression(sp.expression, resource_type)))
                 except Exception:  # an expression fhirpathpy cannot compile: that parameter stays unindexed
                     log.warning("search parameter %s: cannot compile %r", sp.url, sp.expression)
+            self._roots[resource_type] = [root_keys(sp.expression or "", resource_type) for sp, _ in plan]
             self._plans[resource_type] = plan
         return plan
 
     def extract(self, resource_type: str, resource_id: str, resource: dict[str, Any]) -> IndexRows:
         out = IndexRows()
-        for sp, evaluate in self.plan(resource_type):
+        plan = self.plan(resource_type)
+        for (sp, evaluate), roots in zip(plan, self._roots[resource_type], strict=True):
+            if roots is not None and roots.isdisjoint(resource.keys()):
+                continue  # none of the elements the expression starts from is present
             try:
                 values = evaluate(resource)
             except Exception:  # odd content must never fail the write; the parameter is just not indexed

@@ -153,6 +153,36 @@ def _compile_fhirpath(part: str) -> Evaluator:
     return evaluate
 
 
+def root_keys(expression: str, resource_type: str) -> frozenset[str] | None:
+    """JSON keys of which the resource needs at least one for the expression to yield anything; None when
+    that cannot be told cheaply (fhirpathpy parts, choice elements). Lets extraction skip most parameters."""
+    from fhir_server.search.registry import split_union
+
+    choices = _top_level_choices(resource_type)
+    keys: set[str] = set()
+    for part in split_union(expression):
+        m = _STEP.match(part, len(resource_type) + (1 if part.startswith("(") else 0))
+        if _compile_fast(part, resource_type) is None or m is None or not m["name"]:
+            return None
+        keys.update(choices.get(m["name"], (m["name"],)))
+    return frozenset(keys)
+
+
+@lru_cache(maxsize=256)
+def _top_level_choices(resource_type: str) -> dict[str, tuple[str, ...]]:
+    """``effective`` -> (effectiveDateTime, effectivePeriod, ...) for the type's top-level choice elements."""
+    from fhir_server.definitions import resource_structure_definitions
+
+    out: dict[str, tuple[str, ...]] = {}
+    sd = resource_structure_definitions().get(resource_type, {})
+    for el in (sd.get("snapshot") or {}).get("element", []):
+        path = el.get("path", "")
+        if path.count(".") == 1 and path.endswith("[x]"):
+            name = path.split(".")[1][:-3]
+            out[name] = tuple(name + t["code"][0].upper() + t["code"][1:] for t in el.get("type", []))
+    return out
+
+
 @lru_cache(maxsize=8192)
 def compile_expression(expression: str, resource_type: str) -> Evaluator:
     """One evaluator for a (per-type) search expression, union parts compiled separately and cached."""
