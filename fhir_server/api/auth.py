@@ -122,8 +122,8 @@ async def authorize(request: Request) -> Response:
     auth = _auth(request)
     urls = auth.urls(request)
     form = await _form(request)
-    pairs = list(request.query_params.multi_items()) if request.method == "GET" else \
-        [(k, v) for k, v in form if k not in PAGE_FIELDS]
+    pairs = [(k, v) for k, v in (request.query_params.multi_items() if request.method == "GET" else form)
+             if k not in PAGE_FIELDS]
     fields = dict(form)
     sreq = SmartRequest(request.method, urls.authorize, request.headers, pairs, [])
     if request.method == "POST":

@@ -30,6 +30,7 @@ class KeyRing:
         self.engine = engine
         self.rotation = timedelta(days=rotation_days)
         self._lock = threading.Lock()
+        self._rotating = threading.Lock()  # one first key per process, not one per concurrent request
         self._loaded_at = 0.0
         self._current: RSAKey | None = None
         self._published: KeySet = KeySet([])
@@ -65,7 +66,13 @@ class KeyRing:
             if self._current is None or time.monotonic() - self._loaded_at > RELOAD_SECONDS:
                 self._load()
             current = self._current
-        return current if current is not None else self.rotate()
+        if current is not None:
+            return current
+        with self._rotating:
+            with self._lock:
+                self._load()
+                current = self._current
+            return current if current is not None else self.rotate()
 
     def jwks(self) -> dict[str, Any]:
         self.signing_key()
