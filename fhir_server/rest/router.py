@@ -10,11 +10,12 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from fhir_server.definitions import resource_types
 from fhir_server.errors import NOT_FOUND, NOT_SUPPORTED, FhirError
 from fhir_server.rest import interactions as ix
 from fhir_server.rest.history import history
 from fhir_server.rest.request import FhirRequest, FhirResponse
-from fhir_server.rest.search import search_type
+from fhir_server.rest.search import search_compartment, search_system, search_type
 from fhir_server.storage.repository import Repository
 
 if TYPE_CHECKING:
@@ -33,8 +34,11 @@ def route(server: FhirServer, req: FhirRequest, repo: Repository) -> FhirRespons
     method = "GET" if req.method == "HEAD" else req.method
     parts = [p for p in req.path.strip("/").split("/") if p] if req.path.strip("/") else []
     s = server.settings
-    if not parts:
-        raise not_allowed(req.method, req.path)  # POST to the base is a Bundle: FhirServer.handle
+    page = {"default_count": s.default_page_size, "max_count": s.max_page_size}
+    if not parts or (parts == ["_search"] and method == "POST"):
+        if method != "GET" and parts != ["_search"]:  # POST to the base is a Bundle: FhirServer.handle
+            raise not_allowed(req.method, req.path)
+        return search_system(req, repo, req.query, **page)
     head = parts[0]
     if head == "metadata" and len(parts) == 1:
         if method != "GET":
@@ -43,7 +47,7 @@ def route(server: FhirServer, req: FhirRequest, repo: Repository) -> FhirRespons
     if head == "_history" and len(parts) == 1:
         if method != "GET":
             raise not_allowed(req.method, req.path)
-        return history(req, repo, None, None, default_count=s.default_page_size, max_count=s.max_page_size)
+        return history(req, repo, None, None, **page)
     if _OP.match(head):
         return server.operations.invoke(req, repo, head[1:], None, None)
     ix.check_type_known(head)
@@ -52,8 +56,7 @@ def route(server: FhirServer, req: FhirRequest, repo: Repository) -> FhirRespons
         return binary  # raw content in and out (fhir_server.binary)
     if len(parts) == 1:
         if method == "GET":
-            return search_type(req, repo, rtype, req.query, default_count=s.default_page_size,
-                               max_count=s.max_page_size)
+            return search_type(req, repo, rtype, req.query, **page)
         handlers: dict[str, Handler] = {
             "POST": lambda r, rp: ix.create(r, rp, rtype),
             "PUT": lambda r, rp: ix.conditional_update(r, rp, rtype),
@@ -67,12 +70,11 @@ def route(server: FhirServer, req: FhirRequest, repo: Repository) -> FhirRespons
     if len(parts) == 2 and second == "_search":
         if method != "POST":
             raise not_allowed(req.method, req.path)
-        return search_type(req, repo, rtype, req.query, default_count=s.default_page_size,
-                           max_count=s.max_page_size)
+        return search_type(req, repo, rtype, req.query, **page)
     if len(parts) == 2 and second == "_history":
         if method != "GET":
             raise not_allowed(req.method, req.path)
-        return history(req, repo, rtype, None, default_count=s.default_page_size, max_count=s.max_page_size)
+        return history(req, repo, rtype, None, **page)
     if _OP.match(second):
         return server.operations.invoke(req, repo, second[1:], rtype, None)
     rid = second
@@ -91,8 +93,11 @@ def route(server: FhirServer, req: FhirRequest, repo: Repository) -> FhirRespons
         if method != "GET":
             raise not_allowed(req.method, req.path)
         if len(parts) == 3:
-            return history(req, repo, rtype, rid, default_count=s.default_page_size, max_count=s.max_page_size)
+            return history(req, repo, rtype, rid, **page)
         return ix.vread(req, repo, rtype, rid, parts[3])
     if _OP.match(third) and len(parts) == 3:
         return server.operations.invoke(req, repo, third[1:], rtype, rid)
+    if third in resource_types() and ((len(parts) == 3 and method == "GET") or
+                                      (parts[3:] == ["_search"] and method == "POST")):
+        return search_compartment(req, repo, rtype, rid, third, req.query, **page)
     raise FhirError(404, NOT_FOUND, f"No FHIR interaction matches /{req.path}")
