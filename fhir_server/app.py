@@ -27,6 +27,9 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     dispatcher = dispatcher or OutboxDispatcher(server.engine)
     # Committed writes may have queued outbox work: let the dispatcher look now, not at the next poll.
     server.hooks.register(HookPoint.AFTER_COMMIT, lambda _event, _repo: dispatcher.wake())
+    from interfaces.mllp.outbound import install as install_hl7_orders
+
+    install_hl7_orders(server, dispatcher)  # ServiceRequests for MLLP labs go out as ORM^O01 via the outbox
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -46,8 +49,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app = FastAPI(title="FHIR R4 server", version="0.1.0", lifespan=lifespan, docs_url="/docs")
     app.state.fhir = server
     app.state.outbox = dispatcher
-    app.state.auth = auth.SmartAuth(server)  # SMART on FHIR authorization server
-    app.include_router(auth.router)  # /auth/* and /fhir/.well-known/*, before the FHIR catch-all route
+    auth.install(app, server)  # SMART on FHIR: /auth/*, /fhir/.well-known/* (before the catch-all), CORS
     app.include_router(fhir.router)
     app.add_middleware(AccessLogMiddleware)
 
