@@ -15,13 +15,14 @@ from urllib.parse import parse_qsl
 
 import orjson
 from authlib.oauth2 import OAuth2Error
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from fhir_server.auth.access import AccessContext
 from fhir_server.auth.authorization import SmartAuthorizationServer, SmartRequest
 from fhir_server.auth.clients import CURRENT_URLS, Urls
+from fhir_server.auth.cors import CorsMiddleware, RegisteredOrigins
 from fhir_server.auth.discovery import capability_security, smart_configuration
 from fhir_server.auth.keys import KeyRing
 from fhir_server.auth.pages import HEADERS, authorize_page, error_page
@@ -49,6 +50,7 @@ class SmartAuth:
         self.store = AuthStore(server.engine)
         self.keys = KeyRing(server.engine, server.settings.auth_key_rotation_days)
         self.server = SmartAuthorizationServer(server.settings, self.store, self.keys)
+        self.origins = RegisteredOrigins(server.engine)  # CORS for registered browser apps
         self.login_limit = RateLimiter(server.settings.auth_login_rate_per_minute)
         self.token_limit = RateLimiter(server.settings.auth_token_rate_per_minute)
         server.security = lambda base: capability_security(Urls.at(_root_of(base), base))  # rest.security
@@ -299,6 +301,7 @@ async def register_client(request: Request) -> Response:
                               meta.get("jwks_uri"))
     except (ValueError, AttributeError, TypeError) as exc:
         return JSONResponse({"error": "invalid_client_metadata", "error_description": str(exc)}, status_code=400)
+    auth.origins.refresh()
     return JSONResponse(created, status_code=201, headers=NO_STORE)
 
 
@@ -331,3 +334,12 @@ async def bearer_access(request: Request, path: str, *,
     if claims is None:
         return _unauthorized("The access token is not valid (expired, revoked or not issued here)", "invalid_token")
     return auth.server.access_context(claims)
+
+
+def install(app: FastAPI, server: FhirServer) -> None:
+    """SMART on FHIR for one app: the authorization server, its routes (before the FHIR catch-all route)
+    and CORS for registered browser apps."""
+    app.state.auth = SmartAuth(server)
+    app.include_router(router)
+    app.add_middleware(CorsMiddleware, origins=lambda: app.state.auth.origins,
+                       run_sync=run_in_threadpool)
