@@ -27,6 +27,9 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     dispatcher = dispatcher or OutboxDispatcher(server.engine)
     # Committed writes may have queued outbox work: let the dispatcher look now, not at the next poll.
     server.hooks.register(HookPoint.AFTER_COMMIT, lambda _event, _repo: dispatcher.wake())
+    from interfaces.mllp.outbound import install as install_hl7_orders
+
+    install_hl7_orders(server, dispatcher)  # ServiceRequests for MLLP labs go out as ORM^O01 via the outbox
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
