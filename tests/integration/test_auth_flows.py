@@ -5,6 +5,7 @@ detection, introspection, revocation, EHR launch, and rejected tokens."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -271,6 +272,14 @@ def test_rejected_tokens(smart: Smart) -> None:
         assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
     assert smart.fhir("GET", "Patient", headers={"Authorization": "Basic abc"}).status_code == 401
     assert smart.fhir("GET", "Patient", token).status_code == 200
+    # Signed by us but expired, or for another audience, or an id_token: all rejected.
+    now = int(time.time())
+    base_claims = {"iss": smart.base, "aud": smart.base, "sub": "x", "scope": "system/*.rs", "jti": "j1",
+                   "iat": now - 3600}
+    for claims in ({**base_claims, "exp": now - 60}, {**base_claims, "aud": "https://other/fhir", "exp": now + 60},
+                   {**base_claims, "aud": "some-client-id", "exp": now + 60}):
+        r = smart.fhir("GET", "Patient", smart.auth.keys.sign(claims))
+        assert r.status_code == 401, claims
 
 
 def test_login_does_not_reveal_usernames_and_locks_out(smart: Smart) -> None:
@@ -341,3 +350,19 @@ def test_admin_registers_clients_over_http(smart: Smart) -> None:
     assert r.status_code == 200 and r.json()["scope"] == "system/Claim.rs"
     bad = smart.http.post(url, json={"client_name": "x", "grant_types": ["password"], "scope": "a"}, headers=admin)
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_client_metadata"
+
+
+def test_authorize_requires_this_servers_aud(smart: Smart) -> None:
+    client = smart.client(["authorization_code"], "user/*.rs", redirect_uris=[REDIRECT], public=True)
+    _, challenge = pkce()
+    r = smart.http.get(f"{smart.root}/auth/authorize", params={
+        "response_type": "code", "client_id": client["client_id"], "redirect_uri": REDIRECT, "scope": "user/*.rs",
+        "state": "s1", "aud": "https://other.example.org/fhir", "code_challenge": challenge,
+        "code_challenge_method": "S256"})
+    assert r.status_code == 302
+    location = r.headers["location"]
+    assert location.startswith(REDIRECT + "?") and "error=invalid_request" in location and "state=s1" in location
+    unknown = smart.http.get(f"{smart.root}/auth/authorize", params={
+        "response_type": "code", "client_id": "nobody", "redirect_uri": REDIRECT, "scope": "user/*.rs",
+        "aud": smart.base})
+    assert unknown.status_code == 400 and "location" not in unknown.headers
