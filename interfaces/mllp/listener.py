@@ -104,6 +104,9 @@ class MllpListener:
                     await self._handle(frame, writer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             log.info("mllp: connection ended: %s", type(exc).__name__)
+        except Exception:
+            # e.g. the database is unreachable: nothing was stored, so no ACK — the sender will re-send.
+            log.exception("mllp: a message could not be stored; closing the connection without an ACK")
         finally:
             if task is not None:
                 self._connections.discard(task)
