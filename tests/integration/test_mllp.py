@@ -293,3 +293,31 @@ def test_every_golden_message_is_accepted_by_the_server(api: LiveServer, mllp: R
     docs = search(api, "DocumentReference")["entry"]
     assert {d["resource"]["content"][0]["attachment"]["contentType"] for d in docs} == \
         {"application/pdf", "text/plain; charset=utf-8"}
+
+
+def test_the_ack_leaves_only_after_the_commit(api: LiveServer, mllp: Running) -> None:
+    """Original mode: when an ACK arrives, its row is committed with that very ACK and the resources exist."""
+    store = MessageStore(api.backend.engine)
+    template = golden("ADT_A04/register_outpatient.hl7").decode()
+    with connect(mllp.port) as sock:
+        for i in range(10):
+            sock.sendall(encode(template.replace("ADT-0004", f"T-{i}").replace("ADT-100^", f"TP-{i}^").encode()))
+            [ack] = read_acks(sock, 1)
+            row = store.find("HIS|HOSP", f"T-{i}")  # read at once: no waiting, no retry
+            assert row is not None and row.status == PROCESSED and row.acks == [ack]
+            assert search(api, f"Patient?identifier=TP-{i}")["total"] == 1
+
+
+def test_a_failed_transaction_writes_nothing(api: LiveServer, mllp: Running) -> None:
+    # The last OBX carries a code the server's validation refuses (two spaces inside a FHIR code):
+    # the whole message is one transaction, so not even the Patient or the first results are written.
+    message = golden("ORU_R01/lab_panel_all_value_types.hl7").replace(
+        b"OBX|12|NM|1751-7^Albumin^LN", b"OBX|12|NM|1751  7^Albumin^LN").replace(b"|AL|NE|", b"|||")
+    [ack] = exchange(mllp.port, message)
+    assert segment(ack, "MSA")[1] == "AE"
+    assert segment(ack, "ERR")[2] == "OBX^12" and segment(ack, "ERR")[3].startswith("207^")
+    assert "code" in segment(ack, "ERR")[8]
+    for resource_type in ("Patient", "Observation", "DiagnosticReport", "ServiceRequest", "Provenance"):
+        assert search(api, f"{resource_type}?_summary=count")["total"] == 0, resource_type
+    [row] = MessageStore(api.backend.engine).with_status(ERROR)
+    assert row.error and "OBX[12]" in row.error
