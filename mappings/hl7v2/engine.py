@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from mappings.hl7v2 import convert
@@ -102,13 +102,12 @@ class Context:
     variables: dict[str, str]
     planned: list[Planned]
     value: Value | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def at(self, seg: Segment) -> Context:
-        return replace(self, seg=seg, value=None)
+        return Context(self.engine, self.msg, seg, self.variables, self.planned)
 
     def with_value(self, value: Value) -> Context:
-        return replace(self, value=value)
+        return Context(self.engine, self.msg, self.seg, self.variables, self.planned, value)
 
 
 # (the value at the directive path — for "$fn" the datatype value a partial renders, if any; context; node)

@@ -131,3 +131,13 @@ def test_a_correction_maps_to_the_same_observation_id() -> None:
 
 def test_pipeline_is_importable() -> None:
     assert Hl7Pipeline
+
+
+def test_message_templates_name_real_structures_and_every_event_has_a_golden_case() -> None:
+    from mappings.hl7v2.header import known_structures
+
+    structures = known_structures("2.5")
+    covered = {p.parent.name.replace("_", "^") for p in CASES}
+    for name, template in MAPPER.messages.items():
+        assert template["structure"] in structures, name  # hl7apy's reference library knows it
+        assert any(event in covered for event in template["events"]), f"{name} has no golden case"
