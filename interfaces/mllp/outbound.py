@@ -22,6 +22,7 @@ from fhir_server.rest.server import FhirServer
 from fhir_server.storage.outbox import OutboxDispatcher
 from fhir_server.storage.repository import Repository
 from interfaces.mllp.framing import MllpDecoder, encode
+from mappings.hl7v2.mapper import OWN_APPLICATION
 from mappings.hl7v2.message import parse
 from mappings.hl7v2.outbound import OutboundMapper
 
@@ -105,7 +106,7 @@ class OrderSender:
     """The outbox handler for TOPIC (idempotent by key: the lab de-duplicates by MSH-10 = key's hash)."""
 
     def __init__(self, server: FhirServer, mapper: OutboundMapper | None = None, *,
-                 sending: tuple[str, str] = ("FHIR-SERVER", "HOSPITAL"), timeout: float = 30.0) -> None:
+                 sending: tuple[str, str] = (OWN_APPLICATION, "HOSPITAL"), timeout: float = 30.0) -> None:
         self.server = server
         self.mapper = mapper or OutboundMapper()
         self.sending = sending

@@ -300,6 +300,8 @@ class Engine:
     def _test(self, test: dict[str, Any], ctx: Context) -> bool:
         if "event" in test:
             return ctx.variables.get("event") in test["event"]
+        if "fn" in test:
+            return _empty(self.functions[test["fn"]](ctx.value, ctx, test)) != bool(test.get("present", True))
         text = self.text(test["$"], ctx).upper() if "$" in test else ""
         if "in" in test:
             return text in test["in"]

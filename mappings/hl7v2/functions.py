@@ -223,10 +223,22 @@ def document_attachment(_value: Value | None, ctx: Context, _node: dict[str, Any
     return {"contentType": "text/plain; charset=utf-8", "data": base64.b64encode("\n".join(lines).encode()).decode()}
 
 
+def own_order(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
+    """OBR-2 naming one of our own orders (sent out by orders-out: placer number = our ServiceRequest id,
+    namespace = our application name) -> a literal reference to that ServiceRequest."""
+    own = ctx.variables.get("own_application", "")
+    placer = ctx.engine.resolve("OBR-2", ctx)
+    if not own or not placer or placer[0].part(2) != own:
+        return None
+    order_id = placer[0].part(1)
+    return {"reference": f"ServiceRequest/{order_id}"} if re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", order_id) else None
+
+
 FUNCTIONS: dict[str, Function] = {
     "identifier_system": identifier_system, "coding_system": coding_system, "quantity": quantity,
     "sn_quantity": sn_quantity, "sn_range": sn_range, "sn_ratio": sn_ratio, "reference_range": reference_range,
     "joined_text": joined_text, "person_name": person_name, "location_display": location_display,
     "telecom_value": telecom_value, "telecom_system": telecom_system, "encounter_status": encounter_status,
     "participant": participant, "event_lookup": event_lookup, "document_attachment": document_attachment,
+    "own_order": own_order,
 }

@@ -34,7 +34,9 @@ from mappings.hl7v2.header import Header
 from mappings.hl7v2.message import V2Message
 
 ROOT = Path(__file__).parent
-MESSAGE_SYSTEM = "urn:fhir-server:hl7v2-message"  # Provenance.entity identifier: "<sender>|<control id>"
+MESSAGE_SYSTEM = "urn:fhir-server:hl7v2-message"
+# MSH-3 of what we send (orders out) and the placer namespace in ORC-2/OBR-2 of our own orders.
+OWN_APPLICATION = "FHIR-SERVER"  # Provenance.entity identifier: "<sender>|<control id>"
 
 
 def _load_dir(path: Path) -> dict[str, Any]:
@@ -50,7 +52,8 @@ class MappingResult:
 
 class V2Mapper:
     def __init__(self, root: Path = ROOT, identifier_systems: dict[str, str] | None = None,
-                 default_tz: str = "+00:00") -> None:
+                 default_tz: str = "+00:00", own_application: str = OWN_APPLICATION) -> None:
+        self.own_application = own_application
         self.messages = _load_dir(root / "messages")
         self.resources = _load_dir(root / "resources")
         codemaps = _load_dir(root / "codemaps")
@@ -79,7 +82,7 @@ class V2Mapper:
         variables = {"sender": header.sender, "control_id": header.control_id, "event": header.event,
                      "message_type": header.message_type, "trigger": header.trigger_event,
                      "sending_application": header.sending_application,
-                     "sending_facility": header.sending_facility}
+                     "sending_facility": header.sending_facility, "own_application": self.own_application}
         planned: list[Planned] = []
         ctx0 = Context(self.engine, msg, msg.msh, variables, planned)
         for rule in template["resources"]:

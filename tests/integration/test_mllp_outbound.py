@@ -110,7 +110,8 @@ def test_an_order_for_an_mllp_lab_goes_out_as_orm_and_its_ack_is_recorded(api: L
     assert msg.msh.get(9) == "ORM" and msg.msh.get(9, comp=2) == "O01" and msg.msh.get(10) == f"{order['id']}-1"
     assert msg.first("PID").get(3) == "MRN-9" and msg.first("PID").get(3, comp=4) == "HOSP"  # type: ignore[union-attr]
     assert msg.first("PID").get(5, comp=2) == "Meera" and msg.first("PID").get(8) == "F"  # type: ignore[union-attr]
-    assert msg.first("ORC").get(1) == "NW" and msg.first("ORC").get(2) == "ORD-42"  # type: ignore[union-attr]
+    orc = msg.first("ORC")  # we are the placer: ORC-2 is our ServiceRequest id in our namespace
+    assert orc is not None and orc.get(1) == "NW" and orc.get(2) == order["id"] and orc.get(2, comp=2) == "FHIR-SERVER"
     obr = msg.first("OBR")
     assert obr is not None and obr.get(4) == "2345-7" and obr.get(4, comp=3) == "LN" and obr.get(5) == "S"
     assert msg.first("NTE").get(3) == "Fasting"  # type: ignore[union-attr]
@@ -160,3 +161,27 @@ def test_orders_without_an_mllp_endpoint_or_not_active_send_nothing(api: LiveSer
     plain = api.http.post("Organization", json={"resourceType": "Organization", "name": "No endpoint"}).json()
     _order(api, {**refs, "org": plain})
     assert _outbox(api) == []
+
+
+def test_results_for_our_own_order_link_back_to_it(api: LiveServer, lab: FakeLab) -> None:
+    """Closed loop: order out as ORM (placer number = our ServiceRequest id), ORU back names it in OBR-2."""
+    from interfaces.mllp.pipeline import Hl7Pipeline
+    from interfaces.mllp.store import MessageStore
+
+    refs = _setup(api, f"mllp://127.0.0.1:{lab.port}")
+    order = _order(api, refs)
+    assert _dispatcher(api).run_once() == 1
+    placer = parse(lab.received[0]).first("ORC").get(2)  # type: ignore[union-attr]
+    assert placer == order["id"]
+    oru = "\r".join([
+        "MSH|^~\\&|LIS|LAB|FHIR-SERVER|HOSPITAL|20240305101500||ORU^R01^ORU_R01|R-1|P|2.5.1",
+        "PID|1||MRN-9^^^HOSP^MR||Rao^Meera||19800101|F",
+        f"OBR|1|{order['id']}^FHIR-SERVER|F-9^LAB|2345-7^Glucose^LN|||20240305093000|||||||||||||||20240305101000||CH|F",
+        "OBX|1|NM|2345-7^Glucose^LN||99|mg/dL|70-105|N|||F"]) + "\r"
+    [ack] = Hl7Pipeline(api.fhir, MessageStore(api.backend.engine)).handle(oru.encode())
+    assert "MSA|AA|R-1" in ack
+    report = api.http.get("DiagnosticReport").json()["entry"][0]["resource"]
+    assert report["basedOn"] == [{"reference": f"ServiceRequest/{order['id']}"}]
+    assert api.http.get("ServiceRequest", params={"_summary": "count"}).json()["total"] == 1  # no duplicate
+    patients = api.http.get("Patient", params={"_summary": "count"}).json()["total"]
+    assert patients == 1  # PID-3 MRN-9 from authority HOSP is the registered patient's identifier: matched
