@@ -10,7 +10,12 @@ Template language (kept deliberately small; see mappings/hl7v2/README.md):
 - ``{"$when": {"$": path, "in": [...]} | {"$": path, "present": true}, ...}``: the node only if the test holds;
 - ``{"$first": [node, ...]}``: the first non-empty; ``{"$literal": x}``: x as is;
 - ``{"$ref": key}`` / ``{"$refs": key}``: Reference(s) to resources produced by another rule (nearest / all in
-  this group); ``{"$segments": "NK1", "template": {...}}``: render a template once per such segment.
+  this group); ``{"$segments": "NK1", "template": {...}}``: render a template once per such segment
+  (``following``: only the segments right after the current one, e.g. NTE after OBX; ``joined``: as one text);
+- ``{"$fn": name}``: a named function of the current datatype value (see functions.py);
+- on any directive: ``required`` (empty -> AE 101 at that path), ``default`` (used when empty), ``with``
+  (constant members merged into the result, e.g. an identifier type), ``following`` (read the field from
+  the segments right after the current one, e.g. RXR after RXA).
 Empty values are pruned, and an object left with only constants is dropped (a coding system without a code).
 """
 
