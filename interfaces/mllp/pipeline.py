@@ -183,6 +183,8 @@ class Hl7Pipeline:
         except MessageError:
             return row.status
         header = read_header(msg)
+        if not header.version_supported():  # still not something we take: it stays as it was
+            return row.status
         original = Header(**{**header.__dict__, "accept_ack": "NE", "application_ack": "AL"}) \
             if header.enhanced else header
         # Keep the accept ACK that was sent (enhanced mode); the application ACK is replaced.
