@@ -11,7 +11,7 @@ import hmac
 import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from authlib.oauth2 import OAuth2Error
@@ -163,7 +163,8 @@ def _authorize(auth: SmartAuth, request: Request, urls: Urls, sreq: SmartRequest
 
     def page(error: str | None = None, status: int = 200) -> Response:
         csrf = secrets.token_urlsafe(32)
-        html = authorize_page(action=urls.authorize, client_name=client.name, csrf=csrf, error=error,
+        # A relative action: the password goes back to the host the page came from, whatever Host said.
+        html = authorize_page(action=urlsplit(urls.authorize).path, client_name=client.name, csrf=csrf, error=error,
                               scopes=[(s, describe(s)) for s in granted], hidden=sreq.payload.pairs,
                               username=fields.get("username", ""), ask_patient=ask_patient)
         response = _html(html, status)

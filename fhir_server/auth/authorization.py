@@ -52,7 +52,11 @@ class SmartRequest(OAuth2Request):
 
     def __init__(self, method: str, uri: str, headers: Any, query: list[tuple[str, str]],
                  form: list[tuple[str, str]]) -> None:
-        super().__init__(method, uri, headers=headers)
+        # Not OAuth2Request.__init__: its https check would turn a plain-http deployment (a LAN during
+        # development; production terminates TLS at the proxy in front) into a 500 on every request.
+        self.method, self.uri, self.headers, self._body = method, uri, headers, None
+        self.client = self.auth_method = self.user = self.authorization_code = None
+        self.refresh_token = self.credential = self._scope = None
         self._args = dict(query)
         self._form = dict(form)
         self.payload = Payload([*query, *form])

@@ -366,3 +366,21 @@ def test_authorize_requires_this_servers_aud(smart: Smart) -> None:
         "response_type": "code", "client_id": "nobody", "redirect_uri": REDIRECT, "scope": "user/*.rs",
         "aud": smart.base})
     assert unknown.status_code == 400 and "location" not in unknown.headers
+
+
+def test_plain_http_on_a_lan_address_works_and_tokens_are_bound_to_the_host(smart: Smart) -> None:
+    client = smart.client(["client_credentials"], "system/*.rs")
+    lan = {"Host": "192.168.1.5:8080"}
+    r = smart.http.post(smart.token_url, data={"grant_type": "client_credentials"}, headers=lan,
+                        auth=(client["client_id"], client["client_secret"]))
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    assert _jwt_claims(token)["iss"] == "http://192.168.1.5:8080/fhir"
+    assert smart.fhir("GET", "Patient", token, headers=lan).status_code == 200
+    assert smart.fhir("GET", "Patient", token).status_code == 401  # issued for another base URL
+    app = smart.client(["authorization_code"], "user/*.rs", redirect_uris=[REDIRECT], public=True)
+    _, challenge = pkce()
+    page = smart.http.get(f"{smart.root}/auth/authorize", params={
+        "response_type": "code", "client_id": app["client_id"], "redirect_uri": REDIRECT, "scope": "user/*.rs",
+        "aud": smart.base, "code_challenge": challenge, "code_challenge_method": "S256"})
+    assert '<form method="post" action="/auth/authorize">' in page.text  # credentials go back where they came from
