@@ -195,7 +195,7 @@ One {args.big_entries}-entry transaction (one patient record plus more patients 
 
 Caveats: the client runs on the same 2 cores as the server and PostgreSQL; the test PostgreSQL runs with
 fsync=off and synchronous_commit=off (scripts/postgres.sh), so commit latency is lower than on a durable
-production setup; uvicorn's access log is on, as `serve` configures it.
+production setup; the access log (query values masked) is on, as `serve` configures it.
 """
 
 
