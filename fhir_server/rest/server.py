@@ -25,6 +25,7 @@ from fhir_server.storage.database import make_engine
 from fhir_server.storage.repository import Finder, Repository
 from fhir_server.storage.uow import UnitOfWork, acting_as
 from fhir_server.validation import ResourceValidator
+from terminology.operations import register as register_terminology
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class FhirServer:
         self.uow = UnitOfWork(self.engine, self.hooks, self.validator, self.finder)
         self.binary = BinaryStorage(settings, self.hooks)  # Binary.data -> blob store, raw Binary REST
         self.operations = OperationRegistry()
+        register_terminology(self)  # CodeSystem/ValueSet/ConceptMap operations + concept tables (terminology/)
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
         # auth: CapabilityStatement.rest.security for a base URL (fhir_server.auth sets it; None: no SMART).

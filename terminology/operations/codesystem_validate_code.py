@@ -1,0 +1,41 @@
+"""CodeSystem/$validate-code (http://hl7.org/fhir/OperationDefinition/CodeSystem-validate-code)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fhir_server.rest.request import FhirRequest, FhirResponse
+from terminology import store
+from terminology.operations.common import code_system_for, codings_input
+from terminology.params import OperationInput, parameters, value
+
+if TYPE_CHECKING:
+    from fhir_server.storage.repository import Repository
+
+DEFINITION = "http://hl7.org/fhir/OperationDefinition/CodeSystem-validate-code"
+
+
+def validate_code(req: FhirRequest, repo: Repository, resource_type: str | None,
+                  resource_id: str | None) -> FhirResponse:
+    inp = OperationInput.of(req)
+    codings = codings_input(inp)
+    url = inp.string("url") or next((c["system"] for c in codings if c.get("system")), None)
+    cs = code_system_for(repo, inp, resource_id, url, system_param="url")
+    messages = []
+    for coding in codings:
+        if resource_id is None and coding.get("system") and coding["system"] != cs.url:
+            messages.append(f"The system {coding['system']} is not the code system {cs.url}")
+            continue
+        concept = store.concept(repo, cs, coding["code"])
+        if concept is None:
+            messages.append(f"The code {coding['code']} is not in the code system {cs.url}")
+            continue
+        shown = coding.get("display")
+        if shown and concept.display and shown != concept.display \
+                and shown not in {d.get("value") for d in concept.designations}:
+            return parameters(value("result", "Boolean", False),
+                              value("message", "String", f"The display {shown!r} is not valid for the code "
+                                                         f"{coding['code']}; expected {concept.display!r}"),
+                              value("display", "String", concept.display))
+        return parameters(value("result", "Boolean", True), value("display", "String", concept.display))
+    return parameters(value("result", "Boolean", False), value("message", "String", "; ".join(messages)))

@@ -1,0 +1,41 @@
+"""ValueSet/$validate-code (http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fhir_server.rest.request import FhirRequest, FhirResponse
+from terminology.operations.common import codings_input
+from terminology.operations.expand import value_set_for
+from terminology.params import OperationInput, parameters, value
+from terminology.valueset import members
+
+if TYPE_CHECKING:
+    from fhir_server.storage.repository import Repository
+
+DEFINITION = "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code"
+
+
+def validate_code(req: FhirRequest, repo: Repository, resource_type: str | None,
+                  resource_id: str | None) -> FhirResponse:
+    inp = OperationInput.of(req)
+    codings = codings_input(inp)
+    vs = value_set_for(repo, inp, resource_id)
+    name = vs.get("url") or f"ValueSet/{resource_id}"
+    messages = []
+    for coding in codings:
+        found = members(repo, vs, only=(coding.get("system") or None, coding["code"]))
+        if not found:
+            where = f"{coding['system']}#" if coding.get("system") else ""
+            messages.append(f"The code {where}{coding['code']} is not in the value set {name}")
+            continue
+        member = found[0]
+        shown = coding.get("display")
+        if shown and member.display and shown != member.display \
+                and shown not in {d.get("value") for d in member.designations}:
+            return parameters(value("result", "Boolean", False),
+                              value("message", "String", f"The display {shown!r} is not valid for the code "
+                                                         f"{coding['code']}; expected {member.display!r}"),
+                              value("display", "String", member.display))
+        return parameters(value("result", "Boolean", True), value("display", "String", member.display))
+    return parameters(value("result", "Boolean", False), value("message", "String", "; ".join(messages)))

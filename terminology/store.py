@@ -1,0 +1,123 @@
+"""Reads of the concept tables and of the terminology resources an operation names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from fhir_server.errors import NOT_FOUND, FhirError
+from terminology.tables import CLOSURE, CODE_SYSTEM, CONCEPT
+
+if TYPE_CHECKING:
+    from fhir_server.storage.repository import Repository
+
+
+@dataclass(frozen=True)
+class CodeSystemRef:
+    resource_id: str
+    url: str
+    version: str
+    name: str | None
+
+
+@dataclass(frozen=True)
+class Concept:
+    code: str
+    display: str | None
+    definition: str | None
+    designations: list[dict[str, Any]]
+    properties: list[dict[str, Any]]
+    parents: list[str]
+
+
+def code_system(repo: Repository, url: str, version: str | None = None) -> CodeSystemRef | None:
+    """The stored CodeSystem for a canonical URL (``url|version`` allowed); the latest version by default."""
+    if version is None and "|" in url:
+        url, version = url.split("|", 1)
+    stmt = select(CODE_SYSTEM).where(CODE_SYSTEM.c.url == url)
+    if version:
+        stmt = stmt.where(CODE_SYSTEM.c.version == version)
+    rows = repo.execute(stmt).all()
+    if not rows:
+        return None
+    row = max(rows, key=lambda r: (_version_key(r.version), r.resource_id))
+    return CodeSystemRef(row.resource_id, row.url, row.version, row.name)
+
+
+def code_system_by_id(repo: Repository, resource_id: str) -> CodeSystemRef | None:
+    row = repo.execute(select(CODE_SYSTEM).where(CODE_SYSTEM.c.resource_id == resource_id)).first()
+    return None if row is None else CodeSystemRef(row.resource_id, row.url, row.version, row.name)
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in version.split("."))
+
+
+def _concept(row: Any) -> Concept:
+    return Concept(row.code, row.display, row.definition, row.designations or [], row.properties or [],
+                   row.parents or [])
+
+
+def concept(repo: Repository, cs: CodeSystemRef, code: str) -> Concept | None:
+    row = repo.execute(select(CONCEPT).where(CONCEPT.c.resource_id == cs.resource_id, CONCEPT.c.code == code)).first()
+    return None if row is None else _concept(row)
+
+
+def concepts(repo: Repository, cs: CodeSystemRef, codes: set[str] | None = None) -> list[Concept]:
+    """Concepts in CodeSystem order: all of them, or those with the given codes."""
+    stmt = select(CONCEPT).where(CONCEPT.c.resource_id == cs.resource_id).order_by(CONCEPT.c.seq)
+    if codes is not None:
+        if not codes:
+            return []
+        out: list[Concept] = []
+        ordered = sorted(codes)
+        for start in range(0, len(ordered), 500):
+            out += [_concept(r) for r in repo.execute(stmt.where(CONCEPT.c.code.in_(ordered[start:start + 500])))]
+        return out
+    return [_concept(r) for r in repo.execute(stmt)]
+
+
+def descendants(repo: Repository, cs: CodeSystemRef, code: str, *, include_self: bool = True) -> set[str]:
+    rows = repo.execute(select(CLOSURE.c.descendant).where(
+        CLOSURE.c.resource_id == cs.resource_id, CLOSURE.c.ancestor == code)).scalars()
+    found = set(rows)
+    if not include_self:
+        found.discard(code)
+    return found
+
+
+def ancestors(repo: Repository, cs: CodeSystemRef, code: str, *, include_self: bool = True) -> set[str]:
+    rows = repo.execute(select(CLOSURE.c.ancestor).where(
+        CLOSURE.c.resource_id == cs.resource_id, CLOSURE.c.descendant == code)).scalars()
+    found = set(rows)
+    if not include_self:
+        found.discard(code)
+    return found
+
+
+def subsumes(repo: Repository, cs: CodeSystemRef, ancestor: str, descendant: str) -> bool:
+    return repo.execute(select(CLOSURE.c.ancestor).where(
+        CLOSURE.c.resource_id == cs.resource_id, CLOSURE.c.ancestor == ancestor,
+        CLOSURE.c.descendant == descendant)).first() is not None
+
+
+def children(repo: Repository, cs: CodeSystemRef, code: str) -> list[str]:
+    below = descendants(repo, cs, code, include_self=False)
+    return [c.code for c in concepts(repo, cs, below) if code in c.parents]
+
+
+def by_url(repo: Repository, resource_type: str, url: str, version: str | None = None, *,
+           expression: str = "url") -> dict[str, Any]:
+    """The stored resource with a canonical URL (``url|version`` allowed); 404 naming the parameter if none."""
+    if version is None and "|" in url:
+        url, version = url.split("|", 1)
+    criteria = [("url", url)] + ([("version", version)] if version else [])
+    ids = repo.find_ids(resource_type, criteria, limit=20)
+    found = [v.content for v in repo.read_many([(resource_type, i) for i in ids]) if v.content is not None]
+    found = [r for r in found if r.get("url") == url and (not version or r.get("version") == version)]
+    if not found:
+        what = f"{url}|{version}" if version else url
+        raise FhirError(404, NOT_FOUND, f"No {resource_type} with the URL {what} is known", (expression,))
+    return max(found, key=lambda r: _version_key(str(r.get("version") or "")))
