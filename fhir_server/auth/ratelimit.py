@@ -38,6 +38,10 @@ class RateLimiter:
             hits.append(now)
             return 0
 
+    def reset(self) -> None:
+        with self._lock:
+            self._hits.clear()
+
     def _prune(self, now: float) -> None:
         for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - WINDOW_SECONDS]:
             del self._hits[key]
