@@ -38,7 +38,12 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     server = FhirServer(settings)
     store = MessageStore(server.engine)
     if args.hl7_command == "stats":
-        print(json.dumps(store.counts(), sort_keys=True))
+        out: dict[str, object] = {"counts": store.counts()}
+        if getattr(args, "errors", 0):
+            out["errors"] = [{"pk": r.pk, "sender": r.sender, "controlId": r.control_id, "type": r.message_type,
+                              "received": r.received_at.isoformat(), "error": r.error}
+                             for r in store.recent(("error", "rejected"), args.errors)]
+        print(json.dumps(out, sort_keys=True))
         return 0
     if args.hl7_command == "replay":
         outcome = Hl7Pipeline(server, store).replay(args.status, args.limit)

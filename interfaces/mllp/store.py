@@ -139,6 +139,13 @@ class MessageStore:
                                 .order_by(HL7_MESSAGE.c.pk).limit(limit)).all()
         return [_row(r) for r in rows]
 
+    def recent(self, statuses: Sequence[str], limit: int = 20) -> list[StoredMessage]:
+        """The newest messages in these statuses (operators' view of what failed lately)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(HL7_MESSAGE).where(HL7_MESSAGE.c.status.in_(list(statuses)))
+                                .order_by(HL7_MESSAGE.c.pk.desc()).limit(limit)).all()
+        return [_row(r) for r in rows]
+
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(HL7_MESSAGE.c.status, func.count()).group_by(HL7_MESSAGE.c.status)).all()

@@ -50,7 +50,11 @@ def test_mllp_command_serves_and_hl7_commands_report_and_replay(backend: Backend
     store.finish(row.pk, status=ERROR, ack=None, error="simulated failure")
     stats = subprocess.run([*CLI, "hl7", "stats"], cwd=tmp_path, env=_env(backend), capture_output=True,
                            text=True, timeout=120)
-    assert json.loads(stats.stdout) == {ERROR: 1, PROCESSED: 1}, stats.stderr
+    assert json.loads(stats.stdout) == {"counts": {ERROR: 1, PROCESSED: 1}}, stats.stderr
+    listed = subprocess.run([*CLI, "hl7", "stats", "--errors", "5"], cwd=tmp_path, env=_env(backend),
+                            capture_output=True, text=True, timeout=120)
+    [failed] = json.loads(listed.stdout)["errors"]
+    assert failed["controlId"] == "1" and failed["error"] == "simulated failure" and failed["type"] == "ADT^A08"
     replay = subprocess.run([*CLI, "hl7", "replay", "--status", "error"], cwd=tmp_path, env=_env(backend),
                             capture_output=True, text=True, timeout=120)
     assert replay.returncode == 0, replay.stderr
