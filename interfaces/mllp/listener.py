@@ -16,6 +16,7 @@ from typing import Any
 
 from fhir_server.config import Settings
 from fhir_server.rest.server import FhirServer
+from interfaces.mllp.batch import handle_batch, is_batch
 from interfaces.mllp.framing import FrameTooLarge, MllpDecoder, encode
 from interfaces.mllp.pipeline import Hl7Pipeline
 from interfaces.mllp.store import RECEIVED, MessageStore
@@ -124,6 +125,9 @@ class MllpListener:
 
         if isinstance(frame, FrameTooLarge):
             acc = await self._run(self.pipeline.accept, frame.head, frame.size)
+        elif is_batch(frame):  # FHS/BHS: every message on its own, one batch of ACKs back
+            await send(await self._run(handle_batch, self.pipeline, frame))
+            return
         else:
             acc = await self._run(self.pipeline.accept, frame)
         for ack in acc.immediate:  # duplicates, rejections, and the enhanced-mode accept ACK

@@ -62,7 +62,9 @@ class Hl7Pipeline:
 
     # -- step 1 ----------------------------------------------------------------------------------------
     def accept(self, raw: bytes, oversize: int | None = None) -> Accepted:
-        text = decode(raw)
+        return self.accept_text(decode(raw), oversize)
+
+    def accept_text(self, text: str, oversize: int | None = None) -> Accepted:
         try:
             msg = parse(text)
         except MessageError as exc:
@@ -141,7 +143,10 @@ class Hl7Pipeline:
 
     def handle(self, raw: bytes) -> list[str]:
         """Both steps at once (tests, replay): every ACK this message produces."""
-        acc = self.accept(raw)
+        return self.handle_text(decode(raw))
+
+    def handle_text(self, text: str) -> list[str]:
+        acc = self.accept_text(text)
         acks = list(acc.immediate)
         if acc.to_process:
             ack = self.process(acc)

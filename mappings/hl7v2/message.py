@@ -213,7 +213,7 @@ def parse(text: str) -> V2Message:
                 raise MessageError("A second MSH inside one message: send one message per MLLP frame")
             parts = ["MSH", sep, *parts[1:]]  # MSH-1 is the separator itself
         elif seg_id in ("FHS", "BHS", "FTS", "BTS"):
-            raise MessageError("Batches (FHS/BHS) are not accepted over MLLP: send one message per frame")
+            raise MessageError("FHS/BHS inside a message: a batch must start with FHS or BHS")
         seen[seg_id] = seen.get(seg_id, 0) + 1
         segments.append(Segment(seg_id, parts, len(segments), enc, seen[seg_id]))
     return V2Message(segments, enc, text)

@@ -321,3 +321,28 @@ def test_a_failed_transaction_writes_nothing(api: LiveServer, mllp: Running) -> 
         assert search(api, f"{resource_type}?_summary=count")["total"] == 0, resource_type
     [row] = MessageStore(api.backend.engine).with_status(ERROR)
     assert row.error and "OBX[12]" in row.error
+
+
+BATCHES = GOLDEN.parent / "hl7v2-batches"
+
+
+def test_a_batch_in_one_frame_gets_one_batch_of_acks(api: LiveServer, mllp: Running) -> None:
+    # Two ADT^A04 with MSH-15/16 NE: stored and applied one by one, and no per-message ACK is asked for.
+    [reply] = exchange(mllp.port, (BATCHES / "python_hl7_batch1.hl7").read_bytes())
+    segments = reply.rstrip("\r").split("\r")
+    assert segments[0].startswith("BHS|^~\\&|") and segments[0].split("|")[11] == "abchs20070101123401-1"
+    assert segments[-1] == "BTS|0"
+    store = MessageStore(api.backend.engine)
+    assert store.counts() == {PROCESSED: 2}
+    assert search(api, "Patient?identifier=0000112234")["total"] == 1
+
+    # A file of two batches; its third message repeats the first control id: a duplicate, nothing new.
+    template = (BATCHES / "python_hl7_file1.hl7").read_bytes()
+    file_with_acks = template.replace(b"|||NE|NE|AU|", b"|||AL|AL|AU|").replace(b"1233445677889", b"9")
+    [reply] = exchange(mllp.port, file_with_acks)
+    segments = reply.rstrip("\r").split("\r")
+    assert segments[0].startswith("FHS|") and segments[1].startswith("BHS|") and segments[-1] == "FTS|1"
+    msa = [s.split("|")[1:3] for s in segments if s.startswith("MSA|")]
+    assert msa == [["CA", "90"], ["AA", "90"], ["CA", "91"], ["AA", "91"], ["CA", "90"], ["AA", "90"]]
+    assert segments[-2] == "BTS|6"
+    assert store.counts() == {PROCESSED: 4}

@@ -1,0 +1,75 @@
+"""HL7 batches (FHS/BHS ... BTS/FTS, v2 section 2.10.3) in one MLLP frame: each message on its own, one reply.
+
+Every message of the batch goes through the pipeline exactly as if it had come alone (stored, de-duplicated
+by control id, mapped, acknowledged as its MSH-15/16 ask); the reply is one batch holding those ACKs, with
+BHS-12 naming the batch it answers and BTS-1 counting its messages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import UTC, datetime
+
+from interfaces.mllp.pipeline import Hl7Pipeline
+from mappings.hl7v2.message import decode
+
+_counter = itertools.count(1)
+
+
+def is_batch(frame: bytes) -> bool:
+    return frame.lstrip(b"\r\n ").removeprefix(b"\xef\xbb\xbf").startswith((b"FHS", b"BHS"))
+
+
+def split_batch(text: str) -> tuple[list[str], list[str], list[str]]:
+    """(FHS/BHS header segments, messages as text, segments found outside any message)."""
+    headers: list[str] = []
+    messages: list[list[str]] = []
+    stray: list[str] = []
+    current: list[str] | None = None
+    for line in re.split(r"\r\n|\r|\n", text.strip("\ufeff\r\n ")):
+        tag = line[:3]
+        if not line.strip():
+            continue
+        if tag in ("FHS", "BHS", "BTS", "FTS"):
+            current = None
+            if tag in ("FHS", "BHS"):
+                headers.append(line)
+            continue
+        if tag == "MSH":
+            current = [line]
+            messages.append(current)
+        elif current is not None:
+            current.append(line)
+        else:
+            stray.append(line)
+    return headers, ["\r".join(m) + "\r" for m in messages], stray
+
+
+def _field(segment: str, seq: int) -> str:
+    # FHS/BHS are laid out like MSH: field 1 is the separator itself.
+    sep = segment[3:4] or "|"
+    parts = segment.split(sep)
+    return parts[seq - 1] if 0 < seq <= len(parts) else ""
+
+
+def handle_batch(pipeline: Hl7Pipeline, raw: bytes) -> str:
+    headers, messages, _stray = split_batch(decode(raw))
+    acks: list[str] = []
+    for message in messages:
+        acks.extend(pipeline.handle_text(message))
+    fhs = next((h for h in headers if h.startswith("FHS")), None)
+    bhs = next((h for h in headers if h.startswith("BHS")), headers[0] if headers else "BHS|^~\\&")
+    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    sep = bhs[3:4] or "|"
+    enc = _field(bhs, 2) or "^~\\&"
+
+    def envelope(tag: str, source: str) -> str:
+        # Sender and receiver swapped; field 11 our control id, field 12 the one we answer.
+        return sep.join([tag, enc, _field(source, 5), _field(source, 6), _field(source, 3), _field(source, 4),
+                         now, "", "", "", f"B{next(_counter)}", _field(source, 11)])
+
+    out = [envelope("BHS", bhs), *(a.rstrip("\r") for a in acks), f"BTS{sep}{len(acks)}"]
+    if fhs is not None:
+        out = [envelope("FHS", fhs), *out, f"FTS{sep}1"]
+    return "\r".join(out) + "\r"
