@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from fhir_server.auth import cli as auth_cli
 from fhir_server.config import get_settings
+from terminology import cli as terminology_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = sub.add_parser("load", help="load Bundles (.json) and resources (.ndjson); prints counts")
     load.add_argument("paths", nargs="+")
     auth_cli.add_parsers(sub)  # users create, clients create (fhir_server/auth/cli.py)
+    terminology_cli.add_parsers(sub)  # terminology load-core (terminology/cli.py)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
@@ -57,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings.model_copy(update={"mllp_port": args.mllp_port})
 
         upgrade(make_engine(settings))
+        terminology_cli.preload_in_background(settings)  # FHIR R4 core CodeSystems/ValueSets, once
         host = args.host or settings.host
         port = args.port or settings.port
         if args.workers > 1:
@@ -67,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
         return 0
+    if args.command == "terminology":
+        return terminology_cli.run(args, settings)
     if args.command in ("users", "clients"):
         return auth_cli.run(args, settings)
     if args.command in ("mllp", "hl7"):

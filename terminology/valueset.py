@@ -28,6 +28,8 @@ class Member:
     display: str | None = None
     version: str | None = None
     designations: tuple[dict[str, Any], ...] = ()
+    abstract: bool = False  # notSelectable: a grouper, not for use in data
+    inactive: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -55,8 +57,9 @@ def members(repo: Repository, vs: dict[str, Any], only: Only | None = None, dept
 def _expansion_members(contains: list[dict[str, Any]], only: Only | None) -> list[Member]:
     out: list[Member] = []
     for c in contains:
-        if c.get("code") and c.get("system") and not c.get("abstract") and _matches(only, c["system"], c["code"]):
-            out.append(Member(c["system"], c["code"], c.get("display"), c.get("version")))
+        if c.get("code") and c.get("system") and _matches(only, c["system"], c["code"]):
+            out.append(Member(c["system"], c["code"], c.get("display"), c.get("version"),
+                              abstract=bool(c.get("abstract")), inactive=bool(c.get("inactive"))))
         out += _expansion_members(c.get("contains") or [], only)
     return out
 
@@ -100,7 +103,10 @@ def _system_part(repo: Repository, inc: dict[str, Any], only: Only | None, where
     for k, flt in enumerate(inc.get("filter") or []):
         if flt.get("op") in ("=", "regex", "in", "not-in", "exists") and flt.get("property") not in _CODE_PROPS:
             found = [c for c in found if _property_test(c, flt, f"{where}.filter[{k}]")]
-    return [Member(system, c.code, c.display, cs.version or None, tuple(c.designations)) for c in found]
+    return [Member(system, c.code, c.display, cs.version or None, tuple(c.designations),
+                   "true" in _property_values(c, "notSelectable"),
+                   bool({"retired", "inactive"} & set(_property_values(c, "status")))
+                   or "true" in _property_values(c, "inactive")) for c in found]
 
 
 _CODE_PROPS = ("code", "concept")

@@ -42,6 +42,8 @@ def expand(req: FhirRequest, repo: Repository, resource_type: str | None, resour
     text = inp.string("filter")
     designations = inp.boolean("includeDesignations")
     found = members(repo, vs)
+    if inp.boolean("activeOnly"):
+        found = [m for m in found if not m.inactive]
     if text:
         found = text_filter(found, text)
     if count is None and len(found) > MAX_UNPAGED:
@@ -71,6 +73,10 @@ def expand(req: FhirRequest, repo: Repository, resource_type: str | None, resour
 
 def _contains(m: Member, designations: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"system": m.system}
+    if m.abstract:
+        out["abstract"] = True
+    if m.inactive:
+        out["inactive"] = True
     if m.version:
         out["version"] = m.version
     out["code"] = m.code

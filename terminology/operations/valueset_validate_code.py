@@ -30,6 +30,9 @@ def validate_code(req: FhirRequest, repo: Repository, resource_type: str | None,
             messages.append(f"The code {where}{coding['code']} is not in the value set {name}")
             continue
         member = found[0]
+        if member.abstract and inp.string("abstract") == "false":
+            messages.append(f"The code {coding['code']} is abstract (not selectable)")
+            continue
         shown = coding.get("display")
         if shown and member.display and shown != member.display \
                 and shown not in {d.get("value") for d in member.designations}:

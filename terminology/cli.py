@@ -1,0 +1,64 @@
+"""``fhir-server terminology load-core``, and the core preload that ``serve`` starts when it is missing."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from fhir_server.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def add_parsers(sub: Any) -> None:
+    term = sub.add_parser("terminology", help="terminology: load the FHIR R4 core code systems and value sets")
+    term_sub = term.add_subparsers(dest="terminology_command", required=True)
+    term_sub.add_parser("load-core", help="store every CodeSystem and ValueSet of FHIR R4 (skips those present)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from fhir_server.rest.server import FhirServer
+    from fhir_server.storage.database import make_engine
+    from fhir_server.storage.migrate import upgrade
+    from terminology.core import load_core
+
+    engine = make_engine(settings)
+    upgrade(engine)
+    started = time.perf_counter()
+    result = load_core(FhirServer(settings, engine))
+    print(f"loaded\t{result.loaded}\nalready present\t{result.present}\nrejected\t{result.rejected}\n"
+          f"seconds\t{time.perf_counter() - started:.1f}")
+    return 1 if result.rejected else 0
+
+
+def preload_in_background(settings: Settings) -> threading.Thread | None:
+    """On ``serve``: load the core terminology once (about 5 s on SQLite) without delaying the start."""
+    from fhir_server.rest.server import FhirServer
+    from fhir_server.storage.database import make_engine
+    from terminology.core import core_loaded, load_core
+
+    if os.environ.get("FHIR_TERMINOLOGY_PRELOAD", "true").lower() in ("false", "0", "no"):
+        return None
+    engine = make_engine(settings)
+    if core_loaded(engine):
+        engine.dispose()
+        return None
+
+    def work() -> None:
+        try:
+            started = time.perf_counter()
+            result = load_core(FhirServer(settings, engine))
+            log.info("FHIR R4 core terminology loaded: %d resources in %.1f s (%d rejected)", result.loaded,
+                     time.perf_counter() - started, result.rejected)
+        except Exception:  # the server serves without it; `fhir-server terminology load-core` retries
+            log.exception("loading the FHIR R4 core terminology failed")
+        finally:
+            engine.dispose()
+
+    thread = threading.Thread(target=work, name="terminology-preload", daemon=True)
+    thread.start()
+    return thread
