@@ -198,7 +198,8 @@ class SmartAuthorizationServer(AuthorizationServer):
             out.update({k: claims[k] for k in keys if k in claims})
             return out
         row = self.store.refresh_row(token)
-        if row is not None and not row.revoked and row.rotated_at is None and row.expires_at > datetime.now(UTC):
+        if row is not None and not row.revoked and row.rotated_at is None and row.expires_at > datetime.now(UTC) \
+                and not self.store.family_revoked(row.family_id):
             return {"active": True, "token_type": "refresh_token", "scope": row.scope, "client_id": row.client_id,
                     "exp": int(row.expires_at.timestamp())}
         return {"active": False}

@@ -104,7 +104,7 @@ class RefreshToken(grants.RefreshTokenGrant):
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
         row = self.server.store.refresh_row(refresh_token)
-        if row is None or row.revoked:
+        if row is None or row.revoked or self.server.store.family_revoked(row.family_id):
             return None
         if row.rotated_at is not None:
             self.server.store.revoke_family(row.family_id)

@@ -202,6 +202,10 @@ class AuthStore:
         except IntegrityError:
             pass  # already revoked
 
+    def family_revoked(self, family_id: str) -> bool:
+        """Also covers refresh tokens saved after the family was revoked (a race with a concurrent reuse)."""
+        return self.any_revoked([f"fam:{family_id}"])
+
     def any_revoked(self, keys: list[str]) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(select(AUTH_REVOKED.c.id).where(AUTH_REVOKED.c.id.in_(keys))).first() is not None

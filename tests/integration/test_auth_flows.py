@@ -384,3 +384,47 @@ def test_plain_http_on_a_lan_address_works_and_tokens_are_bound_to_the_host(smar
         "response_type": "code", "client_id": app["client_id"], "redirect_uri": REDIRECT, "scope": "user/*.rs",
         "aud": smart.base, "code_challenge": challenge, "code_challenge_method": "S256"})
     assert '<form method="post" action="/auth/authorize">' in page.text  # credentials go back where they came from
+
+
+def test_concurrent_exchanges_of_one_code_issue_one_token(smart: Smart) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    user = smart.user("doctor")
+    client = smart.client(["authorization_code"], "user/*.rs", redirect_uris=[REDIRECT], public=True)
+    verifier, challenge = pkce()
+    code = code_from(authorize(smart, client["client_id"], REDIRECT, "user/*.rs", user, challenge=challenge), REDIRECT)
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+            "client_id": client["client_id"], "code_verifier": verifier}
+
+    def attempt(_: int) -> int:
+        with httpx.Client(timeout=60) as http:
+            return http.post(smart.token_url, data=data).status_code
+
+    with ThreadPoolExecutor(10) as pool:
+        statuses = sorted(pool.map(attempt, range(10)))
+    assert statuses == [200] + [400] * 9
+
+
+def test_concurrent_use_of_one_refresh_token_is_reuse(smart: Smart) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    client, tokens = _refreshable(smart)
+    data = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": client["client_id"]}
+
+    def attempt(_: int) -> httpx.Response:
+        with httpx.Client(timeout=60) as http:
+            return http.post(smart.token_url, data=data)
+
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(attempt, range(6)))
+    winners = [r for r in responses if r.status_code == 200]
+    assert len(winners) == 1 and sorted(r.status_code for r in responses) == [200] + [400] * 5
+    # The losers presented an exchanged token: the family, including the winner's new tokens, is revoked.
+    again = smart.http.post(smart.token_url, data={"grant_type": "refresh_token", "client_id": client["client_id"],
+                                                   "refresh_token": winners[0].json()["refresh_token"]})
+    assert again.json()["error"] == "invalid_grant"
+    assert smart.fhir("GET", "Patient", winners[0].json()["access_token"]).status_code == 401
