@@ -196,31 +196,52 @@ _MEDIA_TYPES = {"PDF": "application/pdf", "RTF": "application/rtf", "HTML": "tex
                 "application/octet-stream", "MSWORD": "application/msword"}
 
 
+def _ed_attachment(ed: Value) -> dict[str, Any] | None:
+    """ED (source ^ type ^ subtype ^ encoding ^ data) -> Attachment; bad Base64/hex is a data type error."""
+    subtype, encoding, data = ed.part(3).upper(), ed.part(4).upper(), ed.child(5)
+    raw = data.raw if data else ""
+    if not raw:
+        return None
+    try:
+        if encoding == "BASE64":
+            payload = base64.b64decode(raw, validate=True)
+        elif encoding == "HEX":
+            payload = bytes.fromhex(raw)
+        else:
+            payload = (data.text() if data else "").encode()
+    except ValueError as exc:
+        raise ed.error(DATA_TYPE_ERROR, f"OBX-5.5 is not valid {encoding or 'data'}") from exc
+    return {"contentType": _MEDIA_TYPES.get(subtype, "application/octet-stream"),
+            "data": base64.b64encode(payload).decode()}
+
+
 def document_attachment(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
     """MDM document content from the OBX segments: an ED (encapsulated data) OBX as is, else the text lines."""
     obx = [seg for seg in ctx.msg.segments[ctx.seg.index + 1:] if seg.id == "OBX"]
     for seg in obx:
         if seg.get(2).upper() == "ED":
-            ed = ctx.engine.resolve("OBX-5", ctx.at(seg))[0] if ctx.engine.resolve("OBX-5", ctx.at(seg)) else None
-            if ed is None:
-                continue
-            subtype, encoding, data = ed.part(3).upper(), ed.part(4).upper(), ed.child(5)
-            raw = data.raw if data else ""
-            try:
-                if encoding == "BASE64":
-                    payload = base64.b64decode(raw, validate=True)
-                elif encoding == "HEX":
-                    payload = bytes.fromhex(raw)
-                else:
-                    payload = (data.text() if data else "").encode()
-            except ValueError as exc:
-                raise ed.error(DATA_TYPE_ERROR, f"OBX-5.5 is not valid {encoding or 'data'}") from exc
-            media = _MEDIA_TYPES.get(subtype, "application/octet-stream")
-            return {"contentType": media, "data": base64.b64encode(payload).decode()}
+            values = ctx.engine.resolve("OBX-5", ctx.at(seg))
+            attachment = _ed_attachment(values[0]) if values else None
+            if attachment:
+                return attachment
     lines = [v.text() for seg in obx for v in ctx.engine.resolve("OBX-5", ctx.at(seg))]
     if not any(lines):
         return None
     return {"contentType": "text/plain; charset=utf-8", "data": base64.b64encode("\n".join(lines).encode()).decode()}
+
+
+def presented_form(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
+    """ORU: the ED results of this OBR's group (a PDF report) -> DiagnosticReport.presentedForm."""
+    out = []
+    for seg in ctx.msg.segments[ctx.seg.index + 1:]:
+        if seg.id == ctx.seg.id:
+            break  # the next order group
+        if seg.id == "OBX" and seg.get(2).upper() == "ED":
+            for value in ctx.engine.resolve("OBX-5", ctx.at(seg)):
+                attachment = _ed_attachment(value)
+                if attachment:
+                    out.append({**attachment, "title": seg.get(3, comp=2) or seg.get(3)})
+    return out or None
 
 
 def own_order(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
@@ -240,5 +261,5 @@ FUNCTIONS: dict[str, Function] = {
     "joined_text": joined_text, "person_name": person_name, "location_display": location_display,
     "telecom_value": telecom_value, "telecom_system": telecom_system, "encounter_status": encounter_status,
     "participant": participant, "event_lookup": event_lookup, "document_attachment": document_attachment,
-    "own_order": own_order,
+    "own_order": own_order, "presented_form": presented_form,
 }
