@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.errors import INVALID, NOT_FOUND, NOT_SUPPORTED, TOO_COSTLY, FhirError
-from terminology import store
+from terminology import store, ucum
 from terminology.store import CodeSystemRef, Concept
 
 if TYPE_CHECKING:
@@ -94,6 +94,11 @@ def _system_part(repo: Repository, inc: dict[str, Any], only: Only | None, where
                                                                   else None),
                        cs.version or None if cs else inc.get("version"), tuple(c.get("designation") or ()))
                 for c in wanted if cs is None or c["code"] in known]
+    if cs is None and system == ucum.SYSTEM and not inc.get("filter"):
+        if only is None:
+            raise FhirError(422, TOO_COSTLY, "All of UCUM cannot be expanded: it is a grammar, not a list",
+                            (f"{where}.system",))
+        return [Member(system, only[1], only[1])] if ucum.is_valid(only[1]) else []
     if cs is None:
         raise FhirError(422, NOT_FOUND, f"The code system {system} is not known to this server", (f"{where}.system",))
     codes: set[str] | None = {only[1]} if only is not None else None

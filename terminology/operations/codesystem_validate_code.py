@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.rest.request import FhirRequest, FhirResponse
-from terminology import store
+from terminology import store, ucum
 from terminology.operations.common import code_system_for, codings_input
 from terminology.params import OperationInput, parameters, value
 
@@ -20,6 +20,8 @@ def validate_code(req: FhirRequest, repo: Repository, resource_type: str | None,
     inp = OperationInput.of(req)
     codings = codings_input(inp)
     url = inp.string("url") or next((c["system"] for c in codings if c.get("system")), None)
+    if resource_id is None and url == ucum.SYSTEM and store.code_system(repo, url) is None:
+        return _ucum(codings)
     cs = code_system_for(repo, inp, resource_id, url, system_param="url")
     messages = []
     for coding in codings:
@@ -39,3 +41,12 @@ def validate_code(req: FhirRequest, repo: Repository, resource_type: str | None,
                               value("display", "String", concept.display))
         return parameters(value("result", "Boolean", True), value("display", "String", concept.display))
     return parameters(value("result", "Boolean", False), value("message", "String", "; ".join(messages)))
+
+
+def _ucum(codings: list[dict[str, Any]]) -> FhirResponse:
+    """UCUM is a grammar: a code is valid when it parses (terminology/ucum.py); its display is itself."""
+    for coding in codings:
+        if coding.get("system") in (None, ucum.SYSTEM) and ucum.is_valid(coding["code"]):
+            return parameters(value("result", "Boolean", True), value("display", "String", coding["code"]))
+    return parameters(value("result", "Boolean", False),
+                      value("message", "String", "; ".join(f"{c['code']!r} is not a valid UCUM unit" for c in codings)))

@@ -144,3 +144,22 @@ def test_translate(tx) -> None:  # type: ignore[no-untyped-def]
     other_target = params(tx.http.get("ConceptMap/$translate", params={
         "url": CMAP, "system": SHAPES, "code": "square", "targetsystem": "http://x.example"}).json())
     assert other_target["result"][0]["valueBoolean"] is False
+
+
+def test_ucum_codes_validate_through_the_grammar(tx) -> None:  # type: ignore[no-untyped-def]
+    ucum = "http://unitsofmeasure.org"
+    ok = params(tx.http.get("CodeSystem/$validate-code", params={"url": ucum, "code": "mg/dL"}).json())
+    assert ok["result"][0]["valueBoolean"] is True
+    bad = params(tx.http.get("CodeSystem/$validate-code", params={"url": ucum, "code": "mg//dL"}).json())
+    assert bad["result"][0]["valueBoolean"] is False
+    units = {"resourceType": "ValueSet", "status": "active", "compose": {"include": [{"system": ucum}]}}
+
+    def in_units(code: str) -> bool:
+        r = post(tx, "ValueSet/$validate-code", {"name": "valueSet", "resource": units},
+                 {"name": "coding", "valueCoding": {"system": ucum, "code": code}})
+        return bool(params(r.json())["result"][0]["valueBoolean"])
+
+    assert in_units("mm[Hg]") and not in_units("xyz")
+    r = tx.http.post("ValueSet/$expand", json={"resourceType": "Parameters",
+                                               "parameter": [{"name": "valueSet", "resource": units}]})
+    assert r.status_code == 422 and issue(r)["code"] == "too-costly"
