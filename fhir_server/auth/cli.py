@@ -71,3 +71,27 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) 
         engine.dispose()
     print(json.dumps(result, indent=2), file=out)
     return 0
+
+
+FIRST_START = """\
+First start: created the user "admin" (role admin) with the password
+    {password}
+It is shown once; change it by creating your own admin user. Register apps with, for example:
+    fhir-server clients create --name "My app" --grant authorization_code --public \\
+        --redirect-uri http://localhost:3000/callback --scope "openid fhirUser launch/patient patient/*.rs"
+    fhir-server clients create --name "Backend" --grant client_credentials --scope "system/*.rs"
+"""
+
+
+def first_start(settings: Settings, store: AuthStore, out: TextIO = sys.stdout) -> bool:
+    """The embedded default (FHIR_ENVIRONMENT=local) on an empty user table: create an ``admin`` user with a
+    generated password and print it once, with how to register apps. Anything else: do nothing."""
+    if settings.environment != "local" or store.has_users():
+        return False
+    password = "Aa1!" + secrets.token_urlsafe(18)
+    try:
+        store.create_user("admin", password, "admin")
+    except IntegrityError:  # another process created it first
+        return False
+    print(FIRST_START.format(password=password), file=out)
+    return True

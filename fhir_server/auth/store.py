@@ -70,6 +70,10 @@ class AuthStore:
                                                   created_at=now()))
         return user
 
+    def has_users(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(AUTH_USER.c.id).limit(1)).first() is not None
+
     def user(self, user_id: str) -> User | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(AUTH_USER).where(AUTH_USER.c.id == user_id, AUTH_USER.c.active)).first()

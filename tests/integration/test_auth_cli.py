@@ -91,3 +91,24 @@ def test_clients_create_and_use_them(smart: Smart, tmp_path: Path) -> None:
     missing_redirect = run_cli(smart, "clients", "create", "--name", "x", "--grant", "authorization_code",
                                "--scope", "user/*.rs", cwd=tmp_path)
     assert missing_redirect.returncode == 2 and "redirect URI" in missing_redirect.stderr
+
+
+def test_first_start_creates_an_admin_once(smart: Smart) -> None:
+    import io
+
+    from sqlalchemy import delete
+
+    from fhir_server.auth.cli import first_start
+    from fhir_server.auth.tables import AUTH_USER
+
+    with smart.backend.engine.begin() as conn:
+        conn.execute(delete(AUTH_USER))
+    production = smart.backend.settings.model_copy(update={"environment": "production"})
+    assert not first_start(production, smart.store, io.StringIO())
+    out = io.StringIO()
+    assert first_start(smart.backend.settings, smart.store, out)
+    password = out.getvalue().split("password\n", 1)[1].split()[0]
+    admin = smart.store.login("admin", password)
+    assert admin is not None and admin.role == "admin"
+    assert "fhir-server clients create" in out.getvalue()
+    assert not first_start(smart.backend.settings, smart.store, io.StringIO())  # only on an empty user table
