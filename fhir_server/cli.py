@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
+        from fhir_server.auth.store import AuthStore
         from fhir_server.storage.database import make_engine
         from fhir_server.storage.migrate import upgrade
 
@@ -58,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             settings = settings.model_copy(update={"mllp_port": args.mllp_port})
 
-        upgrade(make_engine(settings))
+        engine = make_engine(settings)
+        upgrade(engine)
+        auth_cli.first_start(settings, AuthStore(engine))  # embedded default: an admin user on first start
         terminology_cli.preload_in_background(settings)  # FHIR R4 core CodeSystems/ValueSets, once
         host = args.host or settings.host
         port = args.port or settings.port
