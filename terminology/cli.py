@@ -1,10 +1,12 @@
-"""``fhir-server terminology load-core``, and the core preload that ``serve`` starts when it is missing."""
+"""``fhir-server terminology load-core`` and ``import loinc|icd10|snomed PATH``; the core preload that
+``serve`` starts when it is missing."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -18,6 +20,10 @@ def add_parsers(sub: Any) -> None:
     term = sub.add_parser("terminology", help="terminology: load the FHIR R4 core code systems and value sets")
     term_sub = term.add_subparsers(dest="terminology_command", required=True)
     term_sub.add_parser("load-core", help="store every CodeSystem and ValueSet of FHIR R4 (skips those present)")
+    imp = term_sub.add_parser("import", help="import LOINC (Loinc.csv + hierarchy), ICD-10 (WHO ClaML XML) or "
+                                             "SNOMED CT (RF2 snapshot) from the release files")
+    imp.add_argument("system", choices=["loinc", "icd10", "snomed"])
+    imp.add_argument("path", help="the release folder (or the ClaML file for icd10)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -29,10 +35,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     engine = make_engine(settings)
     upgrade(engine)
     started = time.perf_counter()
+    if args.terminology_command == "import":
+        return _import(FhirServer(settings, engine), args.system, args.path, started)
     result = load_core(FhirServer(settings, engine))
     print(f"loaded\t{result.loaded}\nalready present\t{result.present}\nrejected\t{result.rejected}\n"
           f"seconds\t{time.perf_counter() - started:.1f}")
     return 1 if result.rejected else 0
+
+
+def _import(server: Any, system: str, path: str, started: float) -> int:
+    from fhir_server.errors import FhirError
+    from terminology.importers import icd10, loinc, snomed, store
+
+    reader = {"loinc": loinc.read, "icd10": icd10.read, "snomed": snomed.read}[system]
+    try:
+        imported = reader(path)
+    except (FhirError, OSError, KeyError) as exc:  # KeyError: a release file lacks a column of its format
+        print(f"cannot import {system} from {path}: {exc}", file=sys.stderr)
+        return 1
+    count = store(server, imported)
+    print(f"CodeSystem\t{imported.url}\nversion\t{imported.version}\nconcepts\t{count}\n"
+          f"seconds\t{time.perf_counter() - started:.1f}")
+    return 0
 
 
 def preload_in_background(settings: Settings) -> threading.Thread | None:

@@ -28,7 +28,9 @@ def on_write(event: WriteEvent, repo: Repository | None) -> None:
         return
     rid = event.resource_id
     if event.previous is not None:  # a new version replaces every row of the old one
-        for table in (CLOSURE, CONCEPT, CODE_SYSTEM):
+        # ... except the concepts of a not-present CodeSystem: an importer wrote them (terminology/importers)
+        imported = event.resource is not None and event.resource.get("content") == "not-present"
+        for table in (CODE_SYSTEM,) if imported else (CLOSURE, CONCEPT, CODE_SYSTEM):
             repo.execute(delete(table).where(table.c.resource_id == rid))
     if event.resource is not None and event.resource.get("url"):
         store(repo, rid, event.resource)
