@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 
 from fhir_server.errors import NOT_FOUND, FhirError
 from terminology.tables import CLOSURE, CODE_SYSTEM, CONCEPT
@@ -65,9 +65,16 @@ def concept(repo: Repository, cs: CodeSystemRef, code: str) -> Concept | None:
     return None if row is None else _concept(row)
 
 
-def concepts(repo: Repository, cs: CodeSystemRef, codes: set[str] | None = None) -> list[Concept]:
-    """Concepts in CodeSystem order: all of them, or those with the given codes."""
+def concepts(repo: Repository, cs: CodeSystemRef, codes: set[str] | None = None, *,
+             text: str | None = None) -> list[Concept]:
+    """Concepts in CodeSystem order: all of them, or those with the given codes. ``text`` narrows them in SQL
+    to those whose display contains every word of it or whose code starts with it (a superset of what the
+    $expand text filter keeps, so that filter still decides)."""
     stmt = select(CONCEPT).where(CONCEPT.c.resource_id == cs.resource_id).order_by(CONCEPT.c.seq)
+    if text and text.split() and text.isascii():  # SQLite's lower() knows only ASCII
+        words = and_(*(func.lower(CONCEPT.c.display).like(f"%{_like(w)}%", escape="\\")
+                       for w in text.lower().split()))
+        stmt = stmt.where(or_(words, func.lower(CONCEPT.c.code).like(f"{_like(text.lower())}%", escape="\\")))
     if codes is not None:
         if not codes:
             return []
@@ -77,6 +84,10 @@ def concepts(repo: Repository, cs: CodeSystemRef, codes: set[str] | None = None)
             out += [_concept(r) for r in repo.execute(stmt.where(CONCEPT.c.code.in_(ordered[start:start + 500])))]
         return out
     return [_concept(r) for r in repo.execute(stmt)]
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def descendants(repo: Repository, cs: CodeSystemRef, code: str, *, include_self: bool = True) -> set[str]:

@@ -36,7 +36,10 @@ class Member:
         return self.system, self.code
 
 
-def members(repo: Repository, vs: dict[str, Any], only: Only | None = None, depth: int = 0) -> list[Member]:
+def members(repo: Repository, vs: dict[str, Any], only: Only | None = None, depth: int = 0, *,
+            text: str | None = None) -> list[Member]:
+    """The value set's members; ``text`` (the $expand filter) may narrow them early, in SQL: callers still
+    apply ``text_filter``."""
     if depth > MAX_DEPTH:
         raise FhirError(400, TOO_COSTLY, "ValueSet references nest too deeply (a cycle?)", ("ValueSet.compose",))
     compose = vs.get("compose")
@@ -44,12 +47,12 @@ def members(repo: Repository, vs: dict[str, Any], only: Only | None = None, dept
         return _expansion_members(vs.get("expansion", {}).get("contains") or [], only)
     out: dict[tuple[str, str], Member] = {}
     for i, inc in enumerate(compose.get("include") or []):
-        for m in _set(repo, inc, only, depth, f"ValueSet.compose.include[{i}]"):
+        for m in _set(repo, inc, only, depth, f"ValueSet.compose.include[{i}]", text):
             out.setdefault(m.key, m)
     for i, exc in enumerate(compose.get("exclude") or []):
         if not out:
             break
-        for m in _set(repo, exc, only, depth, f"ValueSet.compose.exclude[{i}]"):
+        for m in _set(repo, exc, only, depth, f"ValueSet.compose.exclude[{i}]", text):
             out.pop(m.key, None)
     return list(out.values())
 
@@ -68,22 +71,24 @@ def _matches(only: Only | None, system: str, code: str) -> bool:
     return only is None or (only[1] == code and only[0] in (None, system))
 
 
-def _set(repo: Repository, inc: dict[str, Any], only: Only | None, depth: int, where: str) -> list[Member]:
+def _set(repo: Repository, inc: dict[str, Any], only: Only | None, depth: int, where: str,
+         text: str | None) -> list[Member]:
     """One include/exclude: its system part intersected with every value set it names."""
     system = inc.get("system")
     result: dict[tuple[str, str], Member] | None = None
     if system:
         if only is not None and only[0] not in (None, system):
             return []
-        result = {m.key: m for m in _system_part(repo, inc, only, where)}
+        result = {m.key: m for m in _system_part(repo, inc, only, where, text)}
     for j, url in enumerate(inc.get("valueSet") or []):
         nested = store.by_url(repo, "ValueSet", url, expression=f"{where}.valueSet[{j}]")
-        found = {m.key: m for m in members(repo, nested, only, depth + 1)}
+        found = {m.key: m for m in members(repo, nested, only, depth + 1, text=text)}
         result = found if result is None else {k: m for k, m in result.items() if k in found}
     return list((result or {}).values())
 
 
-def _system_part(repo: Repository, inc: dict[str, Any], only: Only | None, where: str) -> list[Member]:
+def _system_part(repo: Repository, inc: dict[str, Any], only: Only | None, where: str,
+                 text: str | None) -> list[Member]:
     system: str = inc["system"]
     cs = store.code_system(repo, system, inc.get("version"))
     listed = inc.get("concept") or []
@@ -104,7 +109,7 @@ def _system_part(repo: Repository, inc: dict[str, Any], only: Only | None, where
     codes: set[str] | None = {only[1]} if only is not None else None
     for k, flt in enumerate(inc.get("filter") or []):
         codes = _filter(repo, cs, flt, codes, f"{where}.filter[{k}]")
-    found = store.concepts(repo, cs, codes)
+    found = store.concepts(repo, cs, codes, text=text)
     for k, flt in enumerate(inc.get("filter") or []):
         if flt.get("op") in ("=", "regex", "in", "not-in", "exists") and flt.get("property") not in _CODE_PROPS:
             found = [c for c in found if _property_test(c, flt, f"{where}.filter[{k}]")]

@@ -41,7 +41,7 @@ def expand(req: FhirRequest, repo: Repository, resource_type: str | None, resour
     count = inp.integer("count")
     text = inp.string("filter")
     designations = inp.boolean("includeDesignations")
-    found = members(repo, vs)
+    found = members(repo, vs, text=text)
     if inp.boolean("activeOnly"):
         found = [m for m in found if not m.inactive]
     if text:

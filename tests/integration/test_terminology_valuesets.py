@@ -50,6 +50,9 @@ def test_expand_text_filter_and_paging(tx) -> None:  # type: ignore[no-untyped-d
     vs = tx.http.get("ValueSet/$expand", params={"url": POLYGONS, "filter": "squ"}).json()
     assert codes(vs) == ["square"] and vs["expansion"]["total"] == 1
     assert {"name": "filter", "valueString": "squ"} in vs["expansion"]["parameter"]
+    for text, expected in (("%", []), ("_", []), ("QUADRI", ["quad"]), ("tri", ["triangle"]), ("pol", ["polygon"])):
+        found = tx.http.get("ValueSet/$expand", params={"url": POLYGONS, "filter": text}).json()
+        assert codes(found) == expected, text
     page = tx.http.get("ValueSet/$expand", params={"url": POLYGONS, "count": "2", "offset": "1"}).json()
     assert codes(page) == ["triangle", "quad"]
     assert page["expansion"]["total"] == 4 and page["expansion"]["offset"] == 1
