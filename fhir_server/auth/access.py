@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_server.auth.compartment import in_patient_compartment
+from fhir_server.auth.compartment import in_patient_compartment, patient_compartment_params
 from fhir_server.auth.roles import role_allows
 from fhir_server.auth.scopes import ResourceScope
 from fhir_server.errors import FORBIDDEN, FhirError
@@ -52,6 +52,23 @@ class AccessContext:
                 continue
             return True
         return False
+
+    def search_compartment(self, resource_type: str) -> tuple[str, tuple[str, ...]] | None:
+        """For search to filter in SQL instead of after paging: ``(patient id, reference parameters)`` when
+        every way this token may read ``resource_type`` requires that patient's compartment (no parameters:
+        nothing is readable); None when some grant reads beyond one compartment. For ``Patient`` the patient's
+        own ``_id`` belongs too. ``can_read`` still decides per resource (constraints, roles); this only
+        narrows what the query fetches (and makes ``_total`` and page sizes right)."""
+        own = self.own_patient
+        if own is not None or self.role == "patient":
+            return (own or "", patient_compartment_params().get(resource_type, ()) if own else ())
+        readers = [s for s in self.scopes if s.covers_type(resource_type) and ("r" in s.permissions
+                                                                            or "s" in s.permissions)]
+        if any(s.context != "patient" for s in readers):
+            return None
+        if not readers or self.patient is None:
+            return ("", ())
+        return (self.patient, patient_compartment_params().get(resource_type, ()))
 
     def can_read(self, version: Version) -> bool:
         return self._allowed(version.resource_type, "rs", version.content)

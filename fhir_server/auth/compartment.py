@@ -19,6 +19,14 @@ _FIRST_ELEMENT = re.compile(r"^\(?\s*([A-Z][A-Za-z]+)\.([a-zA-Z]+)")
 
 
 @lru_cache(maxsize=1)
+def patient_compartment_params() -> dict[str, tuple[str, ...]]:
+    """Resource type -> the search parameters linking it to a patient (for SQL filters on the index)."""
+    definition = next(cd for cd in bundle_resources("profiles-resources", "CompartmentDefinition")
+                      if cd.get("code") == "Patient")
+    return {e["code"]: tuple(e["param"]) for e in definition.get("resource", []) if e.get("param")}
+
+
+@lru_cache(maxsize=1)
 def patient_compartment_elements() -> dict[str, frozenset[str]]:
     """Resource type -> the top-level elements whose references place it in a patient's compartment."""
     params: dict[tuple[str, str], str] = {}

@@ -129,3 +129,18 @@ def test_password_hashing_and_policy() -> None:
     assert policy_problems("Correct-Horse-42!") == []
     assert policy_problems("short1A!")  # too short
     assert policy_problems("alllowercaseletters")  # one class
+
+
+def test_search_compartment_for_sql_filters() -> None:
+    patient_scoped = AccessContext(tuple(resource_scopes("patient/*.rs")), "doctor", "7")
+    assert patient_scoped.search_compartment("Observation") == ("7", ("subject", "performer"))
+    assert patient_scoped.search_compartment("Patient") == ("7", ("link",))
+    assert patient_scoped.search_compartment("Organization") == ("7", ())  # not in any patient's compartment
+    mixed = AccessContext(tuple(resource_scopes("patient/*.rs user/Observation.rs")), "doctor", "7")
+    assert mixed.search_compartment("Observation") is None
+    assert mixed.search_compartment("Condition") == ("7", ("patient", "asserter"))
+    assert AccessContext(tuple(resource_scopes("system/*.rs"))).search_compartment("Observation") is None
+    assert AccessContext(tuple(resource_scopes("patient/*.rs")), "doctor", None).search_compartment("Observation") \
+        == ("", ())
+    me = AccessContext(tuple(resource_scopes("user/*.rs")), "patient", None, "Patient/9")
+    assert me.search_compartment("Encounter") == ("9", ("patient",))
