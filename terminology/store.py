@@ -20,6 +20,7 @@ class CodeSystemRef:
     url: str
     version: str
     name: str | None
+    concept_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,14 @@ def code_system(repo: Repository, url: str, version: str | None = None) -> CodeS
     rows = repo.execute(stmt).all()
     if not rows:
         return None
-    row = max(rows, key=lambda r: (_version_key(r.version), r.resource_id))
-    return CodeSystemRef(row.resource_id, row.url, row.version, row.name)
+    # one with concepts beats a stub (the core's content: not-present SNOMED CT beside an imported one)
+    row = max(rows, key=lambda r: (r.concept_count > 0, _version_key(r.version), r.resource_id))
+    return CodeSystemRef(row.resource_id, row.url, row.version, row.name, row.concept_count)
 
 
 def code_system_by_id(repo: Repository, resource_id: str) -> CodeSystemRef | None:
     row = repo.execute(select(CODE_SYSTEM).where(CODE_SYSTEM.c.resource_id == resource_id)).first()
-    return None if row is None else CodeSystemRef(row.resource_id, row.url, row.version, row.name)
+    return None if row is None else CodeSystemRef(row.resource_id, row.url, row.version, row.name, row.concept_count)
 
 
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:

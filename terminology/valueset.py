@@ -104,6 +104,9 @@ def _system_part(repo: Repository, inc: dict[str, Any], only: Only | None, where
             raise FhirError(422, TOO_COSTLY, "All of UCUM cannot be expanded: it is a grammar, not a list",
                             (f"{where}.system",))
         return [Member(system, only[1], only[1])] if ucum.is_valid(only[1]) else []
+    if cs is not None and cs.concept_count == 0:  # a stub (content not-present), e.g. the core's SNOMED CT
+        raise FhirError(422, NOT_FOUND, f"The code system {system} has no concepts on this server: import it "
+                                        "(fhir-server terminology import)", (f"{where}.system",))
     if cs is None:
         raise FhirError(422, NOT_FOUND, f"The code system {system} is not known to this server", (f"{where}.system",))
     codes: set[str] | None = {only[1]} if only is not None else None

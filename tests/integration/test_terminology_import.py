@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fhir_server.errors import FhirError
+from terminology.core import load_core
 from terminology.importers import icd10, loinc, snomed, store
 from tests.integration.test_terminology_operations import issue, params, props
 
@@ -70,6 +71,11 @@ def test_icd10_claml_import(api) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_snomed_rf2_import_preferred_terms_and_active_is_a(api) -> None:  # type: ignore[no-untyped-def]
+    assert load_core(api.fhir, [SCT]).loaded == 1  # the core's content: not-present stub of SNOMED CT
+    stub = api.http.post("ValueSet/$expand", json={"resourceType": "Parameters", "parameter": [{
+        "name": "valueSet", "resource": {"resourceType": "ValueSet", "status": "active",
+                                         "compose": {"include": [{"system": SCT}]}}}]})
+    assert stub.status_code == 422 and "import it" in issue(stub)["diagnostics"]
     imported = snomed.read(str(FIXTURES / "snomed"))
     assert imported.version == "http://snomed.info/sct/900000000000207008/version/20240101"
     assert store(api.fhir, imported) == 9
