@@ -97,35 +97,42 @@ def plan(repo: Repository, entries: list[Entry], *, atomic: bool) -> Plan:
     work, and rewrites references entry by entry so one bad reference fails only its own entry."""
     result = Plan(entries)
     for e in entries:
-        rtype = e.path.split("/")[0]
         conditional = "if-none-exist" in e.headers or (e.method == "PUT" and bool(e.query))
         if not atomic and conditional:
             continue
-        if e.method == "POST" and e.resource is not None:
-            ix.check_type_known(rtype)
-            existing = None
-            if "if-none-exist" in e.headers:
-                existing = ix.conditional_match(repo, rtype, ix.criteria_params(e.headers["if-none-exist"]),
-                                                "ifNoneExist")
-            e.matched = existing is not None
-            e.assigned_id = existing.id if existing else str(uuid.uuid4())
-            _target(result, e, f"{rtype}/{e.assigned_id}")
-        elif e.method == "PUT" and e.resource is not None:
-            segments = e.path.split("/")
-            if len(segments) == 2:
-                _target(result, e, e.path)
-            elif len(segments) == 1 and e.query:
-                ix.check_type_known(rtype)
-                existing = ix.conditional_match(repo, rtype, ix.criteria_params(e.query), "Conditional update")
-                rid = existing.id if existing else (e.resource.get("id") or str(uuid.uuid4()))
-                e.path, e.query = f"{rtype}/{rid}", []
-                e.resource = {**e.resource, "id": rid}
-                _target(result, e, e.path)
+        try:
+            _plan_entry(repo, result, e)
+        except FhirError as exc:
+            raise _entry_error(exc, e) from exc
     if atomic:
         _reject_duplicates(entries)
         for e in entries:
             rewrite_entry(repo, e, result.targets)
     return result
+
+
+def _plan_entry(repo: Repository, result: Plan, e: Entry) -> None:
+    rtype = e.path.split("/")[0]
+    if e.method == "POST" and e.resource is not None:
+        ix.check_type_known(rtype)
+        existing = None
+        if "if-none-exist" in e.headers:
+            existing = ix.conditional_match(repo, rtype, ix.criteria_params(e.headers["if-none-exist"]),
+                                            "ifNoneExist")
+        e.matched = existing is not None
+        e.assigned_id = existing.id if existing else str(uuid.uuid4())
+        _target(result, e, f"{rtype}/{e.assigned_id}")
+    elif e.method == "PUT" and e.resource is not None:
+        segments = e.path.split("/")
+        if len(segments) == 2:
+            _target(result, e, e.path)
+        elif len(segments) == 1 and e.query:
+            ix.check_type_known(rtype)
+            existing = ix.conditional_match(repo, rtype, ix.criteria_params(e.query), "Conditional update")
+            rid = existing.id if existing else (e.resource.get("id") or str(uuid.uuid4()))
+            e.path, e.query = f"{rtype}/{rid}", []
+            e.resource = {**e.resource, "id": rid}
+            _target(result, e, e.path)
 
 
 def _reject_duplicates(entries: list[Entry]) -> None:

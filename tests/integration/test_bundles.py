@@ -226,3 +226,13 @@ def test_fullurls_are_rewritten_in_uris_and_narrative(api: LiveServer) -> None:
     assert f'href="{locs[0]}"' in prov["text"]["div"]
     assert prov["agent"][0]["who"]["display"] == "urn:uuid:not-an-entry"  # not a reference: left alone
     assert api.http.get(locs[3]).json()["subject"]["reference"] == "Patient/abs"
+
+
+def test_a_failing_conditional_entry_is_named(api: LiveServer) -> None:
+    for _ in range(2):
+        api.http.post("Patient", json={"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "2x"}]},
+                      headers=FHIR_JSON)
+    tx = bundle("transaction", post("urn:uuid:ok", {"resourceType": "Patient"}),
+                post("urn:uuid:p", {"resourceType": "Patient"}, ifNoneExist="identifier=urn:mrn|2x"))
+    r = api.http.post("", json=tx, headers=FHIR_JSON)
+    assert r.status_code == 412 and "Bundle.entry[1]" in r.json()["issue"][0]["diagnostics"]
