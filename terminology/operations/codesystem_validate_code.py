@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from terminology import store, ucum
-from terminology.operations.common import code_system_for, codings_input
+from terminology.operations.common import code_found, code_system_for, codings_input
 from terminology.params import OperationInput, parameters, value
 
 if TYPE_CHECKING:
@@ -32,14 +32,7 @@ def validate_code(req: FhirRequest, repo: Repository, resource_type: str | None,
         if concept is None:
             messages.append(f"The code {coding['code']} is not in the code system {cs.url}")
             continue
-        shown = coding.get("display")
-        if shown and concept.display and shown != concept.display \
-                and shown not in {d.get("value") for d in concept.designations}:
-            return parameters(value("result", "Boolean", False),
-                              value("message", "String", f"The display {shown!r} is not valid for the code "
-                                                         f"{coding['code']}; expected {concept.display!r}"),
-                              value("display", "String", concept.display))
-        return parameters(value("result", "Boolean", True), value("display", "String", concept.display))
+        return code_found(coding, concept.display, concept.designations)
     return parameters(value("result", "Boolean", False), value("message", "String", "; ".join(messages)))
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.errors import INVALID, NOT_FOUND, REQUIRED, FhirError
+from fhir_server.rest.request import FhirResponse
 from terminology import store
-from terminology.params import OperationInput
+from terminology.params import OperationInput, parameters, value
 from terminology.store import CodeSystemRef
 
 if TYPE_CHECKING:
@@ -59,3 +61,16 @@ def codings_input(inp: OperationInput) -> list[dict[str, Any]]:
             raise FhirError(400, INVALID, "The codeableConcept has no coding with a code", ("codeableConcept",))
         return codings
     raise FhirError(400, REQUIRED, "One of code, coding or codeableConcept is required", ("code",))
+
+
+def code_found(coding: dict[str, Any], display: str | None,
+               designations: Sequence[dict[str, Any]]) -> FhirResponse:
+    """$validate-code's answer for a code that exists: valid unless the caller's display is none of the
+    concept's display and designations (both CodeSystem and ValueSet $validate-code say so)."""
+    shown = coding.get("display")
+    if shown and display and shown != display and shown not in {d.get("value") for d in designations}:
+        return parameters(value("result", "Boolean", False),
+                          value("message", "String", f"The display {shown!r} is not valid for the code "
+                                                     f"{coding['code']}; expected {display!r}"),
+                          value("display", "String", display))
+    return parameters(value("result", "Boolean", True), value("display", "String", display))

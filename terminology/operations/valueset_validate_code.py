@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fhir_server.rest.request import FhirRequest, FhirResponse
-from terminology.operations.common import codings_input
+from terminology.operations.common import code_found, codings_input
 from terminology.operations.expand import value_set_for
 from terminology.params import OperationInput, parameters, value
 from terminology.valueset import members
@@ -33,12 +33,5 @@ def validate_code(req: FhirRequest, repo: Repository, resource_type: str | None,
         if member.abstract and inp.string("abstract") == "false":
             messages.append(f"The code {coding['code']} is abstract (not selectable)")
             continue
-        shown = coding.get("display")
-        if shown and member.display and shown != member.display \
-                and shown not in {d.get("value") for d in member.designations}:
-            return parameters(value("result", "Boolean", False),
-                              value("message", "String", f"The display {shown!r} is not valid for the code "
-                                                         f"{coding['code']}; expected {member.display!r}"),
-                              value("display", "String", member.display))
-        return parameters(value("result", "Boolean", True), value("display", "String", member.display))
+        return code_found(coding, member.display, member.designations)
     return parameters(value("result", "Boolean", False), value("message", "String", "; ".join(messages)))
