@@ -25,14 +25,14 @@ def parse_instant(value: str, name: str) -> datetime:
     return parsed
 
 
-def page_size(req: FhirRequest, default: int, maximum: int) -> int:
-    raw = req.param("_count")
-    if raw is None:
+def parse_count(value: str | None, default: int, maximum: int) -> int:
+    """``_count`` for history and search: a whole number >= 0, capped at ``maximum``."""
+    if value is None:
         return default
     try:
-        count = int(raw)
+        count = int(value)
     except ValueError:
-        raise FhirError(400, INVALID, f"_count {raw!r} is not a whole number", ("_count",)) from None
+        raise FhirError(400, INVALID, f"_count {value!r} is not a whole number", ("_count",)) from None
     if count < 0:
         raise FhirError(400, INVALID, "_count may not be negative", ("_count",))
     return min(count, maximum)
@@ -43,7 +43,7 @@ def history(req: FhirRequest, repo: Repository, resource_type: str | None, resou
     since = req.param("_since")
     at = req.param("_at")
     cursor = req.param(CURSOR)
-    count = page_size(req, default_count, max_count)
+    count = parse_count(req.param("_count"), default_count, max_count)
     before_pk = None
     if cursor is not None:
         try:

@@ -12,7 +12,7 @@ from fhir_server.errors import INVALID, NOT_FOUND, NOT_SUPPORTED, PROCESSING, Fh
 from fhir_server.rest.patch import apply_json_patch
 from fhir_server.rest.request import FhirRequest, FhirResponse, parse_etag, parse_version
 from fhir_server.rest.respond import read_response, version_headers, write_response
-from fhir_server.rest.shaping import shape
+from fhir_server.search.summary import check_summary, shape
 from fhir_server.storage.repository import Repository, Version
 from fhir_server.validation.resource import ID_RE
 
@@ -48,7 +48,8 @@ def read(req: FhirRequest, repo: Repository, resource_type: str, resource_id: st
 def _shaped(req: FhirRequest, response: FhirResponse) -> FhirResponse:
     summary, elements = req.param("_summary"), req.param("_elements")
     if response.resource is not None and (summary or elements):
-        response.resource = shape(response.resource, summary, elements)
+        wanted = [e.strip().split(".")[-1] for e in elements.split(",") if e.strip()] if elements else None
+        response.resource = shape(response.resource, check_summary(summary), wanted)
     return response
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import and_, or_, select
 
 from fhir_server.definitions import resource_types
 from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue, operation_outcome
+from fhir_server.rest.history import parse_count
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.search.compartment import compartment_criterion
 from fhir_server.search.finder import SearchFinder, parse_sort
@@ -46,18 +47,6 @@ def search_params(req: FhirRequest, params: list[tuple[str, str]]) -> list[tuple
         raise FhirError(415, INVALID, "POST _search takes an application/x-www-form-urlencoded body")
     body = parse_qsl((req.body or b"").decode(), keep_blank_values=True)
     return [*params, *body]
-
-
-def _count(value: str | None, default: int, maximum: int) -> int:
-    if value is None:
-        return default
-    try:
-        count = int(value)
-    except ValueError:
-        raise FhirError(400, INVALID, f"_count {value!r} is not a number", ("_count",)) from None
-    if count < 0:
-        raise FhirError(400, INVALID, "_count must not be negative", ("_count",))
-    return min(count, maximum)
 
 
 def search_type(req: FhirRequest, repo: Repository, resource_type: str, params: list[tuple[str, str]], *,
@@ -115,7 +104,7 @@ def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, par
     if ignored and (req.prefer("handling") or "").lower() == "strict":
         raise FhirError(400, [Issue(NOT_SUPPORTED, reason, expression=(name,)) for name, reason in ignored])
 
-    count = _count(last("_count"), default_count, max_count)
+    count = parse_count(last("_count"), default_count, max_count)
     total_mode = last("_total", "none")
     if total_mode not in TOTAL_MODES:
         raise FhirError(400, INVALID, f"_total must be one of none, estimate, accurate (not {total_mode!r})",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -72,8 +71,3 @@ def _sqlite_engine(settings: Settings) -> Engine:
 def lock_key(text: str) -> int:
     """A signed 64-bit key for pg_advisory_xact_lock, stable across processes."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
-
-
-def ensure_sqlite_parent(url: str) -> None:
-    if url.startswith("sqlite:///") and url not in ("sqlite:///", "sqlite:///:memory:"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

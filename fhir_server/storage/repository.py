@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, CursorResult, Executable, Table, bindparam, func, insert, select, true, update
 
-from fhir_server.errors import CONFLICT, DELETED, INVALID, NOT_FOUND, FhirError, Issue, not_found
+from fhir_server.errors import CONFLICT, DELETED, NOT_FOUND, FhirError, not_found
 from fhir_server.hooks import HookPoint, Hooks, WriteEvent
 from fhir_server.storage.bulk import BulkRows
 from fhir_server.storage.database import lock_key
@@ -297,7 +297,3 @@ def _stamp(resource: dict[str, Any], resource_id: str, version_id: int, now: dat
         if key not in out:
             out[key] = value
     return out
-
-
-def invalid_id(resource_type: str, value: str) -> FhirError:
-    return FhirError(400, [Issue(INVALID, f"Invalid id {value!r}", expression=(f"{resource_type}.id",))])
