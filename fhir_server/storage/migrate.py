@@ -15,7 +15,9 @@ def alembic_config() -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    # "heads": features add migrations on their own branches off a common parent; a later merge
+    # revision joins them, and until then every branch still applies.
     cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
