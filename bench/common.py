@@ -103,14 +103,16 @@ class Server:
 
 
 @contextmanager
-def fhir_server(database_url: str, workers: int, *, startup_timeout: float = 180.0) -> Iterator[Server]:
-    """``fhir-server serve --workers N`` as a subprocess on a free loopback port; ready once /healthz answers."""
+def fhir_server(database_url: str, workers: int, *, startup_timeout: float = 180.0,
+                extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+    """``fhir-server serve --workers N`` as a subprocess on a free loopback port; ready once /healthz answers.
+    ``extra_env``: more settings for the server (e.g. ``FHIR_MLLP_PORT``)."""
     port = free_port()
     env = {**os.environ, "FHIR_DATABASE_URL": database_url, "FHIR_HOST": LOOPBACK, "FHIR_PORT": str(port),
            "FHIR_BASE_URL": f"http://{LOOPBACK}:{port}/fhir",
            # The one-time background load of the core terminology on a fresh database would run during
            # the measurement and be counted as server CPU: benches measure the steady state.
-           "FHIR_TERMINOLOGY_PRELOAD": "false"}
+           "FHIR_TERMINOLOGY_PRELOAD": "false", **(extra_env or {})}
     log_dir = Path(tempfile.mkdtemp(prefix="fhir-bench-"))
     log_path = log_dir / "server.log"
     cmd = [sys.executable, "-m", "fhir_server.cli", "serve", "--host", LOOPBACK, "--port", str(port),
