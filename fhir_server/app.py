@@ -27,9 +27,9 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     dispatcher = dispatcher or OutboxDispatcher(server.engine)
     # Committed writes may have queued outbox work: let the dispatcher look now, not at the next poll.
     server.hooks.register(HookPoint.AFTER_COMMIT, lambda _event, _repo: dispatcher.wake())
-    from interfaces.mllp.outbound import install as install_hl7_orders
+    from fhir_server.jobs.topics import install_outbox_topics
 
-    install_hl7_orders(server, dispatcher)  # ServiceRequests for MLLP labs go out as ORM^O01 via the outbox
+    install_outbox_topics(server, dispatcher)  # every outbox topic (HL7 orders, subscriptions), as the worker
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -1,0 +1,21 @@
+"""Every outbox topic, registered in one place: the API process (in-process dispatcher) and the celery
+worker both call ``install_outbox_topics``, so whichever of them runs delivers every topic.
+
+A topic install puts its BEFORE_COMMIT hook (which enqueues) on the server and its handler (which
+delivers) on the dispatcher. Add new topics here, not in app.py or the worker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fhir_server.rest.server import FhirServer
+    from fhir_server.storage.outbox import OutboxDispatcher
+
+
+def install_outbox_topics(server: FhirServer, dispatcher: OutboxDispatcher) -> None:
+    from interfaces.mllp.outbound import install as install_hl7_orders
+
+    install_hl7_orders(server, dispatcher)  # ServiceRequests for MLLP labs go out as ORM^O01
+    # jobs part B: register_subscriptions(server, dispatcher) (rest-hook, backport topics, websocket)
