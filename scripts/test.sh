@@ -8,6 +8,7 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q -e '.[test]'
 
 FHIR_TEST_POSTGRES_URL="$(bash scripts/postgres.sh)"
+FHIR_TEST_REDIS_URL="$(bash scripts/redis.sh)"  # celery broker for the jobs tests (worker subprocesses)
 
 # Headless Chromium for the SMART sign-in page tests (tests/integration/test_auth_browser.py).
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
@@ -15,7 +16,7 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2 && apt-get install -y -qq chromium chromium-driver >&2
 fi
-export FHIR_TEST_POSTGRES_URL
+export FHIR_TEST_POSTGRES_URL FHIR_TEST_REDIS_URL
 
 echo "== ruff"; .venv/bin/ruff check fhir_server interfaces mappings terminology migrations tests bench
 echo "== mypy"; .venv/bin/mypy
