@@ -24,6 +24,8 @@ class AccessContext:
     role: str | None = None  # None: a backend client acting for itself (system/ scopes)
     patient: str | None = None  # launch context patient id (patient/ scopes)
     fhir_user: str | None = None  # Practitioner/1, Patient/7
+    # Who holds the token ("<client_id> <sub>"): owners of what a caller leaves behind (bulk data jobs).
+    subject: str | None = None
 
     @property
     def own_patient(self) -> str | None:

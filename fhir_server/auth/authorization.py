@@ -186,7 +186,8 @@ class SmartAuthorizationServer(AuthorizationServer):
 
     def access_context(self, claims: dict[str, Any]) -> AccessContext:
         return AccessContext(tuple(resource_scopes(claims.get("scope"))), claims.get("role"),
-                             claims.get("patient"), claims.get("fhirUser"))
+                             claims.get("patient"), claims.get("fhirUser"),
+                             f"{claims.get('client_id')} {claims.get('sub')}")
 
     # --- RFC 7662 / RFC 7009 ---------------------------------------------------------------------------------
 
