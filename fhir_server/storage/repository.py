@@ -56,6 +56,10 @@ class AccessPolicy(Protocol):
 
     def check_write(self, resource_type: str, content: dict[str, Any] | None, previous: Version | None) -> None: ...
 
+    def search_compartment(self, resource_type: str) -> tuple[str, tuple[str, ...]] | None:
+        """(patient id, compartment parameters) that search must filter on in SQL; None: no restriction."""
+        ...
+
 
 class Finder(Protocol):
     """Finds resources matching search criteria (conditional interactions; the search module provides it)."""
