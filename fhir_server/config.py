@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     # Requests per minute per client address (0: unlimited) on sign-in POSTs and on the token endpoint.
     auth_login_rate_per_minute: int = 30
     auth_token_rate_per_minute: int = 600
+    # --- background jobs (fhir_server/jobs) ---
+    # Celery broker (redis://host:6379/0, amqp://user:pass@host//); unset: jobs run inside `serve`.
+    broker_url: str | None = None
+    worker_concurrency: int = 2  # threads per `fhir-server worker`
+    job_poll_seconds: float = 1.0  # how often workers look for due outbox rows and stalled jobs
+    job_lease_seconds: float = 60.0  # a job whose runner stops renewing this long is resumed by another
+    bulk_expiry_seconds: int = 3600  # bulk data output files can be downloaded this long after completion
+    bulk_file_resources: int = 100_000  # an NDJSON output file holds at most this many resources
+    bulk_page_size: int = 2000  # rows read per query while exporting (memory stays flat)
 
     @model_validator(mode="after")
     def _production_needs_postgres(self) -> Settings:
