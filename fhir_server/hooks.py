@@ -43,8 +43,13 @@ class Hooks:
     def __init__(self) -> None:
         self._hooks: dict[HookPoint, list[Hook]] = {p: [] for p in HookPoint}
 
-    def register(self, point: HookPoint, hook: Hook) -> Hook:
-        self._hooks[point].append(hook)
+    def register(self, point: HookPoint, hook: Hook, *, first: bool = False) -> Hook:
+        """``first``: run before the hooks already registered (subscriptions match a deletion against the
+        search index before the indexer removes the resource's rows)."""
+        if first:
+            self._hooks[point].insert(0, hook)
+        else:
+            self._hooks[point].append(hook)
         return hook
 
     def unregister(self, point: HookPoint, hook: Hook) -> None:
