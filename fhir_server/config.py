@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # Run the in-process outbox dispatcher inside `serve` (the embedded default needs no worker).
     outbox_dispatcher: bool = True
     db_pool_size: int = 10
+    # Full-text search (_text, _content) in Elasticsearch instead of the database (fhir_server/search/fulltext).
+    elasticsearch_url: str | None = None
+    elasticsearch_index: str = "fhir-resources"
     # HL7 v2 over MLLP (interfaces/mllp). `serve` starts the listener only when a port is set;
     # `fhir-server mllp` uses 2575 when unset.
     mllp_port: int | None = None
