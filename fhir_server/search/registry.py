@@ -21,6 +21,12 @@ NOT_DOMAIN = {"Bundle", "Binary", "Parameters"}
 RESOURCE_COLUMNS = {"_id", "_lastUpdated"}
 # Types whose values the index stores; composite and special parameters are not indexed (yet).
 INDEXED_TYPES = {"string", "token", "reference", "date", "number", "quantity", "uri"}
+# Parameters with their own predicate and no expression: full text (search/fulltext) and _list.
+SPECIAL_CODES = {"_text", "_content", "_list"}
+# search.html defines _list, but R4 ships no SearchParameter resource for it.
+LIST_DEFINITION = {"resourceType": "SearchParameter", "url": "http://hl7.org/fhir/SearchParameter/Resource-list",
+                   "code": "_list", "base": ["Resource"], "type": "special", "status": "active",
+                   "description": "Resources that are entries of the List with this id (search.html#list)"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,8 @@ class SearchParam:
     @property
     def supported(self) -> bool:
         """Searchable today: indexed parameters, those answered from the resource table, composites."""
-        return self.indexed or self.code in RESOURCE_COLUMNS or (self.type == "composite" and bool(self.components))
+        return (self.indexed or self.code in RESOURCE_COLUMNS or self.code in SPECIAL_CODES
+                or (self.type == "composite" and bool(self.components)))
 
 
 def split_union(expression: str) -> list[str]:
@@ -86,6 +93,15 @@ class Registry:
 
     by_type: dict[str, dict[str, SearchParam]] = field(default_factory=dict)
     by_url: dict[str, dict[str, Any]] = field(default_factory=dict)
+    version: int = 0  # bumped when runtime SearchParameters change it (extractor plans are cached per version)
+
+    def copy(self) -> Registry:
+        return Registry({t: dict(p) for t, p in self.by_type.items()}, dict(self.by_url), self.version)
+
+    def replace_with(self, other: Registry) -> None:
+        """Take ``other``'s parameters (a reload of runtime SearchParameters); readers see old or new."""
+        self.by_type, self.by_url = other.by_type, other.by_url
+        self.version += 1
 
     def add_definition(self, sp: dict[str, Any]) -> None:
         """Add one SearchParameter resource (core or, later, created at runtime)."""
@@ -138,4 +154,5 @@ def core_registry() -> Registry:
     registry = Registry()
     for sp in bundle_resources("search-parameters", "SearchParameter"):
         registry.add_definition(sp)
+    registry.add_definition(LIST_DEFINITION)
     return registry
