@@ -15,7 +15,8 @@ from decimal import Decimal, InvalidOperation
 
 from fhir_server.definitions import resource_types
 from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue
-from fhir_server.search.registry import Registry, SearchParam
+from fhir_server.search.fulltext.syntax import TextQuery, TextSyntaxError, parse_text
+from fhir_server.search.registry import SPECIAL_CODES, Registry, SearchParam
 from fhir_server.search.values import date_range
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -67,7 +68,7 @@ class CompositeValue:
     parts: tuple[Criterion, ...]
 
 
-Value = str | TokenValue | RangeValue | ReferenceValue | bool | CompositeValue
+Value = str | TokenValue | RangeValue | ReferenceValue | bool | CompositeValue | TextQuery
 
 
 @dataclass
@@ -169,6 +170,8 @@ def parse_criterion(registry: Registry, rtype: str, name: str, value: str,
         unknown.append((name, f"Search parameter '{code}' ({sp.type}) is not supported yet"))
         return None
     mod = modifier or None
+    if code in SPECIAL_CODES:
+        return _parse_special(sp, name, mod, rest, value)
     if rest:  # chaining: subject.name, subject:Patient.name
         if sp.type != "reference":
             raise bad(name, f"Parameter '{code}' is not a reference and cannot be chained")
@@ -203,6 +206,24 @@ def parse_criterion(registry: Registry, rtype: str, name: str, value: str,
                   else _raise_type(name, mod, v) for v in values]
         mod = None
     return Criterion(name, sp, mod, values)
+
+
+def _parse_special(sp: SearchParam, name: str, mod: str | None, rest: str, value: str) -> Criterion:
+    """``_text`` / ``_content`` (full-text syntax) and ``_list`` (List ids); neither takes a modifier."""
+    if mod is not None or rest:
+        raise bad(name, f"'{sp.code}' takes no modifier or chain", NOT_SUPPORTED)
+    raw = [unescape(v).strip() for v in split_raw(value, ",")]
+    if sp.code == "_list":
+        for v in raw:
+            if v.startswith("$"):
+                raise bad(name, f"Functional list {v!r} is not supported; give the id of a List", NOT_SUPPORTED)
+            if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", v):
+                raise bad(name, f"_list takes the id of a List, not {v!r}")
+        return Criterion(name, sp, None, list(raw))
+    try:
+        return Criterion(name, sp, None, [parse_text(v) for v in raw])
+    except TextSyntaxError as exc:
+        raise bad(name, f"Bad full-text search {value!r}: {exc}") from None
 
 
 def _parse_composite(registry: Registry, rtype: str, sp: SearchParam, name: str, text: str) -> CompositeValue:
