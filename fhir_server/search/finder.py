@@ -7,7 +7,7 @@ will be applied there covers searches too.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,24 @@ class SearchFinder:
         self.registry = registry
         self.ctx = SqlContext(registry, base_url)
 
+    def context(self, repo: Repository) -> SqlContext:
+        """The SQL context of one request: its token's access restriction goes into every query."""
+        return self.ctx if repo.access is None else replace(self.ctx, access=repo.access)
+
+    def visible(self, repo: Repository, refs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The (type, id) pairs that exist and the token may read, checked in SQL (_include, _revinclude)."""
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in refs:
+            by_type.setdefault(rtype, []).append(rid)
+        out: list[tuple[str, str]] = []
+        r = RESOURCE
+        for rtype, ids in by_type.items():
+            for start in range(0, len(ids), 500):
+                conds = conditions(self.context(repo), r, rtype, [])
+                rows = repo.execute(select(r.c.id).where(*conds, r.c.id.in_(ids[start:start + 500])))
+                out += [(rtype, row.id) for row in rows]
+        return out
+
     def find_ids(self, repo: Repository, resource_type: str, params: list[tuple[str, str]], *,
                  limit: int = 50, after: str | None = None) -> list[str]:
         """Conditional interactions: every criterion must be understood (never ignore one and match more)."""
@@ -75,7 +93,7 @@ class SearchFinder:
             raise FhirError(400, [Issue(NOT_SUPPORTED, reason, expression=(name,)) for name, reason in query.unknown])
         repo.flush()  # index rows deferred earlier in this transaction must be visible
         r = RESOURCE
-        conds = conditions(self.ctx, r, resource_type, query.criteria)
+        conds = conditions(self.context(repo), r, resource_type, query.criteria)
         if after is not None:
             conds.append(r.c.id > after)
         rows = repo.conn.execute(select(r.c.id).where(and_(*conds)).order_by(r.c.id).limit(limit))
@@ -86,7 +104,8 @@ class SearchFinder:
         repo.flush()
         r = RESOURCE
         keys = [sort_expression(r, resource_type, k).label(f"s{i}") for i, k in enumerate(sort)]
-        inner = select(r.c.id, *keys).where(and_(*conditions(self.ctx, r, resource_type, criteria))).subquery()
+        conds = conditions(self.context(repo), r, resource_type, criteria)
+        inner = select(r.c.id, *keys).where(and_(*conds)).subquery()
         columns = [inner.c[f"s{i}"] for i in range(len(sort))]
         stmt = select(inner)
         if cursor:
@@ -109,7 +128,7 @@ class SearchFinder:
         for rtype, criteria, sort in parts:
             keys = [sort_expression(r, rtype, k).label(f"s{i}") for i, k in enumerate(sort)]
             ref = (literal(rtype + "/") + r.c.id).label("ref")
-            selects.append(select(ref, *keys).where(and_(*conditions(self.ctx, r, rtype, criteria))))
+            selects.append(select(ref, *keys).where(and_(*conditions(self.context(repo), r, rtype, criteria))))
         inner = union_all(*selects).subquery() if len(selects) > 1 else selects[0].subquery()
         columns = [inner.c[f"s{i}"] for i in range(n)]
         sort = parts[0][2]
@@ -128,7 +147,7 @@ class SearchFinder:
               *, estimate: bool = False) -> int:
         repo.flush()
         r = RESOURCE
-        matching = select(r.c.id).where(and_(*conditions(self.ctx, r, resource_type, criteria)))
+        matching = select(r.c.id).where(and_(*conditions(self.context(repo), r, resource_type, criteria)))
         if estimate and repo.dialect == "postgresql":
             try:
                 compiled = matching.compile(repo.conn, compile_kwargs={"literal_binds": True})
