@@ -16,9 +16,10 @@ from urllib.parse import parse_qsl, urlencode
 from sqlalchemy import and_, or_, select
 
 from fhir_server.definitions import resource_types
-from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue, operation_outcome
+from fhir_server.errors import FORBIDDEN, INVALID, NOT_SUPPORTED, FhirError, Issue, operation_outcome
 from fhir_server.rest.history import parse_count
 from fhir_server.rest.request import FhirRequest, FhirResponse
+from fhir_server.search.access import readable
 from fhir_server.search.compartment import compartment_criterion
 from fhir_server.search.finder import SearchFinder, parse_sort
 from fhir_server.search.parser import AnyCriterion, parse_query
@@ -83,6 +84,11 @@ def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, par
             extra_link: list[tuple[str, str]] | None = None, already_merged: bool = False) -> FhirResponse:
     params = params if already_merged else search_params(req, params)
     finder = finder_of(repo, req)
+    allowed = [t for t in types if readable(repo.access, t)]  # auth: types the token never reads
+    if not allowed:
+        raise FhirError(403, FORBIDDEN, f"The access token does not permit searching {', '.join(types)}",
+                        ("_type",) if path == "" else (types[0],))
+    types = allowed
     queries = [parse_query(finder.registry, t, params, base_url=req.base_url) for t in types]
     unknown: dict[str, str] = {}
     for q in queries:
@@ -200,7 +206,8 @@ def _includes(req: FhirRequest, repo: Repository, finder: SearchFinder, matches:
             if round_ > 0 and not iterate:
                 continue
             refs |= _revinclude_refs(repo, spec, frontier) if reverse else _include_refs(repo, spec, frontier)
-        new = sorted(r for r in refs if r not in seen)[:MAX_INCLUDED - len(included)]
+        # auth: only what the token may read, checked in SQL before the page's include budget is spent
+        new = sorted(finder.visible(repo, sorted(r for r in refs if r not in seen)))[:MAX_INCLUDED - len(included)]
         if not new:
             break
         seen.update(new)
