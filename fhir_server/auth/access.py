@@ -61,6 +61,8 @@ class AccessContext:
         nothing is readable); None when some grant reads beyond one compartment. For ``Patient`` the patient's
         own ``_id`` belongs too. ``can_read`` still decides per resource (constraints, roles); this only
         narrows what the query fetches (and makes ``_total`` and page sizes right)."""
+        if self.role is not None and not any(role_allows(self.role, resource_type, c) for c in "rs"):
+            return ("", ())  # the role never reads this type, whatever the scopes
         own = self.own_patient
         if own is not None or self.role == "patient":
             return (own or "", patient_compartment_params().get(resource_type, ()) if own else ())

@@ -144,3 +144,9 @@ def test_search_compartment_for_sql_filters() -> None:
         == ("", ())
     me = AccessContext(tuple(resource_scopes("user/*.rs")), "patient", None, "Patient/9")
     assert me.search_compartment("Encounter") == ("9", ("patient",))
+
+
+def test_search_compartment_respects_the_role() -> None:
+    receptionist = AccessContext(tuple(resource_scopes("user/*.rs")), "receptionist")
+    assert receptionist.search_compartment("Observation") == ("", ())  # the role never reads Observations
+    assert receptionist.search_compartment("Patient") is None

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, FromClause, Select, and_, or_, select
 
+from fhir_server.search.access import access_condition
 from fhir_server.search.parser import (
     AnyCriterion,
     CompartmentCriterion,
@@ -73,8 +74,11 @@ def compartment_predicate(r: FromClause, rtype: str, c: CompartmentCriterion) ->
 
 def conditions(ctx: SqlContext, r: FromClause, rtype: str,
                criteria: list[AnyCriterion]) -> list[ColumnElement[bool]]:
-    return [r.c.resource_type == rtype, r.c.deleted.is_(False),
-            *(predicate(ctx, r, rtype, c) for c in criteria)]
+    conds = [r.c.resource_type == rtype, r.c.deleted.is_(False), *(predicate(ctx, r, rtype, c) for c in criteria)]
+    restriction = access_condition(ctx.access, r, rtype)  # also inside chains and _has: they nest conditions()
+    if restriction is not None:
+        conds.append(restriction)
+    return conds
 
 
 def match_ids(ctx: SqlContext, rtype: str, criteria: list[AnyCriterion]) -> Select[Any]:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, FromClause, Select, Table, select
 
 from fhir_server.search.registry import Registry
+
+if TYPE_CHECKING:
+    from fhir_server.storage.repository import AccessPolicy
 
 
 @dataclass(frozen=True)
 class SqlContext:
     registry: Registry
     base_url: str = ""  # references to this base are local (Type/id)
+    access: AccessPolicy | None = None  # the request's token: every query is narrowed to what it may read
 
 
 def index_ids(table: Table, rtype: str, param: str, *conds: ColumnElement[bool]) -> Select[Any]:
