@@ -118,7 +118,8 @@ async def fhir_endpoint(request: Request, path: str = "") -> Response:
         return error_response(exc, pretty)
     headers: dict[str, Any] = {k.lower(): v for k, v in request.headers.items()}
     req = FhirRequest(request.method, path, query, headers, body, body_file=body_file,
-                      base_url=base_url(request, server), access=access)
+                      base_url=base_url(request, server), access=access,
+                      client_address=request.client.host if request.client else None)
     try:
         resp = await run_in_threadpool(handle, server, req)
     finally:

@@ -26,6 +26,8 @@ class FhirRequest:
     resource: dict[str, Any] | None = None
     # auth: what the caller's token permits (fhir_server.auth.access.AccessContext); None = full access.
     access: AccessPolicy | None = None
+    # audit: the client's network address (AuditEvent.agent.network), set by the web adapter.
+    client_address: str | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
