@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Requests per minute per client address (0: unlimited) on sign-in POSTs and on the token endpoint.
     auth_login_rate_per_minute: int = 30
     auth_token_rate_per_minute: int = 600
+    # An AuditEvent for every read, search, write, sign-in, token and refusal (fhir_server.audit).
+    audit_enabled: bool = True
     # --- background jobs (fhir_server/jobs) ---
     # Celery broker (redis://host:6379/0, amqp://user:pass@host//); unset: jobs run inside `serve`.
     broker_url: str | None = None
