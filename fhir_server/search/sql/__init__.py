@@ -19,6 +19,7 @@ from fhir_server.search.sql.common import SqlContext
 from fhir_server.search.sql.date import date_predicate
 from fhir_server.search.sql.number import number_predicate, quantity_predicate
 from fhir_server.search.sql.reference import has_predicate, reference_predicate
+from fhir_server.search.sql.special import fulltext_predicate, list_predicate
 from fhir_server.search.sql.string import string_predicate
 from fhir_server.search.sql.token import token_predicate
 from fhir_server.search.sql.uri import uri_predicate
@@ -36,6 +37,10 @@ def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: AnyCriterion) -> Co
         return has_predicate(r, rtype, c, sub)
     if isinstance(c, CompartmentCriterion):
         return compartment_predicate(r, rtype, c)
+    if c.param.code in ("_text", "_content"):
+        return fulltext_predicate(ctx, r, rtype, c)
+    if c.param.code == "_list":
+        return list_predicate(r, rtype, c)
     kind = c.param.type
     if c.param.code == "_id":
         if c.modifier == "missing":

@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, FromClause, Select, Table, select
 from fhir_server.search.registry import Registry
 
 if TYPE_CHECKING:
+    from fhir_server.search.fulltext import FullTextIndex
     from fhir_server.storage.repository import AccessPolicy
 
 
@@ -18,6 +19,7 @@ class SqlContext:
     registry: Registry
     base_url: str = ""  # references to this base are local (Type/id)
     access: AccessPolicy | None = None  # the request's token: every query is narrowed to what it may read
+    fulltext: FullTextIndex | None = None  # _text / _content (search/fulltext); None: not configured
 
 
 def index_ids(table: Table, rtype: str, param: str, *conds: ColumnElement[bool]) -> Select[Any]:
