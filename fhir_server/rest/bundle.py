@@ -202,6 +202,18 @@ def _resolve_conditional(repo: Repository, ref: str, index: int) -> str:
     return f"{rtype}/{ids[0]}"
 
 
+def prefetch(repo: Repository, entries: list[Entry]) -> None:
+    """Read the current rows of every PUT/DELETE by id in one statement per type (each would otherwise
+    read its own row, one round trip apiece), in a fixed order so concurrent transactions lock alike."""
+    by_type: dict[str, set[str]] = {}
+    for e in entries:
+        segments = e.path.split("/")
+        if e.method in ("PUT", "DELETE") and len(segments) == 2 and not e.query:
+            by_type.setdefault(segments[0], set()).add(segments[1])
+    for rtype in sorted(by_type):
+        repo.prefetch_current(rtype, sorted(by_type[rtype]))
+
+
 def run_entry(server: FhirServer, outer: FhirRequest, repo: Repository, e: Entry) -> FhirResponse:
     headers = {"content-type": "application/fhir+json", **e.headers}
     if outer.header("prefer"):
@@ -244,6 +256,7 @@ def transaction(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> F
 
     def work(repo: Repository) -> list[FhirResponse | None]:
         p = plan(repo, entries, atomic=True)
+        prefetch(repo, p.entries)
         results: list[FhirResponse | None] = [None] * len(entries)
         for e in sorted(p.entries, key=lambda x: ORDER[x.method]):
             try:
