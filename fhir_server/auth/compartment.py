@@ -75,3 +75,19 @@ def in_patient_compartment(resource_type: str, content: dict[str, Any], patient_
     if not elements:
         return False
     return any(_is_patient(ref, patient_id) for name in elements for ref in _references(content.get(name)))
+
+
+def patients_of(resource_type: str, content: dict[str, Any]) -> set[str]:
+    """The ids of every patient whose compartment holds this resource (audit: the patients concerned)."""
+    if resource_type == "Patient":
+        out = {content["id"]} if isinstance(content.get("id"), str) else set()
+        elements: frozenset[str] = frozenset({"link"})
+    else:
+        out = set()
+        elements = patient_compartment_elements().get(resource_type, frozenset())
+    for name in elements:
+        for ref in _references(content.get(name)):
+            parts = ref.split("/_history/")[0].split("/")
+            if len(parts) >= 2 and parts[-2] == "Patient":
+                out.add(parts[-1])
+    return out

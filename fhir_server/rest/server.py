@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from fhir_server.audit import Auditor
+from fhir_server.audit import install as install_audit
 from fhir_server.binary import BinaryStorage
 from fhir_server.config import Settings
 from fhir_server.errors import EXCEPTION, INVALID, FhirError, Issue, operation_outcome
@@ -48,6 +50,8 @@ class FhirServer:
         self._capability: dict[str, Any] | None = None
         # auth: CapabilityStatement.rest.security for a base URL (fhir_server.auth sets it; None: no SMART).
         self.security: Callable[[str], dict[str, Any]] | None = None
+        # audit: an AuditEvent for every access (fhir_server.audit); None when FHIR_AUDIT_ENABLED=false.
+        self.audit: Auditor | None = install_audit(self) if settings.audit_enabled else None
 
     def capability_statement(self, base_url: str = "") -> dict[str, Any]:
         if self._capability is None:
@@ -58,9 +62,16 @@ class FhirServer:
         return self._capability
 
     def route(self, req: FhirRequest, repo: Repository) -> FhirResponse:
+        if self.audit is not None:  # audit: each interaction (also each Bundle entry)
+            return self.audit.route(req, repo, lambda: route(self, req, repo))
         return route(self, req, repo)
 
     def handle(self, req: FhirRequest) -> FhirResponse:
+        if self.audit is not None:  # audit: who asked, and what the request as a whole answered
+            return self.audit.handle(req, self._handle)
+        return self._handle(req)
+
+    def _handle(self, req: FhirRequest) -> FhirResponse:
         """One request in one unit of work; every error leaves as an OperationOutcome."""
         try:
             with acting_as(req.access):  # auth: every unit of work of this request enforces the token

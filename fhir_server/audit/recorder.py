@@ -1,0 +1,139 @@
+"""Writes AuditEvents: in the caller's transaction (writes), or through a bounded in-process queue that a
+background thread drains in batches (reads, failures, sign-ins), as HAPI and Medplum do.
+
+A read pays for one queue put; the thread builds the events (patients, codes) and writes up to BATCH of
+them in one unit of work. When the queue is full the caller writes its event itself (back-pressure, never a
+silent drop). ``close`` (app shutdown, interpreter exit) drains what is queued; a hard kill loses at most
+what was queued in the last moments.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from fhir_server.audit.events import Record, audit_event
+from fhir_server.storage.repository import Repository
+from fhir_server.storage.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+BATCH = 500
+MAX_QUEUED = 10_000
+PUT_TIMEOUT_SECONDS = 0.5
+_STOP = object()
+# Set while the recorder itself writes an AuditEvent: the write is not audited again (no loop) and the
+# append-only guard lets it through.
+RECORDING: ContextVar[bool] = ContextVar("fhir_audit_recording", default=False)
+
+
+@contextmanager
+def recording() -> Iterator[None]:
+    token = RECORDING.set(True)
+    try:
+        yield
+    finally:
+        RECORDING.reset(token)
+
+
+class AuditRecorder:
+    def __init__(self, uow: UnitOfWork, *, max_queued: int = MAX_QUEUED, batch: int = BATCH) -> None:
+        self.uow = uow
+        self.batch = batch
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.written = 0  # events written by the background thread (tests, metrics)
+        self.failed = 0
+
+    # --- in the caller's transaction --------------------------------------------------------------------
+
+    def write_now(self, repo: Repository, record: Record) -> None:
+        """Add the event to ``repo``'s transaction: it commits, or rolls back, with the change it records."""
+        saved = repo.access
+        repo.access = None  # the audit trail is the server's own write, whatever the caller may do
+        try:
+            with recording():
+                repo.create("AuditEvent", audit_event(record))
+        finally:
+            repo.access = saved
+
+    # --- queued ------------------------------------------------------------------------------------------
+
+    def record(self, record: Record) -> None:
+        self._start()
+        try:
+            self._queue.put(record, timeout=PUT_TIMEOUT_SECONDS)
+        except queue.Full:  # the writer is behind: this caller writes its own event rather than drop it
+            self._write([record])
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every queued event is written (tests; shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("audit events still queued")
+                self._queue.all_tasks_done.wait(remaining)
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            self._queue.put(_STOP)
+            thread.join(timeout=30)
+
+    def _start(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                self._queue.task_done()
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self.batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop = True
+                    self._queue.task_done()
+                    break
+                batch.append(more)
+            try:
+                self._write([r for r in batch if isinstance(r, Record)])
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                return
+
+    def _write(self, records: list[Record]) -> None:
+        def work(repo: Repository) -> None:
+            repo.access = None  # also when a request thread writes (queue full): not the caller's rights
+            with recording():
+                for record in records:
+                    repo.create("AuditEvent", audit_event(record))
+
+        try:
+            self.uow.run(work, write=True)
+            self.written += len(records)
+        except Exception as exc:  # the type only: database errors quote parameters, i.e. audit content
+            self.failed += len(records)
+            log.error("%d audit events could not be written (%s)", len(records), type(exc).__name__)
