@@ -33,6 +33,9 @@ ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
     # A patient reads their own record; the compartment restriction is applied apart (access.py).
     "patient": {"*": READ},
 }
+# The audit trail: only admins read it, and nobody writes it through the API (fhir_server.audit).
+for _role, _table in ROLE_PERMISSIONS.items():
+    _table["AuditEvent"] = READ if _role == "admin" else ""
 ROLES = tuple(ROLE_PERMISSIONS)
 
 

@@ -113,6 +113,7 @@ class Repository:
         if version is None:
             raise not_found(resource_type, resource_id)
         if version.deleted:
+            self._check_read_deleted(resource_type, resource_id)
             raise FhirError(410, DELETED, f"Resource {resource_type}/{resource_id} has been deleted "
                                           f"(version {version.version_id})")
         if self.access is not None:  # auth
@@ -153,12 +154,25 @@ class Repository:
         if row is None:
             raise FhirError(404, NOT_FOUND, f"Version {version_id} of {resource_type}/{resource_id} is not known")
         if row.deleted:
+            self._check_read_deleted(resource_type, resource_id)
             raise FhirError(410, DELETED, f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
         version = Version(resource_type, resource_id, version_id, row.last_updated, row.deleted, row.content,
                           row.method)
         if self.access is not None:  # auth
             self.access.check_read(version)
         return version
+
+    def _check_read_deleted(self, resource_type: str, resource_id: str) -> None:
+        """auth: 410 only for a caller who could read what was deleted (its last content), so a forbidden
+        caller gets the same 403 as for a live resource and learns nothing of the deletion."""
+        if self.access is None:
+            return
+        row = self.execute(select(HIST.c.version_id, HIST.c.last_updated, HIST.c.content).where(
+            HIST.c.resource_type == resource_type, HIST.c.id == resource_id, HIST.c.deleted.is_(False))
+            .order_by(HIST.c.version_id.desc()).limit(1)).first()
+        content = row.content if row is not None else None
+        self.access.check_read(Version(resource_type, resource_id, row.version_id if row else 0,
+                                       row.last_updated if row else datetime.now(UTC), False, content))
 
     def read_many(self, references: list[tuple[str, str]]) -> list[Version]:
         """Current, non-deleted versions of the given (type, id) pairs, in no particular order."""
