@@ -1,0 +1,131 @@
+"""Outbox handlers for rest-hook subscriptions: the handshake and each notification.
+
+At least once: a notification whose POST fails (connection error, timeout, non-2xx) raises, so the outbox
+retries it with backoff; meanwhile the subscription shows ``status: error`` with ``error`` set, and the
+next success sets it ``active`` again. The outbox key is ``Subscription/<id>/event/<n>``: a retry after a
+crash resends the same event number, which the receiver drops as a duplicate. A failed handshake makes the
+subscription ``error`` at once (the endpoint is not there to take notifications).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import orjson
+
+from fhir_server.rest.request import FhirRequest
+from fhir_server.rest.server import FhirServer
+from fhir_server.storage.repository import Version
+from fhir_server.subscriptions import spec as specs
+from fhir_server.subscriptions import store
+from fhir_server.subscriptions.bundles import notification_bundle
+from fhir_server.subscriptions.engine import SERVER_WRITE
+from fhir_server.subscriptions.spec import SubscriptionSpec
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryError(Exception):
+    pass
+
+
+class RestHook:
+    def __init__(self, server: FhirServer, *, timeout: float = 10.0) -> None:
+        self.server = server
+        self.base = server.settings.base_url or ""
+        self.client = httpx.Client(timeout=timeout, follow_redirects=False)
+
+    def _current(self, subscription_id: str) -> Version | None:
+        version = self.server.uow.run(lambda repo: repo.current("Subscription", subscription_id), write=False)
+        return None if version is None or version.deleted or version.content is None else version
+
+    def _post(self, sub: SubscriptionSpec, body: dict[str, Any] | None) -> None:
+        headers = {name: value for name, value in sub.headers}
+        content = b""
+        if body is not None:
+            headers["Content-Type"] = sub.mime_type or "application/fhir+json"
+            content = orjson.dumps(body)
+        assert sub.endpoint is not None
+        try:
+            response = self.client.post(sub.endpoint, content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"{type(exc).__name__} posting to the endpoint") from exc
+        if not 200 <= response.status_code < 300:
+            raise DeliveryError(f"The endpoint answered HTTP {response.status_code}")
+
+    def set_status(self, subscription_id: str, status: str, error: str | None) -> None:
+        """Record the server's view of a subscription (If-Match: a client's concurrent edit wins)."""
+        token = SERVER_WRITE.set(True)
+        try:
+            for _attempt in range(5):
+                current = self._current(subscription_id)
+                if current is None or current.content is None or current.content.get("status") == "off":
+                    return
+                content = {**current.content, "status": status}
+                content.pop("error", None)
+                if error:
+                    content["error"] = error
+                if content == current.content:
+                    return
+                response = self.server.handle(FhirRequest(
+                    "PUT", f"Subscription/{subscription_id}", resource=content,
+                    headers={"content-type": "application/fhir+json", "if-match": current.etag}))
+                if response.status in (200, 201):
+                    return
+                if response.status != 412:
+                    raise RuntimeError(f"recording status {status} on Subscription/{subscription_id}: "
+                                       f"{response.status}")
+        finally:
+            SERVER_WRITE.reset(token)
+
+    def handshake(self, _key: str, payload: dict[str, Any]) -> None:
+        current = self._current(payload["subscription"])
+        if current is None or current.version_id != payload["version"] or \
+                (current.content or {}).get("status") != "requested":
+            return  # changed since: that version queued its own handshake
+        sub = specs.parse(current.content or {})
+        body = None
+        if sub.backport:
+            with self.server.engine.connect() as conn:
+                since = store.events_since_start(conn, sub.id)
+            body = notification_bundle(sub, base=self.base, kind="handshake", events_since=since, status="requested")
+        try:
+            self._post(sub, body)
+        except DeliveryError as exc:
+            log.warning("subscription %s handshake failed: %s", sub.id, exc)
+            self.set_status(sub.id, "error", f"Handshake failed: {exc}")
+            return
+        self.set_status(sub.id, "active", None)
+
+    def notify(self, _key: str, payload: dict[str, Any]) -> None:
+        sid, number = payload["subscription"], int(payload["event"])
+        current = self._current(sid)
+        if current is None or (current.content or {}).get("status") not in ("active", "error"):
+            return  # deleted, switched off or being re-handshaken: nothing to deliver
+        sub = specs.parse(current.content or {})
+        with self.server.engine.connect() as conn:
+            found = store.events(conn, sid, number, number)
+            since = store.events_since_start(conn, sid)
+        if not found:
+            return
+        event = found[0]
+        resource = None
+        if sub.content == "full-resource" and event.interaction != "delete":
+            rtype, rid, _h, vid = event.focus.split("/")
+            resource = self.server.uow.run(lambda repo: repo.vread(rtype, rid, int(vid)), write=False).content
+        if sub.backport:
+            body: dict[str, Any] | None = notification_bundle(
+                sub, base=self.base, kind="event-notification", events_since=since, events=[event],
+                resources={event.focus: resource})
+        else:
+            body = resource  # R4: the resource itself, or an empty POST when the payload is not set
+        try:
+            self._post(sub, body)
+        except DeliveryError as exc:
+            if sub.status != "error":
+                self.set_status(sid, "error", f"Notification failed: {exc}")
+            raise
+        if sub.status == "error":
+            self.set_status(sid, "active", None)

@@ -1,0 +1,253 @@
+"""Matching committed changes to active subscriptions, in the change's own transaction (write hooks).
+
+- BEFORE_VALIDATE on Subscription: a client's new or changed subscription becomes ``requested`` (the
+  server alone makes it ``active`` after a handshake, or ``error``); websocket ones start ``active``.
+- BEFORE_COMMIT on Subscription: the resource is checked (criteria, channel, topic: 422 naming the
+  element), the author's access recorded, a handshake queued on the outbox, the cache generation replaced.
+- BEFORE_COMMIT on any other write: the active subscriptions for that type (cached per process, reloaded
+  when the generation token changes) are tested against the changed resource only: one indexed query
+  restricted to its id, never a re-run of the search. A match takes the next event number (an UPDATE of
+  the subscription's counter row, which serialises concurrent writers on that subscription), writes an
+  event row, and for rest-hook enqueues the notification. A deletion is matched by a hook registered
+  first, while the index still holds the deleted version's rows.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, insert, select, update
+
+from fhir_server.auth.access import AccessContext
+from fhir_server.auth.scopes import resource_scopes
+from fhir_server.errors import FhirError
+from fhir_server.hooks import HookPoint, WriteEvent
+from fhir_server.search.parser import AnyCriterion, parse_query
+from fhir_server.search.registry import Registry
+from fhir_server.search.sql import predicate
+from fhir_server.search.sql.common import SqlContext
+from fhir_server.storage.models import RESOURCE
+from fhir_server.storage.repository import Repository, Version
+from fhir_server.subscriptions import spec as specs
+from fhir_server.subscriptions.spec import SubscriptionSpec, Topic, Trigger
+from fhir_server.subscriptions.tables import EVENT, GENERATION, STATE
+
+if TYPE_CHECKING:
+    from fhir_server.hooks import Hooks
+
+HANDSHAKE_TOPIC = "subscription-handshake"
+NOTIFY_TOPIC = "subscription-notification"
+LIVE = ("active", "error")  # error: the endpoint is failing, notifications keep queueing and retrying
+
+# Set while the server itself records a status (active/error): such writes are not a client's change.
+SERVER_WRITE: ContextVar[bool] = ContextVar("subscription_server_write", default=False)
+
+
+@dataclass(frozen=True)
+class Rule:
+    spec: SubscriptionSpec
+    trigger: Trigger
+    criteria: tuple[AnyCriterion, ...]
+    author: AccessContext | None
+
+
+def author_of(access: Any) -> dict[str, Any] | None:
+    if not isinstance(access, AccessContext):
+        return None
+    return {"scope": " ".join(s.text() for s in access.scopes), "role": access.role, "patient": access.patient,
+            "fhirUser": access.fhir_user}
+
+
+def access_of(author: dict[str, Any] | None) -> AccessContext | None:
+    if author is None:
+        return None
+    return AccessContext(tuple(resource_scopes(author.get("scope"))), author.get("role"), author.get("patient"),
+                         author.get("fhirUser"))
+
+
+def load_topics(repo: Repository) -> dict[str, Topic]:
+    system, code = specs.TOPIC_CODE
+    ids = repo.finder.find_ids(repo, "Basic", [("code", f"{system}|{code}")], limit=10000)
+    out: dict[str, Topic] = {}
+    if ids:
+        rows = repo.execute(select(RESOURCE.c.content).where(RESOURCE.c.resource_type == "Basic",
+                                                             RESOURCE.c.id.in_(ids)))
+        for row in rows:
+            topic = specs.parse_topic(row.content or {})
+            if topic is not None:
+                out[topic.url] = topic
+    return out
+
+
+class SubscriptionEngine:
+    def __init__(self, registry: Registry, base_url: str = "") -> None:
+        self.registry = registry
+        self.ctx = SqlContext(registry, base_url)
+        self.base_url = base_url
+        self._lock = threading.Lock()
+        self._generation: str | None = "unloaded"
+        self._rules: dict[str, list[Rule]] = {}
+
+    def register(self, hooks: Hooks) -> None:
+        hooks.register(HookPoint.BEFORE_VALIDATE, self.before_validate)
+        hooks.register(HookPoint.BEFORE_COMMIT, self.match_deletion, first=True)
+        hooks.register(HookPoint.BEFORE_COMMIT, self.before_commit)
+
+    # --- Subscription writes ---------------------------------------------------------------------------
+
+    def before_validate(self, event: WriteEvent, _repo: Repository | None) -> None:
+        res = event.resource
+        if event.resource_type != "Subscription" or not isinstance(res, dict) or SERVER_WRITE.get():
+            return
+        status = res.get("status")
+        if status == "error":
+            raise specs.invalid("Only the server sets a subscription's status to error", "Subscription.status")
+        prev = event.previous.content if event.previous is not None and not event.previous.deleted else None
+        changed = prev is None or prev.get("status") not in LIVE or any(
+            prev.get(k) != res.get(k) for k in ("criteria", "_criteria", "channel"))
+        if status in ("requested", "active") and changed:
+            channel = res.get("channel")
+            websocket = isinstance(channel, dict) and channel.get("type") == "websocket"
+            new = {**res, "status": "active" if websocket else "requested"}
+            new.pop("error", None)
+            event.resource = new
+
+    def _subscription_written(self, event: WriteEvent, repo: Repository) -> None:
+        self.bump(repo)
+        if event.resource is None or event.resource_id is None or event.version is None:
+            return
+        sub = specs.parse(event.resource)
+        rules = self.compile(sub, load_topics(repo) if sub.backport else {}, None, check=True)
+        del rules
+        sid = event.resource_id
+        if repo.execute(select(STATE.c.subscription_id).where(STATE.c.subscription_id == sid)).first() is None:
+            repo.execute(insert(STATE).values(subscription_id=sid, events=0, author=author_of(repo.access),
+                                              activated=sub.status == "active"))
+        elif not SERVER_WRITE.get():
+            repo.execute(update(STATE).where(STATE.c.subscription_id == sid).values(author=author_of(repo.access)))
+        if sub.status in ("active", "requested"):  # requested: a new handshake must succeed first
+            repo.execute(update(STATE).where(STATE.c.subscription_id == sid)
+                         .values(activated=sub.status == "active"))
+        if sub.status == "requested" and sub.channel_type == "rest-hook":
+            version = event.version.version_id
+            repo.enqueue(HANDSHAKE_TOPIC, f"Subscription/{sid}/_history/{version}/handshake",
+                         {"subscription": sid, "version": version}, max_attempts=3)
+
+    def compile(self, sub: SubscriptionSpec, topics: dict[str, Topic], author: AccessContext | None, *,
+                check: bool = False) -> list[Rule]:
+        """Rules for one subscription; ``check``: raise 422 for what cannot work (unknown topic/params)."""
+        topic = topics.get(sub.topic) if sub.topic else None
+        if check and sub.backport and topic is None:
+            raise specs.invalid(f"No SubscriptionTopic with url '{sub.topic}' is known here", "Subscription.criteria")
+        if check and topic is not None:
+            known = {t.resource_type for t in topic.triggers}
+            for i, (rtype, _params) in enumerate(sub.filters):
+                if rtype not in known:
+                    raise specs.invalid(f"Topic {topic.url} has no trigger for {rtype}",
+                                        f"Subscription.criteria.extension[{i}]")
+        rules = []
+        for trig in specs.triggers(sub, topic):
+            query = parse_query(self.registry, trig.resource_type, list(trig.params), base_url=self.base_url)
+            if query.unknown or query.control:
+                if check:
+                    name, reason = (query.unknown or [(query.control[0][0], "is not a search criterion")])[0]
+                    element = "Subscription.criteria" if not sub.backport else "Subscription.criteria.extension"
+                    raise specs.invalid(f"Criteria parameter '{name}': {reason}", element)
+                continue
+            rules.append(Rule(sub, trig, tuple(query.criteria), author))
+        return rules
+
+    def bump(self, repo: Repository) -> None:
+        token = uuid.uuid4().hex
+        if repo.execute(update(GENERATION).where(GENERATION.c.id == 1).values(token=token)).rowcount == 0:
+            repo.execute(insert(GENERATION).values(id=1, token=token))
+
+    # --- the cache of live subscriptions ---------------------------------------------------------------
+
+    def rules(self, repo: Repository) -> dict[str, list[Rule]]:
+        token = repo.execute(select(GENERATION.c.token).where(GENERATION.c.id == 1)).scalar()
+        if token == self._generation:
+            return self._rules
+        with self._lock:
+            rules: dict[str, list[Rule]] = {}
+            topics = load_topics(repo)
+            state = {r.subscription_id: r for r in repo.execute(select(STATE.c.subscription_id, STATE.c.author,
+                                                                       STATE.c.activated))}
+            rows = repo.execute(select(RESOURCE.c.id, RESOURCE.c.content).where(
+                RESOURCE.c.resource_type == "Subscription", RESOURCE.c.deleted.is_(False)).order_by(RESOURCE.c.id))
+            for row in rows:
+                status, known = (row.content or {}).get("status"), state.get(row.id)
+                if status != "active" and not (status == "error" and known is not None and known.activated):
+                    continue  # requested, off, or a handshake that failed: nothing to send yet
+                try:
+                    sub = specs.parse(row.content)
+                except FhirError:
+                    continue  # stored before a rule changed; it cannot fire
+                for rule in self.compile(sub, topics, access_of(known.author if known is not None else None)):
+                    rules.setdefault(rule.trigger.resource_type, []).append(rule)
+            self._rules, self._generation = rules, token
+            return rules
+
+    # --- matching changes ------------------------------------------------------------------------------
+
+    def before_commit(self, event: WriteEvent, repo: Repository | None) -> None:
+        if repo is None or event.resource_id is None or event.version is None:
+            return
+        if event.resource_type == "Subscription":
+            self._subscription_written(event, repo)
+            return
+        if event.resource_type == "Basic" and (specs.parse_topic(event.resource or {}) is not None or (
+                event.previous is not None and specs.parse_topic(event.previous.content or {}) is not None)):
+            self.bump(repo)
+        if event.resource is not None:
+            interaction = "create" if event.version.version_id == 1 or event.previous is None \
+                or event.previous.deleted else "update"
+            self._match(repo, event, event.version, interaction)
+
+    def match_deletion(self, event: WriteEvent, repo: Repository | None) -> None:
+        if repo is None or event.interaction != "delete" or event.previous is None or event.version is None \
+                or event.resource_id is None or event.resource_type == "Subscription":
+            return
+        self._match(repo, event, event.previous, "delete")
+
+    def _match(self, repo: Repository, event: WriteEvent, seen: Version, interaction: str) -> None:
+        candidates = self.rules(repo).get(event.resource_type)
+        if not candidates:
+            return
+        fired: set[str] = set()
+        for rule in candidates:
+            sid = rule.spec.id
+            if sid in fired or interaction not in rule.trigger.interactions:
+                continue
+            if rule.author is not None and not rule.author.can_read(seen):
+                continue  # the subscriber may not read this resource: they are not told of it
+            if rule.criteria and not self._matches(repo, event.resource_type, seen.id, rule.criteria):
+                continue
+            fired.add(sid)
+            assert event.version is not None
+            self._record(repo, rule.spec, event, event.version, interaction)
+
+    def _matches(self, repo: Repository, rtype: str, rid: str, criteria: tuple[AnyCriterion, ...]) -> bool:
+        r = RESOURCE
+        # Not r.deleted: a deletion is matched against the version it removes (its index rows still exist).
+        stmt = select(r.c.id).where(and_(r.c.resource_type == rtype, r.c.id == rid,
+                                         *(predicate(self.ctx, r, rtype, c) for c in criteria))).limit(1)
+        return repo.execute(stmt).first() is not None
+
+    def _record(self, repo: Repository, sub: SubscriptionSpec, event: WriteEvent, version: Version,
+                interaction: str) -> None:
+        number = repo.execute(update(STATE).where(STATE.c.subscription_id == sub.id)
+                              .values(events=STATE.c.events + 1).returning(STATE.c.events)).scalar()
+        if number is None:  # state row lost (e.g. the subscription predates its table): start counting
+            repo.execute(insert(STATE).values(subscription_id=sub.id, events=1, author=None, activated=True))
+            number = 1
+        focus = f"{event.resource_type}/{event.resource_id}/_history/{version.version_id}"
+        repo.defer_insert(EVENT, {"subscription_id": sub.id, "event_number": number,
+                                  "timestamp": version.last_updated, "focus": focus, "interaction": interaction})
+        if sub.channel_type == "rest-hook":
+            repo.enqueue(NOTIFY_TOPIC, f"Subscription/{sub.id}/event/{number}",
+                         {"subscription": sub.id, "event": number})

@@ -1,0 +1,50 @@
+"""Subscription bookkeeping (migration 0010), on the storage metadata.
+
+- ``subscription_state``: one row per Subscription: the event counter (backport
+  ``events-since-subscription-start``, incremented in each triggering change's own transaction, so numbers
+  never skip or repeat) and the author's access (a subscriber is told only what they may read).
+- ``subscription_event``: every event, written with the change: ``$events`` and the websocket channel read it.
+- ``subscription_generation``: a token replaced on every Subscription write, so each process knows when its
+  cache of active subscriptions is stale (one primary-key read per write instead of reloading them).
+- ``subscription_ws_token``: websocket binding tokens (``$get-ws-binding-token``), stored as SHA-256.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Integer, String, Table
+from sqlalchemy.dialects.postgresql import JSONB
+
+from fhir_server.storage.models import Base, UTCDateTime
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+STATE = Table(
+    "subscription_state", Base.metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("events", BigInteger, nullable=False, default=0),
+    Column("author", Json),  # {"scope", "role", "patient", "fhirUser"}; null: full access
+    # Set once a handshake succeeded: an ``error`` subscription keeps queueing only if it was ever active.
+    Column("activated", Boolean, nullable=False, default=False),
+)
+
+EVENT = Table(
+    "subscription_event", Base.metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("event_number", BigInteger, primary_key=True),
+    Column("timestamp", UTCDateTime(), nullable=False),
+    Column("focus", String(200), nullable=False),  # Type/id/_history/version
+    Column("interaction", String(16), nullable=False),  # create | update | delete
+)
+
+GENERATION = Table(
+    "subscription_generation", Base.metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token", String(64), nullable=False),
+)
+
+WS_TOKEN = Table(
+    "subscription_ws_token", Base.metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("subscription_id", String(64), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)

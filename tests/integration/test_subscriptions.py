@@ -1,0 +1,193 @@
+"""R4 Subscriptions with a rest-hook channel, through the live HTTP server and a real webhook receiver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from fhir_server.auth.access import AccessContext
+from fhir_server.auth.scopes import resource_scopes
+from fhir_server.rest.request import FhirRequest
+from fhir_server.storage.models import OUTBOX
+from fhir_server.storage.outbox import OutboxDispatcher
+from fhir_server.subscriptions import install_delivery
+from tests.conftest import LiveServer
+from tests.integration.subscription_receiver import Receiver, start_receiver
+
+LOINC = "http://loinc.org"
+
+
+@pytest.fixture
+def hook() -> Iterator[Receiver]:
+    receiver = start_receiver()
+    yield receiver
+    receiver.close()
+
+
+def dispatcher(api: LiveServer) -> OutboxDispatcher:
+    d = OutboxDispatcher(api.backend.engine, backoff_base=0.001)
+    install_delivery(api.fhir, d, timeout=5)
+    return d
+
+
+def subscription(api: LiveServer, url: str, criteria: str, **channel: Any) -> dict[str, Any]:
+    body = {"resourceType": "Subscription", "status": "requested", "reason": "lab results", "criteria": criteria,
+            "channel": {"type": "rest-hook", "endpoint": url, **channel}}
+    response = api.http.post("Subscription", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def observation(api: LiveServer, code: str, patient: str, value: float = 1.0, rid: str | None = None) -> dict[str, Any]:
+    body = {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient}"},
+            "code": {"coding": [{"system": LOINC, "code": code}]}, "valueQuantity": {"value": value}}
+    response = api.http.put(f"Observation/{rid}", json={**body, "id": rid}) if rid else \
+        api.http.post("Observation", json=body)
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
+
+
+def status(api: LiveServer, sid: str) -> dict[str, Any]:
+    return dict(api.http.get(f"Subscription/{sid}").json())
+
+
+def pending(api: LiveServer) -> list[Any]:
+    with api.backend.engine.connect() as conn:
+        return list(conn.execute(select(OUTBOX).where(OUTBOX.c.topic.like("subscription-%"),
+                                                      OUTBOX.c.status != "done")).all())
+
+
+def test_handshake_activates_then_matching_changes_are_posted_with_headers(api: LiveServer, hook: Receiver) -> None:
+    sub = subscription(api, hook.url, f"Observation?code={LOINC}|1234-5&patient=Patient/X",
+                       header=["Authorization: Bearer s3cret", "X-Tenant: ward-7"], payload="application/fhir+json")
+    assert sub["status"] == "requested"
+    d = dispatcher(api)
+    assert d.run_once() == 1
+    [handshake] = hook.received
+    assert handshake.body == b"" and handshake.headers["authorization"] == "Bearer s3cret"
+    assert handshake.headers["x-tenant"] == "ward-7"
+    assert status(api, sub["id"])["status"] == "active"
+
+    obs = observation(api, "1234-5", "X")
+    observation(api, "9999-9", "X")  # another code
+    observation(api, "1234-5", "Y")  # another patient
+    api.http.post("Patient", json={"resourceType": "Patient"})  # another type
+    assert len(pending(api)) == 1
+    assert d.run_once() == 1
+    note = hook.received[-1]
+    assert note.headers["content-type"] == "application/fhir+json"
+    assert note.headers["authorization"] == "Bearer s3cret"
+    assert note.json()["id"] == obs["id"] and note.json()["meta"]["versionId"] == "1"
+    observation(api, "1234-5", "X", value=2.0, rid=obs["id"])  # an update of the matching resource
+    assert d.run_once() == 1
+    assert hook.received[-1].json()["meta"]["versionId"] == "2"
+    assert hook.received[-1].json()["valueQuantity"]["value"] == 2.0
+    assert len(hook.received) == 3
+
+
+def test_without_payload_the_notification_is_an_empty_post(api: LiveServer, hook: Receiver) -> None:
+    sub = subscription(api, hook.url, "Observation?status=final")
+    d = dispatcher(api)
+    d.run_once()
+    observation(api, "1-1", "X")
+    assert d.run_once() == 1
+    assert [r.body for r in hook.received] == [b"", b""]
+    assert "content-type" not in hook.received[-1].headers
+    assert status(api, sub["id"])["status"] == "active"
+
+
+def test_a_failed_handshake_puts_the_subscription_in_error(api: LiveServer, hook: Receiver) -> None:
+    hook.status = 500
+    sub = subscription(api, hook.url, "Observation?status=final")
+    dispatcher(api).run_once()
+    stored = status(api, sub["id"])
+    assert stored["status"] == "error" and "500" in stored["error"]
+    observation(api, "1-1", "X")
+    assert pending(api) == []  # an error from the handshake: never active, nothing is sent
+
+
+def test_a_failing_endpoint_sets_error_and_retries_until_it_recovers(api: LiveServer, hook: Receiver) -> None:
+    sub = subscription(api, hook.url, "Observation?status=final", payload="application/fhir+json")
+    d = dispatcher(api)
+    d.run_once()
+    hook.status = 503
+    obs = observation(api, "1-1", "X")
+    assert d.run_once() == 0
+    stored = status(api, sub["id"])
+    assert stored["status"] == "error" and "503" in stored["error"]
+    hook.status = 200
+    deadline_hit = [d.run_once() for _ in range(200) if pending(api)]
+    assert sum(deadline_hit) == 1
+    assert status(api, sub["id"])["status"] == "active" and "error" not in status(api, sub["id"])
+    assert [b["id"] for b in hook.bodies()] == [obs["id"], obs["id"]]  # the failed try, then the good one
+
+
+def test_off_and_deleted_subscriptions_notify_nothing(api: LiveServer, hook: Receiver) -> None:
+    sub = subscription(api, hook.url, "Observation?status=final")
+    dispatcher(api).run_once()
+    current = status(api, sub["id"])
+    assert api.http.put(f"Subscription/{sub['id']}", json={**current, "status": "off"}).status_code == 200
+    observation(api, "1-1", "X")
+    assert pending(api) == []
+    other = subscription(api, hook.url, "Observation?status=final")
+    dispatcher(api).run_once()
+    assert api.http.delete(f"Subscription/{other['id']}").status_code in (200, 204)
+    observation(api, "1-1", "X")
+    assert pending(api) == []
+
+
+def test_deleting_a_matching_resource_notifies(api: LiveServer, hook: Receiver) -> None:
+    subscription(api, hook.url, f"Observation?code={LOINC}|1234-5")
+    d = dispatcher(api)
+    d.run_once()
+    obs = observation(api, "1234-5", "X")
+    other = observation(api, "5555-5", "X")
+    d.run_once()
+    assert api.http.delete(f"Observation/{obs['id']}").status_code in (200, 204)
+    assert api.http.delete(f"Observation/{other['id']}").status_code in (200, 204)
+    assert len(pending(api)) == 1
+    assert d.run_once() == 1
+
+
+@pytest.mark.parametrize(("change", "element"), [
+    ({"criteria": "Observation?nonsense=1"}, "Subscription.criteria"),
+    ({"criteria": "Nothing?code=1"}, "Subscription.criteria"),
+    ({"criteria": "just words"}, "Subscription.criteria"),
+    ({"channel": {"type": "email", "endpoint": "mailto:a@b.c"}}, "Subscription.channel.type"),
+    ({"channel": {"type": "rest-hook", "endpoint": "ftp://x"}}, "Subscription.channel.endpoint"),
+    ({"channel": {"type": "rest-hook", "endpoint": "http://x", "payload": "application/fhir+xml"}},
+     "Subscription.channel.payload"),
+    ({"channel": {"type": "rest-hook", "endpoint": "http://x", "header": ["no colon"]}},
+     "Subscription.channel.header[0]"),
+    ({"status": "error"}, "Subscription.status"),
+])
+def test_invalid_subscriptions_are_refused_naming_the_element(api: LiveServer, change: dict[str, Any],
+                                                              element: str) -> None:
+    body = {"resourceType": "Subscription", "status": "requested", "reason": "r", "criteria": "Observation?code=1",
+            "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook"}, **change}
+    response = api.http.post("Subscription", json=body)
+    assert response.status_code == 422, response.text
+    [issue] = response.json()["issue"]
+    assert issue["expression"] == [element]
+    assert api.http.get("Subscription", params={"_summary": "count"}).json()["total"] == 0
+
+
+def test_the_authors_access_limits_what_they_are_told(api: LiveServer, hook: Receiver) -> None:
+    """A subscription written with a patient-scoped token hears only of that patient's resources."""
+    access = AccessContext(tuple(resource_scopes("patient/Observation.rs user/Subscription.cruds")),
+                           patient="A")
+    body = {"resourceType": "Subscription", "status": "requested", "reason": "r",
+            "criteria": "Observation?status=final",
+            "channel": {"type": "rest-hook", "endpoint": hook.url, "payload": "application/fhir+json"}}
+    created = api.fhir.handle(FhirRequest("POST", "Subscription", resource=body, access=access,
+                                          headers={"content-type": "application/fhir+json"}))
+    assert created.status == 201, created.resource
+    d = dispatcher(api)
+    d.run_once()
+    observation(api, "1-1", "B")
+    mine = observation(api, "1-1", "A")
+    d.run_once()
+    assert [b["id"] for b in hook.bodies()] == [mine["id"]]
