@@ -18,4 +18,6 @@ def install_outbox_topics(server: FhirServer, dispatcher: OutboxDispatcher) -> N
     from interfaces.mllp.outbound import install as install_hl7_orders
 
     install_hl7_orders(server, dispatcher)  # ServiceRequests for MLLP labs go out as ORM^O01
-    # jobs part B: register_subscriptions(server, dispatcher) (rest-hook, backport topics, websocket)
+    from fhir_server.subscriptions import install as install_subscriptions
+
+    install_subscriptions(server, dispatcher)  # Subscription matching hooks + rest-hook handshake/notifications
