@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     # Requests per minute per client address (0: unlimited) on sign-in POSTs and on the token endpoint.
     auth_login_rate_per_minute: int = 30
     auth_token_rate_per_minute: int = 600
+    # --- profile validation (fhir_server/validation) ---
+    # Validate every write against the profiles in its meta.profile (and the base invariants): errors -> 422.
+    validate_profiles: bool = False
+    # With validate_profiles: a meta.profile this server does not have is an error (else a warning).
+    validate_profiles_strict: bool = False
     # An AuditEvent for every read, search, write, sign-in, token and refusal (fhir_server.audit).
     audit_enabled: bool = True
     # --- background jobs (fhir_server/jobs) ---
