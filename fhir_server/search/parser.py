@@ -194,9 +194,6 @@ def parse_criterion(registry: Registry, rtype: str, name: str, value: str,
         if value not in ("true", "false"):
             raise bad(name, f"':missing' takes true or false, not {value!r}")
         return Criterion(name, sp, mod, [value == "true"])
-    if mod in TERMINOLOGY_MODIFIERS and sp.type == "token":
-        raise bad(name, f"Modifier ':{mod}' needs the terminology service, which is not available yet",
-                  NOT_SUPPORTED)
     if sp.type == "composite":
         return Criterion(name, sp, mod, [_parse_composite(registry, rtype, sp, name, v)
                                          for v in split_raw(value, ",")])
@@ -283,7 +280,7 @@ def _parse_has(registry: Registry, rtype: str, name: str, value: str,
 
 def _parse_value(sp: SearchParam, name: str, mod: str | None, text: str) -> Value:
     kind = sp.type
-    if sp.code == "_id" or (kind == "token" and mod in (None, "not", "of-type")):
+    if sp.code == "_id" or (kind == "token" and mod in (None, "not", "of-type", "above", "below")):
         if sp.code == "_id":
             return TokenValue(None, unescape(text))
         parts = _split_token(text)
