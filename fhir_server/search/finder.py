@@ -19,6 +19,7 @@ from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import Registry
 from fhir_server.search.sql import SqlContext, conditions
 from fhir_server.search.sql.sort import SortKey, after_cursor, order_by, sort_expression
+from fhir_server.search.terms import resolve as resolve_terms
 from fhir_server.storage.models import RESOURCE
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class SearchFinder:
         if query.unknown:
             raise FhirError(400, [Issue(NOT_SUPPORTED, reason, expression=(name,)) for name, reason in query.unknown])
         repo.flush()  # index rows deferred earlier in this transaction must be visible
+        resolve_terms(repo, query.criteria)
         r = RESOURCE
         conds = conditions(self.context(repo), r, resource_type, query.criteria)
         if after is not None:
@@ -102,6 +104,7 @@ class SearchFinder:
     def page(self, repo: Repository, resource_type: str, criteria: list[AnyCriterion],
              sort: list[SortKey], count: int, cursor: str | None) -> Page:
         repo.flush()
+        resolve_terms(repo, criteria)  # :in, :below, ... -> system|code values, once per query
         r = RESOURCE
         keys = [sort_expression(r, resource_type, k).label(f"s{i}") for i, k in enumerate(sort)]
         conds = conditions(self.context(repo), r, resource_type, criteria)
@@ -126,6 +129,7 @@ class SearchFinder:
         n = len(parts[0][2])
         selects = []
         for rtype, criteria, sort in parts:
+            resolve_terms(repo, criteria)
             keys = [sort_expression(r, rtype, k).label(f"s{i}") for i, k in enumerate(sort)]
             ref = (literal(rtype + "/") + r.c.id).label("ref")
             selects.append(select(ref, *keys).where(and_(*conditions(self.context(repo), r, rtype, criteria))))
@@ -146,6 +150,7 @@ class SearchFinder:
     def total(self, repo: Repository, resource_type: str, criteria: list[AnyCriterion],
               *, estimate: bool = False) -> int:
         repo.flush()
+        resolve_terms(repo, criteria)
         r = RESOURCE
         matching = select(r.c.id).where(and_(*conditions(self.context(repo), r, resource_type, criteria)))
         if estimate and repo.dialect == "postgresql":
