@@ -1,8 +1,12 @@
-"""Token predicates: code, system|code, |code, system|, :not, :text, :of-type (search.html#token)."""
+"""Token predicates: code, system|code, |code, system|, :not, :text, :of-type (search.html#token).
+
+``:in`` / ``:not-in`` / ``:above`` / ``:below`` arrive here already expanded into system|code values
+(``search/terms.py``); a plain ``code`` element's row carries the system its binding implies (``implied.py``).
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, FromClause, or_
+from sqlalchemy import ColumnElement, FromClause, false, or_
 
 from fhir_server.search.parser import Criterion, TokenValue
 from fhir_server.search.sql.common import hash_ids, index_ids, like_prefix, matches, missing
@@ -26,7 +30,7 @@ def token_values(rtype: str, param: str, values: list[TokenValue]) -> ColumnElem
         conds.append(TOKEN.c.hash_sys_value.in_(by_sys_value))
     if by_sys:
         conds.append(TOKEN.c.hash_sys.in_(by_sys))
-    return or_(*conds)
+    return or_(*conds) if conds else false()  # e.g. an empty ValueSet (:in)
 
 
 def token_predicate(r: FromClause, rtype: str, c: Criterion, param: str | None = None) -> ColumnElement[bool]:
