@@ -13,7 +13,7 @@ from fhir_server.api import auth, fhir, subscriptions_ws
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.config import Settings, get_settings
 from fhir_server.errors import EXCEPTION, Issue, operation_outcome
-from fhir_server.hooks import HookPoint
+from fhir_server.jobs.background import Background
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.outbox import OutboxDispatcher
 
@@ -25,16 +25,14 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     settings = settings or get_settings()
     server = server or FhirServer(settings)
     dispatcher = dispatcher or OutboxDispatcher(server.engine)
-    # Committed writes may have queued outbox work: let the dispatcher look now, not at the next poll.
-    server.hooks.register(HookPoint.AFTER_COMMIT, lambda _event, _repo: dispatcher.wake())
+    background = Background(server, dispatcher, settings)  # celery workers, or in-process runners (embedded)
     from fhir_server.jobs.topics import install_outbox_topics
 
     install_outbox_topics(server, dispatcher)  # every outbox topic (HL7 orders, subscriptions), as the worker
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if settings.outbox_dispatcher:
-            dispatcher.start(settings.outbox_poll_seconds)
+        background.start()
         listener = None
         if settings.mllp_port:  # HL7 v2 over MLLP beside HTTP (interfaces/mllp)
             from interfaces.mllp.listener import MllpListener
@@ -44,7 +42,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
         yield
         if listener is not None:
             await listener.stop()
-        dispatcher.stop()
+        background.stop()
 
     app = FastAPI(title="FHIR R4 server", version="0.1.0", lifespan=lifespan, docs_url="/docs")
     app.state.fhir = server

@@ -15,6 +15,7 @@ from fhir_server.binary import BinaryStorage
 from fhir_server.config import Settings
 from fhir_server.errors import EXCEPTION, INVALID, FhirError, Issue, operation_outcome
 from fhir_server.hooks import Hooks
+from fhir_server.jobs.bulk_ops import register_bulk
 from fhir_server.rest import bundle
 from fhir_server.rest.metadata import capability_statement, with_security
 from fhir_server.rest.operations import OperationRegistry
@@ -46,6 +47,7 @@ class FhirServer:
         self.binary = BinaryStorage(settings, self.hooks)  # Binary.data -> blob store, raw Binary REST
         self.operations = OperationRegistry()
         register_terminology(self)  # CodeSystem/ValueSet/ConceptMap operations + concept tables (terminology/)
+        self.bulk = register_bulk(self)  # Bulk Data $export / $import and their status URLs (fhir_server/jobs)
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
         # auth: CapabilityStatement.rest.security for a base URL (fhir_server.auth sets it; None: no SMART).

@@ -1,0 +1,225 @@
+"""Runs a bulk $export job: NDJSON files per type, streamed from the database by keyset pages.
+
+Rows are read ``bulk_page_size`` at a time ordered by id (``id > last``), each page its own short read,
+so memory stays flat and no transaction is held open for the whole export. Content goes out as the text
+the database holds (no parse and re-serialise) unless something has to look inside: the token's access
+policy or the patient compartment of a Patient / Group export. A file is stored in the blob store when
+it is full (``bulk_file_resources``) or its type is done; its checkpoint (file, count, cursor) is saved
+with it, so a resumed job redoes at most the file that was being written.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO, Any
+from urllib.parse import parse_qsl
+
+import orjson
+from sqlalchemy import Text, and_, cast, select, type_coerce
+
+from fhir_server.auth.compartment import patient_compartment_elements
+from fhir_server.binary.store import BlobStore, file_chunks
+from fhir_server.jobs.bulk_params import compartment_types, readable_types
+from fhir_server.jobs.store import Job, JobStore
+from fhir_server.storage.models import RESOURCE
+from fhir_server.storage.repository import Repository, Version, instant
+
+log = logging.getLogger(__name__)
+R = RESOURCE
+
+
+def _references(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str):
+            yield ref
+        for item in value.values():
+            if isinstance(item, dict | list):
+                yield from _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _references(item)
+
+
+def compartment_patients(resource_type: str, content: dict[str, Any]) -> set[str]:
+    """Ids of the patients whose compartment (R4 CompartmentDefinition) holds this resource."""
+    out: set[str] = set()
+    if resource_type == "Patient":
+        out.add(str(content.get("id")))
+        elements: Any = ("link",)
+    else:
+        elements = patient_compartment_elements().get(resource_type, ())
+    for name in elements:
+        for ref in _references(content.get(name)):
+            ref = ref.split("/_history/")[0]
+            head, _, pid = ref.rpartition("/")
+            if head == "Patient" or head.endswith("/Patient"):
+                out.add(pid)
+    return out
+
+
+class ExportRun:
+    def __init__(self, repo_run: Any, jobs: JobStore, job: Job, blobs: BlobStore, *, page_size: int,
+                 file_resources: int, expiry_seconds: float) -> None:
+        self.repo_run = repo_run  # (work(repo) -> T) -> T: one read-only unit of work with the job's access
+        self.jobs = jobs
+        self.job = job
+        self.blobs = blobs
+        self.page_size = page_size
+        self.file_resources = file_resources
+        self.expiry_seconds = expiry_seconds
+        self.params = job.params
+        self.progress: dict[str, Any] = dict(job.progress)
+        patients = self.params.get("patients")
+        self.patients: set[str] | None = set(patients) if patients is not None else None
+        self._renewed = time.monotonic()
+
+    # --- what to export ----------------------------------------------------------------------------------
+
+    def _types(self) -> list[str]:
+        def existing(repo: Repository) -> set[str]:
+            return {r[0] for r in repo.execute(select(R.c.resource_type).distinct())}
+
+        wanted = self.params.get("types")
+        present = self.repo_run(existing)
+        candidates = set(wanted) if wanted else present
+        if self.params["level"] != "system":
+            candidates &= compartment_types()
+        return sorted(readable_types(self.job.access, candidates & present))
+
+    def _rows(self, repo: Repository, rtype: str, after: str | None, ids: list[str] | None) -> list[Any]:
+        content = cast(R.c.content, Text) if repo.dialect == "postgresql" else type_coerce(R.c.content, Text)
+        conds = [R.c.resource_type == rtype, R.c.deleted.is_(False),
+                 R.c.last_updated <= self.job.transaction_time]
+        if self.params.get("since"):
+            conds.append(R.c.last_updated > datetime.fromisoformat(self.params["since"]))
+        if ids is not None:
+            conds.append(R.c.id.in_(ids))
+        elif after is not None:
+            conds.append(R.c.id > after)
+        stmt = select(R.c.id, R.c.version_id, R.c.last_updated, content.label("text")).where(and_(*conds)) \
+            .order_by(R.c.id)
+        return list(repo.execute(stmt if ids is not None else stmt.limit(self.page_size)))
+
+    def _filtered_ids(self, rtype: str, queries: list[str], after: str | None) -> Iterator[str]:
+        """Ids matching any of the _typeFilter searches, ascending, without repeats (a k-way merge)."""
+        extra = [("_lastUpdated", "le" + instant(self.job.transaction_time))]
+        if self.params.get("since"):
+            extra.append(("_lastUpdated", "gt" + instant(datetime.fromisoformat(self.params["since"]))))
+
+        def one(query: str) -> Iterator[str]:
+            cursor = after
+            params = parse_qsl(query, keep_blank_values=True) + extra
+            while True:
+                ids = self.repo_run(lambda repo, c=cursor: repo.find_ids(rtype, params, limit=self.page_size,
+                                                                         after=c))
+                yield from ids
+                if len(ids) < self.page_size:
+                    return
+                cursor = ids[-1]
+
+        last = None
+        for rid in heapq.merge(*(one(q) for q in queries)):
+            if rid != last:
+                yield rid
+                last = rid
+
+    def _pages(self, rtype: str, after: str | None) -> Iterator[list[Any]]:
+        queries = self.params.get("type_filters", {}).get(rtype)
+        if queries:
+            batch: list[str] = []
+            for rid in self._filtered_ids(rtype, queries, after):
+                batch.append(rid)
+                if len(batch) >= self.page_size:
+                    yield self.repo_run(lambda repo, b=batch: self._rows(repo, rtype, None, b))
+                    batch = []
+            if batch:
+                yield self.repo_run(lambda repo, b=batch: self._rows(repo, rtype, None, b))
+            return
+        while True:
+            rows = self.repo_run(lambda repo, a=after: self._rows(repo, rtype, a, None))
+            if rows:
+                yield rows
+            if len(rows) < self.page_size:
+                return
+            after = rows[-1].id
+
+    def _keep(self, rtype: str, row: Any) -> bool:
+        access = self.job.access
+        if access is None and self.params["level"] == "system":
+            return True
+        content = orjson.loads(row.text)
+        if self.params["level"] != "system":
+            members = compartment_patients(rtype, content)
+            if not members or (self.patients is not None and not members & self.patients):
+                return False
+        return access is None or access.can_read(Version(rtype, row.id, row.version_id, row.last_updated,
+                                                          False, content))
+
+    # --- the run -----------------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Export what is left; False when the job was cancelled or taken over (stop without finishing)."""
+        if "types" not in self.progress:
+            self.progress = {"types": self._types(), "cursor": {}, "output": [], "exported": 0}
+            if not self.jobs.checkpoint(self.job, self.progress):
+                return False
+        for rtype in self.progress["types"]:
+            state = self.progress["cursor"].setdefault(rtype, {"after": None, "done": False, "count": 0})
+            if state["done"]:
+                continue
+            if not self._export_type(rtype, state):
+                return False
+        return self.jobs.finish(self.job, self.progress, self.expiry_seconds)
+
+    def _export_type(self, rtype: str, state: dict[str, Any]) -> bool:
+        spool: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
+        in_file = 0
+        last: str | None = state["after"]
+        try:
+            for rows in self._pages(rtype, state["after"]):
+                lines = [row.text for row in rows if self._keep(rtype, row)]
+                last = rows[-1].id
+                for text in lines:
+                    spool.write(text.encode() if isinstance(text, str) else text)
+                    spool.write(b"\n")
+                    in_file += 1
+                    if in_file >= self.file_resources:
+                        if not self._store_file(rtype, state, spool, in_file, last, done=False):
+                            return False
+                        spool.close()
+                        spool = tempfile.TemporaryFile()  # noqa: SIM115
+                        in_file = 0
+                if not self._renew():
+                    return False
+            return self._store_file(rtype, state, spool, in_file, last, done=True)
+        finally:
+            spool.close()
+
+    def _store_file(self, rtype: str, state: dict[str, Any], spool: IO[bytes], count: int, last: str | None,
+                    *, done: bool) -> bool:
+        # A full file ends mid-page: its cursor is the id of its own last line, read back from the file.
+        if not done and count:
+            spool.seek(-min(spool.tell(), 1 << 20), 2)
+            last = str(orjson.loads(spool.read().rstrip(b"\n").rsplit(b"\n", 1)[-1])["id"])
+        if count:
+            spool.seek(0)
+            blob = self.blobs.put(file_chunks(spool))
+            self.progress["output"].append({"type": rtype, "key": blob.key, "count": count})
+            self.progress["exported"] += count
+            state["count"] += count
+        state["after"] = last
+        state["done"] = done
+        self._renewed = time.monotonic()
+        return self.jobs.checkpoint(self.job, self.progress)
+
+    def _renew(self) -> bool:
+        if time.monotonic() - self._renewed < self.jobs.lease.total_seconds() / 3:
+            return True
+        self._renewed = time.monotonic()
+        return self.jobs.checkpoint(self.job)

@@ -1,0 +1,110 @@
+"""The celery application (broker from FHIR_BROKER_URL) and the tasks a ``fhir-server worker`` runs.
+
+Tasks carry only ids: the state lives in the database (outbox rows with leases and backoff, bulk jobs
+with leases and checkpoints), so a lost or repeated message costs nothing. The broker only says "look
+now"; a ticker thread in every worker says it again every FHIR_JOB_POLL_SECONDS, for outbox retries that
+have come due and for jobs whose runner died (lease lapsed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from celery import Celery
+
+from fhir_server.config import Settings
+
+log = logging.getLogger(__name__)
+
+OUTBOX_SWEEP = "fhir.outbox.sweep"
+BULK_RUN = "fhir.bulk.run"
+
+
+def make_celery(settings: Settings) -> Celery:
+    if not settings.broker_url:
+        raise ValueError("FHIR_BROKER_URL is not set: the embedded default runs jobs inside `serve`")
+    app = Celery("fhir_server", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], task_ignore_result=True,
+        worker_prefetch_multiplier=1,  # a long export must not hold other messages hostage
+        broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+    )
+    return app
+
+
+class CeleryClient:
+    """What the API process does with celery: nudge workers (it never runs jobs itself)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = make_celery(settings)
+        self._last_sweep = 0.0
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < 0.02:  # a burst of commits needs one look, not one message each
+            return
+        self._last_sweep = now
+        try:
+            self.app.send_task(OUTBOX_SWEEP)
+        except Exception:  # the broker is down: the rows wait in the outbox, workers' tickers find them
+            log.warning("could not reach the broker to nudge the outbox; workers will find the rows")
+
+    def submit(self, job_id: str) -> None:
+        try:
+            self.app.send_task(BULK_RUN, args=[job_id], countdown=0.2)  # after the kick-off commits
+        except Exception:
+            log.warning("could not reach the broker to start bulk job %s; workers will find it", job_id)
+
+
+def run_worker(settings: Settings, concurrency: int | None = None) -> None:
+    """``fhir-server worker``: celery's worker (thread pool) with our tasks, plus the ticker."""
+    from fhir_server.jobs.runner import job_store, run_job
+    from fhir_server.jobs.topics import install_outbox_topics
+    from fhir_server.rest.server import FhirServer
+    from fhir_server.storage.outbox import OutboxDispatcher
+
+    app = make_celery(settings)
+    server = FhirServer(settings)
+    dispatcher = OutboxDispatcher(server.engine)
+    install_outbox_topics(server, dispatcher)  # the same topics as the API process
+    jobs = job_store(server)
+
+    @app.task(name=OUTBOX_SWEEP, ignore_result=True)
+    def sweep() -> int:
+        delivered = 0
+        for _ in range(100):  # bounded: a flood is finished by the next message or tick
+            claimed = dispatcher.claim()
+            if not claimed:
+                break
+            delivered += sum(dispatcher.deliver(item) for item in claimed)
+        return delivered
+
+    @app.task(name=BULK_RUN, ignore_result=True)
+    def bulk_run(job_id: str) -> str | None:
+        return run_job(server, job_id, jobs)
+
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(settings.job_poll_seconds):
+            try:
+                app.send_task(OUTBOX_SWEEP)
+                for job_id in jobs.due():
+                    app.send_task(BULK_RUN, args=[job_id])
+            except Exception:
+                log.exception("worker tick failed")
+
+    threading.Thread(target=tick, name="fhir-worker-tick", daemon=True).start()
+    argv: list[Any] = ["worker", "--pool=threads", f"--concurrency={concurrency or settings.worker_concurrency}",
+                       "--loglevel=INFO", "--without-gossip", "--without-mingle",
+                       f"--hostname=fhir-{socket.gethostname()}-{os.getpid()}"]
+    try:
+        app.worker_main(argv)
+    finally:
+        stop.set()
+        jobs.stopping.set()
