@@ -21,9 +21,7 @@ from fhir_server.rest.metadata import capability_statement, with_security
 from fhir_server.rest.operations import OperationRegistry
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.router import READ_METHODS, route
-from fhir_server.search.finder import SearchFinder
-from fhir_server.search.index import SearchIndexer
-from fhir_server.search.registry import core_registry
+from fhir_server.search.services import SearchServices
 from fhir_server.storage.database import make_engine
 from fhir_server.storage.repository import Finder, Repository
 from fhir_server.storage.uow import UnitOfWork, acting_as
@@ -39,13 +37,15 @@ class FhirServer:
         self.settings = settings
         self.engine = engine or make_engine(settings)
         self.hooks = hooks or Hooks()
-        self.search_registry = core_registry()
-        SearchIndexer(self.search_registry, settings.base_url or "").register(self.hooks)
+        # search: registry (core + runtime SearchParameters), index and full-text writers, finder, $reindex
+        self.search = SearchServices(settings, self.engine, self.hooks)
+        self.search_registry = self.search.registry
         self.validator = validator or ResourceValidator()
-        self.finder = finder or SearchFinder(self.search_registry, settings.base_url or "")
+        self.finder = finder or self.search.finder
         self.uow = UnitOfWork(self.engine, self.hooks, self.validator, self.finder)
         self.binary = BinaryStorage(settings, self.hooks)  # Binary.data -> blob store, raw Binary REST
         self.operations = OperationRegistry()
+        self.search.register_operations(self.operations)  # $reindex
         register_terminology(self)  # CodeSystem/ValueSet/ConceptMap operations + concept tables (terminology/)
         self.bulk = register_bulk(self)  # Bulk Data $export / $import and their status URLs (fhir_server/jobs)
         self.started = datetime.now(UTC)
@@ -64,6 +64,7 @@ class FhirServer:
         return self._capability
 
     def route(self, req: FhirRequest, repo: Repository) -> FhirResponse:
+        self.search.refresh(repo.conn)  # SearchParameters other processes stored (looked at once a second)
         if self.audit is not None:  # audit: each interaction (also each Bundle entry)
             return self.audit.route(req, repo, lambda: route(self, req, repo))
         return route(self, req, repo)

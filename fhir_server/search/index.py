@@ -46,6 +46,7 @@ class SearchIndexer:
     def __init__(self, registry: Registry, base_url: str = "") -> None:
         self.extractor = Extractor(registry, base_url)
         self._kinds: dict[str, list[str]] = {}
+        self._kinds_version = registry.version
 
     def register(self, hooks: Hooks) -> None:
         hooks.register(HookPoint.BEFORE_COMMIT, self.on_write)
@@ -67,6 +68,8 @@ class SearchIndexer:
 
     def kinds(self, resource_type: str) -> list[str]:
         """The index tables a resource of this type can have rows in."""
+        if self._kinds_version != self.extractor.registry.version:
+            self._kinds, self._kinds_version = {}, self.extractor.registry.version
         kinds = self._kinds.get(resource_type)
         if kinds is None:
             found = {sp.type for sp, _ in self.extractor.plan(resource_type)}
@@ -80,6 +83,25 @@ class SearchIndexer:
         for kind in self.kinds(resource_type):
             conn.exec_driver_sql(f"DELETE FROM {TABLES[kind].name} WHERE resource_type = {mark} "
                                  f"AND resource_id = {mark}", (resource_type, resource_id))
+
+    def reindex(self, repo: Repository, resource_type: str, items: list[tuple[str, dict[str, Any] | None]]) -> int:
+        """$reindex: replace the index rows of a batch of resources (None: deleted, rows only removed) with
+        what the registry extracts now; in every table, as an older registry may have written any kind.
+        Returns the number of rows queued."""
+        ids = [rid for rid, _ in items]
+        repo.flush()
+        for table in TABLES.values():
+            repo.execute(table.delete().where(table.c.resource_type == resource_type, table.c.resource_id.in_(ids)))
+        queued = 0
+        for rid, resource in items:
+            if resource is None:
+                continue
+            rows = self.extractor.extract(resource_type, rid, resource)
+            for kind, batch in rows.rows.items():
+                for row in batch:
+                    repo.defer_insert(TABLES[kind], row)
+            queued += rows.count()
+        return queued
 
     def write(self, conn: Connection, resource_type: str, resource_id: str, resource: dict[str, Any] | None,
               *, first_version: bool = False) -> IndexRows:

@@ -1,0 +1,50 @@
+"""The search module of one server: its registry (core + runtime SearchParameters), the index writers
+(search index, full text), the finder, and ``$reindex``. ``FhirServer`` builds one of these."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, Engine
+
+from fhir_server.hooks import Hooks
+from fhir_server.rest.operations import Operation, OperationRegistry
+from fhir_server.rest.operations import reindex
+from fhir_server.search.custom import RuntimeParameters
+from fhir_server.search.finder import SearchFinder
+from fhir_server.search.fulltext import make_fulltext
+from fhir_server.search.index import SearchIndexer
+from fhir_server.search.registry import core_registry
+
+if TYPE_CHECKING:
+    from fhir_server.config import Settings
+    from fhir_server.storage.outbox import OutboxDispatcher
+
+
+class SearchServices:
+    def __init__(self, settings: Settings, engine: Engine, hooks: Hooks) -> None:
+        base_url = settings.base_url or ""
+        self.registry = core_registry().copy()  # this server's own: runtime parameters are per database
+        self.runtime = RuntimeParameters(self.registry, engine)
+        self.runtime.register(hooks)  # before the indexer: a SearchParameter is checked before anything
+        self.indexer = SearchIndexer(self.registry, base_url)
+        self.indexer.register(hooks)
+        self.fulltext = make_fulltext(settings)
+        self.fulltext.register(hooks)
+        self.finder = SearchFinder(self.registry, base_url)
+        self.finder.ctx = replace(self.finder.ctx, fulltext=self.fulltext)
+
+    def refresh(self, conn: Connection) -> None:
+        """Pick up SearchParameters other processes stored (a cheap check, at most once a second)."""
+        self.runtime.refresh(conn)
+
+    def register_operations(self, operations: OperationRegistry) -> None:
+        operations.register(Operation("reindex", reindex.Reindex(self.indexer, self.fulltext), reindex.DEFINITION,
+                                      system=True, affects_state=True))
+
+    def install(self, dispatcher: OutboxDispatcher) -> None:
+        """Outbox handlers of the index writers that deliver elsewhere (Elasticsearch)."""
+        handlers = getattr(self.fulltext, "outbox_handlers", None)
+        for topic, handler in (handlers() if handlers else {}).items():
+            dispatcher.register(topic, handler)
