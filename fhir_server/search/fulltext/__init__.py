@@ -26,9 +26,8 @@ class FullTextIndex(Protocol):
     def register(self, hooks: Hooks) -> None:
         """Attach to the write path, so every version written is (or will be) indexed."""
 
-    def reindex(self, repo: Repository, resource_type: str, resource_id: str,
-                resource: dict[str, Any] | None) -> None:
-        """Replace one resource's full-text entry ($reindex)."""
+    def reindex(self, repo: Repository, resource_type: str, items: list[tuple[str, dict[str, Any] | None]]) -> None:
+        """Replace the full-text entries of a batch of (id, current content or None if deleted) ($reindex)."""
 
     def predicate(self, r: FromClause, resource_type: str, field: str,
                   queries: list[TextQuery]) -> ColumnElement[bool]:

@@ -51,9 +51,12 @@ class DatabaseFullText:
         first = event.previous is None or (event.version is not None and event.version.version_id == 1)
         self._write(repo, event.resource_type, event.resource_id, event.resource, first=first)
 
-    def reindex(self, repo: Repository, resource_type: str, resource_id: str,
-                resource: dict[str, Any] | None) -> None:
-        self._write(repo, resource_type, resource_id, resource, first=False)
+    def reindex(self, repo: Repository, resource_type: str, items: list[tuple[str, dict[str, Any] | None]]) -> None:
+        repo.execute(SEARCH_TEXT.delete().where(SEARCH_TEXT.c.resource_type == resource_type,
+                                                SEARCH_TEXT.c.resource_id.in_([rid for rid, _ in items])))
+        for rid, resource in items:
+            if resource is not None:
+                self._write(repo, resource_type, rid, resource, first=True)
 
     def _write(self, repo: Repository, rtype: str, rid: str, resource: dict[str, Any] | None, *,
                first: bool) -> None:

@@ -62,10 +62,11 @@ class ElasticsearchIndex:
             return
         self._enqueue(repo, event.resource_type, event.resource_id, event.version.version_id, event.resource)
 
-    def reindex(self, repo: Repository, resource_type: str, resource_id: str,
-                resource: dict[str, Any] | None) -> None:
-        version = int((resource or {}).get("meta", {}).get("versionId") or 1)
-        self._enqueue(repo, resource_type, resource_id, version, resource)
+    def reindex(self, repo: Repository, resource_type: str, items: list[tuple[str, dict[str, Any] | None]]) -> None:
+        for rid, resource in items:
+            if resource is not None:  # a deleted one was deleted in Elasticsearch when it was deleted here
+                version = int((resource.get("meta") or {}).get("versionId") or 1)
+                self._enqueue(repo, resource_type, rid, version, resource)
 
     def _enqueue(self, repo: Repository, rtype: str, rid: str, version: int,
                  resource: dict[str, Any] | None) -> None:
