@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from fhir_server.api import auth, fhir, subscriptions_ws
+from fhir_server.api import admin, auth, fhir, subscriptions_ws
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.config import Settings, get_settings
 from fhir_server.errors import EXCEPTION, Issue, operation_outcome
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app.state.fhir = server
     app.state.outbox = dispatcher
     auth.install(app, server)  # SMART on FHIR: /auth/*, /fhir/.well-known/* (before the catch-all), CORS
+    app.include_router(admin.router)  # /admin/outbox (operators)
     app.include_router(subscriptions_ws.router)  # the Subscription websocket channel
     app.include_router(fhir.router)
     app.add_middleware(AccessLogMiddleware)

@@ -1,0 +1,49 @@
+"""Operator views over HTTP: GET /admin/outbox (an admin user's token when auth is on)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from fhir_server.api.auth import bearer_access
+from fhir_server.auth.access import AccessContext
+from fhir_server.errors import FORBIDDEN, Issue, operation_outcome
+from fhir_server.jobs import outbox_admin
+from fhir_server.rest.server import FhirServer
+
+router = APIRouter()
+
+
+async def _admin(request: Request) -> Response | None:
+    server: FhirServer = request.app.state.fhir
+    access = await bearer_access(request, "admin", required=bool(server.settings.auth_required))
+    if isinstance(access, Response):
+        return access
+    if access is not None and not (isinstance(access, AccessContext) and access.role == "admin"):
+        return JSONResponse(operation_outcome([Issue(FORBIDDEN, "Only an admin user may see the outbox")]),
+                            status_code=403, media_type="application/fhir+json")
+    return None
+
+
+@router.get("/admin/outbox", summary="Outbox rows by status (operators)")
+async def outbox(request: Request, status: str | None = None, limit: int = 100) -> Response:
+    refused = await _admin(request)
+    if refused is not None:
+        return refused
+    server: FhirServer = request.app.state.fhir
+    if status is not None and status not in outbox_admin.STATUSES:
+        return JSONResponse(operation_outcome([Issue("invalid", f"status must be one of {outbox_admin.STATUSES}",
+                                                     expression=("status",))]), status_code=400)
+    body = await run_in_threadpool(outbox_admin.list_rows, server.engine, status, max(1, min(limit, 1000)))
+    return JSONResponse(body)
+
+
+@router.post("/admin/outbox/{row_id}/retry", summary="Make an outbox row due again (operators)")
+async def retry(request: Request, row_id: int) -> Response:
+    refused = await _admin(request)
+    if refused is not None:
+        return refused
+    server: FhirServer = request.app.state.fhir
+    count = await run_in_threadpool(outbox_admin.retry, server.engine, row_id)
+    return JSONResponse({"retried": count}, status_code=200 if count else 404)

@@ -1,0 +1,45 @@
+"""Inspecting and retrying outbox rows (``fhir-server outbox list|retry`` and GET /admin/outbox)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+
+from fhir_server.storage.models import OUTBOX
+from fhir_server.storage.repository import instant
+
+OB = OUTBOX
+STATUSES = ("pending", "delivering", "done", "dead")
+
+
+def list_rows(engine: Engine, status: str | None = None, limit: int = 100) -> dict[str, Any]:
+    """Counts by status and the newest ``limit`` rows (optionally of one status), without payloads:
+    payloads may carry clinical content, and this view is for operators."""
+    with engine.connect() as conn:
+        counts = {r.status: int(r.n) for r in conn.execute(
+            select(OB.c.status, func.count().label("n")).group_by(OB.c.status))}
+        stmt = select(OB.c.pk, OB.c.topic, OB.c.key, OB.c.status, OB.c.attempts, OB.c.max_attempts,
+                      OB.c.next_attempt_at, OB.c.created_at, OB.c.last_error).order_by(OB.c.pk.desc()).limit(limit)
+        if status:
+            stmt = stmt.where(OB.c.status == status)
+        rows = [{"id": r.pk, "topic": r.topic, "key": r.key, "status": r.status, "attempts": r.attempts,
+                 "maxAttempts": r.max_attempts, "nextAttemptAt": instant(r.next_attempt_at),
+                 "createdAt": instant(r.created_at), "lastError": r.last_error} for r in conn.execute(stmt)]
+    return {"counts": {s: counts.get(s, 0) for s in STATUSES}, "rows": rows}
+
+
+def retry(engine: Engine, pk: int | None = None, *, dead: bool = False) -> int:
+    """Make one row (any status) or every dead row due now, with a fresh set of attempts."""
+    stmt = update(OB).values(status="pending", attempts=0, next_attempt_at=datetime.now(UTC))
+    if pk is not None:
+        stmt = stmt.where(OB.c.pk == pk)
+    elif dead:
+        stmt = stmt.where(OB.c.status == "dead")
+    else:
+        raise ValueError("name a row or ask for the dead ones")
+    with engine.connect() as conn:
+        conn.execution_options(fhir_write=True)
+        with conn.begin():
+            return int(conn.execute(stmt).rowcount)
