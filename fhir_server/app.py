@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -24,7 +25,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
                dispatcher: OutboxDispatcher | None = None) -> FastAPI:
     settings = settings or get_settings()
     server = server or FhirServer(settings)
-    dispatcher = dispatcher or OutboxDispatcher(server.engine)
+    dispatcher = dispatcher or OutboxDispatcher(server.engine, lease=timedelta(seconds=settings.outbox_lease_seconds))
     background = Background(server, dispatcher, settings)  # celery workers, or in-process runners (embedded)
     from fhir_server.jobs.topics import install_outbox_topics
 

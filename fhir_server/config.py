@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # --- background jobs (fhir_server/jobs) ---
     # Celery broker (redis://host:6379/0, amqp://user:pass@host//); unset: jobs run inside `serve`.
     broker_url: str | None = None
+    broker_queue: str = "fhir"  # celery queue the API sends to and workers consume (one per deployment)
+    outbox_lease_seconds: float = 300.0  # a claimed outbox row is retried once its dispatcher is silent this long
     worker_concurrency: int = 2  # threads per `fhir-server worker`
     job_poll_seconds: float = 1.0  # how often workers look for due outbox rows and stalled jobs
     job_lease_seconds: float = 60.0  # a job whose runner stops renewing this long is resumed by another

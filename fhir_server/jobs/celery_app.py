@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
@@ -33,6 +34,7 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json", accept_content=["json"], task_ignore_result=True,
         worker_prefetch_multiplier=1,  # a long export must not hold other messages hostage
         broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+        task_default_queue=settings.broker_queue,
     )
     return app
 
@@ -70,7 +72,7 @@ def run_worker(settings: Settings, concurrency: int | None = None) -> None:
 
     app = make_celery(settings)
     server = FhirServer(settings)
-    dispatcher = OutboxDispatcher(server.engine)
+    dispatcher = OutboxDispatcher(server.engine, lease=timedelta(seconds=settings.outbox_lease_seconds))
     install_outbox_topics(server, dispatcher)  # the same topics as the API process
     jobs = job_store(server)
 
