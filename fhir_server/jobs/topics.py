@@ -21,3 +21,4 @@ def install_outbox_topics(server: FhirServer, dispatcher: OutboxDispatcher) -> N
     from fhir_server.subscriptions import install as install_subscriptions
 
     install_subscriptions(server, dispatcher)  # Subscription matching hooks + rest-hook handshake/notifications
+    server.search.install(dispatcher)  # full text to Elasticsearch, when FHIR_ELASTICSEARCH_URL is set
