@@ -1,4 +1,4 @@
-"""``fhir-server terminology load-core`` and ``import loinc|icd10|snomed PATH``; the core preload that
+"""``fhir-server terminology load-core`` and ``import loinc|icd10|icd10cm|snomed PATH``; the core preload that
 ``serve`` starts when it is missing."""
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ def add_parsers(sub: Any) -> None:
     term = sub.add_parser("terminology", help="terminology: load the FHIR R4 core code systems and value sets")
     term_sub = term.add_subparsers(dest="terminology_command", required=True)
     term_sub.add_parser("load-core", help="store every CodeSystem and ValueSet of FHIR R4 (skips those present)")
-    imp = term_sub.add_parser("import", help="import LOINC (Loinc.csv + hierarchy), ICD-10 (WHO ClaML XML) or "
-                                             "SNOMED CT (RF2 snapshot) from the release files")
-    imp.add_argument("system", choices=["loinc", "icd10", "snomed"])
-    imp.add_argument("path", help="the release folder (or the ClaML file for icd10)")
+    imp = term_sub.add_parser("import", help="import LOINC (Loinc.csv + hierarchy), ICD-10 (WHO ClaML XML), "
+                                             "ICD-10-CM (CMS tabular XML) or SNOMED CT (RF2 snapshot) from the "
+                                             "release files")
+    imp.add_argument("system", choices=["loinc", "icd10", "icd10cm", "snomed"])
+    imp.add_argument("path", help="the release folder (or the ClaML / tabular XML file for icd10 / icd10cm)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,9 +46,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _import(server: Any, system: str, path: str, started: float) -> int:
     from fhir_server.errors import FhirError
-    from terminology.importers import icd10, loinc, snomed, store
+    from terminology.importers import icd10, icd10cm, loinc, snomed, store
 
-    reader = {"loinc": loinc.read, "icd10": icd10.read, "snomed": snomed.read}[system]
+    reader = {"loinc": loinc.read, "icd10": icd10.read, "icd10cm": icd10cm.read, "snomed": snomed.read}[system]
     try:
         imported = reader(path)
     except (FhirError, OSError, KeyError) as exc:  # KeyError: a release file lacks a column of its format
