@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from antlr4 import CommonTokenStream, InputStream, Token  # type: ignore[import-untyped]
-from antlr4.error.ErrorListener import ErrorListener  # type: ignore[import-untyped]
-from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer  # type: ignore[import-untyped]
-from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser  # type: ignore[import-untyped]
+from antlr4 import CommonTokenStream, InputStream, Token
+from antlr4.error.ErrorListener import ErrorListener
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from fhir_server.definitions import resource_types
 from fhir_server.errors import INVALID, FhirError, Issue
@@ -24,8 +24,8 @@ CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.]{0,99}")
 TYPES = {"number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special"}
 
 
-class _Raise(ErrorListener):  # type: ignore[misc]
-    def syntaxError(self, recognizer: Any, offending: Any, line: int, column: int, msg: str,  # noqa: N802
+class _Raise(ErrorListener):
+    def syntaxError(self, recognizer: Any, offending: Any, line: int, column: int, msg: str,
                     e: Any) -> None:
         raise ValueError(f"at character {column + 1}: {msg}")
 

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine
 
 from fhir_server.hooks import Hooks
-from fhir_server.rest.operations import Operation, OperationRegistry
-from fhir_server.rest.operations import reindex
+from fhir_server.rest.operations import Operation, OperationRegistry, reindex
 from fhir_server.search.custom import RuntimeParameters
 from fhir_server.search.finder import SearchFinder
 from fhir_server.search.fulltext import make_fulltext

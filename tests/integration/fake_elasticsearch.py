@@ -37,13 +37,13 @@ class FakeElasticsearch:
                 length = int(self.headers.get("Content-Length") or 0)
                 return json.loads(self.rfile.read(length)) if length else None
 
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 self._answer(*fake.handle("PUT", self.path, self._body()))
 
-            def do_DELETE(self) -> None:  # noqa: N802
+            def do_DELETE(self) -> None:
                 self._answer(*fake.handle("DELETE", self.path, None))
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self._answer(*fake.handle("POST", self.path, self._body()))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
