@@ -133,7 +133,8 @@ async def subscriptions_ws(ws: WebSocket) -> None:
                 for event in found:
                     if binding.spec.backport:
                         await _send_bundle(ws, notification_bundle(
-                            binding.spec, base=base, kind="event-notification", events_since=total, events=[event],
+                            binding.spec, base=base, kind="event-notification", events_since=event.number,
+                            events=[event],
                             resources=resources))
                     else:
                         await ws.send_text(f"ping {binding.spec.id}")

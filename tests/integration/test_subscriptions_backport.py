@@ -1,0 +1,159 @@
+"""Subscriptions Backport IG (STU 1.1) on R4: topics as Basic, filter criteria, notification Bundles,
+event numbers, $status and $events, through the live server and a real webhook receiver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fhir_server.subscriptions.spec import FILTER_CRITERIA, PAYLOAD_CONTENT, PROFILE
+from tests.conftest import LiveServer
+from tests.integration.subscription_receiver import Receiver, start_receiver
+from tests.integration.test_subscriptions import dispatcher, observation, status
+
+X = "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic."
+TOPIC = "http://example.org/fhir/SubscriptionTopic/lab-result"
+STATUS_PROFILE = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"
+
+
+@pytest.fixture
+def hook() -> Iterator[Receiver]:
+    receiver = start_receiver()
+    yield receiver
+    receiver.close()
+
+
+def topic(api: LiveServer, url: str = TOPIC, current: str = "status=final") -> dict[str, Any]:
+    trigger = [{"url": "resource", "valueUri": "http://hl7.org/fhir/StructureDefinition/Observation"},
+               *({"url": "supportedInteraction", "valueCode": c} for c in ("create", "update", "delete")),
+               {"url": "queryCriteria", "extension": [{"url": "current", "valueString": current}]}]
+    body = {"resourceType": "Basic",
+            "code": {"coding": [{"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]},
+            "extension": [{"url": X + "url", "valueUri": url}, {"url": X + "status", "valueCode": "active"},
+                          {"url": X + "resourceTrigger", "extension": trigger}]}
+    response = api.http.post("Basic", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def backport(api: LiveServer, endpoint: str, content: str = "full-resource", filters: tuple[str, ...] = (),
+             channel_type: str = "rest-hook", topic_url: str = TOPIC, **channel: Any) -> Any:
+    body = {"resourceType": "Subscription", "meta": {"profile": [PROFILE]}, "status": "requested",
+            "reason": "lab results", "criteria": topic_url,
+            **({"_criteria": {"extension": [{"url": FILTER_CRITERIA, "valueString": f} for f in filters]}}
+               if filters else {}),
+            "channel": {"type": channel_type, **({"endpoint": endpoint} if endpoint else {}),
+                        "payload": "application/fhir+json",
+                        "_payload": {"extension": [{"url": PAYLOAD_CONTENT, "valueCode": content}]}, **channel}}
+    return api.http.post("Subscription", json=body)
+
+
+def params(bundle: dict[str, Any]) -> dict[str, Any]:
+    first = bundle["entry"][0]["resource"]
+    assert first["resourceType"] == "Parameters" and first["meta"]["profile"] == [STATUS_PROFILE]
+    out: dict[str, Any] = {}
+    for p in first["parameter"]:
+        value = p.get("part") or next(v for k, v in p.items() if k.startswith("value"))
+        out.setdefault(p["name"], []).append(value)
+    return out
+
+
+def event_numbers(bundle: dict[str, Any]) -> list[int]:
+    return [int(next(x["valueString"] for x in parts if x["name"] == "event-number"))
+            for parts in params(bundle).get("notification-event", [])]
+
+
+def test_notification_bundles_carry_monotonic_event_numbers_and_the_resource(api: LiveServer, hook: Receiver) -> None:
+    topic(api)
+    response = backport(api, hook.url, filters=("Observation?patient=Patient/X",))
+    assert response.status_code == 201, response.text
+    sid = response.json()["id"]
+    d = dispatcher(api)
+    d.run_once()
+    [handshake] = hook.bodies()
+    assert handshake["resourceType"] == "Bundle" and handshake["type"] == "history"
+    hp = params(handshake)
+    assert hp["type"] == ["handshake"] and hp["events-since-subscription-start"] == ["0"]
+    assert hp["topic"] == [TOPIC] and hp["subscription"][0]["reference"].endswith(f"Subscription/{sid}")
+    assert status(api, sid)["status"] == "active"
+
+    made = [observation(api, "1-1", "X") for _ in range(3)]
+    observation(api, "1-1", "Y")  # filtered out by the subscription's filter criteria
+    prelim = {"resourceType": "Observation", "status": "preliminary", "code": {"text": "x"},
+              "subject": {"reference": "Patient/X"}}
+    api.http.post("Observation", json=prelim)  # fails the topic's own criteria (status=final)
+    updated = observation(api, "1-1", "X", value=9.0, rid=made[0]["id"])
+    assert api.http.delete(f"Observation/{made[1]['id']}").status_code in (200, 204)
+    assert d.run_once() == 5
+    notes = hook.bodies()[1:]
+    assert [event_numbers(b) for b in notes] == [[1], [2], [3], [4], [5]]
+    assert [params(b)["events-since-subscription-start"] for b in notes] == [["1"], ["2"], ["3"], ["4"], ["5"]]
+    assert all(params(b)["type"] == ["event-notification"] for b in notes)
+    first = notes[0]["entry"][1]
+    assert first["resource"]["id"] == made[0]["id"] and first["request"] == {
+        "method": "POST", "url": f"Observation/{made[0]['id']}"} and first["response"]["status"] == "201"
+    assert notes[3]["entry"][1]["resource"]["meta"]["versionId"] == updated["meta"]["versionId"] == "2"
+    assert notes[3]["entry"][1]["request"]["method"] == "PUT"
+    deletion = notes[4]["entry"][1]
+    assert deletion["request"]["method"] == "DELETE" and "resource" not in deletion
+
+    st = api.http.get(f"Subscription/{sid}/$status").json()
+    assert st["type"] == "searchset"
+    sp = params(st)
+    assert sp["type"] == ["query-status"] and sp["status"] == ["active"]
+    assert sp["events-since-subscription-start"] == ["5"]
+    ev = api.http.get(f"Subscription/{sid}/$events", params={"eventsSinceNumber": 2, "eventsUntilNumber": 3}).json()
+    assert ev["type"] == "history" and params(ev)["type"] == ["query-event"] and event_numbers(ev) == [2, 3]
+    assert [e["resource"]["id"] for e in ev["entry"][1:]] == [made[1]["id"], made[2]["id"]]
+
+
+@pytest.mark.parametrize("content", ["id-only", "empty"])
+def test_id_only_and_empty_payloads(api: LiveServer, hook: Receiver, content: str) -> None:
+    topic(api)
+    created = backport(api, hook.url, content=content)
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    d = dispatcher(api)
+    d.run_once()
+    obs = observation(api, "1-1", "X")
+    assert d.run_once() == 1
+    note = hook.bodies()[-1]
+    [parts] = params(note)["notification-event"]
+    focus = [p for p in parts if p["name"] == "focus"]
+    if content == "empty":
+        assert len(note["entry"]) == 1 and focus == []
+    else:
+        [entry] = note["entry"][1:]
+        assert "resource" not in entry and entry["fullUrl"].endswith(f"Observation/{obs['id']}")
+        assert focus[0]["valueReference"]["reference"].endswith(f"Observation/{obs['id']}")
+    assert status(api, sid)["status"] == "active"
+
+
+def test_unknown_topics_and_filters_outside_the_topic_are_refused(api: LiveServer, hook: Receiver) -> None:
+    topic(api)
+    unknown = backport(api, hook.url, topic_url="http://example.org/fhir/SubscriptionTopic/nope")
+    assert unknown.status_code == 422 and unknown.json()["issue"][0]["expression"] == ["Subscription.criteria"]
+    other_type = backport(api, hook.url, filters=("Encounter?patient=Patient/X",))
+    assert other_type.status_code == 422
+    assert other_type.json()["issue"][0]["expression"] == ["Subscription.criteria.extension[0]"]
+    bad_param = backport(api, hook.url, filters=("Observation?bogus=1",))
+    assert bad_param.status_code == 422
+    bad_content = backport(api, hook.url, content="everything")
+    assert bad_content.status_code == 422
+
+
+def test_a_topic_created_later_is_picked_up(api: LiveServer, hook: Receiver) -> None:
+    """The per-process cache notices new topics and subscriptions (its generation token changes)."""
+    topic(api, current="status=final")
+    backport(api, hook.url)
+    d = dispatcher(api)
+    d.run_once()
+    observation(api, "1-1", "X")
+    assert d.run_once() == 1
+    topic(api, url=TOPIC + "-2")
+    backport(api, hook.url, topic_url=TOPIC + "-2", content="id-only")
+    d.run_once()
+    observation(api, "1-1", "X")
+    assert d.run_once() == 2
