@@ -7,6 +7,8 @@ Only adapts Starlette to ``fhir_server.auth``: the OAuth 2 logic is authlib's, b
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import secrets
 from collections.abc import Callable
@@ -19,8 +21,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from fhir_server.audit.codes import DCM, coding, own
+from fhir_server.audit.events import Actor
 from fhir_server.auth.access import AccessContext
-from fhir_server.auth.authorization import SmartAuthorizationServer, SmartRequest
+from fhir_server.auth.authorization import ISSUED, SmartAuthorizationServer, SmartRequest
 from fhir_server.auth.clients import CURRENT_URLS, Urls
 from fhir_server.auth.cors import CorsMiddleware, RegisteredOrigins
 from fhir_server.auth.discovery import capability_security, smart_configuration
@@ -51,8 +55,8 @@ class SmartAuth:
         self.keys = KeyRing(server.engine, server.settings.auth_key_rotation_days)
         self.server = SmartAuthorizationServer(server.settings, self.store, self.keys)
         self.origins = RegisteredOrigins(server.engine)  # CORS for registered browser apps
-        self.login_limit = RateLimiter(server.settings.auth_login_rate_per_minute)
-        self.token_limit = RateLimiter(server.settings.auth_token_rate_per_minute)
+        self.login_limit = RateLimiter(server.engine, "login", server.settings.auth_login_rate_per_minute)
+        self.token_limit = RateLimiter(server.engine, "token", server.settings.auth_token_rate_per_minute)
         server.security = lambda base: capability_security(Urls.at(_root_of(base), base))  # rest.security
 
     def urls(self, request: Request) -> Urls:
@@ -87,8 +91,10 @@ async def _form(request: Request) -> list[tuple[str, str]]:
     return parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
 
 
-def _too_many(limiter: RateLimiter, request: Request) -> Response | None:
-    wait = limiter.retry_after(request.client.host if request.client else "unknown")
+async def _too_many(limiter: RateLimiter, request: Request) -> Response | None:
+    if limiter.per_minute <= 0:
+        return None
+    wait = await run_in_threadpool(limiter.retry_after, request.client.host if request.client else "unknown")
     if not wait:
         return None
     return JSONResponse({"error": "slow_down", "error_description": "Too many requests; retry later"},
@@ -129,7 +135,7 @@ async def authorize(request: Request) -> Response:
     fields = dict(form)
     sreq = SmartRequest(request.method, urls.authorize, request.headers, pairs, [])
     if request.method == "POST":
-        if (limited := _too_many(auth.login_limit, request)) is not None:
+        if (limited := await _too_many(auth.login_limit, request)) is not None:
             return limited
         cookie = request.cookies.get(CSRF_COOKIE, "")
         if not cookie or not hmac.compare_digest(cookie, fields.get("csrf_token", "")):
@@ -177,6 +183,7 @@ def _authorize(auth: SmartAuth, request: Request, urls: Urls, sreq: SmartRequest
     if fields.get("decision") != "allow":
         return _oauth_response(server.create_authorization_response(sreq, grant_user=None, grant=grant))
     user = auth.store.login(fields.get("username", ""), fields.get("password", ""))
+    _audit_login(auth, request, client.client_id, fields.get("username", ""), user)
     if user is None:  # one message for unknown user, wrong password and locked account
         return page("The username or password is not right, or the account is locked for a while.", 401)
     context = dict(launch_context or {})
@@ -220,11 +227,54 @@ def _html(html: str, status: int = 200) -> HTMLResponse:
 @router.post("/auth/token", summary="OAuth 2 token endpoint")
 async def token(request: Request) -> Response:
     auth = _auth(request)
-    if (limited := _too_many(auth.token_limit, request)) is not None:
+    if (limited := await _too_many(auth.token_limit, request)) is not None:
         return limited
     urls = auth.urls(request)
     sreq = SmartRequest("POST", urls.token, request.headers, [], await _form(request))
-    return _oauth_response(await _call(urls, auth.server.create_token_response, sreq))
+    return _oauth_response(await _call(urls, _token, auth, sreq, _address(request)))
+
+
+def _token(auth: SmartAuth, sreq: SmartRequest, address: str | None) -> tuple[int, Any, list[tuple[str, str]]]:
+    ISSUED.set(None)
+    result = auth.server.create_token_response(sreq)
+    audit = auth.fhir.audit
+    if audit is not None:  # token issue or refresh, granted or refused: DCM 110114 User Authentication
+        issued = ISSUED.get()
+        if issued is not None:
+            client_id, user = issued
+            actor = Actor(address, client_id, user.id if user else None, user.username if user else None,
+                          user.fhir_user if user else None, user.role if user else None)
+        else:  # refused: the client id it claimed (never its secret or assertion)
+            actor = Actor(address, _claimed_client(sreq))
+        refresh = sreq.form.get("grant_type") == "refresh_token"
+        audit.authentication(own("token-refresh", "Access token refreshed") if refresh
+                             else own("token-issue", "Access token issued"), result[0], actor)
+    return result
+
+
+def _claimed_client(sreq: SmartRequest) -> str | None:
+    if sreq.form.get("client_id"):
+        return sreq.form["client_id"][:64]
+    scheme, _, value = (sreq.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value).decode().partition(":")[0][:64] or None
+        except (ValueError, binascii.Error):
+            return None
+    return None
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _audit_login(auth: SmartAuth, request: Request, client_id: str, username: str, user: User | None) -> None:
+    """Sign-in, successful or not (DCM 110114 / 110122 Login); the password is never part of it."""
+    if auth.fhir.audit is None:
+        return
+    actor = Actor(_address(request), client_id, user.id if user else None, username[:150] or None,
+                  user.fhir_user if user else None, user.role if user else None)
+    auth.fhir.audit.authentication(coding(DCM, "110122"), 200 if user else 401, actor)
 
 
 def _client_then(auth: SmartAuth, sreq: SmartRequest, methods: list[str], endpoint: str,
@@ -243,7 +293,7 @@ async def introspect(request: Request) -> Response:
     sreq = SmartRequest("POST", urls.introspect, request.headers, [], await _form(request))
     token_value = sreq.form.get("token", "")
     return _oauth_response(await _call(urls, _client_then, auth, sreq, ["client_secret_basic", "private_key_jwt"],
-                                       "introspection", lambda _c: auth.server.introspect(token_value)))
+                                       "introspection", lambda c: auth.server.introspect(token_value, c)))
 
 
 @router.post("/auth/revoke", summary="RFC 7009 token revocation")
@@ -266,7 +316,7 @@ def _revoke(auth: SmartAuth, token_value: str, client: Any) -> dict[str, Any]:
 async def launch(request: Request) -> Response:
     auth = _auth(request)
     urls = auth.urls(request)
-    access = await bearer_access(request, "auth/launch", required=True)
+    access = await bearer_access(request, "auth/launch", required=True, audit=False)
     if isinstance(access, Response):
         return access
     body = await request.body()
@@ -283,7 +333,7 @@ async def launch(request: Request) -> Response:
 @router.post("/auth/clients", summary="Register a client (admin users only; RFC 7591-style metadata)")
 async def register_client(request: Request) -> Response:
     auth = _auth(request)
-    access = await bearer_access(request, "auth/clients", required=True)
+    access = await bearer_access(request, "auth/clients", required=True, audit=False)
     if isinstance(access, Response):
         return access
     if access is None or access.role != "admin":
@@ -299,7 +349,7 @@ async def register_client(request: Request) -> Response:
         created = await _call(auth.urls(request), auth.store.create_client, meta["client_name"], list(grants),
                               meta["scope"], [str(u) for u in meta.get("redirect_uris") or []],
                               meta.get("token_endpoint_auth_method") == "none", meta.get("jwks"),
-                              meta.get("jwks_uri"))
+                              meta.get("jwks_uri"), meta.get("resource_server") is True)
     except (ValueError, AttributeError, TypeError) as exc:
         return JSONResponse({"error": "invalid_client_metadata", "error_description": str(exc)}, status_code=400)
     auth.origins.refresh()
@@ -315,13 +365,22 @@ def _unauthorized(message: str, error: str | None = None) -> Response:
                     headers={"WWW-Authenticate": challenge})
 
 
-async def bearer_access(request: Request, path: str, *,
-                        required: bool | None = None) -> AccessContext | Response | None:
+async def bearer_access(request: Request, path: str, *, required: bool | None = None,
+                        audit: bool = True) -> AccessContext | Response | None:
     """The access context of the request's bearer token; None = full access (no token and auth not required);
-    a 401 response when the token is missing (and required), malformed, expired, revoked or tampered."""
+    a 401 response when the token is missing (and required), malformed, expired, revoked or tampered
+    (audited as a refused FHIR interaction when ``audit``)."""
     auth: SmartAuth | None = getattr(request.app.state, "auth", None)
     if auth is None:
         return None
+    result = await _bearer_access(auth, request, path, required)
+    if audit and isinstance(result, Response) and auth.fhir.audit is not None:
+        auth.fhir.audit.denied(request.method, path, result.status_code, _address(request))
+    return result
+
+
+async def _bearer_access(auth: SmartAuth, request: Request, path: str,
+                         required: bool | None) -> AccessContext | Response | None:
     header = request.headers.get("authorization")
     if header is None:
         must = auth.settings.auth_required if required is None else required

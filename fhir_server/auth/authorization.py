@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,8 @@ from fhir_server.auth.store import AuthStore, User, new_secret
 from fhir_server.config import Settings
 
 ID_TOKEN_SECONDS = 3600
+# audit: the client and user of the token ``issue`` last made in this context (the token endpoint reads it).
+ISSUED: ContextVar[tuple[str, User | None] | None] = ContextVar("auth_issued", default=None)
 
 
 class Payload(OAuth2Payload):
@@ -118,6 +121,7 @@ class SmartAuthorizationServer(AuthorizationServer):
     def issue(self, client: Client, user: User | None, scope: str, context: dict[str, Any], *,
               family_id: str | None = None) -> dict[str, Any]:
         urls = CURRENT_URLS.get()
+        ISSUED.set((client.client_id, user))
         scope = restrict(scope, user)
         tokens = split(scope)
         issued = int(time.time())
@@ -191,7 +195,15 @@ class SmartAuthorizationServer(AuthorizationServer):
 
     # --- RFC 7662 / RFC 7009 ---------------------------------------------------------------------------------
 
-    def introspect(self, token: str) -> dict[str, Any]:
+    def introspect(self, token: str, caller: Client) -> dict[str, Any]:
+        """RFC 7662 for the client the token was issued to, or a registered resource server; anyone else
+        learns only ``active: false`` (as for an unknown token, so nothing leaks)."""
+        result = self._introspect(token)
+        if result["active"] and result.get("client_id") != caller.client_id and not caller.resource_server:
+            return {"active": False}
+        return result
+
+    def _introspect(self, token: str) -> dict[str, Any]:
         claims = self.verify_access_token(token)
         if claims is not None:
             out = {"active": True, "token_type": "Bearer"}

@@ -37,6 +37,8 @@ def add_parsers(sub: Any) -> None:
     create_client.add_argument("--public", action="store_true", help="a public app (no secret; PKCE required)")
     create_client.add_argument("--jwks-file", help="JWKS of the client's public keys (private_key_jwt)")
     create_client.add_argument("--jwks-uri", help="where the client publishes its JWKS (private_key_jwt)")
+    create_client.add_argument("--resource-server", action="store_true",
+                               help="may introspect tokens issued to other clients (an API gateway)")
 
 
 def run(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) 
         else:
             jwks = json.loads(Path(args.jwks_file).read_text()) if args.jwks_file else None
             result = store.create_client(args.name, list(dict.fromkeys(args.grant)), args.scope, args.redirect_uri,
-                                         public=args.public, jwks=jwks, jwks_uri=args.jwks_uri)
+                                         public=args.public, jwks=jwks, jwks_uri=args.jwks_uri,
+                                         resource_server=args.resource_server)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -63,12 +63,13 @@ class Client(ClientMixin):
     scope: str
     jwks: dict[str, Any] | None = None
     jwks_uri: str | None = None
+    resource_server: bool = False  # may introspect tokens issued to other clients
     _extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Any) -> Client:
         return cls(row.client_id, row.name, row.secret_hash, row.public, row.auth_method, list(row.grant_types),
-                   list(row.redirect_uris), row.scope, row.jwks, row.jwks_uri)
+                   list(row.redirect_uris), row.scope, row.jwks, row.jwks_uri, bool(row.resource_server))
 
     def get_client_id(self) -> str:
         return self.client_id

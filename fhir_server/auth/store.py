@@ -107,7 +107,7 @@ class AuthStore:
 
     def create_client(self, name: str, grant_types: list[str], scope: str, redirect_uris: list[str],
                       public: bool = False, jwks: dict[str, Any] | None = None,
-                      jwks_uri: str | None = None) -> dict[str, Any]:
+                      jwks_uri: str | None = None, resource_server: bool = False) -> dict[str, Any]:
         client_id = str(uuid.uuid4())
         secret: str | None = None
         if public:
@@ -117,6 +117,8 @@ class AuthStore:
         else:
             method = "client_secret_basic"
             secret = new_secret()
+        if public and resource_server:
+            raise ValueError("a resource server authenticates: it cannot be a public client")
         if "authorization_code" in grant_types and not redirect_uris:
             raise ValueError("an authorization_code client needs at least one redirect URI")
         if "authorization_code" in grant_types and "refresh_token" not in grant_types:
@@ -125,9 +127,11 @@ class AuthStore:
             conn.execute(insert(AUTH_CLIENT).values(
                 client_id=client_id, name=name, secret_hash=digest(secret) if secret else None, public=public,
                 auth_method=method, grant_types=grant_types, redirect_uris=redirect_uris, scope=scope, jwks=jwks,
-                jwks_uri=jwks_uri, created_at=now()))
+                jwks_uri=jwks_uri, resource_server=resource_server, created_at=now()))
         out: dict[str, Any] = {"client_id": client_id, "name": name, "token_endpoint_auth_method": method,
                                "grant_types": grant_types, "scope": scope, "redirect_uris": redirect_uris}
+        if resource_server:
+            out["resource_server"] = True
         if secret:
             out["client_secret"] = secret
         return out

@@ -6,7 +6,7 @@ tokens as SHA-256 digests (they are random 256-bit strings we generate, so a pla
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, Integer, String, Table, Text
+from sqlalchemy import JSON, Boolean, Column, Index, Integer, String, Table, Text, false
 from sqlalchemy.dialects.postgresql import JSONB
 
 from fhir_server.storage.models import Base, UTCDateTime
@@ -40,6 +40,9 @@ AUTH_CLIENT = Table(
     Column("jwks", Json),
     Column("jwks_uri", Text),
     Column("created_at", UTCDateTime(), nullable=False),
+    # A resource server (an API gateway, another FHIR server) may introspect any token (RFC 7662); other
+    # clients only their own tokens (migration 0008).
+    Column("resource_server", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 AUTH_CODE = Table(
@@ -103,5 +106,14 @@ AUTH_LAUNCH = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
 )
 
+# Requests per (limit, client address) per one-minute window, shared by every server process (migration 0008).
+AUTH_RATE_LIMIT = Table(
+    "auth_rate_limit", META,
+    Column("key", String(200), primary_key=True),
+    Column("window", Integer, primary_key=True),  # minutes since the epoch
+    Column("hits", Integer, nullable=False),
+    Index("ix_auth_rate_limit_window", "window"),
+)
+
 AUTH_TABLES = [AUTH_USER, AUTH_CLIENT, AUTH_CODE, AUTH_REFRESH_TOKEN, AUTH_SIGNING_KEY, AUTH_REVOKED,
-               AUTH_ASSERTION_JTI, AUTH_LAUNCH]
+               AUTH_ASSERTION_JTI, AUTH_LAUNCH, AUTH_RATE_LIMIT]

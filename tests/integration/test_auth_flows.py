@@ -211,9 +211,15 @@ def test_refresh_rotation_and_reuse_detection(smart: Smart) -> None:
 
 
 def test_introspection_and_revocation(smart: Smart) -> None:
-    resource_server = smart.client(["client_credentials"], "system/Patient.rs")
+    resource_server = smart.client(["client_credentials"], "system/Patient.rs", resource_server=True)
     rs_auth = (resource_server["client_id"], resource_server["client_secret"])
     client, tokens = _refreshable(smart)
+    # A confidential client that is not a registered resource server learns nothing of others' tokens.
+    other = smart.client(["client_credentials"], "system/Patient.rs")
+    for token in (tokens["access_token"], tokens["refresh_token"]):
+        r = smart.http.post(f"{smart.root}/auth/introspect", data={"token": token},
+                            auth=(other["client_id"], other["client_secret"]))
+        assert r.status_code == 200 and r.json() == {"active": False}
 
     def introspect(token: str) -> dict:
         r = smart.http.post(f"{smart.root}/auth/introspect", data={"token": token}, auth=rs_auth)
