@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
         if listener is not None:
             await listener.stop()
         background.stop()
+        if server.audit is not None:  # write the AuditEvents still queued
+            server.audit.recorder.close()
 
     app = FastAPI(title="FHIR R4 server", version="0.1.0", lifespan=lifespan, docs_url="/docs")
     app.state.fhir = server
