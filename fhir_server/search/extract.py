@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_server.definitions import resource_types
+from fhir_server.search import ucum
+from fhir_server.search.implied import implied_system
 from fhir_server.search.paths import Evaluator, compile_expression, root_keys
 from fhir_server.search.registry import Registry, SearchParam
 from fhir_server.search.values import MAX_INSTANT, MIN_INSTANT, date_range, hash64, normalize
@@ -117,7 +119,9 @@ class Extractor:
                     add("string", sp.code, value_norm=normalize(text), value_exact=text,
                         hash_exact=hash64(rtype, sp.code, text))
             elif sp.type == "token":
+                implied = implied_system(sp) if isinstance(value, str) else None  # a plain code's binding
                 for param, system, code, label in _tokens(value, sp.code):
+                    system = system or implied
                     add("token", param, system=system, code=code, text_norm=normalize(label) if label else None,
                         hash_value=hash64(rtype, param, code), hash_sys_value=hash64(rtype, param, system, code),
                         hash_sys=hash64(rtype, param, system))
@@ -132,6 +136,10 @@ class Extractor:
             elif sp.type == "quantity":
                 for number, system, code, unit in _quantities(value):
                     add("quantity", sp.code, value=number, system=system, code=code, unit=unit)
+                    canon = ucum.canonical(number, code) if system == ucum.SYSTEM and code else None
+                    if canon is not None:  # UCUM's canonical form beside the original (sql/number.py)
+                        add("quantity", f"{sp.code}:canonical", value=canon[0], system=system, code=canon[1],
+                            unit=None)
             elif sp.type == "uri" and isinstance(value, str):
                 add("uri", sp.code, value=value, hash_uri=hash64(rtype, sp.code, value))
 

@@ -116,7 +116,7 @@ def test_number_and_quantity(api: LiveServer) -> None:
     assert ids(api, "Observation?value-quantity=100.0") == {b}
     assert ids(api, "Observation?value-quantity=gt50") == {b, c}
     assert ids(api, "Observation?value-quantity=le99.6") == {a, c}
-    assert ids(api, "Observation?value-quantity=gt50|http://unitsofmeasure.org|mg") == {c}
+    assert ids(api, "Observation?value-quantity=gt50|http://unitsofmeasure.org|mg") == {b, c}  # 100 g > 50 mg (UCUM)
     assert ids(api, "Observation?value-quantity=gt1||g") == {b}
     assert ids(api, "Observation?value-quantity=ap100") == {b, c}
     assert ids(api, "Observation?value-quantity=ne100") == {a}
