@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
 
 from fhir_server.errors import INVALID, STRUCTURE, FhirError
-from fhir_server.storage.repository import AccessPolicy
+from fhir_server.storage.repository import AccessPolicy, Repository
 
 
 @dataclass
@@ -28,6 +28,9 @@ class FhirRequest:
     access: AccessPolicy | None = None
     # audit: the client's network address (AuditEvent.agent.network), set by the web adapter.
     client_address: str | None = None
+    # A transaction Bundle's caller's own write, run in the same unit of work after the last entry (with
+    # the entries' responses) so it commits with them or not at all (the HL7 adapter's message status).
+    in_transaction: Callable[[Repository, list[FhirResponse | None]], None] | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
