@@ -263,6 +263,8 @@ def transaction(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> F
                 results[e.index] = run_entry(server, req, repo, e)
             except FhirError as exc:
                 raise _entry_error(exc, e) from exc
+        if req.in_transaction is not None:
+            req.in_transaction(repo, results)
         return results
 
     results = server.uow.run(work, write=True)
