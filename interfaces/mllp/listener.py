@@ -130,12 +130,23 @@ class MllpListener:
             return
         else:
             acc = await self._run(self.pipeline.accept, frame)
-        for ack in acc.immediate:  # duplicates, rejections, and the enhanced-mode accept ACK
-            await send(ack)
-        if acc.to_process:
-            ack = await self._run(self.pipeline.process, acc)
-            if ack:
+            for _ in range(3):  # a copy of a message still in flight: its outcome answers this one too
+                if acc.original is None:
+                    break
+                # Waiting in a thread of its own, not the pool's: the first copy needs a pool thread to finish.
+                if not await asyncio.to_thread(self.pipeline.wait_for_original, acc):
+                    await send(self.pipeline.still_in_flight(acc))
+                    return
+                acc = await self._run(self.pipeline.accept, frame)
+        try:
+            for ack in acc.immediate:  # duplicates, rejections, and the enhanced-mode accept ACK
                 await send(ack)
+            if acc.to_process:
+                ack = await self._run(self.pipeline.process, acc)
+                if ack:
+                    await send(ack)
+        finally:
+            self.pipeline.release(acc)  # the connection died before process(): let a re-sent copy run
 
 
 async def run(settings: Settings, port: int | None = None) -> None:

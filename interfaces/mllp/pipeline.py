@@ -12,13 +12,26 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_server.rest.request import FhirRequest
+from fhir_server.errors import CONFLICT, FhirError
+from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.server import FhirServer
+from fhir_server.storage.repository import Repository
 from interfaces.mllp.ack import build_ack
-from interfaces.mllp.store import ACK_SEPARATOR, ERROR, PROCESSED, RECEIVED, REJECTED, MessageStore, StoredMessage
+from interfaces.mllp.inflight import InFlight, Key
+from interfaces.mllp.store import (
+    ACK_SEPARATOR,
+    ERROR,
+    PROCESSED,
+    RECEIVED,
+    REJECTED,
+    MessageStore,
+    StoredMessage,
+    finish_statement,
+)
 from mappings.hl7v2.errors import (
     APPLICATION_INTERNAL_ERROR,
     UNSUPPORTED_VERSION_ID,
@@ -33,6 +46,8 @@ from mappings.hl7v2.message import MessageError, V2Message, decode, parse
 log = logging.getLogger(__name__)
 
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
+# How long a re-sent copy waits for the first copy, still in flight, to finish before it is told so.
+INFLIGHT_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -44,6 +59,9 @@ class Accepted:
     header: Header | None = None
     msg: V2Message | None = None
     to_process: bool = False
+    claimed: Key | None = None  # the in-flight claim this copy holds; ``process`` releases it
+    # Another copy of this message is in flight: wait for it (``wait_for_original``), then accept again.
+    original: threading.Event | None = None
 
 
 def _wants(condition: str, success: bool) -> bool:
@@ -59,6 +77,8 @@ class Hl7Pipeline:
         settings = server.settings
         self.mapper = mapper or V2Mapper(identifier_systems=settings.hl7_identifier_systems,
                                          default_tz=settings.hl7_default_timezone)
+        self.inflight = InFlight()
+        self.inflight_wait = INFLIGHT_WAIT_SECONDS
 
     # -- step 1 ----------------------------------------------------------------------------------------
     def accept(self, raw: bytes, oversize: int | None = None) -> Accepted:
@@ -84,13 +104,39 @@ class Hl7Pipeline:
         # Enhanced mode: the accept ACK (CA) is committed with the message, then sent before processing.
         accept_ack = build_ack(header, "CA", enc=msg.enc) \
             if header.enhanced and _wants(header.accept_ack, True) else None
-        stored = self.store.receive(sender=header.sender, control_id=header.control_id or None,
-                                    message_type=header.event, version=header.version, raw=text, ack=accept_ack)
+        key = (header.sender[:255], header.control_id[:199]) if header.control_id else None
+        if key is not None:
+            running = self.inflight.claim(key)
+            if running is not None:  # the first copy is still being processed: its outcome answers this one
+                return Accepted([], None, header, msg, original=running)
+        try:
+            stored = self.store.receive(sender=header.sender, control_id=header.control_id or None,
+                                        message_type=header.event, version=header.version, raw=text,
+                                        ack=accept_ack)
+        except BaseException:
+            if key is not None:
+                self.inflight.release(key)
+            raise
         if stored.duplicate:
             if stored.acks:  # the original outcome, re-sent as it was
+                if key is not None:
+                    self.inflight.release(key)
                 return Accepted(stored.acks, stored, header, msg)
             log.info("hl7 message %s is a re-send of one not yet acknowledged; processing it", stored.pk)
-        return Accepted([accept_ack] if accept_ack else [], stored, header, msg, to_process=True)
+        return Accepted([accept_ack] if accept_ack else [], stored, header, msg, to_process=True, claimed=key)
+
+    def wait_for_original(self, acc: Accepted) -> bool:
+        """Block until the copy in flight has finished (True), or ``inflight_wait`` has passed (False)."""
+        assert acc.original is not None
+        return acc.original.wait(self.inflight_wait)
+
+    def still_in_flight(self, acc: Accepted) -> str:
+        """The answer to a copy whose original did not finish in time (not stored: the original's is)."""
+        assert acc.header is not None
+        detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, "A message with this control id from this sender is "
+                             "still being processed; re-send it later for its outcome", "MSH", 1, 10, 1)
+        enc = acc.msg.enc if acc.msg is not None else None
+        return build_ack(acc.header, "CE" if acc.header.enhanced else "AE", [detail], enc=enc)
 
     def _reject_unreadable(self, text: str, reason: str) -> Accepted:
         ack = build_ack(None, "AR", [ErrorDetail(APPLICATION_INTERNAL_ERROR, reason, "MSH", 1)])
@@ -111,19 +157,51 @@ class Hl7Pipeline:
 
     # -- step 2 ----------------------------------------------------------------------------------------
     def process(self, acc: Accepted) -> str | None:
+        """Map and apply the message, commit its outcome, return the application ACK to send (if any)."""
+        try:
+            return self._process(acc)
+        finally:
+            self.release(acc)
+
+    def release(self, acc: Accepted) -> None:
+        """Give up this copy's in-flight claim (``process`` does; the listener too if it never got there)."""
+        if acc.claimed is not None:
+            self.inflight.release(acc.claimed)
+            acc.claimed = None
+
+    def _process(self, acc: Accepted) -> str | None:
         assert acc.stored is not None and acc.header is not None and acc.msg is not None
         header, msg, stored = acc.header, acc.msg, acc.stored
-        status, error, resources = PROCESSED, None, None
+        status, error = PROCESSED, None
         code, details = "AA", []
+        sent = acc.immediate if header.enhanced else []
+        superseded = False
         try:
             result = self.mapper.map(msg, header, stored.received_at)
+            ok_ack = build_ack(header, "AA", enc=msg.enc)
+            send_ok = not header.enhanced or _wants(header.application_ack, True)
+            ok_acks = ACK_SEPARATOR.join([*sent, ok_ack] if send_ok else sent) or None
+
+            def record(repo: Repository, responses: list[FhirResponse | None]) -> None:
+                # The outcome commits with the resources (one commit, nothing half-written); and only if no
+                # other copy of the message recorded one since we read the row (then that one answers).
+                nonlocal superseded
+                resources = [ref for r in responses if r is not None
+                             if (ref := _reference(r.headers.get("Location", "")))]
+                done = repo.execute(finish_statement(stored.pk, status=PROCESSED, ack=ok_acks, resources=resources,
+                                                     expect_attempts=stored.attempts)).rowcount
+                if not done:
+                    superseded = True
+                    raise FhirError(409, CONFLICT, "Another copy of this HL7 message was processed first")
+
             response = self.server.handle(FhirRequest("POST", "", headers={"content-type": "application/fhir+json"},
-                                                      resource=result.bundle))
-            if response.status >= 400:
-                status, code = ERROR, "AE"
-                details = [self._transaction_error(response.resource, result.sources)]
-            else:
-                resources = _locations(response.resource)
+                                                      resource=result.bundle, in_transaction=record))
+            if superseded:
+                return self._answer_of(stored.pk, header)
+            if response.status < 400:
+                return ok_ack if send_ok else None
+            status, code = ERROR, "AE"
+            details = [self._transaction_error(response.resource, result.sources)]
         except MappingError as exc:
             status, code, details = ERROR, "AE", exc.details
         except RejectedMessage as exc:
@@ -134,12 +212,20 @@ class Hl7Pipeline:
             details = [ErrorDetail(APPLICATION_INTERNAL_ERROR, "Internal error while processing the message")]
         error = "; ".join(d.describe() for d in details) or None
         app_ack = build_ack(header, code, details, enc=msg.enc)
-        sent = acc.immediate if header.enhanced else []
         send = not header.enhanced or _wants(header.application_ack, status == PROCESSED)
         acks = [*sent, app_ack] if send else sent
-        self.store.finish(stored.pk, status=status, ack=ACK_SEPARATOR.join(acks) or None, error=error,
-                          resources=resources)
+        if not self.store.finish(stored.pk, status=status, ack=ACK_SEPARATOR.join(acks) or None, error=error,
+                                 expect_attempts=stored.attempts):
+            return self._answer_of(stored.pk, header)
         return app_ack if send else None
+
+    def _answer_of(self, pk: int, header: Header) -> str | None:
+        """The application ACK another copy of this message committed (what this copy answers too)."""
+        row = self.store.get(pk)
+        acks = row.acks if row is not None else []
+        if header.enhanced:
+            return acks[1] if len(acks) > 1 else None
+        return acks[-1] if acks else None
 
     def handle(self, raw: bytes) -> list[str]:
         """Both steps at once (tests, replay): every ACK this message produces."""
@@ -147,6 +233,12 @@ class Hl7Pipeline:
 
     def handle_text(self, text: str) -> list[str]:
         acc = self.accept_text(text)
+        for _ in range(3):  # a copy in flight elsewhere: wait for it, then answer with its outcome
+            if acc.original is None:
+                break
+            if not self.wait_for_original(acc):
+                return [self.still_in_flight(acc)]
+            acc = self.accept_text(text)
         acks = list(acc.immediate)
         if acc.to_process:
             ack = self.process(acc)
@@ -199,13 +291,10 @@ class Hl7Pipeline:
         return updated.status if updated else RECEIVED
 
 
-def _locations(body: Any) -> list[str]:
-    out = []
-    for entry in body.get("entry", []) if isinstance(body, dict) else []:
-        location = entry.get("response", {}).get("location", "")
-        parts = location.split("/")
-        if len(parts) >= 2:
-            idx = parts.index("_history") if "_history" in parts else len(parts)
-            out.append("/".join(parts[max(0, idx - 2):idx]))
-    return out
-
+def _reference(location: str) -> str | None:
+    """"Type/id" from a write's Location (``[base/]Type/id/_history/n``)."""
+    parts = location.split("/")
+    if len(parts) < 2:
+        return None
+    idx = parts.index("_history") if "_history" in parts else len(parts)
+    return "/".join(parts[max(0, idx - 2):idx]) or None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, Engine, Index, Integer, String, Table, Text, UniqueConstraint, func, select, update
+from sqlalchemy import JSON, Engine, Index, Integer, String, Table, Text, UniqueConstraint, Update, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -79,6 +79,17 @@ def _row(row: Any, duplicate: bool = False) -> StoredMessage:
                          row.raw, row.status, row.error, row.ack, row.resources, row.attempts, duplicate)
 
 
+def finish_statement(pk: int, *, status: str, ack: str | None, error: str | None = None,
+                     resources: Sequence[str] | None = None, expect_attempts: int | None = None) -> Update:
+    """The UPDATE recording a message's outcome; run alone (``finish``) or inside the FHIR transaction
+    that applied the message, so the outcome and the resources commit together."""
+    stmt = update(HL7_MESSAGE).where(HL7_MESSAGE.c.pk == pk)
+    if expect_attempts is not None:
+        stmt = stmt.where(HL7_MESSAGE.c.attempts == expect_attempts)
+    return stmt.values(status=status, ack=ack, error=error, resources=list(resources) if resources is not None
+                       else None, processed_at=datetime.now(UTC), attempts=HL7_MESSAGE.c.attempts + 1)
+
+
 class MessageStore:
     """Blocking calls (the listener runs them in an executor); each commits before it returns."""
 
@@ -122,11 +133,12 @@ class MessageStore:
         return _row(row) if row else None
 
     def finish(self, pk: int, *, status: str, ack: str | None, error: str | None = None,
-               resources: Sequence[str] | None = None) -> None:
+               resources: Sequence[str] | None = None, expect_attempts: int | None = None) -> bool:
+        """Record the outcome and commit. ``expect_attempts``: only if no other run has recorded one since
+        (the row's attempts are still that many); False when another copy's outcome got there first."""
         with self._write() as conn, conn.begin():
-            conn.execute(update(HL7_MESSAGE).where(HL7_MESSAGE.c.pk == pk).values(
-                status=status, ack=ack, error=error, resources=list(resources) if resources is not None else None,
-                processed_at=datetime.now(UTC), attempts=HL7_MESSAGE.c.attempts + 1))
+            return bool(conn.execute(finish_statement(pk, status=status, ack=ack, error=error, resources=resources,
+                                                      expect_attempts=expect_attempts)).rowcount)
 
     def set_ack(self, pk: int, ack: str) -> None:
         with self._write() as conn, conn.begin():
