@@ -1,0 +1,360 @@
+"""Walks a resource against compiled StructureDefinitions (``profile.py``) and reports what it breaks.
+
+Two modes over the same trees:
+- *base*: the core definition of the resource type and, below every complex value, of its datatype:
+  FHIRPath invariants, reference target types, extensions (known URL -> validated against its definition,
+  unknown -> warning), required bindings on Coding/CodeableConcept, and resources nested in Bundle
+  entries or ``contained`` (their own ``meta.profile`` included). Cardinality, JSON types and required
+  code lists were checked already by the structure check (``structure.py``).
+- *profile*: the elements a profile changes (``ElementDef.relevant``): cardinality, allowed types, type
+  profiles, targetProfile types, fixed[x] / pattern[x], required and extensible bindings through the
+  terminology service, slicing (value, pattern, exists, type, profile discriminators; slice cardinality;
+  closed slicing) and the profile's own invariants.
+
+Every issue names the element by FHIRPath in ``expression`` (``Observation.component[1].code``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fhir_server.errors import INVALID, REQUIRED, STRUCTURE, VALUE, Issue
+from fhir_server.validation import invariants
+from fhir_server.validation.matching import (
+    codings,
+    contains,
+    core_type,
+    equal,
+    primitive_types,
+    reference_type,
+    type_by_suffix,
+)
+from fhir_server.validation.profile import ElementDef, Profile
+
+INVARIANT, CODE_INVALID, EXTENSION, NOT_FOUND = "invariant", "code-invalid", "extension", "not-found"
+_CONTAINERS = frozenset({"BackboneElement", "Element"})
+_NESTED = frozenset({"Resource", "DomainResource"})
+
+
+class Definitions(Protocol):
+    """What the walker looks up: compiled definitions and value set membership."""
+
+    def core(self, type_name: str) -> Profile | None: ...
+
+    def profile(self, url: str) -> Profile | None: ...
+
+    def codes_in(self, value_set: str, codes: list[tuple[str | None, str]]) -> bool | str: ...
+
+
+@dataclass(frozen=True)
+class Item:
+    value: Any  # the JSON value (for a primitive: the value, or None when only "_x" is present)
+    path: str  # its FHIRPath
+    type: str | None  # its type, when known (choice suffix, single-typed element, resource type)
+    companion: dict[str, Any] | None = None  # a primitive's "_x" object (id, extension)
+
+    @property
+    def node(self) -> Any:
+        return self.companion if self.type in primitive_types() else self.value
+
+
+class Walker:
+    def __init__(self, defs: Definitions, *, unknown_profile_severity: str = "error") -> None:
+        self.defs = defs
+        self.out: list[Issue] = []
+        self.unknown_profile_severity = unknown_profile_severity
+        self._done: set[tuple[str, str]] = set()  # (constraint key, path): each invariant once per element
+        self._validated: set[tuple[int, str]] = set()  # (id of the resource dict, profile url)
+        self._local: dict[str, str] = {}  # fullUrl / #id -> resource type, for reference targets
+        self._warned: set[str] = set()
+
+    # --- entry points ---------------------------------------------------------------------------------
+
+    def resource(self, resource: dict[str, Any], path: str, profiles: list[str]) -> None:
+        """Base pass over ``resource`` plus each profile in ``profiles`` (and nested resources' own)."""
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str):
+            return
+        if rtype == "Bundle":
+            for entry in resource.get("entry") or []:
+                if isinstance(entry, dict) and isinstance(entry.get("resource"), dict) and entry.get("fullUrl"):
+                    self._local[str(entry["fullUrl"])] = str(entry["resource"].get("resourceType"))
+        for c in resource.get("contained") or []:
+            if isinstance(c, dict) and c.get("id"):
+                self._local["#" + str(c["id"])] = str(c.get("resourceType"))
+        core = self.defs.core(rtype)
+        item = Item(resource, path, rtype)
+        if core is not None:
+            self.element(core.root, item, resource, base=True)
+        for url in profiles:
+            self.against(url, item, resource, self.unknown_profile_severity)
+
+    def against(self, url: str, item: Item, resource: dict[str, Any], unknown: str) -> None:
+        """Validate a resource (or datatype value) against the profile ``url`` (once per resource)."""
+        bare = url.split("|", 1)[0]
+        if core_type(bare) is not None and core_type(bare) == item.type:
+            return  # the core definition: the base pass did it
+        key = (id(item.value), bare)
+        if key in self._validated:
+            return
+        self._validated.add(key)
+        profile = self.defs.profile(bare)
+        if profile is None:
+            self._issue(NOT_FOUND, item.path, f"the profile {bare} is not known to this server", unknown)
+            return
+        if item.type is not None and profile.type not in (item.type, "Resource", "DomainResource", "Element"):
+            self._issue(INVALID, item.path, f"the profile {bare} is for {profile.type}, not {item.type}")
+            return
+        self.element(profile.root, item, resource, base=False)
+
+    # --- one element instance -------------------------------------------------------------------------
+
+    def element(self, edef: ElementDef, item: Item, resource: dict[str, Any], *, base: bool) -> None:
+        target = edef
+        if edef.content_ref:
+            target = self._content(edef) or edef
+        if not base:
+            self._checks(edef, item, resource)
+        elif item.type in ("Coding", "CodeableConcept") and edef.binding and edef.binding[0] == "required":
+            self._binding(edef, item, base=True)
+        if item.type == "Reference" or (edef.types and edef.types[0].code == "Reference"):
+            self._reference(edef, item)
+        node = item.node
+        for c in target.constraints:
+            mark = (c.key, item.path)
+            if mark in self._done:
+                continue
+            self._done.add(mark)
+            type_path = target.path if (target.type_codes & _CONTAINERS or not target.types) else (
+                item.type or target.path)
+            result = invariants.holds(c.expression, node if node is not None else {}, type_path, resource)
+            if result is False:
+                self._issue(INVARIANT, item.path, f"{c.key}: {c.human}", c.severity)
+        if not isinstance(node, dict):
+            return
+        children = target.children
+        if base and not children and item.type is not None:
+            self._datatype(item, resource)
+            return
+        for child in children.values():
+            if not base and not child.relevant:
+                continue
+            items = self.items(node, child, item.path)
+            if not base:
+                self._cardinality(child, items, item.path)
+                if child.slices or (child.slicing and child.slicing.rules == "closed"):
+                    self._slices(child, items, resource)
+            for it in items:
+                if base and child.name in ("extension", "modifierExtension"):
+                    self._extension(it, resource)
+                if base and child.type_codes & _NESTED and isinstance(it.value, dict):
+                    self._nested(it)
+                    continue
+                self.element(child, it, resource, base=base)
+
+    def _datatype(self, item: Item, resource: dict[str, Any]) -> None:
+        """Base mode below an element the resource definition does not detail: the datatype's definition."""
+        if item.type in primitive_types():
+            for i, ext in enumerate((item.companion or {}).get("extension") or []):
+                self._extension(Item(ext, f"{item.path}.extension[{i}]", "Extension"), resource)
+            return
+        if item.type in _NESTED:
+            return
+        core = self.defs.core(str(item.type))
+        if core is not None and core.root.children:
+            self.element(core.root, item, resource, base=True)
+
+    def _nested(self, item: Item) -> None:
+        res = item.value
+        meta = res.get("meta") if isinstance(res.get("meta"), dict) else {}
+        profiles = [p for p in meta.get("profile") or [] if isinstance(p, str)]
+        self.resource(res, item.path, [])
+        for url in profiles:
+            self.against(url, Item(res, item.path, str(res.get("resourceType"))), res, "warning")
+
+    def _content(self, edef: ElementDef) -> ElementDef | None:
+        ref = str(edef.content_ref).split("#", 1)[-1]
+        core = self.defs.core(ref.split(".", 1)[0])
+        return None if core is None else core.by_id.get(ref)
+
+    # --- values of a child element --------------------------------------------------------------------
+
+    def items(self, node: dict[str, Any], child: ElementDef, path: str) -> list[Item]:
+        name = child.name
+        if name.endswith("[x]"):
+            stem, out = name[:-3], []
+            suffixes = type_by_suffix()
+            choice: str
+            for key in node:
+                if key.startswith(stem) and key[len(stem):] in suffixes:
+                    choice = suffixes[key[len(stem):]]
+                    out += _expand(node[key], node.get("_" + key), f"{path}.{stem}.ofType({choice})", choice)
+                elif key.startswith("_" + stem) and key[len(stem) + 1:] in suffixes and key[1:] not in node:
+                    choice = suffixes[key[len(stem) + 1:]]
+                    out += _expand(None, node[key], f"{path}.{stem}.ofType({choice})", choice)
+            return out
+        value, companion = node.get(name), node.get("_" + name)
+        if value is None and companion is None:
+            return []
+        type_ = child.types[0].code if len(child.types) == 1 else None
+        if type_ in _CONTAINERS:
+            type_ = None
+        if type_ in _NESTED and isinstance(value, dict | list):
+            return [Item(v, p, str(v.get("resourceType")) if isinstance(v, dict) else None)
+                    for v, p in _indexed(value, f"{path}.{name}")]
+        return _expand(value, companion, f"{path}.{name}", type_)
+
+    # --- profile checks -------------------------------------------------------------------------------
+
+    def _checks(self, edef: ElementDef, item: Item, resource: dict[str, Any]) -> None:
+        if edef.choice and item.type is not None and edef.types and item.type not in edef.type_codes:
+            allowed = ", ".join(sorted(edef.type_codes))
+            self._issue(STRUCTURE, item.path, f"the type {item.type} is not allowed here (allowed: {allowed})")
+            return
+        if edef.fixed_kind is not None and item.value is not None:
+            ok = equal(item.value, edef.fixed) if edef.fixed_kind == "fixed" else contains(item.value, edef.fixed)
+            if not ok:
+                self._issue(VALUE, item.path, f"the value must {'be' if edef.fixed_kind == 'fixed' else 'match'} "
+                                              f"{_show(edef.fixed)} ({edef.fixed_kind}[x] of {edef.id})")
+        if edef.binding is not None:
+            self._binding(edef, item, base=False)
+        for t in edef.types:
+            if t.profiles and t.code != "Extension" and (item.type is None or t.code == item.type
+                                                         or t.code in _NESTED):
+                self._type_profile(t.profiles, item, resource)
+
+    def _type_profile(self, profiles: tuple[str, ...], item: Item, resource: dict[str, Any]) -> None:
+        if isinstance(item.value, dict) and "resourceType" in item.value:
+            res = item.value
+            claimed = set((res.get("meta") or {}).get("profile") or []) if isinstance(res.get("meta"), dict) \
+                else set()
+            fitting = [p for p in profiles if p in claimed] or [
+                p for p in profiles if (self.defs.profile(p) or _NoProfile).type == res.get("resourceType")]
+            if fitting:
+                self.against(fitting[0], item, res, "warning")
+            return
+        if len(profiles) == 1:
+            self.against(profiles[0], item, resource, "warning")
+
+    def _binding(self, edef: ElementDef, item: Item, *, base: bool) -> None:
+        assert edef.binding is not None
+        strength, value_set = edef.binding
+        found = codings(item.value, item.type or (edef.types[0].code if len(edef.types) == 1 else None))
+        if not found:
+            return
+        result = self.defs.codes_in(value_set, found)
+        if isinstance(result, str):
+            if not base and value_set not in self._warned:  # once per value set, not per coded element
+                self._warned.add(value_set)
+                self._issue(NOT_FOUND, item.path, f"{result}: the {strength} binding was not checked", "warning")
+            return
+        if not result:
+            shown = ", ".join(f"{s}#{c}" if s else c for s, c in found)
+            self._issue(CODE_INVALID, item.path, f"{shown} is not in the {strength} value set {value_set}",
+                        "error" if strength == "required" else "warning")
+
+    def _reference(self, edef: ElementDef, item: Item) -> None:
+        ref = item.value.get("reference") if isinstance(item.value, dict) else None
+        if not isinstance(ref, str):
+            return
+        allowed: set[str] = set()
+        for t in edef.types:
+            if t.code != "Reference":
+                continue
+            if not t.target_profiles:
+                return
+            for url in t.target_profiles:
+                name = core_type(url)
+                if name is None:
+                    prof = self.defs.profile(url.split("|", 1)[0])
+                    if prof is None:
+                        return  # a target we cannot resolve: nothing to say
+                    name = prof.type
+                if name in ("Resource", "DomainResource"):
+                    return
+                allowed.add(name)
+        actual = reference_type(ref, self._local)
+        if allowed and actual is not None and actual not in allowed:
+            self._issue(STRUCTURE, item.path + ".reference",
+                        f"a reference to {actual} is not allowed here (allowed: {', '.join(sorted(allowed))})")
+
+    def _cardinality(self, child: ElementDef, items: list[Item], path: str) -> None:
+        n = len(items)
+        where = f"{path}.{child.name.removesuffix('[x]')}"
+        if n < child.min:
+            self._issue(REQUIRED, where, f"minimum cardinality of {child.name} is {child.min} ({child.id}), "
+                                         f"found {n}")
+        elif child.max is not None and n > child.max:
+            self._issue(STRUCTURE, where, f"maximum cardinality of {child.name} is {child.max} ({child.id}), "
+                                          f"found {n}")
+
+    def _slices(self, child: ElementDef, items: list[Item], resource: dict[str, Any]) -> None:
+        from fhir_server.validation.slicing import slice_of
+
+        assert child.slicing is not None
+        counts = {id(s): 0 for s in child.slices}
+        for it in items:
+            chosen = slice_of(self.defs, child, it)
+            if chosen is None:
+                if child.slicing.rules == "closed":
+                    self._issue(STRUCTURE, it.path, f"matches no slice of {child.id}, and the slicing is closed")
+                continue
+            counts[id(chosen)] += 1
+            self.element(chosen, it, resource, base=False)
+        parent = items[0].path.rsplit(".", 1)[0] if items else None
+        for s in child.slices:
+            n = counts[id(s)]
+            if n < s.min or (s.max is not None and n > s.max):
+                limit = f"at least {s.min}" if n < s.min else f"at most {s.max}"
+                where = f"{parent}.{child.name.removesuffix('[x]')}" if parent else child.path
+                self._issue(REQUIRED if n < s.min else STRUCTURE, where,
+                            f"the slice '{s.slice_name}' of {child.id} needs {limit} element(s), found {n}")
+
+    def _extension(self, item: Item, resource: dict[str, Any]) -> None:
+        ext = item.value
+        url = ext.get("url") if isinstance(ext, dict) else None
+        if not isinstance(url, str) or ("://" not in url and not url.startswith("urn:")):
+            return  # a sub-extension of a complex extension: its parent's definition slices it
+        if url.startswith("urn:fhir-server:"):
+            return  # this server's own markers (Binary blob pointer, HL7 v2 ACK)
+        profile = self.defs.profile(url)
+        if profile is None:
+            self._issue(EXTENSION, item.path, f"the extension {url} is not known to this server", "warning")
+            return
+        if profile.type != "Extension":
+            self._issue(INVALID, item.path, f"{url} is a {profile.type} definition, not an extension")
+            return
+        self.element(profile.root, Item(ext, item.path, "Extension"), resource, base=False)
+
+    def _issue(self, code: str, path: str, message: str, severity: str = "error") -> None:
+        self.out.append(Issue(code, f"{path}: {message}", severity=severity, expression=(path,)))
+
+
+class _NoProfile:
+    type = ""
+
+
+def _indexed(value: Any, path: str) -> list[tuple[Any, str]]:
+    if isinstance(value, list):
+        return [(v, f"{path}[{i}]") for i, v in enumerate(value) if v is not None]
+    return [(value, path)]
+
+
+def _expand(value: Any, companion: Any, path: str, type_: str | None) -> list[Item]:
+    if isinstance(value, list) or isinstance(companion, list):
+        values = value if isinstance(value, list) else []
+        companions = companion if isinstance(companion, list) else []
+        out = []
+        for i in range(max(len(values), len(companions))):
+            v = values[i] if i < len(values) else None
+            c = companions[i] if i < len(companions) else None
+            if v is not None or c is not None:
+                out.append(Item(v, f"{path}[{i}]", type_, c if isinstance(c, dict) else None))
+        return out
+    return [Item(value, path, type_, companion if isinstance(companion, dict) else None)]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
