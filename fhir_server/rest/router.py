@@ -43,7 +43,7 @@ def route(server: FhirServer, req: FhirRequest, repo: Repository) -> FhirRespons
     if head == "metadata" and len(parts) == 1:
         if method != "GET":
             raise not_allowed(req.method, req.path)
-        return FhirResponse(200, server.capability_statement(req.base_url))
+        return FhirResponse(200, server.capability_statement(req.base_url, repo))
     if head == "_history" and len(parts) == 1:
         if method != "GET":
             raise not_allowed(req.method, req.path)

@@ -26,6 +26,8 @@ from fhir_server.storage.database import make_engine
 from fhir_server.storage.repository import Finder, Repository
 from fhir_server.storage.uow import UnitOfWork, acting_as
 from fhir_server.validation import ResourceValidator
+from fhir_server.validation.setup import register as register_validation
+from fhir_server.validation.setup import supported_profiles, with_profiles
 from terminology.operations import register as register_terminology
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class FhirServer:
         self.search.register_operations(self.operations)  # $reindex
         register_terminology(self)  # CodeSystem/ValueSet/ConceptMap operations + concept tables (terminology/)
         self.bulk = register_bulk(self)  # Bulk Data $export / $import and their status URLs (fhir_server/jobs)
+        register_validation(self)  # $validate, canonical URL table, FHIR_VALIDATE_PROFILES (fhir_server/validation)
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
         # auth: CapabilityStatement.rest.security for a base URL (fhir_server.auth sets it; None: no SMART).
@@ -55,13 +58,16 @@ class FhirServer:
         # audit: an AuditEvent for every access (fhir_server.audit); None when FHIR_AUDIT_ENABLED=false.
         self.audit: Auditor | None = install_audit(self) if settings.audit_enabled else None
 
-    def capability_statement(self, base_url: str = "") -> dict[str, Any]:
+    def capability_statement(self, base_url: str = "", repo: Repository | None = None) -> dict[str, Any]:
         if self._capability is None:
             self._capability = capability_statement(self.settings.base_url or "", self.operations,
                                                     self.search_registry.capability_params, self.started)
+        statement = self._capability
+        if repo is not None:  # validation: the installed profiles as supportedProfile
+            statement = with_profiles(statement, supported_profiles(repo))
         if self.security is not None:  # auth
-            return with_security(self._capability, self.security(self.settings.base_url or base_url))
-        return self._capability
+            return with_security(statement, self.security(self.settings.base_url or base_url))
+        return statement
 
     def route(self, req: FhirRequest, repo: Repository) -> FhirResponse:
         self.search.refresh(repo.conn)  # SearchParameters other processes stored (looked at once a second)
