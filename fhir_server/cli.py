@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from fhir_server.auth import cli as auth_cli
 from fhir_server.config import get_settings
 from fhir_server.jobs import cli as jobs_cli
+from fhir_server.packages import cli as packages_cli
 from terminology import cli as terminology_cli
 
 
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("paths", nargs="+")
     auth_cli.add_parsers(sub)  # users create, clients create (fhir_server/auth/cli.py)
     terminology_cli.add_parsers(sub)  # terminology load-core (terminology/cli.py)
+    packages_cli.add_parsers(sub)  # packages install (fhir_server/packages/cli.py)
     jobs_cli.add_parsers(sub)  # worker, outbox list|retry (fhir_server/jobs/cli.py)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -77,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "terminology":
         return terminology_cli.run(args, settings)
+    if args.command == "packages":
+        return packages_cli.run(args, settings)
     if args.command in ("worker", "outbox"):
         return jobs_cli.run(args, settings)
     if args.command in ("users", "clients"):
