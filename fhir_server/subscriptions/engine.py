@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import threading
 import uuid
+import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import Connection, and_, insert, select, update
 
 from fhir_server.auth.access import AccessContext
 from fhir_server.auth.scopes import resource_scopes
@@ -43,6 +44,7 @@ HANDSHAKE_TOPIC = "subscription-handshake"
 NOTIFY_TOPIC = "subscription-notification"
 LIVE = ("active", "error")  # error: the endpoint is failing, notifications keep queueing and retrying
 
+_UNSEEN = "\x00unseen"
 # Set while the server itself records a status (active/error): such writes are not a client's change.
 SERVER_WRITE: ContextVar[bool] = ContextVar("subscription_server_write", default=False)
 
@@ -91,6 +93,7 @@ class SubscriptionEngine:
         self._lock = threading.Lock()
         self._generation: str | None = "unloaded"
         self._rules: dict[str, list[Rule]] = {}
+        self._checked: weakref.WeakKeyDictionary[Connection, str | None] = weakref.WeakKeyDictionary()
 
     def register(self, hooks: Hooks) -> None:
         hooks.register(HookPoint.BEFORE_VALIDATE, self.before_validate)
@@ -163,13 +166,19 @@ class SubscriptionEngine:
 
     def bump(self, repo: Repository) -> None:
         token = uuid.uuid4().hex
+        self._checked.pop(repo.conn, None)
         if repo.execute(update(GENERATION).where(GENERATION.c.id == 1).values(token=token)).rowcount == 0:
             repo.execute(insert(GENERATION).values(id=1, token=token))
 
     # --- the cache of live subscriptions ---------------------------------------------------------------
 
     def rules(self, repo: Repository) -> dict[str, list[Rule]]:
-        token = repo.execute(select(GENERATION.c.token).where(GENERATION.c.id == 1)).scalar()
+        # Once per transaction (a 500-entry Bundle asks once), and on the raw connection: repo.execute would
+        # flush the deferred inserts first and break the Bundle's single bulk write into one per entry.
+        token = self._checked.get(repo.conn, _UNSEEN)
+        if token is _UNSEEN:
+            token = repo.conn.execute(select(GENERATION.c.token).where(GENERATION.c.id == 1)).scalar()
+            self._checked[repo.conn] = token
         if token == self._generation:
             return self._rules
         with self._lock:

@@ -157,3 +157,29 @@ def test_a_topic_created_later_is_picked_up(api: LiveServer, hook: Receiver) -> 
     d.run_once()
     observation(api, "1-1", "X")
     assert d.run_once() == 2
+
+
+def test_a_transaction_numbers_its_events_in_order_and_a_rolled_back_one_uses_no_numbers(
+        api: LiveServer, hook: Receiver) -> None:
+    topic(api)
+    sid = backport(api, hook.url, content="id-only").json()["id"]
+    d = dispatcher(api)
+    d.run_once()
+
+    def obs(status: str = "final") -> dict[str, Any]:
+        return {"resource": {"resourceType": "Observation", "status": status, "code": {"text": "x"},
+                             "subject": {"reference": "Patient/X"}},
+                "request": {"method": "POST", "url": "Observation"}}
+
+    failing = {"resourceType": "Bundle", "type": "transaction", "entry": [obs(), obs("not-a-status")]}
+    assert api.http.post("", json=failing).status_code == 400
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [obs(), obs("preliminary"), obs(), obs()]}
+    response = api.http.post("", json=bundle)
+    assert response.status_code == 200, response.text
+    ids = [e["response"]["location"].split("/")[1] for e in response.json()["entry"]]
+    assert d.run_once() == 3
+    notes = hook.bodies()[1:]
+    assert sorted(event_numbers(b)[0] for b in notes) == [1, 2, 3]  # the failed Bundle consumed none
+    by_number = {event_numbers(b)[0]: b["entry"][1]["fullUrl"].rsplit("/", 1)[-1] for b in notes}
+    assert [by_number[i] for i in (1, 2, 3)] == [ids[0], ids[2], ids[3]]
+    assert params(api.http.get(f"Subscription/{sid}/$status").json())["events-since-subscription-start"] == ["3"]
