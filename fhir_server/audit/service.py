@@ -44,9 +44,10 @@ _STATE: ContextVar[_RequestState | None] = ContextVar("fhir_audit_request", defa
 def actor_of(access: AccessPolicy | None, address: str | None) -> Actor:
     if not isinstance(access, AccessContext):
         return Actor(address=address)
-    user = getattr(access, "subject", None) if access.role is not None else None
-    return Actor(address=address, client_id=getattr(access, "client_id", None), user_id=user,
-                 fhir_user=access.fhir_user, role=access.role)
+    client_id, _, sub = (access.subject or "").partition(" ")  # "<client_id> <sub>"
+    user = sub if access.role is not None else None  # a backend token's sub is the client itself
+    return Actor(address=address, client_id=client_id or None, user_id=user or None, fhir_user=access.fhir_user,
+                 role=access.role)
 
 
 def may_record(access: AccessPolicy | None) -> bool:
