@@ -17,6 +17,7 @@ from typing import Any
 
 from fhir_server.definitions import resource_types
 from fhir_server.search import ucum
+from fhir_server.search.composite import CompositeExtractor
 from fhir_server.search.implied import implied_system
 from fhir_server.search.paths import Evaluator, compile_expression, root_keys
 from fhir_server.search.registry import Registry, SearchParam
@@ -70,10 +71,12 @@ class Extractor:
         self._plans: dict[str, list[tuple[SearchParam, Evaluator]]] = {}
         self._roots: dict[str, list[frozenset[str] | None]] = {}
         self._version = registry.version
+        self.composites = CompositeExtractor(self)
 
     def plan(self, resource_type: str) -> list[tuple[SearchParam, Evaluator]]:
         if self._version != self.registry.version:  # runtime SearchParameters changed the registry
             self._plans, self._roots, self._version = {}, {}, self.registry.version
+            self.composites = CompositeExtractor(self)
         plan = self._plans.get(resource_type)
         if plan is None:
             plan = []
@@ -100,7 +103,13 @@ class Extractor:
                 continue
             if values:
                 self._rows(out, resource_type, resource_id, sp, values)
+        for row in self.composites.rows(resource_type, resource_id, resource):  # per element (composite.py)
+            out.add("composite", row)
         return out
+
+    def add_rows(self, out: IndexRows, rtype: str, rid: str, sp: SearchParam, values: list[Any]) -> None:
+        """The rows of one parameter's values (composite components are built the same way)."""
+        self._rows(out, rtype, rid, sp, values)
 
     def _rows(self, out: IndexRows, rtype: str, rid: str, sp: SearchParam, values: list[Any]) -> None:
         key: dict[str, Any] = {"resource_type": rtype, "resource_id": rid, "param": sp.code}

@@ -75,6 +75,8 @@ class SearchIndexer:
             found = {sp.type for sp, _ in self.extractor.plan(resource_type)}
             if "reference" in found:
                 found.add("token")  # <param>:identifier rows
+            if self.extractor.composites.plan(resource_type):
+                found.add("composite")  # per-element composite rows (composite.py)
             kinds = self._kinds[resource_type] = sorted(found)
         return kinds
 

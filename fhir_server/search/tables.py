@@ -14,6 +14,7 @@ from typing import cast
 from sqlalchemy import BigInteger, Float, Index, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from fhir_server.search.composite_table import COMPOSITE
 from fhir_server.storage.models import Base, BigId
 
 # A reasonable bound for indexed text (HAPI: 200); longer values still match :exact through their hash.
@@ -126,4 +127,4 @@ URI = cast(Table, SearchUri.__table__)
 
 # Parameter type -> its index table.
 TABLES: dict[str, Table] = {"string": STRING, "token": TOKEN, "reference": REFERENCE, "date": DATE,
-                            "number": NUMBER, "quantity": QUANTITY, "uri": URI}
+                            "number": NUMBER, "quantity": QUANTITY, "uri": URI, "composite": COMPOSITE}

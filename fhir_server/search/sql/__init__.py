@@ -10,12 +10,12 @@ from fhir_server.search.access import access_condition
 from fhir_server.search.parser import (
     AnyCriterion,
     CompartmentCriterion,
-    CompositeValue,
     Criterion,
     HasCriterion,
     TokenValue,
 )
 from fhir_server.search.sql.common import SqlContext
+from fhir_server.search.sql.composite import composite_predicate
 from fhir_server.search.sql.date import date_predicate
 from fhir_server.search.sql.number import number_predicate, quantity_predicate
 from fhir_server.search.sql.reference import has_predicate, reference_predicate
@@ -61,9 +61,8 @@ def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: AnyCriterion) -> Co
         return uri_predicate(r, rtype, c)
     if kind == "reference":
         return reference_predicate(ctx, r, rtype, c, sub)
-    if kind == "composite":  # every component on the same resource (not necessarily the same element)
-        return or_(*(and_(*(predicate(ctx, r, rtype, part) for part in v.parts))
-                     for v in c.values if isinstance(v, CompositeValue)))
+    if kind == "composite":  # every component on the same element (sql/composite.py)
+        return composite_predicate(r, rtype, c)
     raise AssertionError(f"unsupported parameter type {kind}")  # the parser only lets supported ones through
 
 

@@ -55,7 +55,7 @@ def quantity_predicate(r: FromClause, rtype: str, c: Criterion) -> ColumnElement
     conds, canonical = [], []
     for v in c.values:
         assert isinstance(v, RangeValue)
-        scaled = _canonical(v)
+        scaled = canonical_value(v)
         if scaled is not None:
             canonical.append(and_(number_condition(QUANTITY.c.value, scaled[0]), QUANTITY.c.code == scaled[1]))
             continue
@@ -75,7 +75,7 @@ def quantity_predicate(r: FromClause, rtype: str, c: Criterion) -> ColumnElement
     return or_(*found)
 
 
-def _canonical(v: RangeValue) -> tuple[RangeValue, str] | None:
+def canonical_value(v: RangeValue) -> tuple[RangeValue, str] | None:
     """The search value and its implicit range in UCUM base units, when its unit has a canonical form."""
     if v.system != ucum.SYSTEM or not v.code:
         return None

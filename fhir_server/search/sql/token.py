@@ -14,7 +14,8 @@ from fhir_server.search.tables import TOKEN
 from fhir_server.search.values import hash64, normalize
 
 
-def token_values(rtype: str, param: str, values: list[TokenValue]) -> ColumnElement[bool]:
+def token_values(rtype: str, param: str, values: list[TokenValue], table: FromClause = TOKEN) -> ColumnElement[bool]:
+    """Hash lookups for the values, on the token table (or a table with the same hash columns)."""
     by_value, by_sys_value, by_sys = [], [], []
     for v in values:
         if v.system is None:
@@ -25,11 +26,11 @@ def token_values(rtype: str, param: str, values: list[TokenValue]) -> ColumnElem
             by_sys_value.append(hash64(rtype, param, v.system or None, v.code))
     conds = []
     if by_value:
-        conds.append(TOKEN.c.hash_value.in_(by_value))
+        conds.append(table.c.hash_value.in_(by_value))
     if by_sys_value:
-        conds.append(TOKEN.c.hash_sys_value.in_(by_sys_value))
+        conds.append(table.c.hash_sys_value.in_(by_sys_value))
     if by_sys:
-        conds.append(TOKEN.c.hash_sys.in_(by_sys))
+        conds.append(table.c.hash_sys.in_(by_sys))
     return or_(*conds) if conds else false()  # e.g. an empty ValueSet (:in)
 
 
