@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
+from sqlalchemy import update
+
+from fhir_server.jobs.tables import BULK_JOB
 from tests.conftest import LiveServer
 from tests.integration.bulk_support import ASYNC, download, export, kick_off, poll
 
@@ -113,3 +117,18 @@ def test_large_type_is_split_into_files(api: LiveServer) -> None:
     manifest = resp.json()
     assert [o["count"] for o in manifest["output"]] == [2, 2, 1]
     assert len(ids(download(api.http, manifest), "Patient")) == 5
+
+
+def test_files_expire(api: LiveServer) -> None:
+    post(api, {"resourceType": "Patient"})
+    status_url = kick_off(api.http, "$export")
+    resp = poll(api.http, status_url)
+    expires = parsedate_to_datetime(resp.headers["Expires"])
+    ahead = (expires - datetime.now(UTC)).total_seconds()
+    assert abs(ahead - api.fhir.settings.bulk_expiry_seconds) < 120
+    file_url = resp.json()["output"][0]["url"]
+    assert api.http.get(file_url).status_code == 200
+    with api.backend.engine.begin() as conn:  # as if FHIR_BULK_EXPIRY_SECONDS had passed
+        conn.execute(update(BULK_JOB).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert api.http.get(status_url).status_code == 404
+    assert api.http.get(file_url).status_code == 404

@@ -68,3 +68,12 @@ def test_import_kick_off_errors(api: LiveServer) -> None:
     resp = api.http.post("$import", json=bad, headers=ASYNC)
     assert resp.status_code == 400 and resp.json()["issue"][0]["expression"] == ["input.url"]
     assert api.http.get("$import", headers=ASYNC).status_code == 405
+
+
+def test_import_of_a_missing_url_fails_with_an_outcome(api: LiveServer) -> None:
+    params = {"resourceType": "Parameters", "parameter": [{"name": "input", "part": [
+        {"name": "url", "valueUri": f"{api.url}/Binary/does-not-exist"}]}]}
+    resp = poll(api.http, kick_off(api.http, "$import", json=params))
+    assert resp.status_code == 500
+    issue = resp.json()["issue"][0]
+    assert issue["code"] == "exception" and "HTTP 404" in issue["diagnostics"]
