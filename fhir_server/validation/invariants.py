@@ -44,7 +44,10 @@ class Compiled:
     __slots__ = ("empty", "names", "parsed")
 
     def __init__(self, expression: str) -> None:
-        self.parsed = parse(expression)
+        # R4's invariants use FHIRPath 1.0's as() function, which filtered a collection (dom-3:
+        # descendants().as(canonical)); fhirpathpy follows the later rule (singletons only): ofType() is
+        # the same filter
+        self.parsed = parse(expression.replace(".as(", ".ofType("))
         self.names = _names(expression)
         self.empty: dict[str, bool | None] = {}  # by type: the result on a node with none of ``names``
 

@@ -131,6 +131,10 @@ class Walker:
             result = invariants.holds(c.expression, node if node is not None else {}, type_path, resource)
             if result is False:
                 self._issue(INVARIANT, item.path, f"{c.key}: {c.human}", c.severity)
+            elif result is None and c.key not in self._warned:  # said once, not per element
+                self._warned.add(c.key)
+                self._issue(INVARIANT, item.path, f"{c.key} could not be evaluated (FHIRPath not supported here): "
+                                                  f"{c.expression}", "information")
         if not isinstance(node, dict):
             return
         children = target.children
