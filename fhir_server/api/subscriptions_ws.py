@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -87,6 +87,12 @@ def _new_events(server: FhirServer, binding: Binding) -> tuple[list[Event], dict
     return found, resources, total
 
 
+def _as_http(ws: WebSocket) -> Request:
+    """The handshake request as HTTP: tokens are issued for (and checked against) the http(s) base URL."""
+    scheme = {"ws": "http", "wss": "https"}.get(ws.scope.get("scheme", "ws"), "http")
+    return Request({**ws.scope, "type": "http", "scheme": scheme, "method": "GET"})
+
+
 async def _send_bundle(ws: WebSocket, bundle: dict[str, Any]) -> None:
     await ws.send_text(orjson.dumps(bundle).decode())
 
@@ -110,7 +116,7 @@ async def subscriptions_ws(ws: WebSocket) -> None:
                 if verb == "bind-with-token" and arg:
                     bound = await run_in_threadpool(_bind_token, server, arg)
                 elif verb == "bind" and arg:
-                    access = await bearer_access(cast(Request, ws), "subscriptions/ws")
+                    access = await bearer_access(_as_http(ws), "subscriptions/ws")
                     if isinstance(access, Response):
                         await ws.send_text(f"error {arg} unauthorized")
                         await ws.close(code=1008)

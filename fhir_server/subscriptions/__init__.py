@@ -32,7 +32,9 @@ def install_matching(server: FhirServer) -> SubscriptionEngine:
 
 
 def install_delivery(server: FhirServer, dispatcher: OutboxDispatcher, *, timeout: float = 10.0) -> RestHook:
-    """The outbox handlers: every process that dispatches the outbox needs these."""
+    """The outbox handlers: every process that dispatches the outbox needs these (with the matching hooks:
+    the handlers record status changes, which must renew every process's cache)."""
+    install_matching(server)
     hook = RestHook(server, timeout=timeout)
     dispatcher.register(HANDSHAKE_TOPIC, hook.handshake)
     dispatcher.register(NOTIFY_TOPIC, hook.notify)
@@ -40,5 +42,4 @@ def install_delivery(server: FhirServer, dispatcher: OutboxDispatcher, *, timeou
 
 
 def install(server: FhirServer, dispatcher: OutboxDispatcher) -> None:
-    install_matching(server)
     install_delivery(server, dispatcher)
