@@ -57,7 +57,7 @@ def parse_sort(registry: Registry, rtype: str, text: str | None) -> list[SortKey
         desc = code.startswith("-")
         code = code.lstrip("-")
         sp = registry.get(rtype, code)
-        if sp is None or not sp.supported:
+        if sp is None or not sp.supported or sp.type == "composite":  # a composite has no single value to sort by
             raise FhirError(400, [Issue(NOT_SUPPORTED, f"Cannot sort {rtype} by '{code}'", expression=("_sort",))])
         keys.append(SortKey(sp, desc))
     return keys
