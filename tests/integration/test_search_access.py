@@ -190,3 +190,16 @@ def test_a_role_that_never_reads_a_type_is_refused(smart: Smart, data: dict[str,
     assert {data["a"], data["b"]} <= _ids(_get(smart, "Patient?_count=100", token))
     # Patients by their Observations: the receptionist may not look into Observations that way either.
     assert _ids(_get(smart, "Patient?_has:Observation:subject:code=secret-b", token)) == set()
+
+
+def test_a_patient_user_sees_only_their_own_record(smart: Smart, data: dict[str, Any]) -> None:
+    user = smart.user("patient", f"Patient/{data['a']}")
+    scope = "user/*.rs"  # whatever the scopes say, a patient user is confined to their own compartment
+    client = smart.client(["authorization_code"], scope, redirect_uris=[REDIRECT], public=True)
+    verifier, challenge = pkce()
+    code = code_from(authorize(smart, client["client_id"], REDIRECT, scope, user, challenge=challenge), REDIRECT)
+    token = str(exchange(smart, client["client_id"], code, REDIRECT, verifier).json()["access_token"])
+    bundle = _get(smart, "Observation?_count=10&_total=accurate", token)
+    assert bundle["total"] == len(_a_observations(data)) and len(_ids(bundle)) == 10
+    assert _ids(_get(smart, "Observation?_has:Observation:derived-from:code=secret-b", token)) == set()
+    assert _ids(_get(smart, f"Patient?_id={data['b']}", token)) == set()

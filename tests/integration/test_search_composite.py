@@ -89,3 +89,8 @@ def test_rows_follow_updates_and_deletes(live: LiveServer, data: dict[str, str])
     assert rid in ids(live, q)
     assert live.http.delete(f"Observation/{rid}").status_code in (200, 204)
     assert rid not in ids(live, q)
+
+
+def test_sorting_by_a_composite_is_refused(live: LiveServer, data: dict[str, str]) -> None:
+    resp = live.http.get("Observation?_sort=component-code-value-quantity")
+    assert resp.status_code == 400 and resp.json()["issue"][0]["expression"] == ["_sort"]
