@@ -135,7 +135,7 @@ def test_capability_statement_lists_supported_parameters(api: LiveServer) -> Non
     patient = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Patient")
     names = {p["name"] for p in patient["searchParam"]}
     assert {"_id", "_lastUpdated", "name", "birthdate", "identifier", "general-practitioner", "_tag"} <= names
-    assert "_text" not in names and "_content" not in names  # not supported yet
+    assert {"_text", "_content", "_list"} <= names  # full text and _list (search/fulltext, sql/special.py)
 
 
 def test_summary_and_elements(api: LiveServer) -> None:
