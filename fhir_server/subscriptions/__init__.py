@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from fhir_server.subscriptions import operations
 from fhir_server.subscriptions.delivery import RestHook
-from fhir_server.subscriptions.engine import HANDSHAKE_TOPIC, NOTIFY_TOPIC, SubscriptionEngine
+from fhir_server.subscriptions.engine import HANDSHAKE_TOPIC, HEARTBEAT_TOPIC, NOTIFY_TOPIC, SubscriptionEngine
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
@@ -38,6 +38,7 @@ def install_delivery(server: FhirServer, dispatcher: OutboxDispatcher, *, timeou
     hook = RestHook(server, timeout=timeout)
     dispatcher.register(HANDSHAKE_TOPIC, hook.handshake)
     dispatcher.register(NOTIFY_TOPIC, hook.notify)
+    dispatcher.register(HEARTBEAT_TOPIC, hook.heartbeat)
     return hook
 
 

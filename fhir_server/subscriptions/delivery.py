@@ -10,6 +10,7 @@ subscription ``error`` at once (the endpoint is not there to take notifications)
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from fhir_server.storage.repository import Version
 from fhir_server.subscriptions import spec as specs
 from fhir_server.subscriptions import store
 from fhir_server.subscriptions.bundles import notification_bundle
-from fhir_server.subscriptions.engine import SERVER_WRITE
+from fhir_server.subscriptions.engine import SERVER_WRITE, schedule_heartbeat
 from fhir_server.subscriptions.spec import SubscriptionSpec
 
 log = logging.getLogger(__name__)
@@ -129,3 +130,25 @@ class RestHook:
             raise
         if sub.status == "error":
             self.set_status(sid, "active", None)
+
+    def heartbeat(self, _key: str, payload: dict[str, Any]) -> None:
+        """Backport heartbeat: a notification with no events when none was sent for a whole period."""
+        current = self._current(payload["subscription"])
+        if current is None or current.version_id != payload["version"] or \
+                (current.content or {}).get("status") != "active":
+            return  # the chain ends: a newer version (if active) started its own
+        sub = specs.parse(current.content or {})
+        if not sub.heartbeat:
+            return
+        with self.server.engine.connect() as conn:
+            since = store.events_since_start(conn, sub.id)
+            last = store.events(conn, sub.id, since, since)
+        quiet = not last or (datetime.now(UTC) - last[0].timestamp).total_seconds() >= sub.heartbeat
+        if quiet:
+            body = notification_bundle(sub, base=self.base, kind="heartbeat", events_since=since)
+            try:
+                self._post(sub, body)
+            except DeliveryError as exc:
+                log.warning("subscription %s heartbeat failed: %s", sub.id, exc)
+        with self.server.engine.begin() as conn:
+            schedule_heartbeat(conn, sub.id, current.version_id, sub.heartbeat)

@@ -19,6 +19,7 @@ import uuid
 import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, insert, select, update
@@ -31,7 +32,7 @@ from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import Registry
 from fhir_server.search.sql import predicate
 from fhir_server.search.sql.common import SqlContext
-from fhir_server.storage.models import RESOURCE
+from fhir_server.storage.models import OUTBOX, RESOURCE
 from fhir_server.storage.repository import Repository, Version
 from fhir_server.subscriptions import spec as specs
 from fhir_server.subscriptions.spec import SubscriptionSpec, Topic, Trigger
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 HANDSHAKE_TOPIC = "subscription-handshake"
 NOTIFY_TOPIC = "subscription-notification"
+HEARTBEAT_TOPIC = "subscription-heartbeat"
 LIVE = ("active", "error")  # error: the endpoint is failing, notifications keep queueing and retrying
 
 _UNSEEN = "\x00unseen"
@@ -69,6 +71,17 @@ def access_of(author: dict[str, Any] | None) -> AccessContext | None:
         return None
     return AccessContext(tuple(resource_scopes(author.get("scope"))), author.get("role"), author.get("patient"),
                          author.get("fhirUser"))
+
+
+def schedule_heartbeat(conn: Connection, subscription_id: str, version: int, period: int) -> None:
+    """The next link of a heartbeat chain: an outbox row due in ``period`` seconds. Each active version of a
+    subscription starts one chain; any later version ends it (its handler sees a newer version)."""
+    now = datetime.now(UTC)
+    due = now + timedelta(seconds=period)
+    conn.execute(insert(OUTBOX).values(
+        topic=HEARTBEAT_TOPIC, key=f"Subscription/{subscription_id}/_history/{version}/heartbeat/{due.timestamp():.0f}",
+        payload={"subscription": subscription_id, "version": version}, status="pending", attempts=0,
+        max_attempts=3, next_attempt_at=due, created_at=now))
 
 
 def load_topics(repo: Repository) -> dict[str, Topic]:
@@ -135,6 +148,8 @@ class SubscriptionEngine:
         if sub.status in ("active", "requested"):  # requested: a new handshake must succeed first
             repo.execute(update(STATE).where(STATE.c.subscription_id == sid)
                          .values(activated=sub.status == "active"))
+        if sub.status == "active" and sub.backport and sub.heartbeat and sub.channel_type == "rest-hook":
+            schedule_heartbeat(repo.conn, sid, event.version.version_id, sub.heartbeat)
         if sub.status == "requested" and sub.channel_type == "rest-hook":
             version = event.version.version_id
             repo.enqueue(HANDSHAKE_TOPIC, f"Subscription/{sid}/_history/{version}/handshake",

@@ -7,9 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from fhir_server.storage.models import OUTBOX
 from fhir_server.subscriptions.spec import FILTER_CRITERIA, PAYLOAD_CONTENT, PROFILE
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_until
 from tests.integration.subscription_receiver import Receiver, start_receiver
 from tests.integration.test_subscriptions import dispatcher, observation, status
 
@@ -48,6 +50,12 @@ def backport(api: LiveServer, endpoint: str, content: str = "full-resource", fil
                         "payload": "application/fhir+json",
                         "_payload": {"extension": [{"url": PAYLOAD_CONTENT, "valueCode": content}]}, **channel}}
     return api.http.post("Subscription", json=body)
+
+
+def pending_heartbeats(api: LiveServer) -> int:
+    with api.backend.engine.connect() as conn:
+        return len(conn.execute(select(OUTBOX.c.pk).where(OUTBOX.c.topic == "subscription-heartbeat",
+                                                          OUTBOX.c.status != "done")).all())
 
 
 def params(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -183,3 +191,27 @@ def test_a_transaction_numbers_its_events_in_order_and_a_rolled_back_one_uses_no
     by_number = {event_numbers(b)[0]: b["entry"][1]["fullUrl"].rsplit("/", 1)[-1] for b in notes}
     assert [by_number[i] for i in (1, 2, 3)] == [ids[0], ids[2], ids[3]]
     assert params(api.http.get(f"Subscription/{sid}/$status").json())["events-since-subscription-start"] == ["3"]
+
+
+def test_a_quiet_rest_hook_subscription_gets_heartbeats(api: LiveServer, hook: Receiver) -> None:
+    topic(api)
+    ext = [{"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period",
+            "valueUnsignedInt": 1}]
+    sid = backport(api, hook.url, content="id-only", extension=ext).json()["id"]
+    d = dispatcher(api)
+    d.run_once()
+    assert status(api, sid)["status"] == "active"
+
+    def kinds() -> list[str]:
+        d.run_once()
+        return [params(b)["type"][0] for b in hook.bodies()]
+
+    wait_until(lambda: kinds().count("heartbeat") >= 2, 20, "two heartbeats")  # the chain goes on
+    beat = next(b for b in hook.bodies() if params(b)["type"] == ["heartbeat"])
+    assert len(beat["entry"]) == 1 and params(beat)["events-since-subscription-start"] == ["0"]
+    current = status(api, sid)
+    assert api.http.put(f"Subscription/{sid}", json={**current, "status": "off"}).status_code == 200
+    before = kinds().count("heartbeat")
+    assert pending_heartbeats(api) <= 1  # at most the link already queued, which ends the chain when due
+    wait_until(lambda: kinds() is not None and pending_heartbeats(api) == 0, 20, "the chain to end")
+    assert kinds().count("heartbeat") == before
