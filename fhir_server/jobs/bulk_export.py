@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import heapq
 import logging
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import IO, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import Text, and_, cast, select, type_coerce
 
 from fhir_server.auth.compartment import patient_compartment_elements
-from fhir_server.binary.store import BlobStore, file_chunks
+from fhir_server.binary.store import BlobStore
 from fhir_server.jobs.bulk_params import compartment_types, readable_types
 from fhir_server.jobs.store import Job, JobStore
 from fhir_server.storage.models import RESOURCE
@@ -61,6 +60,10 @@ def compartment_patients(resource_type: str, content: dict[str, Any]) -> set[str
             if head == "Patient" or head.endswith("/Patient"):
                 out.add(pid)
     return out
+
+
+class _Stopped(Exception):
+    """The job was cancelled or taken over while a file was being written."""
 
 
 class ExportRun:
@@ -178,45 +181,47 @@ class ExportRun:
         return self.jobs.finish(self.job, self.progress, self.expiry_seconds)
 
     def _export_type(self, rtype: str, state: dict[str, Any]) -> bool:
-        spool: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
-        in_file = 0
-        last: str | None = state["after"]
-        try:
-            for rows in self._pages(rtype, state["after"]):
-                lines = [row.text for row in rows if self._keep(rtype, row)]
-                last = rows[-1].id
-                for text in lines:
-                    spool.write(text.encode() if isinstance(text, str) else text)
-                    spool.write(b"\n")
-                    in_file += 1
-                    if in_file >= self.file_resources:
-                        if not self._store_file(rtype, state, spool, in_file, last, done=False):
-                            return False
-                        spool.close()
-                        spool = tempfile.TemporaryFile()  # noqa: SIM115
-                        in_file = 0
-                if not self._renew():
-                    return False
-            return self._store_file(rtype, state, spool, in_file, last, done=True)
-        finally:
-            spool.close()
+        """Files of up to ``file_resources`` lines, each streamed page by page straight into the blob store
+        (no second copy), then checkpointed with the id of its last line as the type's cursor."""
+        pages = self._pages(rtype, state["after"])
+        carry: list[tuple[str, str]] = []  # kept rows of a page that did not fit into the previous file
+        exhausted = False
+        while True:
+            count = 0
+            last: str | None = None
 
-    def _store_file(self, rtype: str, state: dict[str, Any], spool: IO[bytes], count: int, last: str | None,
-                    *, done: bool) -> bool:
-        # A full file ends mid-page: its cursor is the id of its own last line, read back from the file.
-        if not done and count:
-            spool.seek(-min(spool.tell(), 1 << 20), 2)
-            last = str(orjson.loads(spool.read().rstrip(b"\n").rsplit(b"\n", 1)[-1])["id"])
-        if count:
-            spool.seek(0)
-            blob = self.blobs.put(file_chunks(spool))
-            self.progress["output"].append({"type": rtype, "key": blob.key, "count": count})
-            self.progress["exported"] += count
-            state["count"] += count
-        state["after"] = last
-        state["done"] = done
-        self._renewed = time.monotonic()
-        return self.jobs.checkpoint(self.job, self.progress)
+            def chunks() -> Iterator[bytes]:
+                nonlocal carry, exhausted, count, last
+                while count < self.file_resources:
+                    if not carry:
+                        rows = next(pages, None)
+                        if rows is None:
+                            exhausted = True
+                            return
+                        if not self._renew():
+                            raise _Stopped
+                        carry = [(row.id, row.text) for row in rows if self._keep(rtype, row)]
+                        continue
+                    take, carry = carry[:self.file_resources - count], carry[self.file_resources - count:]
+                    count += len(take)
+                    last = take[-1][0]
+                    yield ("\n".join(text for _id, text in take) + "\n").encode()
+
+            try:
+                blob = self.blobs.put(chunks())
+            except _Stopped:
+                return False
+            if count:
+                self.progress["output"].append({"type": rtype, "key": blob.key, "count": count})
+                self.progress["exported"] += count
+                state["count"] += count
+                state["after"] = last
+            state["done"] = exhausted and not carry
+            self._renewed = time.monotonic()
+            if not self.jobs.checkpoint(self.job, self.progress):
+                return False
+            if state["done"]:
+                return True
 
     def _renew(self) -> bool:
         if time.monotonic() - self._renewed < self.jobs.lease.total_seconds() / 3:
