@@ -48,9 +48,10 @@ class BulkOperations:
         ops.register(Operation("export", self.export, EXPORT_DEFINITION, system=True,
                                types=frozenset({"Patient", "Group"}), instance=True))
         ops.register(Operation("import", self.import_, IMPORT_DEFINITION, system=True, affects_state=True))
+        # Status URLs and file downloads are addresses the manifest hands out, not operations of the IG.
         for name in ("export-poll-status", "import-poll-status"):
-            ops.register(Operation(name, self.status, EXPORT_DEFINITION, system=True))
-        ops.register(Operation("bulk-file", self.file, EXPORT_DEFINITION, system=True))
+            ops.register(Operation(name, self.status, "urn:fhir-server:OperationDefinition/bulk-status", system=True))
+        ops.register(Operation("bulk-file", self.file, "urn:fhir-server:OperationDefinition/bulk-file", system=True))
 
     # --- kick-off ----------------------------------------------------------------------------------------
 
