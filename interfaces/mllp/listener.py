@@ -20,7 +20,7 @@ from interfaces.mllp.batch import handle_batch, is_batch
 from interfaces.mllp.framing import FrameTooLarge, MllpDecoder, encode
 from interfaces.mllp.pipeline import Hl7Pipeline
 from interfaces.mllp.store import RECEIVED, MessageStore
-from mappings.hl7v2.message import detect_charset
+from mappings.hl7v2.message import decode, detect_charset
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 2575
@@ -130,14 +130,12 @@ class MllpListener:
             return
         else:
             acc = await self._run(self.pipeline.accept, frame)
-            for _ in range(3):  # a copy of a message still in flight: its outcome answers this one too
-                if acc.original is None:
-                    break
+            if acc.original is not None:  # a copy of a message still in flight: its outcome answers this one
                 # Waiting in a thread of its own, not the pool's: the first copy needs a pool thread to finish.
-                if not await asyncio.to_thread(self.pipeline.wait_for_original, acc):
+                acc = await asyncio.to_thread(self.pipeline.wait_for_original, acc, decode(frame))
+                if acc.original is not None:
                     await send(self.pipeline.still_in_flight(acc))
                     return
-                acc = await self._run(self.pipeline.accept, frame)
         try:
             for ack in acc.immediate:  # duplicates, rejections, and the enhanced-mode accept ACK
                 await send(ack)

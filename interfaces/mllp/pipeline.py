@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,10 +126,21 @@ class Hl7Pipeline:
             log.info("hl7 message %s is a re-send of one not yet acknowledged; processing it", stored.pk)
         return Accepted([accept_ack] if accept_ack else [], stored, header, msg, to_process=True, claimed=key)
 
-    def wait_for_original(self, acc: Accepted) -> bool:
-        """Block until the copy in flight has finished (True), or ``inflight_wait`` has passed (False)."""
-        assert acc.original is not None
-        return acc.original.wait(self.inflight_wait)
+    def wait_for_original(self, acc: Accepted, text: str) -> Accepted:
+        """For a copy of a message in flight: block until the first copy has finished, then answer with its
+        stored outcome (or, if it left none, take the message over). Still waiting after ``inflight_wait``:
+        ``original`` stays set, and ``still_in_flight`` gives the answer."""
+        deadline = time.monotonic() + self.inflight_wait
+        while acc.original is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not acc.original.wait(remaining):
+                return acc
+            assert acc.header is not None
+            row = self.store.find(acc.header.sender[:255], acc.header.control_id[:199])
+            if row is not None and row.acks and row.status != RECEIVED:
+                return Accepted(row.acks, row, acc.header, acc.msg)
+            acc = self.accept_text(text)  # the first copy gave up without an outcome: this one runs it
+        return acc
 
     def still_in_flight(self, acc: Accepted) -> str:
         """The answer to a copy whose original did not finish in time (not stored: the original's is)."""
@@ -233,12 +245,10 @@ class Hl7Pipeline:
 
     def handle_text(self, text: str) -> list[str]:
         acc = self.accept_text(text)
-        for _ in range(3):  # a copy in flight elsewhere: wait for it, then answer with its outcome
-            if acc.original is None:
-                break
-            if not self.wait_for_original(acc):
+        if acc.original is not None:  # a copy of a message in flight: wait for it, answer with its outcome
+            acc = self.wait_for_original(acc, text)
+            if acc.original is not None:
                 return [self.still_in_flight(acc)]
-            acc = self.accept_text(text)
         acks = list(acc.immediate)
         if acc.to_process:
             ack = self.process(acc)
