@@ -9,9 +9,11 @@ uses the token hash index like any ``system|code`` search.
 - ``:below`` / ``:above``: ``[system|]code`` and its descendants / ancestors, read from the is-a closure
   (``terminology_closure``) in one query; without a system, every stored code system holding the code.
 
-Bounded: an expansion beyond ``MAX_CODES`` is refused (422 too-costly, naming the parameter) rather than
-sent as a huge IN list; narrow the value set or search by a broader code. ValueSets and CodeSystems are
-definitions, read apart from the token's patient restriction (they belong to no patient).
+Bounded: a ``:below`` / ``:above`` standing for more than ``MAX_CODES`` codes is not listed but joined on
+the closure table in SQL (``(system, code) IN (SELECT ...)``: correct at any size, without the hash index);
+a ValueSet expanding beyond it is refused (422 too-costly, naming the parameter) rather than sent as a huge
+IN list. ValueSets and CodeSystems are definitions, read apart from the token's patient restriction (they
+belong to no patient).
 """
 
 from __future__ import annotations
@@ -73,11 +75,13 @@ def _rewrite(repo: Repository, c: Criterion) -> None:
             pairs |= _value_set(repo, c.name, str(v))
         elif isinstance(v, TokenValue) and v.code:
             pairs |= _subsumed(repo, v.system or None, v.code, below=c.modifier == "below")
+            if len(pairs) > MAX_CODES:
+                return  # too many to list: left as :above/:below, joined on the closure in SQL (sql/token.py)
         else:
             raise FhirError(400, INVALID, f"':{c.modifier}' takes [system|]code, not {v!r}", (c.name,))
         if len(pairs) > MAX_CODES:
-            raise FhirError(422, TOO_COSTLY, f"'{c.name}' stands for more than {MAX_CODES} codes; narrow it",
-                            (c.name,))
+            raise FhirError(422, TOO_COSTLY, f"'{c.name}' stands for more than {MAX_CODES} codes; narrow the "
+                                             "value set", (c.name,))
     c.values = [TokenValue(system, code) for system, code in sorted(pairs)]
     c.modifier = "not" if c.modifier == "not-in" else None
 

@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, FromClause, false, or_
+from sqlalchemy import ColumnElement, FromClause, Select, false, or_, select, tuple_
 
 from fhir_server.search.parser import Criterion, TokenValue
 from fhir_server.search.sql.common import hash_ids, index_ids, like_prefix, matches, missing
 from fhir_server.search.tables import TOKEN
 from fhir_server.search.values import hash64, normalize
+from terminology.tables import CLOSURE, CODE_SYSTEM
 
 
 def token_values(rtype: str, param: str, values: list[TokenValue], table: FromClause = TOKEN) -> ColumnElement[bool]:
@@ -42,7 +43,19 @@ def token_predicate(r: FromClause, rtype: str, c: Criterion, param: str | None =
         texts = [normalize(str(v)) for v in c.values]
         return matches(r, index_ids(TOKEN, rtype, code, or_(
             *(TOKEN.c.text_norm.like(like_prefix(t) + "%", escape="\\") for t in texts))))
+    if c.modifier in ("above", "below"):  # too large to list (search/terms.py): join on the is-a closure
+        return matches(r, index_ids(TOKEN, rtype, code, or_(*(
+            tuple_(TOKEN.c.system, TOKEN.c.code).in_(_subsumed(v, below=c.modifier == "below"))
+            for v in c.values if isinstance(v, TokenValue)))))
     if c.modifier == "of-type":
         code = f"{code}:of-type"
     values = [v for v in c.values if isinstance(v, TokenValue)]
     return matches(r, hash_ids(TOKEN, token_values(rtype, code, values)), negate=c.modifier == "not")
+
+
+def _subsumed(v: TokenValue, *, below: bool) -> Select[tuple[str, str]]:
+    """(system, code) of ``v`` and its descendants (below) or ancestors (above), from the closure table."""
+    other, this = (CLOSURE.c.descendant, CLOSURE.c.ancestor) if below else (CLOSURE.c.ancestor, CLOSURE.c.descendant)
+    stmt = select(CODE_SYSTEM.c.url, other).select_from(
+        CLOSURE.join(CODE_SYSTEM, CODE_SYSTEM.c.resource_id == CLOSURE.c.resource_id)).where(this == v.code)
+    return stmt.where(CODE_SYSTEM.c.url == v.system) if v.system else stmt
