@@ -105,9 +105,8 @@ class Auditor:
         actor = state.actor if state is not None else Actor()
         writes_before = len(repo.events)
         try:
-            if what.resource_type == AUDIT_EVENT and what.action in ("U", "D"):
-                raise FhirError(405, NOT_SUPPORTED, "AuditEvents are append-only: they cannot be updated, patched "
-                                                    "or deleted", (AUDIT_EVENT,))
+            if what.resource_type == AUDIT_EVENT and what.action in ("C", "U", "D") and what.code != "search":
+                _check_audit_write(what.action, repo.access)
             resp = inner()
         except FhirError as exc:
             self.recorder.record(self._record(req, what, exc.status, actor, []))
@@ -142,12 +141,7 @@ class Auditor:
         """AuditEvents are append-only, for everyone: no update, patch or delete, also inside Bundles."""
         if event.resource_type != AUDIT_EVENT or RECORDING.get():
             return
-        if event.interaction != "create":
-            raise FhirError(405, NOT_SUPPORTED, "AuditEvents are append-only: they cannot be updated, patched or "
-                                                "deleted", (AUDIT_EVENT,))
-        if not may_record(repo.access if repo is not None else None):
-            raise FhirError(403, FORBIDDEN, "AuditEvents are recorded by the server; only a backend service "
-                                            "granted system/AuditEvent.c may submit its own", (AUDIT_EVENT,))
+        _check_audit_write("C" if event.interaction == "create" else "U", repo.access if repo is not None else None)
 
     # --- outside the FHIR core: the web adapter's refusals, sign-in and tokens ---------------------------------
 
@@ -161,6 +155,15 @@ class Auditor:
     def authentication(self, subtype: dict[str, str], status: int, actor: Actor) -> None:
         """Sign-in (DCM 110122 Login) and token issue / refresh: DCM 110114 User Authentication."""
         self.recorder.record(Record(subtype, "E", status, actor, kind="110114"))
+
+
+def _check_audit_write(action: str, access: AccessPolicy | None) -> None:
+    if action != "C":
+        raise FhirError(405, NOT_SUPPORTED, "AuditEvents are append-only: they cannot be updated, patched or "
+                                            "deleted", (AUDIT_EVENT,))
+    if not may_record(access):
+        raise FhirError(403, FORBIDDEN, "AuditEvents are recorded by the server; only a backend service granted "
+                                        "system/AuditEvent.c may submit its own", (AUDIT_EVENT,))
 
 
 def _says_batch(req: FhirRequest) -> bool:
