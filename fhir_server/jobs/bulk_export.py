@@ -224,7 +224,8 @@ class ExportRun:
                 return True
 
     def _renew(self) -> bool:
-        if time.monotonic() - self._renewed < self.jobs.lease.total_seconds() / 3:
+        stopping = self.jobs.stopping.is_set()  # the process is shutting down: hand the job back now
+        if not stopping and time.monotonic() - self._renewed < self.jobs.lease.total_seconds() / 3:
             return True
         self._renewed = time.monotonic()
         return self.jobs.checkpoint(self.job)

@@ -77,9 +77,9 @@ class ThreadRunner:
             with self._lock:
                 self._running.discard(job_id)
 
-    def _scan(self) -> bool:
+    def _scan(self, *, stale: bool = True) -> bool:
         found = False
-        for job_id in self.jobs.due():
+        for job_id in self.jobs.due(stale=stale):
             with self._lock:
                 if job_id in self._running or self._pool is None:
                     continue
@@ -94,11 +94,21 @@ class ThreadRunner:
         self.jobs.stopping.clear()
 
         def loop() -> None:
-            self._wake.set()  # first look: jobs left by a previous run
-            pending = 0
+            try:
+                self._scan()  # first look: jobs a previous run of this process left queued or half done
+            except Exception:
+                log.exception("bulk job scan failed")
+            pending, idle = 0, 0
             while not self._stop.is_set():
                 woken = self._wake.wait(self.server.settings.job_poll_seconds)
                 self._wake.clear()
+                idle += 1
+                if idle >= 30 and not woken:  # a kick-off whose nudge came before its commit was visible
+                    idle = 0
+                    try:
+                        self._scan(stale=False)
+                    except Exception:
+                        log.exception("bulk job scan failed")
                 if woken:
                     pending = 20  # the kick-off may not have committed yet: keep looking for a little while
                 if pending:

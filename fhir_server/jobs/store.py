@@ -112,12 +112,13 @@ class JobStore:
         with self.engine.connect() as conn:
             return read_job(conn, job_id)
 
-    def due(self, limit: int = 20) -> list[str]:
-        """Jobs waiting for a runner: queued, or running under a lease that has lapsed (a dead runner)."""
+    def due(self, limit: int = 20, *, stale: bool = True) -> list[str]:
+        """Jobs waiting for a runner: queued, or (``stale``) running under a lease that has lapsed."""
         now = _now()
+        waiting = J.c.status == "queued"
         with self.engine.connect() as conn:
-            rows = conn.execute(select(J.c.id).where(or_(
-                J.c.status == "queued", and_(J.c.status == "running", J.c.lease_until < now)))
+            rows = conn.execute(select(J.c.id).where(
+                or_(waiting, and_(J.c.status == "running", J.c.lease_until < now)) if stale else waiting)
                 .order_by(J.c.created_at).limit(limit))
             return [r.id for r in rows]
 
