@@ -68,6 +68,7 @@ class StoredMessage:
     resources: list[str] | None
     attempts: int
     duplicate: bool = False  # True when receive() found this (sender, control id) already stored
+    processed_at: datetime | None = None
 
     @property
     def acks(self) -> list[str]:
@@ -76,7 +77,8 @@ class StoredMessage:
 
 def _row(row: Any, duplicate: bool = False) -> StoredMessage:
     return StoredMessage(row.pk, row.sender, row.control_id, row.message_type, row.version, row.received_at,
-                         row.raw, row.status, row.error, row.ack, row.resources, row.attempts, duplicate)
+                         row.raw, row.status, row.error, row.ack, row.resources, row.attempts, duplicate,
+                         row.processed_at)
 
 
 def finish_statement(pk: int, *, status: str, ack: str | None, error: str | None = None,
@@ -156,6 +158,17 @@ class MessageStore:
         with self.engine.connect() as conn:
             rows = conn.execute(select(HL7_MESSAGE).where(HL7_MESSAGE.c.status.in_(list(statuses)))
                                 .order_by(HL7_MESSAGE.c.pk.desc()).limit(limit)).all()
+        return [_row(r) for r in rows]
+
+    def page(self, status: str | None, limit: int, before_pk: int | None = None) -> list[StoredMessage]:
+        """Newest first, optionally of one status, older than ``before_pk`` (a cursor: pages never shift)."""
+        stmt = select(HL7_MESSAGE)
+        if status is not None:
+            stmt = stmt.where(HL7_MESSAGE.c.status == status)
+        if before_pk is not None:
+            stmt = stmt.where(HL7_MESSAGE.c.pk < before_pk)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt.order_by(HL7_MESSAGE.c.pk.desc()).limit(limit)).all()
         return [_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
