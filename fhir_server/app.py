@@ -10,7 +10,7 @@ from datetime import timedelta
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from fhir_server.api import admin, auth, fhir, subscriptions_ws
+from fhir_server.api import admin, auth, fhir, hl7_admin, subscriptions_ws
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.config import Settings, get_settings
 from fhir_server.errors import EXCEPTION, Issue, operation_outcome
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app.state.outbox = dispatcher
     auth.install(app, server)  # SMART on FHIR: /auth/*, /fhir/.well-known/* (before the catch-all), CORS
     app.include_router(admin.router)  # /admin/outbox (operators)
+    app.include_router(hl7_admin.router)  # /admin/hl7/messages (operators of lab interfaces)
     app.include_router(subscriptions_ws.router)  # the Subscription websocket channel
     app.include_router(fhir.router)
     app.add_middleware(AccessLogMiddleware)
