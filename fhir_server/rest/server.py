@@ -49,6 +49,9 @@ class FhirServer:
         self.operations = OperationRegistry()
         self.search.register_operations(self.operations)  # $reindex
         register_terminology(self)  # CodeSystem/ValueSet/ConceptMap operations + concept tables (terminology/)
+        from fhir_server.subscriptions import install_matching  # here: it imports this module
+
+        install_matching(self)  # Subscription matching in every write's transaction, whichever process writes
         self.bulk = register_bulk(self)  # Bulk Data $export / $import and their status URLs (fhir_server/jobs)
         register_validation(self)  # $validate, canonical URL table, FHIR_VALIDATE_PROFILES (fhir_server/validation)
         self.started = datetime.now(UTC)
