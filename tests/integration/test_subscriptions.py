@@ -191,3 +191,25 @@ def test_the_authors_access_limits_what_they_are_told(api: LiveServer, hook: Rec
     mine = observation(api, "1-1", "A")
     d.run_once()
     assert [b["id"] for b in hook.bodies()] == [mine["id"]]
+
+
+def test_a_lab_result_arriving_over_hl7v2_notifies_the_subscribed_app(api: LiveServer, hook: Receiver) -> None:
+    """Done means: an app subscribed to lab results is told of each new one, whatever way it arrives."""
+    from interfaces.mllp.pipeline import Hl7Pipeline
+    from interfaces.mllp.store import MessageStore
+
+    subscription(api, hook.url, f"Observation?code={LOINC}|2345-7", payload="application/fhir+json")
+    d = dispatcher(api)
+    d.run_once()
+    oru = "\r".join([
+        "MSH|^~\\&|LIS|LAB|FHIR-SERVER|HOSPITAL|20240305101500||ORU^R01^ORU_R01|R-7|P|2.5.1",
+        "PID|1||MRN-9^^^HOSP^MR||Rao^Meera||19800101|F",
+        "OBR|1|P-1|F-9^LAB|24323-8^Panel^LN|||20240305093000|||||||||||||||20240305101000||CH|F",
+        "OBX|1|NM|2345-7^Glucose^LN||99|mg/dL|70-105|N|||F",
+        "OBX|2|NM|2951-2^Sodium^LN||140|mmol/L|135-145|N|||F"]) + "\r"
+    [ack] = Hl7Pipeline(api.fhir, MessageStore(api.backend.engine)).handle(oru.encode())
+    assert "MSA|AA|R-7" in ack
+    assert d.run_once() == 1
+    [result] = hook.bodies()
+    assert result["resourceType"] == "Observation" and result["valueQuantity"]["value"] == 99
+    assert result["code"]["coding"][0]["code"] == "2345-7"
