@@ -1,0 +1,80 @@
+"""AuditEvent building and request classification (pure; the HTTP behaviour is in tests/integration/test_audit*.py)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from fhir_server.audit.classify import classify, query_text
+from fhir_server.audit.events import Actor, Record, audit_event, interaction, outcome
+from fhir_server.rest.request import FhirRequest
+from fhir_server.validation import ResourceValidator
+
+
+@pytest.mark.parametrize(("method", "path", "expected"), [
+    ("GET", "Patient/1", ("read", "R", ("Patient/1",))),
+    ("HEAD", "Patient/1", ("read", "R", ("Patient/1",))),
+    ("GET", "Patient/1/_history/2", ("vread", "R", ("Patient/1",))),
+    ("GET", "Patient/1/_history", ("history-instance", "R", ("Patient/1",))),
+    ("GET", "Patient/_history", ("history-type", "R", ())),
+    ("GET", "_history", ("history-system", "R", ())),
+    ("GET", "Observation", ("search-type", "R", ())),
+    ("POST", "Observation/_search", ("search-type", "R", ())),
+    ("GET", "", ("search-system", "R", ())),
+    ("GET", "Patient/1/Observation", ("search", "R", ("Patient/1",))),
+    ("POST", "Patient", ("create", "C", ())),
+    ("PUT", "Patient/1", ("update", "U", ("Patient/1",))),
+    ("PATCH", "Patient/1", ("patch", "U", ("Patient/1",))),
+    ("DELETE", "Patient/1", ("delete", "D", ("Patient/1",))),
+    ("DELETE", "Patient", ("delete", "D", ())),
+    ("POST", "ValueSet/$expand", ("operation", "E", ())),
+    ("GET", "Patient/1/$everything", ("operation", "E", ("Patient/1",))),
+    ("POST", "", ("transaction", "E", ())),
+])
+def test_classify(method: str, path: str, expected: tuple[str, str, tuple[str, ...]]) -> None:
+    what = classify(method, path)
+    assert what is not None and (what.code, what.action, what.targets) == expected
+
+
+def test_discovery_is_not_audited() -> None:
+    assert classify("GET", "metadata") is None
+    assert classify("GET", ".well-known/smart-configuration") is None
+
+
+def test_search_query_includes_the_form_body_of_post_search() -> None:
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    req = FhirRequest("POST", "Patient/_search", [("_count", "5")], form, b"family=Sharma")
+    assert query_text(req) == "Patient/_search?_count=5&family=Sharma"
+
+
+def test_outcome_codes() -> None:
+    assert [outcome(s) for s in (200, 201, 304, 400, 401, 403, 404, 410, 500)] == \
+        ["0", "0", "0", "4", "4", "4", "4", "4", "8"]
+
+
+def test_a_read_event_is_valid_r4_and_names_the_patients_concerned() -> None:
+    observation = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+                   "subject": {"reference": "Patient/p1"}, "performer": [{"reference": "Patient/p2"}]}
+    record = Record(interaction("search-type"), "R", 200, Actor("10.1.2.3", "client-1", "user-1", "alice",
+                                                              "Practitioner/9", "doctor"),
+                    resources=[observation, {"resourceType": "Patient", "id": "p3"}], query="Observation?code=x")
+    event = audit_event(record)
+    assert ResourceValidator().validate(event, "AuditEvent") == []
+    patients = [e["what"]["reference"] for e in event["entity"] if e["role"]["code"] == "1"]
+    assert sorted(patients) == ["Patient/p1", "Patient/p2", "Patient/p3"]
+    (query,) = [e for e in event["entity"] if e["role"]["code"] == "24"]
+    assert base64.b64decode(query["query"]) == b"Observation?code=x" and "what" not in query
+    user, app = event["agent"]
+    assert user["who"] == {"reference": "Practitioner/9"} and user["requestor"] and user["name"] == "alice"
+    assert app["who"]["identifier"]["value"] == "client-1" and not app["requestor"]
+    assert app["network"] == {"address": "10.1.2.3", "type": "2"}
+    assert event["source"]["type"][0]["code"] == "4" and event["outcome"] == "0" and "outcomeDesc" not in event
+
+
+def test_an_anonymous_failure() -> None:
+    event = audit_event(Record(interaction("read"), "R", 401, Actor("10.0.0.9"), targets=["Observation/1"]))
+    assert ResourceValidator().validate(event, "AuditEvent") == []
+    assert event["agent"] == [{"who": {"display": "unauthenticated"}, "requestor": True,
+                               "network": {"address": "10.0.0.9", "type": "2"}}]
+    assert event["outcome"] == "4" and event["outcomeDesc"] == "HTTP 401"
