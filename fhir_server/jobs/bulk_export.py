@@ -19,17 +19,19 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from sqlalchemy import Text, and_, cast, select, type_coerce
+from sqlalchemy import Text, and_, cast, or_, select, type_coerce
 
-from fhir_server.auth.compartment import patient_compartment_elements
+from fhir_server.auth.compartment import patient_compartment_elements, patient_compartment_params
 from fhir_server.binary.store import BlobStore
 from fhir_server.jobs.bulk_params import compartment_types, readable_types
 from fhir_server.jobs.store import Job, JobStore
+from fhir_server.search.tables import REFERENCE
 from fhir_server.storage.models import RESOURCE
 from fhir_server.storage.repository import Repository, Version, instant
 
 log = logging.getLogger(__name__)
 R = RESOURCE
+COHORT_IN_SQL = 1000  # larger cohorts are filtered per row only (no IN list of that size)
 
 
 def _references(value: Any) -> Iterator[str]:
@@ -101,6 +103,8 @@ class ExportRun:
                  R.c.last_updated <= self.job.transaction_time]
         if self.params.get("since"):
             conds.append(R.c.last_updated > datetime.fromisoformat(self.params["since"]))
+        if self.patients is not None and len(self.patients) <= COHORT_IN_SQL:
+            conds.append(self._cohort(rtype))
         if ids is not None:
             conds.append(R.c.id.in_(ids))
         elif after is not None:
@@ -108,6 +112,16 @@ class ExportRun:
         stmt = select(R.c.id, R.c.version_id, R.c.last_updated, content.label("text")).where(and_(*conds)) \
             .order_by(R.c.id)
         return list(repo.execute(stmt if ids is not None else stmt.limit(self.page_size)))
+
+    def _cohort(self, rtype: str) -> Any:
+        """A Group / ``patient`` export narrowed in SQL through the reference index (written with every
+        version, in its transaction) to the cohort's compartments; ``_keep`` still decides per resource."""
+        patients = sorted(self.patients or ())
+        params = ("link",) if rtype == "Patient" else patient_compartment_params().get(rtype, ())
+        linked = select(REFERENCE.c.resource_id).where(
+            REFERENCE.c.resource_type == rtype, REFERENCE.c.param.in_(params), REFERENCE.c.target_type == "Patient",
+            REFERENCE.c.target_url.is_(None), REFERENCE.c.target_id.in_(patients))
+        return or_(R.c.id.in_(patients), R.c.id.in_(linked)) if rtype == "Patient" else R.c.id.in_(linked)
 
     def _filtered_ids(self, rtype: str, queries: list[str], after: str | None) -> Iterator[str]:
         """Ids matching any of the _typeFilter searches, ascending, without repeats (a k-way merge)."""
