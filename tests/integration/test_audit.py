@@ -193,3 +193,11 @@ def test_reading_audit_events_is_audited_once_without_a_loop(smart: Smart) -> No
     after = stored_audit_count(smart)
     assert after == before + 1
     assert stored_audit_count(smart) == after  # nothing more trickles in
+
+
+def test_operations_are_audited(smart: Smart) -> None:
+    token = user_token(smart, "doctor", "user/*.rs", fhir_user="Practitioner/dr-ops")
+    r = smart.fhir("GET", "ValueSet/$expand", token, params={"url": "http://example.org/no-such-value-set"})
+    assert r.status_code >= 400
+    (event,) = [e for e in audits(smart, agent="Practitioner/dr-ops") if subtype(e) == "operation"]
+    assert event["action"] == "E" and event["outcome"] == "4"
