@@ -18,10 +18,10 @@ import orjson
 
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
-from fhir_server.storage.repository import Version
+from fhir_server.storage.repository import Repository, Version
 from fhir_server.subscriptions import spec as specs
 from fhir_server.subscriptions import store
-from fhir_server.subscriptions.bundles import notification_bundle
+from fhir_server.subscriptions.bundles import Event, notification_bundle
 from fhir_server.subscriptions.engine import SERVER_WRITE, schedule_heartbeat
 from fhir_server.subscriptions.spec import SubscriptionSpec
 
@@ -102,19 +102,25 @@ class RestHook:
 
     def notify(self, _key: str, payload: dict[str, Any]) -> None:
         sid, number = payload["subscription"], int(payload["event"])
-        current = self._current(sid)
-        if current is None or (current.content or {}).get("status") not in ("active", "error"):
+
+        def read(repo: Repository) -> tuple[Version | None, list[Event], dict[str, Any] | None]:
+            """Subscription, event and focus in one read-only unit of work (one connection)."""
+            current = repo.current("Subscription", sid)
+            if current is None or current.deleted or (current.content or {}).get("status") not in ("active", "error"):
+                return None, [], None
+            found = store.events(repo.conn, sid, number, number)
+            content = None
+            if found and found[0].interaction != "delete" and \
+                    specs.parse(current.content or {}).content == "full-resource":
+                rtype, rid, _h, vid = found[0].focus.split("/")
+                content = repo.vread(rtype, rid, int(vid)).content
+            return current, found, content
+
+        current, found, resource = self.server.uow.run(read, write=False)
+        if current is None or not found:
             return  # deleted, switched off or being re-handshaken: nothing to deliver
         sub = specs.parse(current.content or {})
-        with self.server.engine.connect() as conn:
-            found = store.events(conn, sid, number, number)
-        if not found:
-            return
         event = found[0]
-        resource = None
-        if sub.content == "full-resource" and event.interaction != "delete":
-            rtype, rid, _h, vid = event.focus.split("/")
-            resource = self.server.uow.run(lambda repo: repo.vread(rtype, rid, int(vid)), write=False).content
         if sub.backport:
             body: dict[str, Any] | None = notification_bundle(
                 # events-since-subscription-start as of this event: the receiver sees the same bundle on a retry
