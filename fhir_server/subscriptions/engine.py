@@ -120,9 +120,9 @@ class SubscriptionEngine:
         if event.resource_type != "Subscription" or not isinstance(res, dict) or SERVER_WRITE.get():
             return
         status = res.get("status")
-        if status == "error":
-            raise specs.invalid("Only the server sets a subscription's status to error", "Subscription.status")
         prev = event.previous.content if event.previous is not None and not event.previous.deleted else None
+        if status == "error" and (prev is None or prev.get("status") != "error"):  # sending it back is fine
+            raise specs.invalid("Only the server sets a subscription's status to error", "Subscription.status")
         changed = prev is None or prev.get("status") not in LIVE or any(
             prev.get(k) != res.get(k) for k in ("criteria", "_criteria", "channel"))
         if status in ("requested", "active") and changed:
@@ -243,10 +243,13 @@ class SubscriptionEngine:
         if not candidates:
             return
         fired: set[str] = set()
+        seen_at = event.version.last_updated if event.version is not None else datetime.now(UTC)
         for rule in candidates:
             sid = rule.spec.id
             if sid in fired or interaction not in rule.trigger.interactions:
                 continue
+            if rule.spec.end is not None and rule.spec.end <= seen_at:
+                continue  # past Subscription.end
             if rule.author is not None and not rule.author.can_read(seen):
                 continue  # the subscriber may not read this resource: they are not told of it
             if rule.criteria and not self._matches(repo, event.resource_type, seen.id, rule.criteria):

@@ -11,6 +11,7 @@ R4 examples do. Problems are 422 OperationOutcomes naming the element at fault.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -65,6 +66,7 @@ class SubscriptionSpec:
     criteria: str  # R4 search URL, or the topic canonical
     filters: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # backport: (type, params) per filter
     heartbeat: int | None = None  # seconds
+    end: datetime | None = None  # Subscription.end: no notifications after it
 
     @property
     def backport(self) -> bool:
@@ -111,7 +113,14 @@ def parse(resource: dict[str, Any]) -> SubscriptionSpec:
     is_backport = PROFILE in profiles or bool(content_ext) or bool(_ext(resource.get("_criteria"), FILTER_CRITERIA)) \
         or criteria.startswith(("http://", "https://", "urn:"))
     heartbeat = next((int(e["valueUnsignedInt"]) for e in _ext(channel, HEARTBEAT) if "valueUnsignedInt" in e), None)
-    base = {"id": str(resource.get("id") or ""), "status": str(resource.get("status") or ""),
+    end = None
+    if isinstance(resource.get("end"), str):
+        try:
+            end = datetime.fromisoformat(resource["end"].replace("Z", "+00:00"))
+        except ValueError:
+            raise invalid("end is not an instant", "Subscription.end", VALUE) from None
+        end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    base = {"id": str(resource.get("id") or ""), "end": end, "status": str(resource.get("status") or ""),
             "channel_type": channel_type, "endpoint": endpoint, "headers": tuple(headers), "mime_type": mime,
             "criteria": criteria, "heartbeat": heartbeat}
     if not is_backport:

@@ -118,6 +118,9 @@ def test_a_failing_endpoint_sets_error_and_retries_until_it_recovers(api: LiveSe
     assert d.run_once() == 0
     stored = status(api, sub["id"])
     assert stored["status"] == "error" and "503" in stored["error"]
+    # The client may send the resource back as it is (status error included) without it counting as a change.
+    assert api.http.put(f"Subscription/{sub['id']}", json=stored).status_code == 200
+    assert status(api, sub["id"])["status"] == "error"
     hook.status = 200
     deadline_hit = [d.run_once() for _ in range(200) if pending(api)]
     assert sum(deadline_hit) == 1
@@ -213,3 +216,13 @@ def test_a_lab_result_arriving_over_hl7v2_notifies_the_subscribed_app(api: LiveS
     [result] = hook.bodies()
     assert result["resourceType"] == "Observation" and result["valueQuantity"]["value"] == 99
     assert result["code"]["coding"][0]["code"] == "2345-7"
+
+
+def test_no_notifications_after_the_subscription_end(api: LiveServer, hook: Receiver) -> None:
+    ended = {"resourceType": "Subscription", "status": "requested", "reason": "r",
+             "criteria": "Observation?status=final", "end": "2020-01-01T00:00:00Z",
+             "channel": {"type": "rest-hook", "endpoint": hook.url}}
+    assert api.http.post("Subscription", json=ended).status_code == 201
+    dispatcher(api).run_once()
+    observation(api, "1-1", "X")
+    assert pending(api) == []
