@@ -14,6 +14,7 @@ import heapq
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -158,13 +159,20 @@ class ExportRun:
             if batch:
                 yield self.repo_run(lambda repo, b=batch: self._rows(repo, rtype, None, b))
             return
-        while True:
-            rows = self.repo_run(lambda repo, a=after: self._rows(repo, rtype, a, None))
-            if rows:
-                yield rows
-            if len(rows) < self.page_size:
-                return
-            after = rows[-1].id
+        # Read-ahead: the next page is fetched (database time) while this one is written (Python time).
+        with ThreadPoolExecutor(1, thread_name_prefix="bulk-read") as pool:
+            def fetch(a: str | None) -> list[Any]:
+                return list(self.repo_run(lambda repo: self._rows(repo, rtype, a, None)))
+
+            future = pool.submit(fetch, after)
+            while True:
+                rows = future.result()
+                if len(rows) == self.page_size:
+                    future = pool.submit(fetch, rows[-1].id)
+                if rows:
+                    yield rows
+                if len(rows) < self.page_size:
+                    return
 
     def _keep(self, rtype: str, row: Any) -> bool:
         access = self.job.access
