@@ -1,9 +1,10 @@
 """FHIRPath invariants (ElementDefinition.constraint) through fhirpathpy, each expression compiled once.
 
-Most invariants only look at a few child elements (``dom-2``: ``contained.contained.empty()``): when none
-of the names an expression mentions is present on the node, its result is that of an empty node, worked
-out once per expression, so the common case costs a dictionary scan instead of a FHIRPath run.
-Expressions that read beyond the node (``%resource``, ``descendants()``, ``resolve()``...) always run.
+Most invariants start from a few child elements (``dom-3``: ``contained.where(...)``): when none of the
+names an expression starts from is present on the node, its result is that of an empty node, worked out
+once per expression and type, so the common case costs a dictionary scan instead of a FHIRPath run.
+Expressions that read beyond that (``%resource`` outside a function argument, ``hasValue()`` of the
+node itself) always run; ``ref-1`` (on every Reference) runs natively, as the same rule in Python.
 
 fhirpathpy lacks ``hasValue()`` and ``htmlChecks()``; they are supplied here (``htmlChecks`` accepts:
 the narrative's XHTML rules are not checked).
@@ -20,8 +21,7 @@ from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
 from fhirpathpy.parser import parse
 
-_GLOBAL = ("%", "$this", "children(", "descendants(", "resolve(", "repeat(", "trace(", "hasValue(", "extension(")
-_WORD = re.compile(r"`([^`]+)`|'(?:[^'\\]|\\.)*'|([A-Za-z_][A-Za-z0-9_]*)\s*(\()?")
+_TOKEN = re.compile(r"'(?:[^'\\]|\\.)*'|`[^`]+`|[%$]?[A-Za-z_][A-Za-z0-9_]*|[().]|[^\s'`%$A-Za-z_().]+|\s+")
 _KEYWORDS = frozenset({"and", "or", "xor", "implies", "not", "is", "as", "div", "mod", "in", "contains", "true",
                        "false"})
 
@@ -53,15 +53,32 @@ class Compiled:
 
 
 def _names(expression: str) -> tuple[str, ...] | None:
-    """The element names an expression reads on its node; None when it may read more than those."""
-    if any(token in expression for token in _GLOBAL):
-        return None
-    names = []
-    for m in _WORD.finditer(expression):
-        if m.group(1):
-            names.append(m.group(1))
-        elif m.group(2) and not m.group(3) and m.group(2) not in _KEYWORDS:
-            names.append(m.group(2))
+    """The child names an expression starts its paths from on its node (``contained`` in
+    ``contained.where(...).empty()``); None when it may read more than its node's children: a variable
+    (``%resource``) or a function applied to the node itself (``hasValue()``) outside any function argument.
+    Names inside function arguments are read on the items of a path from the node, so they need no entry."""
+    tokens = [t for t in _TOKEN.findall(expression) if not t.isspace()]
+    names: list[str] = []
+    calls: list[bool] = []  # for each open parenthesis: is it a function call's?
+    prev = ""
+    for i, tok in enumerate(tokens):
+        inside = any(calls)
+        if tok == "(":
+            calls.append(bool(prev) and (prev[0].isalpha() or prev[0] in "_`") and prev not in _KEYWORDS)
+        elif tok == ")":
+            if calls:
+                calls.pop()
+        elif tok[0] in "%$":
+            if not inside:
+                return None
+        elif tok[0].isalpha() or tok[0] in "_`":
+            rooted = prev != "."
+            call = i + 1 < len(tokens) and tokens[i + 1] == "("
+            if rooted and not inside and tok not in _KEYWORDS:
+                if call:
+                    return None  # a function of the node itself
+                names.append(tok.strip("`"))
+        prev = tok
     return tuple(dict.fromkeys(names))
 
 
@@ -88,17 +105,34 @@ def _truth(result: Any) -> bool:
     return not (len(result) == 1 and result[0] is False)
 
 
-def holds(expression: str, node: Any, type_path: str, resource: Any) -> bool | None:
+def _ref_1(node: Any, root: Any) -> bool:
+    """ref-1, natively: a local reference (``#id``) must name a resource contained in the root resource."""
+    ref = node.get("reference") if isinstance(node, dict) else None
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return True
+    contained = root.get("contained") if isinstance(root, dict) else None
+    return ref[1:] in {c.get("id") for c in contained or [] if isinstance(c, dict)}
+
+
+_NATIVE = {"reference.startsWith('#').not() or (reference.substring(1).trace('url') in "
+           "%rootResource.contained.id.trace('ids'))": _ref_1}
+
+
+def holds(expression: str, node: Any, type_path: str, resource: Any, root: Any = None) -> bool | None:
     """Whether the invariant holds on ``node``, an instance of ``type_path`` (a type, or the path of a
-    BackboneElement: fhirpathpy needs it to resolve choice elements). None: it could not be evaluated."""
+    BackboneElement: fhirpathpy needs it to resolve choice elements), in ``resource`` (``root``: the
+    resource that contains it, for contained resources). None: it could not be evaluated."""
+    native = _NATIVE.get(expression)
+    if native is not None:
+        return native(node, root if root is not None else resource)
     comp = compiled(expression)
     if comp is None:
         return None
     if comp.names is not None and isinstance(node, dict) and not _mentions(node, comp.names):
         if type_path not in comp.empty:
-            comp.empty[type_path] = _run(comp, {}, type_path, resource)
+            comp.empty[type_path] = _run(comp, {}, type_path, resource, resource)
         return comp.empty[type_path]
-    return _run(comp, node, type_path, resource)
+    return _run(comp, node, type_path, resource, root if root is not None else resource)
 
 
 def _mentions(node: dict[str, Any], names: tuple[str, ...]) -> bool:
@@ -110,10 +144,10 @@ def _mentions(node: dict[str, Any], names: tuple[str, ...]) -> bool:
     return False
 
 
-def _run(comp: Compiled, node: Any, type_path: str, resource: Any) -> bool | None:
+def _run(comp: Compiled, node: Any, type_path: str, resource: Any, root: Any) -> bool | None:
     try:
         data = ResourceNode.create_node(node, type_path)
-        return _truth(apply_parsed_path(data, comp.parsed, {"resource": resource, "rootResource": resource},
+        return _truth(apply_parsed_path(data, comp.parsed, {"resource": resource, "rootResource": root},
                                         models["r4"], _OPTIONS))
     except Exception:  # an expression using a function fhirpathpy lacks: reported as not evaluated
         return None

@@ -68,6 +68,7 @@ class Walker:
         self._validated: set[tuple[int, str]] = set()  # (id of the resource dict, profile url)
         self._local: dict[str, str] = {}  # fullUrl / #id -> resource type, for reference targets
         self._warned: set[str] = set()
+        self._roots: list[dict[str, Any]] = []  # containers of the contained resource being walked
 
     # --- entry points ---------------------------------------------------------------------------------
 
@@ -128,7 +129,8 @@ class Walker:
             self._done.add(mark)
             type_path = target.path if (target.type_codes & _CONTAINERS or not target.types) else (
                 item.type or target.path)
-            result = invariants.holds(c.expression, node if node is not None else {}, type_path, resource)
+            root = self._roots[-1] if self._roots else None
+            result = invariants.holds(c.expression, node if node is not None else {}, type_path, resource, root)
             if result is False:
                 self._issue(INVARIANT, item.path, f"{c.key}: {c.human}", c.severity)
             elif result is None and c.key not in self._warned:  # said once, not per element
@@ -153,7 +155,7 @@ class Walker:
                 if base and child.name in ("extension", "modifierExtension"):
                     self._extension(it, resource)
                 if base and child.type_codes & _NESTED and isinstance(it.value, dict):
-                    self._nested(it)
+                    self._nested(it, resource)
                     continue
                 self.element(child, it, resource, base=base)
 
@@ -169,13 +171,20 @@ class Walker:
         if core is not None and core.root.children:
             self.element(core.root, item, resource, base=True)
 
-    def _nested(self, item: Item) -> None:
+    def _nested(self, item: Item, container: dict[str, Any]) -> None:
         res = item.value
         meta = res.get("meta") if isinstance(res.get("meta"), dict) else {}
         profiles = [p for p in meta.get("profile") or [] if isinstance(p, str)]
-        self.resource(res, item.path, [])
-        for url in profiles:
-            self.against(url, Item(res, item.path, str(res.get("resourceType"))), res, "warning")
+        contained = item.path.rsplit(".", 1)[-1].startswith("contained")
+        if contained:  # %rootResource of a contained resource is its container (ref-1, dom-3)
+            self._roots.append(self._roots[-1] if self._roots else container)
+        try:
+            self.resource(res, item.path, [])
+            for url in profiles:
+                self.against(url, Item(res, item.path, str(res.get("resourceType"))), res, "warning")
+        finally:
+            if contained:
+                self._roots.pop()
 
     def _content(self, edef: ElementDef) -> ElementDef | None:
         ref = str(edef.content_ref).split("#", 1)[-1]
