@@ -55,8 +55,18 @@ SERVER_WRITE: ContextVar[bool] = ContextVar("subscription_server_write", default
 class Rule:
     spec: SubscriptionSpec
     trigger: Trigger
-    criteria: tuple[AnyCriterion, ...]
+    filters: tuple[AnyCriterion, ...]  # the subscription's own criteria
+    current: tuple[AnyCriterion, ...] | None  # the topic's queryCriteria.current
+    previous: tuple[AnyCriterion, ...] | None  # the topic's queryCriteria.previous
     author: AccessContext | None
+
+
+def combine(previous: bool | None, current: bool | None, require_both: bool) -> bool:
+    """SubscriptionTopic.resourceTrigger.queryCriteria: either test passing will do, unless requireBoth."""
+    tests = [t for t in (previous, current) if t is not None]
+    if not tests:
+        return True
+    return all(tests) if require_both else any(tests)
 
 
 def author_of(access: Any) -> dict[str, Any] | None:
@@ -107,10 +117,12 @@ class SubscriptionEngine:
         self._generation: str | None = "unloaded"
         self._rules: dict[str, list[Rule]] = {}
         self._checked: weakref.WeakKeyDictionary[Connection, str | None] = weakref.WeakKeyDictionary()
+        # id(update event) -> {id(rule): previous criteria held}, from the first hook to the last
+        self._before: dict[int, dict[int, bool]] = {}
 
     def register(self, hooks: Hooks) -> None:
         hooks.register(HookPoint.BEFORE_VALIDATE, self.before_validate)
-        hooks.register(HookPoint.BEFORE_COMMIT, self.match_deletion, first=True)
+        hooks.register(HookPoint.BEFORE_COMMIT, self.match_before, first=True)
         hooks.register(HookPoint.BEFORE_COMMIT, self.before_commit)
 
     # --- Subscription writes ---------------------------------------------------------------------------
@@ -169,14 +181,20 @@ class SubscriptionEngine:
                                         f"Subscription.criteria.extension[{i}]")
         rules = []
         for trig in specs.triggers(sub, topic):
-            query = parse_query(self.registry, trig.resource_type, list(trig.params), base_url=self.base_url)
-            if query.unknown or query.control:
-                if check:
-                    name, reason = (query.unknown or [(query.control[0][0], "is not a search criterion")])[0]
-                    element = "Subscription.criteria" if not sub.backport else "Subscription.criteria.extension"
-                    raise specs.invalid(f"Criteria parameter '{name}': {reason}", element)
-                continue
-            rules.append(Rule(sub, trig, tuple(query.criteria), author))
+            parsed = []
+            for params, element in ((trig.filters, "Subscription.criteria" + (".extension" if sub.backport else "")),
+                                    (trig.params, "SubscriptionTopic queryCriteria.current"),
+                                    (trig.previous, "SubscriptionTopic queryCriteria.previous")):
+                query = parse_query(self.registry, trig.resource_type, list(params or ()), base_url=self.base_url)
+                if query.unknown or query.control:
+                    if check:
+                        name, reason = (query.unknown or [(query.control[0][0], "is not a search criterion")])[0]
+                        raise specs.invalid(f"Criteria parameter '{name}': {reason}", element)
+                    break
+                parsed.append(tuple(query.criteria))
+            else:
+                rules.append(Rule(sub, trig, parsed[0], parsed[1] if trig.params else None,
+                                  parsed[2] if trig.previous is not None else None, author))
         return rules
 
     def bump(self, repo: Repository) -> None:
@@ -232,27 +250,52 @@ class SubscriptionEngine:
                 or event.previous.deleted else "update"
             self._match(repo, event, event.version, interaction)
 
-    def match_deletion(self, event: WriteEvent, repo: Repository | None) -> None:
-        if repo is None or event.interaction != "delete" or event.previous is None or event.version is None \
+    def match_before(self, event: WriteEvent, repo: Repository | None) -> None:
+        """Registered first: the index still holds the replaced version's rows. A deletion is decided here
+        whole; an update only has its ``previous`` criteria tested, for ``before_commit`` to use."""
+        if repo is None or event.previous is None or event.previous.deleted or event.version is None \
                 or event.resource_id is None or event.resource_type == "Subscription":
             return
-        self._match(repo, event, event.previous, "delete")
+        if event.interaction == "delete":
+            self._match(repo, event, event.previous, "delete")
+            return
+        candidates = self.rules(repo).get(event.resource_type)
+        if candidates and any(rule.previous is not None for rule in candidates):
+            repo.flush()
+            if len(self._before) > 10000:  # entries of transactions that failed between the two hooks
+                self._before.clear()
+            self._before[id(event)] = {id(rule): self._matches(repo, event.resource_type, event.resource_id,
+                                                               rule.previous)
+                                       for rule in candidates if rule.previous is not None}
 
     def _match(self, repo: Repository, event: WriteEvent, seen: Version, interaction: str) -> None:
         candidates = self.rules(repo).get(event.resource_type)
+        before = self._before.pop(id(event), {})
         if not candidates:
             return
         fired: set[str] = set()
         seen_at = event.version.last_updated if event.version is not None else datetime.now(UTC)
+        rtype, rid = event.resource_type, seen.id
         for rule in candidates:
-            sid = rule.spec.id
-            if sid in fired or interaction not in rule.trigger.interactions:
+            sid, trig = rule.spec.id, rule.trigger
+            if sid in fired or interaction not in trig.interactions:
                 continue
             if rule.spec.end is not None and rule.spec.end <= seen_at:
                 continue  # past Subscription.end
             if rule.author is not None and not rule.author.can_read(seen):
                 continue  # the subscriber may not read this resource: they are not told of it
-            if rule.criteria and not self._matches(repo, event.resource_type, seen.id, rule.criteria):
+            if rule.filters and not self._matches(repo, rtype, rid, rule.filters):
+                continue
+            current: bool | None = None
+            if rule.current is not None:
+                current = trig.result_for_delete == "test-passes" if interaction == "delete" and \
+                    trig.result_for_delete else self._matches(repo, rtype, rid, rule.current)
+            previous: bool | None = None
+            if rule.previous is not None:
+                previous = trig.result_for_create != "test-fails" if interaction == "create" else \
+                    before.get(id(rule), False) if interaction == "update" else \
+                    self._matches(repo, rtype, rid, rule.previous)
+            if not combine(previous, current, trig.require_both):
                 continue
             fired.add(sid)
             assert event.version is not None

@@ -10,7 +10,7 @@ R4 examples do. Problems are 422 OperationOutcomes naming the element at fault.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -44,7 +44,12 @@ class Trigger:
 
     resource_type: str
     interactions: frozenset[str]
-    params: tuple[tuple[str, str], ...]
+    params: tuple[tuple[str, str], ...]  # the topic's queryCriteria.current (R4: none)
+    filters: tuple[tuple[str, str], ...] = ()  # the subscription's own criteria: they always have to hold
+    previous: tuple[tuple[str, str], ...] | None = None  # queryCriteria.previous, on the version replaced
+    result_for_create: str | None = None  # test-passes | test-fails: previous criteria on a create
+    result_for_delete: str | None = None  # current criteria on a delete (unset: tested on the removed version)
+    require_both: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,10 @@ def _value(ext: dict[str, Any]) -> Any:
     return next((v for k, v in ext.items() if k.startswith("value")), None)
 
 
+def _query(text: Any) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_qsl(str(text).lstrip("?"), keep_blank_values=True))
+
+
 def parse_topic(basic: dict[str, Any]) -> Topic | None:
     """A Basic resource carrying a SubscriptionTopic (None when it is not one)."""
     urls = [_value(e) for e in _topic_ext(basic, "url")]
@@ -161,13 +170,18 @@ def parse_topic(basic: dict[str, Any]) -> Topic | None:
             continue
         rtype = resources[0].rstrip("/").rsplit("/", 1)[-1]  # "Encounter" or its StructureDefinition URL
         interactions = frozenset(str(_value(e)) for e in _topic_ext(trig, "supportedInteraction")) or INTERACTIONS
-        params: tuple[tuple[str, str], ...] = ()
-        for query in _topic_ext(trig, "queryCriteria"):
-            current = [_value(e) for e in _topic_ext(query, "current")]
-            if current and isinstance(current[0], str):
-                params = tuple(parse_qsl(current[0].lstrip("?"), keep_blank_values=True))
+        query: dict[str, Any] = {}
+        for criteria in _topic_ext(trig, "queryCriteria"):
+            for name in ("current", "previous", "resultForCreate", "resultForDelete", "requireBoth"):
+                values = [_value(e) for e in _topic_ext(criteria, name)]
+                if values and values[0] is not None:
+                    query[name] = values[0]
         if rtype in resource_types():
-            triggers.append(Trigger(rtype, interactions & INTERACTIONS, params))
+            triggers.append(Trigger(
+                rtype, interactions & INTERACTIONS, _query(query["current"]) if "current" in query else (),
+                previous=_query(query["previous"]) if "previous" in query else None,
+                result_for_create=query.get("resultForCreate"), result_for_delete=query.get("resultForDelete"),
+                require_both=query.get("requireBoth") is True))
     return Topic(urls[0], tuple(triggers))
 
 
@@ -176,11 +190,11 @@ def triggers(spec: SubscriptionSpec, topic: Topic | None) -> list[Trigger]:
     narrowed by its filter criteria for the same type."""
     if not spec.backport:
         rtype, params = spec.filters[0]
-        return [Trigger(rtype, INTERACTIONS, params)]
+        return [Trigger(rtype, INTERACTIONS, (), filters=params)]
     if topic is None:
         return []
     out = []
     for trig in topic.triggers:
         extra = tuple(p for rtype, params in spec.filters if rtype == trig.resource_type for p in params)
-        out.append(Trigger(trig.resource_type, trig.interactions, trig.params + extra))
+        out.append(replace(trig, filters=extra))
     return out

@@ -215,3 +215,41 @@ def test_a_quiet_rest_hook_subscription_gets_heartbeats(api: LiveServer, hook: R
     assert pending_heartbeats(api) <= 1  # at most the link already queued, which ends the chain when due
     wait_until(lambda: kinds() is not None and pending_heartbeats(api) == 0, 20, "the chain to end")
     assert kinds().count("heartbeat") == before
+
+
+def test_previous_and_current_criteria_fire_on_the_transition_only(api: LiveServer, hook: Receiver) -> None:
+    """The IG's encounter-complete topic: previous status:not=finished, current status=finished, requireBoth."""
+    query = [{"url": "previous", "valueString": "status:not=finished"},
+             {"url": "current", "valueString": "status=finished"},
+             {"url": "resultForCreate", "valueCode": "test-fails"},
+             {"url": "requireBoth", "valueBoolean": True}]
+    trigger = [{"url": "resource", "valueUri": "http://hl7.org/fhir/StructureDefinition/Encounter"},
+               {"url": "supportedInteraction", "valueCode": "create"},
+               {"url": "supportedInteraction", "valueCode": "update"},
+               {"url": "queryCriteria", "extension": query}]
+    url = "http://example.org/fhir/SubscriptionTopic/encounter-complete"
+    basic = {"resourceType": "Basic",
+             "code": {"coding": [{"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]},
+             "extension": [{"url": X + "url", "valueUri": url},
+                           {"url": "http://hl7.org/fhir/4.3/StructureDefinition/extension-SubscriptionTopic."
+                                   "resourceTrigger", "extension": trigger}]}
+    assert api.http.post("Basic", json=basic).status_code == 201
+    assert backport(api, hook.url, content="id-only", topic_url=url).status_code == 201
+    d = dispatcher(api)
+    d.run_once()
+
+    def encounter(status: str, rid: str | None = None) -> str:
+        body = {"resourceType": "Encounter", "status": status,
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"}}
+        r = api.http.put(f"Encounter/{rid}", json={**body, "id": rid}) if rid else api.http.post("Encounter", json=body)
+        assert r.status_code in (200, 201), r.text
+        return str(r.json()["id"])
+
+    a = encounter("in-progress")
+    encounter("finished")  # created finished: resultForCreate test-fails, requireBoth
+    encounter("finished", a)  # the transition: fires
+    encounter("finished", a)  # finished again: previous fails
+    encounter("in-progress", a)  # current fails
+    assert d.run_once() == 1
+    [note] = hook.bodies()[1:]
+    assert note["entry"][1]["fullUrl"].endswith(f"Encounter/{a}") and note["entry"][1]["request"]["method"] == "PUT"

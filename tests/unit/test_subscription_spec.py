@@ -25,8 +25,8 @@ def test_r4_criteria_subscription() -> None:
     sub = spec.parse(R4)
     assert not sub.backport and sub.content == "full-resource"
     assert sub.headers == (("Authorization", "Bearer x:y"),)  # only the first colon separates
-    assert spec.triggers(sub, None) == [spec.Trigger("Observation", spec.INTERACTIONS,
-                                                     (("code", "http://loinc.org|1-1"),))]
+    assert spec.triggers(sub, None) == [spec.Trigger("Observation", spec.INTERACTIONS, (),
+                                                     filters=(("code", "http://loinc.org|1-1"),))]
     assert spec.parse({**R4, "channel": {**R4["channel"], "payload": None}}).content == "empty"  # type: ignore[dict-item]
 
 
@@ -43,7 +43,7 @@ def test_backport_filters_narrow_the_topic_for_their_type() -> None:
                     "_payload": {"extension": [{"url": spec.PAYLOAD_CONTENT, "valueCode": "id-only"}]}}})
     assert sub.backport and sub.content == "id-only" and sub.topic == "urn:t"
     [trigger] = spec.triggers(sub, spec.parse_topic(topic(spec.TOPIC_EXT[0])))
-    assert trigger.params == (("status", "finished"), ("patient", "Patient/1"))
+    assert trigger.params == (("status", "finished"),) and trigger.filters == (("patient", "Patient/1"),)
 
 
 def test_basic_without_topic_url_is_no_topic() -> None:
