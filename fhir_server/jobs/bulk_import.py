@@ -6,12 +6,14 @@ is an update (PUT semantics: the id is kept), one without is a create, so valida
 hooks and search indexing are exactly those of REST. A line that fails becomes an OperationOutcome in an
 error NDJSON file (with its line number and the element at fault) and the import goes on: a batch whose
 unit of work fails is re-run line by line, each line its own unit of work. The checkpoint after every
-batch records the lines done per input, so a resumed job starts after the last committed batch.
+batch records the lines done per input, so a resumed job starts after the last checkpointed batch; lines
+without an id get one derived from their position, so re-running a batch never creates duplicates.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -119,6 +121,14 @@ class ImportRun:
         else:
             repo.create(rtype, resource)
 
+    def _with_id(self, spec: dict[str, Any], number: int, resource: dict[str, Any]) -> dict[str, Any]:
+        """A line without an id gets one derived from (job, input, line): a batch re-run after a crash (its
+        writes committed, its checkpoint not) updates the same resources instead of creating them twice."""
+        if resource.get("id"):
+            return resource
+        index = self.job.params["inputs"].index(spec)
+        return {**resource, "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"bulk-import:{self.job.id}:{index}:{number}"))}
+
     def _apply(self, spec: dict[str, Any], state: dict[str, Any], batch: list[tuple[int, bytes]], *,
                done: bool = False) -> bool:
         errors: list[bytes] = []
@@ -126,7 +136,8 @@ class ImportRun:
         parsed: list[tuple[int, str, dict[str, Any]]] = []
         for number, line in batch:
             try:
-                parsed.append((number, *self._parse(spec, line)))
+                rtype, resource = self._parse(spec, line)
+                parsed.append((number, rtype, self._with_id(spec, number, resource)))
             except FhirError as exc:
                 errors.append(_outcome_line(exc, spec["url"], number))
 

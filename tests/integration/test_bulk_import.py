@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import orjson
+from sqlalchemy import update
 
+from fhir_server.jobs.runner import run_job
+from fhir_server.jobs.tables import BULK_JOB
 from tests.conftest import LiveServer
 from tests.integration.bulk_support import ASYNC, download, kick_off, poll
 
@@ -77,3 +80,17 @@ def test_import_of_a_missing_url_fails_with_an_outcome(api: LiveServer) -> None:
     assert resp.status_code == 500
     issue = resp.json()["issue"][0]
     assert issue["code"] == "exception" and "HTTP 404" in issue["diagnostics"]
+
+
+def test_rerun_after_a_lost_checkpoint_creates_no_duplicates(api: LiveServer) -> None:
+    body = lines(*({"resourceType": "Patient", "name": [{"family": f"N{i}"}]} for i in range(5)))
+    status_url = kick_off(api.http, "$import", content=body, headers=NDJSON)
+    assert poll(api.http, status_url).status_code == 200
+    job_id = status_url.split("_jobId=")[1]
+    # As if the worker died after the batch committed but before its checkpoint: the job runs again.
+    with api.backend.engine.begin() as conn:
+        conn.execute(update(BULK_JOB).where(BULK_JOB.c.id == job_id).values(status="queued", progress={}))
+    assert run_job(api.fhir, job_id) == "completed"
+    found = api.http.get("Patient", params={"_count": "50"}).json()
+    assert found["total"] == 5
+    assert {e["resource"]["meta"]["versionId"] for e in found["entry"]} == {"2"}
