@@ -1,0 +1,104 @@
+"""Compiled StructureDefinitions, value matching and slice selection (no database)."""
+
+from __future__ import annotations
+
+from fhir_server.validation.matching import codings, contains, equal, reference_type, values_at
+from fhir_server.validation.profile import ElementDef, Slicing, TypeRef, compile_profile
+from fhir_server.validation.service import StoreDefinitions, compiled, core_profile
+from fhir_server.validation.slicing import slice_of
+from fhir_server.validation.walker import Item, Walker
+from tests.integration import validate_profiles as tp
+
+
+def test_tree_follows_ids_and_marks_what_the_profile_changes() -> None:
+    profile = compiled(tp.patient_profile(), "unit")
+    assert profile is not None and profile.type == "Patient"
+    identifier = profile.root.children["identifier"]
+    assert identifier.min == 1 and identifier.slicing is not None
+    (mrn,) = identifier.slices
+    assert mrn.slice_name == "mrn" and mrn.children["system"].fixed == tp.MRN
+    assert identifier.relevant and mrn.relevant and profile.root.children["name"].relevant
+    assert not profile.root.children["contact"].relevant  # as in the core: the base pass covers it
+    assert not profile.root.children["telecom"].relevant
+
+
+def test_core_definitions_choice_and_content_reference() -> None:
+    obs = core_profile("Observation")
+    assert obs is not None and obs.root.children["value[x]"].choice
+    assert {"Quantity", "string", "Period"} <= obs.root.children["value[x]"].type_codes
+    questionnaire = core_profile("Questionnaire")
+    assert questionnaire is not None
+    assert questionnaire.root.children["item"].children["item"].content_ref == "#Questionnaire.item"
+    assert compile_profile({"url": "x", "type": "Patient", "snapshot": {"element": [
+        {"id": "Patient", "path": "Patient", "min": 0, "max": "*"}]}}).root.children == {}
+
+
+def test_fixed_is_exact_and_pattern_is_contained() -> None:
+    pattern = {"coding": [{"system": "s", "code": "c"}]}
+    instance = {"coding": [{"system": "o", "code": "x"}, {"system": "s", "code": "c", "display": "C"}], "text": "t"}
+    assert contains(instance, pattern) and not equal(instance, pattern)
+    assert not contains({"coding": [{"system": "s", "code": "d"}]}, pattern)
+    assert equal(1, 1.0) and not equal(True, 1) and not contains("a", ["a", "b"])
+    assert values_at({"code": {"coding": [{"code": "a"}, {"code": "b"}]}}, ["code", "coding", "code"]) == ["a", "b"]
+    assert values_at({"valueQuantity": {"value": 3}}, ["value", "value"]) == [3]
+
+
+def test_reference_types_and_codings() -> None:
+    local = {"urn:uuid:1": "Patient"}
+    assert reference_type("Patient/1", {}) == "Patient"
+    assert reference_type("https://x.org/fhir/Encounter/9/_history/2", {}) == "Encounter"
+    assert reference_type("urn:uuid:1", local) == "Patient"
+    assert reference_type("Nope/1", {}) is None and reference_type("#c1", {}) is None
+    concept = {"coding": [{"system": "s", "code": "c"}, {"display": "no code"}]}
+    assert codings(concept, "CodeableConcept") == [("s", "c")]
+    assert codings("male", "code") == [(None, "male")] and codings({"value": 1}, "Quantity") is None
+
+
+def _sliced(discriminators: tuple[tuple[str, str], ...], *slices: ElementDef) -> ElementDef:
+    base = ElementDef("X.part", "X.part", "part", 0, None, (TypeRef("BackboneElement"),),
+                      slicing=Slicing(discriminators, "closed", False))
+    base.slices.extend(slices)
+    return base
+
+
+def _slice(name: str, **children: ElementDef) -> ElementDef:
+    s = ElementDef(f"X.part:{name}", "X.part", "part", 0, None, (TypeRef("BackboneElement"),), slice_name=name)
+    s.children.update(children)
+    return s
+
+
+def _child(name: str, *, fixed: object = None, kind: str | None = None, min_: int = 0, max_: int | None = None,
+           types: tuple[str, ...] = ()) -> ElementDef:
+    return ElementDef(f"X.part.{name}", f"X.part.{name}", name, min_, max_, tuple(TypeRef(t) for t in types),
+                      fixed=fixed, fixed_kind=kind)
+
+
+def test_slice_selection_by_each_discriminator_kind() -> None:
+    defs = StoreDefinitions(None)
+    a = _slice("a", code=_child("code", fixed={"coding": [{"code": "A"}]}, kind="pattern"))
+    b = _slice("b", code=_child("code", fixed={"coding": [{"code": "B"}]}, kind="pattern"))
+    by_pattern = _sliced((("pattern", "code"),), a, b)
+    item = Item({"code": {"coding": [{"system": "s", "code": "B"}]}}, "X.part[0]", None)
+    assert slice_of(defs, by_pattern, item) is b
+    assert slice_of(defs, _sliced((("value", "code.coding.code"),), a, b), item) is b  # inside the pattern
+    assert slice_of(defs, by_pattern, Item({"code": {"text": "?"}}, "X.part[0]", None)) is None
+    present = _slice("present", flag=_child("flag", min_=1))
+    absent = _slice("absent", flag=_child("flag", max_=0))
+    by_exists = _sliced((("exists", "flag"),), present, absent)
+    assert slice_of(defs, by_exists, Item({"other": 1}, "p", None)) is absent
+    assert slice_of(defs, by_exists, Item({"flag": True}, "p", None)) is present
+    quantity = ElementDef("X.v:q", "X.v", "v[x]", 0, 1, (TypeRef("Quantity"),), slice_name="q")
+    text = ElementDef("X.v:s", "X.v", "v[x]", 0, 1, (TypeRef("string"),), slice_name="s")
+    by_type = _sliced((("type", "$this"),), quantity, text)
+    assert slice_of(defs, by_type, Item("x", "X.v.ofType(string)", "string")) is text
+
+
+def test_extension_slices_by_url_of_their_profile() -> None:
+    walker = Walker(StoreDefinitions(None))
+    profile = compiled(tp.patient_profile(), "unit")
+    assert profile is not None
+    ext = profile.root.children["extension"]
+    url = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
+    assert slice_of(walker.defs, ext, Item({"url": url, "valueAddress": {"city": "x"}}, "e", "Extension")) is \
+        ext.slices[0]
+    assert slice_of(walker.defs, ext, Item({"url": "http://other", "valueString": "x"}, "e", "Extension")) is None
