@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, delete
 from sqlalchemy.dialects import postgresql, sqlite
 
+from fhir_server.auth.store import writing
 from fhir_server.auth.tables import AUTH_RATE_LIMIT
 
 WINDOW_SECONDS = 60
@@ -38,7 +39,7 @@ class RateLimiter:
             return 0
         now = time.time() if now is None else now
         window = int(now // WINDOW_SECONDS)
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             hits = int(conn.execute(self._hit, {"key": f"{self.name}:{key}"[:200], "window": window}).scalar_one())
             if hits == 1:  # a new window for this address: forget windows that are over
                 conn.execute(delete(AUTH_RATE_LIMIT).where(AUTH_RATE_LIMIT.c.window < window - 1))
@@ -47,5 +48,5 @@ class RateLimiter:
         return max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
 
     def reset(self) -> None:
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(delete(AUTH_RATE_LIMIT).where(AUTH_RATE_LIMIT.c.key.startswith(f"{self.name}:")))

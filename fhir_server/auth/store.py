@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fhir_server.auth.passwords import hash_secret, policy_problems, verify_secret
@@ -26,6 +28,16 @@ from fhir_server.auth.tables import (
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that takes SQLite's write lock at BEGIN (as the unit of work does): a read-then-
+    write transaction started deferred fails at once (SQLITE_BUSY) when another writer got in between."""
+    with engine.connect() as conn:
+        conn.execution_options(fhir_write=True)
+        with conn.begin():
+            yield conn
 
 
 def now() -> datetime:
@@ -64,8 +76,9 @@ class AuthStore:
         if problems:
             raise ValueError("password too weak: needs " + "; ".join(problems))
         user = User(str(uuid.uuid4()), username, role, fhir_user)
-        with self.engine.begin() as conn:
-            conn.execute(insert(AUTH_USER).values(id=user.id, username=username, password_hash=hash_secret(password),
+        password_hash = hash_secret(password)
+        with writing(self.engine) as conn:
+            conn.execute(insert(AUTH_USER).values(id=user.id, username=username, password_hash=password_hash,
                                                   role=role, fhir_user=fhir_user, active=True, failed_logins=0,
                                                   created_at=now()))
         return user
@@ -85,23 +98,27 @@ class AuthStore:
         Unknown usernames cost the same argon2 verification and give the same answer, so the login page
         cannot tell whether a username exists. Five failures lock the account for 15 minutes.
         """
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             row = conn.execute(select(AUTH_USER).where(AUTH_USER.c.username == username)).first()
-            ok = verify_secret(row.password_hash if row else None, password)
-            if row is None:
-                return None
-            locked = row.locked_until is not None and row.locked_until > now()
-            if ok and not locked and row.active:
-                conn.execute(update(AUTH_USER).where(AUTH_USER.c.id == row.id).values(failed_logins=0,
-                                                                                     locked_until=None))
-                return User(row.id, row.username, row.role, row.fhir_user)
-            if not ok:
-                failures = row.failed_logins + 1
-                values: dict[str, Any] = {"failed_logins": failures}
-                if failures >= MAX_FAILED_LOGINS:
-                    values = {"failed_logins": 0, "locked_until": now() + LOCKOUT}
-                conn.execute(update(AUTH_USER).where(AUTH_USER.c.id == row.id).values(**values))
+        ok = verify_secret(row.password_hash if row else None, password)  # slow: outside any write lock
+        if row is None:
             return None
+        locked = row.locked_until is not None and row.locked_until > now()
+        if ok and not locked and row.active:
+            if row.failed_logins or row.locked_until is not None:
+                with writing(self.engine) as conn:
+                    conn.execute(update(AUTH_USER).where(AUTH_USER.c.id == row.id).values(failed_logins=0,
+                                                                                         locked_until=None))
+            return User(row.id, row.username, row.role, row.fhir_user)
+        if not ok:
+            with writing(self.engine) as conn:  # counted in one statement: concurrent failures all count
+                failures = conn.execute(update(AUTH_USER).where(AUTH_USER.c.id == row.id)
+                                        .values(failed_logins=AUTH_USER.c.failed_logins + 1)
+                                        .returning(AUTH_USER.c.failed_logins)).scalar_one()
+                if failures >= MAX_FAILED_LOGINS:
+                    conn.execute(update(AUTH_USER).where(AUTH_USER.c.id == row.id)
+                                 .values(failed_logins=0, locked_until=now() + LOCKOUT))
+        return None
 
     # --- clients -----------------------------------------------------------------------------------------
 
@@ -123,7 +140,7 @@ class AuthStore:
             raise ValueError("an authorization_code client needs at least one redirect URI")
         if "authorization_code" in grant_types and "refresh_token" not in grant_types:
             grant_types = [*grant_types, "refresh_token"]
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(insert(AUTH_CLIENT).values(
                 client_id=client_id, name=name, secret_hash=digest(secret) if secret else None, public=public,
                 auth_method=method, grant_types=grant_types, redirect_uris=redirect_uris, scope=scope, jwks=jwks,
@@ -143,7 +160,7 @@ class AuthStore:
     # --- authorization codes -----------------------------------------------------------------------------
 
     def save_code(self, code: str, values: dict[str, Any], lifetime: int = 60) -> None:
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(insert(AUTH_CODE).values(code_hash=digest(code), used=False,
                                                   expires_at=now() + timedelta(seconds=lifetime), **values))
 
@@ -153,7 +170,7 @@ class AuthStore:
         A second use revokes everything issued from the first (RFC 6749 4.1.2) and returns None.
         """
         key = digest(code)
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             claimed = conn.execute(update(AUTH_CODE).where(
                 AUTH_CODE.c.code_hash == key, AUTH_CODE.c.client_id == client_id, AUTH_CODE.c.used.is_(False),
                 AUTH_CODE.c.expires_at > now()).values(used=True)).rowcount
@@ -168,7 +185,7 @@ class AuthStore:
 
     def save_refresh(self, token: str, family_id: str, client_id: str, user_id: str | None, scope: str,
                      context: dict[str, Any], days: int) -> None:
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(insert(AUTH_REFRESH_TOKEN).values(
                 token_hash=digest(token), family_id=family_id, client_id=client_id, user_id=user_id, scope=scope,
                 context=context, revoked=False, issued_at=now(), expires_at=now() + timedelta(days=days)))
@@ -181,7 +198,7 @@ class AuthStore:
     def rotate_refresh(self, token: str) -> Any:
         """Mark a refresh token exchanged; a token exchanged before is reuse: the whole family is revoked."""
         key = digest(token)
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             claimed = conn.execute(update(AUTH_REFRESH_TOKEN).where(
                 AUTH_REFRESH_TOKEN.c.token_hash == key, AUTH_REFRESH_TOKEN.c.rotated_at.is_(None),
                 AUTH_REFRESH_TOKEN.c.revoked.is_(False), AUTH_REFRESH_TOKEN.c.expires_at > now()
@@ -195,7 +212,7 @@ class AuthStore:
 
     def revoke_family(self, family_id: str, days: int = 31) -> None:
         """Revoke every refresh token of a family and every access token that carries it (``fam`` claim)."""
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(update(AUTH_REFRESH_TOKEN).where(AUTH_REFRESH_TOKEN.c.family_id == family_id)
                          .values(revoked=True))
         self.revoke(f"fam:{family_id}", now() + timedelta(days=days))
@@ -204,7 +221,7 @@ class AuthStore:
 
     def revoke(self, key: str, expires_at: datetime) -> None:
         try:
-            with self.engine.begin() as conn:
+            with writing(self.engine) as conn:
                 conn.execute(delete(AUTH_REVOKED).where(AUTH_REVOKED.c.expires_at < now()))
                 conn.execute(insert(AUTH_REVOKED).values(id=key, expires_at=expires_at))
         except IntegrityError:
@@ -220,7 +237,7 @@ class AuthStore:
 
     def first_use_of_assertion(self, issuer: str, jti: str, expires_at: datetime) -> bool:
         try:
-            with self.engine.begin() as conn:
+            with writing(self.engine) as conn:
                 conn.execute(delete(AUTH_ASSERTION_JTI).where(AUTH_ASSERTION_JTI.c.expires_at < now()))
                 conn.execute(insert(AUTH_ASSERTION_JTI).values(issuer=issuer, jti=jti, expires_at=expires_at))
         except IntegrityError:
@@ -231,7 +248,7 @@ class AuthStore:
 
     def create_launch(self, context: dict[str, Any], lifetime: int = 300) -> str:
         launch_id = new_secret()
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(insert(AUTH_LAUNCH).values(launch_id=launch_id, context=context,
                                                     expires_at=now() + timedelta(seconds=lifetime)))
         return launch_id

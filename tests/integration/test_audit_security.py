@@ -151,6 +151,8 @@ def test_no_password_token_or_secret_in_the_logs(smart: Smart, caplog: pytest.Lo
     secrets = [PASSWORD, "Not-The-Password-1!", secret, code, tokens["access_token"], tokens["refresh_token"],
                refreshed["access_token"], refreshed["refresh_token"], "forged-token-value", "Zyxwvutsrq"]
     assert not [s for s in secrets if s in server_logs]
+    refreshes = [e for e in audits(smart, altid=client["client_id"]) if subtype(e) == "token-refresh"]
+    assert len(refreshes) == 1 and refreshes[0]["outcome"] == "0" and refreshes[0]["agent"][0]["name"] == user
     stored = orjson.dumps(audits(smart)).decode()
     assert not [s for s in secrets if s in stored]  # nor in the audit trail, where the query is base64
     assert base64.b64encode(b"Patient?family=Zyxwvutsrq").decode() in stored
