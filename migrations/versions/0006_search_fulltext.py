@@ -2,6 +2,7 @@
 
 PostgreSQL: generated tsvector columns ('simple' configuration: no language, no stemming) with GIN indexes.
 SQLite: an FTS5 external-content table over search_text, kept in step by triggers.
+PostgreSQL also gets ix_resource_live, a partial (type, id) index of live resources for search joins.
 Resources written before this migration have no full-text rows until written again or reindexed ($reindex).
 
 Revision ID: 0006
@@ -32,6 +33,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_search_text_res", "search_text", ["resource_type", "resource_id"])
     if op.get_bind().dialect.name == "postgresql":
+        # Live resources by (type, id): search joins its criteria to the resource table on these columns and
+        # needs "not deleted"; this partial index makes that an index-only scan instead of a heap visit per
+        # candidate row (bench/search.py: code + value-quantity 108 -> 16 ms on 200k Observations).
+        op.create_index("ix_resource_live", "resource", ["resource_type", "id"],
+                        postgresql_where=sa.text("deleted IS FALSE"))
         for column in ("narrative", "content"):
             op.execute(f"ALTER TABLE search_text ADD COLUMN {column}_tsv tsvector "
                        f"GENERATED ALWAYS AS (to_tsvector('simple', {column})) STORED")
@@ -49,7 +55,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_index("ix_resource_live", "resource")
+    else:
         op.execute("DROP TRIGGER IF EXISTS search_text_ad")
         op.execute("DROP TRIGGER IF EXISTS search_text_ai")
         op.execute("DROP TABLE IF EXISTS search_text_fts")
