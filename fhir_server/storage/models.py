@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, MetaData, String, Table, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -64,7 +64,11 @@ class ResourceRow(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     content: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc, nullable=True)
 
-    __table_args__ = (Index("ix_resource_type_updated", "resource_type", "last_updated"),)
+    __table_args__ = (
+        Index("ix_resource_type_updated", "resource_type", "last_updated"),
+        # search on PostgreSQL: live rows by (type, id) as an index-only scan (migration 0006)
+        Index("ix_resource_live", "resource_type", "id", postgresql_where=text("deleted IS FALSE")),
+    )
 
 
 class ResourceHistoryRow(Base):
