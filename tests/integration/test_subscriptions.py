@@ -226,3 +226,25 @@ def test_no_notifications_after_the_subscription_end(api: LiveServer, hook: Rece
     dispatcher(api).run_once()
     observation(api, "1-1", "X")
     assert pending(api) == []
+
+
+def test_another_process_sees_a_new_subscription_at_its_next_write(api: LiveServer, hook: Receiver) -> None:
+    """Each process caches live subscriptions; a generation token renewed by every Subscription write makes a
+    second server (as another API process or worker would) reload before its next match."""
+    from fhir_server.rest.server import FhirServer
+
+    other = FhirServer(api.backend.settings, api.backend.engine)
+
+    def write_elsewhere() -> None:
+        body = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+        response = other.handle(FhirRequest("POST", "Observation", resource=body,
+                                            headers={"content-type": "application/fhir+json"}))
+        assert response.status == 201
+
+    write_elsewhere()  # its cache now holds "no subscriptions"
+    subscription(api, hook.url, "Observation?status=final")
+    d = dispatcher(api)
+    d.run_once()
+    write_elsewhere()
+    assert [row.topic for row in pending(api)] == ["subscription-notification"]
+    assert d.run_once() == 1
