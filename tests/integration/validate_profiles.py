@@ -33,7 +33,8 @@ def derive(type_name: str, url: str, edits: dict[str, dict[str, Any]],
         last = max(i for i, el in enumerate(elements) if el["id"] == after or el["id"].startswith(after + "."))
         elements[last + 1:last + 1] = new
     name = url.rsplit("/", 1)[-1]
-    return {"resourceType": "StructureDefinition", "id": name, "url": url, "version": "1.0.0", "name": name,
+    title = "".join(part.capitalize() for part in name.split("-"))
+    return {"resourceType": "StructureDefinition", "id": name, "url": url, "version": "1.0.0", "name": title,
             "status": "active", "kind": "resource", "abstract": False, "type": type_name,
             "baseDefinition": core["url"], "derivation": "constraint", "fhirVersion": "4.0.1",
             "snapshot": {"element": elements}}
@@ -41,7 +42,8 @@ def derive(type_name: str, url: str, edits: dict[str, dict[str, Any]],
 
 def element(id_: str, **fields: Any) -> dict[str, Any]:
     path = ".".join(part.split(":", 1)[0] for part in id_.split("."))
-    out = {"id": id_, "path": path, "min": 0, "max": "1"}
+    out = {"id": id_, "path": path, "short": id_, "definition": f"{id_} (a test slice)", "min": 0, "max": "1",
+           "base": {"path": path, "min": 0, "max": "*"}}
     if ":" in id_.rsplit(".", 1)[-1]:
         out["sliceName"] = id_.rsplit(":", 1)[-1]
     out.update(fields)
