@@ -41,6 +41,10 @@ class Actor:
     username: str | None = None
     fhir_user: str | None = None  # Practitioner/1, Patient/7
     role: str | None = None
+    internal: bool = False  # the server's own work (background jobs, maintenance), no request behind it
+
+
+SERVER = Actor(internal=True)
 
 
 @dataclass
@@ -88,6 +92,8 @@ def _agents(actor: Actor) -> list[dict[str, Any]]:
         if network:
             app["network"] = network
         agents.append(app)
+    if not agents and actor.internal:
+        agents.append({"type": concept(DCM, "110150"), "who": OBSERVER, "requestor": True})
     if not agents:  # no token (FHIR_AUTH_REQUIRED=false, HL7 v2 adapters, the CLI)
         anonymous: dict[str, Any] = {"who": {"display": "unauthenticated"}, "requestor": True}
         if network:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.audit.classify import Interaction, classify, query_text
-from fhir_server.audit.events import Actor, Record, interaction
+from fhir_server.audit.events import SERVER, Actor, Record, interaction
 from fhir_server.audit.recorder import RECORDING, AuditRecorder
 from fhir_server.auth.access import AccessContext
 from fhir_server.errors import FORBIDDEN, NOT_SUPPORTED, FhirError
@@ -102,7 +102,7 @@ class Auditor:
         if what is None:
             return inner()
         state = _STATE.get()
-        actor = state.actor if state is not None else Actor()
+        actor = state.actor if state is not None else SERVER
         writes_before = len(repo.events)
         try:
             if what.resource_type == AUDIT_EVENT and what.action in ("C", "U", "D") and what.code != "search":
@@ -133,7 +133,7 @@ class Auditor:
         state = _STATE.get()
         content = event.resource or (event.previous.content if event.previous else None)
         record = Record(interaction(event.interaction), _ACTIONS.get(event.interaction, "E"),
-                        201 if event.interaction == "create" else 200, state.actor if state else Actor(),
+                        201 if event.interaction == "create" else 200, state.actor if state else SERVER,
                         targets=[event.version.reference], resources=[content] if content else [])
         self.recorder.write_now(repo, record)
 

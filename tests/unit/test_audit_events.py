@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from fhir_server.audit.classify import classify, query_text
-from fhir_server.audit.events import Actor, Record, audit_event, interaction, outcome
+from fhir_server.audit.events import SERVER, Actor, Record, audit_event, interaction, outcome
 from fhir_server.rest.request import FhirRequest
 from fhir_server.validation import ResourceValidator
 
@@ -78,3 +78,9 @@ def test_an_anonymous_failure() -> None:
     assert event["agent"] == [{"who": {"display": "unauthenticated"}, "requestor": True,
                                "network": {"address": "10.0.0.9", "type": "2"}}]
     assert event["outcome"] == "4" and event["outcomeDesc"] == "HTTP 401"
+
+
+def test_the_servers_own_writes_name_the_server() -> None:
+    event = audit_event(Record(interaction("update"), "U", 200, SERVER, targets=["Subscription/1"]))
+    assert ResourceValidator().validate(event, "AuditEvent") == []
+    assert event["agent"][0]["who"] == {"display": "fhir-server"} and event["agent"][0]["requestor"] is True
