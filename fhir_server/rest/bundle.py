@@ -203,15 +203,12 @@ def _resolve_conditional(repo: Repository, ref: str, index: int) -> str:
 
 
 def prefetch(repo: Repository, entries: list[Entry]) -> None:
-    """Read the current rows of every PUT/DELETE by id in one statement per type (each would otherwise
-    read its own row, one round trip apiece), in a fixed order so concurrent transactions lock alike."""
-    by_type: dict[str, set[str]] = {}
-    for e in entries:
-        segments = e.path.split("/")
-        if e.method in ("PUT", "DELETE") and len(segments) == 2 and not e.query:
-            by_type.setdefault(segments[0], set()).add(segments[1])
-    for rtype in sorted(by_type):
-        repo.prefetch_current(rtype, sorted(by_type[rtype]))
+    """Read the current rows of every PUT/DELETE by id in one statement (each would otherwise read its
+    own row, one round trip apiece)."""
+    references = [(segments[0], segments[1]) for e in entries
+                  if e.method in ("PUT", "DELETE") and not e.query and len(segments := e.path.split("/")) == 2]
+    if references:
+        repo.prefetch_current(references)
 
 
 def run_entry(server: FhirServer, outer: FhirRequest, repo: Repository, e: Entry) -> FhirResponse:

@@ -120,18 +120,23 @@ class Repository:
             self.access.check_read(version)
         return version
 
-    def prefetch_current(self, resource_type: str, resource_ids: list[str]) -> None:
-        """Read and lock the current rows of resources about to be updated, in one SELECT ... FOR UPDATE
-        per 500 ids instead of one per resource (a transaction of PUTs by id, e.g. HL7 v2 results)."""
-        for start in range(0, len(resource_ids), 500):
-            ids = resource_ids[start:start + 500]
-            rows = self.execute(select(RES.c.id, RES.c.version_id, RES.c.last_updated, RES.c.deleted, RES.c.content)
-                                .where(RES.c.resource_type == resource_type, RES.c.id.in_(ids))
-                                .order_by(RES.c.id).with_for_update())  # one lock order: fewer deadlocks
-            found = {r.id: Version(resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content)
-                     for r in rows}
-            for rid in ids:
-                self.prefetched[(resource_type, rid)] = found.get(rid)
+    def prefetch_current(self, references: list[tuple[str, str]]) -> None:
+        """Read and lock the current rows of resources about to be updated or deleted, (type, id) pairs, in
+        one SELECT ... FOR UPDATE per 500 instead of one per resource (a transaction of PUTs by id)."""
+        wanted = sorted(set(references))  # one lock order for every transaction: fewer deadlocks
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            # Type IN and id IN: the primary key index serves it; a stray (other type, same id) row is only
+            # locked, never used.
+            rows = self.execute(
+                select(RES.c.resource_type, RES.c.id, RES.c.version_id, RES.c.last_updated, RES.c.deleted,
+                       RES.c.content)
+                .where(RES.c.resource_type.in_(sorted({t for t, _ in chunk})), RES.c.id.in_([i for _, i in chunk]))
+                .order_by(RES.c.resource_type, RES.c.id).with_for_update())
+            found = {(r.resource_type, r.id): Version(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted,
+                                                      r.content) for r in rows}
+            for key in chunk:
+                self.prefetched[key] = found.get(key)
 
     def current(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Version | None:
         key = (resource_type, resource_id)
