@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, literal, select, union_all
 
 from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue
 from fhir_server.search.parser import AnyCriterion, parse_query
-from fhir_server.search.registry import Registry
+from fhir_server.search.registry import SPECIAL_CODES, Registry
 from fhir_server.search.sql import SqlContext, conditions
 from fhir_server.search.sql.sort import SortKey, after_cursor, order_by, sort_expression
 from fhir_server.search.terms import resolve as resolve_terms
@@ -57,7 +57,8 @@ def parse_sort(registry: Registry, rtype: str, text: str | None) -> list[SortKey
         desc = code.startswith("-")
         code = code.lstrip("-")
         sp = registry.get(rtype, code)
-        if sp is None or not sp.supported or sp.type == "composite":  # a composite has no single value to sort by
+        # a composite has no single value to sort by; _text/_content/_list none at all
+        if sp is None or not sp.supported or sp.type == "composite" or sp.code in SPECIAL_CODES:
             raise FhirError(400, [Issue(NOT_SUPPORTED, f"Cannot sort {rtype} by '{code}'", expression=("_sort",))])
         keys.append(SortKey(sp, desc))
     return keys
