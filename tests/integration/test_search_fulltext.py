@@ -110,3 +110,10 @@ def test_list(api: LiveServer) -> None:
     assert ids(api, f"Patient?_list={other}") == set()
     resp = api.http.get("Patient?_list=$current-allergies")
     assert resp.status_code == 400 and resp.json()["issue"][0]["expression"] == ["_list"]
+
+
+def test_special_parameters_do_not_sort(api: LiveServer) -> None:
+    for code in ("_text", "_content", "_list"):
+        resp = api.http.get(f"Observation?_sort={code}")
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["issue"][0]["expression"] == ["_sort"]
