@@ -168,7 +168,7 @@ Goals: >= 20,000 resources/s (wall: {'met' if best >= 20_000 else '**not met**'}
 load average below; CPU cost: {per_cpu:,.0f} resources per CPU second of worker and PostgreSQL together,
 the rate one quiet core would reach with the two running one after the other);
 worker peak RSS < 300 MB for 1M resources (measured up to the largest size above: peak {peak:.0f} MB;
-memory is flat in the export size because rows are read in pages and files are spooled to disk, so the
+memory is flat in the export size because rows are read in pages and streamed into the blob store, so the
 curve above is the evidence for 1M, not a 1M run).
 
 {facts_markdown(facts)}
