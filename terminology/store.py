@@ -123,14 +123,15 @@ def children(repo: Repository, cs: CodeSystemRef, code: str) -> list[str]:
 
 def by_url(repo: Repository, resource_type: str, url: str, version: str | None = None, *,
            expression: str = "url") -> dict[str, Any]:
-    """The stored resource with a canonical URL (``url|version`` allowed); 404 naming the parameter if none."""
+    """The stored resource with a canonical URL (``url|version`` allowed); 404 naming the parameter if none.
+    One indexed lookup plus a content cache (``fhir_server.packages.canonical``), not a search: $validate-code
+    and $expand find their ValueSet this way on every call. The result is shared: do not modify it."""
+    from fhir_server.packages import canonical
+
     if version is None and "|" in url:
         url, version = url.split("|", 1)
-    criteria = [("url", url)] + ([("version", version)] if version else [])
-    ids = repo.find_ids(resource_type, criteria, limit=20)
-    found = [v.content for v in repo.read_many([(resource_type, i) for i in ids]) if v.content is not None]
-    found = [r for r in found if r.get("url") == url and (not version or r.get("version") == version)]
-    if not found:
+    found = canonical.find(repo, resource_type, url, version)
+    if found is None:
         what = f"{url}|{version}" if version else url
         raise FhirError(404, NOT_FOUND, f"No {resource_type} with the URL {what} is known", (expression,))
-    return max(found, key=lambda r: _version_key(str(r.get("version") or "")))
+    return found

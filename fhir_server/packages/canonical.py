@@ -71,7 +71,8 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
 
 def find(repo: Repository, resource_type: str, url: str, version: str | None = None) -> dict[str, Any] | None:
     """The current resource of that type with this canonical URL (``url|version`` allowed; the highest
-    version when none is asked for), or None. Access rules apply as for a read."""
+    version when none is asked for), or None. The caller's access rules apply as for a search.
+    The content is shared between callers: never modify it."""
     if version is None and "|" in url:
         url, version = url.split("|", 1)
     stmt = select(CANONICAL.c.resource_id, CANONICAL.c.version, CANONICAL.c.version_id).where(
@@ -83,17 +84,18 @@ def find(repo: Repository, resource_type: str, url: str, version: str | None = N
         return None
     row = max(rows, key=lambda r: (_version_key(r.version), r.resource_id))
     key = (resource_type, row.resource_id, row.version_id)
-    with _lock:
-        cached = _cache.get(key)
-        if cached is not None:
-            _cache.move_to_end(key)
-    if cached is not None and repo.access is None:
-        return cached
-    current = repo.read(resource_type, row.resource_id)  # access checks, and the content if not cached
-    if current.content is None:
+    if repo.access is None:
+        with _lock:
+            cached = _cache.get(key)
+            if cached is not None:
+                _cache.move_to_end(key)
+                return cached
+    # read_many applies the caller's access rules as a search would: what may not be seen is not found
+    found = repo.read_many([(resource_type, row.resource_id)])
+    if not found or found[0].content is None:
         return None
     with _lock:
-        _cache[(resource_type, row.resource_id, current.version_id)] = current.content
+        _cache[(resource_type, row.resource_id, found[0].version_id)] = found[0].content
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
-    return current.content
+    return found[0].content
