@@ -21,6 +21,7 @@ Empty values are pruned, and an object left with only constants is dropped (a co
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,6 +134,17 @@ def _static(node: Json) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_path(path: str) -> tuple[str, int, tuple[int, ...]]:
+    """``PID-5.1.1`` -> ("PID", 5, (1, 1)); ``.4.2`` (relative) -> ("", 0, (4, 2)). Templates are fixed data:
+    each path is parsed once, not on every message."""
+    if path.startswith("."):
+        return "", 0, tuple(int(p) for p in path[1:].split("."))
+    seg_id, _, rest = path.partition("-")
+    seq_text, *subpath = rest.split(".")
+    return seg_id, int(seq_text), tuple(int(p) for p in subpath)
+
+
 class Engine:
     def __init__(self, partials: dict[str, Json], codemaps: dict[str, dict[str, Any]],
                  functions: dict[str, Function], default_tz: str = "+00:00") -> None:
@@ -144,23 +156,21 @@ class Engine:
     # -- paths ---------------------------------------------------------------------------------------
     def resolve(self, path: str, ctx: Context, following: bool = False) -> list[Value]:
         """All values at ``path`` (one per repetition of the field)."""
-        if path.startswith("."):
+        seg_id, seq, subpath = _parse_path(path)
+        if not seg_id:
             if ctx.value is None:
                 return []
             value: Value | None = ctx.value
-            for part in path[1:].split("."):
-                value = value.child(int(part)) if value else None
+            for part in subpath:
+                value = value.child(part) if value else None
             return [value] if value else []
-        seg_id, _, rest = path.partition("-")
         segments = self._segments(seg_id, ctx, following)
-        seq_text, *subpath = rest.split(".")
-        seq = int(seq_text)
         out: list[Value] = []
         for seg in segments:
             for rep in seg.repetitions(seq):
                 value = Value(rep, 0, seg, seq)
                 for part in subpath:
-                    value = value.child(int(part)) if value else None
+                    value = value.child(part) if value else None
                 if value is not None and value.raw:
                     out.append(value)
         return out
