@@ -27,7 +27,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parent) not in sys.path:  # run as a script or imported by another bench
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     LOOPBACK,
