@@ -66,7 +66,7 @@ def measure(backend: str, audit: bool, count: int) -> tuple[float, float, dict[s
 
     rng = random.Random(20261201)
     with database(backend) as url:
-        server = FhirServer(Settings(database_url=url, audit_enabled=audit, terminology_preload=False))
+        server = FhirServer(Settings(database_url=url, audit_enabled=audit))
         upgrade(server.engine)
         pipeline = Hl7Pipeline(server, MessageStore(server.engine))
         for i in range(10):  # warm-up: caches, prepared statements
