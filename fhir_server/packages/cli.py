@@ -45,6 +45,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{rtype}\tcreated {result.created[rtype]}\tupdated {result.updated[rtype]}\t"
               f"unchanged {result.unchanged[rtype]}")
     for url in package.no_snapshot:
-        print(f"warning\t{url} has no snapshot: resources cannot be validated against it", file=sys.stderr)
+        print(f"warning\t{url} has no snapshot and none could be generated: nothing validates against it",
+              file=sys.stderr)
     print(f"seconds\t{time.perf_counter() - started:.1f}")
     return 0

@@ -36,7 +36,8 @@ class Package:
     name: str
     version: str
     resources: list[dict[str, Any]]
-    no_snapshot: list[str] = field(default_factory=list)  # StructureDefinition URLs shipped without one
+    # StructureDefinitions shipped without a snapshot; after install, those whose snapshot could not be made
+    no_snapshot: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -101,9 +102,43 @@ def _comparable(res: dict[str, Any] | None) -> Any:
     return out
 
 
+def _with_snapshots(repo: Repository, package: Package) -> None:
+    """Generate the snapshot of each StructureDefinition that ships only a differential (``snapshot.py``),
+    from its base in the package, the core, or the store; those that cannot be stay in ``no_snapshot``."""
+    from fhir_server.definitions import resource_structure_definitions, type_structure_definitions
+    from fhir_server.packages.snapshot import SnapshotError, generate
+    from fhir_server.validation.service import bundled
+
+    own = {str(r.get("url")): r for r in package.resources if r["resourceType"] == "StructureDefinition"}
+    core = {sd["url"]: sd for sd in [*resource_structure_definitions().values(),
+                                     *type_structure_definitions().values()]}
+
+    def datatype(code: str) -> dict[str, Any] | None:
+        return type_structure_definitions().get(code)
+
+    def resolve(url: str, depth: int = 0) -> dict[str, Any] | None:
+        sd = own.get(url) or core.get(url) or bundled().get(url) or canonical.find(repo, "StructureDefinition", url)
+        if sd is None or depth > 10:
+            return None
+        if not (sd.get("snapshot") or {}).get("element") and url in own:
+            base = resolve(str(sd.get("baseDefinition", "")).split("|", 1)[0], depth + 1)
+            if base is None or not (base.get("snapshot") or {}).get("element"):
+                return None
+            try:
+                sd["snapshot"] = {"element": generate(sd, base, datatype)}
+            except SnapshotError:
+                return None
+        return sd
+
+    package.no_snapshot = [url for url in package.no_snapshot if resolve(url) is None
+                           or not (own[url].get("snapshot") or {}).get("element")]
+
+
 def install(server: FhirServer, package: Package) -> InstallResult:
     def work(repo: Repository) -> InstallResult:
         result = InstallResult()
+        if package.no_snapshot:
+            _with_snapshots(repo, package)
         for res in package.resources:
             _install_one(repo, res, result)
         return result

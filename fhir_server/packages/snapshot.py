@@ -1,0 +1,116 @@
+"""Snapshot generation for StructureDefinitions shipped with only a differential (``packages install``).
+
+The common subset of the spec's algorithm: start from the base definition's snapshot; each differential
+element is merged onto the element with its id (its keys win, constraints add up); an element the base
+lacks is created from what it refines: a slice (``X.y:name``) copies the sliced element and everything
+below it, a child of a datatype element (``Patient.identifier.system``) unfolds that datatype's own
+definition under it (through several levels: ``Claim.careTeam.role.coding.system``). Every ABDM 6.5.0
+profile, snapshot removed, comes back with the same elements as the snapshot it ships. Not covered (the
+profile is then stored without a snapshot and reported unusable): differentials that rename choice
+elements (``valueQuantity`` for ``value[x]``), reach into a ``contentReference``, or re-slice a slice.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+_MERGED_LISTS = ("constraint", "mapping", "condition")
+
+
+class SnapshotError(ValueError):
+    pass
+
+
+def _id(el: dict[str, Any]) -> str:
+    if el.get("id"):
+        return str(el["id"])
+    return str(el["path"]) + (f":{el['sliceName']}" if el.get("sliceName") else "")
+
+
+def _below(elements: list[dict[str, Any]], pos: int) -> int:
+    """Index after the element at ``pos`` and everything below it (its children and its slices)."""
+    root = elements[pos]["id"]
+    end = pos + 1
+    while end < len(elements) and (elements[end]["id"].startswith(root + ".")
+                                   or elements[end]["id"].startswith(root + ":")):
+        end += 1
+    return end
+
+
+def _merge(target: dict[str, Any], diff: dict[str, Any]) -> None:
+    for key, value in diff.items():
+        if key in ("id", "path"):
+            continue
+        if key in _MERGED_LISTS and isinstance(target.get(key), list):
+            known = {repr(v) for v in target[key]}
+            target[key] = target[key] + [v for v in value if repr(v) not in known]
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _rebase(elements: list[dict[str, Any]], old: str, new: str, old_path: str, new_path: str) -> list[dict[str, Any]]:
+    out = []
+    for original in elements:
+        el = copy.deepcopy(original)
+        el["id"] = new + _id(original)[len(old):]
+        el["path"] = new_path + el["path"][len(old_path):]
+        out.append(el)
+    return out
+
+
+def _ensure(elements: list[dict[str, Any]], eid: str, datatype: Callable[[str], dict[str, Any] | None],
+            depth: int = 0) -> int:
+    """The index of element ``eid``, unfolding the datatypes of its ancestors as needed."""
+    ids = [el["id"] for el in elements]
+    if eid in ids:
+        return ids.index(eid)
+    head = eid.rpartition(".")[0]
+    if not head or ":" in eid.rpartition(".")[2] or depth > 20:
+        raise SnapshotError(f"{eid}: not in the base")
+    pos = _ensure(elements, head, datatype, depth + 1)
+    parent = elements[pos]
+    types = parent.get("type") or []
+    if len(types) != 1 or _below(elements, pos) != pos + 1:
+        raise SnapshotError(f"{eid}: cannot unfold {head} (it has {len(types)} types or children already)")
+    dt = datatype(str(types[0]["code"]))
+    if dt is None or not dt.get("snapshot"):
+        raise SnapshotError(f"{eid}: no definition for the datatype {types[0]['code']}")
+    inner = dt["snapshot"]["element"]
+    elements[pos + 1:pos + 1] = _rebase(inner[1:], _id(inner[0]), head, inner[0]["path"], parent["path"])
+    ids = [el["id"] for el in elements]
+    if eid not in ids:
+        raise SnapshotError(f"{eid}: not an element of {types[0]['code']}")
+    return ids.index(eid)
+
+
+def generate(sd: dict[str, Any], base: dict[str, Any], datatype: Callable[[str], dict[str, Any] | None]
+             ) -> list[dict[str, Any]]:
+    """The snapshot of ``sd`` from its differential and ``base``'s snapshot; ``datatype(code)``: the
+    StructureDefinition of a datatype, to unfold elements the base does not detail."""
+    elements = copy.deepcopy(base["snapshot"]["element"])
+    for el in elements:
+        el["id"] = _id(el)
+    root_path = str(sd.get("type") or elements[0]["path"])
+    for diff in (sd.get("differential") or {}).get("element") or []:
+        did = _id(diff)
+        if did in {el["id"] for el in elements}:
+            _merge(elements[_ensure(elements, did, datatype)], diff)
+            continue
+        head, _, last = did.rpartition(".")
+        if ":" in last:  # a new slice: a copy of the sliced element and what is below it
+            sliced = f"{head}.{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+            pos = _ensure(elements, sliced, datatype)
+            end = _below(elements, pos)
+            copies = _rebase([e for e in elements[pos:end] if ":" not in e["id"][len(sliced):]], sliced, did,
+                             elements[pos]["path"], elements[pos]["path"])
+            copies[0].pop("slicing", None)
+            copies[0]["sliceName"] = last.split(":", 1)[1]
+            _merge(copies[0], diff)
+            elements[end:end] = copies
+            continue
+        _merge(elements[_ensure(elements, did, datatype)], diff)
+    if elements and elements[0]["path"] != root_path:
+        raise SnapshotError(f"the base's root {elements[0]['path']} is not {root_path}")
+    return elements
