@@ -79,25 +79,49 @@ def validate_code_job(code: str, ok: bool) -> Callable[[httpx.Client], int]:
     return job
 
 
-def in_process_validate_code(url: str, n: int) -> float:
-    """p50 seconds of $validate-code through FhirServer.handle (no HTTP), to tell the server's own cost."""
+def _by_search(repo: Any, resource_type: str, url: str, version: str | None = None, *,
+               expression: str = "url") -> dict[str, Any]:
+    """The canonical lookup as it was before the canonical table: a generic search on ``url``."""
+    from fhir_server.errors import NOT_FOUND, FhirError
+
+    ids = repo.find_ids(resource_type, [("url", url)] + ([("version", version)] if version else []), limit=20)
+    found = [v.content for v in repo.read_many([(resource_type, i) for i in ids]) if v.content is not None]
+    if not found:
+        raise FhirError(404, NOT_FOUND, f"No {resource_type} {url}", (expression,))
+    return found[0]
+
+
+def in_process_validate_code(url: str, n: int) -> dict[str, tuple[float, float]]:
+    """$validate-code through FhirServer.handle (no HTTP): (CPU ms, wall p50 ms) per call, with the ValueSet
+    found through the canonical table (as built) and through generic search (as before), alternately."""
     from fhir_server.config import Settings
     from fhir_server.rest.request import FhirRequest
     from fhir_server.rest.server import FhirServer
     from fhir_server.storage.database import make_engine
+    from terminology import store
 
     settings = Settings(database_url=url, outbox_dispatcher=False, audit_enabled=False)
     engine = make_engine(settings)
     server = FhirServer(settings, engine)
-    times = []
-    for i in range(n):
-        req = FhirRequest("GET", "ValueSet/$validate-code",
-                          query=[("url", GENDER_VS), ("system", GENDER_CS), ("code", ("male", "x")[i % 2])])
-        t0 = time.perf_counter()
-        assert server.handle(req).status == 200
-        times.append(time.perf_counter() - t0)
-    engine.dispose()
-    return percentile(times[n // 10:], 50)
+    canonical_lookup = store.by_url
+    out: dict[str, tuple[float, float]] = {}
+    try:
+        for label, lookup in (("generic search", _by_search), ("canonical table", canonical_lookup)):
+            store.by_url = lookup  # type: ignore[assignment]
+            times, cpu0 = [], time.process_time()
+            for i in range(n + n // 10):
+                req = FhirRequest("GET", "ValueSet/$validate-code",
+                                  query=[("url", GENDER_VS), ("system", GENDER_CS), ("code", ("male", "x")[i % 2])])
+                if i == n // 10:
+                    cpu0 = time.process_time()
+                t0 = time.perf_counter()
+                assert server.handle(req).status == 200
+                times.append(time.perf_counter() - t0)
+            out[label] = ((time.process_time() - cpu0) / n * 1000, percentile(times[n // 10:], 50) * 1000)
+    finally:
+        store.by_url = canonical_lookup  # type: ignore[assignment]
+        engine.dispose()
+    return out
 
 
 def row(what: str, result: Any, cpu: CpuMeter) -> list[Any]:
@@ -153,7 +177,7 @@ def main() -> None:
                 cpu.stop()
                 rows.append(row(what, result, cpu))
                 log(f"{what}: {rows[-1]}")
-        in_process = in_process_validate_code(url, 300)
+        in_process = in_process_validate_code(url, 500)
     p95 = {r[0]: float(r[3]) for r in rows}
     bundle_p95, code_p95 = p95[f"$validate Bundle of {args.entries}"], p95["$validate-code (core ValueSet)"]
     met = {True: "met", False: "**NOT met**"}
@@ -169,10 +193,12 @@ def main() -> None:
                "errors"], rows),
         f"Goals: `$validate` of the {args.entries}-entry Bundle p95 {bundle_p95:.0f} ms (< 2 s: "
         f"{met[bundle_p95 < 2000]}); `$validate-code` p95 {code_p95:.1f} ms (< 5 ms: {met[code_p95 < 5]}). "
-        f"In-process (FhirServer.handle, no HTTP) `$validate-code` p50 {in_process * 1000:.2f} ms. The ValueSet "
-        "is found by canonical URL in one indexed lookup plus a content cache (`canonical_resource`), where "
-        "generic search cost ~3 ms. The machine is shared with other engineers' work: wall times move with its "
-        "load (above), CPU per request much less.",
+        "In-process (FhirServer.handle, no HTTP, same database) `$validate-code` with the ValueSet found by "
+        "canonical URL through `canonical_resource` (one indexed lookup + content cache, as built): "
+        f"{in_process['canonical table'][0]:.2f} ms CPU, p50 {in_process['canonical table'][1]:.2f} ms; through "
+        f"generic search (before): {in_process['generic search'][0]:.2f} ms CPU, p50 "
+        f"{in_process['generic search'][1]:.2f} ms. The machine is shared with other engineers' work: wall times "
+        "move with its load (above), CPU per request much less.",
     ])
     print(body)
     if not args.quick:
