@@ -27,6 +27,7 @@ _lock = threading.RLock()
 _core: dict[str, Profile | None] = {}
 _core_elements: dict[str, dict[str, ElementDef]] = {}
 _compiled: dict[tuple[str, str, str], Profile] = {}
+_MAX_COMPILED = 2000
 
 
 @lru_cache(maxsize=1)
@@ -71,6 +72,8 @@ def compiled(sd: dict[str, Any], stamp: str = "") -> Profile | None:
         found = _compiled.get(key)
         if found is None:
             found = compile_profile(sd, _core_by_path(str(sd.get("type"))))
+            if len(_compiled) >= _MAX_COMPILED:  # old versions of updated profiles: start afresh
+                _compiled.clear()
             _compiled[key] = found
     return found
 
