@@ -18,22 +18,19 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     from interfaces.mllp.store import MessageStore
 
     if args.command == "mllp":
-        from interfaces.mllp.listener import MllpListener
+        from fhir_server.storage.database import make_engine
 
         if args.host:
             settings = settings.model_copy(update={"mllp_host": args.host})
-        server = FhirServer(settings)
-        upgrade(server.engine)
+        workers = getattr(args, "workers", 1) or 1
+        engine = make_engine(settings)
+        upgrade(engine)
+        engine.dispose()
+        if workers > 1:
+            from interfaces.mllp.workers import run_workers
 
-        async def main() -> None:
-            listener = MllpListener(server, port=args.port)
-            try:
-                await listener.serve_forever()
-            finally:
-                await listener.stop()
-
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(main())
+            return run_workers(settings, args.port, workers)
+        serve_mllp(settings, args.port)
         return 0
     server = FhirServer(settings)
     store = MessageStore(server.engine)
@@ -51,3 +48,21 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
         return 1 if outcome.get("error") else 0
     print(f"unknown hl7 command {args.hl7_command}", file=sys.stderr)
     return 2
+
+
+def serve_mllp(settings: Settings, port: int | None, *, reuse_port: bool = False) -> None:
+    """One listener process until interrupted (``reuse_port``: one of several on the same port)."""
+    from fhir_server.rest.server import FhirServer
+    from interfaces.mllp.listener import MllpListener
+
+    server = FhirServer(settings)
+
+    async def main() -> None:
+        listener = MllpListener(server, port=port, reuse_port=reuse_port)
+        try:
+            await listener.serve_forever()
+        finally:
+            await listener.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())

@@ -41,7 +41,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 class MllpListener:
     def __init__(self, server: FhirServer, *, host: str | None = None, port: int | None = None,
                  pipeline: Hl7Pipeline | None = None, workers: int | None = None,
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, reuse_port: bool = False) -> None:
         settings = settings or server.settings
         self.settings = settings
         self.host = host or settings.mllp_host or settings.host
@@ -49,6 +49,7 @@ class MllpListener:
         self.pipeline = pipeline or Hl7Pipeline(server, MessageStore(server.engine))
         self.executor = ThreadPoolExecutor(max_workers=workers or max(4, settings.db_pool_size),
                                            thread_name_prefix="mllp")
+        self.reuse_port = reuse_port  # several processes on one port: the kernel spreads the connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
 
@@ -63,7 +64,7 @@ class MllpListener:
         if recovered:
             log.info("mllp: finished %s messages left from a previous run", recovered)
         self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=tls_context(self.settings),
-                                                  limit=64 * 1024)
+                                                  limit=64 * 1024, reuse_port=self.reuse_port or None)
         tls = " (TLS)" if self.settings.mllp_tls_cert else ""
         log.info("mllp listening on %s:%s%s", self.host, self.bound_port, tls)
 
