@@ -25,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mllp = sub.add_parser("mllp", help="apply pending migrations, then run the HL7 v2 MLLP listener alone")
     mllp.add_argument("--host", default=None)
     mllp.add_argument("--port", type=int, default=None, help="default FHIR_MLLP_PORT or 2575")
+    mllp.add_argument("--workers", type=int, default=1, help="listener processes sharing the port (SO_REUSEPORT)")
     hl7 = sub.add_parser("hl7", help="HL7 v2 message store: stats, replay")
     hl7_sub = hl7.add_subparsers(dest="hl7_command", required=True)
     hl7_stats = hl7_sub.add_parser("stats", help="message counts by status (and the latest failures)")
