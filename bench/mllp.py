@@ -13,8 +13,11 @@ analyser does); ACK latency is measured by the sender from the first byte sent t
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -24,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
@@ -32,6 +36,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # run as a script or i
 
 from common import (
     LOOPBACK,
+    SOURCE_DIR,
     CpuMeter,
     bench_database,
     facts_markdown,
@@ -166,6 +171,7 @@ def committed(url: str, run: str) -> dict[str, int]:
 @dataclass
 class Row:
     backend: str
+    processes: int
     senders: int
     messages: int
     result: SendResult
@@ -179,14 +185,14 @@ class Row:
         done = len(self.result.latencies)
         rate = done / self.wall if self.wall else 0.0
         pg = f"{self.postgres_cpu * 1000 / max(done, 1):.1f}" if self.postgres_cpu is not None else "-"
-        return [self.backend, str(self.senders), str(done), f"{self.wall:.1f}", f"**{rate:,.0f}**",
+        return [self.backend, str(self.processes), str(self.senders), str(done), f"{self.wall:.1f}", f"**{rate:,.0f}**",
                 ms(percentile(self.result.latencies, 50)), ms(percentile(self.result.latencies, 95)),
                 f"{self.server_cpu * 1000 / max(done, 1):.1f}", pg,
                 "yes" if self.expected_ok else "NO", str(len(self.result.errors))]
 
 
-HEADERS = ["database", "senders", "messages ACKed", "wall s", "messages/s", "ACK p50 ms", "ACK p95 ms",
-           "server CPU ms/message", "PostgreSQL CPU ms/message", "all committed", "errors"]
+HEADERS = ["database", "listener processes", "senders", "messages ACKed", "wall s", "messages/s", "ACK p50 ms",
+           "ACK p95 ms", "server CPU ms/message", "PostgreSQL CPU ms/message", "all committed", "errors"]
 
 
 @contextmanager
@@ -199,17 +205,51 @@ def backend_url(backend: str) -> Iterator[str]:
             yield f"sqlite:///{tmp}/fhir.db"
 
 
+@dataclass
+class Listener:
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def mllp_server(url: str, port: int, processes: int) -> Iterator[Any]:
+    """``serve`` with the listener beside HTTP (one process), or ``fhir-server mllp --workers N``."""
+    if processes == 1:
+        with fhir_server(url, 1, extra_env={"FHIR_MLLP_PORT": str(port), "FHIR_MLLP_HOST": LOOPBACK}) as server:
+            yield server
+        return
+    env = {**os.environ, "FHIR_DATABASE_URL": url}
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "mllp", "--host", LOOPBACK, "--port",
+                                 str(port), "--workers", str(processes)], cwd=SOURCE_DIR, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    socket.create_connection((LOOPBACK, port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.2)  # polling a starting process, bounded by the deadline
+            time.sleep(5)  # the other processes' start-up (they bind the same port a moment apart)
+            yield Listener(proc)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+
+
 def measure(backend: str, senders_list: list[int], count: int, warmup: int, deadline: float,
-            facts: dict[str, str]) -> list[Row]:
+            facts: dict[str, str], processes: int = 1) -> list[Row]:
     rows: list[Row] = []
     rng = random.Random(20261201)
     with backend_url(backend) as url:
         port = free_port()
-        with fhir_server(url, 1, extra_env={"FHIR_MLLP_PORT": str(port), "FHIR_MLLP_HOST": LOOPBACK}) as server:
+        with mllp_server(url, port, processes) as server:
             if backend == "postgresql" and not facts:
                 facts.update(machine_facts(url))
-            log(f"{backend}: server up, MLLP on {port}")
-            send_all(port, [oru(i, "W", rng) for i in range(warmup)], 2, deadline)
+            log(f"{backend}: server up, MLLP on {port} ({processes} listener processes)")
+            # Warm every process (SO_REUSEPORT spreads connections at random): many short connections.
+            warm = max(warmup, 8 * processes)
+            send_all(port, [oru(i, "W", rng) for i in range(warm)], 2 if processes == 1 else 4 * processes, deadline)
             for senders in senders_list:
                 run = f"S{senders}"
                 messages = [oru(i, run, rng) for i in range(count)]
@@ -230,7 +270,7 @@ def measure(backend: str, senders_list: list[int], count: int, warmup: int, dead
                 ok = (grew.get("hl7 processed", 0) == done == count and grew.get("Observation", 0) == 10 * count
                       and grew.get("DiagnosticReport", 0) == count and grew.get("Patient", 0) == count
                       and grew.get("Provenance", 0) == count)
-                rows.append(Row(backend, senders, count, result, wall, server_cpu,
+                rows.append(Row(backend, processes, senders, count, result, wall, server_cpu,
                                 meter.postgres if meter else None, grew, ok))
                 print(table(HEADERS, [rows[-1].cells()]), flush=True)
                 if not ok:
@@ -255,7 +295,8 @@ def render(rows: list[Row], facts: dict[str, str], args: argparse.Namespace) -> 
 Each message is a v2.5.1 ORU^R01 with PID, PV1, ORC, OBR, 10 OBX (NM, LOINC, UCUM units, reference ranges,
 flags) and SPM, each for a new patient and order; it becomes one FHIR transaction of 16 resources (Patient
 by conditional create on PID-3, Encounter, ServiceRequest, Specimen, DiagnosticReport, 10 Observations,
-Provenance). A real `fhir-server serve --workers 1` with `FHIR_MLLP_PORT` runs on a fresh database; after
+Provenance). A real `fhir-server serve --workers 1` with `FHIR_MLLP_PORT` (1 listener process), or
+`fhir-server mllp --workers N` (N processes sharing the port; PostgreSQL only) runs on a fresh database; after
 {args.warmup} warm-up messages, each row sends {args.messages} messages from that many MLLP connections, each
 sending one message and waiting for its ACK before the next. "all committed" checks the database afterwards:
 every message `processed`, and exactly the expected new Patients, DiagnosticReports, Observations and
@@ -263,7 +304,8 @@ Provenances. Server CPU is the server process's user+system time per message; Po
 backends serving the bench database.
 
 Goal: >= {GOAL_MSG_PER_S} messages/s with ACK p95 < {GOAL_P95_MS:.0f} ms from 4 senders. Best measured:
-**{rate:,.0f} messages/s** ({best.backend}, {best.senders} senders); best ACK p95 with 4 senders {p95:.1f} ms —
+**{rate:,.0f} messages/s** ({best.backend}, {best.processes} listener processes, {best.senders} senders);
+best ACK p95 with 4 senders {p95:.1f} ms —
 goal {"met" if met else "NOT met"}.
 
 {table(HEADERS, [r.cells() for r in rows])}
@@ -278,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--senders", default="1,4", help="concurrent MLLP connections (comma-separated)")
+    parser.add_argument("--processes", default="1,2",
+                        help="listener processes on PostgreSQL (comma-separated; 2+ = fhir-server mllp --workers)")
     parser.add_argument("--messages", type=int, default=400, help="messages per row")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--max-seconds", type=float, default=180.0, help="deadline per row")
@@ -288,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     facts: dict[str, str] = {}
     rows: list[Row] = []
     for backend in args.backends.split(","):
-        rows += measure(backend, [int(s) for s in args.senders.split(",")], args.messages, args.warmup,
-                        args.max_seconds, facts)
+        # SQLite serialises writers (BEGIN IMMEDIATE), so more listener processes only add contention.
+        for processes in [int(p) for p in args.processes.split(",")] if backend == "postgresql" else [1]:
+            rows += measure(backend, [int(s) for s in args.senders.split(",")], args.messages, args.warmup,
+                            args.max_seconds, facts, processes)
     if not facts:
         with bench_database("mllp_facts") as url:
             facts.update(machine_facts(url))
