@@ -278,12 +278,18 @@ def _audit_login(auth: SmartAuth, request: Request, client_id: str, username: st
 
 
 def _client_then(auth: SmartAuth, sreq: SmartRequest, methods: list[str], endpoint: str,
-                 then: Callable[[Any], Any]) -> tuple[int, Any, list[tuple[str, str]]]:
+                 then: Callable[[Any], Any], address: str | None) -> tuple[int, Any, list[tuple[str, str]]]:
     try:
         client = auth.server.authenticate_client(sreq, methods, endpoint)
     except OAuth2Error as error:
-        return auth.server.handle_error_response(sreq, error)
-    return 200, then(client), []
+        result = auth.server.handle_error_response(sreq, error)
+        client_id = _claimed_client(sreq)
+    else:
+        result, client_id = (200, then(client), []), client.client_id
+    if auth.fhir.audit is not None:  # who asked about or revoked tokens (never the token itself)
+        auth.fhir.audit.authentication(own(f"token-{endpoint}", f"Token {endpoint}"), result[0],
+                                       Actor(address, client_id))
+    return result
 
 
 @router.post("/auth/introspect", summary="RFC 7662 token introspection")
@@ -293,7 +299,8 @@ async def introspect(request: Request) -> Response:
     sreq = SmartRequest("POST", urls.introspect, request.headers, [], await _form(request))
     token_value = sreq.form.get("token", "")
     return _oauth_response(await _call(urls, _client_then, auth, sreq, ["client_secret_basic", "private_key_jwt"],
-                                       "introspection", lambda c: auth.server.introspect(token_value, c)))
+                                       "introspection", lambda c: auth.server.introspect(token_value, c),
+                                       _address(request)))
 
 
 @router.post("/auth/revoke", summary="RFC 7009 token revocation")
@@ -304,7 +311,7 @@ async def revoke(request: Request) -> Response:
     token_value = sreq.form.get("token", "")
     return _oauth_response(await _call(urls, _client_then, auth, sreq,
                                        ["none", "client_secret_basic", "private_key_jwt"], "revocation",
-                                       lambda c: _revoke(auth, token_value, c)))
+                                       lambda c: _revoke(auth, token_value, c), _address(request)))
 
 
 def _revoke(auth: SmartAuth, token_value: str, client: Any) -> dict[str, Any]:

@@ -203,3 +203,8 @@ def test_cli_registers_a_resource_server_that_may_introspect(smart: Smart, tmp_p
     r = smart.http.post(f"{smart.root}/auth/introspect", data={"token": token},
                         auth=(gateway["client_id"], gateway["client_secret"]))
     assert r.status_code == 200 and r.json()["active"] is True
+    (asked,) = [e for e in audits(smart, altid=gateway["client_id"]) if subtype(e) == "token-introspection"]
+    assert asked["outcome"] == "0" and token not in orjson.dumps(asked).decode()
+    refused = smart.http.post(f"{smart.root}/auth/introspect", data={"token": token}, auth=("nobody-rs", "x"))
+    assert refused.status_code == 401
+    assert [e["outcome"] for e in audits(smart, altid="nobody-rs") if subtype(e) == "token-introspection"] == ["4"]
