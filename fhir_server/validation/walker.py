@@ -149,7 +149,7 @@ class Walker:
             items = self.items(node, child, item.path)
             if not base:
                 self._cardinality(child, items, item.path)
-                if child.slices or (child.slicing and child.slicing.rules == "closed"):
+                if child.slicing and (child.slices or child.slicing.rules == "closed"):
                     self._slices(child, items, resource)
             for it in items:
                 if base and child.name in ("extension", "modifierExtension"):
@@ -307,12 +307,19 @@ class Walker:
 
         assert child.slicing is not None
         counts = {id(s): 0 for s in child.slices}
+        order = {id(s): i for i, s in enumerate(child.slices)}
+        last, rules = -1, child.slicing.rules
         for it in items:
             chosen = slice_of(self.defs, child, it)
             if chosen is None:
-                if child.slicing.rules == "closed":
+                if rules == "closed":
                     self._issue(STRUCTURE, it.path, f"matches no slice of {child.id}, and the slicing is closed")
+                last = len(child.slices) if rules == "openAtEnd" else last
                 continue
+            if (child.slicing.ordered or rules == "openAtEnd") and order[id(chosen)] < last:
+                self._issue(STRUCTURE, it.path, f"the slice '{chosen.slice_name}' is out of order: {child.id} "
+                                                "requires its slices in the order the profile defines them")
+            last = max(last, order[id(chosen)])
             counts[id(chosen)] += 1
             self.element(chosen, it, resource, base=False)
         parent = items[0].path.rsplit(".", 1)[0] if items else None

@@ -102,3 +102,20 @@ def test_extension_slices_by_url_of_their_profile() -> None:
     assert slice_of(walker.defs, ext, Item({"url": url, "valueAddress": {"city": "x"}}, "e", "Extension")) is \
         ext.slices[0]
     assert slice_of(walker.defs, ext, Item({"url": "http://other", "valueString": "x"}, "e", "Extension")) is None
+
+
+def test_ordered_and_open_at_end_slicing() -> None:
+    a = _slice("a", code=_child("code", fixed="A", kind="fixed"))
+    b = _slice("b", code=_child("code", fixed="B", kind="fixed"))
+    items = [Item({"code": c}, f"X.part[{i}]", None) for i, c in enumerate(["B", "A", "Z"])]
+    for rules, ordered, expected in (("open", False, []), ("open", True, ["X.part[1]"]),
+                                     ("openAtEnd", False, ["X.part[1]"])):
+        sliced = _sliced((("value", "code"),), a, b)
+        sliced.slicing = Slicing((("value", "code"),), rules, ordered)
+        walker = Walker(StoreDefinitions(None))
+        walker._slices(sliced, items, {})
+        assert [i.expression[0] for i in walker.out] == expected, (rules, ordered)
+    sliced.slicing = Slicing((("value", "code"),), "openAtEnd", False)
+    walker = Walker(StoreDefinitions(None))
+    walker._slices(sliced, [items[2], items[0]], {})  # an unsliced item before a slice
+    assert [i.expression[0] for i in walker.out] == ["X.part[0]"]
