@@ -17,7 +17,7 @@ from fhir_server.search.paths import compile_expression
 from fhir_server.search.registry import SearchParam, split_union
 
 if TYPE_CHECKING:
-    from fhir_server.search.extract import Extractor
+    from fhir_server.search.extract import Extractor, IndexRows
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,13 @@ class CompositeExtractor:
             self._plans[resource_type] = plan
         return plan
 
-    def rows(self, resource_type: str, resource_id: str, resource: dict[str, Any]) -> list[dict[str, Any]]:
+    def rows(self, resource_type: str, resource_id: str, resource: dict[str, Any], main: IndexRows | None = None,
+             main_values: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+        """``main``: the resource's own index rows, and the values they came from, by parameter; a component
+        evaluated on the resource itself with the same values reuses them instead of hashing again."""
         from fhir_server.search.extract import IndexRows
 
+        by_param: dict[str, IndexRows] | None = None
         out: list[dict[str, Any]] = []
         built: dict[tuple[int, str], IndexRows] = {}  # code-value-* share their code rows on one element
         for sp, elements, components in self.plan(resource_type):
@@ -101,6 +105,11 @@ class CompositeExtractor:
                 for (component, _), vals in zip(components, values, strict=True):
                     key = (id(element), component.code)
                     rows = built.get(key)
+                    if rows is None and element is resource and main is not None and main_values is not None \
+                            and main_values.get(component.code) == vals:
+                        if by_param is None:
+                            by_param = _by_param(main)
+                        rows = built[key] = by_param.get(component.code) or IndexRows()
                     if rows is None:
                         rows = built[key] = IndexRows()
                         self.extractor.add_rows(rows, resource_type, resource_id, component, vals)
@@ -113,3 +122,14 @@ class CompositeExtractor:
                                         "param": sp.code, "elem": elem, "part": part, "sub": row["param"],
                                         **{col: row[src] for col, src in columns.items()}})
         return out
+
+
+def _by_param(rows: IndexRows) -> dict[str, IndexRows]:
+    """Rows by their parameter's code (``value-quantity:canonical`` goes with ``value-quantity``)."""
+    from fhir_server.search.extract import IndexRows
+
+    out: dict[str, IndexRows] = {}
+    for kind, batch in rows.rows.items():
+        for row in batch:
+            out.setdefault(row["param"].split(":", 1)[0], IndexRows()).add(kind, row)
+    return out

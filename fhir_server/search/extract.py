@@ -93,6 +93,7 @@ class Extractor:
     def extract(self, resource_type: str, resource_id: str, resource: dict[str, Any]) -> IndexRows:
         out = IndexRows()
         plan = self.plan(resource_type)
+        found: dict[str, list[Any]] = {}  # values by parameter, for composites over the resource itself
         for (sp, evaluate), roots in zip(plan, self._roots[resource_type], strict=True):
             if roots is not None and roots.isdisjoint(resource.keys()):
                 continue  # none of the elements the expression starts from is present
@@ -102,8 +103,9 @@ class Extractor:
                 log.debug("search parameter %s failed on %s/%s", sp.code, resource_type, resource_id)
                 continue
             if values:
+                found[sp.code] = values
                 self._rows(out, resource_type, resource_id, sp, values)
-        for row in self.composites.rows(resource_type, resource_id, resource):  # per element (composite.py)
+        for row in self.composites.rows(resource_type, resource_id, resource, out, found):  # composite.py
             out.add("composite", row)
         return out
 
