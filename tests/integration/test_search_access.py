@@ -203,3 +203,19 @@ def test_a_patient_user_sees_only_their_own_record(smart: Smart, data: dict[str,
     assert bundle["total"] == len(_a_observations(data)) and len(_ids(bundle)) == 10
     assert _ids(_get(smart, "Observation?_has:Observation:derived-from:code=secret-b", token)) == set()
     assert _ids(_get(smart, f"Patient?_id={data['b']}", token)) == set()
+
+
+def test_estimated_totals_and_post_search_are_filtered_too(smart: Smart, data: dict[str, Any]) -> None:
+    token = data["token"]
+    estimate = _get(smart, "Observation?_total=estimate&_count=1", token)
+    assert isinstance(estimate["total"], int)  # PostgreSQL: the planner's estimate of the filtered query
+    r = smart.fhir("POST", "Observation/_search", token, content=f"code=secret-b&_id={data['secret']}",
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and _ids(r.json()) == set()
+    # a conditional create whose criteria match only a hidden resource does not see it (nor says it exists)
+    body = {"resourceType": "Observation", "status": "final", "code": {"text": "mine"},
+            "subject": {"reference": f"Patient/{data['a']}"}}
+    writer = _patient_token(smart, data["a"], "launch/patient patient/*.cruds")
+    r = smart.fhir("POST", "Observation", writer, content=orjson.dumps(body),
+                   headers={**JSON, "If-None-Exist": f"_id={data['secret']}"})
+    assert r.status_code == 201, r.text
