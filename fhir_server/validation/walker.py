@@ -308,15 +308,18 @@ class Walker:
         assert child.slicing is not None
         counts = {id(s): 0 for s in child.slices}
         order = {id(s): i for i, s in enumerate(child.slices)}
-        last, rules = -1, child.slicing.rules
+        last, rules, unsliced = -1, child.slicing.rules, False
         for it in items:
             chosen = slice_of(self.defs, child, it)
             if chosen is None:
                 if rules == "closed":
                     self._issue(STRUCTURE, it.path, f"matches no slice of {child.id}, and the slicing is closed")
-                last = len(child.slices) if rules == "openAtEnd" else last
+                unsliced = True
                 continue
-            if (child.slicing.ordered or rules == "openAtEnd") and order[id(chosen)] < last:
+            if rules == "openAtEnd" and unsliced:
+                self._issue(STRUCTURE, it.path, f"the slice '{chosen.slice_name}' follows an element that matches "
+                                                f"no slice: {child.id} allows those only at the end (openAtEnd)")
+            if child.slicing.ordered and order[id(chosen)] < last:
                 self._issue(STRUCTURE, it.path, f"the slice '{chosen.slice_name}' is out of order: {child.id} "
                                                 "requires its slices in the order the profile defines them")
             last = max(last, order[id(chosen)])

@@ -90,7 +90,13 @@ def test_examples_and_official_samples_validate_against_their_profiles(api, ig: 
             failures[f"{path.parent.name}/{path.name}"] = errors
         checked += 1
     assert checked > 250
-    assert failures == {}
+    # Invalid against the IG itself (the IG publisher's own run does not flag it): its "Follow Up" section is
+    # coded 736271009 (Outpatient care plan) where the FollowUp slice fixes 390906007, so it matches no slice,
+    # and Composition.section's slicing is openAtEnd: the DocumentReference section after it is not allowed.
+    open_at_end = ["Bundle.entry[0].resource.section[7]: the slice 'DocumentReference' follows an element that "
+                   "matches no slice: Composition.section allows those only at the end (openAtEnd)"]
+    assert failures == {"example/Bundle-OPConsultNote-example-05.json": open_at_end,
+                        "official-samples/Bundle-OPConsultNote-example-05.json": open_at_end}
 
 
 def test_broken_examples_are_caught(api, ig: Path) -> None:  # type: ignore[no-untyped-def]
@@ -128,7 +134,7 @@ def test_differential_only_package_gets_snapshots_that_validate_alike(api, ig: P
     for url, ids in shipped.items():
         stored = api.http.get("StructureDefinition", params={"url": url}).json()["entry"][0]["resource"]
         assert {e["id"] for e in stored["snapshot"]["element"]} == ids, url
-    for name in ("Bundle-OPConsultNote-example-05.json", "Bundle-Prescription-example-06.json",
+    for name in ("Bundle-DischargeSummary-example-04.json", "Bundle-Prescription-example-06.json",
                  "Patient-example-01.json", "Observation-example-06.json"):
         resource = json.loads((ig / "package" / "example" / name).read_text())
         r = api.http.post(f"{resource['resourceType']}/$validate", json=resource)
