@@ -137,3 +137,21 @@ def test_two_listeners_one_outcome(api: LiveServer) -> None:
     [row] = store.with_status(PROCESSED)
     assert row.attempts == 1 and row.acks == [fast_ack]
     assert observation_versions(api) == ["1", "1"]  # the slow copy's versions were rolled back
+
+
+def test_enhanced_mode_copy_gets_what_the_first_was_sent(api: LiveServer, mllp: Running) -> None:
+    message = golden("ORU_R01/lab_panel_all_value_types.hl7").replace(b"|AL|NE|", b"|AL|AL|")  # CA, then AA
+    pipeline = mllp.listener.pipeline
+    gate, waits = Gate(pipeline), CountingWaits(pipeline)
+    with connect(mllp.port) as first, connect(mllp.port) as second:
+        send(first, message)
+        [accept] = read_acks(first, 1)  # the accept ACK leaves once the raw message is committed
+        assert segment(accept, "MSA")[1:3] == ["CA", "LAB-0001"]
+        wait_until(lambda: gate.calls == 1, 30, "the first copy to be mapping")
+        send(second, message)
+        wait_until(lambda: waits.count == 1, 30, "the second copy to wait for the first")
+        gate.open.set()
+        [application] = read_acks(first, 1)
+        assert segment(application, "MSA")[1] == "AA"
+        assert read_acks(second, 2) == [accept, application]
+    assert gate.calls == 1
