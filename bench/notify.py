@@ -204,7 +204,11 @@ def main() -> None:
                                         worker=worker))
                     print(table(HEADERS, rows[-1:]))
     p95s = [float(str(r[7]).strip("*")) for r in rows if r[2]]
-    verdict = "met" if max(p95s) < GOAL_P95_MS else "**NOT met**"
+    lower = [float(str(r[5]).strip("*")) for r in rows if r[2]]
+
+    def verdict(values: list[float]) -> str:
+        return "met" if max(values) < GOAL_P95_MS else "**NOT met**"
+
     body = "\n\n".join([
         "## Subscription notification latency (`bench/notify.py`)",
         facts_markdown(facts),
@@ -220,7 +224,9 @@ def main() -> None:
         "The machine's 2 cores were shared with other engineers' work (load average above).",
         f"Goal: p95 < {GOAL_P95_MS:.0f} ms from commit to webhook.",
         table(HEADERS, rows),
-        f"Worst p95 (from lastUpdated) {max(p95s):.1f} ms: goal {verdict}. Whole bench took "
+        f"Commit to webhook lies between the two: worst p95 from the response {max(lower):.1f} ms (goal "
+        f"{verdict(lower)} by this lower bound), from lastUpdated {max(p95s):.1f} ms (goal {verdict(p95s)} by "
+        "this upper bound, which also holds the write's own indexing and commit). Whole bench took "
         f"{(time.monotonic() - began) / 60:.1f} minutes.",
     ])
     print(body)
