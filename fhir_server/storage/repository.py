@@ -8,6 +8,7 @@ unit of work's transaction (see ``uow.py``) and never commits itself. Writes kee
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -87,6 +88,9 @@ class Repository:
     access: AccessPolicy | None = None  # auth: the caller's access policy, enforced below (None: full access)
     # Current rows read (and locked) ahead by ``prefetch_current``; each is used by one update/delete.
     prefetched: dict[tuple[str, str], Version | None] = field(default_factory=dict)
+    # Work run once per unit of work, just before it commits, keyed by purpose: e.g. one AuditEvent for
+    # all of a transaction's writes instead of one per resource.
+    finishers: dict[str, Callable[[Repository], None]] = field(default_factory=dict)
 
     @property
     def dialect(self) -> str:
@@ -100,6 +104,13 @@ class Repository:
     def flush(self) -> None:
         if self.pending:
             self.pending.flush(self.conn)
+
+    def finish(self) -> None:
+        """Run the finishers (a finisher may write, and so register more), then send deferred inserts."""
+        while self.finishers:
+            _key, finisher = self.finishers.popitem()
+            finisher(self)
+        self.flush()
 
     def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
         """Run a statement in this transaction, after the deferred inserts (so it sees them)."""

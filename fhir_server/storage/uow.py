@@ -77,7 +77,7 @@ class UnitOfWork:
                     with conn.begin():
                         repo = Repository(conn, self.hooks, self.validator, self.finder, access=access)
                         result = work(repo)
-                        repo.flush()
+                        repo.finish()
             except DBAPIError as exc:
                 if not _retryable(exc):
                     raise

@@ -132,6 +132,31 @@ def test_writes_are_audited_in_their_transaction(smart: Smart) -> None:
     assert actions == [("create", "C"), ("delete", "D"), ("update", "U")]
 
 
+def test_a_transaction_records_one_audit_event_per_kind_of_write_naming_every_resource(smart: Smart) -> None:
+    token = smart.system_token("system/*.cruds")
+    existing = create(smart, {"resourceType": "Patient", "name": [{"family": "Grouped"}]})
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        *({"fullUrl": f"urn:uuid:obs-{i}", "resource": {
+            "resourceType": "Observation", "status": "final", "code": {"text": f"grouped {i}"},
+            "subject": {"reference": f"Patient/{existing}"}}, "request": {"method": "POST", "url": "Observation"}}
+          for i in range(5)),
+        {"resource": {"resourceType": "Patient", "id": existing, "active": True},
+         "request": {"method": "PUT", "url": f"Patient/{existing}"}}]}
+    r = smart.fhir("POST", "", token, content=orjson.dumps(bundle), headers=JSON)
+    assert r.status_code == 200, r.text
+    observations = {e["response"]["location"].split("/_history")[0] for e in r.json()["entry"][:5]}
+    writes = [e for e in audits(smart, patient=existing) if e["action"] in ("C", "U")
+              and any(x.get("what", {}).get("reference", "").startswith("Observation/") for x in e.get("entity", []))
+              or (e["action"] == "U" and subtype(e) == "update")]
+    created = [e for e in writes if subtype(e) == "create"]
+    assert len(created) == 1  # one AuditEvent for the five creates, not five
+    named = {x["what"]["reference"] for x in entities(created[0], "4")}
+    assert named == observations
+    assert [x["what"]["reference"] for x in entities(created[0], "1")] == [f"Patient/{existing}"]
+    (updated,) = [e for e in writes if subtype(e) == "update"]
+    assert entities(updated, "1")[0]["what"]["reference"] == f"Patient/{existing}"
+
+
 def test_a_rolled_back_transaction_leaves_a_failure_event_and_no_success(smart: Smart) -> None:
     token = smart.system_token("system/*.cruds")
     before = stored_audit_count(smart)
