@@ -79,8 +79,18 @@ def search_system(req: FhirRequest, repo: Repository, params: list[tuple[str, st
                    extra_link=[("_type", ",".join(dict.fromkeys(types)))], already_merged=True)
 
 
+def search_types(req: FhirRequest, repo: Repository, path: str, params: list[tuple[str, str]],
+                 extra: dict[str, list[AnyCriterion]], *, default_count: int, max_count: int) -> FhirResponse:
+    """Several types paged together, each with its own fixed criteria (``Patient/1/$everything``: every
+    compartment member type with its compartment criterion); types the token never reads are left out."""
+    types = [t for t in extra if readable(repo.access, t)]
+    if not types:
+        raise FhirError(403, FORBIDDEN, "The access token permits none of these resource types", (path,))
+    return _search(req, repo, types, path, params, extra, default_count, max_count, already_merged=True)
+
+
 def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, params: list[tuple[str, str]],
-            extra: list[AnyCriterion], default_count: int, max_count: int, *,
+            extra: list[AnyCriterion] | dict[str, list[AnyCriterion]], default_count: int, max_count: int, *,
             extra_link: list[tuple[str, str]] | None = None, already_merged: bool = False) -> FhirResponse:
     params = params if already_merged else search_params(req, params)
     finder = finder_of(repo, req)
@@ -119,7 +129,8 @@ def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, par
     if len({tuple(k.param.type for k in s) for s in sorts}) > 1:
         raise FhirError(400, INVALID, "_sort keys must have the same type in every _type", ("_sort",))
     cursor = last("_cursor")
-    criteria = [[*extra, *q.criteria] for q in queries]
+    criteria = [[*(extra.get(t, []) if isinstance(extra, dict) else extra), *q.criteria]
+                for t, q in zip(types, queries, strict=True)]
 
     def total(estimate: bool = False) -> int:
         return sum(finder.total(repo, t, c, estimate=estimate) for t, c in zip(types, criteria, strict=True))

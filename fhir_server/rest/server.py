@@ -19,6 +19,7 @@ from fhir_server.jobs.bulk_ops import register_bulk
 from fhir_server.rest import bundle
 from fhir_server.rest.metadata import capability_statement, with_security
 from fhir_server.rest.operations import OperationRegistry
+from fhir_server.rest.operations.everything import register as register_everything
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.router import READ_METHODS, route
 from fhir_server.search.services import SearchServices
@@ -53,6 +54,7 @@ class FhirServer:
 
         install_matching(self)  # Subscription matching in every write's transaction, whichever process writes
         self.bulk = register_bulk(self)  # Bulk Data $export / $import and their status URLs (fhir_server/jobs)
+        register_everything(self)  # Patient/[id]/$everything (rest/operations/everything.py)
         register_validation(self)  # $validate, canonical URL table, FHIR_VALIDATE_PROFILES (fhir_server/validation)
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
