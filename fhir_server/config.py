@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # Assigning authority (CX-4 namespace or OID) -> Identifier.system, as JSON: {"HOSP": "https://..."}
     hl7_identifier_systems: dict[str, str] = {}
     hl7_default_timezone: str = "+00:00"  # for v2 timestamps without an offset
+    # --- requests the server makes for callers: rest-hooks, $import URLs (fhir_server/outbound.py) ---
+    outbound_block_private: bool | None = None  # unset: block non-public addresses unless environment=local
+    outbound_allowed_hosts: list[str] = []  # JSON list of host names exempt from that, e.g. ["lab-gw.hospital"]
     # --- SMART on FHIR (fhir_server.auth) ---
     # Bearer token required on the FHIR API (all but /metadata and .well-known); unset: true in production.
     auth_required: bool | None = None
@@ -81,6 +84,12 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("FHIR_ENVIRONMENT=production requires a PostgreSQL FHIR_DATABASE_URL")
         return self
+
+    @property
+    def outbound_private_blocked(self) -> bool:
+        """Requests the server makes for callers (rest-hooks, $import URLs) avoid non-public addresses,
+        except in local development (fhir_server/outbound.py)."""
+        return self.outbound_block_private if self.outbound_block_private is not None else self.environment != "local"
 
     @model_validator(mode="after")
     def _auth_defaults(self) -> Settings:

@@ -22,9 +22,11 @@ import orjson
 
 from fhir_server.binary.content import pointer
 from fhir_server.binary.store import BlobStore
+from fhir_server.config import Settings
 from fhir_server.definitions import resource_types
 from fhir_server.errors import INVALID, STRUCTURE, FhirError, Issue, operation_outcome
 from fhir_server.jobs.store import Job, JobStore
+from fhir_server.outbound import request_guard
 from fhir_server.storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,10 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield rest
 
 
-def _http_chunks(url: str) -> Iterator[bytes]:
-    with httpx.stream("GET", url, timeout=60, follow_redirects=True) as resp:
+def _http_chunks(url: str, settings: Settings) -> Iterator[bytes]:
+    guard = request_guard(settings, "input.url")  # every hop, redirects included (fhir_server/outbound.py)
+    with httpx.Client(timeout=60, follow_redirects=True, event_hooks={"request": [guard]}) as client, \
+            client.stream("GET", url) as resp:
         if resp.status_code != 200:
             raise FhirError(400, INVALID, f"Fetching {url} answered HTTP {resp.status_code}", ("input.url",))
         yield from resp.iter_bytes()
@@ -62,7 +66,8 @@ def _outcome_line(exc: FhirError, source: str, line: int) -> bytes:
 
 class ImportRun:
     def __init__(self, read_run: RepoRun, write_run: RepoRun, jobs: JobStore, job: Job, blobs: BlobStore, *,
-                 expiry_seconds: float) -> None:
+                 expiry_seconds: float, settings: Settings) -> None:
+        self.settings = settings
         self.read_run = read_run
         self.write_run = write_run
         self.jobs = jobs
@@ -82,7 +87,7 @@ class ImportRun:
             if blob is None:
                 raise FhirError(400, INVALID, f"{url} holds no content", ("input.url",))
             return self.blobs.open(blob.key)
-        return _http_chunks(url)
+        return _http_chunks(url, self.settings)
 
     def run(self) -> bool:
         for index, spec in enumerate(self.job.params["inputs"]):

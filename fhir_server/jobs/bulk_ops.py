@@ -26,6 +26,7 @@ from fhir_server.errors import (
 from fhir_server.jobs import bulk_params
 from fhir_server.jobs.bulk_import import BLOB_PREFIX
 from fhir_server.jobs.store import Job, cancel_job, insert_job, read_job
+from fhir_server.outbound import check_url
 from fhir_server.rest.operations import Operation
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.repository import Repository, instant
@@ -98,6 +99,9 @@ class BulkOperations:
             inputs = [{"type": None, "url": BLOB_PREFIX + blob.key}]
         else:
             inputs = _import_inputs(req.json_body())
+            for spec in inputs:  # a URL the server may not fetch is refused at kick-off, not in the job
+                if not str(spec["url"]).startswith("Binary/"):
+                    check_url(str(spec["url"]), self.server.settings, "input.url")
         return self._accepted(req, insert_job(repo, "import", self._request_url(req), {"inputs": inputs},
                                               req.access))
 

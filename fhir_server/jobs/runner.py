@@ -44,7 +44,7 @@ def run_job(server: FhirServer, job_id: str, jobs: JobStore | None = None) -> st
                                  file_resources=s.bulk_file_resources, expiry_seconds=s.bulk_expiry_seconds).run()
         else:
             finished = ImportRun(read, write, jobs, job, server.binary.store,
-                                 expiry_seconds=s.bulk_expiry_seconds).run()
+                                 expiry_seconds=s.bulk_expiry_seconds, settings=s).run()
     except Exception as exc:  # the job fails; the status URL answers 500 with this (no stack trace)
         log.exception("bulk job %s failed", job.id)
         jobs.fail(job, getattr(exc, "message", None) or type(exc).__name__)

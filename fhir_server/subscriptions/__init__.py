@@ -6,8 +6,12 @@ websocket channels. Matching runs in each write's transaction (engine.py); deliv
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from fhir_server.config import Settings
+from fhir_server.hooks import HookPoint, WriteEvent
+from fhir_server.outbound import check_url
 from fhir_server.subscriptions import operations
 from fhir_server.subscriptions.delivery import RestHook
 from fhir_server.subscriptions.engine import HANDSHAKE_TOPIC, HEARTBEAT_TOPIC, NOTIFY_TOPIC, SubscriptionEngine
@@ -15,6 +19,7 @@ from fhir_server.subscriptions.engine import HANDSHAKE_TOPIC, HEARTBEAT_TOPIC, N
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
     from fhir_server.storage.outbox import OutboxDispatcher
+    from fhir_server.storage.repository import Repository
 
 
 _INSTALLED: weakref.WeakKeyDictionary[FhirServer, SubscriptionEngine] = weakref.WeakKeyDictionary()
@@ -27,8 +32,21 @@ def install_matching(server: FhirServer) -> SubscriptionEngine:
     if engine is None:
         engine = _INSTALLED[server] = SubscriptionEngine(server.search_registry, server.settings.base_url or "")
         engine.register(server.hooks)
+        server.hooks.register(HookPoint.BEFORE_VALIDATE, _endpoint_check(server.settings))
         operations.register(server)
     return engine
+
+
+def _endpoint_check(settings: Settings) -> Callable[[WriteEvent, Repository | None], None]:
+    """A rest-hook endpoint must be one the server may post to (fhir_server/outbound.py): 422 naming it."""
+
+    def hook(event: WriteEvent, _repo: Repository | None) -> None:
+        channel = (event.resource or {}).get("channel") if event.resource_type == "Subscription" else None
+        endpoint = channel.get("endpoint") if isinstance(channel, dict) else None
+        if isinstance(channel, dict) and channel.get("type") == "rest-hook" and isinstance(endpoint, str):
+            check_url(endpoint, settings, "Subscription.channel.endpoint", status=422)
+
+    return hook
 
 
 def install_delivery(server: FhirServer, dispatcher: OutboxDispatcher, *, timeout: float = 10.0) -> RestHook:

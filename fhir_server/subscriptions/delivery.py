@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import orjson
 
+from fhir_server.errors import FhirError
+from fhir_server.outbound import request_guard
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.repository import Repository, Version
@@ -36,7 +38,9 @@ class RestHook:
     def __init__(self, server: FhirServer, *, timeout: float = 10.0) -> None:
         self.server = server
         self.base = server.settings.base_url or ""
-        self.client = httpx.Client(timeout=timeout, follow_redirects=False)
+        # Every request is checked against where the server may send (a name may resolve elsewhere later).
+        guard = request_guard(server.settings, "Subscription.channel.endpoint")
+        self.client = httpx.Client(timeout=timeout, follow_redirects=False, event_hooks={"request": [guard]})
 
     def _current(self, subscription_id: str) -> Version | None:
         version = self.server.uow.run(lambda repo: repo.current("Subscription", subscription_id), write=False)
@@ -53,6 +57,8 @@ class RestHook:
             response = self.client.post(sub.endpoint, content=content, headers=headers)
         except httpx.HTTPError as exc:
             raise DeliveryError(f"{type(exc).__name__} posting to the endpoint") from exc
+        except FhirError as exc:  # the endpoint's host is not one the server may post to
+            raise DeliveryError(exc.issues[0].diagnostics if exc.issues else "endpoint not allowed") from exc
         if not 200 <= response.status_code < 300:
             raise DeliveryError(f"The endpoint answered HTTP {response.status_code}")
 
