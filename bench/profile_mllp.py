@@ -131,8 +131,9 @@ CPU ms per message by component, audit off (cProfile shares scaled to the unprof
 {table(["component", *breakdown], rows)}
 
 Reading: 300 messages/s on 2 cores leaves about 6 ms of CPU per message for everything (server, database,
-senders). One message is 16 resource writes, each validated, indexed and (with audit on) followed by an
-AuditEvent that is validated and indexed too; the Python work per message alone is several times that
+senders). One message is 16 resource writes, each validated and indexed; with audit on, the writes of
+the message's transaction are recorded as one AuditEvent per kind of write (create, update) plus one for
+the transaction, each validated and indexed too. The Python work per message alone is several times that
 budget on one core (the GIL keeps one server process on one core).
 """
     print(report)
