@@ -74,6 +74,16 @@ class AccessContext:
             return ("", ())
         return (self.patient, patient_compartment_params().get(resource_type, ()))
 
+    def search_constraints(self, resource_type: str) -> tuple[tuple[tuple[str, str], ...], ...] | None:
+        """The v2 granular constraints of the scopes that read ``resource_type``, for search to filter on in
+        SQL (one set per scope, any may match); None when some reading scope has none. ``can_read`` still
+        checks each resource; this makes pages full and ``_total`` count only what may be read."""
+        readers = [s for s in self.scopes if s.covers_type(resource_type) and ("r" in s.permissions
+                                                                            or "s" in s.permissions)]
+        if not readers or any(not s.constraints for s in readers):
+            return None
+        return tuple(dict.fromkeys(s.constraints for s in readers))
+
     def can_read(self, version: Version) -> bool:
         return self._allowed(version.resource_type, "rs", version.content)
 

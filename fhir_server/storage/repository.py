@@ -61,6 +61,11 @@ class AccessPolicy(Protocol):
         """(patient id, compartment parameters) that search must filter on in SQL; None: no restriction."""
         ...
 
+    def search_constraints(self, resource_type: str) -> tuple[tuple[tuple[str, str], ...], ...] | None:
+        """SMART v2 granular constraints (``?category=laboratory``) search must filter on in SQL: any one of
+        the constraint sets (each a list of search parameters, all of which must match); None: none apply."""
+        ...
+
 
 class Finder(Protocol):
     """Finds resources matching search criteria (conditional interactions; the search module provides it)."""

@@ -219,3 +219,45 @@ def test_estimated_totals_and_post_search_are_filtered_too(smart: Smart, data: d
     r = smart.fhir("POST", "Observation", writer, content=orjson.dumps(body),
                    headers={**JSON, "If-None-Exist": f"_id={data['secret']}"})
     assert r.status_code == 201, r.text
+
+
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+def test_granular_category_scopes_filter_in_sql_full_pages_and_exact_totals(smart: Smart,
+                                                                             data: dict[str, Any]) -> None:
+    admin, a = data["admin"], data["a"]
+
+    def obs(category: str) -> str:
+        body = {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{a}"},
+                "category": [{"coding": [{"system": CATEGORY, "code": category}]}],
+                "code": {"coding": [{"system": "http://example.org/codes", "code": "granular"}]}}
+        r = smart.fhir("POST", "Observation", admin, content=orjson.dumps(body), headers=JSON)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    # Vital signs between the lab results: a post-filter would leave short pages and a total counting them.
+    labs = [obs("laboratory") for _ in range(6)]
+    vitals = [obs("vital-signs") for _ in range(9)]
+    labs += [obs("laboratory") for _ in range(6)]
+    token = _patient_token(smart, a, f"launch/patient patient/Observation.rs?category={CATEGORY}|laboratory")
+    seen: list[str] = []
+    pages: list[int] = []
+    path: str | None = "Observation?code=http://example.org/codes|granular&_count=5&_total=accurate"
+    while path:
+        bundle = _get(smart, path, token)
+        assert bundle["total"] == len(labs)
+        pages.append(len(_ids(bundle)))
+        seen += list(_ids(bundle))
+        nxt = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
+        path = nxt[0].split("/fhir/", 1)[1] if nxt else None
+    assert sorted(seen) == sorted(labs) and not set(seen) & set(vitals)
+    assert pages == [5, 5, 2]
+    # Two scopes, two categories: either may be read.
+    both = _patient_token(smart, a, f"launch/patient patient/Observation.rs?category={CATEGORY}|laboratory "
+                                    f"patient/Observation.rs?category={CATEGORY}|vital-signs")
+    bundle = _get(smart, "Observation?code=http://example.org/codes|granular&_total=accurate&_count=50", both)
+    assert bundle["total"] == len(labs) + len(vitals)
+    # A constraint that is no search parameter of the type matches nothing (fail closed).
+    odd = _patient_token(smart, a, "launch/patient patient/Observation.rs?no-such-param=x")
+    assert _get(smart, "Observation?_total=accurate", odd)["total"] == 0

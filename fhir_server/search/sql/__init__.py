@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, and_, or_, select
+from sqlalchemy import ColumnElement, FromClause, Select, and_, false, or_, select
 
+from fhir_server.errors import FhirError
 from fhir_server.search.access import access_condition
 from fhir_server.search.parser import (
     AnyCriterion,
@@ -13,6 +14,7 @@ from fhir_server.search.parser import (
     Criterion,
     HasCriterion,
     TokenValue,
+    parse_query,
 )
 from fhir_server.search.sql.common import SqlContext
 from fhir_server.search.sql.composite import composite_predicate
@@ -82,7 +84,29 @@ def conditions(ctx: SqlContext, r: FromClause, rtype: str,
     restriction = access_condition(ctx.access, r, rtype)  # also inside chains and _has: they nest conditions()
     if restriction is not None:
         conds.append(restriction)
+    granular = _granular_condition(ctx, r, rtype)
+    if granular is not None:
+        conds.append(granular)
     return conds
+
+
+def _granular_condition(ctx: SqlContext, r: FromClause, rtype: str) -> ColumnElement[bool] | None:
+    """The token's v2 granular scopes (``patient/Observation.rs?category=laboratory``) as search criteria:
+    any one scope's constraints, all of them. A constraint that is no search parameter of the type, or not a
+    valid value, matches nothing (fail closed, like the per-resource check)."""
+    sets = ctx.access.search_constraints(rtype) if ctx.access is not None else None
+    if sets is None:
+        return None
+    alternatives: list[ColumnElement[bool]] = []
+    for constraints in sets:
+        try:
+            query = parse_query(ctx.registry, rtype, list(constraints), base_url=ctx.base_url)
+        except FhirError:
+            continue
+        if query.unknown or query.control or not query.criteria:
+            continue
+        alternatives.append(and_(*(predicate(ctx, r, rtype, c) for c in query.criteria)))
+    return or_(*alternatives) if alternatives else false()
 
 
 def match_ids(ctx: SqlContext, rtype: str, criteria: list[AnyCriterion]) -> Select[Any]:
