@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_server.audit.codes import DCM, coding, own
 from fhir_server.audit.events import Actor
+from fhir_server.audit.service import actor_of
 from fhir_server.auth.access import AccessContext
 from fhir_server.auth.authorization import ISSUED, SmartAuthorizationServer, SmartRequest
 from fhir_server.auth.clients import CURRENT_URLS, Urls
@@ -334,7 +335,16 @@ async def launch(request: Request) -> Response:
         return JSONResponse({"error": "invalid_request", "error_description": "patient is required"}, 400)
     context["need_patient_banner"] = bool(data.get("need_patient_banner", False))
     launch_id = await _call(urls, auth.store.create_launch, context)
+    _audit_admin(auth, request, access, "launch", "EHR launch context issued", 200, f"Patient/{context['patient']}")
     return JSONResponse({"launch": launch_id, "expires_in": 300}, headers=NO_STORE)
+
+
+def _audit_admin(auth: SmartAuth, request: Request, access: AccessContext | None, code: str, display: str,
+                 status: int, target: str | None = None) -> None:
+    """Launch contexts and client registrations: who did it, from where, with what outcome."""
+    if auth.fhir.audit is not None:
+        auth.fhir.audit.authentication(own(code, display), status, actor_of(access, _address(request)),
+                                       targets=[target] if target else [])
 
 
 @router.post("/auth/clients", summary="Register a client (admin users only; RFC 7591-style metadata)")
@@ -344,6 +354,7 @@ async def register_client(request: Request) -> Response:
     if isinstance(access, Response):
         return access
     if access is None or access.role != "admin":
+        _audit_admin(auth, request, access, "client-registration", "OAuth client registered", 403)
         return JSONResponse({"error": "insufficient_scope", "error_description": "Only admin users register clients"},
                             status_code=403)
     try:
@@ -358,7 +369,9 @@ async def register_client(request: Request) -> Response:
                               meta.get("token_endpoint_auth_method") == "none", meta.get("jwks"),
                               meta.get("jwks_uri"), meta.get("resource_server") is True)
     except (ValueError, AttributeError, TypeError) as exc:
+        _audit_admin(auth, request, access, "client-registration", "OAuth client registered", 400)
         return JSONResponse({"error": "invalid_client_metadata", "error_description": str(exc)}, status_code=400)
+    _audit_admin(auth, request, access, "client-registration", "OAuth client registered", 201)
     auth.origins.refresh()
     return JSONResponse(created, status_code=201, headers=NO_STORE)
 

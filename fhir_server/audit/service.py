@@ -154,9 +154,11 @@ class Auditor:
             self.recorder.record(Record(interaction(what.code), what.action, status, Actor(address=address),
                                         targets=list(what.targets)))
 
-    def authentication(self, subtype: dict[str, str], status: int, actor: Actor) -> None:
-        """Sign-in (DCM 110122 Login) and token issue / refresh: DCM 110114 User Authentication."""
-        self.recorder.record(Record(subtype, "E", status, actor, kind="110114"))
+    def authentication(self, subtype: dict[str, str], status: int, actor: Actor, *,
+                       targets: list[str] | None = None) -> None:
+        """Sign-in (DCM 110122 Login), token issue / refresh, launch contexts and client registrations:
+        DCM 110114 User Authentication."""
+        self.recorder.record(Record(subtype, "E", status, actor, kind="110114", targets=list(targets or [])))
 
 
 class _Writes:

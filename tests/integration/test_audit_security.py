@@ -208,3 +208,22 @@ def test_cli_registers_a_resource_server_that_may_introspect(smart: Smart, tmp_p
     refused = smart.http.post(f"{smart.root}/auth/introspect", data={"token": token}, auth=("nobody-rs", "x"))
     assert refused.status_code == 401
     assert [e["outcome"] for e in audits(smart, altid="nobody-rs") if subtype(e) == "token-introspection"] == ["4"]
+
+
+def test_client_registrations_and_launch_contexts_are_audited(smart: Smart) -> None:
+    admin = user_token(smart, "admin", "user/*.cruds", fhir_user="Practitioner/adm-reg")
+    nurse = user_token(smart, "nurse", "user/*.rs", fhir_user="Practitioner/nurse-reg")
+    meta = {"client_name": "audited app", "scope": "patient/*.rs", "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "none"}
+    url = f"{smart.root}/auth/clients"
+    assert smart.http.post(url, json=meta, headers={"Authorization": f"Bearer {admin}"}).status_code == 201
+    assert smart.http.post(url, json=meta, headers={"Authorization": f"Bearer {nurse}"}).status_code == 403
+    registered = [(e["outcome"], e["agent"][0]["who"]["reference"]) for e in audits(smart)
+                  if subtype(e) == "client-registration"]
+    assert ("0", "Practitioner/adm-reg") in registered and ("4", "Practitioner/nurse-reg") in registered
+    pid = create(smart, {"resourceType": "Patient", "name": [{"family": "Launched"}]})
+    r = smart.http.post(f"{smart.root}/auth/launch", json={"patient": pid},
+                        headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200, r.text
+    (launch,) = [e for e in audits(smart, patient=pid) if subtype(e) == "launch"]
+    assert launch["outcome"] == "0" and launch["agent"][0]["who"]["reference"] == "Practitioner/adm-reg"
