@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 import orjson
 from sqlalchemy import Text, and_, cast, or_, select, type_coerce
 
-from fhir_server.auth.compartment import patient_compartment_elements, patient_compartment_params
+from fhir_server.auth.compartment import patient_compartment_params, patients_of
 from fhir_server.binary.store import BlobStore
 from fhir_server.jobs.bulk_params import compartment_types, readable_types
 from fhir_server.jobs.store import Job, JobStore
@@ -33,36 +33,6 @@ from fhir_server.storage.repository import Repository, Version, instant
 log = logging.getLogger(__name__)
 R = RESOURCE
 COHORT_IN_SQL = 1000  # larger cohorts are filtered per row only (no IN list of that size)
-
-
-def _references(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        ref = value.get("reference")
-        if isinstance(ref, str):
-            yield ref
-        for item in value.values():
-            if isinstance(item, dict | list):
-                yield from _references(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _references(item)
-
-
-def compartment_patients(resource_type: str, content: dict[str, Any]) -> set[str]:
-    """Ids of the patients whose compartment (R4 CompartmentDefinition) holds this resource."""
-    out: set[str] = set()
-    if resource_type == "Patient":
-        out.add(str(content.get("id")))
-        elements: Any = ("link",)
-    else:
-        elements = patient_compartment_elements().get(resource_type, ())
-    for name in elements:
-        for ref in _references(content.get(name)):
-            ref = ref.split("/_history/")[0]
-            head, _, pid = ref.rpartition("/")
-            if head == "Patient" or head.endswith("/Patient"):
-                out.add(pid)
-    return out
 
 
 class _Stopped(Exception):
@@ -180,7 +150,7 @@ class ExportRun:
             return True
         content = orjson.loads(row.text)
         if self.params["level"] != "system":
-            members = compartment_patients(rtype, content)
+            members = patients_of(rtype, content)
             if not members or (self.patients is not None and not members & self.patients):
                 return False
         return access is None or access.can_read(Version(rtype, row.id, row.version_id, row.last_updated,
