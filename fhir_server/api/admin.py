@@ -15,20 +15,21 @@ from fhir_server.rest.server import FhirServer
 router = APIRouter()
 
 
-async def _admin(request: Request) -> Response | None:
+async def require_admin(request: Request, path: str, what: str) -> Response | None:
+    """The refusal (401/403 OperationOutcome) unless the caller is an admin user (any caller with auth off)."""
     server: FhirServer = request.app.state.fhir
-    access = await bearer_access(request, "admin", required=bool(server.settings.auth_required))
+    access = await bearer_access(request, path, required=bool(server.settings.auth_required))
     if isinstance(access, Response):
         return access
     if access is not None and not (isinstance(access, AccessContext) and access.role == "admin"):
-        return JSONResponse(operation_outcome([Issue(FORBIDDEN, "Only an admin user may see the outbox")]),
+        return JSONResponse(operation_outcome([Issue(FORBIDDEN, f"Only an admin user may see {what}")]),
                             status_code=403, media_type="application/fhir+json")
     return None
 
 
 @router.get("/admin/outbox", summary="Outbox rows by status (operators)")
 async def outbox(request: Request, status: str | None = None, limit: int = 100) -> Response:
-    refused = await _admin(request)
+    refused = await require_admin(request, "admin", "the outbox")
     if refused is not None:
         return refused
     server: FhirServer = request.app.state.fhir
@@ -41,7 +42,7 @@ async def outbox(request: Request, status: str | None = None, limit: int = 100) 
 
 @router.post("/admin/outbox/{row_id}/retry", summary="Make an outbox row due again (operators)")
 async def retry(request: Request, row_id: int) -> Response:
-    refused = await _admin(request)
+    refused = await require_admin(request, "admin", "the outbox")
     if refused is not None:
         return refused
     server: FhirServer = request.app.state.fhir

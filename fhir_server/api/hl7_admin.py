@@ -10,9 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from fhir_server.api.auth import bearer_access
-from fhir_server.auth.access import AccessContext
-from fhir_server.errors import FORBIDDEN, INVALID, Issue, operation_outcome
+from fhir_server.api.admin import require_admin
+from fhir_server.errors import INVALID, Issue, operation_outcome
 from fhir_server.rest.server import FhirServer
 from interfaces.mllp.admin import BadQuery, message_overview
 from interfaces.mllp.store import MessageStore
@@ -25,12 +24,9 @@ FHIR_JSON = "application/fhir+json"
 async def hl7_messages(request: Request, status: str | None = None, limit: int = 50, before: int | None = None,
                        reveal: bool = False) -> Response:
     server: FhirServer = request.app.state.fhir
-    access = await bearer_access(request, "admin/hl7/messages", required=bool(server.settings.auth_required))
-    if isinstance(access, Response):
-        return access
-    if access is not None and not (isinstance(access, AccessContext) and access.role == "admin"):
-        return JSONResponse(operation_outcome([Issue(FORBIDDEN, "Only an admin user may see HL7 messages")]),
-                            status_code=403, media_type=FHIR_JSON)
+    refused = await require_admin(request, "admin/hl7/messages", "HL7 messages")
+    if refused is not None:
+        return refused
     try:
         body = await run_in_threadpool(message_overview, MessageStore(server.engine), status=status, limit=limit,
                                        before=before, reveal=reveal)
