@@ -218,12 +218,12 @@ def test_client_registrations_and_launch_contexts_are_audited(smart: Smart) -> N
     url = f"{smart.root}/auth/clients"
     assert smart.http.post(url, json=meta, headers={"Authorization": f"Bearer {admin}"}).status_code == 201
     assert smart.http.post(url, json=meta, headers={"Authorization": f"Bearer {nurse}"}).status_code == 403
-    registered = [(e["outcome"], e["agent"][0]["who"]["reference"]) for e in audits(smart)
-                  if subtype(e) == "client-registration"]
+    registered = [(e["outcome"], e["agent"][0]["who"]["reference"])
+                  for e in audits(smart, subtype="client-registration")]
     assert ("0", "Practitioner/adm-reg") in registered and ("4", "Practitioner/nurse-reg") in registered
     pid = create(smart, {"resourceType": "Patient", "name": [{"family": "Launched"}]})
     r = smart.http.post(f"{smart.root}/auth/launch", json={"patient": pid},
                         headers={"Authorization": f"Bearer {admin}"})
     assert r.status_code == 200, r.text
-    (launch,) = [e for e in audits(smart, patient=pid) if subtype(e) == "launch"]
+    (launch,) = audits(smart, patient=pid, subtype="launch")
     assert launch["outcome"] == "0" and launch["agent"][0]["who"]["reference"] == "Practitioner/adm-reg"
