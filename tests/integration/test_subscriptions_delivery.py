@@ -20,17 +20,9 @@ from tests.conftest import LiveServer, wait_until
 from tests.integration.subscription_receiver import Received, Receiver, start_receiver
 from tests.integration.test_subscriptions import observation, status
 from tests.integration.test_subscriptions_backport import backport, event_numbers, params, topic
+from tests.integration.worker_support import redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def redis_url() -> str:
-    url = os.environ.get("FHIR_TEST_REDIS_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("FHIR_TEST_REDIS_URL is not set: CI must run the worker tests (scripts/test.sh)")
-        pytest.skip("Redis not configured (set FHIR_TEST_REDIS_URL=$(bash scripts/redis.sh))")
-    return url
 
 
 class Workers:
