@@ -77,9 +77,9 @@ class ThreadRunner:
             with self._lock:
                 self._running.discard(job_id)
 
-    def _scan(self, *, stale: bool = True) -> bool:
+    def _scan(self) -> bool:
         found = False
-        for job_id in self.jobs.due(stale=stale):
+        for job_id in self.jobs.due(stale=True):
             with self._lock:
                 if job_id in self._running or self._pool is None:
                     continue
@@ -103,10 +103,12 @@ class ThreadRunner:
                 woken = self._wake.wait(self.server.settings.job_poll_seconds)
                 self._wake.clear()
                 idle += 1
-                if idle >= 30 and not woken:  # a kick-off whose nudge came before its commit was visible
+                # Now and then: a kick-off whose nudge came before its commit was visible, or a job whose
+                # runner stopped renewing its lease (died, or missed the first look at start).
+                if idle >= 30 and not woken:
                     idle = 0
                     try:
-                        self._scan(stale=False)
+                        self._scan()
                     except Exception:
                         log.exception("bulk job scan failed")
                 if woken:
