@@ -8,6 +8,8 @@ writes the ``search`` section of RESULTS.md.
 
     .venv/bin/python bench/search.py                                      # full size
     .venv/bin/python bench/search.py --patients 10000 --observations 200000 --quick   # smaller, no RESULTS.md
+    .venv/bin/python bench/search.py --db-name fhir_bench_search_full     # load once, keep the database
+    .venv/bin/python bench/search.py --reuse-db fhir_bench_search_full    # later: only the query rows
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -29,6 +33,7 @@ from common import (
     SOURCE_DIR,
     CpuMeter,
     LoadResult,
+    admin_url,
     bench_database,
     facts_markdown,
     fhir_server,
@@ -39,10 +44,11 @@ from common import (
     percentile,
     run_load,
     table,
+    with_database,
     write_section,
 )
 from read import migrate
-from search_data import CODES, LOINC, MRN, NOTES, Sample, generate, sizes
+from search_data import CODES, LOINC, MRN, NOTES, Sample, generate, load_sample, save_sample, sizes
 
 # read.py put bench/ first on sys.path again; the server's packages must win (bench/terminology.py would
 # shadow the terminology package when the server code is imported here for EXPLAIN).
@@ -154,18 +160,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=600.0, help="deadline per query kind")
     parser.add_argument("--seed", type=int, default=20261201)
     parser.add_argument("--keep-db", action="store_true", help="do not drop the bench database (debugging)")
+    parser.add_argument("--db-name", help="load into this fixed database name (created; kept afterwards)")
+    parser.add_argument("--reuse-db", metavar="NAME",
+                        help="skip generation: run the query rows against a database loaded earlier (kept)")
+    parser.add_argument("--load-only", action="store_true", help="stop after loading (with --db-name)")
+    parser.add_argument("--load-processes", type=int, default=2, help="processes extracting index rows")
     parser.add_argument("--quick", action="store_true", help="RESULTS.md is not written")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     began = time.perf_counter()
     rows: list[list[Any]] = []
     worst_ratio, slowest, slowest_path = 0.0, "", ""
-    with bench_database("search", keep=args.keep_db) as url:
+    with database(args) as url:
         facts = machine_facts(url)
-        migrate(url)
-        log(f"generating {args.patients:,} patients / {args.observations:,} observations with index rows")
-        sample = generate(url, args.patients, args.observations, args.seed)
+        if args.reuse_db:
+            migrate(url)  # a migration added since the load (e.g. a new index) is applied to the kept data
+            sample, meta = load_sample(url)
+            args.patients, args.observations = meta["patients"], meta["observations"]
+            log(f"reusing {args.reuse_db}: {sample.counts}")
+        else:
+            migrate(url)
+            log(f"generating {args.patients:,} patients / {args.observations:,} observations with index rows")
+            sample = generate(url, args.patients, args.observations, args.seed, args.load_processes)
+            save_sample(url, sample, {"patients": args.patients, "observations": args.observations,
+                                      "seed": args.seed})
         size = sizes(url)
+        if args.load_only:
+            log(f"loaded: {sample.counts}, {sample.index_rows:,} index rows; {sample.seconds}; {size}")
+            return 0
         log(f"generated: {sample.counts}, {sample.index_rows:,} index rows; {sample.seconds}; {size}")
         with fhir_server(url, args.workers, extra_env={"FHIR_AUDIT_ENABLED": "false"}) as server:
             plan = kinds(sample, rng)
@@ -197,6 +219,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(row[9] == 0 for row in rows) else 1
 
 
+@contextmanager
+def database(args: argparse.Namespace) -> Iterator[str]:
+    """The bench database: a reused one (--reuse-db), a fixed new name (--db-name) or a throwaway one."""
+    if args.reuse_db:
+        yield with_database(admin_url(), args.reuse_db)
+        return
+    if args.db_name:
+        with psycopg.connect(libpq(admin_url()), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{args.db_name}"')
+        log(f"loading into {args.db_name} (kept; re-run the queries with --reuse-db {args.db_name})")
+        yield with_database(admin_url(), args.db_name)
+        return
+    with bench_database("search", keep=args.keep_db) as url:
+        yield url
+
+
 def cells(label: str, goal: float, r: LoadResult, cpu: CpuMeter, matches: list[int]) -> list[Any]:
     n = max(1, r.jobs_done)
     p95 = percentile(r.latencies, 95)
@@ -211,6 +249,9 @@ def render(rows: list[list[Any]], facts: dict[str, str], sample: Sample, size: d
     counts = ", ".join(f"{t} {n:,}" for t, n in sorted(sample.counts.items(), key=lambda kv: -kv[1]))
     secs = ", ".join(f"{k} {v:.0f}s" for k, v in sample.seconds.items())
     met = sum(1 for r in rows if r[-1] == "met")
+    kept = (f" (queries only, against the database loaded earlier, `--reuse-db {args.reuse_db}`; load times are "
+            "from that load)") if args.reuse_db else "" if args.db_name or args.keep_db else \
+        "; the bench database was dropped afterwards"
     tables = ", ".join(f"{k} {v}" for k, v in size.items())
     return f"""## Search latency on PostgreSQL (`bench/search.py`)
 
@@ -240,7 +281,7 @@ EXPLAIN (ANALYZE, BUFFERS) of the SQL for one query of the kind furthest over (o
 {plans[:6000]}
 ```
 
-Whole bench took {elapsed / 60:.1f} minutes; the bench database was dropped afterwards.
+Whole bench took {elapsed / 60:.1f} minutes{kept}.
 """
 
 

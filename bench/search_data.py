@@ -9,6 +9,7 @@ the catalog first), which is how a bulk load is done; then VACUUM ANALYZE.
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import time
 import uuid
@@ -92,7 +93,8 @@ def _instant(moment: datetime) -> str:
 
 
 class Generator:
-    def __init__(self, rng: random.Random, patients: int, observations: int) -> None:
+    def __init__(self, rng: random.Random, patients: int, observations: int,
+                 practitioners: list[str] | None = None) -> None:
         self.rng = rng
         self.patients = patients
         heavy = max(1, int(patients * HEAVY_SHARE))
@@ -100,7 +102,7 @@ class Generator:
         rest = max(0, observations - heavy * HEAVY_OBS)
         self.per_light = rest / max(1, patients - heavy)
         self.weights = [c[5] for c in CODES]
-        self.practitioners = [_uuid(rng) for _ in range(max(10, patients // 50))]
+        self.practitioners = practitioners or [_uuid(rng) for _ in range(max(10, patients // 50))]
 
     def practitioner(self, pid: str) -> dict[str, Any]:
         rng = self.rng
@@ -223,10 +225,59 @@ def search_tables() -> list[str]:
     return [*(t.name for t in TABLES.values()), SEARCH_TEXT.name]
 
 
-def generate(database_url: str, patients: int, observations: int, seed: int) -> Sample:
-    rng = random.Random(seed)
+CHUNK = 500  # patients per unit of work handed to a load process
+_worker: dict[str, Any] = {}  # per load process: its Loader (own connection) and the Generator's inputs
+
+
+def _init_worker(database_url: str, patients: int, observations: int, seed: int, practitioners: list[str]) -> None:
+    conn = psycopg.connect(libpq(database_url))
+    _worker.update(conn=conn, sizes=(patients, observations), seed=seed, practitioners=practitioners)
+
+
+def _load_chunk(chunk: tuple[int, int, int]) -> Sample:
+    """Generate and load patients ``first..end`` in this process, committed; what the query mix needs back.
+
+    Each chunk has its own random stream (seeded by its number) so the data does not depend on how many
+    processes load it, and its own span of lastUpdated stamps (1000 s per chunk, 3 ms apart)."""
+    number, first, end = chunk
+    part = Sample()
+    rng = random.Random(_worker["seed"] * 7919 + number + 1)
+    patients, observations = _worker["sizes"]
+    gen = Generator(rng, patients, observations, practitioners=_worker["practitioners"])
+    loader = Loader(_worker["conn"], part)
+    loader.stamp = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=1000 * (number + 1))
+    for n in range(first, end):
+        patient, encounters, obs = gen.record(n)
+        for resource in (patient, *encounters, *obs):
+            loader.add(resource)
+        part.patients.append((patient["id"], patient["name"][0]["family"], patient["identifier"][0]["value"],
+                              patient["gender"]))
+        if n in gen.heavy:
+            part.heavy.append(patient["id"])
+        part.encounters.append((patient["id"], encounters[0]["id"]))
+    loader.flush()
+    _worker["conn"].commit()
+    part.seconds = {"extract index rows": loader.extract_seconds, "COPY resources": loader.copy_seconds["resource"],
+                    "COPY index rows": loader.copy_seconds["index"]}
+    return part
+
+
+def _merge(sample: Sample, part: Sample) -> None:
+    sample.patients.extend(part.patients)
+    sample.heavy.extend(part.heavy)
+    sample.encounters.extend(part.encounters)
+    for kind, n in part.counts.items():
+        sample.counts[kind] = sample.counts.get(kind, 0) + n
+    sample.index_rows += part.index_rows
+    for key, value in part.seconds.items():
+        sample.seconds[key] = sample.seconds.get(key, 0.0) + value
+
+
+def generate(database_url: str, patients: int, observations: int, seed: int, processes: int = 2) -> Sample:
+    """Load the data with ``processes`` loader processes (index extraction is the CPU cost: about 1-2 ms per
+    resource), each on its own connection; the extract/COPY seconds reported are summed over them."""
     sample = Sample()
-    gen = Generator(rng, patients, observations)
+    gen = Generator(random.Random(seed), patients, observations)
     began = time.perf_counter()
     with psycopg.connect(libpq(database_url)) as conn:
         tables = ["resource", *search_tables()]
@@ -237,23 +288,18 @@ def generate(database_url: str, patients: int, observations: int, seed: int) -> 
         loader = Loader(conn, sample)
         for pid in gen.practitioners:
             loader.add(gen.practitioner(pid))
-        for n in range(patients):
-            patient, encounters, obs = gen.record(n)
-            for resource in (patient, *encounters, *obs):
-                loader.add(resource)
-            pat = patient
-            sample.patients.append((pat["id"], pat["name"][0]["family"], pat["identifier"][0]["value"], pat["gender"]))
-            if n in gen.heavy:
-                sample.heavy.append(pat["id"])
-            sample.encounters.append((pat["id"], encounters[0]["id"]))
-            if n % 10_000 == 9_999:
-                log(f"  {n + 1:,} patients, {sample.counts.get('Observation', 0):,} observations, "
-                    f"{sample.index_rows:,} index rows")
         loader.flush()
         conn.commit()
-        sample.seconds["extract index rows"] = loader.extract_seconds
-        sample.seconds["COPY resources"] = loader.copy_seconds["resource"]
-        sample.seconds["COPY index rows"] = loader.copy_seconds["index"]
+        chunks = [(i, a, min(a + CHUNK, patients)) for i, a in enumerate(range(0, patients, CHUNK))]
+        # fork: the children inherit the imported server code (registry built once per process, in init)
+        context = multiprocessing.get_context("fork")
+        with context.Pool(processes, _init_worker, (database_url, patients, observations, seed,
+                                                    gen.practitioners)) as pool:
+            for done, part in enumerate(pool.imap(_load_chunk, chunks), 1):  # in order: a deterministic sample
+                _merge(sample, part)
+                if done % 10 == 0 or done == len(chunks):
+                    log(f"  {len(sample.patients):,} patients, {sample.counts.get('Observation', 0):,} "
+                        f"observations, {sample.index_rows:,} index rows, {time.perf_counter() - began:.0f}s")
         sample.seconds["generate + load"] = time.perf_counter() - began
         t0 = time.perf_counter()
         conn.execute("INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, deleted, "
@@ -276,6 +322,30 @@ def generate(database_url: str, patients: int, observations: int, seed: int) -> 
             conn.execute(f"VACUUM ANALYZE {name}")
         sample.seconds["VACUUM ANALYZE"] = time.perf_counter() - t0
     return sample
+
+
+SAMPLE_TABLE = "bench_search_sample"  # kept in the bench database so --reuse-db can draw the same values
+
+
+def save_sample(database_url: str, sample: Sample, meta: dict[str, Any]) -> None:
+    body = {"meta": meta, "patients": sample.patients, "heavy": sample.heavy, "encounters": sample.encounters,
+            "counts": sample.counts, "index_rows": sample.index_rows, "seconds": sample.seconds}
+    with psycopg.connect(libpq(database_url)) as conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {SAMPLE_TABLE} (content jsonb NOT NULL)")
+        conn.execute(f"DELETE FROM {SAMPLE_TABLE}")
+        conn.execute(f"INSERT INTO {SAMPLE_TABLE} (content) VALUES (%s)", (Jsonb(body, dumps=_json),))
+
+
+def load_sample(database_url: str) -> tuple[Sample, dict[str, Any]]:
+    with psycopg.connect(libpq(database_url)) as conn:
+        row = conn.execute(f"SELECT content FROM {SAMPLE_TABLE}").fetchone()
+    if row is None:
+        raise SystemExit(f"no {SAMPLE_TABLE} row: the database was not loaded to the end")
+    body = row[0]
+    sample = Sample(patients=[(p[0], p[1], p[2], p[3]) for p in body["patients"]], heavy=body["heavy"],
+                    encounters=[(e[0], e[1]) for e in body["encounters"]], counts=body["counts"],
+                    index_rows=body["index_rows"], seconds=body["seconds"])
+    return sample, body["meta"]
 
 
 def sizes(database_url: str) -> dict[str, str]:
