@@ -17,14 +17,19 @@ router = APIRouter()
 
 async def require_admin(request: Request, path: str, what: str) -> Response | None:
     """The refusal (401/403 OperationOutcome) unless the caller is an admin user (any caller with auth off)."""
+    return (await admin_access(request, path, what))[1]
+
+
+async def admin_access(request: Request, path: str, what: str) -> tuple[AccessContext | None, Response | None]:
+    """(the admin's access context, None) -- None too with auth off -- or (None, the 401/403 refusal)."""
     server: FhirServer = request.app.state.fhir
     access = await bearer_access(request, path, required=bool(server.settings.auth_required))
     if isinstance(access, Response):
-        return access
+        return None, access
     if access is not None and not (isinstance(access, AccessContext) and access.role == "admin"):
-        return JSONResponse(operation_outcome([Issue(FORBIDDEN, f"Only an admin user may see {what}")]),
-                            status_code=403, media_type="application/fhir+json")
-    return None
+        return None, JSONResponse(operation_outcome([Issue(FORBIDDEN, f"Only an admin user may see {what}")]),
+                                  status_code=403, media_type="application/fhir+json")
+    return access, None
 
 
 @router.get("/admin/outbox", summary="Outbox rows by status (operators)")
