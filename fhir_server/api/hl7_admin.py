@@ -2,15 +2,23 @@
 
 An admin user's token is required when auth is on (as for POST /auth/clients). Errors are masked and raw
 messages left out unless ``reveal=true`` is asked for; with auth on, only an admin token gets here at all.
+A reveal leaves an AuditEvent (who, from where, the query, the patients of the messages shown): raw v2
+messages are patient records read outside the FHIR API.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from fhir_server.api.admin import require_admin
+from fhir_server.api.admin import admin_access
+from fhir_server.audit.codes import own
+from fhir_server.audit.events import Record
+from fhir_server.audit.service import actor_of
+from fhir_server.auth.access import AccessContext
 from fhir_server.errors import INVALID, Issue, operation_outcome
 from fhir_server.rest.server import FhirServer
 from interfaces.mllp.admin import BadQuery, message_overview
@@ -24,7 +32,7 @@ FHIR_JSON = "application/fhir+json"
 async def hl7_messages(request: Request, status: str | None = None, limit: int = 50, before: int | None = None,
                        reveal: bool = False) -> Response:
     server: FhirServer = request.app.state.fhir
-    refused = await require_admin(request, "admin/hl7/messages", "HL7 messages")
+    access, refused = await admin_access(request, "admin/hl7/messages", "HL7 messages")
     if refused is not None:
         return refused
     try:
@@ -33,4 +41,16 @@ async def hl7_messages(request: Request, status: str | None = None, limit: int =
     except BadQuery as exc:
         return JSONResponse(operation_outcome([Issue(INVALID, str(exc), expression=(exc.parameter,))]),
                             status_code=400, media_type=FHIR_JSON)
+    if reveal:
+        _audit_reveal(server, request, access, body)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+def _audit_reveal(server: FhirServer, request: Request, access: AccessContext | None, body: dict[str, Any]) -> None:
+    if server.audit is None:
+        return
+    patients = {r for m in body["messages"] for r in m["resources"] if r.startswith("Patient/")}
+    address = request.client.host if request.client else None
+    server.audit.recorder.record(Record(own("hl7-messages-reveal", "HL7 v2 messages revealed"), "R", 200,
+                                        actor_of(access, address), targets=sorted(patients),
+                                        query=str(request.url.query)))

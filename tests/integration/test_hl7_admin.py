@@ -3,6 +3,7 @@ only when an admin asks for it; and the open embedded default (auth off)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 
 import httpx
@@ -81,6 +82,31 @@ def test_admin_token_required_and_pii_masked(smart: Smart) -> None:
     bad = smart.http.get(url, headers=admin, params={"status": "lost"})
     assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["status"]
     assert smart.http.get(url, headers=admin, params={"limit": 0}).status_code == 400
+
+
+def test_reveal_leaves_an_audit_event_naming_the_admin_and_the_patients(backend: Backend) -> None:
+    for audited in smart_server(backend, audit_enabled=True):
+        audited.backend.truncate()
+        fill(Hl7Pipeline(audited.auth.fhir, MessageStore(audited.backend.engine)))
+        url = f"{audited.root}/admin/hl7/messages"
+        admin = {"Authorization": f"Bearer {user_token(audited, 'admin')}"}
+        assert audited.http.get(url, headers=admin).status_code == 200  # masked: not audited as a reveal
+        shown = audited.http.get(url, headers=admin, params={"status": "processed", "reveal": "true"}).json()
+        patients = {r for m in shown["messages"] for r in m["resources"] if r.startswith("Patient/")}
+        assert len(patients) == 2
+        audited.auth.fhir.audit.recorder.flush()  # type: ignore[union-attr]
+        token = audited.system_token("system/AuditEvent.rs")
+        found = audited.fhir("GET", "AuditEvent", token, params={"_count": "200"}).json().get("entry", [])
+        reveals = [e["resource"] for e in found if e["resource"]["subtype"][0]["code"] == "hl7-messages-reveal"]
+        [event] = reveals
+        assert event["action"] == "R" and event["outcome"] == "0"
+        [user] = [a for a in event["agent"] if a["type"]["coding"][0]["code"] == "humanuser"]
+        assert user["requestor"] is True
+        assert "127.0.0.1" in [a.get("network", {}).get("address") for a in event["agent"]]
+        entities = event["entity"]
+        assert {e["what"]["reference"] for e in entities if e["role"]["code"] == "1"} == patients
+        [query] = [e["query"] for e in entities if e["role"]["code"] == "24"]
+        assert base64.b64decode(query).decode() == "status=processed&reveal=true"
 
 
 def test_open_embedded_default_lists_without_a_token(api: LiveServer) -> None:
