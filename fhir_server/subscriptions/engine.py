@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
-import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,11 +30,12 @@ from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import Registry
 from fhir_server.search.sql import predicate
 from fhir_server.search.sql.common import SqlContext
+from fhir_server.storage.generation import SUBSCRIPTIONS, Generation
 from fhir_server.storage.models import OUTBOX, RESOURCE
 from fhir_server.storage.repository import Repository, Version
 from fhir_server.subscriptions import spec as specs
 from fhir_server.subscriptions.spec import SubscriptionSpec, Topic, Trigger
-from fhir_server.subscriptions.tables import EVENT, GENERATION, STATE
+from fhir_server.subscriptions.tables import EVENT, STATE
 
 if TYPE_CHECKING:
     from fhir_server.hooks import Hooks
@@ -46,7 +45,6 @@ NOTIFY_TOPIC = "subscription-notification"
 HEARTBEAT_TOPIC = "subscription-heartbeat"
 LIVE = ("active", "error")  # error: the endpoint is failing, notifications keep queueing and retrying
 
-_UNSEEN = "\x00unseen"
 # Set while the server itself records a status (active/error): such writes are not a client's change.
 SERVER_WRITE: ContextVar[bool] = ContextVar("subscription_server_write", default=False)
 
@@ -116,7 +114,7 @@ class SubscriptionEngine:
         self._lock = threading.Lock()
         self._generation: str | None = "unloaded"
         self._rules: dict[str, list[Rule]] = {}
-        self._checked: weakref.WeakKeyDictionary[Connection, str | None] = weakref.WeakKeyDictionary()
+        self._tokens = Generation(SUBSCRIPTIONS)  # replaced by every Subscription (or topic) write
         # id(update event) -> {id(rule): previous criteria held}, from the first hook to the last
         self._before: dict[int, dict[int, bool]] = {}
 
@@ -198,20 +196,12 @@ class SubscriptionEngine:
         return rules
 
     def bump(self, repo: Repository) -> None:
-        token = uuid.uuid4().hex
-        self._checked.pop(repo.conn, None)
-        if repo.execute(update(GENERATION).where(GENERATION.c.id == 1).values(token=token)).rowcount == 0:
-            repo.execute(insert(GENERATION).values(id=1, token=token))
+        self._tokens.bump(repo)
 
     # --- the cache of live subscriptions ---------------------------------------------------------------
 
     def rules(self, repo: Repository) -> dict[str, list[Rule]]:
-        # Once per transaction (a 500-entry Bundle asks once), and on the raw connection: repo.execute would
-        # flush the deferred inserts first and break the Bundle's single bulk write into one per entry.
-        token = self._checked.get(repo.conn, _UNSEEN)
-        if token is _UNSEEN:
-            token = repo.conn.execute(select(GENERATION.c.token).where(GENERATION.c.id == 1)).scalar()
-            self._checked[repo.conn] = token
+        token = self._tokens.token(repo)  # once per transaction: a 500-entry Bundle asks once
         if token == self._generation:
             return self._rules
         with self._lock:

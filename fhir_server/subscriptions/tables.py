@@ -4,16 +4,18 @@
   ``events-since-subscription-start``, incremented in each triggering change's own transaction, so numbers
   never skip or repeat) and the author's access (a subscriber is told only what they may read).
 - ``subscription_event``: every event, written with the change: ``$events`` and the websocket channel read it.
-- ``subscription_generation``: a token replaced on every Subscription write, so each process knows when its
-  cache of active subscriptions is stale (one primary-key read per write instead of reloading them).
+- ``subscription_generation``: generation tokens (now ``fhir_server/storage/generation.py``, shared with the
+  terminology cache): row 1 is replaced on every Subscription write, so each process knows when its cache of
+  active subscriptions is stale (one primary-key read per write instead of reloading them).
 - ``subscription_ws_token``: websocket binding tokens (``$get-ws-binding-token``), stored as SHA-256.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, Integer, String, Table
+from sqlalchemy import JSON, BigInteger, Boolean, Column, String, Table
 from sqlalchemy.dialects.postgresql import JSONB
 
+from fhir_server.storage.generation import GENERATION  # noqa: F401 (its table, kept importable here)
 from fhir_server.storage.models import Base, UTCDateTime
 
 Json = JSON().with_variant(JSONB(), "postgresql")
@@ -34,12 +36,6 @@ EVENT = Table(
     Column("timestamp", UTCDateTime(), nullable=False),
     Column("focus", String(200), nullable=False),  # Type/id/_history/version
     Column("interaction", String(16), nullable=False),  # create | update | delete
-)
-
-GENERATION = Table(
-    "subscription_generation", Base.metadata,
-    Column("id", Integer, primary_key=True),
-    Column("token", String(64), nullable=False),
 )
 
 WS_TOKEN = Table(
