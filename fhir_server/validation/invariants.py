@@ -6,8 +6,8 @@ once per expression and type, so the common case costs a dictionary scan instead
 Expressions that read beyond that (``%resource`` outside a function argument, ``hasValue()`` of the
 node itself) always run; ``ref-1`` (on every Reference) runs natively, as the same rule in Python.
 
-fhirpathpy lacks ``hasValue()`` and ``htmlChecks()``; they are supplied here (``htmlChecks`` accepts:
-the narrative's XHTML rules are not checked).
+fhirpathpy lacks ``hasValue()`` and ``htmlChecks()``; they are supplied here (``htmlChecks`` accepts: the
+walker answers txt-1 and txt-2, the two invariants written so, with ``narrative.py``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fhir_server.errors import INVALID, REQUIRED, STRUCTURE, VALUE, Issue
-from fhir_server.validation import invariants
+from fhir_server.validation import invariants, narrative
 from fhir_server.validation.matching import (
     codings,
     contains,
@@ -129,6 +129,11 @@ class Walker:
             self._done.add(mark)
             type_path = target.path if (target.type_codes & _CONTAINERS or not target.types) else (
                 item.type or target.path)
+            if c.key in narrative.KEYS and target.path == "Narrative.div":
+                failure = narrative.failure(c.key, item.value)
+                if failure is not None:
+                    self._issue(INVARIANT, item.path, f"{c.key}: {failure}", c.severity)
+                continue
             root = self._roots[-1] if self._roots else None
             result = invariants.holds(c.expression, node if node is not None else {}, type_path, resource, root)
             if result is False:
