@@ -58,15 +58,18 @@ class FhirServer:
         register_validation(self)  # $validate, canonical URL table, FHIR_VALIDATE_PROFILES (fhir_server/validation)
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
+        self._capability_version = -1
         # auth: CapabilityStatement.rest.security for a base URL (fhir_server.auth sets it; None: no SMART).
         self.security: Callable[[str], dict[str, Any]] | None = None
         # audit: an AuditEvent for every access (fhir_server.audit); None when FHIR_AUDIT_ENABLED=false.
         self.audit: Auditor | None = install_audit(self) if settings.audit_enabled else None
 
     def capability_statement(self, base_url: str = "", repo: Repository | None = None) -> dict[str, Any]:
-        if self._capability is None:
+        version = self.search_registry.version  # runtime SearchParameters change it: rebuild then
+        if self._capability is None or self._capability_version != version:
             self._capability = capability_statement(self.settings.base_url or "", self.operations,
                                                     self.search_registry.capability_params, self.started)
+            self._capability_version = version
         statement = self._capability
         if repo is not None:  # validation: the installed profiles as supportedProfile
             statement = with_profiles(statement, supported_profiles(repo))
