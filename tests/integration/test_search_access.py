@@ -261,3 +261,34 @@ def test_granular_category_scopes_filter_in_sql_full_pages_and_exact_totals(smar
     # A constraint that is no search parameter of the type matches nothing (fail closed).
     odd = _patient_token(smart, a, "launch/patient patient/Observation.rs?no-such-param=x")
     assert _get(smart, "Observation?_total=accurate", odd)["total"] == 0
+
+
+def test_list_members_only_through_lists_the_token_may_read(smart: Smart, data: dict[str, Any]) -> None:
+    admin, token, a, b = data["admin"], data["token"], data["a"], data["b"]
+
+    def make_list(subject: str | None, members: list[str]) -> str:
+        body: dict[str, Any] = {"resourceType": "List", "status": "current", "mode": "working",
+                                "entry": [{"item": {"reference": m}} for m in members]}
+        if subject:
+            body["subject"] = {"reference": f"Patient/{subject}"}
+        r = smart.fhir("POST", "List", admin, content=orjson.dumps(body), headers=JSON)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    # B's List names A's Observation and A: a patient-A token must not learn what B's List holds.
+    list_b = make_list(b, [f"Observation/{data['a_source']}", f"Observation/{data['secret']}", f"Patient/{a}"])
+    list_a = make_list(a, [f"Observation/{data['a_source']}", f"Observation/{data['obs_a'][0]}"])
+    no_subject = make_list(None, [f"Observation/{data['a_source']}"])
+    assert _ids(_get(smart, f"Observation?_list={list_b}", admin)) == {data["a_source"], data["secret"]}
+    assert _ids(_get(smart, f"Patient?_list={list_b}", admin)) == {a}
+    assert smart.fhir("GET", f"List/{list_b}", token).status_code in (403, 404)  # the token cannot read it
+    assert _ids(_get(smart, f"Observation?_list={list_b}", token)) == set()
+    assert _get(smart, f"Observation?_list={list_b}&_total=accurate", token)["total"] == 0
+    assert _ids(_get(smart, f"Patient?_list={list_b}", token)) == set()
+    assert _ids(_get(smart, f"Observation?_list={no_subject}", token)) == set()
+    assert _ids(_get(smart, f"Observation?_list={list_a}", token)) == {data["a_source"], data["obs_a"][0]}
+    assert _ids(_get(smart, f"Observation?_list={list_a},{list_b}", token)) == {data["a_source"],
+                                                                                data["obs_a"][0]}
+    # Deleted: its members no longer match, for anyone.
+    assert smart.fhir("DELETE", f"List/{list_a}", admin).status_code in (200, 204)
+    assert _ids(_get(smart, f"Observation?_list={list_a}", admin)) == set()

@@ -41,8 +41,8 @@ def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: AnyCriterion) -> Co
         return compartment_predicate(r, rtype, c)
     if c.param.code in ("_text", "_content"):
         return fulltext_predicate(ctx, r, rtype, c)
-    if c.param.code == "_list":
-        return list_predicate(r, rtype, c)
+    if c.param.code == "_list":  # only Lists the caller may read: members must not leak through a hidden one
+        return list_predicate(r, rtype, c, match_ids(ctx, "List", []))
     kind = c.param.type
     if c.param.code == "_id":
         if c.modifier == "missing":
