@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from fhir_server.rest.operations import Operation
 from fhir_server.rest.request import FhirRequest, FhirResponse
-from terminology import sync
+from terminology import cache, sync
 from terminology.operations import (
     codesystem_validate_code,
     expand,
@@ -31,6 +31,7 @@ def _validate_code(req: FhirRequest, repo: Repository, resource_type: str | None
 
 def register(server: FhirServer) -> None:
     sync.register(server.hooks)
+    cache.register(server.hooks)  # stored CodeSystem/ValueSet writes invalidate the fast path everywhere
     ops = server.operations
     cs, vs = frozenset({"CodeSystem"}), frozenset({"ValueSet"})
     ops.register(Operation("lookup", lookup.lookup, lookup.DEFINITION, types=cs, instance=True))

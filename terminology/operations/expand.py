@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from fhir_server.errors import REQUIRED, TOO_COSTLY, FhirError
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from terminology import store
+from terminology.cache import VsKey, cache_of
 from terminology.params import OperationInput
 from terminology.valueset import Member, members, text_filter
 
@@ -21,17 +22,25 @@ MAX_UNPAGED = 10_000  # larger expansions must be paged with count
 
 def value_set_for(repo: Repository, inp: OperationInput, resource_id: str | None) -> dict[str, Any]:
     """The instance, else the ``valueSet`` parameter, else the stored one with canonical ``url``."""
+    return keyed_value_set(repo, inp, resource_id)[0]
+
+
+def keyed_value_set(repo: Repository, inp: OperationInput,
+                    resource_id: str | None) -> tuple[dict[str, Any], VsKey | None]:
+    """``value_set_for`` with the stored ValueSet's cache key (None for one given in the request)."""
+    cache = cache_of(repo)
     if resource_id is not None:
-        content = repo.read("ValueSet", resource_id).content
-        assert content is not None
-        return content
+        stored = repo.read("ValueSet", resource_id)
+        assert stored.content is not None
+        return stored.content, cache.value_set_key(repo, stored)
     given = inp.resource("valueSet")
     if given is not None:
-        return given
+        return given, None
     url = inp.string("url")
     if not url:
         raise FhirError(400, REQUIRED, "One of url or valueSet is required", ("url",))
-    return store.by_url(repo, "ValueSet", url, inp.string("valueSetVersion"))
+    version = inp.string("valueSetVersion")
+    return cache.value_set(repo, url, version, lambda: store.by_url(repo, "ValueSet", url, version))
 
 
 def expand(req: FhirRequest, repo: Repository, resource_type: str | None, resource_id: str | None) -> FhirResponse:

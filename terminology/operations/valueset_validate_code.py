@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from fhir_server.rest.request import FhirRequest, FhirResponse
+from terminology.cache import cache_of
 from terminology.operations.common import code_found, codings_input
-from terminology.operations.expand import value_set_for
+from terminology.operations.expand import keyed_value_set
 from terminology.params import OperationInput, parameters, value
-from terminology.valueset import members
+from terminology.valueset import Member, members
 
 if TYPE_CHECKING:
     from fhir_server.storage.repository import Repository
@@ -20,11 +22,15 @@ def validate_code(req: FhirRequest, repo: Repository, resource_type: str | None,
                   resource_id: str | None) -> FhirResponse:
     inp = OperationInput.of(req)
     codings = codings_input(inp)
-    vs = value_set_for(repo, inp, resource_id)
+    vs, key = keyed_value_set(repo, inp, resource_id)
     name = vs.get("url") or f"ValueSet/{resource_id}"
     messages = []
     for coding in codings:
-        found = members(repo, vs, only=(coding.get("system") or None, coding["code"]))
+        only = (coding.get("system") or None, coding["code"])
+        if key is None:  # a ValueSet given in the request: nothing to cache it by
+            found: Sequence[Member] = members(repo, vs, only=only)
+        else:
+            found = cache_of(repo).members(repo, key, *only, lambda only=only: members(repo, vs, only=only))  # type: ignore[misc]
         if not found:
             where = f"{coding['system']}#" if coding.get("system") else ""
             messages.append(f"The code {where}{coding['code']} is not in the value set {name}")

@@ -1,0 +1,139 @@
+"""The terminology fast path: ValueSets resolved by canonical URL, and the answer "is this code a member?",
+kept in process per database, so a repeated $validate-code costs one primary-key read instead of three
+queries (canonical lookup, CodeSystem, concept rows).
+
+Invalidation, across processes (``--workers 2``): every write of a CodeSystem or ValueSet (importers and the
+core preload included: they write the CodeSystem resource) replaces the terminology generation token in its
+own transaction (``fhir_server/storage/generation.py``, the mechanism of the subscriptions cache). Each unit
+of work that uses the cache reads the token once; a token other than the one the cache was built from empties
+it. Entries computed while the token moved are not kept (``_store`` compares the token they were read under).
+
+Access: the cache holds what the database holds; a caller's token is checked against the cached ValueSet
+on every use (``AccessPolicy.can_read``), as a read of it would be.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+
+from fhir_server.hooks import HookPoint, Hooks, WriteEvent
+from fhir_server.storage.generation import TERMINOLOGY, Generation
+from fhir_server.storage.repository import Version
+
+if TYPE_CHECKING:
+    from fhir_server.storage.repository import Repository
+    from terminology.valueset import Member
+
+MAX_MEMBERS = 100_000  # membership answers kept (LRU); each is a few small tuples
+MAX_VALUE_SETS = 4096
+TERMINOLOGY_TYPES = frozenset({"CodeSystem", "ValueSet"})
+_FINISHER = "terminology-generation"
+_UNLOADED = object()
+_tokens = Generation(TERMINOLOGY)
+# One cache per database: tests and tools run several servers, on different databases, in one process.
+_caches: weakref.WeakKeyDictionary[Engine, TerminologyCache] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+VsKey = tuple[str, str]  # (ValueSet id, versionId)
+MemberKey = tuple[str, str, str | None, str]  # VsKey + (system or None, code)
+
+
+def register(hooks: Hooks) -> None:
+    hooks.register(HookPoint.BEFORE_COMMIT, on_write)
+
+
+def on_write(event: WriteEvent, repo: Repository | None) -> None:
+    """A CodeSystem or ValueSet changed: a new token once per unit of work (a 200-resource preload batch
+    writes it once), just before the commit."""
+    if event.resource_type in TERMINOLOGY_TYPES and repo is not None:
+        repo.finishers.setdefault(_FINISHER, _tokens.bump)
+
+
+def cache_of(repo: Repository) -> TerminologyCache:
+    engine = repo.conn.engine
+    cache = _caches.get(engine)
+    if cache is None:
+        with _caches_lock:
+            cache = _caches.setdefault(engine, TerminologyCache())
+    return cache
+
+
+class TerminologyCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._token: object = _UNLOADED
+        self._value_sets: dict[tuple[str, str | None], Version] = {}
+        self._members: OrderedDict[MemberKey, tuple[Member, ...]] = OrderedDict()
+        self.hits = 0  # tests, metrics
+        self.misses = 0
+
+    def _current(self, repo: Repository) -> object:
+        """The token of this unit of work; the cache is emptied when it is not the one it was built from."""
+        token = _tokens.token(repo)
+        with self._lock:
+            if token != self._token:
+                self._token = token
+                self._value_sets.clear()
+                self._members.clear()
+        return token
+
+    def value_set(self, repo: Repository, url: str, version: str | None,
+                  resolve: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], VsKey]:
+        """The stored ValueSet with this canonical URL (``resolve`` finds it, with full access, when not
+        cached; it raises the 404), checked against the caller's access."""
+        token = self._current(repo)
+        found = self._value_sets.get((url, version))
+        if found is None:
+            saved, repo.access = repo.access, None  # cached for everyone: the caller's rights apply below
+            try:
+                content = resolve()
+            finally:
+                repo.access = saved
+            found = Version("ValueSet", str(content.get("id")), int((content.get("meta") or {}).get("versionId") or 0),
+                            datetime.now(UTC), False, content)
+            with self._lock:
+                if self._token == token:
+                    self._value_sets[(url, version)] = found
+                    while len(self._value_sets) > MAX_VALUE_SETS:
+                        self._value_sets.pop(next(iter(self._value_sets)))
+        if repo.access is not None:
+            repo.access.check_read(found)
+        assert found.content is not None
+        return found.content, (found.id, str(found.version_id))
+
+    def members(self, repo: Repository, vs_key: VsKey, system: str | None, code: str,
+                compute: Callable[[], list[Member]]) -> tuple[Member, ...]:
+        """Which members of the value set have this code (and system): computed once per generation."""
+        token = self._current(repo)
+        key: MemberKey = (*vs_key, system, code)
+        with self._lock:
+            found = self._members.get(key)
+            if found is not None:
+                self._members.move_to_end(key)
+                self.hits += 1
+                return found
+            self.misses += 1
+        result = tuple(compute())
+        with self._lock:
+            if self._token == token:
+                self._members[key] = result
+                while len(self._members) > MAX_MEMBERS:
+                    self._members.popitem(last=False)
+        return result
+
+    def value_set_key(self, repo: Repository, version: Version) -> VsKey:
+        """The key of a ValueSet read by id (instance-level operations), after the token check."""
+        self._current(repo)
+        return version.id, str(version.version_id)
+
+
+def cache_for(engine: Engine) -> TerminologyCache | None:
+    """The cache of one database, if any operation built it (tests, metrics)."""
+    return _caches.get(engine)

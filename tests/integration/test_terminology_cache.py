@@ -1,0 +1,85 @@
+"""The $validate-code fast path (terminology/cache.py) on both databases: repeated questions are answered from
+the cache, and a CodeSystem or ValueSet written by another server process (here: a second FhirServer with its
+own engine and cache, on the same database) is seen by the next request, not served stale."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fhir_server.rest.request import FhirRequest
+from fhir_server.rest.server import FhirServer
+from fhir_server.storage.database import make_engine
+from terminology.cache import cache_for
+from tests.integration.test_terminology_operations import POLYGONS, SHAPES, fixture, params, tx
+
+__all__ = ["tx"]
+
+
+@pytest.fixture
+def other(tx) -> Iterator[FhirServer]:  # type: ignore[no-untyped-def]
+    """Another server process's core: its own engine (connection pool) and its own terminology cache."""
+    engine = make_engine(tx.backend.settings)
+    try:
+        yield FhirServer(tx.backend.settings, engine)
+    finally:
+        engine.dispose()
+
+
+def valid(api, code: str) -> bool:  # type: ignore[no-untyped-def]
+    r = api.http.get("ValueSet/$validate-code", params={"url": POLYGONS, "system": SHAPES, "code": code})
+    assert r.status_code == 200, r.text
+    return bool(params(r.json())["result"][0]["valueBoolean"])
+
+
+def put(server: FhirServer, resource: dict[str, Any]) -> None:
+    r = server.handle(FhirRequest("PUT", f"{resource['resourceType']}/{resource['id']}", resource=resource,
+                                  headers={"content-type": "application/fhir+json"}))
+    assert r.status in (200, 201), r.resource
+
+
+def test_repeated_questions_are_answered_from_the_cache(tx) -> None:  # type: ignore[no-untyped-def]
+    assert valid(tx, "square") and not valid(tx, "circle")
+    cache = cache_for(tx.backend.engine)
+    assert cache is not None
+    hits = cache.hits
+    for _ in range(3):
+        assert valid(tx, "square") and not valid(tx, "circle")
+    assert cache.hits == hits + 6
+
+
+def test_a_code_system_changed_by_another_process_is_seen_at_once(tx, other: FhirServer) -> None:  # type: ignore[no-untyped-def]
+    assert not valid(tx, "hexagon")
+    shapes = copy.deepcopy(fixture("shapes.json"))
+    polygon = shapes["concept"][0]["concept"][0]
+    assert polygon["code"] == "polygon"
+    polygon["concept"].append({"code": "hexagon", "display": "Hexagon"})
+    put(other, shapes)
+    assert valid(tx, "hexagon")
+
+
+def test_a_value_set_changed_by_another_process_is_seen_at_once(tx, other: FhirServer) -> None:  # type: ignore[no-untyped-def]
+    assert valid(tx, "square")
+    polygons = copy.deepcopy(fixture("shapes-polygons.json"))
+    polygons["compose"]["exclude"][0]["concept"].append({"code": "square"})
+    put(other, polygons)
+    assert not valid(tx, "square") and valid(tx, "triangle")
+
+
+def test_a_rolled_back_change_leaves_the_cache_valid(tx, other: FhirServer) -> None:  # type: ignore[no-untyped-def]
+    assert valid(tx, "triangle") and not valid(tx, "circle")
+    cache = cache_for(tx.backend.engine)
+    assert cache is not None
+    bad = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": fixture("shapes-polygons.json") | {"compose": {"include": [{"system": SHAPES}]}},
+         "request": {"method": "PUT", "url": "ValueSet/polygons"}},
+        {"resource": {"resourceType": "Patient", "birthDate": "not a date"},
+         "request": {"method": "POST", "url": "Patient"}}]}
+    r = other.handle(FhirRequest("POST", "", resource=bad, headers={"content-type": "application/fhir+json"}))
+    assert r.status >= 400
+    hits = cache.hits
+    assert valid(tx, "triangle") and not valid(tx, "circle")
+    assert cache.hits == hits + 2
