@@ -256,11 +256,13 @@ class Repository:
             self.conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (lock_key(key),))
 
     def create(self, resource_type: str, resource: dict[str, Any], *, resource_id: str | None = None,
-               method: str = "POST") -> Version:
+               method: str = "POST", trusted: bool = False) -> Version:
+        """``trusted``: content the server built itself (its AuditEvents), whose shape a test checks against
+        the base StructureDefinition once, instead of every write paying for it; hooks still run."""
         if self.access is not None:  # auth
             self.access.check_write(resource_type, resource, None)
         event = WriteEvent("create", resource_type, resource_id, resource)
-        content = self._prepare(event)
+        content = self._prepare(event, validate=not trusted)
         rid = resource_id or str(uuid.uuid4())
         return self._write(event, content, rid, 1, method, insert_current=True)
 
@@ -303,10 +305,10 @@ class Repository:
 
     # --- internals ---------------------------------------------------------------------------------------
 
-    def _prepare(self, event: WriteEvent) -> dict[str, Any]:
+    def _prepare(self, event: WriteEvent, *, validate: bool = True) -> dict[str, Any]:
         self.hooks.run(HookPoint.BEFORE_VALIDATE, event, self)
         assert event.resource is not None
-        issues = self.validator.validate(event.resource, event.resource_type)
+        issues = self.validator.validate(event.resource, event.resource_type) if validate else []
         if issues:
             raise FhirError(400, issues)
         return event.resource
