@@ -79,6 +79,8 @@ class Profile:
     root: ElementDef
     by_id: dict[str, ElementDef]
     derivation: str = "constraint"
+    contexts: tuple[tuple[str, str], ...] = ()  # an extension's (context type, expression)
+    is_modifier: bool = False  # an extension's root isModifier
 
 
 def _type_code(type_: dict[str, Any]) -> str:
@@ -156,8 +158,11 @@ def compile_profile(sd: dict[str, Any], core: dict[str, ElementDef] | None = Non
             stack[-1].children.setdefault(edef.name, edef)
         stack.append(edef)
     _mark(root, core)
+    contexts = tuple((str(c.get("type")), str(c.get("expression"))) for c in sd.get("context") or ()
+                     if isinstance(c, dict) and c.get("expression"))
     return Profile(str(sd.get("url", "")), str(sd.get("version") or ""), str(sd.get("type", "")),
-                   str(sd.get("kind", "")), root, by_id, str(sd.get("derivation") or "constraint"))
+                   str(sd.get("kind", "")), root, by_id, str(sd.get("derivation") or "constraint"), contexts,
+                   bool(elements[0].get("isModifier")))
 
 
 def _slicing_base(stack: list[ElementDef], path: str) -> ElementDef:

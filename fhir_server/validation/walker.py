@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fhir_server.errors import INVALID, REQUIRED, STRUCTURE, VALUE, Issue
-from fhir_server.validation import invariants, narrative
+from fhir_server.validation import extensions, invariants, narrative
 from fhir_server.validation.matching import (
     codings,
     contains,
@@ -32,7 +32,7 @@ from fhir_server.validation.matching import (
 )
 from fhir_server.validation.profile import ElementDef, Profile
 
-INVARIANT, CODE_INVALID, EXTENSION, NOT_FOUND = "invariant", "code-invalid", "extension", "not-found"
+INVARIANT, CODE_INVALID, NOT_FOUND = "invariant", "code-invalid", "not-found"
 _CONTAINERS = frozenset({"BackboneElement", "Element"})
 _NESTED = frozenset({"Resource", "DomainResource"})
 
@@ -69,6 +69,7 @@ class Walker:
         self._local: dict[str, str] = {}  # fullUrl / #id -> resource type, for reference targets
         self._warned: set[str] = set()
         self._roots: list[dict[str, Any]] = []  # containers of the contained resource being walked
+        self._at: list[tuple[str, str]] = []  # (path, type) of the resources being walked, innermost last
 
     # --- entry points ---------------------------------------------------------------------------------
 
@@ -86,10 +87,18 @@ class Walker:
                 self._local["#" + str(c["id"])] = str(c.get("resourceType"))
         core = self.defs.core(rtype)
         item = Item(resource, path, rtype)
-        if core is not None:
-            self.element(core.root, item, resource, base=True)
-        for url in profiles:
-            self.against(url, item, resource, self.unknown_profile_severity)
+        self._at.append((path, rtype))
+        try:
+            if core is not None:
+                self.element(core.root, item, resource, base=True)
+            for url in profiles:
+                self.against(url, item, resource, self.unknown_profile_severity)
+        finally:
+            self._at.pop()
+
+    def resource_at(self) -> tuple[str, str]:
+        """The path and type of the resource being walked (the innermost nested one)."""
+        return self._at[-1] if self._at else ("", "")
 
     def against(self, url: str, item: Item, resource: dict[str, Any], unknown: str) -> None:
         """Validate a resource (or datatype value) against the profile ``url`` (once per resource)."""
@@ -158,7 +167,7 @@ class Walker:
                     self._slices(child, items, resource)
             for it in items:
                 if base and child.name in ("extension", "modifierExtension"):
-                    self._extension(it, resource)
+                    extensions.check(self, it, item, target, resource, modifier=child.name == "modifierExtension")
                 if base and child.type_codes & _NESTED and isinstance(it.value, dict):
                     self._nested(it, resource)
                     continue
@@ -167,8 +176,11 @@ class Walker:
     def _datatype(self, item: Item, resource: dict[str, Any]) -> None:
         """Base mode below an element the resource definition does not detail: the datatype's definition."""
         if item.type in primitive_types():
+            holder = self.defs.core(str(item.type))
             for i, ext in enumerate((item.companion or {}).get("extension") or []):
-                self._extension(Item(ext, f"{item.path}.extension[{i}]", "Extension"), resource)
+                if holder is not None:
+                    extensions.check(self, Item(ext, f"{item.path}.extension[{i}]", "Extension"), item, holder.root,
+                                     resource, modifier=False)
             return
         if item.type in _NESTED:
             return
@@ -338,22 +350,6 @@ class Walker:
                 where = f"{parent}.{child.name.removesuffix('[x]')}" if parent else child.path
                 self._issue(REQUIRED if n < s.min else STRUCTURE, where,
                             f"the slice '{s.slice_name}' of {child.id} needs {limit} element(s), found {n}")
-
-    def _extension(self, item: Item, resource: dict[str, Any]) -> None:
-        ext = item.value
-        url = ext.get("url") if isinstance(ext, dict) else None
-        if not isinstance(url, str) or ("://" not in url and not url.startswith("urn:")):
-            return  # a sub-extension of a complex extension: its parent's definition slices it
-        if url.startswith("urn:fhir-server:"):
-            return  # this server's own markers (Binary blob pointer, HL7 v2 ACK)
-        profile = self.defs.profile(url)
-        if profile is None:
-            self._issue(EXTENSION, item.path, f"the extension {url} is not known to this server", "warning")
-            return
-        if profile.type != "Extension":
-            self._issue(INVALID, item.path, f"{url} is a {profile.type} definition, not an extension")
-            return
-        self.element(profile.root, Item(ext, item.path, "Extension"), resource, base=False)
 
     def _issue(self, code: str, path: str, message: str, severity: str = "error") -> None:
         self.out.append(Issue(code, f"{path}: {message}", severity=severity, expression=(path,)))

@@ -50,3 +50,49 @@ def test_narrative_of_a_contained_resource_is_checked_too() -> None:
     res = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
            "contained": [{"resourceType": "Patient", "id": "p", **narrated(f"<div {NS}><iframe/></div>")}]}
     assert "<iframe>" in issues(res)["Observation.contained[0].text.div"]
+
+
+SD = "http://hl7.org/fhir/StructureDefinition/"
+BIRTH_PLACE = {"url": SD + "patient-birthPlace", "valueAddress": {"city": "Pune"}}
+
+
+def test_extension_used_where_its_context_allows() -> None:
+    patient = {"resourceType": "Patient", "extension": [BIRTH_PLACE],
+               "name": [{"family": "Rao", "extension": [{"url": SD + "humanname-assembly-order", "valueCode": "NL1"}]}],
+               # a code is a string: the string context (rendering-markdown) allows it
+               "_gender": {"extension": [{"url": SD + "rendering-markdown", "valueMarkdown": "*x*"}]},
+               "gender": "female"}
+    assert issues(patient) == {}
+    questionnaire = {"resourceType": "Questionnaire", "status": "draft", "item": [{
+        "linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "date", "extension": [
+            {"url": SD + "minValue", "valueDate": "2020-01-01"}]}]}]}  # Questionnaire.item, nested (contentReference)
+    assert issues(questionnaire) == {}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": patient}]}
+    assert issues(bundle) == {}
+
+
+def test_extension_outside_its_context_is_an_error() -> None:
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                   "extension": [BIRTH_PLACE], "valueQuantity": {"value": 1, "extension": [
+                       {"url": SD + "humanname-assembly-order", "valueCode": "NL1"}]}}
+    found = issues(observation)
+    assert "not allowed on Observation (its context: Patient)" in found["Observation.extension[0]"]
+    assert "not allowed on Observation.value (its context: HumanName)" in \
+        found["Observation.value.ofType(Quantity).extension[0]"]
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": observation}]}
+    assert "not allowed on Observation " in issues(bundle)["Bundle.entry[0].resource.extension[0]"]
+
+
+def test_modifier_extensions() -> None:
+    do_not = {"url": SD + "request-doNotPerform", "valueBoolean": True}
+    order = {"resourceType": "NutritionOrder", "status": "active", "intent": "order", "dateTime": "2024-01-01",
+             "patient": {"reference": "Patient/1"}}
+    assert issues({**order, "modifierExtension": [do_not]}) == {}
+    assert "belongs in modifierExtension" in issues({**order, "extension": [do_not]})["NutritionOrder.extension[0]"]
+    wrong = issues({**order, "modifierExtension": [{"url": SD + "data-absent-reason", "valueCode": "unknown"}]})
+    assert "is not a modifier extension: it belongs in extension" in wrong["NutritionOrder.modifierExtension[0]"]
+    unknown = {"url": "http://example.org/fhir/StructureDefinition/no-such", "valueBoolean": True}
+    refused = issues({**order, "modifierExtension": [unknown]})
+    assert "may not be ignored" in refused["NutritionOrder.modifierExtension[0]"]
+    assert issues({**order, "extension": [unknown]}) == {}  # an unknown plain extension: a warning only
+    assert "not known" in issues({**order, "extension": [unknown]}, "warning")["NutritionOrder.extension[0]"]
