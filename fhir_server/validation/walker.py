@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fhir_server.errors import INVALID, REQUIRED, STRUCTURE, VALUE, Issue
-from fhir_server.validation import extensions, invariants, narrative
+from fhir_server.validation import extensions, invariants, narrative, references
 from fhir_server.validation.matching import (
     codings,
     contains,
     core_type,
     equal,
     primitive_types,
-    reference_type,
     type_by_suffix,
 )
 from fhir_server.validation.profile import ElementDef, Profile
@@ -67,6 +66,8 @@ class Walker:
         self._done: set[tuple[str, str]] = set()  # (constraint key, path): each invariant once per element
         self._validated: set[tuple[int, str]] = set()  # (id of the resource dict, profile url)
         self._local: dict[str, str] = {}  # fullUrl / #id -> resource type, for reference targets
+        self._entries: dict[str, dict[str, Any]] = {}  # fullUrl and Type/id -> a Bundle entry's resource
+        self._conformance: dict[tuple[int, str], str | None] = {}  # (id of a target, profile) -> its first error
         self._warned: set[str] = set()
         self._roots: list[dict[str, Any]] = []  # containers of the contained resource being walked
         self._at: list[tuple[str, str]] = []  # (path, type) of the resources being walked, innermost last
@@ -80,8 +81,14 @@ class Walker:
             return
         if rtype == "Bundle":
             for entry in resource.get("entry") or []:
-                if isinstance(entry, dict) and isinstance(entry.get("resource"), dict) and entry.get("fullUrl"):
-                    self._local[str(entry["fullUrl"])] = str(entry["resource"].get("resourceType"))
+                res = entry.get("resource") if isinstance(entry, dict) else None
+                if not isinstance(res, dict):
+                    continue
+                if entry.get("fullUrl"):
+                    self._local[str(entry["fullUrl"])] = str(res.get("resourceType"))
+                    self._entries[str(entry["fullUrl"])] = res
+                if isinstance(res.get("id"), str):
+                    self._entries.setdefault(f"{res.get('resourceType')}/{res['id']}", res)
         for c in resource.get("contained") or []:
             if isinstance(c, dict) and c.get("id"):
                 self._local["#" + str(c["id"])] = str(c.get("resourceType"))
@@ -95,6 +102,35 @@ class Walker:
                 self.against(url, item, resource, self.unknown_profile_severity)
         finally:
             self._at.pop()
+
+    def target(self, reference: str, resource: dict[str, Any]) -> dict[str, Any] | None:
+        """The resource ``reference`` points at when it is in this request: contained in the resource (or
+        its container), or an entry of the Bundle being validated."""
+        if reference.startswith("#"):
+            root = self._roots[-1] if self._roots else resource
+            for c in root.get("contained") or []:
+                if isinstance(c, dict) and c.get("id") == reference[1:]:
+                    return c
+            return None
+        found = self._entries.get(reference)
+        if found is None and "/" in reference:
+            found = self._entries.get("/".join(reference.split("/")[-2:]))
+        return found
+
+    def conforms(self, target: dict[str, Any], url: str) -> str | None:
+        """None when ``target`` validates against the profile ``url`` with no errors, else its first error
+        (once per target and profile; a target met again while it is being checked counts as conforming)."""
+        key = (id(target), url)
+        if key not in self._conformance:
+            self._conformance[key] = None
+            sub = Walker(self.defs)
+            sub._local, sub._entries, sub._conformance = self._local, self._entries, self._conformance
+            rtype = str(target.get("resourceType"))
+            sub._at.append((rtype, rtype))
+            sub.against(url, Item(target, rtype, rtype), target, "error")
+            errors = [i.diagnostics for i in sub.out if i.severity in ("error", "fatal")]
+            self._conformance[key] = errors[0] if errors else None
+        return self._conformance[key]
 
     def resource_at(self) -> tuple[str, str]:
         """The path and type of the resource being walked (the innermost nested one)."""
@@ -129,7 +165,7 @@ class Walker:
         elif item.type in ("Coding", "CodeableConcept") and edef.binding and edef.binding[0] == "required":
             self._binding(edef, item, base=True)
         if item.type == "Reference" or (edef.types and edef.types[0].code == "Reference"):
-            self._reference(edef, item)
+            references.check(self, edef, item, resource)
         node = item.node
         for c in target.constraints:
             mark = (c.key, item.path)
@@ -283,31 +319,6 @@ class Walker:
             shown = ", ".join(f"{s}#{c}" if s else c for s, c in found)
             self._issue(CODE_INVALID, item.path, f"{shown} is not in the {strength} value set {value_set}",
                         "error" if strength == "required" else "warning")
-
-    def _reference(self, edef: ElementDef, item: Item) -> None:
-        ref = item.value.get("reference") if isinstance(item.value, dict) else None
-        if not isinstance(ref, str):
-            return
-        allowed: set[str] = set()
-        for t in edef.types:
-            if t.code != "Reference":
-                continue
-            if not t.target_profiles:
-                return
-            for url in t.target_profiles:
-                name = core_type(url)
-                if name is None:
-                    prof = self.defs.profile(url.split("|", 1)[0])
-                    if prof is None:
-                        return  # a target we cannot resolve: nothing to say
-                    name = prof.type
-                if name in ("Resource", "DomainResource"):
-                    return
-                allowed.add(name)
-        actual = reference_type(ref, self._local)
-        if allowed and actual is not None and actual not in allowed:
-            self._issue(STRUCTURE, item.path + ".reference",
-                        f"a reference to {actual} is not allowed here (allowed: {', '.join(sorted(allowed))})")
 
     def _cardinality(self, child: ElementDef, items: list[Item], path: str) -> None:
         n = len(items)

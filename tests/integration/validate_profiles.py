@@ -138,3 +138,13 @@ def good_observation() -> dict[str, Any]:
             "component": [{"code": {"coding": [{"system": LOINC, "code": "8480-6", "display": "Systolic"}]},
                            "valueQuantity": {"value": 120, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org",
                                              "code": "mm[Hg]"}}]}
+
+
+REFERRING = f"{BASE}/StructureDefinition/test-referring"
+
+
+def referring_profile() -> dict[str, Any]:
+    """An Observation whose subject must be a test-patient (a targetProfile that is not a core definition)."""
+    return derive("Observation", REFERRING, {
+        "Observation.subject": {"min": 1, "type": [{"code": "Reference", "targetProfile": [PATIENT]}]},
+    })
