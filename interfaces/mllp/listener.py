@@ -2,6 +2,7 @@
 
 Each connection reads frames with the pure decoder (framing.py) and handles its messages in order; the
 blocking work (database, mapping) runs in a thread pool so the event loop keeps serving other senders.
+Messages arriving together on different connections are applied in one transaction (group.py).
 ACKs leave only after the pipeline has committed what they say.
 """
 
@@ -18,6 +19,7 @@ from fhir_server.config import Settings
 from fhir_server.rest.server import FhirServer
 from interfaces.mllp.batch import handle_batch, is_batch
 from interfaces.mllp.framing import FrameTooLarge, MllpDecoder, encode
+from interfaces.mllp.group import MAX_GROUP, SLOTS, GroupCommitter
 from interfaces.mllp.pipeline import Hl7Pipeline
 from interfaces.mllp.store import RECEIVED, MessageStore
 from mappings.hl7v2.message import decode, detect_charset
@@ -41,7 +43,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 class MllpListener:
     def __init__(self, server: FhirServer, *, host: str | None = None, port: int | None = None,
                  pipeline: Hl7Pipeline | None = None, workers: int | None = None,
-                 settings: Settings | None = None, reuse_port: bool = False) -> None:
+                 settings: Settings | None = None, reuse_port: bool = False, max_group: int = MAX_GROUP,
+                 group_slots: int = SLOTS) -> None:
         settings = settings or server.settings
         self.settings = settings
         self.host = host or settings.mllp_host or settings.host
@@ -49,6 +52,7 @@ class MllpListener:
         self.pipeline = pipeline or Hl7Pipeline(server, MessageStore(server.engine))
         self.executor = ThreadPoolExecutor(max_workers=workers or max(4, settings.db_pool_size),
                                            thread_name_prefix="mllp")
+        self.committer = GroupCommitter(self.pipeline, self._run, max_group=max_group, slots=group_slots)
         self.reuse_port = reuse_port  # several processes on one port: the kernel spreads the connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -141,7 +145,7 @@ class MllpListener:
             for ack in acc.immediate:  # duplicates, rejections, and the enhanced-mode accept ACK
                 await send(ack)
             if acc.to_process:
-                ack = await self._run(self.pipeline.process, acc)
+                ack = await self.committer.process(acc)
                 if ack:
                     await send(ack)
         finally:

@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,33 @@ class Accepted:
     claimed: Key | None = None  # the in-flight claim this copy holds; ``process`` releases it
     # Another copy of this message is in flight: wait for it (``wait_for_original``), then accept again.
     original: threading.Event | None = None
+
+
+@dataclass
+class Prepared:
+    """A mapped message, ready to apply: its transaction Bundle and the ACKs that success commits."""
+
+    acc: Accepted
+    bundle: dict[str, Any]
+    sources: list[tuple[str, int]]  # (segment, occurrence) each entry came from, for ERR on failure
+    ack: str | None  # the application ACK to send on success (None: the sender wants none)
+    ok_acks: str | None  # every ACK of the message on success, as stored
+
+
+@dataclass
+class Finished:
+    """A message whose outcome is already recorded (it could not be mapped): the ACK to send."""
+
+    ack: str | None
+
+
+def record_outcome(repo: Repository, p: Prepared, responses: Sequence[FhirResponse | None]) -> bool:
+    """Inside the transaction applying ``p``: mark it processed with what it wrote. False when another copy
+    of the message recorded an outcome first (the caller must then roll back)."""
+    assert p.acc.stored is not None
+    resources = [ref for r in responses if r is not None if (ref := _reference(r.headers.get("Location", "")))]
+    return bool(repo.execute(finish_statement(p.acc.stored.pk, status=PROCESSED, ack=p.ok_acks, resources=resources,
+                                              expect_attempts=p.acc.stored.attempts)).rowcount)
 
 
 def _wants(condition: str, success: bool) -> bool:
@@ -182,48 +210,65 @@ class Hl7Pipeline:
             acc.claimed = None
 
     def _process(self, acc: Accepted) -> str | None:
+        prepared = self.prepare(acc)
+        return prepared.ack if isinstance(prepared, Finished) else self.apply(prepared)
+
+    def prepare(self, acc: Accepted) -> Prepared | Finished:
+        """Map the message; one that cannot be mapped gets its outcome recorded (committed) here."""
         assert acc.stored is not None and acc.header is not None and acc.msg is not None
         header, msg, stored = acc.header, acc.msg, acc.stored
-        status, error = PROCESSED, None
-        code, details = "AA", []
         sent = acc.immediate if header.enhanced else []
-        superseded = False
         try:
             result = self.mapper.map(msg, header, stored.received_at)
-            ok_ack = build_ack(header, "AA", enc=msg.enc)
-            send_ok = not header.enhanced or _wants(header.application_ack, True)
-            ok_acks = ACK_SEPARATOR.join([*sent, ok_ack] if send_ok else sent) or None
-
-            def record(repo: Repository, responses: list[FhirResponse | None]) -> None:
-                # The outcome commits with the resources (one commit, nothing half-written); and only if no
-                # other copy of the message recorded one since we read the row (then that one answers).
-                nonlocal superseded
-                resources = [ref for r in responses if r is not None
-                             if (ref := _reference(r.headers.get("Location", "")))]
-                done = repo.execute(finish_statement(stored.pk, status=PROCESSED, ack=ok_acks, resources=resources,
-                                                     expect_attempts=stored.attempts)).rowcount
-                if not done:
-                    superseded = True
-                    raise FhirError(409, CONFLICT, "Another copy of this HL7 message was processed first")
-
-            response = self.server.handle(FhirRequest("POST", "", headers={"content-type": "application/fhir+json"},
-                                                      resource=result.bundle, in_transaction=record))
-            if superseded:
-                return self._answer_of(stored.pk, header)
-            if response.status < 400:
-                return ok_ack if send_ok else None
-            status, code = ERROR, "AE"
-            details = [self._transaction_error(response.resource, result.sources)]
         except MappingError as exc:
-            status, code, details = ERROR, "AE", exc.details
+            return Finished(self._fail(acc, ERROR, "AE", exc.details))
         except RejectedMessage as exc:
-            status, code, details = REJECTED, "AR", [exc.detail]
+            return Finished(self._fail(acc, REJECTED, "AR", [exc.detail]))
         except Exception:  # a bug must not lose the message: it stays stored for replay
             log.exception("hl7 message %s failed while mapping", stored.pk)
-            status, code = ERROR, "AE"
-            details = [ErrorDetail(APPLICATION_INTERNAL_ERROR, "Internal error while processing the message")]
+            return Finished(self._internal_error(acc))
+        ok_ack = build_ack(header, "AA", enc=msg.enc)
+        send_ok = not header.enhanced or _wants(header.application_ack, True)
+        ok_acks = ACK_SEPARATOR.join([*sent, ok_ack] if send_ok else sent) or None
+        return Prepared(acc, result.bundle, result.sources, ok_ack if send_ok else None, ok_acks)
+
+    def apply(self, p: Prepared) -> str | None:
+        """Apply one mapped message as its own FHIR transaction, outcome included; the ACK to send."""
+        assert p.acc.stored is not None and p.acc.header is not None
+        stored, header = p.acc.stored, p.acc.header
+        superseded = False
+
+        def record(repo: Repository, responses: list[FhirResponse | None]) -> None:
+            # The outcome commits with the resources (one commit, nothing half-written); and only if no
+            # other copy of the message recorded one since we read the row (then that one answers).
+            nonlocal superseded
+            if not record_outcome(repo, p, responses):
+                superseded = True
+                raise FhirError(409, CONFLICT, "Another copy of this HL7 message was processed first")
+
+        try:
+            response = self.server.handle(FhirRequest("POST", "", headers={"content-type": "application/fhir+json"},
+                                                      resource=p.bundle, in_transaction=record))
+        except Exception:
+            log.exception("hl7 message %s failed while applying", stored.pk)
+            return self._internal_error(p.acc)
+        if superseded:
+            return self._answer_of(stored.pk, header)
+        if response.status < 400:
+            return p.ack
+        return self._fail(p.acc, ERROR, "AE", [self._transaction_error(response.resource, p.sources)])
+
+    def _internal_error(self, acc: Accepted) -> str | None:
+        detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, "Internal error while processing the message")
+        return self._fail(acc, ERROR, "AE", [detail])
+
+    def _fail(self, acc: Accepted, status: str, code: str, details: list[ErrorDetail]) -> str | None:
+        """Record a failed outcome (committed) and return the ACK saying so, if the sender wants one."""
+        assert acc.stored is not None and acc.header is not None and acc.msg is not None
+        header, stored = acc.header, acc.stored
+        sent = acc.immediate if header.enhanced else []
         error = "; ".join(d.describe() for d in details) or None
-        app_ack = build_ack(header, code, details, enc=msg.enc)
+        app_ack = build_ack(header, code, details, enc=acc.msg.enc)
         send = not header.enhanced or _wants(header.application_ack, status == PROCESSED)
         acks = [*sent, app_ack] if send else sent
         if not self.store.finish(stored.pk, status=status, ack=ACK_SEPARATOR.join(acks) or None, error=error,

@@ -1,0 +1,151 @@
+"""Group commit: mapped messages that arrive together on different connections are applied as ONE FHIR
+transaction (one commit, one audit unit of work, one COPY per table for all of them).
+
+Why: a message's own work (mapping, validation, index rows) is per message anyway, but each transaction
+also pays fixed costs -- BEGIN/COMMIT, the transaction's AuditEvents, one COPY round trip per table, the
+hooks' per-unit-of-work work -- which a group shares.
+
+How: the listener hands each mapped message to a ``GroupCommitter``. While fewer than ``slots``
+groups are being applied, a message goes at once (alone, when nothing else waits: no latency added at low
+load); messages arriving meanwhile queue and go together as the next group. A group is the messages'
+transaction Bundles concatenated, with each message's outcome row updated inside the same transaction.
+Messages that touch the same resource (same entry fullUrl, same request URL or conditional criteria) never
+share a group: one transaction may change a resource only once, and two conditional creates of one
+patient in one transaction would both create it. If the group's transaction fails for any reason (a bad
+message, another copy of a message processed first), nothing of it is committed and each message is applied
+again on its own, exactly as without grouping: it gets its own outcome, error and ACK.
+ACKs leave only after the group's commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fhir_server.errors import CONFLICT, FhirError
+from fhir_server.rest.request import FhirRequest, FhirResponse
+from fhir_server.storage.repository import Repository
+from interfaces.mllp.pipeline import Accepted, Finished, Hl7Pipeline, Prepared, record_outcome
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 16  # messages per transaction: bounds the work lost (redone one by one) when a group fails
+SLOTS = 2  # groups applied at the same time by one listener process (one waits on the database, one runs)
+
+
+def identities(p: Prepared) -> set[str]:
+    """What a message's transaction touches: entry fullUrls, request URLs and conditional criteria."""
+    keys: set[str] = set()
+    for entry in p.bundle.get("entry", []):
+        request = entry.get("request", {})
+        if entry.get("fullUrl"):
+            keys.add(entry["fullUrl"])
+        url = str(request.get("url", ""))
+        keys.add(url if "ifNoneExist" not in request else f"{url}?{request['ifNoneExist']}")
+    return keys
+
+
+def apply_group(pipeline: Hl7Pipeline, group: list[Prepared]) -> list[str | None]:
+    """Apply mapped messages in one transaction; the ACK of each (blocking: runs in the executor)."""
+    if len(group) == 1:
+        return [pipeline.apply(group[0])]
+    entries: list[dict[str, Any]] = []
+    spans: list[tuple[int, int]] = []
+    for p in group:
+        mine = p.bundle.get("entry", [])
+        spans.append((len(entries), len(entries) + len(mine)))
+        entries.extend(mine)
+
+    def record(repo: Repository, responses: list[FhirResponse | None]) -> None:
+        for p, (start, end) in zip(group, spans, strict=True):
+            if not record_outcome(repo, p, responses[start:end]):
+                raise FhirError(409, CONFLICT, "Another copy of an HL7 message of the group was processed first")
+
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    try:
+        response = pipeline.server.handle(FhirRequest("POST", "", headers={"content-type": "application/fhir+json"},
+                                                      resource=bundle, in_transaction=record))
+        ok = response.status < 400
+    except Exception:
+        log.exception("hl7: a group of %d messages failed; applying each alone", len(group))
+        ok = False
+    if ok:
+        return [p.ack for p in group]
+    # Nothing of the group committed. Each message again, alone and freshly mapped (the group's run may have
+    # rewritten its Bundle): its own outcome, and its own error if it is the bad one.
+    acks: list[str | None] = []
+    for p in group:
+        again = pipeline.prepare(p.acc)
+        acks.append(again.ack if isinstance(again, Finished) else pipeline.apply(again))
+    return acks
+
+
+Runner = Callable[..., Awaitable[Any]]
+
+
+class GroupCommitter:
+    """The asyncio side: queues mapped messages and applies them in groups on the executor (``run``)."""
+
+    def __init__(self, pipeline: Hl7Pipeline, run: Runner, *, max_group: int = MAX_GROUP, slots: int = SLOTS) -> None:
+        self.pipeline = pipeline
+        self.run = run
+        self.max_group = max(1, max_group)
+        self.slots = max(1, slots)
+        self.pending: list[tuple[Prepared, set[str], asyncio.Future[str | None]]] = []
+        self.active = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.groups = 0  # groups applied, and the messages in them (tests, logs)
+        self.messages = 0
+
+    async def process(self, acc: Accepted) -> str | None:
+        """Map, then apply with whatever else is waiting; the application ACK once it is committed."""
+        prepared = await self.run(self.pipeline.prepare, acc)
+        if isinstance(prepared, Finished):
+            return prepared.ack
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.pending.append((prepared, identities(prepared), done))
+        self._start()
+        return await done
+
+    def _start(self) -> None:
+        while self.pending and self.active < self.slots:
+            group: list[tuple[Prepared, asyncio.Future[str | None]]] = []
+            taken: set[int] = set()
+            keys: set[str] = set()
+            for n, (p, ids, done) in enumerate(self.pending):
+                if len(group) == self.max_group:
+                    break
+                if done.cancelled() or ids & keys:  # a message touching what this group does waits for the next
+                    continue
+                group.append((p, done))
+                taken.add(n)
+                keys |= ids
+            self.pending = [item for n, item in enumerate(self.pending)
+                            if n not in taken and not item[2].cancelled()]
+            if not group:
+                return
+            self.active += 1
+            task = asyncio.create_task(self._apply(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _apply(self, group: list[tuple[Prepared, asyncio.Future[str | None]]]) -> None:
+        try:
+            acks = await self.run(apply_group, self.pipeline, [p for p, _ in group])
+        except BaseException as exc:  # e.g. the database is down: nothing committed, no ACK for any of them
+            for _, done in group:
+                if not done.done():
+                    done.set_exception(exc if isinstance(exc, Exception) else ConnectionError("stopped"))
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            self.groups += 1
+            self.messages += len(group)
+            for (_, done), ack in zip(group, acks, strict=True):
+                if not done.done():
+                    done.set_result(ack)
+        finally:
+            self.active -= 1
+            self._start()
