@@ -94,7 +94,8 @@ class FhirServer:
             with acting_as(req.access):  # auth: every unit of work of this request enforces the token
                 if req.method == "POST" and not req.path.strip("/"):
                     return self._bundle(req)
-                write = req.method not in READ_METHODS and not req.path.rstrip("/").endswith("_search")
+                write = req.method not in READ_METHODS and not req.path.rstrip("/").endswith("_search") \
+                    and not self.operations.reads_only(req.path)  # POST ValueSet/$validate-code and the like
                 return self.uow.run(lambda repo: self.route(req, repo), write=write)
         except FhirError as exc:
             return FhirResponse(exc.status, exc.outcome())

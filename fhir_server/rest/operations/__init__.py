@@ -24,6 +24,10 @@ class Operation:
     types: frozenset[str] | None = None  # None: every type
     instance: bool = False
     affects_state: bool = False
+    # Never writes, whatever the HTTP method: a POST of it runs in a read-only unit of work (no write lock on
+    # SQLite, no BEGIN/COMMIT on PostgreSQL). Opt-in: some operations that do not "affect state" in the FHIR
+    # sense still write (the $export kick-off stores its job).
+    read_only: bool = False
 
 
 @dataclass
@@ -32,6 +36,12 @@ class OperationRegistry:
 
     def register(self, operation: Operation) -> None:
         self.operations[operation.name] = operation
+
+    def reads_only(self, path: str) -> bool:
+        """Whether ``path`` (relative to the base) invokes an operation registered ``read_only``."""
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        op = self.operations.get(last[1:]) if last.startswith("$") else None
+        return op is not None and op.read_only
 
     def invoke(self, req: FhirRequest, repo: Repository, name: str, resource_type: str | None,
                resource_id: str | None) -> FhirResponse:
