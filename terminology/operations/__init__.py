@@ -34,10 +34,10 @@ def register(server: FhirServer) -> None:
     cache.register(server.hooks)  # stored CodeSystem/ValueSet writes invalidate the fast path everywhere
     ops = server.operations
     cs, vs = frozenset({"CodeSystem"}), frozenset({"ValueSet"})
-    ops.register(Operation("lookup", lookup.lookup, lookup.DEFINITION, types=cs, instance=True))
-    ops.register(Operation("subsumes", subsumes.subsumes, subsumes.DEFINITION, types=cs, instance=True))
-    ops.register(Operation("expand", expand.expand, expand.DEFINITION, types=vs, instance=True))
+    ops.register(Operation("lookup", lookup.lookup, lookup.DEFINITION, types=cs, instance=True, read_only=True))
+    ops.register(Operation("subsumes", subsumes.subsumes, subsumes.DEFINITION, types=cs, instance=True, read_only=True))
+    ops.register(Operation("expand", expand.expand, expand.DEFINITION, types=vs, instance=True, read_only=True))
     ops.register(Operation("validate-code", _validate_code, valueset_validate_code.DEFINITION,
-                           types=cs | vs, instance=True))
+                           types=cs | vs, instance=True, read_only=True))
     ops.register(Operation("translate", translate.translate, translate.DEFINITION,
-                           types=frozenset({"ConceptMap"}), instance=True))
+                           types=frozenset({"ConceptMap"}), instance=True, read_only=True))

@@ -5,6 +5,7 @@ own engine and cache, on the same database) is seen by the next request, not ser
 from __future__ import annotations
 
 import copy
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,3 +84,23 @@ def test_a_rolled_back_change_leaves_the_cache_valid(tx, other: FhirServer) -> N
     hits = cache.hits
     assert valid(tx, "triangle") and not valid(tx, "circle")
     assert cache.hits == hits + 2
+
+
+def test_a_post_of_a_read_only_operation_takes_no_write_lock(tx) -> None:  # type: ignore[no-untyped-def]
+    """POST $validate-code runs in a read-only unit of work: on SQLite it is answered while another
+    connection holds the database's write lock (a write transaction would wait for it)."""
+    body = {"resourceType": "Parameters", "parameter": [{"name": "url", "valueUri": POLYGONS},
+                                                        {"name": "system", "valueUri": SHAPES},
+                                                        {"name": "code", "valueCode": "triangle"}]}
+    path = tx.backend.settings.sqlite_path()
+    lock = sqlite3.connect(path, isolation_level=None) if path is not None else None
+    try:
+        if lock is not None:
+            lock.execute("BEGIN IMMEDIATE")
+        r = tx.http.post("ValueSet/$validate-code", json=body, timeout=5)
+        assert r.status_code == 200, r.text
+        assert params(r.json())["result"][0]["valueBoolean"] is True
+    finally:
+        if lock is not None:
+            lock.rollback()
+            lock.close()
