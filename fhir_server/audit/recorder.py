@@ -2,9 +2,17 @@
 background thread drains in batches (reads, failures, sign-ins), as HAPI and Medplum do.
 
 A read pays for one queue put; the thread builds the events (patients, codes) and writes up to BATCH of
-them in one unit of work. When the queue is full the caller writes its event itself (back-pressure, never a
-silent drop). ``close`` (app shutdown, interpreter exit) drains what is queued; a hard kill loses at most
-what was queued in the last moments.
+them in one unit of work, waiting up to LINGER_SECONDS after the first for more to join it: one event per
+unit of work cost ~2.5 ms CPU, fifty ~0.55 ms each. When the queue is full the caller writes its event
+itself (back-pressure, never a silent drop). ``close`` (app shutdown, interpreter exit) drains what is queued.
+
+Crash window: a process killed hard (SIGKILL, power loss, OOM) loses the events still queued, i.e. those
+of reads answered in the last LINGER_SECONDS plus any backlog (at most MAX_QUEUED). Writes never: their
+AuditEvent is in their own transaction. ``FHIR_AUDIT_BACKGROUND=false`` closes the window: each read then
+writes its AuditEvent before it is answered (its own unit of work, ~2.5 ms CPU more per read).
+
+Server-built AuditEvents skip StructureDefinition validation (``trusted``): tests/unit/test_audit_events.py
+validates every shape they take against the base profile instead.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ log = logging.getLogger(__name__)
 BATCH = 500
 MAX_QUEUED = 10_000
 PUT_TIMEOUT_SECONDS = 0.5
+LINGER_SECONDS = 0.1  # how long the writer waits for a batch to fill: added to the crash window
 _STOP = object()
 # Set while the recorder itself writes an AuditEvent: the write is not audited again (no loop) and the
 # append-only guard lets it through.
@@ -42,9 +51,14 @@ def recording() -> Iterator[None]:
 
 
 class AuditRecorder:
-    def __init__(self, uow: UnitOfWork, *, max_queued: int = MAX_QUEUED, batch: int = BATCH) -> None:
+    def __init__(self, uow: UnitOfWork, *, max_queued: int = MAX_QUEUED, batch: int = BATCH,
+                 background: bool = True, linger: float = LINGER_SECONDS,
+                 put_timeout: float = PUT_TIMEOUT_SECONDS) -> None:
         self.uow = uow
         self.batch = batch
+        self.background = background  # False: every event is written before the caller goes on
+        self.linger = linger
+        self.put_timeout = put_timeout
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -59,16 +73,19 @@ class AuditRecorder:
         repo.access = None  # the audit trail is the server's own write, whatever the caller may do
         try:
             with recording():
-                repo.create("AuditEvent", audit_event(record))
+                repo.create("AuditEvent", audit_event(record), trusted=True)
         finally:
             repo.access = saved
 
     # --- queued ------------------------------------------------------------------------------------------
 
     def record(self, record: Record) -> None:
+        if not self.background:
+            self._write([record])
+            return
         self._start()
         try:
-            self._queue.put(record, timeout=PUT_TIMEOUT_SECONDS)
+            self._queue.put(record, timeout=self.put_timeout)
         except queue.Full:  # the writer is behind: this caller writes its own event rather than drop it
             self._write([record])
 
@@ -106,9 +123,10 @@ class AuditRecorder:
                 return
             batch = [item]
             stop = False
+            deadline = time.monotonic() + self.linger
             while len(batch) < self.batch:
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is _STOP:
@@ -129,7 +147,7 @@ class AuditRecorder:
             repo.access = None  # also when a request thread writes (queue full): not the caller's rights
             with recording():
                 for record in records:
-                    repo.create("AuditEvent", audit_event(record))
+                    repo.create("AuditEvent", audit_event(record), trusted=True)
 
         try:
             self.uow.run(work, write=True)

@@ -70,7 +70,7 @@ def returned(resp: FhirResponse) -> list[dict[str, Any]]:
 
 class Auditor:
     def __init__(self, server: FhirServer) -> None:
-        self.recorder = AuditRecorder(server.uow)
+        self.recorder = AuditRecorder(server.uow, background=server.settings.audit_background)
         hooks = server.hooks
         hooks.register(HookPoint.BEFORE_VALIDATE, self.guard)
         hooks.register(HookPoint.BEFORE_COMMIT, self.guard)

@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from fhir_server.audit.classify import classify, query_text
+from fhir_server.audit.codes import DCM, coding, own
 from fhir_server.audit.events import SERVER, Actor, Record, audit_event, interaction, outcome
 from fhir_server.rest.request import FhirRequest
 from fhir_server.validation import ResourceValidator
@@ -84,3 +85,30 @@ def test_the_servers_own_writes_name_the_server() -> None:
     event = audit_event(Record(interaction("update"), "U", 200, SERVER, targets=["Subscription/1"]))
     assert ResourceValidator().validate(event, "AuditEvent") == []
     assert event["agent"][0]["who"] == {"display": "fhir-server"} and event["agent"][0]["requestor"] is True
+
+
+_ACTORS = [Actor("10.1.2.3", "client-1", "user-1", "alice", "Practitioner/9", "doctor"),
+           Actor("10.1.2.3", "backend-1"), Actor(user_id="user-2"), Actor("10.0.0.9"), SERVER]
+_OBSERVATION = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+                "subject": {"reference": "Patient/p1"}}
+
+
+@pytest.mark.parametrize("code", ["read", "vread", "update", "patch", "delete", "history-instance", "history-type",
+                                  "history-system", "create", "search", "search-type", "search-system",
+                                  "transaction", "batch", "operation"])
+@pytest.mark.parametrize("status", [200, 201, 403, 500])
+def test_every_shape_the_server_builds_is_valid_against_the_base_profile(code: str, status: int) -> None:
+    """The recorder writes its AuditEvents ``trusted`` (no validation per write): this is the check instead."""
+    validator = ResourceValidator()
+    for actor in _ACTORS:
+        record = Record(interaction(code), "R", status, actor, targets=["Observation/o1", "Patient/p1"],
+                        resources=[_OBSERVATION], query="Observation?code=x" if code.startswith("search") else None)
+        assert validator.validate(audit_event(record), "AuditEvent") == [], (code, actor)
+
+
+@pytest.mark.parametrize("subtype", [coding(DCM, "110122"), own("token-issue", "Access token issued"),
+                                     own("hl7-messages-reveal", "HL7 v2 messages revealed")])
+def test_sign_in_token_and_admin_events_are_valid_against_the_base_profile(subtype: dict[str, str]) -> None:
+    for actor in _ACTORS:
+        event = audit_event(Record(subtype, "E", 401, actor, kind="110114", targets=["Patient/p1"]))
+        assert ResourceValidator().validate(event, "AuditEvent") == [], (subtype, actor)
