@@ -1,6 +1,8 @@
 """Where an HL7 v2 message's time goes: the ORU^R01 of bench/mllp.py (10 OBX, 16 resources) through the
 adapter's pipeline in-process (``Hl7Pipeline.handle``: parse, store raw, map, one FHIR transaction with the
 outcome), no sockets, one thread, on PostgreSQL and SQLite; with the AuditEvent recording on and off.
+Then the same messages in groups (``interfaces/mllp/group.py``: N messages stored, mapped, then applied as one
+transaction, as the listener does with messages arriving together), by group size.
 CPU ms per message by component, from cProfile shares scaled to the unprofiled CPU time. Writes the
 ``mllp-profile`` section of RESULTS.md.
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import random
 import sys
@@ -20,11 +23,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # run as a script or imported by another bench
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bench_database, facts_markdown, log, machine_facts, table, write_section
+from common import CpuMeter, bench_database, facts_markdown, log, machine_facts, table, write_section
 from mllp import oru
 
 # (label, file suffix, function): cumulative time of each; they do not overlap (audit off).
@@ -38,6 +42,9 @@ COMPONENTS = [
     ("insert rows (COPY / executemany)", "fhir_server/storage/bulk.py", "flush"),
 ]
 TOTAL = ("interfaces/mllp/pipeline.py", "handle_text")
+GROUPED_TOTAL = ("bench/profile_mllp.py", "run_group")
+GROUP_SIZES = (1, 4, 8, 16)
+PROFILED_GROUP = 8
 
 
 @contextmanager
@@ -54,6 +61,67 @@ def cumulative(stats: pstats.Stats, suffix: str, name: str) -> float:
     raw = stats.stats  # type: ignore[attr-defined]
     return sum(ct for (file, _line, fn), (_cc, _nc, _tt, ct, _callers) in raw.items()
                if fn == name and file.endswith(suffix))
+
+
+def run_group(pipeline: Any, messages: list[bytes]) -> None:
+    """What the listener does with messages arriving together: each stored and mapped, then one transaction."""
+    from interfaces.mllp.group import apply_group
+    from interfaces.mllp.pipeline import Prepared
+
+    prepared = [pipeline.prepare(pipeline.accept(m)) for m in messages]
+    assert all(isinstance(p, Prepared) for p in prepared)
+    acks = apply_group(pipeline, prepared)
+    assert all(a and "MSA|AA|" in a for a in acks), acks
+
+
+def breakdown_of(profiler: cProfile.Profile, total_fn: tuple[str, str], cpu: float) -> dict[str, float]:
+    stats = pstats.Stats(profiler)
+    total = cumulative(stats, *total_fn)
+    scale = cpu * 1000 / total if total else 0.0  # profiled seconds -> unprofiled CPU ms per message
+    parts = {label: cumulative(stats, suffix, fn) * scale for label, suffix, fn in COMPONENTS}
+    parts["everything else (routing, hooks, JSON, ACKs, audit, ...)"] = cpu * 1000 - sum(parts.values())
+    return parts
+
+
+Row = tuple[int, float, float, float]
+
+
+def measure_groups(audit: bool, count: int, profile_size: int) -> tuple[list[Row], dict[str, float]]:
+    """PostgreSQL: [(group size, wall ms/message, CPU ms/message, PostgreSQL CPU ms/message)], and the
+    breakdown at ``profile_size``."""
+    from fhir_server.config import Settings
+    from fhir_server.rest.server import FhirServer
+    from fhir_server.storage.migrate import upgrade
+    from interfaces.mllp.pipeline import Hl7Pipeline
+    from interfaces.mllp.store import MessageStore
+
+    rng = random.Random(20261202)
+    rows: list[Row] = []
+    with database("postgresql") as url:
+        server = FhirServer(Settings(database_url=url, audit_enabled=audit))
+        upgrade(server.engine)
+        pipeline = Hl7Pipeline(server, MessageStore(server.engine))
+        run_group(pipeline, [oru(i, "W", rng) for i in range(10)])
+        for size in GROUP_SIZES:
+            messages = [oru(i, f"G{size}", rng) for i in range(count)]
+            meter = CpuMeter(os.getpid(), url)
+            meter.start()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for k in range(0, count, size):
+                run_group(pipeline, messages[k:k + size])
+            wall, cpu = (time.perf_counter() - t0) / count * 1000, (time.process_time() - c0) / count
+            meter.stop()
+            rows.append((size, wall, cpu, meter.postgres / count * 1000))
+        profiler = cProfile.Profile()
+        profiled = [oru(i, "Q", rng) for i in range(count)]
+        profiler.enable()
+        for k in range(0, count, profile_size):
+            run_group(pipeline, profiled[k:k + profile_size])
+        profiler.disable()
+        server.engine.dispose()
+    cpu = next(c for size, _w, c, _pg in rows if size == profile_size)
+    parts = breakdown_of(profiler, GROUPED_TOTAL, cpu)
+    return [(size, wall, c * 1000, pg) for size, wall, c, pg in rows], parts
 
 
 def measure(backend: str, audit: bool, count: int) -> tuple[float, float, dict[str, float]]:
@@ -84,12 +152,7 @@ def measure(backend: str, audit: bool, count: int) -> tuple[float, float, dict[s
             pipeline.handle(message)
         profiler.disable()
         server.engine.dispose()
-    stats = pstats.Stats(profiler)
-    total = cumulative(stats, *TOTAL)
-    scale = cpu * 1000 / total if total else 0.0  # profiled seconds -> unprofiled CPU ms per message
-    parts = {label: cumulative(stats, suffix, fn) * scale for label, suffix, fn in COMPONENTS}
-    parts["everything else (routing, hooks, JSON, ACKs, audit, ...)"] = cpu * 1000 - sum(parts.values())
-    return wall * 1000, cpu * 1000, parts
+    return wall * 1000, cpu * 1000, breakdown_of(profiler, TOTAL, cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             totals.append([backend, "on" if audit else "off", f"{wall:.1f}", f"{cpu:.1f}", f"{1000 / cpu:.0f}"])
             if not audit:
                 breakdown[backend] = parts
+    grouped: list[list[str]] = []
+    for audit in (True, False):
+        log(f"postgresql, groups, audit {'on' if audit else 'off'}: {args.messages} messages per group size")
+        group_rows, parts = measure_groups(audit, args.messages, PROFILED_GROUP)
+        grouped += [["on" if audit else "off", str(size), f"{wall:.1f}", f"{cpu:.1f}", f"{pg:.1f}",
+                     f"{2000 / (cpu + pg):.0f}"] for size, wall, cpu, pg in group_rows]
+        if not audit:
+            breakdown[f"postgresql, groups of {PROFILED_GROUP}"] = parts
     labels = [label for label, _s, _f in COMPONENTS] + list(next(iter(breakdown.values())))[len(COMPONENTS):]
     rows = [[label, *(f"{breakdown[b][label]:.2f}" for b in breakdown)] for label in labels]
     rows.append(["**total**", *(f"**{sum(breakdown[b].values()):.2f}**" for b in breakdown)])
@@ -125,6 +196,14 @@ transaction that also records the outcome and the ACK text (second commit). {arg
 CPU is this process's (the server's) time; PostgreSQL's own CPU is not in it.
 
 {table(["database", "AuditEvents", "wall ms/message", "CPU ms/message", "one-core ceiling messages/s"], totals)}
+
+Group commit (PostgreSQL): the same message, N at a time -- each stored (own commit) and mapped, then the N
+applied as one FHIR transaction with their outcomes (what the listener does with messages that arrive
+while earlier ones are being applied). Server CPU is this process's; PostgreSQL CPU that of its backends;
+the ceiling is 2 cores / (server + PostgreSQL CPU), senders not counted.
+
+{table(["AuditEvents", "group size", "wall ms/message", "server CPU ms/message", "PostgreSQL CPU ms/message",
+        "two-core ceiling messages/s"], grouped)}
 
 CPU ms per message by component, audit off (cProfile shares scaled to the unprofiled CPU time):
 
