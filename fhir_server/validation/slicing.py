@@ -5,30 +5,42 @@ pattern value when the path goes below it, as the spec allows: ``code.coding.cod
 patternCodeableConcept); for extensions sliced by ``url``, the slice's type profile is the url.
 exists: the slice's min/max at the path. type: the slice's types at the path. profile ("profile-lite"):
 a nested resource fits a slice when its resourceType is the profile's type, preferring the slice whose
-profile the resource names in ``meta.profile`` (no full validation per candidate slice).
+profile the resource names in ``meta.profile`` (no full validation per candidate slice: the chosen slice's
+own checks report what does not conform).
+
+Paths are simple element paths with the functions the spec allows in discriminators: ``$this``,
+``resolve()`` (a reference followed to its target in the request, a Bundle entry or a contained resource; on
+the profile's side, into the Reference's targetProfile: a ``profile``/``type`` discriminator on
+``resolve()`` compares the target with the targetProfiles), ``extension('url')`` (the extensions with that
+url; on the profile's side the slice of that extension, or its definition) and ``ofType(T)``.
 The first slice whose discriminators all match wins.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fhir_server.validation.matching import contains, core_type, equal, values_at
+from fhir_server.validation.matching import contains, core_type, equal, type_by_suffix, values_at
 from fhir_server.validation.profile import ElementDef
 
 if TYPE_CHECKING:
     from fhir_server.validation.walker import Definitions, Item
 
+Resolve = Callable[[str], "dict[str, Any] | None"]
+_STEP = re.compile(r"(?:[^.(']|'[^']*'|\([^)]*\))+")
+_CALL = re.compile(r"^(resolve|extension|ofType)\((?:'([^']*)'|([A-Za-z]*))\)$")
 
-def slice_of(defs: Definitions, sliced: ElementDef, item: Item) -> ElementDef | None:
+
+def slice_of(defs: Definitions, sliced: ElementDef, item: Item, resolve: Resolve | None = None) -> ElementDef | None:
     assert sliced.slicing is not None
     discriminators = sliced.slicing.discriminators
     if not discriminators:
         return None
-    claimed = _claimed(item.value)
     fallback = None
     for s in sliced.slices:
-        verdicts = [_matches(defs, s, item, kind, path, claimed) for kind, path in discriminators]
+        verdicts = [_matches(defs, s, item, kind, path, resolve) for kind, path in discriminators]
         if all(v is not False for v in verdicts):
             if any(v == "claimed" for v in verdicts) or "profile" not in {k for k, _ in discriminators}:
                 return s
@@ -36,37 +48,105 @@ def slice_of(defs: Definitions, sliced: ElementDef, item: Item) -> ElementDef | 
     return fallback
 
 
-def _claimed(value: Any) -> set[str]:
-    if isinstance(value, dict):
-        for res in [value, value.get("resource")]:
-            if isinstance(res, dict) and isinstance(res.get("meta"), dict):
-                return {p.split("|", 1)[0] for p in res["meta"].get("profile") or [] if isinstance(p, str)}
-    return set()
+def steps_of(path: str) -> list[str]:
+    """``extension('http://x.org/a.b').value`` -> [``extension('http://x.org/a.b')``, ``value``]."""
+    return [s for s in _STEP.findall(path) if s != "$this"]
 
 
-def _target(s: ElementDef, steps: list[str]) -> tuple[ElementDef, list[str]]:
-    """The slice's element at ``steps`` as far as the tree goes, and the steps left over."""
+def _claimed(values: list[Any]) -> set[str]:
+    out: set[str] = set()
+    for value in values:
+        if isinstance(value, dict):
+            for res in [value, value.get("resource")]:
+                if isinstance(res, dict) and isinstance(res.get("meta"), dict):
+                    out |= {p.split("|", 1)[0] for p in res["meta"].get("profile") or [] if isinstance(p, str)}
+    return out
+
+
+def _call(step: str) -> tuple[str, str] | None:
+    m = _CALL.match(step)
+    return (m.group(1), m.group(2) or m.group(3) or "") if m else None
+
+
+def actual_values(value: Any, steps: list[str], resolve: Resolve | None) -> list[Any]:
+    """The instance's values at the discriminator path."""
+    current = [value]
+    for i, step in enumerate(steps):
+        call = _call(step)
+        if call is None:
+            nxt = _call(steps[i + 1]) if i + 1 < len(steps) else None
+            if nxt is not None and nxt[0] == "ofType":  # value.ofType(Quantity): valueQuantity only
+                key = step + nxt[1][:1].upper() + nxt[1][1:]
+                current = [v for c in current if isinstance(c, dict) and key in c
+                           for v in (c[key] if isinstance(c[key], list) else [c[key]])]
+            else:
+                current = [v for c in current for v in values_at(c, [step])]
+        elif call[0] == "resolve":
+            refs = [c.get("reference") for c in current if isinstance(c, dict)]
+            current = [r for r in (resolve(ref) if resolve and isinstance(ref, str) else None for ref in refs) if r]
+        elif call[0] == "extension":
+            current = [e for c in current if isinstance(c, dict) for e in c.get("extension") or []
+                       if isinstance(e, dict) and e.get("url") == call[1]]
+    return current
+
+
+def _extension_slice(defs: Definitions, current: ElementDef, url: str) -> ElementDef | None:
+    ext = current.children.get("extension")
+    for s in ext.slices if ext is not None else []:
+        if any(url in t.profiles for t in s.types):
+            return s
+        fixed = s.children.get("url")
+        if fixed is not None and fixed.fixed == url:
+            return s
+    prof = defs.profile(url)
+    return prof.root if prof is not None else None
+
+
+def _into_profile(defs: Definitions, urls: list[str]) -> ElementDef | None:
+    if len(urls) != 1:
+        return None
+    prof = defs.profile(urls[0].split("|", 1)[0])
+    return prof.root if prof is not None else None
+
+
+def _target(defs: Definitions, s: ElementDef, steps: list[str]) -> tuple[ElementDef, list[str]]:
+    """The slice's element at ``steps`` as far as the definitions go, and the steps left over."""
     current, i = s, 0
     while i < len(steps):
         if current.fixed_kind is not None:
             break
-        child = current.children.get(steps[i]) or current.children.get(steps[i] + "[x]")
-        if child is None:
+        call = _call(steps[i])
+        nxt: ElementDef | None = None
+        if call is not None and call[0] == "ofType":
+            i += 1
+            continue
+        if call is not None and call[0] == "resolve":
+            nxt = _into_profile(defs, [p for t in current.types for p in t.target_profiles])
+        elif call is not None:
+            nxt = _extension_slice(defs, current, call[1])
+        else:
+            nxt = current.children.get(steps[i]) or current.children.get(steps[i] + "[x]")
+            if nxt is None and current.types and current.types[0].code == "Extension" and current.types[0].profiles:
+                into = _into_profile(defs, list(current.types[0].profiles))  # an extension slice: its definition
+                nxt = into.children.get(steps[i]) or into.children.get(steps[i] + "[x]") if into else None
+        if nxt is None:
             break
-        current, i = child, i + 1
-    return current, steps[i:]
+        current, i = nxt, i + 1
+    return current, [step for step in steps[i:] if not step.startswith("ofType(")]  # no type inside a value
 
 
-def _steps(path: str) -> list[str]:
-    return [] if path == "$this" else [p for p in path.replace("$this.", "").split(".") if p]
-
-
-def _matches(defs: Definitions, s: ElementDef, item: Item, kind: str, path: str, claimed: set[str]) -> bool | str:
-    steps = _steps(path)
-    if any("(" in step for step in steps):
-        return False  # resolve(), extension('...'), ofType(): not supported as discriminators here
-    target, rest = _target(s, steps)
-    actual = values_at(item.value, steps) if steps else [item.value]
+def _matches(defs: Definitions, s: ElementDef, item: Item, kind: str, path: str,
+             resolve: Resolve | None) -> bool | str:
+    steps = steps_of(path)
+    if steps and steps[-1] == "resolve()" and kind in ("profile", "type"):
+        reference, rest = _target(defs, s, steps[:-1])
+        if rest:
+            return False
+        targets = actual_values(item.value, steps, resolve)
+        urls = [p for t in reference.types for p in t.target_profiles]
+        return _profile(defs, urls, targets) if kind == "profile" else _types(defs, urls, targets)
+    target, rest = _target(defs, s, steps)
+    actual = actual_values(item.value, steps, resolve) if steps else [item.value]
     if kind in ("value", "pattern"):
         if target.fixed_kind is None:
             if rest == ["url"] and target.types and target.types[0].profiles:
@@ -86,23 +166,42 @@ def _matches(defs: Definitions, s: ElementDef, item: Item, kind: str, path: str,
     if kind == "type":
         if not steps and item.type is not None:
             return item.type in target.type_codes
+        if steps and steps[-1].startswith("ofType("):
+            return bool(actual)
         types = {a.get("resourceType") for a in actual if isinstance(a, dict)}
+        if not types and steps and len(actual) == 1:  # value[x] at the path: its type by the JSON key
+            return _choice_type(item.value, steps) in target.type_codes
         return bool(types & target.type_codes)
     if kind == "profile":
-        return _profile(defs, target, actual, claimed)
+        return _profile(defs, [p for t in target.types for p in t.profiles], actual)
     return False
 
 
-def _profile(defs: Definitions, target: ElementDef, actual: list[Any], claimed: set[str]) -> bool | str:
-    urls = [p for t in target.types for p in t.profiles]
+def _choice_type(value: Any, steps: list[str]) -> str | None:
+    parents = actual_values(value, steps[:-1], None) if len(steps) > 1 else [value]
+    stem = steps[-1]
+    for parent in parents:
+        if isinstance(parent, dict):
+            for key in parent:
+                if key.startswith(stem) and key[len(stem):] in type_by_suffix():
+                    return type_by_suffix()[key[len(stem):]]
+    return None
+
+
+def _type_of(defs: Definitions, url: str) -> str | None:
+    name = core_type(url)
+    if name is None:
+        prof = defs.profile(url.split("|", 1)[0])
+        name = prof.type if prof is not None else None
+    return name
+
+
+def _types(defs: Definitions, urls: list[str], actual: list[Any]) -> bool:
     types = {a.get("resourceType") for a in actual if isinstance(a, dict)}
-    if any(u in claimed for u in urls):
+    return any(_type_of(defs, u) in types for u in urls)
+
+
+def _profile(defs: Definitions, urls: list[str], actual: list[Any]) -> bool | str:
+    if any(u.split("|", 1)[0] in _claimed(actual) for u in urls):
         return "claimed"
-    for url in urls:
-        name = core_type(url)
-        if name is None:
-            prof = defs.profile(url)
-            name = prof.type if prof is not None else None
-        if name in types:
-            return True
-    return False
+    return _types(defs, urls, actual)

@@ -338,7 +338,7 @@ class Walker:
         order = {id(s): i for i, s in enumerate(child.slices)}
         last, rules, unsliced = -1, child.slicing.rules, False
         for it in items:
-            chosen = slice_of(self.defs, child, it)
+            chosen = slice_of(self.defs, child, it, lambda ref: self.target(ref, resource))
             if chosen is None:
                 if rules == "closed":
                     self._issue(STRUCTURE, it.path, f"matches no slice of {child.id}, and the slicing is closed")

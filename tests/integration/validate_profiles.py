@@ -148,3 +148,23 @@ def referring_profile() -> dict[str, Any]:
     return derive("Observation", REFERRING, {
         "Observation.subject": {"min": 1, "type": [{"code": "Reference", "targetProfile": [PATIENT]}]},
     })
+
+
+DOCUMENT = f"{BASE}/StructureDefinition/test-document"
+
+
+def document_profile(kind: str = "profile") -> dict[str, Any]:
+    """A Composition whose section entries are sliced by what they resolve to (``resolve()``), closed: one
+    test-patient, any number of Observations."""
+    return derive("Composition", DOCUMENT, {
+        "Composition.section": {"min": 1},
+        "Composition.section.entry": {"min": 1, "slicing": {
+            "discriminator": [{"type": kind, "path": "resolve()"}], "rules": "closed"}},
+    }, slices={
+        "Composition.section.entry": [
+            element("Composition.section.entry:patient", min=1, max="1",
+                    type=[{"code": "Reference", "targetProfile": [PATIENT]}]),
+            element("Composition.section.entry:observation", max="*", type=[{"code": "Reference", "targetProfile": [
+                "http://hl7.org/fhir/StructureDefinition/Observation"]}]),
+        ],
+    })

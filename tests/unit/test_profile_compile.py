@@ -119,3 +119,32 @@ def test_ordered_and_open_at_end_slicing() -> None:
     walker = Walker(StoreDefinitions(None))
     walker._slices(sliced, [items[2], items[0]], {})  # an unsliced item before a slice
     assert [i.expression[0] for i in walker.out] == ["X.part[0]"]
+
+
+def test_extension_and_of_type_discriminator_paths() -> None:
+    defs = StoreDefinitions(None)
+    url = "http://example.org/fhir/StructureDefinition/kind"
+
+    def by_kind(name: str, code: str) -> ElementDef:
+        ext = ElementDef("X.part.extension", "X.part.extension", "extension", 0, None, (TypeRef("Extension"),),
+                         slicing=Slicing((("value", "url"),), "open", False))
+        kind = ElementDef(f"X.part:{name}.extension:kind", "X.part.extension", "extension", 1, 1,
+                          (TypeRef("Extension", (url,)),), slice_name="kind")
+        kind.children["value[x]"] = ElementDef("X.part.extension.value[x]", "X.part.extension.value[x]", "value[x]",
+                                               0, 1, (TypeRef("code"),), fixed=code, fixed_kind="fixed")
+        ext.slices.append(kind)
+        return _slice(name, extension=ext)
+
+    a, b = by_kind("a", "A"), by_kind("b", "B")
+    sliced = _sliced((("value", f"extension('{url}').value"),), a, b)
+    item = Item({"extension": [{"url": "http://other", "valueCode": "A"}, {"url": url, "valueCode": "B"}]}, "p", None)
+    assert slice_of(defs, sliced, item) is b
+    assert slice_of(defs, sliced, Item({"extension": [{"url": "http://other", "valueCode": "B"}]}, "p", None)) is None
+    # ofType(): only the value of that type counts
+    q = _slice("q", value=_child("value[x]", fixed={"code": "mm[Hg]"}, kind="pattern", types=("Quantity",)))
+    by_unit = _sliced((("pattern", "value.ofType(Quantity)"),), q)
+    assert slice_of(defs, by_unit, Item({"valueQuantity": {"value": 1, "code": "mm[Hg]"}}, "p", None)) is q
+    assert slice_of(defs, by_unit, Item({"valueCodeableConcept": {"code": "mm[Hg]"}}, "p", None)) is None
+    # a type discriminator on a choice element: the JSON key tells the type
+    s = _slice("s", value=_child("value[x]", types=("string",)))
+    assert slice_of(defs, _sliced((("type", "value"),), q, s), Item({"valueString": "x"}, "p", None)) is s
