@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     mllp_host: str | None = None  # default: `host`
     mllp_max_message_bytes: int = 16 * 1024 * 1024
     mllp_idle_timeout_seconds: float = 600.0
+    # Group commit (interfaces/mllp/group.py): messages waiting together share one transaction, at most
+    # this many (1: every message alone), with this many groups applied at once per listener process.
+    mllp_group_max: int = 16
+    mllp_group_slots: int = 2
     mllp_tls_cert: str | None = None  # PEM certificate chain; with mllp_tls_key, the listener speaks TLS
     mllp_tls_key: str | None = None
     mllp_tls_client_ca: str | None = None  # PEM CA bundle: when set, senders must present a client cert
