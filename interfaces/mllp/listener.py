@@ -19,7 +19,7 @@ from fhir_server.config import Settings
 from fhir_server.rest.server import FhirServer
 from interfaces.mllp.batch import handle_batch, is_batch
 from interfaces.mllp.framing import FrameTooLarge, MllpDecoder, encode
-from interfaces.mllp.group import MAX_GROUP, SLOTS, GroupCommitter
+from interfaces.mllp.group import GroupCommitter
 from interfaces.mllp.pipeline import Hl7Pipeline
 from interfaces.mllp.store import RECEIVED, MessageStore
 from mappings.hl7v2.message import decode, detect_charset
@@ -43,8 +43,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 class MllpListener:
     def __init__(self, server: FhirServer, *, host: str | None = None, port: int | None = None,
                  pipeline: Hl7Pipeline | None = None, workers: int | None = None,
-                 settings: Settings | None = None, reuse_port: bool = False, max_group: int = MAX_GROUP,
-                 group_slots: int = SLOTS) -> None:
+                 settings: Settings | None = None, reuse_port: bool = False, max_group: int | None = None,
+                 group_slots: int | None = None) -> None:
         settings = settings or server.settings
         self.settings = settings
         self.host = host or settings.mllp_host or settings.host
@@ -52,7 +52,8 @@ class MllpListener:
         self.pipeline = pipeline or Hl7Pipeline(server, MessageStore(server.engine))
         self.executor = ThreadPoolExecutor(max_workers=workers or max(4, settings.db_pool_size),
                                            thread_name_prefix="mllp")
-        self.committer = GroupCommitter(self.pipeline, self._run, max_group=max_group, slots=group_slots)
+        self.committer = GroupCommitter(self.pipeline, self._run, max_group=max_group or settings.mllp_group_max,
+                                        slots=group_slots or settings.mllp_group_slots)
         self.reuse_port = reuse_port  # several processes on one port: the kernel spreads the connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
