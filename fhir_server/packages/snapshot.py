@@ -7,7 +7,8 @@ below it, a child of a datatype element (``Patient.identifier.system``) unfolds 
 definition under it (through several levels: ``Claim.careTeam.role.coding.system``). Every ABDM 6.5.0
 profile, snapshot removed, comes back with the same elements as the snapshot it ships. Not covered (the
 profile is then stored without a snapshot and reported unusable): differentials that rename choice
-elements (``valueQuantity`` for ``value[x]``), reach into a ``contentReference``, or re-slice a slice.
+elements (``valueQuantity`` for ``value[x]``) or reach into a ``contentReference``. A reslice (``X.y:a/b``)
+copies slice a.
 """
 
 from __future__ import annotations
@@ -101,12 +102,17 @@ def generate(sd: dict[str, Any], base: dict[str, Any], datatype: Callable[[str],
         head, _, last = did.rpartition(".")
         if ":" in last:  # a new slice: a copy of the sliced element and what is below it
             sliced = f"{head}.{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+            name = last.split(":", 1)[1]
+            if "/" in name:  # a reslice (a/b): a copy of slice a, placed after it and its earlier reslices
+                sliced = f"{sliced}:{name.rpartition('/')[0]}"
             pos = _ensure(elements, sliced, datatype)
             end = _below(elements, pos)
-            copies = _rebase([e for e in elements[pos:end] if ":" not in e["id"][len(sliced):]], sliced, did,
-                             elements[pos]["path"], elements[pos]["path"])
+            while end < len(elements) and elements[end]["id"].startswith(sliced + "/"):
+                end = _below(elements, end)
+            copies = _rebase([e for e in elements[pos:_below(elements, pos)] if ":" not in e["id"][len(sliced):]],
+                             sliced, did, elements[pos]["path"], elements[pos]["path"])
             copies[0].pop("slicing", None)
-            copies[0]["sliceName"] = last.split(":", 1)[1]
+            copies[0]["sliceName"] = name
             _merge(copies[0], diff)
             elements[end:end] = copies
             continue

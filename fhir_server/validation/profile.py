@@ -148,7 +148,7 @@ def compile_profile(sd: dict[str, Any], core: dict[str, ElementDef] | None = Non
                 stack.pop()
             if not stack:
                 continue
-            base = stack[0] if len(stack) == 1 else _slicing_base(stack, edef.path)
+            base = stack[0] if len(stack) == 1 else _slicing_base(stack, edef.path, edef.slice_name)
             base.slices.append(edef)
         else:
             while stack and stack[-1].path != parent_path:
@@ -165,11 +165,12 @@ def compile_profile(sd: dict[str, Any], core: dict[str, ElementDef] | None = Non
                    bool(elements[0].get("isModifier")))
 
 
-def _slicing_base(stack: list[ElementDef], path: str) -> ElementDef:
-    """The unsliced element a new slice belongs to: the deepest stack entry with this path and no sliceName
-    (stack entries with the same path are that element and its earlier slices)."""
+def _slicing_base(stack: list[ElementDef], path: str, slice_name: str) -> ElementDef:
+    """The element a new slice belongs to: the deepest stack entry with this path and no sliceName (stack
+    entries with the same path are that element and its earlier slices); for a reslice (``a/b``), slice a."""
+    parent = slice_name.rpartition("/")[0] or None
     for edef in reversed(stack):
-        if edef.path == path and edef.slice_name is None:
+        if edef.path == path and edef.slice_name == parent:
             return edef
     return stack[-1]
 

@@ -63,8 +63,9 @@ def check(walker: Walker, edef: ElementDef, item: Item, resource: dict[str, Any]
     candidates = [url for url, name in profiles if name == rtype]
     if not candidates or rtype in core_allowed:
         return
-    meta = target.get("meta") if isinstance(target.get("meta"), dict) else {}
-    claimed = {p.split("|", 1)[0] for p in meta.get("profile") or [] if isinstance(p, str)}
+    meta = target.get("meta")
+    listed = meta.get("profile") if isinstance(meta, dict) else None
+    claimed = {p.split("|", 1)[0] for p in listed or [] if isinstance(p, str)}
     if claimed & set(candidates):
         return
     first = None

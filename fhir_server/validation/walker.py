@@ -337,6 +337,7 @@ class Walker:
         counts = {id(s): 0 for s in child.slices}
         order = {id(s): i for i, s in enumerate(child.slices)}
         last, rules, unsliced = -1, child.slicing.rules, False
+        resliced: dict[int, list[Item]] = {}  # by slice
         for it in items:
             chosen = slice_of(self.defs, child, it, lambda ref: self.target(ref, resource))
             if chosen is None:
@@ -353,6 +354,10 @@ class Walker:
             last = max(last, order[id(chosen)])
             counts[id(chosen)] += 1
             self.element(chosen, it, resource, base=False)
+            resliced.setdefault(id(chosen), []).append(it)
+        for s in child.slices:  # a reslice (a/b) slices what slice a holds
+            if s.slicing is not None and s.slices:
+                self._slices(s, resliced.get(id(s), []), resource)
         parent = items[0].path.rsplit(".", 1)[0] if items else None
         for s in child.slices:
             n = counts[id(s)]

@@ -148,3 +148,50 @@ def test_extension_and_of_type_discriminator_paths() -> None:
     # a type discriminator on a choice element: the JSON key tells the type
     s = _slice("s", value=_child("value[x]", types=("string",)))
     assert slice_of(defs, _sliced((("type", "value"),), q, s), Item({"valueString": "x"}, "p", None)) is s
+
+
+def _resliced_patient() -> dict[str, object]:
+    from fhir_server.definitions import resource_structure_definitions, type_structure_definitions
+    from fhir_server.packages.snapshot import generate
+
+    value = {"type": "value", "path": "system"}
+    sd = {"resourceType": "StructureDefinition", "url": "http://example.org/fhir/StructureDefinition/resliced",
+          "type": "Patient", "kind": "resource", "derivation": "constraint",
+          "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient", "differential": {"element": [
+              {"id": "Patient.identifier", "path": "Patient.identifier",
+               "slicing": {"discriminator": [value], "rules": "open"}},
+              {"id": "Patient.identifier:mrn", "path": "Patient.identifier", "sliceName": "mrn", "min": 1,
+               "slicing": {"discriminator": [{"type": "value", "path": "use"}], "rules": "open"}},
+              {"id": "Patient.identifier:mrn.system", "path": "Patient.identifier.system", "fixedUri": tp.MRN},
+              {"id": "Patient.identifier:mrn/official", "path": "Patient.identifier", "sliceName": "mrn/official",
+               "min": 1, "max": "1"},
+              {"id": "Patient.identifier:mrn/official.use", "path": "Patient.identifier.use", "fixedCode": "official"},
+          ]}}
+    base = resource_structure_definitions()["Patient"]
+    sd["snapshot"] = {"element": generate(sd, base, type_structure_definitions().get)}
+    return sd
+
+
+def test_reslices_are_generated_compiled_and_checked() -> None:
+    sd = _resliced_patient()
+    ids = [e["id"] for e in sd["snapshot"]["element"]]  # type: ignore[index]
+    assert ids.index("Patient.identifier:mrn") < ids.index("Patient.identifier:mrn/official") < \
+        ids.index("Patient.identifier:mrn/official.use") < ids.index("Patient.active")
+    official = next(e for e in sd["snapshot"]["element"] if e["id"] == "Patient.identifier:mrn/official.system")  # type: ignore[index]
+    assert official["fixedUri"] == tp.MRN  # copied from slice mrn
+    profile = compiled(sd, "unit")
+    assert profile is not None
+    (mrn,) = profile.root.children["identifier"].slices
+    assert [s.slice_name for s in mrn.slices] == ["mrn/official"]
+
+    def errors(identifiers: list[dict[str, str]]) -> list[str]:
+        walker = Walker(StoreDefinitions(None))
+        res = {"resourceType": "Patient", "identifier": identifiers}
+        walker.element(profile.root, Item(res, "Patient", "Patient"), res, base=False)
+        return [i.diagnostics for i in walker.out if i.severity == "error"]
+
+    assert errors([{"system": tp.MRN, "value": "1", "use": "official"}, {"system": tp.MRN, "value": "2"}]) == []
+    (missing,) = errors([{"system": tp.MRN, "value": "1", "use": "usual"}, {"system": "urn:other", "value": "2"}])
+    assert "the slice 'mrn/official' of Patient.identifier:mrn needs at least 1 element(s), found 0" in missing
+    assert any("'mrn/official'" in e and "at most 1" in e for e in errors(
+        [{"system": tp.MRN, "value": "1", "use": "official"}, {"system": tp.MRN, "value": "2", "use": "official"}]))
