@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # Group commit (interfaces/mllp/group.py): messages waiting together share one transaction, at most
     # this many (1: every message alone), with this many groups applied at once per listener process.
     mllp_group_max: int = 16
-    mllp_group_slots: int = 2
+    mllp_group_slots: int = 1
     mllp_tls_cert: str | None = None  # PEM certificate chain; with mllp_tls_key, the listener speaks TLS
     mllp_tls_key: str | None = None
     mllp_tls_client_ca: str | None = None  # PEM CA bundle: when set, senders must present a client cert

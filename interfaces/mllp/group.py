@@ -32,7 +32,7 @@ from interfaces.mllp.pipeline import Accepted, Finished, Hl7Pipeline, Prepared, 
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 16  # messages per transaction: bounds the work lost (redone one by one) when a group fails
-SLOTS = 2  # groups applied at the same time by one listener process (one waits on the database, one runs)
+SLOTS = 1  # groups applied at the same time by one listener process (more: smaller groups, more CPU)
 
 
 def identities(p: Prepared) -> set[str]:
