@@ -173,6 +173,7 @@ class Row:
     backend: str
     processes: int
     senders: int
+    group_max: int
     messages: int
     result: SendResult
     wall: float
@@ -185,14 +186,15 @@ class Row:
         done = len(self.result.latencies)
         rate = done / self.wall if self.wall else 0.0
         pg = f"{self.postgres_cpu * 1000 / max(done, 1):.1f}" if self.postgres_cpu is not None else "-"
-        return [self.backend, str(self.processes), str(self.senders), str(done), f"{self.wall:.1f}", f"**{rate:,.0f}**",
+        return [self.backend, str(self.processes), str(self.group_max), str(self.senders), str(done),
+                f"{self.wall:.1f}", f"**{rate:,.0f}**",
                 ms(percentile(self.result.latencies, 50)), ms(percentile(self.result.latencies, 95)),
                 f"{self.server_cpu * 1000 / max(done, 1):.1f}", pg,
                 "yes" if self.expected_ok else "NO", str(len(self.result.errors))]
 
 
-HEADERS = ["database", "listener processes", "senders", "messages ACKed", "wall s", "messages/s", "ACK p50 ms",
-           "ACK p95 ms", "server CPU ms/message", "PostgreSQL CPU ms/message", "all committed", "errors"]
+HEADERS = ["database", "listener processes", "group max", "senders", "messages ACKed", "wall s", "messages/s",
+           "ACK p50 ms", "ACK p95 ms", "server CPU ms/message", "PostgreSQL CPU ms/message", "all committed", "errors"]
 
 
 @contextmanager
@@ -211,13 +213,15 @@ class Listener:
 
 
 @contextmanager
-def mllp_server(url: str, port: int, processes: int) -> Iterator[Any]:
+def mllp_server(url: str, port: int, processes: int, group_max: int) -> Iterator[Any]:
     """``serve`` with the listener beside HTTP (one process), or ``fhir-server mllp --workers N``."""
+    group = {"FHIR_MLLP_GROUP_MAX": str(group_max)}
     if processes == 1:
-        with fhir_server(url, 1, extra_env={"FHIR_MLLP_PORT": str(port), "FHIR_MLLP_HOST": LOOPBACK}) as server:
+        with fhir_server(url, 1, extra_env={"FHIR_MLLP_PORT": str(port), "FHIR_MLLP_HOST": LOOPBACK,
+                                            **group}) as server:
             yield server
         return
-    env = {**os.environ, "FHIR_DATABASE_URL": url}
+    env = {**os.environ, "FHIR_DATABASE_URL": url, **group}
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "mllp", "--host", LOOPBACK, "--port",
                                  str(port), "--workers", str(processes)], cwd=SOURCE_DIR, env=env, stdout=out,
@@ -238,15 +242,15 @@ def mllp_server(url: str, port: int, processes: int) -> Iterator[Any]:
 
 
 def measure(backend: str, senders_list: list[int], count: int, warmup: int, deadline: float,
-            facts: dict[str, str], processes: int = 1) -> list[Row]:
+            facts: dict[str, str], processes: int = 1, group_max: int = 16) -> list[Row]:
     rows: list[Row] = []
     rng = random.Random(20261201)
     with backend_url(backend) as url:
         port = free_port()
-        with mllp_server(url, port, processes) as server:
+        with mllp_server(url, port, processes, group_max) as server:
             if backend == "postgresql" and not facts:
                 facts.update(machine_facts(url))
-            log(f"{backend}: server up, MLLP on {port} ({processes} listener processes)")
+            log(f"{backend}: server up, MLLP on {port} ({processes} listener processes, groups of <= {group_max})")
             # Warm every process (SO_REUSEPORT spreads connections at random): many short connections.
             warm = max(warmup, 8 * processes)
             send_all(port, [oru(i, "W", rng) for i in range(warm)], 2 if processes == 1 else 4 * processes, deadline)
@@ -270,7 +274,7 @@ def measure(backend: str, senders_list: list[int], count: int, warmup: int, dead
                 ok = (grew.get("hl7 processed", 0) == done == count and grew.get("Observation", 0) == 10 * count
                       and grew.get("DiagnosticReport", 0) == count and grew.get("Patient", 0) == count
                       and grew.get("Provenance", 0) == count)
-                rows.append(Row(backend, processes, senders, count, result, wall, server_cpu,
+                rows.append(Row(backend, processes, senders, group_max, count, result, wall, server_cpu,
                                 meter.postgres if meter else None, grew, ok))
                 print(table(HEADERS, [rows[-1].cells()]), flush=True)
                 if not ok:
@@ -301,7 +305,9 @@ Provenance). A real `fhir-server serve --workers 1` with `FHIR_MLLP_PORT` (1 lis
 sending one message and waiting for its ACK before the next. "all committed" checks the database afterwards:
 every message `processed`, and exactly the expected new Patients, DiagnosticReports, Observations and
 Provenances. Server CPU is the server process's user+system time per message; PostgreSQL CPU that of the
-backends serving the bench database.
+backends serving the bench database. "group max" is `FHIR_MLLP_GROUP_MAX`: messages arriving together on
+different connections of one listener process are applied as one transaction, up to that many (group
+commit, interfaces/mllp/group.py); the rows with 1 are the same server without it.
 
 Goal: >= {GOAL_MSG_PER_S} messages/s with ACK p95 < {GOAL_P95_MS:.0f} ms from 4 senders. Best measured:
 **{rate:,.0f} messages/s** ({best.backend}, {best.processes} listener processes, {best.senders} senders);
@@ -325,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=400, help="messages per row")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--max-seconds", type=float, default=180.0, help="deadline per row")
+    parser.add_argument("--group-max", type=int, default=16, help="FHIR_MLLP_GROUP_MAX of the server")
+    parser.add_argument("--no-ungrouped", action="store_true",
+                        help="skip the PostgreSQL rows with group commit off (FHIR_MLLP_GROUP_MAX=1, 4 senders)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run; RESULTS.md is not written")
     args = parser.parse_args(argv)
     if args.quick:
@@ -335,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         # SQLite serialises writers (BEGIN IMMEDIATE), so more listener processes only add contention.
         for processes in [int(p) for p in args.processes.split(",")] if backend == "postgresql" else [1]:
             rows += measure(backend, [int(s) for s in args.senders.split(",")], args.messages, args.warmup,
-                            args.max_seconds, facts, processes)
+                            args.max_seconds, facts, processes, args.group_max)
+            if backend == "postgresql" and not args.no_ungrouped and args.group_max != 1:
+                rows += measure(backend, [4], args.messages, args.warmup, args.max_seconds, facts, processes, 1)
     if not facts:
         with bench_database("mllp_facts") as url:
             facts.update(machine_facts(url))
