@@ -18,6 +18,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +27,13 @@ from sqlalchemy import Engine
 from fhir_server.hooks import HookPoint, Hooks, WriteEvent
 from fhir_server.storage.generation import TERMINOLOGY, Generation
 from fhir_server.storage.repository import Version
+from terminology.valueset import Member
 
 if TYPE_CHECKING:
     from fhir_server.storage.repository import Repository
-    from terminology.valueset import Member
 
 MAX_MEMBERS = 100_000  # membership answers kept (LRU); each is a few small tuples
+MAX_EXPANDED = 200_000  # members of whole value sets kept (LRU by value set)
 MAX_VALUE_SETS = 4096
 TERMINOLOGY_TYPES = frozenset({"CodeSystem", "ValueSet"})
 _FINISHER = "terminology-generation"
@@ -65,12 +67,37 @@ def cache_of(repo: Repository) -> TerminologyCache:
     return cache
 
 
+@dataclass(frozen=True)
+class Whole:
+    """A value set expanded whole: membership is a dictionary lookup."""
+
+    size: int
+    by_key: dict[tuple[str, str], Member]
+    by_code: dict[str, tuple[Member, ...]]
+
+    @staticmethod
+    def of(found: list[Member]) -> Whole:
+        by_code: dict[str, list[Member]] = {}
+        for m in found:
+            by_code.setdefault(m.code, []).append(m)
+        return Whole(len(found), {m.key: m for m in found}, {c: tuple(ms) for c, ms in by_code.items()})
+
+    def lookup(self, system: str | None, code: str) -> tuple[Member, ...]:
+        """As ``members(repo, vs, only=(system, code))`` answers."""
+        if system is None:
+            return self.by_code.get(code, ())
+        found = self.by_key.get((system, code))
+        return () if found is None else (found,)
+
+
 class TerminologyCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._token: object = _UNLOADED
         self._value_sets: dict[tuple[str, str | None], Version] = {}
         self._members: OrderedDict[MemberKey, tuple[Member, ...]] = OrderedDict()
+        self._wholes: OrderedDict[VsKey, Whole | None] = OrderedDict()  # None: too big, ask code by code
+        self._expanded = 0
         self.hits = 0  # tests, metrics
         self.misses = 0
 
@@ -82,6 +109,8 @@ class TerminologyCache:
                 self._token = token
                 self._value_sets.clear()
                 self._members.clear()
+                self._wholes.clear()
+                self._expanded = 0
         return token
 
     def value_set(self, repo: Repository, url: str, version: str | None,
@@ -126,6 +155,30 @@ class TerminologyCache:
                 self._members[key] = result
                 while len(self._members) > MAX_MEMBERS:
                     self._members.popitem(last=False)
+        return result
+
+    def whole(self, repo: Repository, vs_key: VsKey,
+              compute: Callable[[], list[Member] | None]) -> Whole | None:
+        """The value set expanded whole (``compute`` returns None when it is too big to hold): once per
+        generation, for a small value set's $validate-code to cost no query on a code never asked before."""
+        token = self._current(repo)
+        with self._lock:
+            if vs_key in self._wholes:
+                self._wholes.move_to_end(vs_key)
+                found = self._wholes[vs_key]
+                if found is not None:
+                    self.hits += 1
+                return found
+            self.misses += 1
+        computed = compute()
+        result = None if computed is None else Whole.of(computed)
+        with self._lock:
+            if self._token == token:
+                self._wholes[vs_key] = result
+                self._expanded += result.size if result else 0
+                while self._expanded > MAX_EXPANDED and len(self._wholes) > 1:
+                    _key, dropped = self._wholes.popitem(last=False)
+                    self._expanded -= dropped.size if dropped else 0
         return result
 
     def value_set_key(self, repo: Repository, version: Version) -> VsKey:

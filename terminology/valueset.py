@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from fhir_server.storage.repository import Repository
 
 MAX_DEPTH = 10  # nested ValueSet references; deeper is almost surely a cycle
+WHOLE_LIMIT = 20_000  # value sets up to this many candidate codes are worth expanding whole for $validate-code
 Only = tuple[str | None, str]  # (system or None for any, code)
 
 
@@ -55,6 +56,27 @@ def members(repo: Repository, vs: dict[str, Any], only: Only | None = None, dept
         for m in _set(repo, exc, only, depth, f"ValueSet.compose.exclude[{i}]", text):
             out.pop(m.key, None)
     return list(out.values())
+
+
+def whole(repo: Repository, vs: dict[str, Any]) -> list[Member] | None:
+    """All members, when the value set is cheap to hold (at most WHOLE_LIMIT candidate codes, only stored
+    code systems with concepts, no nested value sets); None otherwise (then ask code by code)."""
+    compose = vs.get("compose")
+    if not compose:
+        return members(repo, vs)  # an expansion carried in the resource
+    total = 0
+    for part in (compose.get("include") or []) + (compose.get("exclude") or []):
+        system = part.get("system")
+        if part.get("valueSet") or not system:
+            return None
+        if part.get("concept"):
+            total += len(part["concept"])
+            continue
+        cs = store.code_system(repo, system, part.get("version"))
+        if cs is None or cs.concept_count == 0:  # UCUM, a stub, an unknown system: their errors per code
+            return None
+        total += cs.concept_count
+    return members(repo, vs) if total <= WHOLE_LIMIT else None
 
 
 def _expansion_members(contains: list[dict[str, Any]], only: Only | None) -> list[Member]:

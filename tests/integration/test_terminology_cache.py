@@ -14,6 +14,7 @@ import pytest
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.database import make_engine
+from terminology import valueset
 from terminology.cache import cache_for
 from tests.integration.test_terminology_operations import POLYGONS, SHAPES, fixture, params, tx
 
@@ -104,3 +105,14 @@ def test_a_post_of_a_read_only_operation_takes_no_write_lock(tx) -> None:  # typ
         if lock is not None:
             lock.rollback()
             lock.close()
+
+
+def test_a_value_set_too_big_to_hold_whole_is_answered_code_by_code(tx, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(valueset, "WHOLE_LIMIT", 3)  # the shapes system has more concepts than that
+    other_shapes = copy.deepcopy(fixture("shapes.json"))
+    put(tx.fhir, other_shapes)  # a new generation: nothing cached from earlier tests
+    cache = cache_for(tx.backend.engine)
+    assert cache is not None
+    answers = [valid(tx, code) for code in ("square", "rectangle", "circle", "square")]
+    assert answers == [True, False, False, True]  # rectangle: excluded; circle: not a polygon
+    assert any(key[2:] == (SHAPES, "square") for key in cache._members)  # asked code by code, and kept
