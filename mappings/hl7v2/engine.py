@@ -36,16 +36,20 @@ Json = Any
 NAMESPACE = uuid.UUID("5f0c1a52-8d1e-4b7e-9a52-4c1f0d7e2a11")
 
 
-@dataclass(frozen=True)
 class Value:
     """One piece of a message: ``raw`` (still escaped) at ``level`` 0 = repetition, 1 = component,
-    2 = subcomponent, and where it came from (for ERR locations)."""
+    2 = subcomponent, and where it came from (for ERR locations). A plain slotted class, not a frozen
+    dataclass: mapping one message makes thousands, and a frozen dataclass's __init__ costs several times
+    more. Treated as immutable all the same."""
 
-    raw: str
-    level: int
-    segment: Segment
-    field: int
-    component: int = 0
+    __slots__ = ("raw", "level", "segment", "field", "component")
+
+    def __init__(self, raw: str, level: int, segment: Segment, field: int, component: int = 0) -> None:
+        self.raw = raw
+        self.level = level
+        self.segment = segment
+        self.field = field
+        self.component = component
 
     def parts(self) -> list[str]:
         enc = self.segment.enc
