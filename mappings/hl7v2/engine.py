@@ -42,7 +42,7 @@ class Value:
     dataclass: mapping one message makes thousands, and a frozen dataclass's __init__ costs several times
     more. Treated as immutable all the same."""
 
-    __slots__ = ("raw", "level", "segment", "field", "component")
+    __slots__ = ("component", "field", "level", "raw", "segment")
 
     def __init__(self, raw: str, level: int, segment: Segment, field: int, component: int = 0) -> None:
         self.raw = raw
