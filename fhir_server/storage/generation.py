@@ -15,7 +15,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Column, Connection, Integer, String, Table, insert, select, update
+from sqlalchemy import Column, Connection, Integer, String, Table, insert, update
 
 from fhir_server.storage.models import Base
 
@@ -47,10 +47,22 @@ class Generation:
             repo.execute(insert(GENERATION).values(id=self.key, token=token))
 
     def token(self, repo: Repository) -> str | None:
-        """The current token (None until the first bump), read once per unit of work, on the raw connection:
-        ``repo.execute`` would flush the deferred inserts first and split a Bundle's single bulk write."""
+        """The current token (None until the first bump), read once per unit of work, on the connection
+        itself: ``repo.execute`` would flush the deferred inserts first and split a Bundle's single bulk
+        write. Through the driver's cursor: every $validate-code asks, and SQLAlchemy's statement machinery
+        cost three times the CPU of the query (0.15 against 0.05 ms)."""
         token = self._checked.get(repo.conn, _UNSEEN)
         if token is _UNSEEN:
-            token = repo.conn.execute(select(GENERATION.c.token).where(GENERATION.c.id == self.key)).scalar()
+            sql = _SELECT.replace("?", "%s") if repo.conn.dialect.paramstyle != "qmark" else _SELECT
+            cursor = repo.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, (self.key,))
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+            token = None if row is None else str(row[0])
             self._checked[repo.conn] = token
         return token
+
+
+_SELECT = f"SELECT {GENERATION.c.token.name} FROM {GENERATION.name} WHERE {GENERATION.c.id.name} = ?"
