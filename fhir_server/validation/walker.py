@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fhir_server.errors import INVALID, REQUIRED, STRUCTURE, VALUE, Issue
-from fhir_server.validation import extensions, invariants, narrative, references
+from fhir_server.validation import bindings, extensions, invariants, narrative, references
 from fhir_server.validation.matching import (
-    codings,
     contains,
     core_type,
     equal,
@@ -31,7 +30,7 @@ from fhir_server.validation.matching import (
 )
 from fhir_server.validation.profile import ElementDef, Profile
 
-INVARIANT, CODE_INVALID, NOT_FOUND = "invariant", "code-invalid", "not-found"
+INVARIANT, NOT_FOUND = "invariant", "not-found"
 _CONTAINERS = frozenset({"BackboneElement", "Element"})
 _NESTED = frozenset({"Resource", "DomainResource"})
 
@@ -44,6 +43,8 @@ class Definitions(Protocol):
     def profile(self, url: str) -> Profile | None: ...
 
     def codes_in(self, value_set: str, codes: list[tuple[str | None, str]]) -> bool | str: ...
+
+    def value_set(self, url: str) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class Walker:
         if not base:
             self._checks(edef, item, resource)
         elif item.type in ("Coding", "CodeableConcept") and edef.binding and edef.binding[0] == "required":
-            self._binding(edef, item, base=True)
+            bindings.check(self, edef, item, base=True)
         if item.type == "Reference" or (edef.types and edef.types[0].code == "Reference"):
             references.check(self, edef, item, resource)
         node = item.node
@@ -284,7 +285,7 @@ class Walker:
                 self._issue(VALUE, item.path, f"the value must {'be' if edef.fixed_kind == 'fixed' else 'match'} "
                                               f"{_show(edef.fixed)} ({edef.fixed_kind}[x] of {edef.id})")
         if edef.binding is not None:
-            self._binding(edef, item, base=False)
+            bindings.check(self, edef, item, base=False)
         for t in edef.types:
             if t.profiles and t.code != "Extension" and (item.type is None or t.code == item.type
                                                          or t.code in _NESTED):
@@ -302,23 +303,6 @@ class Walker:
             return
         if len(profiles) == 1:
             self.against(profiles[0], item, resource, "warning")
-
-    def _binding(self, edef: ElementDef, item: Item, *, base: bool) -> None:
-        assert edef.binding is not None
-        strength, value_set = edef.binding
-        found = codings(item.value, item.type or (edef.types[0].code if len(edef.types) == 1 else None))
-        if not found:
-            return
-        result = self.defs.codes_in(value_set, found)
-        if isinstance(result, str):
-            if not base and value_set not in self._warned:  # once per value set, not per coded element
-                self._warned.add(value_set)
-                self._issue(NOT_FOUND, item.path, f"{result}: the {strength} binding was not checked", "warning")
-            return
-        if not result:
-            shown = ", ".join(f"{s}#{c}" if s else c for s, c in found)
-            self._issue(CODE_INVALID, item.path, f"{shown} is not in the {strength} value set {value_set}",
-                        "error" if strength == "required" else "warning")
 
     def _cardinality(self, child: ElementDef, items: list[Item], path: str) -> None:
         n = len(items)

@@ -128,7 +128,8 @@ def test_profile_from_meta_passes_and_each_rule_fails(profiled) -> None:  # type
     bad["gender"] = "other"  # required binding to male|female
     bad["active"] = False  # fixedBoolean true
     bad["generalPractitioner"] = [{"reference": "Organization/1"}]  # targetProfile Practitioner
-    bad["maritalStatus"] = {"coding": [{"system": tp.MARITAL_CS, "code": "W"}]}  # extensible: a warning
+    # extensible: a code of another system is a warning
+    bad["maritalStatus"] = {"coding": [{"system": "http://other/marital", "code": "W"}]}
     issues = validate(profiled, bad)
     found = errors(issues)
     assert "slice 'mrn'" in found["Patient.identifier"]
@@ -137,6 +138,9 @@ def test_profile_from_meta_passes_and_each_rule_fails(profiled) -> None:  # type
     assert "True" in found["Patient.active"]
     assert "Organization" in found["Patient.generalPractitioner[0].reference"]
     assert tp.MARITAL_VS in warnings(issues)["Patient.maritalStatus"]
+    # ... but a code the value set's own system (included whole) does not have is an error
+    bad["maritalStatus"] = {"coding": [{"system": tp.MARITAL_CS, "code": "W"}]}
+    assert "not a code of its system" in errors(validate(profiled, bad))["Patient.maritalStatus"]
     del bad["name"]
     assert "minimum cardinality" in errors(validate(profiled, bad))["Patient.name"]
 
