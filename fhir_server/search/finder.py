@@ -12,12 +12,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import and_, func, literal, select, union_all
+from sqlalchemy import and_, exists, func, literal, select, union_all
 
 from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue
 from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import SPECIAL_CODES, Registry
-from fhir_server.search.sql import SqlContext, conditions
+from fhir_server.search.sql import SqlContext, conditions, driver
 from fhir_server.search.sql.sort import SortKey, after_cursor, order_by, sort_expression
 from fhir_server.search.terms import resolve as resolve_terms
 from fhir_server.storage.models import RESOURCE
@@ -107,9 +107,18 @@ class SearchFinder:
         repo.flush()
         resolve_terms(repo, criteria)  # :in, :below, ... -> system|code values, once per query
         r = RESOURCE
-        keys = [sort_expression(r, resource_type, k).label(f"s{i}") for i, k in enumerate(sort)]
-        conds = conditions(self.context(repo), r, resource_type, criteria)
-        inner = select(r.c.id, *keys).where(and_(*conds)).subquery()
+        ctx = self.context(repo)
+        walk = driver(ctx, resource_type, criteria) if not sort else None
+        if walk is not None:  # candidates of one criterion in id order, each checked (sql.driver)
+            ids, rest = walk
+            found = ids.subquery()
+            cand = select(found.c.resource_id.label("id")).distinct().subquery()
+            conds = [r.c.id == cand.c.id, *conditions(ctx, r, resource_type, rest)]
+            inner = select(cand.c.id).where(exists(select(literal(1)).where(*conds))).subquery()
+        else:
+            keys = [sort_expression(r, resource_type, k).label(f"s{i}") for i, k in enumerate(sort)]
+            conds = conditions(ctx, r, resource_type, criteria)
+            inner = select(r.c.id, *keys).where(and_(*conds)).subquery()
         columns = [inner.c[f"s{i}"] for i in range(len(sort))]
         stmt = select(inner)
         if cursor:

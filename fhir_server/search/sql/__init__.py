@@ -20,7 +20,7 @@ from fhir_server.search.sql.common import SqlContext
 from fhir_server.search.sql.composite import composite_predicate
 from fhir_server.search.sql.date import date_predicate
 from fhir_server.search.sql.number import number_predicate, quantity_predicate
-from fhir_server.search.sql.reference import has_predicate, reference_predicate
+from fhir_server.search.sql.reference import chain_ids, has_predicate, reference_predicate
 from fhir_server.search.sql.special import fulltext_predicate, list_predicate
 from fhir_server.search.sql.string import string_predicate
 from fhir_server.search.sql.token import token_predicate
@@ -28,7 +28,7 @@ from fhir_server.search.sql.uri import uri_predicate
 from fhir_server.search.tables import REFERENCE
 from fhir_server.storage.models import RESOURCE
 
-__all__ = ["SqlContext", "conditions", "match_ids", "predicate"]
+__all__ = ["SqlContext", "conditions", "driver", "match_ids", "predicate"]
 
 
 def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: AnyCriterion) -> ColumnElement[bool]:
@@ -66,6 +66,22 @@ def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: AnyCriterion) -> Co
     if kind == "composite":  # every component on the same element (sql/composite.py)
         return composite_predicate(r, rtype, c)
     raise AssertionError(f"unsupported parameter type {kind}")  # the parser only lets supported ones through
+
+
+def driver(ctx: SqlContext, rtype: str,
+           criteria: list[AnyCriterion]) -> tuple[Select[Any], list[AnyCriterion]] | None:
+    """For a page in id order: the candidate ids of one criterion to walk in id order, and the others.
+
+    A chain (``subject:Patient.name=x``) can match thousands of resources; as a predicate on the resource
+    table PostgreSQL joins and sorts all of them before the LIMIT (it expects a handful). Its reference
+    rows sorted by resource id, each probed against the resource table and the other criteria, stop after
+    one page. The candidate set holds every match (the criterion is one of the ANDed ones), so the result
+    is the same."""
+    for i, c in enumerate(criteria):
+        if isinstance(c, Criterion) and c.chain and c.modifier is None:
+            return (chain_ids(rtype, c, lambda target, inner: match_ids(ctx, target, [*inner])),
+                    [*criteria[:i], *criteria[i + 1:]])
+    return None
 
 
 def compartment_predicate(r: FromClause, rtype: str, c: CompartmentCriterion) -> ColumnElement[bool]:

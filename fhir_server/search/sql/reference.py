@@ -8,6 +8,7 @@ reverse: resources that are the target of a matching Observation's ``patient`` r
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import ColumnElement, FromClause, Select, and_, or_, select
 
@@ -39,11 +40,16 @@ def reference_predicate(ctx: SqlContext, r: FromClause, rtype: str, c: Criterion
         values = [v for v in c.values if isinstance(v, TokenValue)]
         return matches(r, hash_ids(TOKEN, token_values(rtype, f"{code}:identifier", values)))
     if c.chain:
-        conds = [and_(REFERENCE.c.target_type == target, REFERENCE.c.target_id.in_(sub(target, [inner])))
-                 for target, inner in zip(c.chain_types, c.chain, strict=True)]
-        return matches(r, index_ids(REFERENCE, rtype, code, REFERENCE.c.target_url.is_(None), or_(*conds)))
+        return matches(r, chain_ids(rtype, c, sub))
     refs = [v for v in c.values if isinstance(v, ReferenceValue)]
     return matches(r, index_ids(REFERENCE, rtype, code, or_(*(_value_condition(v) for v in refs))))
+
+
+def chain_ids(rtype: str, c: Criterion, sub: SubSearch) -> Select[Any]:
+    """``SELECT resource_id`` of the reference rows whose target matches the chained criteria."""
+    conds = [and_(REFERENCE.c.target_type == target, REFERENCE.c.target_id.in_(sub(target, [inner])))
+             for target, inner in zip(c.chain_types, c.chain, strict=True)]
+    return index_ids(REFERENCE, rtype, c.param.code, REFERENCE.c.target_url.is_(None), or_(*conds))
 
 
 def has_predicate(r: FromClause, rtype: str, c: HasCriterion, sub: SubSearch) -> ColumnElement[bool]:
