@@ -195,3 +195,19 @@ def test_reslices_are_generated_compiled_and_checked() -> None:
     assert "the slice 'mrn/official' of Patient.identifier:mrn needs at least 1 element(s), found 0" in missing
     assert any("'mrn/official'" in e and "at most 1" in e for e in errors(
         [{"system": tp.MRN, "value": "1", "use": "official"}, {"system": tp.MRN, "value": "2", "use": "official"}]))
+
+
+def test_unknown_extension_is_an_error_where_the_profile_closes_extensions() -> None:
+    sd = tp.patient_profile()
+    for el in sd["snapshot"]["element"]:
+        if el["id"] == "Patient.extension":
+            el["slicing"]["rules"] = "closed"
+    profile = compiled({**sd, "url": sd["url"] + "-closed"}, "unit")
+    assert profile is not None
+    res = {"resourceType": "Patient", "extension": [
+        {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace", "valueAddress": {"city": "Pune"}},
+        {"url": "http://example.org/unknown", "valueString": "x"}]}
+    walker = Walker(StoreDefinitions(None))
+    walker.element(profile.root, Item(res, "Patient", "Patient"), res, base=False)
+    assert [(i.expression[0], "closed" in i.diagnostics) for i in walker.out
+            if i.severity == "error" and "extension" in i.expression[0]] == [("Patient.extension[1]", True)]
