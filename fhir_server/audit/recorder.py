@@ -62,6 +62,7 @@ class AuditRecorder:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self.written = 0  # events written by the background thread (tests, metrics)
         self.failed = 0
 
@@ -103,6 +104,7 @@ class AuditRecorder:
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None and thread.is_alive():
+            self._closing.set()
             self._queue.put(_STOP)
             thread.join(timeout=30)
 
@@ -111,6 +113,7 @@ class AuditRecorder:
             return
         with self._lock:
             if self._thread is None:
+                self._closing.clear()
                 self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
                 self._thread.start()
                 atexit.register(self.close)
@@ -121,12 +124,15 @@ class AuditRecorder:
             if item is _STOP:
                 self._queue.task_done()
                 return
+            # Let a batch gather: a plain wait, not a get per event, so that a read does not wake this
+            # thread (and hand it the GIL) each time it queues one; ``close`` cuts the wait short.
+            if self._queue.qsize() < self.batch:  # a full batch is already waiting: no need
+                self._closing.wait(self.linger)
             batch = [item]
             stop = False
-            deadline = time.monotonic() + self.linger
             while len(batch) < self.batch:
                 try:
-                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    more = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if more is _STOP:
