@@ -143,3 +143,24 @@ def test_differential_only_package_gets_snapshots_that_validate_alike(api, ig: P
     del patient["identifier"]
     issues = api.http.post("Patient/$validate", json=patient).json()["issue"]
     assert any(i["severity"] == "error" and i["expression"] == ["Patient.identifier"] for i in issues)
+
+
+def test_broken_copies_extension_context_and_narrative(api, ig: Path) -> None:  # type: ignore[no-untyped-def]
+    install(api.fhir, read_package(ig / "package"))
+    example = ig / "package" / "example"
+
+    def errors(resource: dict[str, Any]) -> dict[str, str]:
+        r = api.http.post(f"{resource['resourceType']}/$validate", json=resource)
+        assert r.status_code == 200, r.text
+        return {i["expression"][0]: i["diagnostics"] for i in r.json()["issue"] if i["severity"] == "error"}
+
+    immunization = json.loads((example / "Immunization-example-WHO-DDCC.json").read_text())
+    assert errors(immunization) == {}
+    immunization["patient"]["extension"] = immunization.pop("extension")  # BrandName: context Immunization
+    assert "not allowed on Immunization.patient" in errors(immunization)["Immunization.patient.extension[0]"]
+    plan = json.loads((example / "InsurancePlan-example-01.json").read_text())
+    plan["ownedBy"]["extension"] = [plan["extension"][2]]  # Claim-Exclusion: InsurancePlan or its plan only
+    assert "InsurancePlan#InsurancePlan.plan" in errors(plan)["InsurancePlan.ownedBy.extension[0]"]
+    patient = json.loads((example / "Patient-example-01.json").read_text())
+    patient["text"]["div"] = patient["text"]["div"].replace("</div>", "<script>x()</script></div>")
+    assert "txt-1" in errors(patient)["Patient.text.div"]
