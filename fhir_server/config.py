@@ -32,10 +32,10 @@ class Settings(BaseSettings):
     # Run the in-process outbox dispatcher inside `serve` (the embedded default needs no worker).
     outbox_dispatcher: bool = True
     db_pool_size: int = 10
-    # PostgreSQL max_parallel_workers_per_gather for the server's connections (None: the database's own).
+    # PostgreSQL max_parallel_workers_per_gather for the server's connections (-1: the database's own).
     # API queries are short index walks: starting parallel workers cost more than they save (a 4 ms search
     # behind a 15 ms Gather start on 2 cores); 0 keeps each query on its one backend.
-    db_parallel_workers_per_gather: int | None = 0
+    db_parallel_workers_per_gather: int = 0
     # Full-text search (_text, _content) in Elasticsearch instead of the database (fhir_server/search/fulltext).
     elasticsearch_url: str | None = None
     elasticsearch_index: str = "fhir-resources"

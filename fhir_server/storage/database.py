@@ -32,8 +32,15 @@ def make_engine(settings: Settings) -> Engine:
         json_deserializer=orjson.loads,
         # psycopg prepares a statement after 5 runs and PostgreSQL then may switch to a generic plan, which
         # ignores the actual search values (hashes, dates): 15 ms searches became 200 ms. Plan each run.
-        connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
+        connect_args={"options": _pg_options(settings)},
     )
+
+
+def _pg_options(settings: Settings) -> str:
+    options = ["-c plan_cache_mode=force_custom_plan"]
+    if settings.db_parallel_workers_per_gather >= 0:
+        options.append(f"-c max_parallel_workers_per_gather={int(settings.db_parallel_workers_per_gather)}")
+    return " ".join(options)
 
 
 def _sqlite_engine(settings: Settings) -> Engine:
