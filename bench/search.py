@@ -144,7 +144,9 @@ def explain(database_url: str, base: str, path: str) -> str:
     server.engine.dispose()
     out = []
     with psycopg.connect(libpq(database_url)) as conn:
-        conn.execute("SET plan_cache_mode = force_custom_plan")
+        conn.execute("SET plan_cache_mode = force_custom_plan")  # as the server's connections (database.py)
+        if settings.db_parallel_workers_per_gather >= 0:
+            conn.execute(f"SET max_parallel_workers_per_gather = {int(settings.db_parallel_workers_per_gather)}")
         for statement, parameters in captured[:3]:
             plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters).fetchall()
             out.append("\n".join(str(r[0]) for r in plan))
