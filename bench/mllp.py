@@ -319,6 +319,11 @@ goal {"met" if met else "NOT met"}.
 Caveats: the senders run on the same 2 cores as the server (and PostgreSQL); the test PostgreSQL runs
 with fsync=off and synchronous_commit=off (scripts/postgres.sh); SQLite runs in WAL mode with
 synchronous=NORMAL (the server's settings).
+
+Reading: a group forms only from messages that arrive while another group is being applied, so with 4
+senders one listener process applies groups of about 2 (4 senders over 2 processes: mostly 1); compare
+the server + PostgreSQL CPU of the "group max" 16 and 1 rows at 4 senders. Larger groups (more
+concurrent senders) save more: see the group-size table of `bench/profile_mllp.py`.
 """
 
 

@@ -211,9 +211,12 @@ CPU ms per message by component, audit off (cProfile shares scaled to the unprof
 
 Reading: 300 messages/s on 2 cores leaves about 6 ms of CPU per message for everything (server, database,
 senders). One message is 16 resource writes, each validated and indexed; with audit on, the writes of
-the message's transaction are recorded as one AuditEvent per kind of write (create, update) plus one for
-the transaction, each validated and indexed too. The Python work per message alone is several times that
-budget on one core (the GIL keeps one server process on one core).
+a transaction are recorded as one AuditEvent per kind of write (create, update) plus one for the
+transaction, each validated and indexed too. Group commit shares what is per transaction (the
+AuditEvents, BEGIN/COMMIT, one COPY per table, the row lock SELECT, hooks' per-transaction work): it
+helps most with audit on, and little beyond 8 messages. What stays per message -- mapping, the
+conditional Patient match, validation, index rows, the raw message's own commit -- is still several
+times the budget on one core (the GIL keeps one server process on one core).
 """
     print(report)
     if not args.quick:
