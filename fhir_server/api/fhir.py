@@ -95,9 +95,8 @@ def base_url(request: Request, server: FhirServer) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
-@router.api_route("/fhir", methods=METHODS, include_in_schema=False)
-@router.api_route("/fhir/{path:path}", methods=METHODS, summary="FHIR R4 REST API")
-async def fhir_endpoint(request: Request, path: str = "") -> Response:
+async def fhir_endpoint(request: Request) -> Response:
+    path: str = request.path_params.get("path", "")
     server: FhirServer = request.app.state.fhir
     query = list(request.query_params.multi_items())
     pretty = request.query_params.get("_pretty", "").lower() == "true"
@@ -126,3 +125,9 @@ async def fhir_endpoint(request: Request, path: str = "") -> Response:
         if body_file is not None:
             body_file.close()
     return render(resp, pretty=pretty, head=head)
+
+
+# Plain Starlette routes, not FastAPI ones: the endpoint takes the raw request, and FastAPI's per-request
+# dependency solving and response handling cost ~0.2 ms CPU on every FHIR call for nothing.
+router.add_route("/fhir", fhir_endpoint, methods=METHODS, include_in_schema=False)
+router.add_route("/fhir/{path:path}", fhir_endpoint, methods=METHODS, include_in_schema=False)
