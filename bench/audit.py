@@ -57,7 +57,11 @@ def measure(url: str, enabled: bool, reads: int, creates: int) -> list[list[str]
             r = http.post("Observation", json={"resourceType": "Observation", "status": "final",
                                                "code": {"text": "x"}, "subject": {"reference": f"Patient/{pid}"}})
             ids.append(r.json()["id"])
-        http.get(f"Observation/{ids[0]}").raise_for_status()  # warm
+        for i in range(300):  # warm-up: statement caches, pool, the audit writer
+            http.get(f"Observation/{ids[i % len(ids)]}").raise_for_status()
+        deadline = time.monotonic() + 60
+        while enabled and audit_count(url) < 2 * len(ids) + 300 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the set-up's and warm-up's AuditEvents are not the measured requests'
         jobs = {
             "read": [lambda c, i=random.choice(ids): _ok(c.get(f"Observation/{i}")) for _ in range(reads)],
             "create": [lambda c, n=n: _ok(c.post("Observation", json={
@@ -82,6 +86,21 @@ def measure(url: str, enabled: bool, reads: int, creates: int) -> list[list[str]
     return rows
 
 
+def summary(rows: list[list[str]]) -> str:
+    """What audit adds per request, from the rows (columns as HEADERS)."""
+    cost = {(r[0], r[1]): (float(r[5]), float(r[6])) for r in rows}
+    parts = []
+    for name in ("read", "create"):
+        if ("on", name) in cost and ("off", name) in cost:
+            (on_s, on_p), (off_s, off_p) = cost["on", name], cost["off", name]
+            parts.append(f"a {name} {on_s - off_s:+.2f} ms server CPU and {on_p - off_p:+.2f} ms PostgreSQL CPU")
+    return ("With audit on: " + "; ".join(parts) + ". A read's AuditEvent is written by the background writer, "
+            "in batches (it waits up to 0.1 s for a batch to gather) and without StructureDefinition validation "
+            "(server-built, shape-tested once); a create's is in its own transaction. Before these two changes "
+            "(commit fb329686fd19, 2026-12-01, load ~10): a read +2.95 ms server / +1.49 ms PostgreSQL CPU, "
+            "a create +2.52 / +1.50.")
+
+
 def _ok(resp: httpx.Response) -> int:
     resp.raise_for_status()
     return 1
@@ -97,7 +116,7 @@ def main() -> None:
         facts = machine_facts(url)
         for enabled in (False, True):
             rows += measure(url, enabled, reads, creates)
-    text = table(HEADERS, rows)
+    text = table(HEADERS, rows) + "\n\n" + summary(rows)
     print(text)
     if not args.quick:
         write_section("audit", "## AuditEvent cost (`bench/audit.py`)\n\nOne client, `serve --workers 1`, PostgreSQL; "

@@ -50,7 +50,7 @@ QUERY = {"url": GENDER_VS, "system": GENDER_CS, "code": "male"}
 # Nested calls of one request, outermost first: each layer's own share is its cumulative time minus the next.
 CHAIN = [
     ("event loop, HTTP parsing, socket writes (uvicorn)", "asyncio/base_events.py", "_run_once"),
-    ("ASGI middleware, FastAPI routing and dependencies", "uvicorn/protocols/http/httptools_impl.py", "run_asgi"),
+    ("ASGI middleware and routing (FastAPI / Starlette)", "uvicorn/protocols/http/httptools_impl.py", "run_asgi"),
     ("FHIR web adapter (query, token check, negotiation, JSON render)", "fhir_server/api/fhir.py",
      "fhir_endpoint"),
     ("core entry, binary staging", "fhir_server/api/fhir.py", "handle"),
