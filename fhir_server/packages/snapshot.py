@@ -6,9 +6,9 @@ lacks is created from what it refines: a slice (``X.y:name``) copies the sliced 
 below it, a child of a datatype element (``Patient.identifier.system``) unfolds that datatype's own
 definition under it (through several levels: ``Claim.careTeam.role.coding.system``). Every ABDM 6.5.0
 profile, snapshot removed, comes back with the same elements as the snapshot it ships. Not covered (the
-profile is then stored without a snapshot and reported unusable): differentials that rename choice
-elements (``valueQuantity`` for ``value[x]``) or reach into a ``contentReference``. A reslice (``X.y:a/b``)
-copies slice a.
+profile is then stored without a snapshot and reported unusable): differentials that reach into a
+``contentReference``. A reslice (``X.y:a/b``) copies slice a; a choice element named by its type
+(``Observation.valueQuantity``) is the type slice ``value[x]:valueQuantity``, as the spec reads it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from typing import Any
+
+from fhir_server.validation.matching import type_by_suffix
 
 _MERGED_LISTS = ("constraint", "mapping", "condition")
 
@@ -86,6 +88,31 @@ def _ensure(elements: list[dict[str, Any]], eid: str, datatype: Callable[[str], 
     return ids.index(eid)
 
 
+def _choice_type(sliced: str, name: str) -> str | None:
+    """The type a slice named like a renamed choice element stands for: ``value[x]`` + ``valueQuantity``."""
+    stem = sliced.rsplit(".", 1)[-1].split(":", 1)[0].removesuffix("[x]")
+    if not sliced.endswith("[x]") or not name.startswith(stem):
+        return None
+    return type_by_suffix().get(name[len(stem):])
+
+
+def _renamed(eid: str, ids: set[str]) -> str:
+    """``Observation.valueQuantity.code`` -> ``Observation.value[x]:valueQuantity.code``: a choice element named
+    by its type (allowed in differentials) is the type slice of the choice element."""
+    steps = eid.split(".")
+    out = steps[0]
+    for step in steps[1:]:
+        bare = step.split(":", 1)[0]
+        if f"{out}.{bare}" not in ids and f"{out}.{step}" not in ids:
+            for key in type_by_suffix():
+                stem = bare[:-len(key)]
+                if bare.endswith(key) and stem and f"{out}.{stem}[x]" in ids:
+                    step = f"{stem}[x]:{bare}" + step[len(bare):]
+                    break
+        out = f"{out}.{step}"
+    return out
+
+
 def generate(sd: dict[str, Any], base: dict[str, Any], datatype: Callable[[str], dict[str, Any] | None]
              ) -> list[dict[str, Any]]:
     """The snapshot of ``sd`` from its differential and ``base``'s snapshot; ``datatype(code)``: the
@@ -95,7 +122,7 @@ def generate(sd: dict[str, Any], base: dict[str, Any], datatype: Callable[[str],
         el["id"] = _id(el)
     root_path = str(sd.get("type") or elements[0]["path"])
     for diff in (sd.get("differential") or {}).get("element") or []:
-        did = _id(diff)
+        did = _renamed(_id(diff), {el["id"] for el in elements})
         if did in {el["id"] for el in elements}:
             _merge(elements[_ensure(elements, did, datatype)], diff)
             continue
@@ -113,6 +140,12 @@ def generate(sd: dict[str, Any], base: dict[str, Any], datatype: Callable[[str],
                              sliced, did, elements[pos]["path"], elements[pos]["path"])
             copies[0].pop("slicing", None)
             copies[0]["sliceName"] = name
+            choice = _choice_type(sliced, name)
+            if choice is not None:  # value[x]:valueQuantity, a type slice: that type only
+                copies[0]["type"] = [t for t in copies[0].get("type") or [] if t.get("code") == choice] or [
+                    {"code": choice}]
+                elements[pos].setdefault("slicing", {"discriminator": [{"type": "type", "path": "$this"}],
+                                                     "ordered": False, "rules": "open"})
             _merge(copies[0], diff)
             elements[end:end] = copies
             continue

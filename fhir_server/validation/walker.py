@@ -201,7 +201,7 @@ class Walker:
             if not base:
                 self._cardinality(child, items, item.path)
                 if child.slicing and (child.slices or child.slicing.rules == "closed"):
-                    self._slices(child, items, resource)
+                    self._slices(child, items, resource, item.path)
             for it in items:
                 if base and child.name in ("extension", "modifierExtension"):
                     extensions.check(self, it, item, target, resource, modifier=child.name == "modifierExtension")
@@ -314,7 +314,9 @@ class Walker:
             self._issue(STRUCTURE, where, f"maximum cardinality of {child.name} is {child.max} ({child.id}), "
                                           f"found {n}")
 
-    def _slices(self, child: ElementDef, items: list[Item], resource: dict[str, Any]) -> None:
+    def _slices(self, child: ElementDef, items: list[Item], resource: dict[str, Any], parent: str | None = None
+                ) -> None:
+        """``items``: the values of ``child`` in the element at the path ``parent``."""
         from fhir_server.validation.slicing import slice_of
 
         assert child.slicing is not None
@@ -341,8 +343,9 @@ class Walker:
             resliced.setdefault(id(chosen), []).append(it)
         for s in child.slices:  # a reslice (a/b) slices what slice a holds
             if s.slicing is not None and s.slices:
-                self._slices(s, resliced.get(id(s), []), resource)
-        parent = items[0].path.rsplit(".", 1)[0] if items else None
+                self._slices(s, resliced.get(id(s), []), resource, parent)
+        if parent is None and items:
+            parent = items[0].path.rsplit(".", 1)[0]
         for s in child.slices:
             n = counts[id(s)]
             if n < s.min or (s.max is not None and n > s.max):

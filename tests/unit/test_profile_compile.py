@@ -211,3 +211,31 @@ def test_unknown_extension_is_an_error_where_the_profile_closes_extensions() -> 
     walker.element(profile.root, Item(res, "Patient", "Patient"), res, base=False)
     assert [(i.expression[0], "closed" in i.diagnostics) for i in walker.out
             if i.severity == "error" and "extension" in i.expression[0]] == [("Patient.extension[1]", True)]
+
+
+def test_choice_element_renamed_by_type_in_a_differential_is_its_type_slice() -> None:
+    from fhir_server.definitions import resource_structure_definitions, type_structure_definitions
+    from fhir_server.packages.snapshot import generate
+
+    ucum = "http://unitsofmeasure.org"
+    sd: dict[str, object] = {
+        "url": "http://example.org/fhir/StructureDefinition/renamed", "type": "Observation", "kind": "resource",
+        "differential": {"element": [
+            {"id": "Observation.valueQuantity", "path": "Observation.valueQuantity", "min": 1},
+            {"id": "Observation.valueQuantity.system", "path": "Observation.valueQuantity.system", "fixedUri": ucum}]}}
+    sd["snapshot"] = {"element": generate(sd, resource_structure_definitions()["Observation"],
+                                          type_structure_definitions().get)}
+    profile = compiled(sd, "unit")
+    assert profile is not None
+    (quantity,) = profile.root.children["value[x]"].slices
+    assert quantity.slice_name == "valueQuantity" and quantity.type_codes == {"Quantity"}
+
+    def errors(**value: object) -> dict[str, str]:
+        walker = Walker(StoreDefinitions(None))
+        res = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, **value}
+        walker.element(profile.root, Item(res, "Observation", "Observation"), res, base=False)
+        return {i.expression[0]: i.diagnostics for i in walker.out if i.severity == "error"}
+
+    assert errors(valueQuantity={"value": 1, "system": ucum, "code": "kg"}) == {}
+    assert ucum in errors(valueQuantity={"value": 1, "system": "http://other"})["Observation.value.ofType(Quantity).system"]
+    assert "the slice 'valueQuantity'" in errors(valueString="heavy")["Observation.value"]
