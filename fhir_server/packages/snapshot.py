@@ -1,14 +1,15 @@
 """Snapshot generation for StructureDefinitions shipped with only a differential (``packages install``).
 
 The common subset of the spec's algorithm: start from the base definition's snapshot; each differential
-element is merged onto the element with its id (its keys win, constraints add up); an element the base
-lacks is created from what it refines: a slice (``X.y:name``) copies the sliced element and everything
-below it, a child of a datatype element (``Patient.identifier.system``) unfolds that datatype's own
-definition under it (through several levels: ``Claim.careTeam.role.coding.system``). Every ABDM 6.5.0
-profile, snapshot removed, comes back with the same elements as the snapshot it ships. Not covered (the
-profile is then stored without a snapshot and reported unusable): differentials that reach into a
-``contentReference``. A reslice (``X.y:a/b``) copies slice a; a choice element named by its type
-(``Observation.valueQuantity``) is the type slice ``value[x]:valueQuantity``, as the spec reads it.
+element is merged onto the element with its id (its keys win, constraints add up); an element the base lacks
+is created from what it refines: a slice (``X.y:name``) copies the sliced element and everything below it, a
+child of a datatype element (``Patient.identifier.system``) unfolds that datatype's own definition under it
+(through several levels: ``Claim.careTeam.role.coding.system``). Every ABDM 6.5.0 profile, snapshot removed,
+comes back with the same elements as the snapshot it ships. A ``contentReference`` element constrained below
+(``Questionnaire.item.item.text``) gets a copy of the referenced children. A reslice (``X.y:a/b``) copies
+slice a; a choice element named by its type (``Observation.valueQuantity``) is the type slice
+``value[x]:valueQuantity``, as the spec reads it. What it cannot place (an id neither in the base nor below a
+datatype or content reference) leaves the profile without a snapshot, reported unusable.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ def _ensure(elements: list[dict[str, Any]], eid: str, datatype: Callable[[str], 
         raise SnapshotError(f"{eid}: not in the base")
     pos = _ensure(elements, head, datatype, depth + 1)
     parent = elements[pos]
+    if parent.get("contentReference") and _below(elements, pos) == pos + 1:
+        _unfold_reference(elements, pos)
+        ids = [el["id"] for el in elements]
+        if eid not in ids:
+            raise SnapshotError(f"{eid}: not an element of {parent['path']}")
+        return ids.index(eid)
     types = parent.get("type") or []
     if len(types) != 1 or _below(elements, pos) != pos + 1:
         raise SnapshotError(f"{eid}: cannot unfold {head} (it has {len(types)} types or children already)")
@@ -86,6 +93,23 @@ def _ensure(elements: list[dict[str, Any]], eid: str, datatype: Callable[[str], 
     if eid not in ids:
         raise SnapshotError(f"{eid}: not an element of {types[0]['code']}")
     return ids.index(eid)
+
+
+def _unfold_reference(elements: list[dict[str, Any]], pos: int) -> None:
+    """``Questionnaire.item.item`` (contentReference ``#Questionnaire.item``) constrained below: it gets a copy
+    of the referenced element's children (the base's, not its slices) and that element's type in place of the
+    reference, so its children are its own from then on."""
+    parent = elements[pos]
+    ref = str(parent["contentReference"]).split("#", 1)[-1]
+    ids = [el["id"] for el in elements]
+    if ref not in ids:
+        raise SnapshotError(f"{parent['id']}: the content reference #{ref} is not in the base")
+    source = ids.index(ref)
+    inner = [e for e in elements[source + 1:_below(elements, source)] if ":" not in e["id"][len(ref):]]
+    copies = _rebase(inner, ref, parent["id"], elements[source]["path"], parent["path"])  # before the change below
+    parent.pop("contentReference")
+    parent["type"] = copy.deepcopy(elements[source].get("type") or [{"code": "BackboneElement"}])
+    elements[pos + 1:pos + 1] = copies
 
 
 def _choice_type(sliced: str, name: str) -> str | None:

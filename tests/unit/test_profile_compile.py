@@ -239,3 +239,32 @@ def test_choice_element_renamed_by_type_in_a_differential_is_its_type_slice() ->
     assert errors(valueQuantity={"value": 1, "system": ucum, "code": "kg"}) == {}
     assert ucum in errors(valueQuantity={"value": 1, "system": "http://other"})["Observation.value.ofType(Quantity).system"]
     assert "the slice 'valueQuantity'" in errors(valueString="heavy")["Observation.value"]
+
+
+def test_content_reference_constrained_below_in_a_differential() -> None:
+    from fhir_server.definitions import resource_structure_definitions, type_structure_definitions
+    from fhir_server.packages.snapshot import generate
+
+    sd: dict[str, object] = {
+        "url": "http://example.org/fhir/StructureDefinition/nested-texts", "type": "Questionnaire",
+        "kind": "resource", "differential": {"element": [
+            {"id": "Questionnaire.item.item.text", "path": "Questionnaire.item.item.text", "min": 1}]}}
+    sd["snapshot"] = {"element": generate(sd, resource_structure_definitions()["Questionnaire"],
+                                          type_structure_definitions().get)}
+    nested = {e["id"]: e for e in sd["snapshot"]["element"]}  # type: ignore[index]
+    assert "contentReference" not in nested["Questionnaire.item.item"]
+    assert nested["Questionnaire.item.item.text"]["min"] == 1
+    assert nested["Questionnaire.item.item.item"]["contentReference"] == "#Questionnaire.item"  # one level only
+    profile = compiled(sd, "unit")
+    assert profile is not None
+
+    def errors(item: dict[str, object]) -> dict[str, str]:
+        walker = Walker(StoreDefinitions(None))
+        res = {"resourceType": "Questionnaire", "status": "draft",
+               "item": [{"linkId": "1", "type": "group", "item": [item]}]}
+        walker.element(profile.root, Item(res, "Questionnaire", "Questionnaire"), res, base=False)
+        return {i.expression[0]: i.diagnostics for i in walker.out if i.severity == "error"}
+
+    assert errors({"linkId": "1.1", "type": "string", "text": "Name?"}) == {}
+    found = errors({"linkId": "1.1", "type": "string"})
+    assert "minimum cardinality of text" in found["Questionnaire.item[0].item[0].text"]
