@@ -90,6 +90,8 @@ class Walker:
                     self._entries[str(entry["fullUrl"])] = res
                 if isinstance(res.get("id"), str):
                     self._entries.setdefault(f"{res.get('resourceType')}/{res['id']}", res)
+                elif str(entry.get("fullUrl", "")).startswith("http"):  # http://x/fhir/Patient/1: Patient/1
+                    self._entries.setdefault("/".join(str(entry["fullUrl"]).split("/")[-2:]), res)
         for c in resource.get("contained") or []:
             if isinstance(c, dict) and c.get("id"):
                 self._local["#" + str(c["id"])] = str(c.get("resourceType"))

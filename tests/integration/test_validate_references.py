@@ -39,6 +39,10 @@ def test_bundle_target_that_conforms_without_claiming_it(referring) -> None:  # 
     bundle = collection(("http://x.org/fhir/Observation/o1", observation("Patient/p1")),
                         ("http://x.org/fhir/Patient/p1", unclaimed(tp.good_patient())))
     assert errors(validate(referring, bundle)) == {}
+    # ... found by its fullUrl when the entry's resource has no id (here: one that does not conform)
+    del bundle["entry"][1]["resource"]["id"]
+    del bundle["entry"][1]["resource"]["identifier"]
+    assert "does not conform" in errors(validate(referring, bundle))["Bundle.entry[0].resource.subject.reference"]
 
 
 def test_bundle_target_that_does_not_conform(referring) -> None:  # type: ignore[no-untyped-def]
