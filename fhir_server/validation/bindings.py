@@ -28,9 +28,9 @@ def check(walker: Walker, edef: ElementDef, item: Item, *, base: bool) -> None:
         return
     result = walker.defs.codes_in(value_set, found)
     if isinstance(result, str):
-        if not base and value_set not in walker._warned:  # once per value set, not per coded element
-            walker._warned.add(value_set)
-            walker._issue(NOT_FOUND, item.path, f"{result}: the {strength} binding was not checked", "warning")
+        if not base and value_set not in walker.warned:  # once per value set, not per coded element
+            walker.warned.add(value_set)
+            walker.issue(NOT_FOUND, item.path, f"{result}: the {strength} binding was not checked", "warning")
         return
     if result:
         return
@@ -39,10 +39,10 @@ def check(walker: Walker, edef: ElementDef, item: Item, *, base: bool) -> None:
         whole = _whole_systems(walker, value_set)
         invalid = [f"{s}#{c}" for s, c in found if s in whole]
         if invalid:
-            walker._issue(CODE_INVALID, item.path, f"{', '.join(invalid)} is not a code of its system, which the "
+            walker.issue(CODE_INVALID, item.path, f"{', '.join(invalid)} is not a code of its system, which the "
                                                    f"extensible value set {value_set} includes whole")
             return
-    walker._issue(CODE_INVALID, item.path, f"{shown} is not in the {strength} value set {value_set}",
+    walker.issue(CODE_INVALID, item.path, f"{shown} is not in the {strength} value set {value_set}",
                   "error" if strength == "required" else "warning")
 
 

@@ -87,17 +87,17 @@ def check(walker: Walker, item: Item, holder: Item, holder_def: ElementDef, reso
     profile = walker.defs.profile(url)
     if profile is None:
         if modifier:
-            walker._issue(EXTENSION, item.path, f"the modifier extension {url} is not known to this server: "
+            walker.issue(EXTENSION, item.path, f"the modifier extension {url} is not known to this server: "
                                                 "a modifier that is not understood may not be ignored")
         else:
-            walker._issue(EXTENSION, item.path, f"the extension {url} is not known to this server", "warning")
+            walker.issue(EXTENSION, item.path, f"the extension {url} is not known to this server", "warning")
         return
     if profile.type != "Extension":
-        walker._issue(INVALID, item.path, f"{url} is a {profile.type} definition, not an extension")
+        walker.issue(INVALID, item.path, f"{url} is a {profile.type} definition, not an extension")
         return
     if profile.is_modifier != modifier:
         belongs = "modifierExtension" if profile.is_modifier else "extension"
-        walker._issue(STRUCTURE, item.path, f"{url} is {'' if profile.is_modifier else 'not '}a modifier "
+        walker.issue(STRUCTURE, item.path, f"{url} is {'' if profile.is_modifier else 'not '}a modifier "
                                             f"extension: it belongs in {belongs}")
     prefix, rtype = walker.resource_at()
     here = element_path(holder.path, prefix, rtype)
@@ -108,6 +108,6 @@ def check(walker: Walker, item: Item, holder: Item, holder_def: ElementDef, reso
     holder_url = holder.value.get("url") if type_ == "Extension" and isinstance(holder.value, dict) else None
     if not allowed_here(profile.contexts, paths, types, holder_url) and not paths & set(_ALSO.get(url, ())):
         where = ", ".join(e for _, e in profile.contexts)
-        walker._issue(STRUCTURE, item.path, f"the extension {url} is not allowed on {here} "
+        walker.issue(STRUCTURE, item.path, f"the extension {url} is not allowed on {here} "
                                             f"(its context: {where})")
     walker.element(profile.root, item.__class__(ext, item.path, "Extension"), resource, base=False)

@@ -49,9 +49,9 @@ def check(walker: Walker, edef: ElementDef, item: Item, resource: dict[str, Any]
             if name in _ANY:
                 return
             allowed.add(name)
-    actual = reference_type(ref, walker._local)
+    actual = reference_type(ref, walker.local)
     if allowed and actual is not None and actual not in allowed:
-        walker._issue(STRUCTURE, item.path + ".reference",
+        walker.issue(STRUCTURE, item.path + ".reference",
                       f"a reference to {actual} is not allowed here (allowed: {', '.join(sorted(allowed))})")
         return
     if not profiles:
@@ -74,5 +74,5 @@ def check(walker: Walker, edef: ElementDef, item: Item, resource: dict[str, Any]
         if problem is None:
             return
         first = first or problem
-    walker._issue(STRUCTURE, item.path + ".reference",
+    walker.issue(STRUCTURE, item.path + ".reference",
                   f"the referenced {rtype} ({ref}) does not conform to {' or '.join(candidates)}: {first}")

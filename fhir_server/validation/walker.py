@@ -66,10 +66,10 @@ class Walker:
         self.unknown_profile_severity = unknown_profile_severity
         self._done: set[tuple[str, str]] = set()  # (constraint key, path): each invariant once per element
         self._validated: set[tuple[int, str]] = set()  # (id of the resource dict, profile url)
-        self._local: dict[str, str] = {}  # fullUrl / #id -> resource type, for reference targets
+        self.local: dict[str, str] = {}  # fullUrl / #id -> resource type, for reference targets
         self._entries: dict[str, dict[str, Any]] = {}  # fullUrl and Type/id -> a Bundle entry's resource
         self._conformance: dict[tuple[int, str], str | None] = {}  # (id of a target, profile) -> its first error
-        self._warned: set[str] = set()
+        self.warned: set[str] = set()
         self._roots: list[dict[str, Any]] = []  # containers of the contained resource being walked
         self._at: list[tuple[str, str]] = []  # (path, type) of the resources being walked, innermost last
 
@@ -86,7 +86,7 @@ class Walker:
                 if not isinstance(res, dict):
                     continue
                 if entry.get("fullUrl"):
-                    self._local[str(entry["fullUrl"])] = str(res.get("resourceType"))
+                    self.local[str(entry["fullUrl"])] = str(res.get("resourceType"))
                     self._entries[str(entry["fullUrl"])] = res
                 if isinstance(res.get("id"), str):
                     self._entries.setdefault(f"{res.get('resourceType')}/{res['id']}", res)
@@ -94,7 +94,7 @@ class Walker:
                     self._entries.setdefault("/".join(str(entry["fullUrl"]).split("/")[-2:]), res)
         for c in resource.get("contained") or []:
             if isinstance(c, dict) and c.get("id"):
-                self._local["#" + str(c["id"])] = str(c.get("resourceType"))
+                self.local["#" + str(c["id"])] = str(c.get("resourceType"))
         core = self.defs.core(rtype)
         item = Item(resource, path, rtype)
         self._at.append((path, rtype))
@@ -127,7 +127,7 @@ class Walker:
         if key not in self._conformance:
             self._conformance[key] = None
             sub = Walker(self.defs)
-            sub._local, sub._entries, sub._conformance = self._local, self._entries, self._conformance
+            sub.local, sub._entries, sub._conformance = self.local, self._entries, self._conformance
             rtype = str(target.get("resourceType"))
             sub._at.append((rtype, rtype))
             sub.against(url, Item(target, rtype, rtype), target, "error")
@@ -150,10 +150,10 @@ class Walker:
         self._validated.add(key)
         profile = self.defs.profile(bare)
         if profile is None:
-            self._issue(NOT_FOUND, item.path, f"the profile {bare} is not known to this server", unknown)
+            self.issue(NOT_FOUND, item.path, f"the profile {bare} is not known to this server", unknown)
             return
         if item.type is not None and profile.type not in (item.type, "Resource", "DomainResource", "Element"):
-            self._issue(INVALID, item.path, f"the profile {bare} is for {profile.type}, not {item.type}")
+            self.issue(INVALID, item.path, f"the profile {bare} is for {profile.type}, not {item.type}")
             return
         self.element(profile.root, item, resource, base=False)
 
@@ -180,15 +180,15 @@ class Walker:
             if c.key in narrative.KEYS and target.path == "Narrative.div":
                 failure = narrative.failure(c.key, item.value)
                 if failure is not None:
-                    self._issue(INVARIANT, item.path, f"{c.key}: {failure}", c.severity)
+                    self.issue(INVARIANT, item.path, f"{c.key}: {failure}", c.severity)
                 continue
             root = self._roots[-1] if self._roots else None
             result = invariants.holds(c.expression, node if node is not None else {}, type_path, resource, root)
             if result is False:
-                self._issue(INVARIANT, item.path, f"{c.key}: {c.human}", c.severity)
-            elif result is None and c.key not in self._warned:  # said once, not per element
-                self._warned.add(c.key)
-                self._issue(INVARIANT, item.path, f"{c.key} could not be evaluated (FHIRPath not supported here): "
+                self.issue(INVARIANT, item.path, f"{c.key}: {c.human}", c.severity)
+            elif result is None and c.key not in self.warned:  # said once, not per element
+                self.warned.add(c.key)
+                self.issue(INVARIANT, item.path, f"{c.key} could not be evaluated (FHIRPath not supported here): "
                                                   f"{c.expression}", "information")
         if not isinstance(node, dict):
             return
@@ -279,12 +279,12 @@ class Walker:
     def _checks(self, edef: ElementDef, item: Item, resource: dict[str, Any]) -> None:
         if edef.choice and item.type is not None and edef.types and item.type not in edef.type_codes:
             allowed = ", ".join(sorted(edef.type_codes))
-            self._issue(STRUCTURE, item.path, f"the type {item.type} is not allowed here (allowed: {allowed})")
+            self.issue(STRUCTURE, item.path, f"the type {item.type} is not allowed here (allowed: {allowed})")
             return
         if edef.fixed_kind is not None and item.value is not None:
             ok = equal(item.value, edef.fixed) if edef.fixed_kind == "fixed" else contains(item.value, edef.fixed)
             if not ok:
-                self._issue(VALUE, item.path, f"the value must {'be' if edef.fixed_kind == 'fixed' else 'match'} "
+                self.issue(VALUE, item.path, f"the value must {'be' if edef.fixed_kind == 'fixed' else 'match'} "
                                               f"{_show(edef.fixed)} ({edef.fixed_kind}[x] of {edef.id})")
         if edef.binding is not None:
             bindings.check(self, edef, item, base=False)
@@ -310,10 +310,10 @@ class Walker:
         n = len(items)
         where = f"{path}.{child.name.removesuffix('[x]')}"
         if n < child.min:
-            self._issue(REQUIRED, where, f"minimum cardinality of {child.name} is {child.min} ({child.id}), "
+            self.issue(REQUIRED, where, f"minimum cardinality of {child.name} is {child.min} ({child.id}), "
                                          f"found {n}")
         elif child.max is not None and n > child.max:
-            self._issue(STRUCTURE, where, f"maximum cardinality of {child.name} is {child.max} ({child.id}), "
+            self.issue(STRUCTURE, where, f"maximum cardinality of {child.name} is {child.max} ({child.id}), "
                                           f"found {n}")
 
     def _slices(self, child: ElementDef, items: list[Item], resource: dict[str, Any], parent: str | None = None
@@ -330,14 +330,14 @@ class Walker:
             chosen = slice_of(self.defs, child, it, lambda ref: self.target(ref, resource))
             if chosen is None:
                 if rules == "closed":
-                    self._issue(STRUCTURE, it.path, f"matches no slice of {child.id}, and the slicing is closed")
+                    self.issue(STRUCTURE, it.path, f"matches no slice of {child.id}, and the slicing is closed")
                 unsliced = True
                 continue
             if rules == "openAtEnd" and unsliced:
-                self._issue(STRUCTURE, it.path, f"the slice '{chosen.slice_name}' follows an element that matches "
+                self.issue(STRUCTURE, it.path, f"the slice '{chosen.slice_name}' follows an element that matches "
                                                 f"no slice: {child.id} allows those only at the end (openAtEnd)")
             if child.slicing.ordered and order[id(chosen)] < last:
-                self._issue(STRUCTURE, it.path, f"the slice '{chosen.slice_name}' is out of order: {child.id} "
+                self.issue(STRUCTURE, it.path, f"the slice '{chosen.slice_name}' is out of order: {child.id} "
                                                 "requires its slices in the order the profile defines them")
             last = max(last, order[id(chosen)])
             counts[id(chosen)] += 1
@@ -353,10 +353,10 @@ class Walker:
             if n < s.min or (s.max is not None and n > s.max):
                 limit = f"at least {s.min}" if n < s.min else f"at most {s.max}"
                 where = f"{parent}.{child.name.removesuffix('[x]')}" if parent else child.path
-                self._issue(REQUIRED if n < s.min else STRUCTURE, where,
+                self.issue(REQUIRED if n < s.min else STRUCTURE, where,
                             f"the slice '{s.slice_name}' of {child.id} needs {limit} element(s), found {n}")
 
-    def _issue(self, code: str, path: str, message: str, severity: str = "error") -> None:
+    def issue(self, code: str, path: str, message: str, severity: str = "error") -> None:
         self.out.append(Issue(code, f"{path}: {message}", severity=severity, expression=(path,)))
 
 
