@@ -15,7 +15,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Column, Connection, Integer, String, Table, insert, update
+from sqlalchemy import Column, Connection, Integer, String, Table, insert, select, update
 
 from fhir_server.storage.models import Base
 
@@ -54,13 +54,17 @@ class Generation:
         token = self._checked.get(repo.conn, _UNSEEN)
         if token is _UNSEEN:
             sql = _SELECT.replace("?", "%s") if repo.conn.dialect.paramstyle != "qmark" else _SELECT
-            cursor = repo.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
-                cursor.execute(sql, (self.key,))
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-            token = None if row is None else str(row[0])
+                cursor = repo.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    cursor.execute(sql, (self.key,))
+                    row = cursor.fetchone()
+                finally:
+                    cursor.close()
+                token = None if row is None else str(row[0])
+            except Exception:  # e.g. a pooled connection the server dropped: again through SQLAlchemy, whose
+                # error marks the connection invalid so that the unit of work retries on a fresh one
+                token = repo.conn.execute(select(GENERATION.c.token).where(GENERATION.c.id == self.key)).scalar()
             self._checked[repo.conn] = token
         return token
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
@@ -116,3 +117,16 @@ def test_a_value_set_too_big_to_hold_whole_is_answered_code_by_code(tx, monkeypa
     answers = [valid(tx, code) for code in ("square", "rectangle", "circle", "square")]
     assert answers == [True, False, False, True]  # rectangle: excluded; circle: not a polygon
     assert any(key[2:] == (SHAPES, "square") for key in cache._members)  # asked code by code, and kept
+
+
+def test_validate_code_survives_connections_dropped_by_the_server(tx) -> None:  # type: ignore[no-untyped-def]
+    """The generation token is the first statement of a cached $validate-code and is read through the
+    driver's cursor: a dropped pooled connection must still be replaced (the unit of work retries)."""
+    if tx.backend.name != "postgresql":
+        return
+    assert valid(tx, "square")
+    with tx.backend.engine.connect() as conn:  # terminate every other session of this database
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    for _ in range(25):  # more than the pool holds: every pooled connection was dropped
+        assert valid(tx, "square")
