@@ -5,8 +5,8 @@ pattern value when the path goes below it, as the spec allows: ``code.coding.cod
 patternCodeableConcept); for extensions sliced by ``url``, the slice's type profile is the url.
 exists: the slice's min/max at the path. type: the slice's types at the path. profile ("profile-lite"):
 a nested resource fits a slice when its resourceType is the profile's type, preferring the slice whose
-profile the resource names in ``meta.profile`` (no full validation per candidate slice: the chosen slice's
-own checks report what does not conform).
+profile the resource names in ``meta.profile``; when several slices remain, the first whose profile the
+resource validates against (the chosen slice's own checks report what does not conform).
 
 Paths are simple element paths with the functions the spec allows in discriminators: ``$this``,
 ``resolve()`` (a reference followed to its target in the request, a Bundle entry or a contained resource; on
@@ -29,23 +29,52 @@ if TYPE_CHECKING:
     from fhir_server.validation.walker import Definitions, Item
 
 Resolve = Callable[[str], "dict[str, Any] | None"]
+Conforms = Callable[["dict[str, Any]", str], "str | None"]
 _STEP = re.compile(r"(?:[^.(']|'[^']*'|\([^)]*\))+")
 _CALL = re.compile(r"^(resolve|extension|ofType)\((?:'([^']*)'|([A-Za-z]*))\)$")
 
 
-def slice_of(defs: Definitions, sliced: ElementDef, item: Item, resolve: Resolve | None = None) -> ElementDef | None:
+def slice_of(defs: Definitions, sliced: ElementDef, item: Item, resolve: Resolve | None = None,
+             conforms: Conforms | None = None) -> ElementDef | None:
+    """The slice ``item`` belongs to. ``conforms(resource, url)`` (None when it does) tells apart several
+    slices a ``profile`` discriminator leaves open (same type, no ``meta.profile`` claim): the first whose
+    profile the resource validates against wins, else the first of them."""
     assert sliced.slicing is not None
     discriminators = sliced.slicing.discriminators
     if not discriminators:
         return None
-    fallback = None
+    candidates: list[ElementDef] = []
     for s in sliced.slices:
         verdicts = [_matches(defs, s, item, kind, path, resolve) for kind, path in discriminators]
         if all(v is not False for v in verdicts):
             if any(v == "claimed" for v in verdicts) or "profile" not in {k for k, _ in discriminators}:
                 return s
-            fallback = fallback or s
-    return fallback
+            candidates.append(s)
+    if len(candidates) > 1 and conforms is not None:
+        for s in candidates:
+            if all(_conforming(defs, s, item, path, resolve, conforms) for kind, path in discriminators
+                   if kind == "profile"):
+                return s
+    return candidates[0] if candidates else None
+
+
+def _conforming(defs: Definitions, s: ElementDef, item: Item, path: str, resolve: Resolve | None,
+                conforms: Conforms) -> bool:
+    steps = steps_of(path)
+    if steps and steps[-1] == "resolve()":
+        reference, _ = _target(defs, s, steps[:-1])
+        urls = [p for t in reference.types for p in t.target_profiles]
+    else:
+        target, _ = _target(defs, s, steps)
+        urls = [p for t in target.types for p in t.profiles]
+    values = actual_values(item.value, steps, resolve) if steps else [item.value]
+    for value in values:
+        if not isinstance(value, dict) or "resourceType" not in value:
+            continue  # a datatype: profile-lite only
+        if not any(core_type(u) == value["resourceType"] or (core_type(u) is None and conforms(value, u) is None)
+                   for u in urls):
+            return False
+    return True
 
 
 def steps_of(path: str) -> list[str]:

@@ -327,7 +327,7 @@ class Walker:
         last, rules, unsliced = -1, child.slicing.rules, False
         resliced: dict[int, list[Item]] = {}  # by slice
         for it in items:
-            chosen = slice_of(self.defs, child, it, lambda ref: self.target(ref, resource))
+            chosen = slice_of(self.defs, child, it, lambda ref: self.target(ref, resource), self.conforms)
             if chosen is None:
                 if rules == "closed":
                     self.issue(STRUCTURE, it.path, f"matches no slice of {child.id}, and the slicing is closed")

@@ -47,3 +47,19 @@ def test_section_entries_sliced_by_their_targets(api, kind: str) -> None:  # typ
     del bundle["entry"][1]["resource"]["identifier"]
     found = errors(validate(api, bundle))
     assert f"does not conform to {tp.PATIENT}" in found["Bundle.entry[0].resource.section[0].entry[0].reference"]
+
+
+def test_profile_discriminator_with_two_slices_of_one_type(api) -> None:  # type: ignore[no-untyped-def]
+    for res in [*tp.terminology(), tp.patient_profile(), tp.observation_profile(), tp.referring_profile(),
+                tp.observations_bundle_profile()]:
+        put(api, res)
+    referring = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+                 "subject": {"reference": "Patient/elsewhere"}}
+    bp = {k: v for k, v in tp.good_observation().items() if k != "meta"}
+    bundle = {"resourceType": "Bundle", "meta": {"profile": [tp.OBSERVATIONS]}, "type": "collection",
+              "entry": [{"fullUrl": "urn:uuid:1", "resource": referring}, {"fullUrl": "urn:uuid:2", "resource": bp}]}
+    # neither claims a profile: each goes to the slice whose profile it conforms to (not the first Observation one)
+    assert errors(validate(api, bundle)) == {}
+    del referring["subject"]  # conforms to neither: the first slice's profile says why
+    found = errors(validate(api, bundle))
+    assert "Bundle.entry[0].resource.category" in found and "Bundle.entry[1].resource.category" not in found

@@ -168,3 +168,20 @@ def document_profile(kind: str = "profile") -> dict[str, Any]:
                 "http://hl7.org/fhir/StructureDefinition/Observation"]}]),
         ],
     })
+
+
+OBSERVATIONS = f"{BASE}/StructureDefinition/test-observations"
+
+
+def observations_bundle_profile() -> dict[str, Any]:
+    """A Bundle of Observations sliced by profile, two slices of the same type: test-bp and test-referring."""
+    return derive("Bundle", OBSERVATIONS, {
+        "Bundle.entry": {"slicing": {"discriminator": [{"type": "profile", "path": "resource"}], "rules": "closed"}},
+    }, slices={
+        "Bundle.entry": [
+            element("Bundle.entry:bp", max="*", type=[{"code": "BackboneElement"}]),
+            element("Bundle.entry:bp.resource", min=1, type=[{"code": "Observation", "profile": [OBSERVATION]}]),
+            element("Bundle.entry:referring", max="*", type=[{"code": "BackboneElement"}]),
+            element("Bundle.entry:referring.resource", min=1, type=[{"code": "Observation", "profile": [REFERRING]}]),
+        ],
+    })
