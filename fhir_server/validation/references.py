@@ -49,7 +49,11 @@ def check(walker: Walker, edef: ElementDef, item: Item, resource: dict[str, Any]
             if name in _ANY:
                 return
             allowed.add(name)
-    actual = reference_type(ref, walker.local)
+    if ref.startswith("#"):  # this resource's (or its container's) contained one, not another entry's
+        local = walker.target(ref, resource)
+        actual = str(local.get("resourceType")) if local is not None else None
+    else:
+        actual = reference_type(ref, walker.local)
     if allowed and actual is not None and actual not in allowed:
         walker.issue(STRUCTURE, item.path + ".reference",
                       f"a reference to {actual} is not allowed here (allowed: {', '.join(sorted(allowed))})")

@@ -74,3 +74,13 @@ def test_contained_target_and_wrong_type(referring) -> None:  # type: ignore[no-
         errors(validate(referring, wrong))["Observation.subject.reference"]
     # a target elsewhere (on a server) is not fetched: its type is all that is checked
     assert errors(validate(referring, observation("Patient/elsewhere"))) == {}
+
+
+def test_contained_reference_resolves_in_its_own_resource(referring) -> None:  # type: ignore[no-untyped-def]
+    """``#p1`` in one entry is that entry's contained resource, whatever another entry contains as ``p1``."""
+    group = {"resourceType": "Group", "id": "p1", "type": "person", "actual": True}
+    first = {**observation("#p1"), "contained": [unclaimed(tp.good_patient())]}
+    second = {**observation("#p1"), "contained": [group]}
+    found = errors(validate(referring, collection(("urn:uuid:1", first), ("urn:uuid:2", second))))
+    assert list(found) == ["Bundle.entry[1].resource.subject.reference"]
+    assert "a reference to Group is not allowed" in found["Bundle.entry[1].resource.subject.reference"]
