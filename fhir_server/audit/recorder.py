@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ BATCH = 500
 MAX_QUEUED = 10_000
 PUT_TIMEOUT_SECONDS = 0.5
 LINGER_SECONDS = 0.1  # how long the writer waits for a batch to fill: added to the crash window
+SWITCH_INTERVAL_SECONDS = 0.001
 _STOP = object()
 # Set while the recorder itself writes an AuditEvent: the write is not audited again (no loop) and the
 # append-only guard lets it through.
@@ -113,6 +115,10 @@ class AuditRecorder:
             return
         with self._lock:
             if self._thread is None:
+                # A request arriving while the writer works through a batch waits for the GIL up to the
+                # switch interval (5 ms by default): read p95 with audit on rose from 1.8 to 8 ms. 1 ms
+                # bounds that wait; the price, more frequent switches between busy threads, is small.
+                sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
                 self._closing.clear()
                 self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
                 self._thread.start()
