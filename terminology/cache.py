@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 from fhir_server.hooks import HookPoint, Hooks, WriteEvent
 from fhir_server.storage.generation import TERMINOLOGY, Generation
 from fhir_server.storage.repository import Version
+from terminology import store
 from terminology.valueset import Member
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ class TerminologyCache:
     def value_set(self, repo: Repository, url: str, version: str | None,
                   resolve: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], VsKey]:
         """The stored ValueSet with this canonical URL (``resolve`` finds it, with full access, when not
-        cached; it raises the 404), checked against the caller's access."""
+        cached; it raises the 404); one the caller may not read is not found, as without the cache."""
         token = self._current(repo)
         found = self._value_sets.get((url, version))
         if found is None:
@@ -132,8 +133,8 @@ class TerminologyCache:
                     self._value_sets[(url, version)] = found
                     while len(self._value_sets) > MAX_VALUE_SETS:
                         self._value_sets.pop(next(iter(self._value_sets)))
-        if repo.access is not None:
-            repo.access.check_read(found)
+        if repo.access is not None and not repo.access.can_read(found):
+            raise store.unknown("ValueSet", url, version)  # as the lookup answers what the caller may not read
         assert found.content is not None
         return found.content, (found.id, str(found.version_id))
 

@@ -132,6 +132,11 @@ def by_url(repo: Repository, resource_type: str, url: str, version: str | None =
         url, version = url.split("|", 1)
     found = canonical.find(repo, resource_type, url, version)
     if found is None:
-        what = f"{url}|{version}" if version else url
-        raise FhirError(404, NOT_FOUND, f"No {resource_type} with the URL {what} is known", (expression,))
+        raise unknown(resource_type, url, version, expression)
     return found
+
+
+def unknown(resource_type: str, url: str, version: str | None, expression: str = "url") -> FhirError:
+    """The 404 of a canonical URL nothing (the caller may read) has."""
+    what = f"{url}|{version}" if version else url
+    return FhirError(404, NOT_FOUND, f"No {resource_type} with the URL {what} is known", (expression,))
