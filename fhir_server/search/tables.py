@@ -78,9 +78,8 @@ class SearchDate(_Row, Base):
 
     __table_args__ = (
         Index("ix_search_date_res", "resource_type", "resource_id"),
-        # INCLUDE resource_id (PostgreSQL, migration 0013): a date range is an index-only scan
-        Index("ix_search_date_low", "resource_type", "param", "low", "high", postgresql_include=["resource_id"]),
-        Index("ix_search_date_high", "resource_type", "param", "high", postgresql_include=["resource_id"]),
+        Index("ix_search_date_low", "resource_type", "param", "low", "high"),
+        Index("ix_search_date_high", "resource_type", "param", "high"),
     )
 
 
