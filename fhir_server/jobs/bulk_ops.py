@@ -27,7 +27,7 @@ from fhir_server.jobs import bulk_params
 from fhir_server.jobs.bulk_import import BLOB_PREFIX
 from fhir_server.jobs.store import Job, cancel_job, insert_job, read_job
 from fhir_server.outbound import check_url
-from fhir_server.rest.operations import Operation
+from fhir_server.rest.operations import Operation, reindex
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.repository import Repository, instant
 
@@ -50,7 +50,7 @@ class BulkOperations:
                                types=frozenset({"Patient", "Group"}), instance=True))
         ops.register(Operation("import", self.import_, IMPORT_DEFINITION, system=True, affects_state=True))
         # Status URLs and file downloads are addresses the manifest hands out, not operations of the IG.
-        for name in ("export-poll-status", "import-poll-status"):
+        for name in ("export-poll-status", "import-poll-status", "reindex-poll-status"):
             ops.register(Operation(name, self.status, "urn:fhir-server:OperationDefinition/bulk-status", system=True))
         ops.register(Operation("bulk-file", self.file, "urn:fhir-server:OperationDefinition/bulk-file", system=True))
 
@@ -58,10 +58,14 @@ class BulkOperations:
 
     def _accepted(self, req: FhirRequest, job: Job) -> FhirResponse:
         self.submit(job.id)
-        status = "export" if job.kind == "export" else "import"
-        url = f"{req.base_url}/${status}-poll-status?_jobId={job.id}"
-        return FhirResponse(202, informational(f"Bulk {status} job {job.id} accepted"),
+        url = f"{req.base_url}/${job.kind}-poll-status?_jobId={job.id}"
+        return FhirResponse(202, informational(f"{job.kind.capitalize()} job {job.id} accepted"),
                             {"Content-Location": url})
+
+    def start_job(self, req: FhirRequest, repo: Repository, kind: str, params: dict[str, Any]) -> FhirResponse:
+        """Kick-off of another module's asynchronous operation ($reindex): the same job table, runners and
+        status URL as bulk data."""
+        return self._accepted(req, insert_job(repo, kind, self._request_url(req), params, req.access))
 
     def _request_url(self, req: FhirRequest) -> str:
         query = "&".join(f"{quote(k)}={quote(v)}" for k, v in req.query)
@@ -132,7 +136,9 @@ class BulkOperations:
         if job.status in ("queued", "running"):
             return FhirResponse(202, None, {"X-Progress": _progress_text(job), "Retry-After": poll})
         if job.status == "failed":
-            return FhirResponse(500, operation_outcome([Issue(EXCEPTION, f"The bulk job failed: {job.error}")]))
+            return FhirResponse(500, operation_outcome([Issue(EXCEPTION, f"The {job.kind} job failed: {job.error}")]))
+        if job.kind == "reindex":
+            return FhirResponse(200, reindex.result(job.progress.get("counts", {}), job.progress.get("rows", 0)))
         headers = {"Expires": job.expires_at.strftime("%a, %d %b %Y %H:%M:%S GMT")} if job.expires_at else {}
         return FhirResponse(200, self._manifest(req, job), headers)
 
@@ -170,6 +176,8 @@ def _progress_text(job: Job) -> str:
     if job.kind == "export":
         done = sum(1 for s in p.get("cursor", {}).values() if s.get("done"))
         return f"{p.get('exported', 0)} resources exported; {done} of {len(p.get('types', []))} types done"
+    if job.kind == "reindex":
+        return f"{sum(p.get('counts', {}).values())} resources reindexed; at {p.get('type', '')}"
     return f"{p.get('imported', 0)} resources imported, {p.get('error_count', 0)} lines refused"
 
 
@@ -197,4 +205,5 @@ def _import_inputs(body: Any) -> list[dict[str, Any]]:
 def register_bulk(server: FhirServer) -> BulkOperations:
     ops = BulkOperations(server)
     ops.register()
+    server.search.reindex.start_job = ops.start_job  # $reindex with Prefer: respond-async
     return ops

@@ -1,5 +1,6 @@
-"""Running bulk jobs: ``run_job`` (claim, run, record the outcome) and the in-process runner of the
-embedded default (a small thread pool; celery workers call ``run_job`` in production)."""
+"""Running jobs (bulk $export/$import, asynchronous $reindex): ``run_job`` (claim, run, record the outcome)
+and the in-process runner of the embedded default (a small thread pool; celery workers call ``run_job``
+in production)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server.jobs.bulk_export import ExportRun
 from fhir_server.jobs.bulk_import import ImportRun
+from fhir_server.jobs.reindex_job import ReindexRun
 from fhir_server.jobs.store import JobStore
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ def run_job(server: FhirServer, job_id: str, jobs: JobStore | None = None) -> st
         if job.kind == "export":
             finished = ExportRun(read, jobs, job, server.binary.store, page_size=s.bulk_page_size,
                                  file_resources=s.bulk_file_resources, expiry_seconds=s.bulk_expiry_seconds).run()
+        elif job.kind == "reindex":
+            finished = ReindexRun(write, jobs, job, server.search.reindex, expiry_seconds=s.bulk_expiry_seconds).run()
         else:
             finished = ImportRun(read, write, jobs, job, server.binary.store,
                                  expiry_seconds=s.bulk_expiry_seconds, settings=s).run()

@@ -33,13 +33,14 @@ class SearchServices:
         self.fulltext.register(hooks)
         self.finder = SearchFinder(self.registry, base_url)
         self.finder.ctx = replace(self.finder.ctx, fulltext=self.fulltext)
+        self.reindex = reindex.Reindex(self.indexer, self.fulltext)  # its async runs: fhir_server/jobs
 
     def refresh(self, conn: Connection) -> None:
         """Pick up SearchParameters other processes stored (a cheap check, at most once a second)."""
         self.runtime.refresh(conn)
 
     def register_operations(self, operations: OperationRegistry) -> None:
-        operations.register(Operation("reindex", reindex.Reindex(self.indexer, self.fulltext), reindex.DEFINITION,
+        operations.register(Operation("reindex", self.reindex, reindex.DEFINITION,
                                       system=True, affects_state=True))
 
     def install(self, dispatcher: OutboxDispatcher) -> None:

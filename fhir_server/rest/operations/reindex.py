@@ -2,14 +2,20 @@
 
 Rebuilds the search index rows and the full-text entries of every stored resource from the registry as
 it is now: after a SearchParameter was added or changed, and for resources written before the index
-existed (migration 0002) or before full text (0006). Synchronous, in one transaction, but in keyset
-batches of ``_count`` (default 500) resources whose rows are written before the next batch is read, so
-memory stays bounded whatever the size. (A background job per type is for the jobs module.)
-Answers Parameters: ``count`` (resources reindexed), ``rows`` (index rows written), one ``type`` part each.
+existed (migration 0002) or before full text (0006). Work goes in keyset batches of ``_count`` (default
+500) resources whose rows are written before the next batch is read, so memory stays bounded.
+
+Without ``Prefer: respond-async`` it runs in the request, in one transaction, and answers Parameters:
+``count`` (resources reindexed), ``rows`` (index rows written), one ``type`` part each. With it (what a
+store of millions needs: HAPI runs reindexing as a job too) the request only records a job and answers
+202 with a status URL; a job runner (fhir_server/jobs/reindex_job.py) does the batches, each in its own
+transaction with a checkpoint, so a killed worker's job resumes after the last batch it committed, and the
+status URL answers the same Parameters once it is done.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -29,10 +35,15 @@ BATCH = 500
 MAX_BATCH = 5000
 
 
+# (request, unit of work, job kind, job params) -> the 202 answer: set by the jobs module (bulk_ops)
+StartJob = Callable[["FhirRequest", "Repository", str, dict[str, Any]], FhirResponse]
+
+
 class Reindex:
     def __init__(self, indexer: SearchIndexer, fulltext: FullTextIndex) -> None:
         self.indexer = indexer
         self.fulltext = fulltext
+        self.start_job: StartJob | None = None
 
     def __call__(self, req: FhirRequest, repo: Repository, resource_type: str | None,
                  resource_id: str | None) -> FhirResponse:
@@ -43,33 +54,40 @@ class Reindex:
             raise FhirError(403, FORBIDDEN, "$reindex is for administrators and backend services")
         batch = _batch_size(req.param("_count"))
         types = [resource_type] if resource_type else sorted(resource_types())
-        parts: list[dict[str, Any]] = []
-        total = rows = 0
+        if req.prefer("respond-async") is not None and self.start_job is not None:
+            return self.start_job(req, repo, "reindex", {"types": types, "batch": batch})
+        counts: dict[str, int] = {}
+        rows = 0
         for rtype in types:
-            count, written = self._type(repo, rtype, batch)
-            if count:
-                parts.append({"name": "type", "part": [{"name": "type", "valueCode": rtype},
-                                                       {"name": "count", "valueInteger": count}]})
-            total += count
-            rows += written
-        return FhirResponse(200, {"resourceType": "Parameters", "parameter": [
-            {"name": "count", "valueInteger": total}, {"name": "rows", "valueInteger": rows}, *parts]})
+            after: str | None = ""
+            while after is not None:
+                count, written, after = self.batch(repo, rtype, after, batch)
+                counts[rtype] = counts.get(rtype, 0) + count
+                rows += written
+        return FhirResponse(200, result(counts, rows))
 
-    def _type(self, repo: Repository, rtype: str, batch: int) -> tuple[int, int]:
+    def batch(self, repo: Repository, rtype: str, after: str, size: int) -> tuple[int, int, str | None]:
+        """Reindex up to ``size`` resources of ``rtype`` with ids after ``after``: (resources reindexed,
+        index rows written, the last id seen or None when the type is done)."""
         r = RESOURCE
-        after = ""
-        count = written = 0
-        while True:
-            page = repo.execute(select(r.c.id, r.c.deleted, r.c.content).where(
-                r.c.resource_type == rtype, r.c.id > after).order_by(r.c.id).limit(batch)).all()
-            if not page:
-                return count, written
-            items = [(row.id, None if row.deleted else row.content) for row in page]
-            written += self.indexer.reindex(repo, rtype, items)
-            self.fulltext.reindex(repo, rtype, items)
-            repo.flush()  # this batch's rows go to the database before the next batch is read
-            count += sum(1 for _, content in items if content is not None)
-            after = page[-1].id
+        page = repo.execute(select(r.c.id, r.c.deleted, r.c.content).where(
+            r.c.resource_type == rtype, r.c.id > after).order_by(r.c.id).limit(size)).all()
+        if not page:
+            return 0, 0, None
+        items = [(row.id, None if row.deleted else row.content) for row in page]
+        written = self.indexer.reindex(repo, rtype, items)
+        self.fulltext.reindex(repo, rtype, items)
+        repo.flush()  # this batch's rows go to the database before the next batch is read
+        count = sum(1 for _, content in items if content is not None)
+        return count, written, (page[-1].id if len(page) == size else None)
+
+
+def result(counts: dict[str, int], rows: int) -> dict[str, Any]:
+    """The Parameters answer: totals, then one ``type`` part per type that had resources."""
+    parts = [{"name": "type", "part": [{"name": "type", "valueCode": rtype}, {"name": "count", "valueInteger": n}]}
+             for rtype, n in counts.items() if n]
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": "count", "valueInteger": sum(counts.values())}, {"name": "rows", "valueInteger": rows}, *parts]}
 
 
 def _batch_size(text: str | None) -> int:
