@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import pstats
 import queue
 import re
 import signal
@@ -276,6 +277,13 @@ class CpuMeter:
 
 
 # --- statistics and machine facts ------------------------------------------------------------------------
+
+
+def cumulative(stats: pstats.Stats, suffix: str, name: str) -> float:
+    """Cumulative seconds of the functions called ``name`` in files ending with ``suffix`` (cProfile)."""
+    raw = stats.stats  # type: ignore[attr-defined]
+    return sum(ct for (file, _line, fn), (_cc, _nc, _tt, ct, _callers) in raw.items()
+               if fn == name and file.endswith(suffix))
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -18,18 +18,15 @@ import os
 import pstats
 import random
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # run as a script or imported by another bench
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CpuMeter, bench_database, facts_markdown, log, machine_facts, table, write_section
-from mllp import oru
+from common import CpuMeter, bench_database, cumulative, facts_markdown, log, machine_facts, table, write_section
+from mllp import backend_url, oru
 
 # (label, file suffix, function): cumulative time of each; they do not overlap (audit off).
 COMPONENTS = [
@@ -45,22 +42,6 @@ TOTAL = ("interfaces/mllp/pipeline.py", "handle_text")
 GROUPED_TOTAL = ("bench/profile_mllp.py", "run_group")
 GROUP_SIZES = (1, 4, 8, 16)
 PROFILED_GROUP = 8
-
-
-@contextmanager
-def database(backend: str) -> Iterator[str]:
-    if backend == "postgresql":
-        with bench_database("mllp_profile") as url:
-            yield url
-    else:
-        with tempfile.TemporaryDirectory(prefix="fhir-bench-mllp-") as tmp:
-            yield f"sqlite:///{tmp}/fhir.db"
-
-
-def cumulative(stats: pstats.Stats, suffix: str, name: str) -> float:
-    raw = stats.stats  # type: ignore[attr-defined]
-    return sum(ct for (file, _line, fn), (_cc, _nc, _tt, ct, _callers) in raw.items()
-               if fn == name and file.endswith(suffix))
 
 
 def run_group(pipeline: Any, messages: list[bytes]) -> None:
@@ -97,7 +78,7 @@ def measure_groups(audit: bool, count: int, profile_size: int) -> tuple[list[Row
 
     rng = random.Random(20261202)
     rows: list[Row] = []
-    with database("postgresql") as url:
+    with backend_url("postgresql") as url:
         server = FhirServer(Settings(database_url=url, audit_enabled=audit))
         upgrade(server.engine)
         pipeline = Hl7Pipeline(server, MessageStore(server.engine))
@@ -133,7 +114,7 @@ def measure(backend: str, audit: bool, count: int) -> tuple[float, float, dict[s
     from interfaces.mllp.store import MessageStore
 
     rng = random.Random(20261201)
-    with database(backend) as url:
+    with backend_url(backend) as url:
         server = FhirServer(Settings(database_url=url, audit_enabled=audit))
         upgrade(server.engine)
         pipeline = Hl7Pipeline(server, MessageStore(server.engine))

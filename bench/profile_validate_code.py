@@ -34,6 +34,7 @@ from common import (
     CLOCK_TICKS,
     CpuMeter,
     bench_database,
+    cumulative,
     facts_markdown,
     free_port,
     log,
@@ -61,12 +62,6 @@ CHAIN = [
     ("routing + $validate-code (cached ValueSet and membership)", "fhir_server/rest/router.py", "route"),
     ("terminology generation token (one primary-key read)", "fhir_server/storage/generation.py", "token"),
 ]
-
-
-def cumulative(stats: pstats.Stats, suffix: str, name: str) -> float:
-    raw = stats.stats  # type: ignore[attr-defined]
-    return sum(ct for (file, _line, fn), (_cc, _nc, _tt, ct, _callers) in raw.items()
-               if fn == name and file.endswith(suffix))
 
 
 def thread_cpu(native_id: int | None) -> float:
