@@ -23,9 +23,24 @@ def test_limit_per_key_and_window(tmp_path: Path) -> None:
     limiter = RateLimiter(_engine(tmp_path), "login", 3)
     start = 6000.0  # a window boundary (minute 100)
     assert [limiter.retry_after("a", now=start + i) for i in range(3)] == [0, 0, 0]
-    assert limiter.retry_after("a", now=start + 3) == 57  # until the window ends at 6060
+    # 4 hits this minute: the next one fits once half of them have slid out of the last 60 s (at 6090)
+    assert limiter.retry_after("a", now=start + 3) == 87
     assert limiter.retry_after("b", now=start + 3) == 0  # other addresses are counted apart
-    assert limiter.retry_after("a", now=start + 60.5) == 0  # a new window
+    assert limiter.retry_after("a", now=start + 95) == 0  # 5 * 25/60 + 1 = 3.08 > 3 would refuse; 4 left
+
+
+def test_a_burst_across_a_minute_boundary_is_still_limited(tmp_path: Path) -> None:
+    """A fixed window let 3 hits at the end of one minute and 3 at the start of the next all through."""
+    limiter = RateLimiter(_engine(tmp_path), "login", 3)
+
+    def burst(key: str) -> list[int]:
+        return [limiter.retry_after(key, now=6057.0 + i) for i in (0, 1, 2, 3, 4)]  # 6060 starts a minute
+
+    waits = burst("a")
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0 and waits[4] > 0
+    # every probe counts, so each side of the wait said is probed on an address of its own
+    assert burst("b")[4] == waits[4] and limiter.retry_after("b", now=6061.0 + waits[4] - 1) > 0
+    assert burst("c")[4] == waits[4] and limiter.retry_after("c", now=6061.0 + waits[4]) == 0
 
 
 def test_processes_share_one_count_and_limits_count_apart(tmp_path: Path) -> None:
