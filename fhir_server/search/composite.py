@@ -65,8 +65,8 @@ class CompositeExtractor:
             plan = []
             registry = self.extractor.registry
             for sp in registry.params(resource_type).values():
-                if sp.type != "composite" or not sp.components or not sp.expression:
-                    continue
+                if sp.type != "composite" or not sp.components or not sp.expression or sp.union_of:
+                    continue  # a union (``combo-code-value-quantity``) is searched through its parts' rows
                 try:
                     components = []
                     for definition, expression in sp.components:

@@ -80,7 +80,7 @@ class Extractor:
         plan = self._plans.get(resource_type)
         if plan is None:
             plan = []
-            for sp in self.registry.indexed(resource_type):
+            for sp in self.registry.stored(resource_type):
                 assert sp.expression is not None
                 try:
                     plan.append((sp, compile_expression(sp.expression, resource_type)))
@@ -205,11 +205,18 @@ def _tokens(value: Any, code: str) -> Iterator[tuple[str, str | None, str | None
     elif not isinstance(value, dict):
         return
     elif "coding" in value or ("text" in value and "value" not in value and "code" not in value):
+        displays = set()
         for coding in value.get("coding") or []:
             if isinstance(coding, dict) and (coding.get("code") or coding.get("system")):
-                yield code, coding.get("system"), coding.get("code"), coding.get("display")
-        if isinstance(value.get("text"), str):
-            yield code, None, None, value["text"]
+                display = coding.get("display")
+                if isinstance(display, str):
+                    displays.add(normalize(display))
+                yield code, coding.get("system"), coding.get("code"), display
+        # :text matches the text or any display; a text equal to a display (Synthea's, most v2 CWE) needs
+        # no row of its own: the coding's row already answers it.
+        text = value.get("text")
+        if isinstance(text, str) and normalize(text) not in displays:
+            yield code, None, None, text
     elif isinstance(value.get("value"), str):  # Identifier or ContactPoint
         system = value.get("system")
         if system in CONTACT_SYSTEMS and "type" not in value:

@@ -9,7 +9,7 @@ type they apply to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -39,6 +39,9 @@ class SearchParam:
     targets: tuple[str, ...] = ()
     components: tuple[tuple[str, str], ...] = ()  # composite: (definition url, expression)
     description: str = ""
+    # Codes of the parameters whose expressions' union is exactly this one's (``combo-code`` = ``code`` |
+    # ``component-code``): it has no index rows of its own, a search on it is one on each of them.
+    union_of: tuple[str, ...] = ()
 
     @property
     def indexed(self) -> bool:
@@ -94,13 +97,16 @@ class Registry:
     by_type: dict[str, dict[str, SearchParam]] = field(default_factory=dict)
     by_url: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = 0  # bumped when runtime SearchParameters change it (extractor plans are cached per version)
+    # types whose ``union_of`` are worked out for their current parameters (unions.py-like, see _resolve)
+    resolved: set[str] = field(default_factory=set)
 
     def copy(self) -> Registry:
-        return Registry({t: dict(p) for t, p in self.by_type.items()}, dict(self.by_url), self.version)
+        return Registry({t: dict(p) for t, p in self.by_type.items()}, dict(self.by_url), self.version,
+                        set(self.resolved))
 
     def replace_with(self, other: Registry) -> None:
         """Take ``other``'s parameters (a reload of runtime SearchParameters); readers see old or new."""
-        self.by_type, self.by_url = other.by_type, other.by_url
+        self.by_type, self.by_url, self.resolved = other.by_type, other.by_url, other.resolved
         self.version += 1
 
     def add_definition(self, sp: dict[str, Any]) -> None:
@@ -118,6 +124,7 @@ class Registry:
             else:
                 continue
             for rtype in applies:
+                self.resolved.discard(rtype)
                 expr = sp.get("expression")
                 parts = parts_for(expr, rtype) if expr else []
                 self.by_type.setdefault(rtype, {})[sp["code"]] = SearchParam(
@@ -132,13 +139,24 @@ class Registry:
         return self.get(resource_type, sp["code"]) if sp else None
 
     def get(self, resource_type: str, code: str) -> SearchParam | None:
-        return self.by_type.get(resource_type, {}).get(code)
+        return self.params(resource_type).get(code)
 
     def params(self, resource_type: str) -> dict[str, SearchParam]:
+        if resource_type not in self.resolved:
+            self._resolve(resource_type)
         return self.by_type.get(resource_type, {})
 
-    def indexed(self, resource_type: str) -> list[SearchParam]:
-        return [p for p in self.params(resource_type).values() if p.indexed]
+    def stored(self, resource_type: str) -> list[SearchParam]:
+        """The indexed parameters that have index rows of their own (not unions of others)."""
+        return [p for p in self.params(resource_type).values() if p.indexed and not p.union_of]
+
+    def _resolve(self, resource_type: str) -> None:
+        params = self.by_type.get(resource_type)
+        if params is not None:
+            unions = find_unions(params)
+            self.by_type[resource_type] = {code: sp if sp.union_of == unions.get(code, ()) else
+                                           replace(sp, union_of=unions.get(code, ())) for code, sp in params.items()}
+        self.resolved.add(resource_type)
 
     def supported(self, resource_type: str) -> list[SearchParam]:
         return sorted((p for p in self.params(resource_type).values() if p.supported), key=lambda p: p.code)
@@ -146,6 +164,39 @@ class Registry:
     def capability_params(self, resource_type: str) -> list[dict[str, Any]]:
         """CapabilityStatement.rest.resource.searchParam for what this server really answers."""
         return [{"name": p.code, "definition": p.url, "type": p.type} for p in self.supported(resource_type)]
+
+
+# Types whose unions are answered from their parts' rows; references stay stored (_include, _has,
+# compartments and access filters read reference rows by parameter code directly).
+UNION_TYPES = {"string", "token", "date", "number", "quantity", "uri", "composite"}
+
+
+def find_unions(params: dict[str, SearchParam]) -> dict[str, tuple[str, ...]]:
+    """Parameters whose FHIRPath union is exactly covered by other parameters' unions, of the same type
+    (composites: the same component expressions), each with its covering parameters' codes.
+
+    Observation's ``combo-*`` parameters (``Observation.code | Observation.component.code``) are the R4
+    core cases: their rows would repeat those of ``code`` and ``component-code``, a sixth of an
+    Observation's rows. Parameters are taken by growing union size, so covers are never unions themselves.
+    """
+    def shape(sp: SearchParam) -> tuple[Any, ...]:
+        return sp.type, tuple(expression for _, expression in sp.components)
+
+    def rows_of_own(sp: SearchParam) -> bool:
+        return sp.type in UNION_TYPES and bool(sp.expression) and (sp.indexed or bool(sp.components))
+
+    parts = {code: frozenset(split_union(sp.expression or "")) for code, sp in params.items() if rows_of_own(sp)}
+    unions: dict[str, tuple[str, ...]] = {}
+    for code in sorted(parts, key=lambda c: (len(parts[c]), c)):
+        mine, sp = parts[code], params[code]
+        if len(mine) < 2:
+            continue
+        cover = sorted(other for other, theirs in parts.items()
+                       if len(theirs) < len(mine) and theirs <= mine and other not in unions
+                       and shape(params[other]) == shape(sp))
+        if cover and frozenset().union(*(parts[c] for c in cover)) == mine:
+            unions[code] = tuple(cover)
+    return unions
 
 
 @lru_cache(maxsize=1)

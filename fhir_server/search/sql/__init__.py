@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import ColumnElement, FromClause, Select, and_, false, or_, select
@@ -11,9 +12,11 @@ from fhir_server.search.access import access_condition
 from fhir_server.search.parser import (
     AnyCriterion,
     CompartmentCriterion,
+    CompositeValue,
     Criterion,
     HasCriterion,
     TokenValue,
+    Value,
     parse_query,
 )
 from fhir_server.search.sql.common import SqlContext
@@ -43,6 +46,10 @@ def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: AnyCriterion) -> Co
         return fulltext_predicate(ctx, r, rtype, c)
     if c.param.code == "_list":  # only Lists the caller may read: members must not leak through a hidden one
         return list_predicate(r, rtype, c, match_ids(ctx, "List", []))
+    if c.param.union_of:  # no rows of its own: the same criterion on each parameter of the union
+        each = [predicate(ctx, r, rtype, on_part(ctx, rtype, c, code)) for code in c.param.union_of]
+        negated = c.modifier == "not" or (c.modifier == "missing" and bool(c.values[0]))
+        return and_(*each) if negated else or_(*each)
     kind = c.param.type
     if c.param.code == "_id":
         if c.modifier == "missing":
@@ -66,6 +73,20 @@ def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: AnyCriterion) -> Co
     if kind == "composite":  # every component on the same element (sql/composite.py)
         return composite_predicate(r, rtype, c)
     raise AssertionError(f"unsupported parameter type {kind}")  # the parser only lets supported ones through
+
+
+def on_part(ctx: SqlContext, rtype: str, c: Criterion, code: str) -> Criterion:
+    """``c`` as a criterion on ``code``, one parameter of ``c.param``'s union (a composite's values are
+    re-aimed at that composite's own components: ``combo-code`` parts become ``code`` parts)."""
+    part = ctx.registry.get(rtype, code)
+    assert part is not None
+    if part.type != "composite":
+        return replace(c, param=part)
+    components = [ctx.registry.component(rtype, definition) for definition, _ in part.components]
+    values: list[Value] = [CompositeValue(tuple(replace(p, param=comp) if comp is not None else p
+                                                for p, comp in zip(v.parts, components, strict=True)))
+                           if isinstance(v, CompositeValue) else v for v in c.values]
+    return replace(c, param=part, values=values)
 
 
 def driver(ctx: SqlContext, rtype: str,

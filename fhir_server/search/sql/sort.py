@@ -39,8 +39,9 @@ def sort_expression(r: FromClause, rtype: str, key: SortKey) -> ColumnElement[An
     else:
         column = table.c[_SORT_COLUMN[key.param.type]]
     agg = func.max(column) if key.descending else func.min(column)
+    params = table.c.param.in_(key.param.union_of) if key.param.union_of else table.c.param == code
     return select(agg).where(table.c.resource_type == rtype, table.c.resource_id == r.c.id,
-                             table.c.param == code).scalar_subquery()
+                             params).scalar_subquery()
 
 
 def order_by(columns: Sequence[ColumnElement[Any]], keys: list[SortKey], id_col: ColumnElement[Any]) -> list[Any]:
