@@ -97,7 +97,7 @@ class Registry:
     by_type: dict[str, dict[str, SearchParam]] = field(default_factory=dict)
     by_url: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = 0  # bumped when runtime SearchParameters change it (extractor plans are cached per version)
-    # types whose ``union_of`` are worked out for their current parameters (unions.py-like, see _resolve)
+    # types whose parameters' ``union_of`` are worked out for their current definitions (``_resolve``)
     resolved: set[str] = field(default_factory=set)
 
     def copy(self) -> Registry:
@@ -176,8 +176,8 @@ def find_unions(params: dict[str, SearchParam]) -> dict[str, tuple[str, ...]]:
     (composites: the same component expressions), each with its covering parameters' codes.
 
     Observation's ``combo-*`` parameters (``Observation.code | Observation.component.code``) are the R4
-    core cases: their rows would repeat those of ``code`` and ``component-code``, a sixth of an
-    Observation's rows. Parameters are taken by growing union size, so covers are never unions themselves.
+    core cases: their rows would repeat those of ``code`` and ``component-code`` (a third of the rows of
+    an Observation with a coded quantity value). Parameters are taken by growing union size, so covers are never unions themselves.
     """
     def shape(sp: SearchParam) -> tuple[Any, ...]:
         return sp.type, tuple(expression for _, expression in sp.components)
