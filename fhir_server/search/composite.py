@@ -64,9 +64,7 @@ class CompositeExtractor:
         if plan is None:
             plan = []
             registry = self.extractor.registry
-            for sp in registry.params(resource_type).values():
-                if sp.type != "composite" or not sp.components or not sp.expression or sp.union_of:
-                    continue  # a union (``combo-code-value-quantity``) is searched through its parts' rows
+            for sp in registry.stored_composites(resource_type):  # not unions, not conjunctions (registry.py)
                 try:
                     components = []
                     for definition, expression in sp.components:
@@ -74,7 +72,7 @@ class CompositeExtractor:
                         if component is None or not component.indexed:
                             raise LookupError(definition)
                         components.append((component, _relative(expression)))
-                    plan.append((sp, _elements(sp.expression, resource_type), components))
+                    plan.append((sp, _elements(sp.expression or "", resource_type), components))
                 except Exception:  # a component we cannot index: that composite stays unsearchable
                     log.warning("composite search parameter %s: not indexed", sp.url)
             self._plans[resource_type] = plan

@@ -9,6 +9,7 @@ type they apply to.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -42,6 +43,10 @@ class SearchParam:
     # Codes of the parameters whose expressions' union is exactly this one's (``combo-code`` = ``code`` |
     # ``component-code``): it has no index rows of its own, a search on it is one on each of them.
     union_of: tuple[str, ...] = ()
+    # A composite on the resource itself (``code-value-quantity``: element ``Observation``) whose components
+    # are exactly other parameters: the codes of those, in component order. Same element = same resource, so
+    # it has no rows of its own either: a search on it is its components' criteria ANDed.
+    conjunction_of: tuple[str, ...] = ()
 
     @property
     def indexed(self) -> bool:
@@ -150,12 +155,19 @@ class Registry:
         """The indexed parameters that have index rows of their own (not unions of others)."""
         return [p for p in self.params(resource_type).values() if p.indexed and not p.union_of]
 
+    def stored_composites(self, resource_type: str) -> list[SearchParam]:
+        """The composites with rows of their own in ``search_composite``."""
+        return [p for p in self.params(resource_type).values() if p.type == "composite" and p.components
+                and p.expression and not p.union_of and not p.conjunction_of]
+
     def _resolve(self, resource_type: str) -> None:
         params = self.by_type.get(resource_type)
         if params is not None:
             unions = find_unions(params)
-            self.by_type[resource_type] = {code: sp if sp.union_of == unions.get(code, ()) else
-                                           replace(sp, union_of=unions.get(code, ())) for code, sp in params.items()}
+            conjunctions = find_conjunctions(resource_type, params, self.by_url)
+            self.by_type[resource_type] = {
+                code: replace(sp, union_of=unions.get(code, ()), conjunction_of=conjunctions.get(code, ()))
+                for code, sp in params.items()}
         self.resolved.add(resource_type)
 
     def supported(self, resource_type: str) -> list[SearchParam]:
@@ -177,7 +189,8 @@ def find_unions(params: dict[str, SearchParam]) -> dict[str, tuple[str, ...]]:
 
     Observation's ``combo-*`` parameters (``Observation.code | Observation.component.code``) are the R4
     core cases: their rows would repeat those of ``code`` and ``component-code`` (a third of the rows of
-    an Observation with a coded quantity value). Parameters are taken by growing union size, so covers are never unions themselves.
+    an Observation with a coded quantity value). Parameters are taken by growing union size, so covers are
+    never unions themselves.
     """
     def shape(sp: SearchParam) -> tuple[Any, ...]:
         return sp.type, tuple(expression for _, expression in sp.components)
@@ -197,6 +210,54 @@ def find_unions(params: dict[str, SearchParam]) -> dict[str, tuple[str, ...]]:
         if cover and frozenset().union(*(parts[c] for c in cover)) == mine:
             unions[code] = tuple(cover)
     return unions
+
+
+# Casts whose values the extractor never turns into rows of that type (extract._quantities: a SampledData
+# has no value element), so a parameter's part with one adds nothing to its rows.
+ROWLESS_CASTS = {"quantity": {"sampleddata"}}
+_AS = re.compile(r"(.+?)\s+as\s+([A-Za-z]+)")
+
+
+def normal_part(part: str, resource_type: str) -> str:
+    """One FHIRPath union part in one spelling: outer parentheses off, ``x as T`` written ``x.as(T)``, type
+    names in lower case, a path relative to an element (``value.as(Quantity)``) taken from the resource."""
+    text = part.strip()
+    while text.startswith("(") and text.endswith(")") and "(" not in text[1:-1] and ")" not in text[1:-1]:
+        text = text[1:-1].strip()
+    m = _AS.fullmatch(text)
+    if m is not None and "(" not in m[1] and ")" not in m[1]:
+        text = f"{m[1]}.as({m[2]})"
+    text = re.sub(r"\.as\(([A-Za-z]+)\)", lambda c: f".as({c[1].lower()})", text)
+    if text == resource_type or text.startswith((f"{resource_type}.", "(")):
+        return text
+    return f"{resource_type}.{text}"
+
+
+def find_conjunctions(resource_type: str, params: dict[str, SearchParam],
+                      by_url: dict[str, dict[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Composites on the resource itself whose every component is another stored parameter's expression
+    (in another spelling: ``code`` is ``Observation.code``, ``value.as(CodeableConcept)`` is
+    ``(Observation.value as CodeableConcept)``), with those parameters' codes. R4: Observation's
+    ``code-value-concept``, ``code-value-date`` and ``code-value-quantity`` (not ``code-value-string``:
+    ``value-string`` also holds a CodeableConcept's text)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for code, sp in params.items():
+        if sp.type != "composite" or not sp.components or split_union(sp.expression or "") != [resource_type]:
+            continue
+        codes = []
+        for definition, relative in sp.components:
+            component = params.get(str((by_url.get(definition) or {}).get("code")))
+            if component is None or not component.indexed or component.type in ("composite", "reference"):
+                break
+            wanted = {normal_part(p, resource_type) for p in split_union(relative)}
+            theirs = {normal_part(p, resource_type) for p in split_union(component.expression or "")}
+            rowless = {p for p in theirs for t in ROWLESS_CASTS.get(component.type, ()) if p.endswith(f".as({t})")}
+            if wanted != theirs - rowless:
+                break
+            codes.append(component.code)
+        else:
+            out[code] = tuple(codes)
+    return out
 
 
 @lru_cache(maxsize=1)

@@ -1,5 +1,6 @@
 """Parameters whose expression is the union of others' (Observation's ``combo-*``) store no rows of their own
-and are searched through their parts' rows, with every modifier, on both databases over real HTTP; and a
+and are searched through their parts' rows, with every modifier, on both databases over real HTTP; so do
+composites on the resource itself (``code-value-quantity``: its components' criteria ANDed); and a
 CodeableConcept's text equal to a coding's display shares that coding's row."""
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def test_a_union_has_no_rows_of_its_own(live: LiveServer, data: dict[str, str]) 
             stored = conn.execute(select(func.count()).select_from(table).where(
                 table.c.param.like("combo-%"))).scalar_one()
             assert stored == 0, table.name
+        params = {r[0] for r in conn.execute(select(COMPOSITE.c.param).distinct())}
+        assert params == {"component-code-value-quantity", "component-code-value-concept"}  # no code-value-*
         parts = conn.execute(select(func.count()).select_from(TOKEN).where(
             TOKEN.c.param.in_(["code", "component-code"]))).scalar_one()
         assert parts > 0
@@ -111,6 +114,27 @@ def test_quantity_and_composite_unions(live: LiveServer, data: dict[str, str]) -
     assert ids(live, f"{q}{LOINC}|8480-6$gt120") == {data["component"]}
     assert ids(live, f"{q}{LOINC}|2339-0$gt120") == set()  # the value must be on the same element
     assert ids(live, f"Observation?combo-code-value-concept={LOINC}|10331-7${SCT}|165747007") == {data["coded"]}
+
+
+def test_a_composite_on_the_resource_is_its_components_anded(live: LiveServer, data: dict[str, str]) -> None:
+    two_codes = post(live, {"resourceType": "Observation", "status": "final",
+                            "code": {"coding": [{"system": LOINC, "code": "2345-7"},
+                                                {"system": "urn:lab", "code": "GLU"}]},
+                            "valueQuantity": quantity(5.5, "mmol/L")})
+    assert ids(live, "Observation?code-value-quantity=urn:lab|GLU$gt5") == {two_codes}  # either coding
+    assert ids(live, f"Observation?code-value-quantity={LOINC}|2345-7$lt5") == set()
+    assert ids(live, f"Observation?code-value-quantity={LOINC}|2345-7$lt5,urn:lab|GLU$ge5.5") == {two_codes}
+    assert ids(live, f"Observation?code-value-quantity={LOINC}|2339-0$1|{UCUM}|g/L") == {data["own"]}  # UCUM
+    # the value must be the resource's own: a component's value does not count here
+    assert ids(live, f"Observation?code-value-quantity={LOINC}|85354-9$gt100") == set()
+    assert ids(live, f"Observation?code-value-concept={LOINC}|883-9${SCT}|165747007") == set()
+    text = post(live, {"resourceType": "Observation", "status": "final", "code": concept("5778-6"),
+                       "valueCodeableConcept": {"text": "Yellow"}})
+    # code-value-string stays a stored composite: value-string would also match a CodeableConcept's text
+    assert text in ids(live, "Observation?code=5778-6&value-string=yel")
+    assert ids(live, f"Observation?code-value-string={LOINC}|5778-6$yel") == set()
+    for rid in (two_codes, text):
+        assert live.http.delete(f"Observation/{rid}").status_code in (200, 204)
 
 
 def test_sorting_and_chaining_by_a_union(live: LiveServer, data: dict[str, str]) -> None:

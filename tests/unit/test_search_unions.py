@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fhir_server.search.registry import Registry, SearchParam, core_registry, find_unions
+from fhir_server.search.registry import Registry, SearchParam, core_registry, find_unions, normal_part
 
 
 def sp(code: str, expression: str, type_: str = "token", components: tuple[tuple[str, str], ...] = ()) -> SearchParam:
@@ -59,3 +59,22 @@ def test_a_runtime_definition_is_resolved_again() -> None:
     added = registry.get("Observation", "code-or-category")
     assert added is not None and added.union_of == ("category", "code")
     assert Registry().params("Observation") == {}
+
+
+def test_the_r4_conjunctions_are_observations_code_value_composites() -> None:
+    registry = core_registry()
+    found = {(t, p.code): p.conjunction_of for t in registry.by_type for p in registry.params(t).values()
+             if p.conjunction_of}
+    assert found == {("Observation", "code-value-concept"): ("code", "value-concept"),
+                     ("Observation", "code-value-date"): ("code", "value-date"),
+                     ("Observation", "code-value-quantity"): ("code", "value-quantity")}
+    assert "code-value-string" in {p.code for p in registry.stored_composites("Observation")}
+
+
+def test_one_spelling_of_a_path() -> None:
+    assert normal_part("value.as(Quantity)", "Observation") == "Observation.value.as(quantity)"
+    assert normal_part("(Observation.value as Quantity)", "Observation") == "Observation.value.as(quantity)"
+    assert normal_part("code", "Observation") == "Observation.code"
+    assert normal_part("Observation", "Observation") == "Observation"
+    assert normal_part("(Observation.value as CodeableConcept).text", "Observation") == \
+        "(Observation.value as CodeableConcept).text"  # left alone: it equals nothing else

@@ -50,6 +50,10 @@ def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: AnyCriterion) -> Co
         each = [predicate(ctx, r, rtype, on_part(ctx, rtype, c, code)) for code in c.param.union_of]
         negated = c.modifier == "not" or (c.modifier == "missing" and bool(c.values[0]))
         return and_(*each) if negated else or_(*each)
+    if c.param.conjunction_of:  # a composite on the resource itself: its components' criteria, ANDed
+        alternatives = [and_(*(predicate(ctx, r, rtype, part) for part in v.parts))
+                        for v in c.values if isinstance(v, CompositeValue)]
+        return or_(*alternatives) if alternatives else false()
     kind = c.param.type
     if c.param.code == "_id":
         if c.modifier == "missing":
