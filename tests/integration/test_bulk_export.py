@@ -11,12 +11,7 @@ from sqlalchemy import update
 from fhir_server.jobs.tables import BULK_JOB
 from tests.conftest import LiveServer
 from tests.integration.bulk_support import ASYNC, download, export, kick_off, poll
-
-
-def post(api: LiveServer, resource: dict[str, Any]) -> str:
-    resp = api.http.post(resource["resourceType"], json=resource)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
+from tests.integration.search_support import post
 
 
 def obs(pid: str | None, code: str = "a") -> dict[str, Any]:

@@ -4,15 +4,8 @@ Through the HTTP server, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from tests.conftest import LiveServer
-
-
-def post(api: LiveServer, resource: dict[str, Any]) -> str:
-    resp = api.http.post(resource["resourceType"], json=resource)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
+from tests.integration.search_support import post
 
 
 def walk(api: LiveServer, query: str) -> tuple[list[str], list[int], int]:

@@ -8,22 +8,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import LiveServer
+from tests.integration.search_support import ids, post
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 SYS, DIA = "8480-6", "8462-4"
-
-
-def post(live: LiveServer, resource: dict[str, Any]) -> str:
-    resp = live.http.post(resource["resourceType"], json=resource)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
-def ids(live: LiveServer, query: str) -> set[str]:
-    resp = live.http.get(query)
-    assert resp.status_code == 200, resp.text
-    return {e["resource"]["id"] for e in resp.json().get("entry", []) if e["search"]["mode"] == "match"}
 
 
 def bp(systolic: float, diastolic: float) -> dict[str, Any]:

@@ -12,18 +12,13 @@ from fhir_server.rest.server import FhirServer
 from fhir_server.search.fulltext.tables import SEARCH_TEXT
 from fhir_server.search.tables import TABLES
 from tests.conftest import LiveServer, wait_until
+from tests.integration.search_support import post
 
 STRICT = {"Prefer": "handling=strict"}
 NICKNAME = {"resourceType": "SearchParameter", "url": "http://example.org/SearchParameter/nickname",
             "name": "nickname", "status": "active", "description": "Given names used as nicknames",
             "code": "nickname", "base": ["Patient"], "type": "string",
             "expression": "Patient.name.where(use='nickname').given"}
-
-
-def post(api: LiveServer, resource: dict[str, Any]) -> str:
-    resp = api.http.post(resource["resourceType"], json=resource)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
 
 
 def ids(api: LiveServer, query: str) -> set[str]:

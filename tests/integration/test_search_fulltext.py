@@ -8,18 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LiveServer
-
-
-def post(api: LiveServer, resource: dict[str, Any]) -> str:
-    resp = api.http.post(resource["resourceType"], json=resource)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
-def ids(api: LiveServer, query: str) -> set[str]:
-    resp = api.http.get(query)
-    assert resp.status_code == 200, resp.text
-    return {e["resource"]["id"] for e in resp.json().get("entry", []) if e["search"]["mode"] == "match"}
+from tests.integration.search_support import ids, post
 
 
 def narrated(text: str, **more: Any) -> dict[str, Any]:

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from tests.conftest import LiveServer
+from tests.integration.search_support import ids, post
 
 UCUM = "http://unitsofmeasure.org"
-
-
-def post(live: LiveServer, resource: dict[str, Any]) -> str:
-    resp = live.http.post(resource["resourceType"], json=resource)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
-def ids(live: LiveServer, query: str) -> set[str]:
-    resp = live.http.get(query)
-    assert resp.status_code == 200, resp.text
-    return {e["resource"]["id"] for e in resp.json().get("entry", []) if e["search"]["mode"] == "match"}
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,7 @@ from typing import Any
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.search import search_compartment, search_system
 from tests.conftest import LiveServer
-
-
-def post(api: LiveServer, resource: dict[str, Any]) -> str:
-    resp = api.http.post(resource["resourceType"], json=resource)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
+from tests.integration.search_support import post
 
 
 def run(api: LiveServer, fn: Any, *args: Any, query: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:

@@ -9,21 +9,10 @@ import pytest
 
 from fhir_server.search import terms
 from tests.conftest import LiveServer
+from tests.integration.search_support import ids, post
 
 CS = "http://example.org/fhir/CodeSystem/body"
 GENDER = "http://hl7.org/fhir/administrative-gender"
-
-
-def post(live: LiveServer, resource: dict[str, Any]) -> str:
-    resp = live.http.post(resource["resourceType"], json=resource)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
-def ids(live: LiveServer, query: str) -> set[str]:
-    resp = live.http.get(query)
-    assert resp.status_code == 200, resp.text
-    return {e["resource"]["id"] for e in resp.json().get("entry", []) if e["search"]["mode"] == "match"}
 
 
 def obs(live: LiveServer, code: dict[str, Any], status: str = "final", **extra: Any) -> str:

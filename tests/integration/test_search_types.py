@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from tests.conftest import LiveServer
-
-
-def post(api: LiveServer, resource: dict[str, Any]) -> str:
-    resp = api.http.post(resource["resourceType"], json=resource)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
+from tests.integration.search_support import post
 
 
 def ids(api: LiveServer, query: str, **headers: str) -> set[str]:

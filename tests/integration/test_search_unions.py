@@ -12,22 +12,11 @@ from sqlalchemy import func, select
 
 from fhir_server.search.tables import COMPOSITE, QUANTITY, TOKEN
 from tests.conftest import LiveServer
+from tests.integration.search_support import ids, post
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 SCT = "http://snomed.info/sct"
-
-
-def post(live: LiveServer, resource: dict[str, Any]) -> str:
-    resp = live.http.post(resource["resourceType"], json=resource)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
-def ids(live: LiveServer, query: str) -> set[str]:
-    resp = live.http.get(query)
-    assert resp.status_code == 200, resp.text
-    return {e["resource"]["id"] for e in resp.json().get("entry", []) if e["search"]["mode"] == "match"}
 
 
 def ordered(live: LiveServer, query: str) -> list[str]:
