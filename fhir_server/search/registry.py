@@ -4,7 +4,8 @@ Every core parameter of every resource type comes from ``definitions/search-para
 lists). A parameter defined on several bases (``clinical-patient``: 32 types) carries one FHIRPath union; the
 registry keeps, per base type, only the union's parts that start with that type, so each type evaluates just
 what applies to it. ``Resource`` and ``DomainResource`` parameters (``_tag``, ``_profile``, ...) join every
-type they apply to.
+type they apply to. Parameters that repeat others' rows (unions such as ``combo-code``, composites on the
+resource itself such as ``code-value-quantity``) are marked so they are searched through those rows.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class Registry:
     by_type: dict[str, dict[str, SearchParam]] = field(default_factory=dict)
     by_url: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = 0  # bumped when runtime SearchParameters change it (extractor plans are cached per version)
-    # types whose parameters' ``union_of`` are worked out for their current definitions (``_resolve``)
+    # types whose parameters' ``union_of`` / ``conjunction_of`` are worked out for their current definitions
     resolved: set[str] = field(default_factory=set)
 
     def copy(self) -> Registry:
