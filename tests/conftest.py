@@ -61,7 +61,7 @@ class Backend:
                 conn.execute(table.delete())
 
 
-def _make_backend(name: str, tmp: Path) -> Iterator[Backend]:
+def make_backend(name: str, tmp: Path) -> Iterator[Backend]:
     if name == "sqlite":
         # Audit off here: queued AuditEvents would land in the next test's emptied store (test_audit*.py turn
         # it on for their own servers).
@@ -96,7 +96,7 @@ def _make_backend(name: str, tmp: Path) -> Iterator[Backend]:
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    yield from _make_backend(request.param, tmp_path_factory.mktemp(request.param))
+    yield from make_backend(request.param, tmp_path_factory.mktemp(request.param))
 
 
 @dataclass

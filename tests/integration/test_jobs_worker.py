@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 from fhir_server.jobs.store import JobStore
 from fhir_server.storage.models import OUTBOX
 from interfaces.mllp.outbound import TOPIC
-from tests.conftest import Backend, _free_port, _make_backend, wait_until
+from tests.conftest import Backend, _free_port, make_backend, wait_until
 from tests.integration.bulk_support import kick_off, poll
 from tests.integration.test_mllp_outbound import FakeLab
 from tests.integration.worker_support import ROOT, Stack, fill, make_stack
@@ -28,7 +28,7 @@ def stack(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     # takes over a running job whose lease lapsed, as designed; when it won the race against the restarted
     # worker, it finished the "killed worker" export with its own settings (one 45,000-line file).
     tmp = tmp_path_factory.mktemp(f"workers-{backend.name}")
-    for private in _make_backend(backend.name, tmp):
+    for private in make_backend(backend.name, tmp):
         yield from make_stack(private, tmp)
 
 
