@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
+from fhir_server import logs
 from fhir_server.auth import cli as auth_cli
 from fhir_server.config import get_settings
 from fhir_server.jobs import cli as jobs_cli
@@ -41,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     packages_cli.add_parsers(sub)  # packages install (fhir_server/packages/cli.py)
     jobs_cli.add_parsers(sub)  # worker, outbox list|retry (fhir_server/jobs/cli.py)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    logs.configure(settings.log_format, logging.INFO)  # FHIR_LOG_FORMAT=json: one object per line
 
     if args.command == "migrate":
         from fhir_server.storage.database import make_engine
@@ -71,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         host = args.host or settings.host
         port = args.port or settings.port
         if args.workers > 1:
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every worker's requests
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fhir-metrics-")
             uvicorn.run("fhir_server.asgi:app", host=host, port=port, workers=args.workers,
                         log_level="info", access_log=False)
         else:

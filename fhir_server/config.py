@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     bulk_expiry_seconds: int = 3600  # bulk data output files can be downloaded this long after completion
     bulk_file_resources: int = 100_000  # an NDJSON output file holds at most this many resources
     bulk_page_size: int = 2000  # rows read per query while exporting (memory stays flat)
+    # --- operations (fhir_server/api/health.py, metrics.py; fhir_server/logs.py) ---
+    metrics_token: SecretStr | None = None  # bearer a Prometheus scrape sends to /metrics (else an admin token)
+    log_format: str = "text"  # text | json (one object per line, with the request id)
 
     @model_validator(mode="after")
     def _production_needs_postgres(self) -> Settings:

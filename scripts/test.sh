@@ -20,6 +20,7 @@ export FHIR_TEST_POSTGRES_URL FHIR_TEST_REDIS_URL
 
 echo "== ruff"; .venv/bin/ruff check fhir_server interfaces mappings terminology migrations tests bench
 echo "== mypy"; .venv/bin/mypy
+echo "== hadolint"; .venv/bin/hadolint Dockerfile
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
