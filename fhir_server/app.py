@@ -10,7 +10,7 @@ from datetime import timedelta
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from fhir_server.api import admin, auth, fhir, health, hl7_admin, metrics, subscriptions_ws
+from fhir_server.api import admin, auth, fhir, health, hl7_admin, landing, metrics, subscriptions_ws
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.config import Settings, get_settings
 from fhir_server.errors import EXCEPTION, Issue, operation_outcome
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app.include_router(admin.router)  # /admin/outbox (operators)
     app.include_router(hl7_admin.router)  # /admin/hl7/messages (operators of lab interfaces)
     app.include_router(subscriptions_ws.router)  # the Subscription websocket channel
+    app.include_router(landing.router)  # GET /: links to the entry points
     app.include_router(health.router)  # /health/live, /health/ready
     app.include_router(metrics.router)  # /metrics (Prometheus)
     app.include_router(fhir.router)

@@ -59,8 +59,9 @@ def history(req: FhirRequest, repo: Repository, resource_type: str | None, resou
     if count == 0:
         rows, more = [], False
     path = "/".join(p for p in (resource_type, resource_id, "_history") if p)
-    base_query = [(k, v) for k, v in req.query if k != CURSOR]
-    links = [{"relation": "self", "url": _url(req, path, req.query)}]
+    # Links state the page size actually used (the default, or a _count capped at the maximum).
+    base_query = [*((k, v) for k, v in req.query if k not in (CURSOR, "_count")), ("_count", str(count))]
+    links = [{"relation": "self", "url": _url(req, path, [*base_query, *([(CURSOR, cursor)] if cursor else [])])}]
     if more and rows:
         links.append({"relation": "next", "url": _url(req, path, [*base_query, (CURSOR, str(rows[-1][0]))])})
     bundle: dict[str, Any] = {

@@ -138,7 +138,9 @@ def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, par
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                               "meta": {"lastUpdated": instant(datetime.now(UTC))}}
     entries: list[dict[str, Any]] = []
-    used = [*(extra_link or []), *((k, v) for k, v in params if k != "_cursor" and k not in unknown)]
+    # Links state the page size actually used (the default, or a _count capped at the maximum).
+    used = [*(extra_link or []), *((k, v) for k, v in params if k not in ("_cursor", "_count") and k not in unknown),
+            ("_count", str(count))]
     links = [{"relation": "self", "url": _url(req, path, [*used, *([("_cursor", cursor)] if cursor else [])])}]
     if summary == "count":
         bundle["total"] = total()
@@ -159,7 +161,7 @@ def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, par
             bundle["total"] = total(total_mode == "estimate")
         elif cursor is None and next_cursor is None:
             bundle["total"] = len(matches)  # the whole result is on this page: the count is free
-    elif total_mode != "none":
+    else:  # _count=0: R4 search.html treats it as _summary=count, so the total is the answer
         bundle["total"] = total(total_mode == "estimate")
     if ignored:
         entries.append({"resource": operation_outcome([

@@ -71,6 +71,9 @@ class FhirServer:
                                                     self.search_registry.capability_params, self.started)
             self._capability_version = version
         statement = self._capability
+        url = self.settings.base_url or base_url
+        if statement["implementation"]["url"] != url:  # unset FHIR_BASE_URL: the base this request came to
+            statement = {**statement, "implementation": {**statement["implementation"], "url": url}}
         if repo is not None:  # validation: the installed profiles as supportedProfile
             statement = with_profiles(statement, supported_profiles(repo))
         if self.security is not None:  # auth

@@ -132,3 +132,16 @@ def test_json_log_lines_carry_the_request_id() -> None:
     line = orjson.loads(stream.getvalue().splitlines()[0])
     assert line["request_id"] == "req-42"
     assert line["message"] == "stored 3 messages" and line["level"] == "WARNING"
+
+
+def test_landing_page_links_the_entry_points(api: LiveServer) -> None:
+    root = api.url.rsplit("/fhir", 1)[0]
+    page = api.http.get(f"{root}/", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for href in ("/fhir/metadata", "/fhir/.well-known/smart-configuration", "/docs"):
+        assert f'href="{href}"' in page.text
+        assert api.http.get(f"{root}{href}").status_code == 200
+    as_json = api.http.get(f"{root}/", headers={"Accept": "application/json"}).json()
+    assert as_json["links"]["CapabilityStatement"] == "/fhir/metadata"
+    missing = api.http.get(f"{root}/no-such-page")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/json")

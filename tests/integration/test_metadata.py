@@ -13,6 +13,7 @@ def test_capability_statement(api: LiveServer) -> None:
     assert cs["resourceType"] == "CapabilityStatement" and cs["kind"] == "instance"
     assert cs["fhirVersion"] == "4.0.1" and "application/fhir+json" in cs["format"]
     assert cs["patchFormat"] == ["application/json-patch+json"]
+    assert cs["implementation"]["url"] == api.url  # FHIR_BASE_URL unset: the base the request came to
     rest = cs["rest"][0]
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
     by_type = {res["type"]: res for res in rest["resource"]}

@@ -78,6 +78,8 @@ def test_history_levels_since_and_paging(api: LiveServer) -> None:
         page = api.http.get(nxt[0]).json()
     assert len(seen) == 7 and len(set(seen)) == 7
 
+    default_page = api.http.get("_history").json()
+    assert "_count=20" in next(link["url"] for link in default_page["link"] if link["relation"] == "self")
     assert api.http.get("_history", params={"_since": "yesterday"}).status_code == 400
     assert api.http.get("_history", params={"_count": "many"}).status_code == 400
     assert api.http.get("Patient/unknown/_history").status_code == 404

@@ -65,8 +65,15 @@ def test_count_and_total(api: LiveServer) -> None:
     assert follow(api, "Patient?gender=female")["total"] == 3  # all on the first page: free
     counted = follow(api, "Patient?_summary=count")
     assert counted["total"] == 5 and not counted["entry"]
-    assert matches(follow(api, "Patient?_count=0")) == []
-    assert len(matches(follow(api, "Patient?_count=100000"))) == 5  # capped, not refused
+    zero = follow(api, "Patient?_count=0")  # R4: _count=0 is _summary=count
+    assert matches(zero) == [] and zero["total"] == 5
+    assert follow(api, "Patient?gender=male&_count=0")["total"] == 2
+    capped = api.http.get("Patient?_count=100000").json()
+    assert len(matches(capped)) == 5  # capped, not refused
+    self_link = next(link["url"] for link in capped["link"] if link["relation"] == "self")
+    assert "_count=1000" in self_link  # the page size actually used
+    defaulted = api.http.get("Patient?gender=male").json()
+    assert "_count=20" in next(link["url"] for link in defaulted["link"] if link["relation"] == "self")
     assert api.http.get("Patient?_count=abc").status_code == 400
     assert api.http.get("Patient?_total=maybe").status_code == 400
 
