@@ -102,6 +102,20 @@ class RefreshToken(grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = USER_CLIENT_AUTH
     server: SmartAuthorizationServer
 
+    def authenticate_token_endpoint_client(self) -> Any:
+        """A public client may refresh without naming itself: the refresh token already names its client
+        (RFC 6749 section 6 requires authentication only of confidential clients; the SMART JavaScript
+        client sends no client_id). A token of a confidential client still needs that client's credentials."""
+        form = self.request.form
+        if (not self.request.headers.get("Authorization") and not form.get("client_id")
+                and not form.get("client_assertion")):
+            row = self.server.store.refresh_row(form.get("refresh_token", ""))
+            client = self.server.query_client(row.client_id) if row is not None else None
+            if client is not None and client.public:
+                self.server.send_signal("after_authenticate_client", client=client, grant=self)
+                return client
+        return super().authenticate_token_endpoint_client()
+
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
         row = self.server.store.refresh_row(refresh_token)
         if row is None or row.revoked or self.server.store.family_revoked(row.family_id):

@@ -210,6 +210,38 @@ def test_refresh_rotation_and_reuse_detection(smart: Smart) -> None:
     assert smart.fhir("GET", "Patient", first["access_token"]).status_code == 401
 
 
+def test_public_client_refreshes_without_naming_itself(smart: Smart) -> None:
+    """The SMART JavaScript client's default: grant_type=refresh_token with no client_id."""
+    _client, first = _refreshable(smart)
+    refreshed = smart.http.post(smart.token_url, data={"grant_type": "refresh_token",
+                                                       "refresh_token": first["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+    assert smart.fhir("GET", "Patient", refreshed.json()["access_token"]).status_code == 200
+    # Rotation still holds: the exchanged token presented again (still without client_id) kills the family.
+    again = smart.http.post(smart.token_url, data={"grant_type": "refresh_token",
+                                                   "refresh_token": first["refresh_token"]})
+    assert again.json()["error"] == "invalid_grant"
+
+
+def test_confidential_client_refresh_still_needs_its_credentials(smart: Smart) -> None:
+    user = smart.user("doctor")
+    scope = "user/*.rs offline_access"
+    client = smart.client(["authorization_code"], scope, redirect_uris=[REDIRECT])
+    code = code_from(authorize(smart, client["client_id"], REDIRECT, scope, user), REDIRECT)
+    tokens = exchange(smart, client["client_id"], code, REDIRECT, None,
+                      auth=(client["client_id"], client["client_secret"])).json()
+    bare = smart.http.post(smart.token_url, data={"grant_type": "refresh_token",
+                                                  "refresh_token": tokens["refresh_token"]})
+    assert bare.status_code == 401 and bare.json()["error"] == "invalid_client"
+    named = smart.http.post(smart.token_url, data={"grant_type": "refresh_token", "client_id": client["client_id"],
+                                                   "refresh_token": tokens["refresh_token"]})
+    assert named.status_code == 401  # naming it is not authenticating it
+    ok = smart.http.post(smart.token_url,
+                         data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+                         auth=(client["client_id"], client["client_secret"]))
+    assert ok.status_code == 200, ok.text
+
+
 def test_introspection_and_revocation(smart: Smart) -> None:
     resource_server = smart.client(["client_credentials"], "system/Patient.rs", resource_server=True)
     rs_auth = (resource_server["client_id"], resource_server["client_secret"])
