@@ -9,9 +9,11 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from fhir_server import logs
 from fhir_server.auth import cli as auth_cli
-from fhir_server.config import get_settings
+from fhir_server.config import get_settings, settings_errors
 from fhir_server.jobs import cli as jobs_cli
 from fhir_server.packages import cli as packages_cli
 from terminology import cli as terminology_cli
@@ -39,12 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply pending database migrations")
     load = sub.add_parser("load", help="load Bundles (.json) and resources (.ndjson); prints counts")
     load.add_argument("paths", nargs="+")
+    load.add_argument("--upsert", action="store_true",
+                      help="loading the same files again creates nothing twice (urn:uuid fullUrls become ids; "
+                           "resources without an id are matched by their first identifier)")
     auth_cli.add_parsers(sub)  # users create, clients create (fhir_server/auth/cli.py)
     terminology_cli.add_parsers(sub)  # terminology load-core (terminology/cli.py)
     packages_cli.add_parsers(sub)  # packages install (fhir_server/packages/cli.py)
     jobs_cli.add_parsers(sub)  # worker, outbox list|retry (fhir_server/jobs/cli.py)
     args = parser.parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for line in settings_errors(exc):
+            print(f"fhir-server: {line}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_format, logging.INFO)  # FHIR_LOG_FORMAT=json: one object per line
 
     if args.command == "migrate":
@@ -97,8 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(settings, args)
     if args.command == "load":
         from fhir_server.loader import load_paths
+        from fhir_server.storage.database import make_engine
+        from fhir_server.storage.migrate import upgrade
 
-        return load_paths(settings, args.paths, out=sys.stdout)
+        engine = make_engine(settings)
+        upgrade(engine)  # a fresh data directory or an older database: bring it to the code's schema first
+        from fhir_server.rest.server import FhirServer
+
+        return load_paths(settings, args.paths, out=sys.stdout, server=FhirServer(settings, engine),
+                          upsert=args.upsert, err=sys.stderr)
     return 2
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import SecretStr, model_validator
+from pydantic import SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -124,3 +124,16 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_errors(exc: ValidationError) -> list[str]:
+    """One line per broken setting, naming its variable and the rule (for the command line)."""
+    lines = []
+    for error in exc.errors():
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        if error.get("loc"):
+            name = "FHIR_" + "_".join(str(part) for part in error["loc"]).upper()
+            lines.append(f"{name}: {message} (got {error.get('input')!r})")
+        else:
+            lines.append(message)  # a rule across settings: its message names the variables
+    return lines
