@@ -29,11 +29,14 @@ from fhir_server.validation.matching import (
     type_by_suffix,
 )
 from fhir_server.validation.profile import ElementDef, Profile
+from terminology import ucum
 
 INVARIANT, NOT_FOUND = "invariant", "not-found"
 _CONTAINERS = frozenset({"BackboneElement", "Element"})
 _NESTED = frozenset({"Resource", "DomainResource"})
 
+# Quantity and its profiles in R4 (datatypes.html): each may state a UCUM code.
+_QUANTITIES = frozenset({"Quantity", "Age", "Count", "Distance", "Duration", "SimpleQuantity", "MoneyQuantity"})
 
 class Definitions(Protocol):
     """What the walker looks up: compiled definitions and value set membership."""
@@ -169,6 +172,8 @@ class Walker:
             bindings.check(self, edef, item, base=True)
         if item.type == "Reference" or (edef.types and edef.types[0].code == "Reference"):
             references.check(self, edef, item, resource)
+        if base and item.type in _QUANTITIES:
+            self._ucum(item)
         node = item.node
         for c in target.constraints:
             mark = (c.key, item.path)
@@ -211,6 +216,17 @@ class Walker:
                     self._nested(it, resource)
                     continue
                 self.element(child, it, resource, base=base)
+
+    def _ucum(self, item: Item) -> None:
+        """A Quantity whose system is UCUM must carry a UCUM expression as its code (the HL7 validator's
+        check; the unit may be any text)."""
+        value = item.value
+        if not isinstance(value, dict) or value.get("system") != ucum.SYSTEM:
+            return
+        code = value.get("code")
+        if isinstance(code, str) and not ucum.is_valid(code):
+            self.issue(bindings.CODE_INVALID, f"{item.path}.code",
+                       f"{code!r} is not a valid UCUM expression (system {ucum.SYSTEM})")
 
     def _datatype(self, item: Item, resource: dict[str, Any]) -> None:
         """Base mode below an element the resource definition does not detail: the datatype's definition."""

@@ -88,3 +88,12 @@ def test_unknown_profile_is_a_warning_unless_strict(store: httpx.Client, strict:
     assert _error_paths(r) == {"Patient"}
     assert any("not known" in i["diagnostics"] for i in r.json()["issue"] if i["severity"] == "error")
     assert strict.post("Patient", json=tp.good_patient()).status_code == 201
+
+
+def test_a_ucum_quantity_with_a_non_ucum_code_is_refused(store: httpx.Client) -> None:
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "glucose"},
+           "valueQuantity": {"value": 5.4, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "blorbs"}}
+    assert _error_paths(store.post("Observation", json=obs)) == {"Observation.value.ofType(Quantity).code"}
+    assert store.get("Observation").json().get("total", 0) == 0  # nothing stored
+    obs["valueQuantity"]["code"] = "mmol/L"
+    assert store.post("Observation", json=obs).status_code == 201

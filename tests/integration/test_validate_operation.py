@@ -226,3 +226,23 @@ def test_capability_statement_lists_installed_profiles(profiled) -> None:  # typ
     assert by_type["Observation"]["supportedProfile"] == [tp.OBSERVATION]
     assert "supportedProfile" not in by_type["Encounter"]
     assert any(op["name"] == "validate" for op in by_type["Encounter"]["operation"])
+
+
+def test_ucum_code_must_be_a_ucum_expression(api) -> None:  # type: ignore[no-untyped-def]
+    def quantity(code: str, unit: str = "whatever") -> dict[str, Any]:
+        return {"resourceType": "Observation", "status": "final", "code": {"text": "glucose"},
+                "valueQuantity": {"value": 5.4, "unit": unit, "system": "http://unitsofmeasure.org", "code": code}}
+
+    bad = [i for i in validate(api, quantity("blorbs")) if i["severity"] == "error"]
+    assert [i["expression"] for i in bad] == [["Observation.value.ofType(Quantity).code"]]
+    assert "blorbs" in bad[0]["diagnostics"] and "UCUM" in bad[0]["diagnostics"]
+    for good in ("mmol/L", "mg/dL", "10*3/uL", "mm[Hg]", "{beats}/min"):
+        assert not [i for i in validate(api, quantity(good)) if i["severity"] == "error"], good
+    # Another system's code is not UCUM's business; the unit text is free.
+    other = quantity("blorbs") | {"valueQuantity": {"value": 1, "system": "http://example.org/units", "code": "blorbs"}}
+    assert not [i for i in validate(api, other) if i["severity"] == "error"]
+    # Age, Duration and the rest are Quantities too.
+    age = {"resourceType": "Condition", "subject": {"reference": "Patient/x"}, "onsetAge": {
+        "value": 3, "system": "http://unitsofmeasure.org", "code": "yearz"}}
+    assert any(i["expression"] == ["Condition.onset.ofType(Age).code"] for i in validate(api, age)
+               if i["severity"] == "error")
