@@ -10,7 +10,7 @@ from datetime import timedelta
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from fhir_server.api import admin, auth, fhir, health, hl7_admin, landing, metrics, subscriptions_ws
+from fhir_server.api import admin, auth, docs, fhir, health, hl7_admin, landing, metrics, subscriptions_ws
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.config import Settings, get_settings
 from fhir_server.errors import EXCEPTION, Issue, operation_outcome
@@ -47,7 +47,8 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
         if server.audit is not None:  # write the AuditEvents still queued
             server.audit.recorder.close()
 
-    app = FastAPI(title="FHIR R4 server", version="0.1.0", lifespan=lifespan, docs_url="/docs")
+    # /docs is ours (api/docs.py): Swagger UI from local files, with the FHIR API beside these routes.
+    app = FastAPI(title="FHIR R4 server", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.fhir = server
     app.state.outbox = dispatcher
     auth.install(app, server)  # SMART on FHIR: /auth/*, /fhir/.well-known/* (before the catch-all), CORS
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app.include_router(hl7_admin.router)  # /admin/hl7/messages (operators of lab interfaces)
     app.include_router(subscriptions_ws.router)  # the Subscription websocket channel
     app.include_router(landing.router)  # GET /: links to the entry points
+    docs.install(app)  # /docs (Swagger UI, local files), /openapi/fhir.json (from the CapabilityStatement)
     app.include_router(health.router)  # /health/live, /health/ready
     app.include_router(metrics.router)  # /metrics (Prometheus)
     app.include_router(fhir.router)

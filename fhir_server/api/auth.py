@@ -126,7 +126,9 @@ async def jwks(request: Request) -> Response:
 
 # --- authorization endpoint ----------------------------------------------------------------------------------
 
-@router.api_route("/auth/authorize", methods=["GET", "POST"], summary="Sign in and consent (authorization code)")
+# One route per method: a two-method route gives both the same OpenAPI operationId.
+@router.get("/auth/authorize", summary="Sign in and consent (authorization code)", operation_id="authorize_get")
+@router.post("/auth/authorize", summary="Sign in and consent (the form's answer)", operation_id="authorize_post")
 async def authorize(request: Request) -> Response:
     auth = _auth(request)
     urls = auth.urls(request)
