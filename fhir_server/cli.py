@@ -107,15 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(settings, args)
     if args.command == "load":
         from fhir_server.loader import load_paths
+        from fhir_server.rest.server import FhirServer
+        from fhir_server.storage.access import as_system
         from fhir_server.storage.database import make_engine
         from fhir_server.storage.migrate import upgrade
 
         engine = make_engine(settings)
         upgrade(engine)  # a fresh data directory or an older database: bring it to the code's schema first
-        from fhir_server.rest.server import FhirServer
-
         return load_paths(settings, args.paths, out=sys.stdout, server=FhirServer(settings, engine),
-                          upsert=args.upsert, err=sys.stderr)
+                          access=as_system("fhir-server load (operator)"), upsert=args.upsert, err=sys.stderr)
     return 2
 
 

@@ -15,6 +15,7 @@ import orjson
 from fhir_server.config import Settings
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
+from fhir_server.storage.repository import AccessPolicy
 
 CHUNK = 500
 
@@ -88,8 +89,9 @@ def _bundles_of(path: Path, upsert: bool) -> Iterator[dict[str, Any]]:
 
 
 def load_paths(settings: Settings, paths: list[str], out: IO[str], server: FhirServer | None = None, *,
-               upsert: bool = False, err: IO[str] | None = None) -> int:
-    """Exit status: 0 all loaded, 1 some Bundles failed, 2 a path does not exist or is not JSON."""
+               access: AccessPolicy, upsert: bool = False, err: IO[str] | None = None) -> int:
+    """``access``: whose load this is (``fhir-server load``: the operator, ``as_system``).
+    Exit status: 0 all loaded, 1 some Bundles failed, 2 a path does not exist or is not JSON."""
     err = err or out
     missing = [raw for raw in paths if not Path(raw).exists()]
     if missing:
@@ -108,7 +110,7 @@ def load_paths(settings: Settings, paths: list[str], out: IO[str], server: FhirS
             continue
         for bundle in bundles:
             resp = server.handle(FhirRequest("POST", "", headers={"content-type": "application/fhir+json"},
-                                             resource=bundle, base_url=settings.base_url or ""))
+                                             resource=bundle, base_url=settings.base_url or "", access=access))
             if resp.status != 200:
                 failed += 1
                 diag = "; ".join(i.get("diagnostics", "") for i in (resp.resource or {}).get("issue", []))
