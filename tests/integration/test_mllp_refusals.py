@@ -12,7 +12,7 @@ from sqlalchemy import text
 from interfaces.mllp.listener import MllpListener
 from interfaces.mllp.store import ERROR, PROCESSED, REJECTED, MessageStore, StoredMessage
 from tests.conftest import LiveServer
-from tests.integration.test_mllp import Running, exchange, golden, segment
+from tests.integration.test_mllp import Running, exchange, segment
 
 MSH = "MSH|^~\\&|ANALYZER|CITYLAB|FHIR|HOSP|{ts}||ORU^R01^ORU_R01|{cid}|P|2.5.1{tail}\r"
 BODY = ("PID|1||MRN30001^^^HOSP^MR||{name}||19800115|F\r"
@@ -150,6 +150,19 @@ def test_bytes_invalid_for_the_msh_18_charset_are_ae_at_msh_18(api: LiveServer, 
     [ok] = exchange(mllp.port, honest)
     assert segment(ok, "MSA")[1] == "AA"
     patient = api.http.get("Patient?identifier=MRN30002").json()["entry"][0]["resource"]
+    assert patient["name"][0]["family"] == "Müller"
+
+
+def test_in_a_batch_each_message_is_checked_by_its_own_msh_18(api: LiveServer, mllp: Running,
+                                                               baseline: tuple[int, int]) -> None:
+    lying = oru("BCS-1", name="Müller^Jürgen", tail="||||||UNICODE UTF-8")
+    honest = oru("BCS-2", name="Müller^Jürgen", tail="||||||8859/1").replace("MRN30001", "MRN30003")
+    batch = "BHS|^~\\&|ANALYZER|CITYLAB|FHIR|HOSP|20240307091500||||B-1\r" + lying + honest + "BTS|2\r"
+    [reply] = exchange(mllp.port, batch.encode("latin-1"))
+    acks = ["MSH" + a for a in reply.split("\rMSH")[1:]]
+    assert assert_answered(acks[0], "AE", "BCS-1")[2:4] == ["MSH^1^18", "102^Data type error^HL70357"]
+    assert segment(acks[1], "MSA")[1:3] == ["AA", "BCS-2"]
+    patient = api.http.get("Patient?identifier=MRN30003").json()["entry"][0]["resource"]
     assert patient["name"][0]["family"] == "Müller"
 
 
