@@ -128,11 +128,11 @@ class Hl7Pipeline:
     def accept_text(self, text: str, oversize: int | None = None, errors: Sequence[ErrorDetail] = ()) -> Accepted:
         try:
             msg = parse(text)
-        except MessageError as exc:
-            return self._reject_unreadable(text, str(exc))
+        except MessageError as exc:  # (a cut-off oversize frame may not parse: the size is the reason then)
+            return self._reject_unreadable(text, _too_large(oversize) if oversize is not None else str(exc))
         header = read_header(msg)
         if oversize is not None:
-            detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, f"Message of {oversize} bytes exceeds the limit")
+            detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, _too_large(oversize))
             return self._store_rejected(msg, header, text, detail)
         if not header.version_supported():
             detail = ErrorDetail(UNSUPPORTED_VERSION_ID, f"Unsupported version {header.version or '(none)'}",
@@ -377,6 +377,10 @@ class Hl7Pipeline:
         self.process(acc)
         updated = self.store.get(row.pk)
         return updated.status if updated else RECEIVED
+
+
+def _too_large(size: int) -> str:
+    return f"Message of {size} bytes exceeds the limit"
 
 
 def _byte_errors(raw: bytes) -> list[ErrorDetail]:
