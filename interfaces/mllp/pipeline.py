@@ -154,7 +154,7 @@ class Hl7Pipeline:
         if key is not None:
             running = self.inflight.claim(key)
             if running is not None:  # the first copy is still being processed: its outcome answers this one
-                return Accepted([], None, header, msg, original=running)
+                return Accepted([], None, header, msg, original=running, errors=list(errors))
         try:
             stored = self.store.receive(sender=header.sender, control_id=header.control_id or None,
                                         message_type=header.event, version=header.version, raw=text,
