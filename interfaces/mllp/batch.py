@@ -54,10 +54,13 @@ def _field(segment: str, seq: int) -> str:
 
 
 def handle_batch(pipeline: Hl7Pipeline, raw: bytes) -> str:
-    headers, messages, _stray = split_batch(decode(raw))
+    # Split on the bytes (read as Latin-1: one character per byte, so every message keeps its exact bytes),
+    # then each message is decoded, and its bytes checked, by its own MSH-18, as if it had come alone.
+    headers, messages, _stray = split_batch(raw.lstrip(b"\r\n ").removeprefix(b"\xef\xbb\xbf").decode("latin-1"))
+    headers = [decode(h.encode("latin-1")) for h in headers]
     acks: list[str] = []
     for message in messages:
-        acks.extend(pipeline.handle_text(message))
+        acks.extend(pipeline.handle(message.encode("latin-1")))
     fhs = next((h for h in headers if h.startswith("FHS")), None)
     bhs = next((h for h in headers if h.startswith("BHS")), headers[0] if headers else "BHS|^~\\&")
     now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")

@@ -37,6 +37,8 @@ from interfaces.mllp.store import (
 )
 from mappings.hl7v2.errors import (
     APPLICATION_INTERNAL_ERROR,
+    DATA_TYPE_ERROR,
+    REQUIRED_FIELD_MISSING,
     UNSUPPORTED_VERSION_ID,
     ErrorDetail,
     MappingError,
@@ -44,7 +46,15 @@ from mappings.hl7v2.errors import (
 )
 from mappings.hl7v2.header import Header, read_header
 from mappings.hl7v2.mapper import V2Mapper
-from mappings.hl7v2.message import MessageError, V2Message, decode, parse
+from mappings.hl7v2.message import (
+    Encoding,
+    MessageError,
+    V2Message,
+    charset_error,
+    decode,
+    parse,
+    parse_msh,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,8 @@ class Accepted:
     claimed: Key | None = None  # the in-flight claim this copy holds; ``process`` releases it
     # Another copy of this message is in flight: wait for it (``wait_for_original``), then accept again.
     original: threading.Event | None = None
+    # Found on the bytes before the text was stored (MSH-18 charset): the message gets AE, unmapped.
+    errors: list[ErrorDetail] = field(default_factory=list)
 
 
 @dataclass
@@ -119,16 +131,16 @@ class Hl7Pipeline:
 
     # -- step 1 ----------------------------------------------------------------------------------------
     def accept(self, raw: bytes, oversize: int | None = None) -> Accepted:
-        return self.accept_text(decode(raw), oversize)
+        return self.accept_text(decode(raw), oversize, _byte_errors(raw))
 
-    def accept_text(self, text: str, oversize: int | None = None) -> Accepted:
+    def accept_text(self, text: str, oversize: int | None = None, errors: Sequence[ErrorDetail] = ()) -> Accepted:
         try:
             msg = parse(text)
-        except MessageError as exc:
-            return self._reject_unreadable(text, str(exc))
+        except MessageError as exc:  # (a cut-off oversize frame may not parse: the size is the reason then)
+            return self._reject_unreadable(text, _too_large(oversize) if oversize is not None else str(exc))
         header = read_header(msg)
         if oversize is not None:
-            detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, f"Message of {oversize} bytes exceeds the limit")
+            detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, _too_large(oversize))
             return self._store_rejected(msg, header, text, detail)
         if not header.version_supported():
             detail = ErrorDetail(UNSUPPORTED_VERSION_ID, f"Unsupported version {header.version or '(none)'}",
@@ -138,6 +150,11 @@ class Hl7Pipeline:
             self.mapper.template_for(header)
         except RejectedMessage as exc:
             return self._store_rejected(msg, header, text, exc.detail)
+        if not header.control_id:  # nothing to tell a re-send from a new message by: refused, not guessed at
+            detail = ErrorDetail(REQUIRED_FIELD_MISSING, "MSH-10 (message control id) is required: without it "
+                                 "a re-sent message cannot be recognised", "MSH", 1, 10)
+            return self._store_rejected(msg, header, text, detail)
+        text = _storable(text, msg.enc)
         # Enhanced mode: the accept ACK (CA) is committed with the message, then sent before processing.
         accept_ack = build_ack(header, "CA", enc=msg.enc) \
             if header.enhanced and _wants(header.accept_ack, True) else None
@@ -145,7 +162,7 @@ class Hl7Pipeline:
         if key is not None:
             running = self.inflight.claim(key)
             if running is not None:  # the first copy is still being processed: its outcome answers this one
-                return Accepted([], None, header, msg, original=running)
+                return Accepted([], None, header, msg, original=running, errors=list(errors))
         try:
             stored = self.store.receive(sender=header.sender, control_id=header.control_id or None,
                                         message_type=header.event, version=header.version, raw=text,
@@ -160,7 +177,8 @@ class Hl7Pipeline:
                     self.inflight.release(key)
                 return Accepted(stored.acks, stored, header, msg)
             log.info("hl7 message %s is a re-send of one not yet acknowledged; processing it", stored.pk)
-        return Accepted([accept_ack] if accept_ack else [], stored, header, msg, to_process=True, claimed=key)
+        return Accepted([accept_ack] if accept_ack else [], stored, header, msg, to_process=True, claimed=key,
+                        errors=list(errors))
 
     def wait_for_original(self, acc: Accepted, text: str) -> Accepted:
         """For a copy of a message in flight: block until the first copy has finished, then answer with its
@@ -175,7 +193,7 @@ class Hl7Pipeline:
             row = self.store.find(acc.header.sender[:255], acc.header.control_id[:199])
             if row is not None and row.acks and row.status != RECEIVED:
                 return Accepted(row.acks, row, acc.header, acc.msg)
-            acc = self.accept_text(text)  # the first copy gave up without an outcome: this one runs it
+            acc = self.accept_text(text, errors=acc.errors)  # the first copy left no outcome: this one runs it
         return acc
 
     def still_in_flight(self, acc: Accepted) -> str:
@@ -187,16 +205,29 @@ class Hl7Pipeline:
         return build_ack(acc.header, "CE" if acc.header.enhanced else "AE", [detail], enc=enc)
 
     def _reject_unreadable(self, text: str, reason: str) -> Accepted:
-        ack = build_ack(None, "AR", [ErrorDetail(APPLICATION_INTERNAL_ERROR, reason, "MSH", 1)])
-        self.store.receive(sender="", control_id=None, message_type="", version="", raw=text, status=REJECTED,
-                           error=reason, ack=ack)
-        return Accepted([ack])
+        detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, reason, "MSH", 1)
+        msh = parse_msh(text)
+        if msh is None:  # not even MSH: a minimal ACK
+            ack = build_ack(None, "AR", [detail])
+            self.store.receive(sender="", control_id=None, message_type="", version="", raw=text,
+                               status=REJECTED, error=reason, ack=ack)
+            return Accepted([ack])
+        # MSH was readable: answer its sender properly (MSA-2, MSH-3/4 <-> 5/6). Stored without its control
+        # id, so that a corrected message re-sent under the same id is not taken for a duplicate of this.
+        header = read_header(msh)
+        ack = build_ack(header, "CR" if header.enhanced else "AR", [detail], enc=msh.enc)
+        self.store.receive(sender=header.sender, control_id=None, message_type=header.event,
+                           version=header.version, raw=_storable(text, msh.enc), status=REJECTED, error=reason,
+                           ack=ack)
+        send = not header.enhanced or _wants(header.accept_ack, False)
+        return Accepted([ack] if send else [])
 
     def _store_rejected(self, msg: V2Message, header: Header, text: str, detail: ErrorDetail) -> Accepted:
         code = "CR" if header.enhanced else "AR"
         ack = build_ack(header, code, [detail], enc=msg.enc)
         stored = self.store.receive(sender=header.sender, control_id=header.control_id or None,
-                                    message_type=header.event, version=header.version, raw=text,
+                                    message_type=header.event, version=header.version,
+                                    raw=_storable(text, msg.enc),
                                     status=REJECTED, error=detail.describe(), ack=ack)
         if stored.duplicate and stored.acks:
             return Accepted(stored.acks, stored, header, msg)
@@ -226,6 +257,8 @@ class Hl7Pipeline:
         assert acc.stored is not None and acc.header is not None and acc.msg is not None
         header, msg, stored = acc.header, acc.msg, acc.stored
         sent = acc.immediate if header.enhanced else []
+        if acc.errors:
+            return Finished(self._fail(acc, ERROR, "AE", acc.errors))
         try:
             result = self.mapper.map(msg, header, stored.received_at)
         except MappingError as exc:
@@ -295,10 +328,10 @@ class Hl7Pipeline:
 
     def handle(self, raw: bytes) -> list[str]:
         """Both steps at once (tests, replay): every ACK this message produces."""
-        return self.handle_text(decode(raw))
+        return self.handle_text(decode(raw), _byte_errors(raw))
 
-    def handle_text(self, text: str) -> list[str]:
-        acc = self.accept_text(text)
+    def handle_text(self, text: str, errors: Sequence[ErrorDetail] = ()) -> list[str]:
+        acc = self.accept_text(text, errors=errors)
         if acc.original is not None:  # a copy of a message in flight: wait for it, answer with its outcome
             acc = self.wait_for_original(acc, text)
             if acc.original is not None:
@@ -353,6 +386,23 @@ class Hl7Pipeline:
         self.process(acc)
         updated = self.store.get(row.pk)
         return updated.status if updated else RECEIVED
+
+
+def _too_large(size: int) -> str:
+    return f"Message of {size} bytes exceeds the limit"
+
+
+def _byte_errors(raw: bytes) -> list[ErrorDetail]:
+    problem = charset_error(raw)
+    return [ErrorDetail(DATA_TYPE_ERROR, problem, "MSH", 1, 18)] if problem else []
+
+
+def _storable(text: str, enc: Encoding) -> str:
+    """The text as stored: U+0000, which PostgreSQL text cannot hold, as the HL7 hex escape \\X00\\ (the same
+    character to a reader of the message, so a replay refuses it again rather than mapping it changed)."""
+    if "\x00" not in text or not enc.escape:
+        return text
+    return text.replace("\x00", f"{enc.escape}X00{enc.escape}")
 
 
 def _reference(location: str) -> str | None:

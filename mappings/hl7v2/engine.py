@@ -7,13 +7,18 @@ Template language (kept deliberately small; see mappings/hl7v2/README.md):
 - ``{"$": path, "each": true, "as": T, "map": M, "fn": F}``: read a path (all repetitions with ``each``), then
   render it with a datatype partial or convert it to a primitive (``as``), look it up in a JSON code map
   (``map``) or hand it to a named function (``fn``);
-- ``{"$when": {"$": path, "in": [...]} | {"$": path, "present": true}, ...}``: the node only if the test holds;
+- ``{"$when": {"$": path, "in": [...]} | {"$": path, "present": true}, ...}``: the node only if the test holds
+  (``present``: the first component has text; ``valued``: any component of any repetition has);
 - ``{"$first": [node, ...]}``: the first non-empty; ``{"$literal": x}``: x as is;
 - ``{"$ref": key}`` / ``{"$refs": key}``: Reference(s) to resources produced by another rule (nearest / all in
   this group); ``{"$segments": "NK1", "template": {...}}``: render a template once per such segment
   (``following``: only the segments right after the current one, e.g. NTE after OBX; ``joined``: as one text);
 - ``{"$fn": name}``: a named function of the current datatype value (see functions.py);
-- on any directive: ``required`` (empty -> AE 101 at that path), ``default`` (used when empty), ``with``
+- on a ``map`` directive, ``strict``: a code the map does not hold is an error at that path, 102 when the map
+  lists it under ``refused`` (with the reason), else 103 (not a ``what`` of the map's ``table``);
+- ``"$checks": [node, ...]`` at the top of a resource template: rendered first, only for their errors;
+- on any directive: ``required`` (empty -> AE 101 at that path, only where its ``$when`` holds; ``because``
+  says why in the error text), ``default`` (used when empty), ``with``
   (constant members merged into the result, e.g. an identifier type), ``following`` (read the field from
   the segments right after the current one, e.g. RXR after RXA).
 Empty values are pruned, and an object left with only constants is dropped (a coding system without a code).
@@ -28,7 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from mappings.hl7v2 import convert
-from mappings.hl7v2.errors import DATA_TYPE_ERROR, REQUIRED_FIELD_MISSING, ErrorDetail, MappingError
+from mappings.hl7v2.errors import (
+    DATA_TYPE_ERROR,
+    REQUIRED_FIELD_MISSING,
+    TABLE_VALUE_NOT_FOUND,
+    ErrorDetail,
+    MappingError,
+)
 from mappings.hl7v2.message import Segment, V2Message, unescape
 
 Json = Any
@@ -218,6 +229,8 @@ class Engine:
         return node
 
     def _render_object(self, node: dict[str, Any], ctx: Context) -> Json:
+        if "$when" in node and node.get("required") and not self._test(node["$when"], ctx):
+            return None  # required only where its condition holds
         result = self._render_node(node, ctx)
         if _empty(result):
             if node.get("required"):
@@ -275,7 +288,8 @@ class Engine:
         segs = self._segments(seg_id, ctx, False) if rest else []
         seg = segs[0] if segs else ctx.seg
         numbers = [int(p) for p in rest.split(".") if p.isdigit()]
-        return MappingError(ErrorDetail(REQUIRED_FIELD_MISSING, f"{path or 'a value'} is required",
+        because = f" {node['because']}" if node.get("because") else ""
+        return MappingError(ErrorDetail(REQUIRED_FIELD_MISSING, f"{path or 'a value'} is required{because}",
                                         seg_id or seg.id, seg.occurrence if segs else 1,
                                         numbers[0] if numbers else 0, numbers[1] if len(numbers) > 1 else 0))
 
@@ -304,8 +318,22 @@ class Engine:
                     raise value.error(DATA_TYPE_ERROR, str(exc)) from exc
             return self.render(self.partials[kind], ctx.with_value(value))
         if "map" in node:
-            return self.lookup(node["map"], value.text())
+            code = value.text()
+            found = self.lookup(node["map"], code)
+            if found is None and code and node.get("strict"):
+                raise self._not_mapped(node["map"], code, value)
+            return found
         return value.text() or None
+
+    def _not_mapped(self, name: str, code: str, value: Value) -> MappingError:
+        table = self.codemaps[name]
+        what = table.get("what", f"code of {name}")
+        refused = table.get("refused", {})
+        reason = refused.get(code) or refused.get(code.upper())
+        if reason:
+            return value.error(DATA_TYPE_ERROR, f"{what} {code!r} is refused ({reason})")
+        where = f" ({table['table']})" if "table" in table else ""
+        return value.error(TABLE_VALUE_NOT_FOUND, f"{code!r} is not a {what}{where}")
 
     def lookup(self, name: str, code: str) -> Json:
         table = self.codemaps[name]
@@ -328,6 +356,9 @@ class Engine:
             return text not in test["not_in"]
         if "present" in test:
             return bool(text) == bool(test["present"])
+        if "valued" in test:  # any component of any repetition has content (OBX-5 "^182" is valued)
+            valued = any(_has_content(v) for v in self.resolve(test["$"], ctx))
+            return valued == bool(test["valued"])
         raise ValueError(f"unknown $when test {test}")
 
     # -- references between planned resources ---------------------------------------------------------
@@ -345,6 +376,14 @@ class Engine:
         """Resources of ``key`` whose group parent (nearest segment of the current id) is the current one."""
         return [p for p in ctx.planned
                 if p.key == key and ctx.msg.nearest(ctx.seg.id, p.segment) is ctx.seg]
+
+
+def _has_content(value: Value) -> bool:
+    enc = value.segment.enc
+    rest = value.raw.replace('""', "")
+    for delimiter in (enc.component, enc.subcomponent, enc.repetition):
+        rest = rest.replace(delimiter, "")
+    return bool(rest.strip())
 
 
 def stable_uuid(*parts: str) -> str:

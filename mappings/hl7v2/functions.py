@@ -80,15 +80,30 @@ def _sn(value: Value) -> tuple[str, str, str, str]:
     return parts[0], parts[1], parts[2], parts[3]
 
 
-def sn_quantity(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
+# SN -> value[x] as the v2-to-FHIR IG's OBX-5 rows decide it: "<>" (not equal) and the "+" suffix ("2+")
+# have no numeric FHIR form and become valueString, as does any SN that fits none of the other forms.
+def _sn_kind(value: Value) -> str:
     comparator, num1, sep, num2 = _sn(value)
-    if sep or num2 or not num1:
+    if comparator == "<>" or sep == "+":
+        return "string"
+    if not sep and not num2 and num1:
+        return "quantity"
+    if sep == "-" and num2:
+        return "range"
+    if sep in (":", "/") and num2:
+        return "ratio"
+    return "string"
+
+
+def sn_quantity(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
+    comparator, num1, _sep, _num2 = _sn(value)
+    if _sn_kind(value) != "quantity":
         return None
     units = ctx.engine.resolve(node["units"], ctx)
     out: dict[str, Any] = {"value": _number(value, num1), **_unit(units[0] if units else None, ctx)}
     if comparator in ("<", ">", "<=", ">="):
         out["comparator"] = comparator
-    elif comparator in ("<>", "="):
+    elif comparator == "=":
         pass
     elif comparator:
         raise value.error(DATA_TYPE_ERROR, f"SN comparator {comparator!r} is not one of > < >= <= = <>")
@@ -96,8 +111,8 @@ def sn_quantity(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
 
 
 def sn_range(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
-    _comparator, num1, sep, num2 = _sn(value)
-    if sep not in ("-",) or not num2:
+    _comparator, num1, _sep, num2 = _sn(value)
+    if _sn_kind(value) != "range":
         return None
     units = ctx.engine.resolve(node["units"], ctx)
     unit = _unit(units[0] if units else None, ctx)
@@ -105,10 +120,25 @@ def sn_range(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
 
 
 def sn_ratio(value: Value, _ctx: Context, _node: dict[str, Any]) -> Json:
-    _comparator, num1, sep, num2 = _sn(value)
-    if sep not in (":", "/") or not num2:
+    _comparator, num1, _sep, num2 = _sn(value)
+    if _sn_kind(value) != "ratio":
         return None
     return {"numerator": {"value": _number(value, num1)}, "denominator": {"value": _number(value, num2)}}
+
+
+def sn_text(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
+    """SN the IG makes a valueString: "OBX-5.1 OBX-5.2 OBX-5.3 OBX-5.4 OBX-6" (empty parts left out)."""
+    if _sn_kind(value) != "string":
+        return None
+    units = ctx.engine.resolve(node["units"], ctx)
+    parts = [*_sn(value), units[0].text() if units else ""]
+    return " ".join(p for p in parts if p) or None
+
+
+def components_text(value: Value, _ctx: Context, node: dict[str, Any]) -> Json:
+    """Components 1 and 2 joined by ``separator`` (VR: "low-high", as the IG writes OBX-5.1+"-"+OBX-5.2)."""
+    low, high = value.part(1), value.part(2)
+    return f"{low}{node['separator']}{high}" if low or high else None
 
 
 def reference_range(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
@@ -257,7 +287,8 @@ def own_order(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json
 
 FUNCTIONS: dict[str, Function] = {
     "identifier_system": identifier_system, "coding_system": coding_system, "quantity": quantity,
-    "sn_quantity": sn_quantity, "sn_range": sn_range, "sn_ratio": sn_ratio, "reference_range": reference_range,
+    "sn_quantity": sn_quantity, "sn_range": sn_range, "sn_ratio": sn_ratio, "sn_text": sn_text,
+    "components_text": components_text, "reference_range": reference_range,
     "joined_text": joined_text, "person_name": person_name, "location_display": location_display,
     "telecom_value": telecom_value, "telecom_system": telecom_system, "encounter_status": encounter_status,
     "participant": participant, "event_lookup": event_lookup, "document_attachment": document_attachment,

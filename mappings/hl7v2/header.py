@@ -58,8 +58,10 @@ def _hd(seg: Segment, seq: int) -> str:
 
 
 def read_header(msg: V2Message) -> Header:
+    """MSH's values, U+0000 removed: they key the message store and are echoed in the ACK, neither of which
+    can hold it (the mapping then refuses the message naming the field, see checks.py)."""
     msh = msg.msh
-    return Header(
+    header = Header(
         sending_application=_hd(msh, 3), sending_facility=_hd(msh, 4),
         receiving_application=_hd(msh, 5), receiving_facility=_hd(msh, 6),
         message_type=msh.get(9, comp=1).upper(), trigger_event=msh.get(9, comp=2).upper(),
@@ -67,6 +69,9 @@ def read_header(msg: V2Message) -> Header:
         version=msh.get(12, comp=1), accept_ack=msh.get(15).upper(), application_ack=msh.get(16).upper(),
         charset=msh.get(18), datetime=msh.get(7),
     )
+    if any("\x00" in v for v in header.__dict__.values()):  # raw or as the hex escape \X00\
+        header = Header(**{k: v.replace("\x00", "") for k, v in header.__dict__.items()})
+    return header
 
 
 def known_structures(version: str) -> frozenset[str]:

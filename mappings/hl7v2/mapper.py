@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from mappings.hl7v2.checks import message_errors
 from mappings.hl7v2.engine import Context, Engine, Planned, stable_uuid
 from mappings.hl7v2.errors import (
     REQUIRED_FIELD_MISSING,
@@ -79,6 +80,9 @@ class V2Mapper:
 
     def map(self, msg: V2Message, header: Header, received: datetime) -> MappingResult:
         template = self.template_for(header)
+        errors = message_errors(msg, header)
+        if errors:
+            raise MappingError(*errors)
         variables = {"sender": header.sender, "control_id": header.control_id, "event": header.event,
                      "message_type": header.message_type, "trigger": header.trigger_event,
                      "sending_application": header.sending_application,
@@ -120,7 +124,10 @@ class V2Mapper:
 
     def _entry(self, p: Planned, ctx: Context) -> dict[str, Any] | None:
         template = self.resources[p.rule["template"]]
-        body = self.engine.render({k: v for k, v in template.items() if k != "resourceType"}, ctx) or {}
+        for check in template.get("$checks", []):  # refuse what the template cannot map, before mapping
+            self.engine.render(check, ctx)
+        body = self.engine.render({k: v for k, v in template.items() if k not in ("resourceType", "$checks")},
+                                  ctx) or {}
         resource: dict[str, Any] = {"resourceType": p.resource_type, **body}
         mode = p.rule.get("request", "update")
         if mode == "update":

@@ -28,23 +28,42 @@ class MessageError(ValueError):
     """The bytes are not an HL7 v2 message (no MSH, bad encoding characters): rejected with AR."""
 
 
-def detect_charset(raw: bytes) -> str:
-    """The codec named by MSH-18 (read before decoding: MSH itself is ASCII)."""
+def declared_charset(raw: bytes) -> str:
+    """MSH-18 as sent, upper case ("" when absent; read before decoding: MSH itself is ASCII)."""
     first = raw.split(b"\r", 1)[0].split(b"\n", 1)[0]
     if len(first) < 8 or not first.startswith(b"MSH"):
-        return "utf-8"
+        return ""
     fields = first.split(first[3:4])
-    name = fields[17].split(first[4:5])[0].decode("ascii", "replace").strip().upper() if len(fields) > 17 else ""
-    return CHARSETS.get(name, "utf-8")
+    return fields[17].split(first[4:5])[0].decode("ascii", "replace").strip().upper() if len(fields) > 17 else ""
+
+
+def detect_charset(raw: bytes) -> str:
+    """The codec named by MSH-18; UTF-8 when none or one we do not know is named."""
+    return CHARSETS.get(declared_charset(raw), "utf-8")
 
 
 def decode(raw: bytes) -> str:
+    """The message text. Bytes invalid for the charset are kept (read as Latin-1) so the message can be
+    stored as received; ``charset_error`` says whether the declared charset was broken."""
     codec = detect_charset(raw)
     try:
         return raw.decode(codec)
     except (UnicodeDecodeError, LookupError):
-        # Senders often claim ASCII/UTF-8 and send Latin-1: keep every byte rather than refuse the message.
         return raw.decode("latin-1")
+
+
+def charset_error(raw: bytes) -> str | None:
+    """Why the bytes are not valid in the character set MSH-18 declares; None when they are, or when MSH-18
+    names none (senders that declare nothing are read leniently, UTF-8 else Latin-1)."""
+    name = declared_charset(raw)
+    codec = CHARSETS.get(name)
+    if codec is None:
+        return None
+    try:
+        raw.decode(codec)
+    except UnicodeDecodeError as exc:
+        return f"byte {exc.start} (0x{raw[exc.start]:02X}) is not valid {name}, the character set MSH-18 declares"
+    return None
 
 
 @dataclass(frozen=True)
@@ -183,6 +202,16 @@ class V2Message:
         return self.segments[0]
 
 
+def parse_msh(text: str) -> V2Message | None:
+    """Only the MSH segment of a message the whole of which could not be parsed (to answer its sender with
+    MSA-2 and swapped MSH-3/4 and 5/6 all the same); None when MSH itself cannot be read."""
+    first = re.split(r"\r\n|\r|\n", text.lstrip("\ufeff\r\n "), maxsplit=1)[0]
+    try:
+        return parse(first)
+    except MessageError:
+        return None
+
+
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 
 
@@ -196,7 +225,8 @@ def parse(text: str) -> V2Message:
     if msh2_end < 0:
         raise MessageError("MSH has no encoding characters")
     chars = text[4:msh2_end]
-    if len(chars) < 4 or len(set(chars + sep)) != len(chars) + 1 or sep.isalnum() or any(c.isalnum() for c in chars):
+    if (len(chars) < 4 or len(set(chars + sep)) != len(chars) + 1 or sep.isalnum() or not sep.isprintable()
+            or any(c.isalnum() or not c.isprintable() for c in chars)):
         raise MessageError("MSH-2 encoding characters are invalid")
     enc = Encoding(sep, chars[0], chars[1], chars[2], chars[3], chars[4] if len(chars) > 4 else "")
     segments: list[Segment] = []

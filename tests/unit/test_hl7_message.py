@@ -7,7 +7,16 @@ import pytest
 from interfaces.mllp.ack import build_ack
 from mappings.hl7v2.errors import REQUIRED_FIELD_MISSING, ErrorDetail
 from mappings.hl7v2.header import read_header
-from mappings.hl7v2.message import Encoding, MessageError, decode, escape, parse, unescape
+from mappings.hl7v2.message import (
+    Encoding,
+    MessageError,
+    charset_error,
+    decode,
+    escape,
+    parse,
+    parse_msh,
+    unescape,
+)
 
 ENC = Encoding()
 
@@ -36,7 +45,27 @@ def test_charsets_from_msh18() -> None:
     utf8 = "MSH|^~\\&|A|B|||20240101||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|1||1||Müller".encode()
     assert "Müller" in decode(utf8)
     lying = "MSH|^~\\&|A|B|||20240101||ADT^A01|1|P|2.5||||||ASCII\rPID|1||1||Müller".encode("latin-1")
-    assert "Müller" in decode(lying)  # never refuse bytes: fall back to Latin-1
+    assert "Müller" in decode(lying)  # the text keeps every byte (stored as received, Latin-1)...
+    assert charset_error(lying) == "byte 63 (0xFC) is not valid ASCII, the character set MSH-18 declares"
+    assert charset_error(latin) is None and charset_error(utf8) is None  # ...but the lie is an error
+    undeclared = "MSH|^~\\&|A|B|||20240101||ADT^A01|1|P|2.5\rPID|1||1||Müller".encode("latin-1")
+    assert charset_error(undeclared) is None and "Müller" in decode(undeclared)  # nothing declared: lenient
+
+
+def test_msh_alone_when_the_rest_does_not_parse() -> None:
+    text = "MSH|^~\\&|LAB|CITY|EHR|HOSP|20240101||ORU^R01|C9|P|2.5\rPID|1\rpid|1"
+    with pytest.raises(MessageError):
+        parse(text)
+    msh = parse_msh(text)
+    assert msh is not None and read_header(msh).control_id == "C9"
+    assert parse_msh("MSH|^^~\\&|A") is None and parse_msh("hello") is None
+
+
+def test_nul_is_never_a_delimiter_and_never_keyed() -> None:
+    with pytest.raises(MessageError):
+        parse("MSH|^~\\\x00|A|B")
+    header = read_header(parse("MSH|^~\\&|A\x00|B|||20240101||ADT^A01|C\\X00\\1|P|2.5"))
+    assert header.sender == "A|B" and header.control_id == "C1"
 
 
 @pytest.mark.parametrize("text", ["", "PID|1", "MSH", "MSH|^^~\\&|A", "MSH|^~\\&|A\rPID|1\rMSH|^~\\&|B",
