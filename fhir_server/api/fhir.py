@@ -14,9 +14,10 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from fhir_server.api.auth import bearer_access
-from fhir_server.api.negotiation import FHIR_JSON, negotiate
+from fhir_server.api.negotiation import FHIR_JSON, FHIR_XML, XML_BODY_TYPES, negotiate
 from fhir_server.binary import media as binary_media
-from fhir_server.errors import TOO_COSTLY, FhirError
+from fhir_server.errors import NOT_SUPPORTED, STRUCTURE, TOO_COSTLY, FhirError
+from fhir_server.formats.xml import XmlError, from_xml, to_xml
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.server import FhirServer
 
@@ -37,13 +38,30 @@ def render(resp: FhirResponse, *, pretty: bool, head: bool, media_type: str = FH
                                  media_type=resp.media_type or "application/octet-stream")
     if resp.resource is None or resp.status == 304:
         return Response(status_code=resp.status, headers=headers)
+    if media_type == FHIR_XML:
+        try:
+            xml = to_xml(resp.resource)
+        except XmlError as exc:  # content XML cannot carry (never expected of stored resources): said in JSON
+            outcome = FhirError(406, NOT_SUPPORTED, f"The answer cannot be written as FHIR XML: {exc}",
+                                (exc.path,)).outcome()
+            return render(FhirResponse(406, outcome), pretty=pretty, head=head)
+        return Response(b"" if head else xml, status_code=resp.status, headers=headers,
+                        media_type=f"{FHIR_XML}; charset=utf-8")
     option = orjson.OPT_INDENT_2 if pretty else 0
     body = b"" if head else orjson.dumps(resp.resource, option=option)
-    return Response(body, status_code=resp.status, headers=headers, media_type=f"{media_type}; charset=utf-8")
+    return Response(body, status_code=resp.status, headers=headers, media_type=f"{FHIR_JSON}; charset=utf-8")
 
 
-def error_response(exc: FhirError, pretty: bool = False) -> Response:
-    return render(FhirResponse(exc.status, exc.outcome()), pretty=pretty, head=False)
+def error_response(exc: FhirError, pretty: bool = False, media_type: str = FHIR_JSON) -> Response:
+    return render(FhirResponse(exc.status, exc.outcome()), pretty=pretty, head=False, media_type=media_type)
+
+
+def xml_body(body: bytes) -> dict[str, Any]:
+    """A FHIR XML request body as the JSON form the core works in; 400 naming the element at fault."""
+    try:
+        return from_xml(body)
+    except XmlError as exc:
+        raise FhirError(400, STRUCTURE, str(exc), (exc.path,) if exc.path else ()) from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -106,17 +124,22 @@ async def fhir_endpoint(request: Request) -> Response:
     access = await bearer_access(request, path)  # auth: the token's access context, or a 401
     if isinstance(access, Response):
         return access
+    media_type = FHIR_JSON
+    resource: dict[str, Any] | None = None
+    headers: dict[str, Any] = {k.lower(): v for k, v in request.headers.items()}
     try:
-        negotiate(request.query_params.get("_format"), request.headers.get("accept"),
-                  raw_content=binary_media.is_read(request.method, path))
+        media_type = negotiate(request.query_params.get("_format"), request.headers.get("accept"),
+                               raw_content=binary_media.is_read(request.method, path))
         if binary_media.is_raw_write(request.method, path, request.headers.get("content-type")):
             body_file = await spool_body(request, server.settings.max_binary_bytes)
         elif request.method not in ("GET", "HEAD", "DELETE"):
             body = await read_body(request, server.settings.max_body_bytes)
+            if body and binary_media.media_type(headers.get("content-type")) in XML_BODY_TYPES:
+                resource = await run_in_threadpool(xml_body, body)  # the core sees JSON only
+                headers["content-type"] = FHIR_JSON
     except FhirError as exc:
-        return error_response(exc, pretty)
-    headers: dict[str, Any] = {k.lower(): v for k, v in request.headers.items()}
-    req = FhirRequest(request.method, path, query, headers, body, body_file=body_file,
+        return error_response(exc, pretty, media_type)
+    req = FhirRequest(request.method, path, query, headers, body, body_file=body_file, resource=resource,
                       base_url=base_url(request, server), access=access,
                       client_address=request.client.host if request.client else None)
     try:
@@ -124,7 +147,7 @@ async def fhir_endpoint(request: Request) -> Response:
     finally:
         if body_file is not None:
             body_file.close()
-    return render(resp, pretty=pretty, head=head)
+    return render(resp, pretty=pretty, head=head, media_type=media_type)
 
 
 # Plain Starlette routes, not FastAPI ones: the endpoint takes the raw request, and FastAPI's per-request

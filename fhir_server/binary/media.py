@@ -8,9 +8,9 @@ its own type unless the client asks for FHIR JSON (Accept or ``_format``).
 from __future__ import annotations
 
 FHIR_JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir", "text/json"}
-# Plain application/xml and text/xml are kept as raw content (a CDA document, say): FHIR XML is not spoken.
+# Plain application/xml and text/xml are kept as raw content (a CDA document, say); FHIR XML is a resource.
 FHIR_XML_TYPES = {"application/fhir+xml", "application/xml+fhir"}
-JSON_FORMATS = FHIR_JSON_TYPES | {"json"}
+FHIR_FORMATS = FHIR_JSON_TYPES | FHIR_XML_TYPES | {"json", "xml"}
 
 
 def media_type(header: str | None) -> str:
@@ -41,9 +41,16 @@ def is_read(method: str, path: str) -> bool:
 
 
 def wants_fhir(format_param: str | None, accept: str | None) -> bool:
-    """True when the client asked for the Binary resource itself (FHIR JSON) instead of its content."""
+    """True when the client asked for the Binary resource itself (FHIR JSON or XML) instead of its content."""
     if format_param:
-        return media_type(format_param) in JSON_FORMATS
+        return media_type(format_param) in FHIR_FORMATS
     if not accept:
         return False
-    return any(media_type(r) in FHIR_JSON_TYPES for r in accept.split(","))
+    return any(media_type(r) in FHIR_JSON_TYPES | FHIR_XML_TYPES for r in accept.split(","))
+
+
+def wants_xml(format_param: str | None, accept: str | None) -> bool:
+    """Of a client that asked for the Binary resource: whether in FHIR XML."""
+    if format_param:
+        return media_type(format_param) in FHIR_XML_TYPES | {"xml"}
+    return any(media_type(r) in FHIR_XML_TYPES for r in (accept or "").split(","))

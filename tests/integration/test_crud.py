@@ -98,15 +98,18 @@ def test_prefer_return(api: LiveServer) -> None:
 def test_format_negotiation_and_pretty(api: LiveServer) -> None:
     pid = api.http.post("Patient", json=patient(), headers=FHIR_JSON).json()["id"]
     xml = api.http.get(f"Patient/{pid}", headers={"Accept": "application/fhir+xml"})
-    assert xml.status_code == 406 and xml.json()["resourceType"] == "OperationOutcome"
-    assert api.http.get(f"Patient/{pid}", params={"_format": "xml"}).status_code == 406
+    assert xml.status_code == 200 and xml.headers["content-type"].startswith("application/fhir+xml")
+    assert api.http.get(f"Patient/{pid}", params={"_format": "xml"}).text.startswith("<?xml")
+    turtle = api.http.get(f"Patient/{pid}", params={"_format": "ttl"})
+    assert turtle.status_code == 406 and turtle.json()["resourceType"] == "OperationOutcome"
     assert api.http.get(f"Patient/{pid}", params={"_format": "json"}).status_code == 200
     assert api.http.get(f"Patient/{pid}", headers={"Accept": "application/json"}).status_code == 200
     pretty = api.http.get(f"Patient/{pid}", params={"_pretty": "true"})
     assert b"\n  " in pretty.content
     assert b"\n" not in api.http.get(f"Patient/{pid}").content
     xml_body = api.http.post("Patient", content=b"<Patient/>", headers={"Content-Type": "application/fhir+xml"})
-    assert xml_body.status_code == 415
+    assert xml_body.status_code == 400  # FHIR XML, but not in the FHIR namespace
+    assert "http://hl7.org/fhir" in xml_body.json()["issue"][0]["diagnostics"]
 
 
 def test_head_and_if_none_match(api: LiveServer) -> None:
