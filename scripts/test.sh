@@ -16,7 +16,13 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2 && apt-get install -y -qq chromium chromium-driver >&2
 fi
-export FHIR_TEST_POSTGRES_URL FHIR_TEST_REDIS_URL
+# The R4 specification's examples (npm package hl7.fhir.r4.examples), for the FHIR XML round trip tests.
+EXAMPLES=".cache/hl7.fhir.r4.examples-4.0.1"
+if [ ! -d "$EXAMPLES/package" ]; then
+  mkdir -p "$EXAMPLES" && (cd "$EXAMPLES" && npm pack -q hl7.fhir.r4.examples@4.0.1 >/dev/null && tar xzf ./*.tgz)
+fi
+FHIR_TEST_R4_EXAMPLES="$PWD/$EXAMPLES/package"
+export FHIR_TEST_POSTGRES_URL FHIR_TEST_REDIS_URL FHIR_TEST_R4_EXAMPLES
 
 echo "== ruff"; .venv/bin/ruff check fhir_server interfaces mappings terminology migrations tests bench
 echo "== mypy"; .venv/bin/mypy

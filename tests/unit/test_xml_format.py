@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
+from xml.etree.ElementTree import canonicalize
 
 import orjson
 import pytest
@@ -127,3 +130,41 @@ def test_entities_and_dtds_are_refused() -> None:
     for doc in (bomb, xxe, b"<Patient xmlns='http://hl7.org/fhir'>", b"not xml"):
         with pytest.raises(XmlError):
             from_xml(doc)
+
+
+def _spec_examples() -> list[Path]:
+    """One example of each resource type from the R4 specification (scripts/test.sh fetches the package)."""
+    folder = os.environ.get("FHIR_TEST_R4_EXAMPLES")
+    if not folder:
+        return []
+    first: dict[str, Path] = {}
+    for path in sorted(Path(folder).glob("*.json")):
+        kind = path.name.split("-", 1)[0]
+        if kind[:1].isupper() and kind not in first:
+            first[kind] = path
+    return list(first.values())
+
+
+def _same(original: Any, back: Any) -> bool:
+    """Equal, narratives compared as XML (C14N): ``&quot;`` and ``"`` are the same text."""
+    if isinstance(original, dict) and isinstance(back, dict):
+        return original.keys() == back.keys() and all(
+            canonicalize(v) == canonicalize(back[k]) if k == "div" and isinstance(v, str) else _same(v, back[k])
+            for k, v in original.items())
+    if isinstance(original, list) and isinstance(back, list):
+        return len(original) == len(back) and all(_same(a, b) for a, b in zip(original, back, strict=True))
+    return bool(original == back)
+
+
+def test_spec_examples_of_every_type_round_trip() -> None:
+    examples = _spec_examples()
+    if not examples:
+        if os.environ.get("CI"):
+            pytest.fail("FHIR_TEST_R4_EXAMPLES is not set (scripts/test.sh fetches hl7.fhir.r4.examples)")
+        pytest.skip("FHIR_TEST_R4_EXAMPLES is not set (scripts/test.sh fetches hl7.fhir.r4.examples)")
+    failed = []
+    for path in examples:
+        resource = orjson.loads(path.read_bytes())
+        if not _same(resource, from_xml(to_xml(resource))):
+            failed.append(path.name)
+    assert len(examples) >= 140 and failed == []
