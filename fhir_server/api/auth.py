@@ -24,13 +24,14 @@ from starlette.concurrency import run_in_threadpool
 from fhir_server.audit.codes import DCM, coding, own
 from fhir_server.audit.events import Actor
 from fhir_server.audit.service import actor_of
+from fhir_server.auth import picker
 from fhir_server.auth.access import AccessContext
 from fhir_server.auth.authorization import ISSUED, SmartAuthorizationServer, SmartRequest
 from fhir_server.auth.clients import CURRENT_URLS, Urls
 from fhir_server.auth.cors import CorsMiddleware, RegisteredOrigins
 from fhir_server.auth.discovery import capability_security, smart_configuration
 from fhir_server.auth.keys import KeyRing
-from fhir_server.auth.pages import HEADERS, authorize_page, error_page
+from fhir_server.auth.pages import HEADERS, authorize_page, error_page, picker_page
 from fhir_server.auth.ratelimit import RateLimiter
 from fhir_server.auth.scopes import describe, split
 from fhir_server.auth.store import AuthStore, User
@@ -42,7 +43,8 @@ router = APIRouter()
 T = TypeVar("T")
 CSRF_COOKIE = "smart_csrf"
 # Form fields of our own page, never passed on as OAuth parameters.
-PAGE_FIELDS = {"username", "password", "csrf_token", "decision", "patient"}
+PAGE_FIELDS = {"username", "password", "csrf_token", "decision", "patient", "pick_ticket", "q_name",
+               "q_identifier", "q_birthdate"}
 PUBLIC_FHIR_PATHS = {"metadata", ".well-known/smart-configuration"}
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -171,30 +173,60 @@ def _authorize(auth: SmartAuth, request: Request, urls: Urls, sreq: SmartRequest
     ask_patient = "launch/patient" in granted and launch_context is None
     client = grant.request.client
 
-    def page(error: str | None = None, status: int = 200) -> Response:
-        csrf = secrets.token_urlsafe(32)
-        # A relative action: the password goes back to the host the page came from, whatever Host said.
-        html = authorize_page(action=urlsplit(urls.authorize).path, client_name=client.name, csrf=csrf, error=error,
-                              scopes=[(s, describe(s)) for s in granted], hidden=sreq.payload.pairs,
-                              username=fields.get("username", ""), ask_patient=ask_patient)
+    def with_csrf(html: str, csrf: str, status: int) -> Response:
         response = _html(html, status)
         response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/auth",
                             secure=urls.authorize.startswith("https:"))
         return response
 
+    def page(error: str | None = None, status: int = 200) -> Response:
+        csrf = secrets.token_urlsafe(32)
+        # A relative action: the password goes back to the host the page came from, whatever Host said.
+        html = authorize_page(action=urlsplit(urls.authorize).path, client_name=client.name, csrf=csrf, error=error,
+                              scopes=[(s, describe(s)) for s in granted], hidden=sreq.payload.pairs,
+                              username=fields.get("username", ""))
+        return with_csrf(html, csrf, status)
+
+    def pick(user: User, ticket: str, error: str | None = None, status: int = 200) -> Response:
+        query = {k: fields.get(k, "").strip() for k in ("q_name", "q_identifier", "q_birthdate")}
+        found = picker.search(auth.fhir, user, query["q_name"], query["q_identifier"], query["q_birthdate"],
+                              urls.issuer)
+        csrf = secrets.token_urlsafe(32)
+        html = picker_page(action=urlsplit(urls.authorize).path, client_name=client.name, csrf=csrf, ticket=ticket,
+                           hidden=sreq.payload.pairs, query=query, error=error,
+                           patients=[(str(p["id"]), *picker.label(p)) for p in found])
+        return with_csrf(html, csrf, status)
+
     if request.method == "GET":
         return page()
+    ticket = fields.get("pick_ticket", "")
+    user: User | None
+    if ticket:  # step two: signed in already, choosing the patient
+        user_id = picker.ticket_user(auth.keys, ticket, client.client_id, sreq.payload.pairs)
+        user = auth.store.user(user_id) if user_id else None
+        if user is None:
+            return _html(error_page("The sign-in expired. Start again from the app."), 400)
+        if fields.get("decision") == "search":
+            return pick(user, ticket)
     if fields.get("decision") != "allow":
         return _oauth_response(server.create_authorization_response(sreq, grant_user=None, grant=grant))
-    user = auth.store.login(fields.get("username", ""), fields.get("password", ""))
-    _audit_login(auth, request, client.client_id, fields.get("username", ""), user)
-    if user is None:  # one message for unknown user, wrong password and locked account
-        return page("The username or password is not right, or the account is locked for a while.", 401)
+    if not ticket:
+        user = auth.store.login(fields.get("username", ""), fields.get("password", ""))
+        _audit_login(auth, request, client.client_id, fields.get("username", ""), user)
+        if user is None:  # one message for unknown user, wrong password and locked account
+            return page("The username or password is not right, or the account is locked for a while.", 401)
+    assert user is not None
     context = dict(launch_context or {})
     if ask_patient:
-        patient = _standalone_patient(auth, user, fields.get("patient", "").strip())
+        picked = fields.get("patient", "").strip()
+        if user.role != "patient" and not picked:  # sign-in done: now the patient picker
+            return pick(user, ticket or picker.issue_ticket(auth.keys, user, client.client_id, sreq.payload.pairs))
+        patient = _standalone_patient(auth, user, picked, urls.issuer)
         if patient is None:
-            return page("Enter the id of an existing Patient this app may work with.", 400)
+            if user.role == "patient":
+                return page("This account is not linked to a Patient.", 400)
+            return pick(user, ticket or picker.issue_ticket(auth.keys, user, client.client_id, sreq.payload.pairs),
+                        "Choose one of the patients listed: that one is not a patient you may see.", 400)
         context.update(patient=patient, need_patient_banner=True)
     elif user.role == "patient" and user.fhir_user and user.fhir_user.startswith("Patient/"):
         context.setdefault("patient", user.fhir_user.split("/", 1)[1])
@@ -204,16 +236,15 @@ def _authorize(auth: SmartAuth, request: Request, urls: Urls, sreq: SmartRequest
     return _oauth_response(server.create_authorization_response(sreq, grant_user=user, grant=grant))
 
 
-def _standalone_patient(auth: SmartAuth, user: User, picked: str) -> str | None:
-    """launch/patient in a standalone launch: a patient user is their own patient; others pick one."""
+def _standalone_patient(auth: SmartAuth, user: User, picked: str, base_url: str) -> str | None:
+    """launch/patient in a standalone launch: a patient user is their own patient; others pick one that their
+    role may read (the picker lists only those; an id sent directly is checked the same way)."""
     if user.role == "patient":
         own = user.fhir_user or ""
         return own.split("/", 1)[1] if own.startswith("Patient/") else None
-    if not picked:
+    if not picked or not picker.readable(auth.fhir, user, picked, base_url):
         return None
-    found = auth.fhir.uow.run(lambda repo: repo.current("Patient", picked), write=False,
-                              access=as_system("standalone launch: does the Patient picked exist"))
-    return picked if found is not None and not found.deleted else None
+    return picked
 
 
 def _redirect_error(grant: Any, code: str, description: str) -> OAuth2Error:

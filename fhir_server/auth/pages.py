@@ -50,14 +50,10 @@ def _page(title: str, body: str) -> str:
 
 
 def authorize_page(*, action: str, client_name: str, scopes: list[tuple[str, str]], hidden: list[tuple[str, str]],
-                   csrf: str, error: str | None = None, username: str = "", ask_patient: bool = False) -> str:
+                   csrf: str, error: str | None = None, username: str = "") -> str:
     fields = "".join(f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in hidden)
     items = "".join(f"<li>{escape(text)}</li>" for _, text in scopes) or "<li>No data access</li>"
     alert = f'<p class="error" role="alert" id="error">{escape(error)}</p>' if error else ""
-    patient = ('<label for="patient">Patient id</label>'
-               '<input type="text" id="patient" name="patient" autocomplete="off" required '
-               'aria-describedby="patient-help">'
-               '<small id="patient-help">The Patient this app will work with.</small>') if ask_patient else ""
     body = (f"<h1>Sign in to allow {escape(client_name)}</h1>{alert}"
             f'<form method="post" action="{escape(action)}">{fields}'
             f'<input type="hidden" name="csrf_token" value="{escape(csrf)}">'
@@ -66,13 +62,46 @@ def authorize_page(*, action: str, client_name: str, scopes: list[tuple[str, str
             f'autocomplete="username" required autofocus>'
             f'<label for="password">Password</label>'
             f'<input type="password" id="password" name="password" autocomplete="current-password" required>'
-            f"{patient}"
             f"<p><strong>{escape(client_name)}</strong> asks to:</p><ul>{items}</ul>"
             f'<div class="actions"><button type="submit" class="primary" name="decision" value="allow" '
             f'id="allow">Allow</button>'
             f'<button type="submit" class="secondary" name="decision" value="deny" id="deny" formnovalidate>'
             f"Deny</button></div></form>")
     return _page("Sign in", body)
+
+
+def picker_page(*, action: str, client_name: str, hidden: list[tuple[str, str]], csrf: str, ticket: str,
+                patients: list[tuple[str, str, str, str]], query: dict[str, str], error: str | None = None) -> str:
+    """Step two of a standalone launch for a user who picks a patient: search, then choose one.
+    ``patients``: (id, name, birth date, identifiers)."""
+    fields = "".join(f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in hidden)
+    alert = f'<p class="error" role="alert" id="error">{escape(error)}</p>' if error else ""
+
+    def box(name: str, text: str, kind: str = "text") -> str:
+        return (f'<label for="{name}">{text}</label><input type="{kind}" id="{name}" name="{name}" '
+                f'value="{escape(query.get(name, ""))}" autocomplete="off">')
+
+    rows = "".join(
+        f'<li><input type="radio" name="patient" id="p-{escape(pid)}" value="{escape(pid)}"'
+        f'{" checked" if i == 0 else ""}>'
+        f' <label for="p-{escape(pid)}" style="display:inline">{escape(name)}'
+        f'{f" &middot; born {escape(born)}" if born else ""}{f" &middot; {escape(ids)}" if ids else ""}</label></li>'
+        for i, (pid, name, born, ids) in enumerate(patients))
+    listing = (f'<fieldset><legend>Patients you may see</legend><ul id="patients" style="list-style:none;'
+               f'padding:0">{rows}</ul></fieldset>') if patients else '<p id="no-patients">No patient found.</p>'
+    allow = ('<button type="submit" class="primary" name="decision" value="allow" id="allow">Open this patient'
+             '</button>') if patients else ""
+    body = (f"<h1>Choose the patient for {escape(client_name)}</h1>{alert}"
+            f'<form method="post" action="{escape(action)}">{fields}'
+            f'<input type="hidden" name="csrf_token" value="{escape(csrf)}">'
+            f'<input type="hidden" name="pick_ticket" value="{escape(ticket)}">'
+            f'{box("q_name", "Name")}{box("q_identifier", "MRN or other identifier")}'
+            f'{box("q_birthdate", "Birth date", "date")}'
+            f'<div class="actions"><button type="submit" class="secondary" name="decision" value="search" '
+            f'id="search" formnovalidate>Search</button></div>'
+            f'{listing}<div class="actions">{allow}<button type="submit" class="secondary" name="decision" '
+            f'value="deny" id="deny" formnovalidate>Deny</button></div></form>')
+    return _page("Choose a patient", body)
 
 
 def error_page(message: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -112,3 +113,65 @@ def test_deny_with_the_keyboard(smart: Smart, browser: object) -> None:
     wait_until(lambda: driver.current_url.startswith(redirect), 15, "the redirect to the app")
     params = parse_qs(urlsplit(driver.current_url).query)
     assert params["error"] == ["access_denied"] and "code" not in params
+
+
+def test_patient_picker_after_sign_in(smart: Smart, browser: object, tmp_path: object) -> None:
+    """launch/patient: sign in first (no patient id asked), then search and pick among readable patients."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    driver: WebDriver = browser  # type: ignore[assignment]
+    tag = uuid.uuid4().hex[:6]
+    ids = {}
+    for family, mrn in ((f"Picker{tag}", "MRN-1"), (f"Other{tag}", "MRN-2")):
+        created = smart.as_admin("POST", "Patient", json={
+            "resourceType": "Patient", "name": [{"family": family, "given": ["Ann"]}], "birthDate": "1980-02-03",
+            "identifier": [{"system": "urn:mrn", "value": f"{mrn}-{tag}"}]})
+        ids[family] = created.json()["id"]
+    redirect = f"{smart.root}/healthz"
+    scope = "openid fhirUser launch/patient patient/*.rs"
+    user = smart.user("doctor", "Practitioner/picker-doc")
+    client = smart.client(["authorization_code"], scope, redirect_uris=[redirect], public=True)
+    verifier, challenge = pkce()
+    driver.delete_all_cookies()
+    driver.get(_authorize_url(smart, client["client_id"], redirect, scope, challenge))
+    assert not driver.find_elements(By.ID, "patient")  # nothing asked before signing in
+    driver.find_element(By.ID, "username").send_keys(user, Keys.TAB)
+    driver.switch_to.active_element.send_keys(PASSWORD, Keys.ENTER)
+    wait_until(lambda: driver.find_elements(By.ID, "q_name"), 15, "the patient picker")
+    assert "Choose the patient" in driver.find_element(By.TAG_NAME, "h1").text
+    for field in ("q_name", "q_identifier", "q_birthdate"):  # every control has its label
+        assert driver.find_elements(By.CSS_SELECTOR, f'label[for="{field}"]')
+    driver.find_element(By.ID, "q_identifier").send_keys(f"MRN-1-{tag}")
+    driver.find_element(By.ID, "search").send_keys(Keys.ENTER)
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#patients li"), 15, "the search results")
+    listed = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#patients li")]
+    assert len(listed) == 1 and f"Picker{tag}" in listed[0] and "born 1980-02-03" in listed[0]
+    driver.save_screenshot(str(tmp_path) + "/patient-picker.png")  # type: ignore[operator]
+    driver.find_element(By.ID, "allow").send_keys(Keys.ENTER)
+    wait_until(lambda: driver.current_url.startswith(redirect), 15, "the redirect to the app")
+    code = parse_qs(urlsplit(driver.current_url).query)["code"][0]
+    token = exchange(smart, client["client_id"], code, redirect, verifier).json()
+    assert token["patient"] == ids[f"Picker{tag}"] and token["need_patient_banner"] is True
+
+
+def test_patient_user_is_never_asked_to_pick(smart: Smart, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    driver: WebDriver = browser  # type: ignore[assignment]
+    own = smart.as_admin("POST", "Patient", json={"resourceType": "Patient", "active": True}).json()["id"]
+    redirect = f"{smart.root}/healthz"
+    scope = "openid fhirUser launch/patient patient/*.rs"
+    user = smart.user("patient", f"Patient/{own}")
+    client = smart.client(["authorization_code"], scope, redirect_uris=[redirect], public=True)
+    verifier, challenge = pkce()
+    driver.delete_all_cookies()
+    driver.get(_authorize_url(smart, client["client_id"], redirect, scope, challenge))
+    driver.find_element(By.ID, "username").send_keys(user, Keys.TAB)
+    driver.switch_to.active_element.send_keys(PASSWORD, Keys.ENTER)
+    wait_until(lambda: driver.current_url.startswith(redirect), 15, "the redirect to the app")
+    code = parse_qs(urlsplit(driver.current_url).query)["code"][0]
+    assert exchange(smart, client["client_id"], code, redirect, verifier).json()["patient"] == own

@@ -137,8 +137,11 @@ def test_code_flow_with_pkce_openid_and_patient_pick(smart: Smart) -> None:
         "scope": scope, "state": "x", "aud": smart.base, "code_challenge": challenge,
         "code_challenge_method": "S256"})
     assert page.status_code == 400 and "text/html" in page.headers["content-type"]
-    missing_patient = authorize(smart, client["client_id"], REDIRECT, scope, user, challenge=challenge)
-    assert missing_patient.status_code == 400
+    picker = authorize(smart, client["client_id"], REDIRECT, scope, user, challenge=challenge)
+    assert picker.status_code == 200 and "Choose the patient" in picker.text  # signed in: now pick one
+    unknown = authorize(smart, client["client_id"], REDIRECT, scope, user, challenge=challenge,
+                        form={"patient": "no-such-patient"})
+    assert unknown.status_code == 400 and "not a patient you may see" in unknown.text
     r = authorize(smart, client["client_id"], REDIRECT, scope, user, challenge=challenge, form={"patient": pid},
                   extra={"nonce": "n-1"})
     code = code_from(r, REDIRECT)
