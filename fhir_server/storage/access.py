@@ -24,6 +24,9 @@ class SystemAccess:
     def can_read(self, version: Version) -> bool:
         return True
 
+    def can_search(self, version: Version) -> bool:
+        return True
+
     def check_read(self, version: Version) -> None:
         return None
 

@@ -51,7 +51,13 @@ class Version:
 class AccessPolicy(Protocol):
     """What the request's token permits (fhir_server.auth.access); None on the repository = full access."""
 
-    def can_read(self, version: Version) -> bool: ...
+    def can_read(self, version: Version) -> bool:
+        """SMART ``r``: read, vread, instance history."""
+        ...
+
+    def can_search(self, version: Version) -> bool:
+        """SMART ``s``: what a search returns (matches, includes), type and system history."""
+        ...
 
     def check_read(self, version: Version) -> None: ...
 
@@ -196,7 +202,8 @@ class Repository:
                                        row.last_updated if row else datetime.now(UTC), False, content))
 
     def read_many(self, references: list[tuple[str, str]]) -> list[Version]:
-        """Current, non-deleted versions of the given (type, id) pairs, in no particular order."""
+        """Current, non-deleted versions of the given (type, id) pairs, in no particular order: what a search
+        returns, so the access filter is ``can_search`` (SMART ``s``)."""
         out: list[Version] = []
         by_type: dict[str, list[str]] = {}
         for rtype, rid in references:
@@ -208,8 +215,8 @@ class Repository:
                         RES.c.resource_type == rtype, RES.c.id.in_(ids[start:start + 500]),
                         RES.c.deleted.is_(False)))
                 out.extend(Version(rtype, r.id, r.version_id, r.last_updated, False, r.content) for r in rows)
-        if self.access is not None:  # auth: what the token may not see is left out
-            out = [v for v in out if self.access.can_read(v)]
+        if self.access is not None:  # auth: what the token may not search is left out (a search's loader)
+            out = [v for v in out if self.access.can_search(v)]
         return out
 
     def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
@@ -232,7 +239,9 @@ class Repository:
         out = [(r.pk, Version(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method))
                for r in rows[:count]]
         if self.access is not None:  # auth: filtered after paging, so a page may come back shorter
-            out = [(pk, v) for pk, v in out if self.access.can_read(v)]
+            # SMART v2: instance history is ``r``, type and system history ``s``
+            allowed = self.access.can_read if resource_id is not None else self.access.can_search
+            out = [(pk, v) for pk, v in out if allowed(v)]
         return out, len(rows) > count
 
     def history_total(self, resource_type: str, resource_id: str) -> int:
