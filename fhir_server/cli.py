@@ -55,12 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("database is at the latest migration")
         return 0
     if args.command == "serve":
-        import uvicorn
-
-        from fhir_server.auth.store import AuthStore
-        from fhir_server.storage.database import make_engine
-        from fhir_server.storage.migrate import upgrade
-
         host = args.host or settings.host
         port = args.port or settings.port
         if not settings.auth_required and not is_loopback(host):
@@ -69,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "(or pass --insecure)", file=sys.stderr)
                 return 2
             print(f"WARNING: serving {host} with --insecure: the FHIR API needs no token", file=sys.stderr)
+        import uvicorn
+
+        from fhir_server.auth.store import AuthStore
+        from fhir_server.storage.database import make_engine
+        from fhir_server.storage.migrate import upgrade
+
         if args.mllp_port:
             if args.workers > 1:
                 print("--mllp-port needs --workers 1; run `fhir-server mllp` beside the workers", file=sys.stderr)
