@@ -11,10 +11,11 @@ searches but cannot read by id. Writes need ``c``, ``u`` or ``d``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fhir_server.auth.compartment import in_patient_compartment, patient_compartment_params
+from fhir_server.auth.masks import mask_content, restore_masked, role_masks
 from fhir_server.auth.roles import role_allows
 from fhir_server.auth.scopes import ResourceScope
 from fhir_server.errors import FORBIDDEN, FhirError
@@ -29,6 +30,8 @@ class AccessContext:
     fhir_user: str | None = None  # Practitioner/1, Patient/7
     # Who holds the token ("<client_id> <sub>"): owners of what a caller leaves behind (bulk data jobs).
     subject: str | None = None
+    # Granted scopes that name no resources (``launch``, ``openid``, ...): a backend's launch permission.
+    other_scopes: tuple[str, ...] = ()
 
     @property
     def own_patient(self) -> str | None:
@@ -117,6 +120,35 @@ class AccessContext:
             if not self._allowed(resource_type, letter, subject):
                 raise FhirError(403, FORBIDDEN, f"The access token does not permit {action} of {resource_type}",
                                 (resource_type,))
+
+    # --- role-level element masks (masks.py) and administration ---------------------------------------------
+
+    def masks(self, resource_type: str) -> tuple[str, ...]:
+        """The elements of ``resource_type`` this user's role never sees (none for backends)."""
+        return role_masks(self.role, resource_type)
+
+    def mask(self, version: Version) -> Version:
+        """The version as this token may see it: the role's masked elements taken out (SUBSETTED label)."""
+        specs = self.masks(version.resource_type)
+        if not specs or version.content is None:
+            return version
+        return replace(version, content=mask_content(version.content, specs))
+
+    def restore_masked(self, resource_type: str, content: dict[str, Any], previous: Version | None) -> dict[str, Any]:
+        """What to store for a write of ``content``: 403 if it sets an element the role cannot see; an update
+        keeps the stored values of those elements (writing back a masked read erases nothing)."""
+        specs = self.masks(resource_type)
+        if not specs:
+            return content
+        return restore_masked(resource_type, content, previous.content if previous is not None else None, specs)
+
+    def administers(self) -> bool:
+        """An administrator: an ``admin`` user, or a backend granted writes on every type (``system/*.write``,
+        ``system/*.cud``). Needed for $reindex, $import and the /admin endpoints."""
+        if self.role is not None:
+            return self.role == "admin"
+        return any(s.context == "system" and s.resource_type == "*" and not s.constraints
+                   and all(c in s.permissions for c in "cud") for s in self.scopes)
 
 
 def _codings(value: Any) -> list[tuple[str | None, str | None]]:

@@ -19,7 +19,7 @@ from fhir_server.definitions import resource_types
 from fhir_server.errors import FORBIDDEN, INVALID, NOT_SUPPORTED, FhirError, Issue, operation_outcome
 from fhir_server.rest.history import parse_count
 from fhir_server.rest.request import FhirRequest, FhirResponse
-from fhir_server.search.access import check_criteria, check_include, readable
+from fhir_server.search.access import check_criteria, check_include, readable, refuse_masked
 from fhir_server.search.compartment import compartment_criterion
 from fhir_server.search.finder import SearchFinder, parse_sort
 from fhir_server.search.parser import AnyCriterion, parse_query
@@ -227,6 +227,15 @@ def _includes(repo: Repository, finder: SearchFinder, matches: list[Version],
               specs: list[IncludeSpec]) -> list[Version]:
     if not specs or not matches:
         return []
+    for _reverse, _iterate, (source, param, _target) in specs:  # auth: not through references a role mask hides
+        if param is not None:
+            sp = finder.registry.get(source, param)
+            if sp is not None:
+                refuse_masked(repo.access, source, sp)
+        elif repo.access is not None and any(repo.access.masks(t) for t in (
+                {v.resource_type for v in matches} if source == "*" else {source})):
+            raise FhirError(403, FORBIDDEN, f"{source}:* includes references this user's role does not see; "
+                                            "name the search parameter", ("_include",))
     seen = {(v.resource_type, v.id) for v in matches}
     included: list[Version] = []
     frontier = list(matches)

@@ -13,12 +13,14 @@ an answer built on resources the caller may not see would be an oracle even when
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, FromClause, false, or_, select
 
 from fhir_server.errors import FORBIDDEN, FhirError
 from fhir_server.search.parser import AnyCriterion, Criterion, HasCriterion
+from fhir_server.search.registry import SearchParam, split_union
 from fhir_server.search.tables import REFERENCE
 
 if TYPE_CHECKING:
@@ -31,6 +33,38 @@ def readable(access: AccessPolicy | None, resource_type: str) -> bool:
         return True
     scope = access.search_compartment(resource_type)
     return scope is None or (bool(scope[0]) and (bool(scope[1]) or resource_type == "Patient"))
+
+
+def refuse_masked(access: AccessPolicy | None, resource_type: str, param: SearchParam) -> None:
+    """403 for a search parameter over elements the caller's role does not see (masks.py): matches would
+    tell what the masked view hides (``Encounter?reason-code=...``, ``_text``, ``_content``), in the main
+    search as in chains and ``_has`` alike."""
+    masks = access.masks(resource_type) if access is not None else ()
+    if not masks:
+        return
+    hit = param.code in ("_text", "_content")
+    for part in split_union(param.expression or "") if not hit else ():
+        path = part.removeprefix(f"{resource_type}.").removeprefix("(").removesuffix(")")
+        for spec in masks:
+            url = spec[len("extension("):-1] if spec.startswith("extension(") else None
+            hit = hit or (url in part if url is not None else path == spec or path.startswith(spec + ".")
+                          or path.startswith(spec + "[") or path.startswith(spec + ".where"))
+    if hit:
+        raise FhirError(403, FORBIDDEN, f"Searching {resource_type} by '{param.code}' is not permitted with "
+                                        "this user's role (it covers elements the role does not see)",
+                        (param.code,))
+
+
+def refuse_masked_criteria(access: AccessPolicy | None, resource_type: str, criteria: Iterable[object]) -> None:
+    """``refuse_masked`` for parsed criteria checked before any SQL runs (Subscription criteria): chains and
+    ``_has`` included."""
+    for c in criteria:
+        if isinstance(c, Criterion):
+            refuse_masked(access, resource_type, c.param)
+            for target, inner in zip(c.chain_types, c.chain, strict=False):
+                refuse_masked_criteria(access, target, [inner])
+        elif isinstance(c, HasCriterion):
+            refuse_masked_criteria(access, c.source_type, [c.inner])
 
 
 def access_condition(access: AccessPolicy | None, r: FromClause, resource_type: str) -> ColumnElement[bool] | None:

@@ -39,6 +39,18 @@ class SystemAccess:
     def search_constraints(self, resource_type: str) -> tuple[tuple[tuple[str, str], ...], ...] | None:
         return None
 
+    def masks(self, resource_type: str) -> tuple[str, ...]:
+        return ()
+
+    def mask(self, version: Version) -> Version:
+        return version
+
+    def restore_masked(self, resource_type: str, content: dict[str, Any], previous: Version | None) -> dict[str, Any]:
+        return content
+
+    def administers(self) -> bool:
+        return True
+
 
 def as_system(reason: str) -> SystemAccess:
     """Full access for ``reason`` (a short phrase: "HL7 v2 message bookkeeping"). Grep for this to audit

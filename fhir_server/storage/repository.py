@@ -72,6 +72,22 @@ class AccessPolicy(Protocol):
         the constraint sets (each a list of search parameters, all of which must match); None: none apply."""
         ...
 
+    def masks(self, resource_type: str) -> tuple[str, ...]:
+        """The elements of ``resource_type`` masked for the caller (fhir_server/auth/masks.py); () for none."""
+        ...
+
+    def mask(self, version: Version) -> Version:
+        """The version as the caller may see it (role-level element masks, fhir_server/auth/masks.py)."""
+        ...
+
+    def restore_masked(self, resource_type: str, content: dict[str, Any], previous: Version | None) -> dict[str, Any]:
+        """The content to store for the caller's write: masked elements refused, their stored values kept."""
+        ...
+
+    def administers(self) -> bool:
+        """Whether the caller may run administrative operations ($reindex, $import)."""
+        ...
+
 
 class Finder(Protocol):
     """Finds resources matching search criteria (conditional interactions; the search module provides it)."""
@@ -140,6 +156,7 @@ class Repository:
                                           f"(version {version.version_id})")
         if self.access is not None:  # auth
             self.access.check_read(version)
+            return self.access.mask(version)
         return version
 
     def prefetch_current(self, references: list[tuple[str, str]]) -> None:
@@ -187,6 +204,7 @@ class Repository:
                           row.method)
         if self.access is not None:  # auth
             self.access.check_read(version)
+            return self.access.mask(version)
         return version
 
     def _check_read_deleted(self, resource_type: str, resource_id: str) -> None:
@@ -216,7 +234,7 @@ class Repository:
                         RES.c.deleted.is_(False)))
                 out.extend(Version(rtype, r.id, r.version_id, r.last_updated, False, r.content) for r in rows)
         if self.access is not None:  # auth: what the token may not search is left out (a search's loader)
-            out = [v for v in out if self.access.can_search(v)]
+            out = [self.access.mask(v) for v in out if self.access.can_search(v)]
         return out
 
     def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
@@ -241,7 +259,7 @@ class Repository:
         if self.access is not None:  # auth: filtered after paging, so a page may come back shorter
             # SMART v2: instance history is ``r``, type and system history ``s``
             allowed = self.access.can_read if resource_id is not None else self.access.can_search
-            out = [(pk, v) for pk, v in out if allowed(v)]
+            out = [(pk, self.access.mask(v)) for pk, v in out if allowed(v)]
         return out, len(rows) > count
 
     def history_total(self, resource_type: str, resource_id: str) -> int:
@@ -270,10 +288,12 @@ class Repository:
         the base StructureDefinition once, instead of every write paying for it; hooks still run."""
         if self.access is not None:  # auth
             self.access.check_write(resource_type, resource, None)
+            resource = self.access.restore_masked(resource_type, resource, None)
         event = WriteEvent("create", resource_type, resource_id, resource)
         content = self._prepare(event, validate=not trusted)
         rid = resource_id or str(uuid.uuid4())
-        return self._write(event, content, rid, 1, method, insert_current=True)
+        version = self._write(event, content, rid, 1, method, insert_current=True)
+        return self.access.mask(version) if self.access is not None else version
 
     def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
                if_match: int | None = None, method: str = "PUT",
@@ -281,16 +301,19 @@ class Repository:
         """Write a new version; returns (version, created) where created means no live resource existed."""
         current = self.current(resource_type, resource_id, for_update=True)
         _check_if_match(current, if_match, resource_type, resource_id)
-        if self.access is not None:  # auth
+        if self.access is not None:  # auth; masked elements keep their stored values
             self.access.check_write(resource_type, resource, current)
+            resource = self.access.restore_masked(resource_type, resource, current)
         # A PUT that brings a resource into being is a create for hooks (subscriptions, audit).
         event = WriteEvent(interaction if current is not None else "create", resource_type, resource_id, resource,
                            previous=current)
         content = self._prepare(event)
         if current is None:
-            return self._write(event, content, resource_id, 1, method, insert_current=True), True
-        version = self._write(event, content, resource_id, current.version_id + 1, method, insert_current=False)
-        return version, current.deleted
+            version, created = self._write(event, content, resource_id, 1, method, insert_current=True), True
+        else:
+            version = self._write(event, content, resource_id, current.version_id + 1, method, insert_current=False)
+            created = current.deleted
+        return (self.access.mask(version) if self.access is not None else version), created
 
     def delete(self, resource_type: str, resource_id: str, *, if_match: int | None = None) -> Version | None:
         """Write a tombstone version; None when the resource was already deleted."""

@@ -148,7 +148,9 @@ def operation_cases(app: FastAPI) -> list[Case]:
             level = "instance" if instance else "type" if target else "system"
             out.append(Case(f"${name} {level} {target or ''}".strip(), method, f"{prefix}${name}{query}", body,
                             headers, target=target if target in DATA_TYPES else "Observation",
-                            write=op.affects_state, extra={"op": name}))
+                            write=op.affects_state,
+                            # administrative: changes the whole server (an explicit flag on the registry wins)
+                            extra={"op": name, "admin": getattr(op, "admin", op.affects_state and op.system)}))
     return out
 
 
