@@ -171,7 +171,7 @@ def route_cases(app: FastAPI) -> list[Case]:
             continue
         if not isinstance(r, Route) or r.path == FHIR_CATCH_ALL:
             continue
-        path = re.sub(r"\{[^}]+\}", "{b}", r.path)
+        path = re.sub(r"\{[^}]+\}", "1", r.path)  # typed path parameters (row ids) are numbers
         for method in sorted((r.methods or set()) - {"HEAD"}):
             body = {"patient": "{b}"} if method == "POST" else None  # /auth/launch and the like: for B
             out.append(Case(f"route {method} {r.path}", method, path, body, fhir=False, target="Patient",
