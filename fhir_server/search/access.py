@@ -27,10 +27,8 @@ if TYPE_CHECKING:
     from fhir_server.storage.repository import AccessPolicy
 
 
-def readable(access: AccessPolicy | None, resource_type: str) -> bool:
+def readable(access: AccessPolicy, resource_type: str) -> bool:
     """Whether the token may search (SMART ``s``) any resource of this type at all."""
-    if access is None:
-        return True
     scope = access.search_compartment(resource_type)
     return scope is None or (bool(scope[0]) and (bool(scope[1]) or resource_type == "Patient"))
 
@@ -67,10 +65,8 @@ def refuse_masked_criteria(access: AccessPolicy | None, resource_type: str, crit
             refuse_masked_criteria(access, c.source_type, [c.inner])
 
 
-def access_condition(access: AccessPolicy | None, r: FromClause, resource_type: str) -> ColumnElement[bool] | None:
+def access_condition(access: AccessPolicy, r: FromClause, resource_type: str) -> ColumnElement[bool] | None:
     """The SQL filter on ``r`` (the resource table) for ``resource_type``; None when nothing is restricted."""
-    if access is None:
-        return None
     scope = access.search_compartment(resource_type)
     if scope is None:
         return None
@@ -94,17 +90,15 @@ def forbidden(resource_type: str, name: str) -> FhirError:
                      (name,))
 
 
-def check_targets(access: AccessPolicy | None, name: str, targets: list[str] | tuple[str, ...]) -> None:
+def check_targets(access: AccessPolicy, name: str, targets: list[str] | tuple[str, ...]) -> None:
     """A reference that may lead to several types needs one the token may search (the others contribute
     nothing: the SQL filter); a single named type must be searchable itself."""
     if targets and not any(readable(access, t) for t in targets):
         raise forbidden(targets[0] if len(targets) == 1 else "any of " + ", ".join(targets), name)
 
 
-def check_criteria(access: AccessPolicy | None, criteria: list[AnyCriterion]) -> None:
+def check_criteria(access: AccessPolicy, criteria: list[AnyCriterion]) -> None:
     """403 when a criterion reaches a type the token may not search: chains, ``_has``, ``_list``."""
-    if access is None:
-        return
     for c in criteria:
         if isinstance(c, HasCriterion):
             name = f"_has:{c.source_type}:{c.ref_param}"
@@ -119,11 +113,9 @@ def check_criteria(access: AccessPolicy | None, criteria: list[AnyCriterion]) ->
                 raise forbidden("List", c.name)
 
 
-def check_include(access: AccessPolicy | None, name: str, reverse: bool, source: str,
+def check_include(access: AccessPolicy, name: str, reverse: bool, source: str,
                   targets: list[str] | tuple[str, ...]) -> None:
     """``_revinclude=Source:param`` includes Sources; ``_include=Source:param[:Target]`` includes targets."""
-    if access is None:
-        return
     if reverse:
         if source != "*" and not readable(access, source):
             raise forbidden(source, name)
