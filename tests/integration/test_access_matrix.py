@@ -271,6 +271,10 @@ def _job_outputs(smart: Smart, text: str, token: str, world: dict[str, Any]) -> 
             continue  # the admin's own job, asked about directly
         resp = poll(smart.http, url, token)
         out.append(resp.text)
+        # The job is its starter's: another token neither polls nor downloads it.
+        other = world["tokens"]["backend" if token != world["tokens"]["backend"] else "patient"]
+        stranger = smart.http.get(url, headers={"Authorization": f"Bearer {other}"})
+        assert stranger.status_code in (401, 403, 404), f"another token polled the job: {stranger.status_code}"
         if resp.status_code == 200:
             for item in resp.json().get("output", []) + resp.json().get("error", []):
                 out.append(smart.http.get(item["url"], headers={"Authorization": f"Bearer {token}"}).text)
