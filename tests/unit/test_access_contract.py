@@ -23,6 +23,7 @@ ACTS_AS_SYSTEM = {
     "fhir_server/search/terms.py": "terminology definitions behind :in / :below",
     "fhir_server/subscriptions/delivery.py": "rest-hook bookkeeping: reading the Subscription, recording status",
     "fhir_server/subscriptions/engine.py": "subscription matching in SQL; SubscriptionTopic definitions",
+    "fhir_server/validation/setup.py": "CapabilityStatement.supportedProfile: the server describes itself",
     "interfaces/mllp/outbound.py": "HL7 v2 orders out: read the order, record the lab's ACK",
     "interfaces/mllp/pipeline.py": "HL7 v2 inbound, per sender (the listener's configuration admits senders)",
     "terminology/cache.py": "the ValueSet cache shared by every caller (the caller's access applies after)",
