@@ -215,7 +215,9 @@ def run_entry(server: FhirServer, outer: FhirRequest, repo: Repository, e: Entry
     headers = {"content-type": "application/fhir+json", **e.headers}
     if outer.header("prefer"):
         headers["prefer"] = outer.header("prefer") or ""
-    req = FhirRequest(e.method, e.path, e.query, headers, base_url=outer.base_url, resource=e.resource)
+    # auth: an entry is the Bundle caller's own request, with their access (and their address, for audit)
+    req = FhirRequest(e.method, e.path, e.query, headers, base_url=outer.base_url, resource=e.resource,
+                      access=outer.access, client_address=outer.client_address)
     if e.method == "POST" and e.assigned_id is not None:
         rtype = e.path.split("/")[0]
         if e.matched:
@@ -264,14 +266,14 @@ def transaction(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> F
             req.in_transaction(repo, results)
         return results
 
-    results = server.uow.run(work, write=True)
+    results = server.uow.run(work, write=True, access=req.access)
     out = [response_entry(r, e.method, req.base_url, include) for e, r in zip(entries, results, strict=True) if r]
     return FhirResponse(200, _response_bundle("transaction-response", out))
 
 
 def batch(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> FhirResponse:
     include = (req.prefer("return") or "").lower() == "representation"
-    p = server.uow.run(lambda repo: plan(repo, entries, atomic=False), write=False)
+    p = server.uow.run(lambda repo: plan(repo, entries, atomic=False), write=False, access=req.access)
     out: list[dict[str, Any]] = [{}] * len(entries)
     for e in sorted(p.entries, key=lambda x: ORDER[x.method]):
         write = e.method not in ("GET", "HEAD")
@@ -281,7 +283,8 @@ def batch(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> FhirRes
             return run_entry(server, req, repo, e)
 
         try:
-            out[e.index] = response_entry(server.uow.run(run, write=write), e.method, req.base_url, include)
+            out[e.index] = response_entry(server.uow.run(run, write=write, access=req.access), e.method,
+                                           req.base_url, include)
         except FhirError as exc:
             out[e.index] = {"response": {"status": str(exc.status), "outcome": _entry_error(exc, e).outcome()}}
     return FhirResponse(200, _response_bundle("batch-response", out))

@@ -23,19 +23,17 @@ if TYPE_CHECKING:
     from fhir_server.storage.repository import AccessPolicy
 
 
-def readable(access: AccessPolicy | None, resource_type: str) -> bool:
+def readable(access: AccessPolicy, resource_type: str) -> bool:
     """Whether the token may read any resource of this type at all."""
-    if access is None:
-        return True
     scope = access.search_compartment(resource_type)
     return scope is None or (bool(scope[0]) and (bool(scope[1]) or resource_type == "Patient"))
 
 
-def refuse_masked(access: AccessPolicy | None, resource_type: str, param: SearchParam) -> None:
+def refuse_masked(access: AccessPolicy, resource_type: str, param: SearchParam) -> None:
     """403 for a search parameter over elements the caller's role does not see (masks.py): matches would
     tell what the masked view hides (``Encounter?reason-code=...``, ``_text``, ``_content``), in the main
     search as in chains and ``_has`` alike."""
-    masks = access.masks(resource_type) if access is not None else ()
+    masks = access.masks(resource_type)
     if not masks:
         return
     hit = param.code in ("_text", "_content")
@@ -51,7 +49,7 @@ def refuse_masked(access: AccessPolicy | None, resource_type: str, param: Search
                         (param.code,))
 
 
-def refuse_masked_criteria(access: AccessPolicy | None, resource_type: str, criteria: Iterable[object]) -> None:
+def refuse_masked_criteria(access: AccessPolicy, resource_type: str, criteria: Iterable[object]) -> None:
     """``refuse_masked`` for parsed criteria checked before any SQL runs (Subscription criteria): chains and
     ``_has`` included."""
     for c in criteria:
@@ -63,10 +61,8 @@ def refuse_masked_criteria(access: AccessPolicy | None, resource_type: str, crit
             refuse_masked_criteria(access, c.source_type, [c.inner])
 
 
-def access_condition(access: AccessPolicy | None, r: FromClause, resource_type: str) -> ColumnElement[bool] | None:
+def access_condition(access: AccessPolicy, r: FromClause, resource_type: str) -> ColumnElement[bool] | None:
     """The SQL filter on ``r`` (the resource table) for ``resource_type``; None when nothing is restricted."""
-    if access is None:
-        return None
     scope = access.search_compartment(resource_type)
     if scope is None:
         return None
