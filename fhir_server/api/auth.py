@@ -330,7 +330,7 @@ async def launch(request: Request) -> Response:
     access = await bearer_access(request, "auth/launch", required=True, audit=False)
     if isinstance(access, Response):
         return access
-    if access is None:
+    if not isinstance(access, AccessContext):  # LOCAL_MODE cannot happen with required=True
         return _unauthorized("Authentication is required: send an OAuth 2 bearer access token")
     body = await request.body()
     content_type = request.headers.get("content-type", "")

@@ -232,7 +232,7 @@ def _includes(repo: Repository, finder: SearchFinder, matches: list[Version],
             sp = finder.registry.get(source, param)
             if sp is not None:
                 refuse_masked(repo.access, source, sp)
-        elif repo.access is not None and any(repo.access.masks(t) for t in (
+        elif any(repo.access.masks(t) for t in (
                 {v.resource_type for v in matches} if source == "*" else {source})):
             raise FhirError(403, FORBIDDEN, f"{source}:* includes references this user's role does not see; "
                                             "name the search parameter", ("_include",))

@@ -33,11 +33,11 @@ def readable(access: AccessPolicy, resource_type: str) -> bool:
     return scope is None or (bool(scope[0]) and (bool(scope[1]) or resource_type == "Patient"))
 
 
-def refuse_masked(access: AccessPolicy | None, resource_type: str, param: SearchParam) -> None:
+def refuse_masked(access: AccessPolicy, resource_type: str, param: SearchParam) -> None:
     """403 for a search parameter over elements the caller's role does not see (masks.py): matches would
     tell what the masked view hides (``Encounter?reason-code=...``, ``_text``, ``_content``), in the main
     search as in chains and ``_has`` alike."""
-    masks = access.masks(resource_type) if access is not None else ()
+    masks = access.masks(resource_type)
     if not masks:
         return
     hit = param.code in ("_text", "_content")
@@ -53,7 +53,7 @@ def refuse_masked(access: AccessPolicy | None, resource_type: str, param: Search
                         (param.code,))
 
 
-def refuse_masked_criteria(access: AccessPolicy | None, resource_type: str, criteria: Iterable[object]) -> None:
+def refuse_masked_criteria(access: AccessPolicy, resource_type: str, criteria: Iterable[object]) -> None:
     """``refuse_masked`` for parsed criteria checked before any SQL runs (Subscription criteria): chains and
     ``_has`` included."""
     for c in criteria:

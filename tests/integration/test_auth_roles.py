@@ -1,7 +1,7 @@
 """Who may do what beyond resource scopes, over real HTTP on both databases: EHR launch contexts only by
 EHR-side callers for patients they may read; $reindex only by administrators; a receptionist's view of
 Encounter, Appointment and Patient without their clinical elements, by every path (read, vread, history,
-search, _include, bulk export, $events), and writes of that view that erase nothing."""
+search, _include, bulk export, $events, rest-hook payloads), and writes of that view that erase nothing."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import orjson
 import pytest
 
 from fhir_server.auth.masks import SD
+from fhir_server.storage.outbox import OutboxDispatcher
+from fhir_server.subscriptions import install_delivery
 from tests.conftest import Backend
 from tests.integration.bulk_support import export
+from tests.integration.subscription_receiver import start_receiver
 from tests.integration.test_auth_access import _user_token
 from tests.integration.test_auth_support import Smart, smart_server
 
@@ -227,3 +230,29 @@ def test_receptionist_subscription_events_are_masked(smart: Smart, chart: dict[s
     assert [r["id"] for r in focus] == [chart["encounter"]] and focus[0]["status"] == "finished"
     _assert_masked(focus[0])
     assert smart.fhir("DELETE", f"Subscription/{sid}", front).status_code in (200, 204)
+
+
+def test_receptionist_rest_hook_payloads_are_masked(smart: Smart, chart: dict[str, Any]) -> None:
+    front = _token(smart, "receptionist")
+    hook = start_receiver()
+    try:
+        sub = {"resourceType": "Subscription", "status": "requested", "reason": "front desk board",
+               "criteria": "Appointment?status=arrived",
+               "channel": {"type": "rest-hook", "endpoint": hook.url, "payload": "application/fhir+json"}}
+        created = smart.fhir("POST", "Subscription", front, content=orjson.dumps(sub), headers=JSON)
+        assert created.status_code == 201, created.text
+        dispatcher = OutboxDispatcher(smart.backend.engine, backoff_base=0.001)
+        install_delivery(smart.auth.fhir, dispatcher, timeout=5)
+        dispatcher.run_once()  # the handshake
+        doctor = _token(smart, "doctor")
+        current = smart.fhir("GET", f"Appointment/{chart['appointment']}", doctor).json()
+        arrived = smart.fhir("PUT", f"Appointment/{chart['appointment']}", doctor,
+                             content=orjson.dumps({**current, "status": "arrived"}), headers=JSON)
+        assert arrived.status_code == 200, arrived.text
+        dispatcher.run_once()
+        (body,) = [b for b in hook.bodies() if b.get("resourceType") == "Appointment"]
+        assert body["id"] == chart["appointment"] and body["status"] == "arrived"
+        _assert_masked(body)
+        smart.as_admin("DELETE", f"Subscription/{created.json()['id']}")
+    finally:
+        hook.close()

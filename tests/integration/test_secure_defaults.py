@@ -71,7 +71,7 @@ def test_serve_starts_with_insecure_or_with_auth_required(backend: Backend, tmp_
             except httpx.TransportError:
                 return False
 
-        wait_until(up, 60, "fhir-server serve to answer")
+        wait_until(up, 180, "fhir-server serve to answer")  # a loaded 2-core machine: migrations and imports
         # --insecure: open as asked; FHIR_AUTH_REQUIRED=true: a token is needed.
         assert httpx.get(f"http://127.0.0.1:{port}/fhir/Patient").status_code == (200 if flags else 401)
     finally:

@@ -56,7 +56,7 @@ class OperationRegistry:
         if op is None or not level_ok:
             where = "/".join(p for p in (resource_type, resource_id) if p) or "the system level"
             raise FhirError(400, NOT_SUPPORTED, f"Operation ${name} is not supported at {where}")
-        if op.admin and repo.access is not None and not repo.access.administers():  # auth
+        if op.admin and not repo.access.administers():  # auth
             raise FhirError(403, FORBIDDEN, f"${name} is for administrators: an admin user or a backend granted "
                                             f"system/*.write", (f"${name}",))
         return op.handler(req, repo, resource_type, resource_id)
