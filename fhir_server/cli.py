@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -27,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL only)")
     serve.add_argument("--mllp-port", type=int, default=None, help="also run the HL7 v2 MLLP listener")
+    serve.add_argument("--insecure", action="store_true",
+                       help="serve a non-loopback address without FHIR_AUTH_REQUIRED=true (an open API)")
     mllp = sub.add_parser("mllp", help="apply pending migrations, then run the HL7 v2 MLLP listener alone")
     mllp.add_argument("--host", default=None)
     mllp.add_argument("--port", type=int, default=None, help="default FHIR_MLLP_PORT or 2575")
@@ -65,6 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("database is at the latest migration")
         return 0
     if args.command == "serve":
+        host = args.host or settings.host
+        port = args.port or settings.port
+        if not settings.auth_required and not is_loopback(host):
+            if not args.insecure:  # secure by default: no open API on a network address by accident
+                print(f"refusing to serve {host} without authentication: set FHIR_AUTH_REQUIRED=true "
+                      "(or pass --insecure)", file=sys.stderr)
+                return 2
+            print(f"WARNING: serving {host} with --insecure: the FHIR API needs no token", file=sys.stderr)
         import uvicorn
 
         from fhir_server.auth.store import AuthStore
@@ -81,8 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         upgrade(engine)
         auth_cli.first_start(settings, AuthStore(engine))  # embedded default: an admin user on first start
         terminology_cli.preload_in_background(settings)  # FHIR R4 core CodeSystems/ValueSets, once
-        host = args.host or settings.host
-        port = args.port or settings.port
         if args.workers > 1:
             if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every worker's requests
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fhir-metrics-")
@@ -117,6 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return load_paths(settings, args.paths, out=sys.stdout, server=FhirServer(settings, engine),
                           access=as_system("fhir-server load (operator)"), upsert=args.upsert, err=sys.stderr)
     return 2
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) only answers this machine: 127.0.0.0/8, ::1, localhost."""
+    if host.strip("[]").lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
 
 
 if __name__ == "__main__":

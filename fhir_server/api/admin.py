@@ -1,4 +1,5 @@
-"""Operator views over HTTP: GET /admin/outbox (an admin user's token when auth is on)."""
+"""Operator views over HTTP: GET /admin/outbox. Every /admin endpoint needs an admin user's token, also on
+the embedded default with auth off (operator views show every patient's traffic)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,24 @@ router = APIRouter()
 
 
 async def require_admin(request: Request, path: str, what: str) -> Response | None:
-    """The refusal (401/403 OperationOutcome) unless the caller is an admin user (any caller with auth off)."""
+    """The refusal (401/403 OperationOutcome) unless the caller is an admin user."""
     return (await admin_access(request, path, what))[1]
 
 
 async def admin_access(request: Request, path: str, what: str) -> tuple[AccessContext | None, Response | None]:
-    """(the admin's access context, None) -- None too with auth off -- or (None, the 401/403 refusal)."""
-    server: FhirServer = request.app.state.fhir
-    access = await bearer_access(request, path, required=bool(server.settings.auth_required))
+    """(the admin user's access context, None) or (None, the 401/403 refusal). A token is required even
+    when the FHIR API is open (FHIR_AUTH_REQUIRED unset on the embedded default)."""
+    access = await bearer_access(request, path, required=True)
     if isinstance(access, Response):
         return None, access
-    if isinstance(access, AccessContext) and access.role != "admin":  # else: auth off, no token (local mode)
+    if not isinstance(access, AccessContext):
+        return None, JSONResponse(operation_outcome([Issue("login", "Authentication is required")]),
+                                  status_code=401, media_type="application/fhir+json",
+                                  headers={"WWW-Authenticate": 'Bearer realm="fhir"'})
+    if access.role != "admin":
         return None, JSONResponse(operation_outcome([Issue(FORBIDDEN, f"Only an admin user may see {what}")]),
                                   status_code=403, media_type="application/fhir+json")
-    return (access if isinstance(access, AccessContext) else None), None
+    return access, None
 
 
 @router.get("/admin/outbox", summary="Outbox rows by status (operators)")

@@ -31,11 +31,12 @@ from fhir_server.auth.clients import CURRENT_URLS, Urls
 from fhir_server.auth.cors import CorsMiddleware, RegisteredOrigins
 from fhir_server.auth.discovery import capability_security, smart_configuration
 from fhir_server.auth.keys import KeyRing
+from fhir_server.auth.launch import check_launch
 from fhir_server.auth.pages import HEADERS, authorize_page, error_page, picker_page
 from fhir_server.auth.ratelimit import RateLimiter
 from fhir_server.auth.scopes import describe, split
 from fhir_server.auth.store import AuthStore, User
-from fhir_server.errors import Issue, operation_outcome
+from fhir_server.errors import FhirError, Issue, operation_outcome
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import SystemAccess, as_system
 
@@ -362,13 +363,27 @@ async def launch(request: Request) -> Response:
     access = await bearer_access(request, "auth/launch", required=True, audit=False)
     if isinstance(access, Response):
         return access
+    if not isinstance(access, AccessContext):  # LOCAL_MODE cannot happen with required=True
+        return _unauthorized("Authentication is required: send an OAuth 2 bearer access token")
     body = await request.body()
     content_type = request.headers.get("content-type", "")
-    data = orjson.loads(body) if "json" in content_type and body else dict(parse_qsl(body.decode()))
+    try:
+        data = orjson.loads(body) if "json" in content_type and body else dict(parse_qsl(body.decode()))
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        return JSONResponse({"error": "invalid_request", "error_description": "a JSON object or a form"}, 400)
     context: dict[str, Any] = {k: str(data[k]) for k in ("patient", "encounter") if data.get(k)}
     if "patient" not in context:
         return JSONResponse({"error": "invalid_request", "error_description": "patient is required"}, 400)
     context["need_patient_banner"] = bool(data.get("need_patient_banner", False))
+    try:  # an EHR-side caller that may read this patient (fhir_server/auth/launch.py)
+        await _call(urls, check_launch, auth.fhir.uow, access, context)
+    except FhirError as exc:
+        _audit_admin(auth, request, access if isinstance(access, AccessContext) else None, "launch",
+                     "EHR launch context issued", exc.status, f"Patient/{context['patient']}")
+        error = "insufficient_scope" if exc.status == 403 else "invalid_request"
+        return JSONResponse({"error": error, "error_description": exc.message}, status_code=exc.status)
     launch_id = await _call(urls, auth.store.create_launch, context)
     _audit_admin(auth, request, access if isinstance(access, AccessContext) else None, "launch",
                  "EHR launch context issued", 200, f"Patient/{context['patient']}")

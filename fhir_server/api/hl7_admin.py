@@ -1,7 +1,7 @@
 """GET /admin/hl7/messages: the HL7 v2 message store for operators (logic in interfaces/mllp/admin.py).
 
-An admin user's token is required when auth is on (as for POST /auth/clients). Errors are masked and raw
-messages left out unless ``reveal=true`` is asked for; with auth on, only an admin token gets here at all.
+An admin user's token is required, also with auth off (as for POST /auth/clients). Errors are masked and
+raw messages left out unless ``reveal=true`` is asked for.
 A reveal leaves an AuditEvent (who, from where, the query, the patients of the messages shown): raw v2
 messages are patient records read outside the FHIR API.
 """

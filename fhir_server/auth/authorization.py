@@ -75,12 +75,13 @@ class SmartRequest(OAuth2Request):
 
 
 def restrict(scope: str, user: User | None) -> str:
-    """Backend tokens keep only ``system/`` resource scopes; user tokens only ``patient/`` and ``user/``."""
+    """Backend tokens keep only ``system/`` resource scopes (and ``launch``: an EHR backend that may create
+    launch contexts); user tokens only ``patient/`` and ``user/``."""
     out = []
     for token in split(scope):
         parsed = parse_resource_scope(token)
         if parsed is None:
-            if user is not None:
+            if user is not None or token == "launch":
                 out.append(token)
         elif (parsed.context == "system") == (user is None):
             out.append(token)
@@ -191,7 +192,8 @@ class SmartAuthorizationServer(AuthorizationServer):
     def access_context(self, claims: dict[str, Any]) -> AccessContext:
         return AccessContext(tuple(resource_scopes(claims.get("scope"))), claims.get("role"),
                              claims.get("patient"), claims.get("fhirUser"),
-                             f"{claims.get('client_id')} {claims.get('sub')}")
+                             f"{claims.get('client_id')} {claims.get('sub')}",
+                             tuple(t for t in split(claims.get("scope")) if parse_resource_scope(t) is None))
 
     # --- RFC 7662 / RFC 7009 ---------------------------------------------------------------------------------
 

@@ -19,9 +19,11 @@ ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
     "admin": {"*": ALL},
     "doctor": {"*": ALL},
     "nurse": {"*": "crus"},
-    # Front desk: registration and scheduling only, no clinical content (no Observation, Condition, ...).
+    # Front desk: registration and scheduling only, no clinical content (no Observation, Condition, ...;
+    # the clinical elements of Encounter, Appointment and Patient are masked: masks.py). Subscriptions: a
+    # scheduling board told of appointment and encounter changes (each notification masked the same way).
     "receptionist": {**dict.fromkeys(ADMINISTRATIVE, "crus"), "Appointment": ALL, "Encounter": "crus",
-                     "Coverage": "crus"},
+                     "Coverage": "crus", "Subscription": ALL},
     # Billing reads clinical records to code claims but never writes them.
     "billing_officer": {"*": READ, **dict.fromkeys(FINANCIAL, ALL)},
     "lab_technician": {"*": READ, "Observation": "crus", "DiagnosticReport": "crus", "Specimen": "crus",
@@ -37,6 +39,9 @@ ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
 for _role, _table in ROLE_PERMISSIONS.items():
     _table["AuditEvent"] = READ if _role == "admin" else ""
 ROLES = tuple(ROLE_PERMISSIONS)
+# EHR-side users who may open an app in a chart (POST /auth/launch), for a patient they may read; a patient
+# user never creates launch contexts, and a backend needs the ``launch`` scope (fhir_server/auth/launch.py).
+EHR_LAUNCH_ROLES = frozenset(ROLES) - {"patient"}
 
 
 def role_allows(role: str, resource_type: str, permission: str) -> bool:

@@ -87,7 +87,7 @@ class ExportRun:
 
     def _cohort(self, rtype: str) -> Any:
         """A Group / ``patient`` export narrowed in SQL through the reference index (written with every
-        version, in its transaction) to the cohort's compartments; ``_keep`` still decides per resource."""
+        version, in its transaction) to the cohort's compartments; ``_line`` still decides per resource."""
         patients = sorted(self.patients or ())
         params = ("link",) if rtype == "Patient" else patient_compartment_params().get(rtype, ())
         linked = select(REFERENCE.c.resource_id).where(
@@ -145,17 +145,21 @@ class ExportRun:
                 if len(rows) < self.page_size:
                     return
 
-    def _keep(self, rtype: str, row: Any) -> bool:
+    def _line(self, rtype: str, row: Any) -> str | None:
+        """The NDJSON line of ``row`` as the owner may see it (role masks applied), None to leave it out."""
         access = self.job.access
         if isinstance(access, SystemAccess) and self.params["level"] == "system":
-            return True  # the server's own export of everything: nothing to look inside for
+            return str(row.text)  # the server's own export of everything: nothing to look inside for
         content = orjson.loads(row.text)
         if self.params["level"] != "system":
             members = patients_of(rtype, content)
             if not members or (self.patients is not None and not members & self.patients):
-                return False
-        return access.can_read(Version(rtype, row.id, row.version_id, row.last_updated,
-                                           False, content))
+                return None
+        version = Version(rtype, row.id, row.version_id, row.last_updated, False, content)
+        if not access.can_read(version):
+            return None
+        masked = access.mask(version)  # auth: the role's masked elements leave with no export either
+        return str(row.text) if masked is version else orjson.dumps(masked.content).decode()
 
     # --- the run -----------------------------------------------------------------------------------------
 
@@ -193,7 +197,7 @@ class ExportRun:
                             return
                         if not self._renew():
                             raise _Stopped
-                        carry = [(row.id, row.text) for row in rows if self._keep(rtype, row)]
+                        carry = [(row.id, line) for row in rows if (line := self._line(rtype, row)) is not None]
                         continue
                     take, carry = carry[:self.file_resources - count], carry[self.file_resources - count:]
                     count += len(take)

@@ -48,7 +48,9 @@ class BulkOperations:
         ops = self.server.operations
         ops.register(Operation("export", self.export, EXPORT_DEFINITION, system=True,
                                types=frozenset({"Patient", "Group"}), instance=True))
-        ops.register(Operation("import", self.import_, IMPORT_DEFINITION, system=True, affects_state=True))
+        # $import writes whole data sets and makes the server fetch URLs: administrators only.
+        ops.register(Operation("import", self.import_, IMPORT_DEFINITION, system=True, affects_state=True,
+                               admin=True))
         # Status URLs and file downloads are addresses the manifest hands out, not operations of the IG.
         for name in ("export-poll-status", "import-poll-status", "reindex-poll-status"):
             ops.register(Operation(name, self.status, "urn:fhir-server:OperationDefinition/bulk-status", system=True))

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from fhir_server.errors import INVALID, FhirError, not_found
+from fhir_server.errors import FORBIDDEN, INVALID, FhirError, not_found
 from fhir_server.rest.request import FhirRequest, FhirResponse
+from fhir_server.search.access import readable
 from fhir_server.storage.repository import Repository, Version, instant
 
 CURSOR = "_cursor"
@@ -50,6 +51,10 @@ def history(req: FhirRequest, repo: Repository, resource_type: str | None, resou
             before_pk = int(cursor)
         except ValueError:
             raise FhirError(400, INVALID, f"Invalid paging cursor {cursor!r}", (CURSOR,)) from None
+    if resource_type and not resource_id and not readable(repo.access, resource_type):
+        # SMART v2: type history is an ``s`` interaction, refused like a search of the type
+        raise FhirError(403, FORBIDDEN, f"The access token does not permit the history of {resource_type}",
+                        (resource_type,))
     # auth: 403 for a resource the caller may not read, before 404 and before any version is counted
     if resource_type and resource_id and repo.visible(resource_type, resource_id) is None:
         raise not_found(resource_type, resource_id)

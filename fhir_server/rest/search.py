@@ -19,7 +19,7 @@ from fhir_server.definitions import resource_types
 from fhir_server.errors import FORBIDDEN, INVALID, NOT_SUPPORTED, FhirError, Issue, operation_outcome
 from fhir_server.rest.history import parse_count
 from fhir_server.rest.request import FhirRequest, FhirResponse
-from fhir_server.search.access import readable
+from fhir_server.search.access import check_criteria, check_include, readable, refuse_masked
 from fhir_server.search.compartment import compartment_criterion
 from fhir_server.search.finder import SearchFinder, parse_sort
 from fhir_server.search.parser import AnyCriterion, parse_query
@@ -100,6 +100,8 @@ def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, par
                         ("_type",) if path == "" else (types[0],))
     types = allowed
     queries = [parse_query(finder.registry, t, params, base_url=req.base_url) for t in types]
+    for q in queries:  # auth: a criterion reaching a type the token may not search is refused, not emptied
+        check_criteria(repo.access, q.criteria)
     unknown: dict[str, str] = {}
     for q in queries:
         unknown.update(dict(q.unknown))
@@ -129,6 +131,7 @@ def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, par
     if len({tuple(k.param.type for k in s) for s in sorts}) > 1:
         raise FhirError(400, INVALID, "_sort keys must have the same type in every _type", ("_sort",))
     cursor = last("_cursor")
+    include_specs = _include_specs(repo, finder, control)
     criteria = [[*(extra.get(t, []) if isinstance(extra, dict) else extra), *q.criteria]
                 for t, q in zip(types, queries, strict=True)]
 
@@ -154,7 +157,7 @@ def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, par
         matches = [found[ref] for ref in refs if ref in found]
         entries = [_entry(req, v, "match", summary, elements) for v in matches]
         entries += [_entry(req, v, "include", summary, elements)
-                    for v in _includes(req, repo, finder, matches, control)]
+                    for v in _includes(repo, finder, matches, include_specs)]
         if next_cursor:
             links.append({"relation": "next", "url": _url(req, path, [*used, ("_cursor", next_cursor)])})
         if total_mode != "none":
@@ -201,15 +204,40 @@ def _parse_include(finder: SearchFinder, name: str, spec: str) -> tuple[str, str
     return source, None if param == "*" else param, target
 
 
-def _includes(req: FhirRequest, repo: Repository, finder: SearchFinder, matches: list[Version],
-              control: dict[str, list[str]]) -> list[Version]:
-    specs: list[tuple[bool, bool, tuple[str, str | None, str | None]]] = []  # (reverse, iterate, spec)
+IncludeSpec = tuple[bool, bool, tuple[str, str | None, str | None]]  # (reverse, iterate, (source, param, target))
+
+
+def _include_specs(repo: Repository, finder: SearchFinder, control: dict[str, list[str]]) -> list[IncludeSpec]:
+    """The ``_include``/``_revinclude`` parameters, checked up front: one naming a type the token may not
+    search is a 403 whatever the page holds (never an empty answer some tokens get and others not)."""
+    specs: list[IncludeSpec] = []
     for name in ("_include", "_revinclude", "_include:iterate", "_revinclude:iterate",
                  "_include:recurse", "_revinclude:recurse"):
         for value in control.get(name, []):
-            specs.append((name.startswith("_rev"), ":" in name, _parse_include(finder, name, value)))
+            spec = _parse_include(finder, name, value)
+            reverse = name.startswith("_rev")
+            if spec[0] != "*":
+                sp = finder.registry.get(spec[0], spec[1]) if spec[1] else None
+                targets = (spec[2],) if spec[2] else tuple(t for t in (sp.targets if sp else ())
+                                                           if t in resource_types())
+                check_include(repo.access, name, reverse, spec[0], targets)
+            specs.append((reverse, ":" in name, spec))
+    return specs
+
+
+def _includes(repo: Repository, finder: SearchFinder, matches: list[Version],
+              specs: list[IncludeSpec]) -> list[Version]:
     if not specs or not matches:
         return []
+    for _reverse, _iterate, (source, param, _target) in specs:  # auth: not through references a role mask hides
+        if param is not None:
+            sp = finder.registry.get(source, param)
+            if sp is not None:
+                refuse_masked(repo.access, source, sp)
+        elif any(repo.access.masks(t) for t in (
+                {v.resource_type for v in matches} if source == "*" else {source})):
+            raise FhirError(403, FORBIDDEN, f"{source}:* includes references this user's role does not see; "
+                                            "name the search parameter", ("_include",))
     seen = {(v.resource_type, v.id) for v in matches}
     included: list[Version] = []
     frontier = list(matches)

@@ -40,7 +40,7 @@ class SearchServices:
 
     def register_operations(self, operations: OperationRegistry) -> None:
         operations.register(Operation("reindex", self.reindex, reindex.DEFINITION,
-                                      system=True, affects_state=True))
+                                      system=True, affects_state=True, admin=True))
 
     def install(self, dispatcher: OutboxDispatcher) -> None:
         """Outbox handlers of the index writers that deliver elsewhere (Elasticsearch)."""

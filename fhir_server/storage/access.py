@@ -24,6 +24,9 @@ class SystemAccess:
     def can_read(self, version: Version) -> bool:
         return True
 
+    def can_search(self, version: Version) -> bool:
+        return True
+
     def check_read(self, version: Version) -> None:
         return None
 
@@ -35,6 +38,18 @@ class SystemAccess:
 
     def search_constraints(self, resource_type: str) -> tuple[tuple[tuple[str, str], ...], ...] | None:
         return None
+
+    def masks(self, resource_type: str) -> tuple[str, ...]:
+        return ()
+
+    def mask(self, version: Version) -> Version:
+        return version
+
+    def restore_masked(self, resource_type: str, content: dict[str, Any], previous: Version | None) -> dict[str, Any]:
+        return content
+
+    def administers(self) -> bool:
+        return True
 
 
 def as_system(reason: str) -> SystemAccess:

@@ -53,7 +53,13 @@ class AccessPolicy(Protocol):
     """What the caller may do: a token's ``fhir_server.auth.access.AccessContext``, or the server acting for
     itself (``fhir_server.storage.access.as_system``). Always given; there is no "no policy"."""
 
-    def can_read(self, version: Version) -> bool: ...
+    def can_read(self, version: Version) -> bool:
+        """SMART ``r``: read, vread, instance history."""
+        ...
+
+    def can_search(self, version: Version) -> bool:
+        """SMART ``s``: what a search returns (matches, includes), type and system history."""
+        ...
 
     def check_read(self, version: Version) -> None: ...
 
@@ -66,6 +72,22 @@ class AccessPolicy(Protocol):
     def search_constraints(self, resource_type: str) -> tuple[tuple[tuple[str, str], ...], ...] | None:
         """SMART v2 granular constraints (``?category=laboratory``) search must filter on in SQL: any one of
         the constraint sets (each a list of search parameters, all of which must match); None: none apply."""
+        ...
+
+    def masks(self, resource_type: str) -> tuple[str, ...]:
+        """The elements of ``resource_type`` masked for the caller (fhir_server/auth/masks.py); () for none."""
+        ...
+
+    def mask(self, version: Version) -> Version:
+        """The version as the caller may see it (role-level element masks, fhir_server/auth/masks.py)."""
+        ...
+
+    def restore_masked(self, resource_type: str, content: dict[str, Any], previous: Version | None) -> dict[str, Any]:
+        """The content to store for the caller's write: masked elements refused, their stored values kept."""
+        ...
+
+    def administers(self) -> bool:
+        """Whether the caller may run administrative operations ($reindex, $import)."""
         ...
 
 
@@ -153,7 +175,7 @@ class Repository:
         if version.deleted:
             raise FhirError(410, DELETED, f"Resource {resource_type}/{resource_id} has been deleted "
                                           f"(version {version.version_id})")
-        return version
+        return self.access.mask(version)  # auth: the role's masked elements taken out
 
     def prefetch_current(self, references: list[tuple[str, str]]) -> None:
         """Read and lock the current rows of resources about to be updated or deleted, (type, id) pairs, in
@@ -199,7 +221,7 @@ class Repository:
         version = Version(resource_type, resource_id, version_id, row.last_updated, row.deleted, row.content,
                           row.method)
         self.access.check_read(version)  # auth
-        return version
+        return self.access.mask(version)
 
     def visible(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Version | None:
         """The current version (None: it never existed), once the caller is known to be allowed to read the
@@ -225,7 +247,8 @@ class Repository:
                                        row.last_updated if row else datetime.now(UTC), False, content))
 
     def read_many(self, references: list[tuple[str, str]]) -> list[Version]:
-        """Current, non-deleted versions of the given (type, id) pairs, in no particular order."""
+        """Current, non-deleted versions of the given (type, id) pairs, in no particular order: what a search
+        returns, so the access filter is ``can_search`` (SMART ``s``)."""
         out: list[Version] = []
         by_type: dict[str, list[str]] = {}
         for rtype, rid in references:
@@ -237,7 +260,8 @@ class Repository:
                         RES.c.resource_type == rtype, RES.c.id.in_(ids[start:start + 500]),
                         RES.c.deleted.is_(False)))
                 out.extend(Version(rtype, r.id, r.version_id, r.last_updated, False, r.content) for r in rows)
-        return [v for v in out if self.access.can_read(v)]  # auth: what the token may not see is left out
+        # auth: what the token may not search is left out (a search's loader), masked elements taken out
+        return [self.access.mask(v) for v in out if self.access.can_search(v)]
 
     def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
                 since: datetime | None = None, at: datetime | None = None, before_pk: int | None = None,
@@ -258,7 +282,9 @@ class Repository:
         rows = self.execute(stmt).all()
         out = [(r.pk, Version(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method))
                for r in rows[:count]]
-        out = [(pk, v) for pk, v in out if self.access.can_read(v)]  # auth: after paging: a page may be shorter
+        # auth: after paging (a page may be shorter); SMART v2: instance history is ``r``, type and system ``s``
+        allowed = self.access.can_read if resource_id is not None else self.access.can_search
+        out = [(pk, self.access.mask(v)) for pk, v in out if allowed(v)]
         return out, len(rows) > count
 
     def history_total(self, resource_type: str, resource_id: str) -> int:
@@ -285,11 +311,13 @@ class Repository:
                method: str = "POST", trusted: bool = False) -> Version:
         """``trusted``: content the server built itself (its AuditEvents), whose shape a test checks against
         the base StructureDefinition once, instead of every write paying for it; hooks still run."""
-        self.access.check_write(resource_type, resource, None)
+        self.access.check_write(resource_type, resource, None)  # auth
+        resource = self.access.restore_masked(resource_type, resource, None)
         event = WriteEvent("create", resource_type, resource_id, resource)
         content = self._prepare(event, validate=not trusted)
         rid = resource_id or str(uuid.uuid4())
-        return self._write(event, content, rid, 1, method, insert_current=True)
+        version = self._write(event, content, rid, 1, method, insert_current=True)
+        return self.access.mask(version)
 
     def update(self, resource_type: str, resource_id: str, resource: dict[str, Any], *,
                if_match: int | None = None, method: str = "PUT",
@@ -301,14 +329,17 @@ class Repository:
             self._check_read_deleted(resource_type, resource_id)
         self.access.check_write(resource_type, resource, current)
         _check_if_match(current, if_match, resource_type, resource_id)
+        resource = self.access.restore_masked(resource_type, resource, current)  # masked elements kept
         # A PUT that brings a resource into being is a create for hooks (subscriptions, audit).
         event = WriteEvent(interaction if current is not None else "create", resource_type, resource_id, resource,
                            previous=current)
         content = self._prepare(event)
         if current is None:
-            return self._write(event, content, resource_id, 1, method, insert_current=True), True
-        version = self._write(event, content, resource_id, current.version_id + 1, method, insert_current=False)
-        return version, current.deleted
+            version, created = self._write(event, content, resource_id, 1, method, insert_current=True), True
+        else:
+            version = self._write(event, content, resource_id, current.version_id + 1, method, insert_current=False)
+            created = current.deleted
+        return self.access.mask(version), created
 
     def delete(self, resource_type: str, resource_id: str, *, if_match: int | None = None) -> Version | None:
         """Write a tombstone version; None when the resource was already deleted.

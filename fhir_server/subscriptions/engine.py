@@ -25,6 +25,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 from fhir_server.auth.stored import NO_ACCESS, StoredAccess, dump_access, load_access
 from fhir_server.errors import FhirError
 from fhir_server.hooks import HookPoint, WriteEvent
+from fhir_server.search.access import refuse_masked_criteria
 from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import Registry
 from fhir_server.search.sql import predicate
@@ -137,6 +138,8 @@ class SubscriptionEngine:
             return
         sub = specs.parse(event.resource)
         rules = self.compile(sub, load_topics(repo) if sub.backport else {}, NO_ACCESS, check=True)
+        for rule in rules:  # auth: the subscriber's criteria may not test what its role's mask hides
+            refuse_masked_criteria(repo.access, rule.trigger.resource_type, rule.filters)
         del rules
         sid = event.resource_id
         if repo.execute(select(STATE.c.subscription_id).where(STATE.c.subscription_id == sid)).first() is None:

@@ -39,7 +39,9 @@ def _inputs(req: FhirRequest) -> dict[str, str]:
 
 
 def _subscription(repo: Repository, resource_id: str | None) -> specs.SubscriptionSpec:
-    assert resource_id is not None
+    if resource_id is None:  # registered per instance; the type level is a clear 400, never a 500
+        raise FhirError(400, INVALID, "This operation runs on one Subscription: Subscription/[id]/$...",
+                        ("Subscription",))
     return specs.parse(repo.read("Subscription", resource_id).content or {})
 
 

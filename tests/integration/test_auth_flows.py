@@ -281,9 +281,13 @@ def test_introspection_and_revocation(smart: Smart) -> None:
 def test_ehr_launch(smart: Smart) -> None:
     pid = smart.as_admin("POST", "Patient", content=orjson.dumps({"resourceType": "Patient"}),
                          headers={"Content-Type": "application/fhir+json"}).json()["id"]
-    ehr = smart.system_token("system/*.rs")
+    encounter = {"resourceType": "Encounter", "status": "in-progress", "subject": {"reference": f"Patient/{pid}"},
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}}
+    eid = smart.as_admin("POST", "Encounter", content=orjson.dumps(encounter),
+                         headers={"Content-Type": "application/fhir+json"}).json()["id"]
+    ehr = smart.system_token("launch system/*.rs")  # a backend with the launch permission
     assert smart.http.post(f"{smart.root}/auth/launch", json={"patient": pid}).status_code == 401
-    launch = smart.http.post(f"{smart.root}/auth/launch", json={"patient": pid, "encounter": "enc-1"},
+    launch = smart.http.post(f"{smart.root}/auth/launch", json={"patient": pid, "encounter": eid},
                              headers={"Authorization": f"Bearer {ehr}"}).json()["launch"]
     user = smart.user("doctor")
     scope = "launch patient/*.rs"
@@ -297,7 +301,7 @@ def test_ehr_launch(smart: Smart) -> None:
     code = code_from(authorize(smart, client["client_id"], REDIRECT, scope, user, challenge=challenge,
                                extra={"launch": launch}), REDIRECT)
     body = exchange(smart, client["client_id"], code, REDIRECT, verifier).json()
-    assert body["patient"] == pid and body["encounter"] == "enc-1" and body["need_patient_banner"] is False
+    assert body["patient"] == pid and body["encounter"] == eid and body["need_patient_banner"] is False
     assert smart.fhir("GET", f"Patient/{pid}", body["access_token"]).status_code == 200
 
 

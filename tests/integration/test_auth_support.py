@@ -26,7 +26,7 @@ from fhir_server.api.auth import SmartAuth
 from fhir_server.app import create_app
 from fhir_server.auth.store import AuthStore
 from fhir_server.rest.server import FhirServer
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import Backend, LiveServer, _free_port, wait_until
 
 PASSWORD = "Correct-Horse-42!"
 
@@ -87,6 +87,13 @@ def smart_server(backend: Backend, **settings_overrides: Any) -> Iterator[Smart]
         yield Smart(root, root + "/fhir", http, app.state.auth.store, app.state.auth, backend)
     server.should_exit = True
     thread.join(timeout=20)
+
+
+def smart_of(live: LiveServer) -> Smart:
+    """The SMART helpers on the shared live server (auth off: the embedded default), for what needs a token
+    there too (the /admin views)."""
+    root = live.url.removesuffix("/fhir")
+    return Smart(root, live.url, live.http, AuthStore(live.backend.engine), SmartAuth(live.fhir), live.backend)
 
 
 # --- backend services -------------------------------------------------------------------------------------------

@@ -13,7 +13,15 @@ from interfaces.mllp.admin import mask
 from interfaces.mllp.pipeline import Hl7Pipeline
 from interfaces.mllp.store import MessageStore
 from tests.conftest import Backend, LiveServer
-from tests.integration.test_auth_support import Smart, authorize, code_from, exchange, pkce, smart_server
+from tests.integration.test_auth_support import (
+    Smart,
+    authorize,
+    code_from,
+    exchange,
+    pkce,
+    smart_of,
+    smart_server,
+)
 from tests.integration.test_mllp import golden
 
 REDIRECT = "http://127.0.0.1:9/callback"
@@ -109,10 +117,15 @@ def test_reveal_leaves_an_audit_event_naming_the_admin_and_the_patients(backend:
         assert base64.b64decode(query).decode() == "status=processed&reveal=true"
 
 
-def test_open_embedded_default_lists_without_a_token(api: LiveServer) -> None:
+def test_open_embedded_default_still_needs_an_admin_token(api: LiveServer) -> None:
     fill(Hl7Pipeline(api.fhir, MessageStore(api.backend.engine)))
-    root = api.url.removesuffix("/fhir")
-    body = httpx.get(f"{root}/admin/hl7/messages", params={"status": "processed"}).json()
+    local = smart_of(api)
+    url = f"{local.root}/admin/hl7/messages"
+    assert httpx.get(url, params={"status": "processed"}).status_code == 401  # auth off, yet no open door
+    doctor = {"Authorization": f"Bearer {user_token(local, 'doctor')}"}
+    assert httpx.get(url, headers=doctor).status_code == 403
+    admin = {"Authorization": f"Bearer {user_token(local, 'admin')}"}
+    body = httpx.get(url, headers=admin, params={"status": "processed"}).json()
     assert [m["status"] for m in body["messages"]] == ["processed", "processed"]
     assert body["counts"]["error"] == 1
 

@@ -16,8 +16,10 @@ from sqlalchemy import insert, select
 from fhir_server.jobs.store import JobStore
 from fhir_server.storage.models import OUTBOX
 from interfaces.mllp.outbound import TOPIC
-from tests.conftest import Backend, _free_port, make_backend, wait_until
+from tests.conftest import Backend, LiveServer, _free_port, make_backend, wait_until
 from tests.integration.bulk_support import kick_off, poll
+from tests.integration.test_auth_access import _user_token
+from tests.integration.test_auth_support import smart_of
 from tests.integration.test_mllp_outbound import FakeLab
 from tests.integration.worker_support import ROOT, Stack, fill, make_stack
 
@@ -152,7 +154,10 @@ def test_dead_letter_list_and_retry(jobs: Stack) -> None:
     listed = json.loads(_cli(jobs, "list", "--status", "dead").stdout)
     assert listed["counts"]["dead"] == 1 and listed["rows"][0]["key"] == "k-dead"
     assert "payload" not in listed["rows"][0]  # operators see no clinical content
-    admin = jobs.http.get(jobs.url.removesuffix("/fhir") + "/admin/outbox", params={"status": "dead"}).json()
+    local = smart_of(LiveServer(jobs.url, jobs.fhir, jobs.backend, jobs.http))
+    token = _user_token(local, "admin", "user/*.rs")["access_token"]  # /admin needs one even with auth off
+    admin = jobs.http.get(jobs.url.removesuffix("/fhir") + "/admin/outbox", params={"status": "dead"},
+                          headers={"Authorization": f"Bearer {token}"}).json()
     assert [r["key"] for r in admin["rows"]] == ["k-dead"]
     retried = _cli(jobs, "retry", "--dead")
     assert json.loads(retried.stdout) == {"retried": 1}

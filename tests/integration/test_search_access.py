@@ -188,8 +188,10 @@ def test_a_role_that_never_reads_a_type_is_refused(smart: Smart, data: dict[str,
     token = str(exchange(smart, client["client_id"], code, REDIRECT, verifier).json()["access_token"])
     _get(smart, "Observation", token, 403)
     assert {data["a"], data["b"]} <= _ids(_get(smart, "Patient?_count=100", token))
-    # Patients by their Observations: the receptionist may not look into Observations that way either.
-    assert _ids(_get(smart, "Patient?_has:Observation:subject:code=secret-b", token)) == set()
+    # Patients by their Observations: the receptionist may not look into Observations that way either (403:
+    # a criterion on a type the token may not search is refused, not answered empty; issue 12 point 7).
+    _get(smart, "Patient?_has:Observation:subject:code=secret-b", token, 403)
+    _get(smart, "Encounter?_revinclude=Observation:encounter", token, 403)
 
 
 def test_a_patient_user_sees_only_their_own_record(smart: Smart, data: dict[str, Any]) -> None:
@@ -292,3 +294,48 @@ def test_list_members_only_through_lists_the_token_may_read(smart: Smart, data: 
     # Deleted: its members no longer match, for anyone.
     assert smart.fhir("DELETE", f"List/{list_a}", admin).status_code in (200, 204)
     assert _ids(_get(smart, f"Observation?_list={list_a}", admin)) == set()
+
+
+def test_narrow_scopes_narrow_every_criterion_for_patients_as_for_practitioners(smart: Smart,
+                                                                                data: dict[str, Any]) -> None:
+    """Issue 12 point 7: with patient/Observation.rs, any criterion touching another type is 403, for a
+    patient user exactly as for a practitioner launched for that patient (no counts of their Conditions)."""
+    scope = "launch/patient patient/Observation.rs"
+    admin = data["admin"]
+    r = smart.fhir("POST", "Condition", admin, headers=JSON, content=orjson.dumps(
+        {"resourceType": "Condition", "code": {"text": "own"}, "subject": {"reference": f"Patient/{data['a']}"}}))
+    assert r.status_code == 201, r.text
+    user = smart.user("patient", f"Patient/{data['a']}")
+    client = smart.client(["authorization_code"], scope, redirect_uris=[REDIRECT], public=True)
+    verifier, challenge = pkce()
+    code = code_from(authorize(smart, client["client_id"], REDIRECT, scope, user, challenge=challenge), REDIRECT)
+    patient_user = str(exchange(smart, client["client_id"], code, REDIRECT, verifier).json()["access_token"])
+    practitioner = _patient_token(smart, data["a"], scope)
+    for token in (patient_user, practitioner):
+        for path in ("Condition?_total=accurate", "Condition?_summary=count", "Condition?_content=own",
+                     f"Patient/{data['a']}/Condition", "Condition/_history",
+                     "Observation?subject:Patient.family=Alpha", "Observation?subject.family=Alpha",
+                     "Observation?_has:DiagnosticReport:result:code=x", "Observation?_include=Observation:encounter",
+                     "Observation?_revinclude=Provenance:target", "Observation?_list=1"):
+            _get(smart, path, token, 403)
+        bundle = _get(smart, "Observation?_total=accurate&_include=Observation:derived-from", token)
+        own = _get(smart, f"Observation?subject=Patient/{data['a']}&_total=accurate&_count=0", admin)["total"]
+        assert bundle["total"] == own and own >= len(_a_observations(data))  # A's, as other tests made them
+
+
+def test_smart_v2_letters_separate_read_from_search(smart: Smart, data: dict[str, Any]) -> None:
+    """Issue 12 point 8: r is read, vread and instance history; s is search and type/system history."""
+    obs = data["obs_a"][0]
+    read_only = smart.system_token("system/Observation.r")
+    assert smart.fhir("GET", f"Observation/{obs}", read_only).status_code == 200
+    assert smart.fhir("GET", f"Observation/{obs}/_history/1", read_only).status_code == 200
+    assert _ids(_get(smart, f"Observation/{obs}/_history", read_only)) == {obs}
+    for path in (f"Observation?_id={obs}", "Observation/_history", f"Patient/{data['a']}/Observation"):
+        _get(smart, path, read_only, 403)
+    assert _ids(_get(smart, "_history", read_only)) == set()  # system history is s: nothing of it shows
+    search_only = smart.system_token("system/Observation.s")
+    for path in (f"Observation/{obs}", f"Observation/{obs}/_history/1", f"Observation/{obs}/_history"):
+        _get(smart, path, search_only, 403)
+    assert _ids(_get(smart, f"Observation?_id={obs}", search_only)) == {obs}
+    assert obs in _ids(_get(smart, "Observation/_history?_count=500", search_only))
+    _get(smart, f"Observation?_id={obs}&_include=Observation:subject:Patient", search_only, 403)

@@ -150,3 +150,26 @@ def test_search_compartment_respects_the_role() -> None:
     receptionist = AccessContext(tuple(resource_scopes("user/*.rs")), "receptionist")
     assert receptionist.search_compartment("Observation") == ("", ())  # the role never reads Observations
     assert receptionist.search_compartment("Patient") is None
+
+
+@pytest.mark.parametrize(("scope", "reads", "searches"), [
+    ("system/Observation.r", True, False),  # SMART v2: r is read/vread/instance history only
+    ("system/Observation.s", False, True),  # s is search (and type/system history) only
+    ("system/Observation.rs", True, True),
+    ("system/Observation.read", True, True),  # v1 read = rs
+    ("system/Observation.cud", False, False),
+])
+def test_v2_letters_separate_read_from_search(scope: str, reads: bool, searches: bool) -> None:
+    access = AccessContext(tuple(resource_scopes(scope)))
+    assert access.can_read(version("Observation", obs("1"))) is reads
+    assert access.can_search(version("Observation", obs("1"))) is searches
+    assert (access.search_compartment("Observation") is None) is searches  # None: no SQL restriction
+
+
+def test_a_patient_user_is_held_to_the_scopes_in_search() -> None:
+    """Issue 12 point 7: patient/Observation.rs searches no Conditions, not even the patient's own."""
+    access = AccessContext(tuple(resource_scopes("patient/Observation.rs")), role="patient", patient="7",
+                           fhir_user="Patient/7")
+    assert access.search_compartment("Condition") == ("", ())
+    assert access.search_compartment("Observation") == ("7", ("subject", "performer"))
+    assert not access.can_search(version("Condition", {"subject": {"reference": "Patient/7"}}))

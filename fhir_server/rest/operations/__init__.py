@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fhir_server.errors import NOT_SUPPORTED, FhirError
+from fhir_server.errors import FORBIDDEN, NOT_SUPPORTED, FhirError
 from fhir_server.rest.request import FhirRequest, FhirResponse
 
 if TYPE_CHECKING:
@@ -28,6 +28,9 @@ class Operation:
     # SQLite, no BEGIN/COMMIT on PostgreSQL). Opt-in: some operations that do not "affect state" in the FHIR
     # sense still write (the $export kick-off stores its job).
     read_only: bool = False
+    # An administrative operation ($reindex, $import): only an administrator runs it (an ``admin`` user or a
+    # backend granted writes on every type; ``AccessPolicy.administers``), at every level and in Bundles.
+    admin: bool = False
 
 
 @dataclass
@@ -53,4 +56,7 @@ class OperationRegistry:
         if op is None or not level_ok:
             where = "/".join(p for p in (resource_type, resource_id) if p) or "the system level"
             raise FhirError(400, NOT_SUPPORTED, f"Operation ${name} is not supported at {where}")
+        if op.admin and not repo.access.administers():  # auth
+            raise FhirError(403, FORBIDDEN, f"${name} is for administrators: an admin user or a backend granted "
+                                            f"system/*.write", (f"${name}",))
         return op.handler(req, repo, resource_type, resource_id)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from fhir_server.definitions import resource_types
-from fhir_server.errors import FORBIDDEN, INVALID, FhirError
+from fhir_server.errors import INVALID, FhirError
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.models import RESOURCE
 
@@ -49,8 +49,6 @@ class Reindex:
                  resource_id: str | None) -> FhirResponse:
         if req.method != "POST":
             raise FhirError(405, INVALID, "$reindex changes the index: use POST")
-        if getattr(repo.access, "role", None) not in (None, "admin"):
-            raise FhirError(403, FORBIDDEN, "$reindex is for administrators and backend services")
         batch = _batch_size(req.param("_count"))
         types = [resource_type] if resource_type else sorted(resource_types())
         if req.prefer("respond-async") is not None and self.start_job is not None:

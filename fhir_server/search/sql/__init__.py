@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, FromClause, Select, and_, false, or_, select
 
 from fhir_server.errors import FhirError
-from fhir_server.search.access import access_condition
+from fhir_server.search.access import access_condition, refuse_masked
 from fhir_server.search.parser import (
     AnyCriterion,
     CompartmentCriterion,
@@ -42,6 +42,7 @@ def predicate(ctx: SqlContext, r: FromClause, rtype: str, c: AnyCriterion) -> Co
         return has_predicate(r, rtype, c, sub)
     if isinstance(c, CompartmentCriterion):
         return compartment_predicate(r, rtype, c)
+    refuse_masked(ctx.access, rtype, c.param)  # auth: no criteria over what the role's mask hides
     if c.param.code in ("_text", "_content"):
         return fulltext_predicate(ctx, r, rtype, c)
     if c.param.code == "_list":  # only Lists the caller may read: members must not leak through a hidden one
