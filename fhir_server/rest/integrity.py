@@ -18,6 +18,7 @@ editable). ``suspended(reason)`` turns the write check off for bulk loads whose 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -112,11 +113,13 @@ class _Check:
 
     # (source "Type/id", element path, target)
     wanted: list[tuple[str, str, Target]] = field(default_factory=list)
+    written: set[tuple[str, str]] = field(default_factory=set)  # live at the end unless deleted after
     deleted: set[tuple[str, str]] = field(default_factory=set)
 
     def __call__(self, repo: Repository) -> None:
         if self.wanted:
-            check_targets(repo, [w for w in self.wanted if tuple(w[0].split("/", 1)) not in self.deleted])
+            check_targets(repo, [w for w in self.wanted if tuple(w[0].split("/", 1)) not in self.deleted],
+                          self.written - self.deleted)
         if self.deleted:
             check_unreferenced(repo, self.deleted)
 
@@ -141,6 +144,7 @@ class ReferentialIntegrity:
             check.deleted.add(key)
             return
         check.deleted.discard(key)
+        check.written.add(key)
         if _SUSPENDED.get() is not None:
             return
         base = self.settings.base_url or ""
@@ -154,11 +158,13 @@ class ReferentialIntegrity:
         check.wanted.extend((source, path, target) for path, target in found if target not in held)
 
 
-def check_targets(repo: Repository, wanted: list[tuple[str, str, Target]]) -> None:
-    """422 unless every target exists (and its version, for versioned references), not deleted."""
+def check_targets(repo: Repository, wanted: list[tuple[str, str, Target]],
+                  written: AbstractSet[tuple[str, str]] = frozenset()) -> None:
+    """422 unless every target exists (and its version, for versioned references), not deleted.
+    ``written``: resources this unit of work wrote and did not delete, live without asking."""
     current = {(t, i) for _s, _p, (t, i, v) in wanted if v is None}
     versioned = {(t, i, v) for _s, _p, (t, i, v) in wanted if v is not None}
-    live = _live(repo, current) if current else set()
+    live = (current & written) | (_live(repo, current - written) if current - written else set())
     versions = _live_versions(repo, versioned) if versioned else set()
     dangling: list[tuple[str, str, str]] = []
     for source, path, (rtype, rid, version) in wanted:
@@ -201,9 +207,11 @@ def _live(repo: Repository, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
     for start in range(0, len(wanted), CHUNK):
         chunk = wanted[start:start + CHUNK]
         # Type IN and id IN: one primary key scan per chunk; a stray (other type, same id) row is dropped.
+        # FOR SHARE (PostgreSQL): a concurrent delete of a target waits for this commit, then sees the new
+        # referrer and is refused; a delete that locked first makes this re-read the row, now deleted.
         rows = repo.execute(select(res.c.resource_type, res.c.id).where(
             res.c.resource_type.in_(sorted({t for t, _ in chunk})), res.c.id.in_(sorted({i for _, i in chunk})),
-            res.c.deleted.is_(False)))
+            res.c.deleted.is_(False)).with_for_update(read=True))
         found.update((r.resource_type, r.id) for r in rows)
     return found & keys
 

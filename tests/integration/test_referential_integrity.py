@@ -102,7 +102,8 @@ def test_transaction_targets_created_in_the_same_bundle_count(api: LiveServer) -
         {"resource": {"resourceType": "Patient", "id": "tx-put", "link": [
             {"other": {"reference": "Patient/tx-put2"}, "type": "seealso"}]},
          "request": {"method": "PUT", "url": "Patient/tx-put"}},
-        {"resource": {"resourceType": "Patient", "id": "tx-put2"}, "request": {"method": "PUT", "url": "Patient/tx-put2"}},
+        {"resource": {"resourceType": "Patient", "id": "tx-put2"},
+         "request": {"method": "PUT", "url": "Patient/tx-put2"}},
     ]}
     r = api.http.post("", json=tx, headers=JSON)
     assert r.status_code == 200, r.text
@@ -158,7 +159,8 @@ def test_transaction_checks_deletes_in_the_final_state(api: LiveServer) -> None:
     tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"request": {"method": "DELETE", "url": f"Patient/{pid}"}},
         {"request": {"method": "DELETE", "url": f"Observation/{oid}"}},
-        {"resource": {**obs(f"Patient/{other}"), "id": moved}, "request": {"method": "PUT", "url": f"Observation/{moved}"}},
+        {"resource": {**obs(f"Patient/{other}"), "id": moved},
+         "request": {"method": "PUT", "url": f"Observation/{moved}"}},
     ]}
     r = api.http.post("", json=tx, headers=JSON)
     assert r.status_code == 200, r.text
@@ -206,7 +208,7 @@ def test_setting_off_restores_the_old_behaviour(api: LiveServer) -> None:
 
 @pytest.fixture(scope="module")
 def smart(backend: Backend) -> Iterator[Smart]:
-    yield from smart_server(backend, audit_enabled=True, audit_background=False)
+    yield from smart_server(backend, audit_enabled=True)
 
 
 def _seed(smart: Smart) -> tuple[str, str]:
