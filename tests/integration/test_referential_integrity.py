@@ -243,3 +243,27 @@ def test_cascade_is_for_administrators_and_audited(smart: Smart) -> None:
     whats = [{e["what"]["reference"] for e in ev["resource"].get("entity", []) if "what" in e}
              for ev in events.get("entry", [])]
     assert any({f"Patient/{pid}", f"Observation/{oid}"} <= w for w in whats), whats
+
+
+def test_a_delete_racing_a_new_referrer_never_leaves_it_dangling(api: LiveServer) -> None:
+    """The existence check locks its targets (FOR SHARE on PostgreSQL; SQLite writers take turns), so a
+    delete and a create referring to the deleted resource never both succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    barrier = Barrier(2)
+
+    def refer(pid: str) -> int:
+        barrier.wait(timeout=10)
+        return int(api.http.post("Observation", json=obs(f"Patient/{pid}"), headers=JSON).status_code)
+
+    def delete(pid: str) -> int:
+        barrier.wait(timeout=10)
+        return int(api.http.delete(f"Patient/{pid}").status_code)
+
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(12):
+            pid = create(api, {"resourceType": "Patient"})
+            made, gone = pool.submit(refer, pid), pool.submit(delete, pid)
+            statuses = (made.result(), gone.result())
+            assert statuses in ((201, 409), (422, 204)), statuses
