@@ -17,6 +17,7 @@ editable). ``suspended(reason)`` turns the write check off for bulk loads whose 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy import select
 
 from fhir_server.config import Settings
@@ -107,19 +109,39 @@ def references(resource: dict[str, Any], base_url: str = "") -> list[tuple[str, 
     return out
 
 
+# A "reference" key's string value in serialised JSON: only a key can look like this (quotes inside string
+# values are escaped), so one regex pass finds every Reference.reference, ~10x faster than a tree walk.
+_REFERENCE = re.compile(rb'"reference":"((?:[^"\\]|\\.)*)"')
+
+
+def targets(resource: dict[str, Any], base_url: str = "") -> set[Target]:
+    """The local targets of ``references``, without their paths: what every write pays for."""
+    if resource.get("resourceType") == "Bundle":
+        return {t for _p, t in references(resource, base_url)}
+    out: set[Target] = set()
+    for m in _REFERENCE.finditer(orjson.dumps(resource)):
+        raw = m.group(1)
+        text = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+        target = local_target(text, base_url)
+        if target is not None:
+            out.add(target)
+    return out
+
+
 @dataclass
 class _Check:
     """What one unit of work wrote and deleted; run by ``Repository.finish`` before the commit."""
 
-    # (source "Type/id", element path, target)
-    wanted: list[tuple[str, str, Target]] = field(default_factory=list)
+    # (type, id) written -> (its content, the targets it added); the last write of a resource wins
+    wanted: dict[tuple[str, str], tuple[dict[str, Any], set[Target]]] = field(default_factory=dict)
     written: set[tuple[str, str]] = field(default_factory=set)  # live at the end unless deleted after
     deleted: set[tuple[str, str]] = field(default_factory=set)
+    base_url: str = ""
 
     def __call__(self, repo: Repository) -> None:
-        if self.wanted:
-            check_targets(repo, [w for w in self.wanted if tuple(w[0].split("/", 1)) not in self.deleted],
-                          self.written - self.deleted)
+        wanted = {k: v for k, v in self.wanted.items() if k not in self.deleted}
+        if wanted:
+            check_targets(repo, wanted, self.written - self.deleted, self.base_url)
         if self.deleted:
             check_unreferenced(repo, self.deleted)
 
@@ -135,9 +157,10 @@ class ReferentialIntegrity:
         if repo is None or event.resource_id is None or event.resource_type in EXEMPT \
                 or not self.settings.enforce_referential_integrity:
             return
+        base = self.settings.base_url or ""
         check = repo.finishers.get(FINISHER)
         if not isinstance(check, _Check):
-            check = _Check()
+            check = _Check(base_url=base)
             repo.finishers[FINISHER] = check
         key = (event.resource_type, event.resource_id)
         if event.resource is None:
@@ -145,34 +168,34 @@ class ReferentialIntegrity:
             return
         check.deleted.discard(key)
         check.written.add(key)
+        check.wanted.pop(key, None)
         if _SUSPENDED.get() is not None:
             return
-        base = self.settings.base_url or ""
-        found = references(event.resource, base)
-        if not found:
-            return
-        held: set[Target] = set()
-        if event.previous is not None and event.previous.content is not None:
-            held = {t for _p, t in references(event.previous.content, base)}
-        source = f"{event.resource_type}/{event.resource_id}"
-        check.wanted.extend((source, path, target) for path, target in found if target not in held)
+        found = targets(event.resource, base)
+        if found and event.previous is not None and event.previous.content is not None:
+            found -= targets(event.previous.content, base)
+        if found:
+            check.wanted[key] = (event.resource, found)
 
 
-def check_targets(repo: Repository, wanted: list[tuple[str, str, Target]],
-                  written: AbstractSet[tuple[str, str]] = frozenset()) -> None:
+def check_targets(repo: Repository, wanted: dict[tuple[str, str], tuple[dict[str, Any], set[Target]]],
+                  written: AbstractSet[tuple[str, str]] = frozenset(), base_url: str = "") -> None:
     """422 unless every target exists (and its version, for versioned references), not deleted.
     ``written``: resources this unit of work wrote and did not delete, live without asking."""
-    current = {(t, i) for _s, _p, (t, i, v) in wanted if v is None}
-    versioned = {(t, i, v) for _s, _p, (t, i, v) in wanted if v is not None}
+    every = set().union(*(found for _c, found in wanted.values()))
+    current = {(t, i) for t, i, v in every if v is None}
+    versioned = {(t, i, v) for t, i, v in every if v is not None}
     live = (current & written) | (_live(repo, current - written) if current - written else set())
     versions = _live_versions(repo, versioned) if versioned else set()
-    dangling: list[tuple[str, str, str]] = []
-    for source, path, (rtype, rid, version) in wanted:
-        if (rtype, rid) in live if version is None else (rtype, rid, version) in versions:
-            continue
-        dangling.append((source, path, f"{rtype}/{rid}" + (f"/_history/{version}" if version is not None else "")))
-    if dangling:
-        raise DanglingReferences(dangling[:MAX_ISSUES])
+    missing = {(t, i, v) for t, i, v in every if ((t, i) not in live if v is None else (t, i, v) not in versions)}
+    if not missing:
+        return
+    dangling: list[tuple[str, str, str]] = []  # element paths only now, for the few that fail
+    for (rtype, rid), (content, _found) in wanted.items():
+        for path, (t, i, v) in references(content, base_url):
+            if (t, i, v) in missing:
+                dangling.append((f"{rtype}/{rid}", path, f"{t}/{i}" + (f"/_history/{v}" if v is not None else "")))
+    raise DanglingReferences(dangling[:MAX_ISSUES])
 
 
 class DanglingReferences(FhirError):

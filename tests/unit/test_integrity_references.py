@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fhir_server.rest.integrity import local_target, references
+from fhir_server.rest.integrity import local_target, references, targets
 
 BASE = "https://fhir.hospital.example/fhir"
 
@@ -38,3 +38,12 @@ def test_a_stored_bundles_entries_are_not_ours() -> None:
     bundle = {"resourceType": "Bundle", "type": "document", "entry": [
         {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Composition", "subject": {"reference": "Patient/9"}}}]}
     assert references(bundle) == []
+
+
+def test_the_fast_path_finds_the_same_targets() -> None:
+    resource = {"resourceType": "Observation", "subject": {"reference": "Patient/1"},
+                "note": [{"text": '"reference":"Patient/in-text"'}],
+                "extension": [{"url": "u", "valueReference": {"reference": "Device/4/_history/2"}}],
+                "derivedFrom": [{"reference": "https://other.example/Observation/1"}]}
+    assert targets(resource) == {t for _p, t in references(resource)} == {("Patient", "1", None),
+                                                                          ("Device", "4", 2)}
