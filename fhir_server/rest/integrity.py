@@ -182,9 +182,9 @@ def check_targets(repo: Repository, wanted: dict[tuple[str, str], tuple[dict[str
                   written: AbstractSet[tuple[str, str]] = frozenset(), base_url: str = "") -> None:
     """422 unless every target exists (and its version, for versioned references), not deleted.
     ``written``: resources this unit of work wrote and did not delete, live without asking."""
-    every = set().union(*(found for _c, found in wanted.values()))
+    every: set[Target] = set().union(*(found for _c, found in wanted.values()))
     current = {(t, i) for t, i, v in every if v is None}
-    versioned = {(t, i, v) for t, i, v in every if v is not None}
+    versioned = {target for target in every if target[2] is not None}
     live = (current & written) | (_live(repo, current - written) if current - written else set())
     versions = _live_versions(repo, versioned) if versioned else set()
     missing = {(t, i, v) for t, i, v in every if ((t, i) not in live if v is None else (t, i, v) not in versions)}
