@@ -226,16 +226,22 @@ def _issue(what: str, expression: str, target: str) -> Issue:
 def _live(repo: Repository, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
     wanted = sorted(keys)
-    res = RESOURCE
+    repo.flush()
+    conn = repo.conn
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    # FOR SHARE (PostgreSQL): a concurrent delete of a target waits for this commit, then sees the new
+    # referrer and is refused; a delete that locked first makes this re-read the row, now deleted.
+    lock = " FOR SHARE" if conn.dialect.name == "postgresql" else ""
     for start in range(0, len(wanted), CHUNK):
         chunk = wanted[start:start + CHUNK]
+        types, ids = sorted({t for t, _ in chunk}), sorted({i for _, i in chunk})
         # Type IN and id IN: one primary key scan per chunk; a stray (other type, same id) row is dropped.
-        # FOR SHARE (PostgreSQL): a concurrent delete of a target waits for this commit, then sees the new
-        # referrer and is refused; a delete that locked first makes this re-read the row, now deleted.
-        rows = repo.execute(select(res.c.resource_type, res.c.id).where(
-            res.c.resource_type.in_(sorted({t for t, _ in chunk})), res.c.id.in_(sorted({i for _, i in chunk})),
-            res.c.deleted.is_(False)).with_for_update(read=True))
-        found.update((r.resource_type, r.id) for r in rows)
+        # Plain SQL: on every write that refers to stored resources, SQLAlchemy's statement building cost
+        # more than the query.
+        rows = conn.exec_driver_sql(
+            f"SELECT resource_type, id FROM {RESOURCE.name} WHERE resource_type IN ({', '.join([mark] * len(types))}) "
+            f"AND id IN ({', '.join([mark] * len(ids))}) AND deleted = {mark}{lock}", (*types, *ids, False))
+        found.update((rtype, rid) for rtype, rid in rows)
     return found & keys
 
 
