@@ -129,6 +129,7 @@ def explain(database_url: str, base: str, path: str) -> str:
     from fhir_server.config import Settings
     from fhir_server.rest.request import FhirRequest
     from fhir_server.rest.server import FhirServer
+    from fhir_server.storage.access import as_system
 
     settings = Settings(database_url=database_url, outbox_dispatcher=False, audit_enabled=False)
     server = FhirServer(settings)
@@ -140,7 +141,8 @@ def explain(database_url: str, base: str, path: str) -> str:
             captured.append((statement, parameters))
 
     split = urlsplit(path)
-    server.handle(FhirRequest("GET", split.path, parse_qsl(split.query), base_url=base))
+    server.handle(FhirRequest("GET", split.path, parse_qsl(split.query), base_url=base,
+                              access=as_system("benchmark warm-up")))
     server.engine.dispose()
     out = []
     with psycopg.connect(libpq(database_url)) as conn:

@@ -92,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(settings, args)
     if args.command == "load":
         from fhir_server.loader import load_paths
+        from fhir_server.storage.access import as_system
 
-        return load_paths(settings, args.paths, out=sys.stdout)
+        return load_paths(settings, args.paths, out=sys.stdout, access=as_system("fhir-server load (operator)"))
     return 2
 
 

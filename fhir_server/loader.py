@@ -13,6 +13,7 @@ import orjson
 from fhir_server.config import Settings
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
+from fhir_server.storage.repository import AccessPolicy
 
 CHUNK = 500
 
@@ -56,7 +57,9 @@ def _bundles_of(path: Path) -> Iterator[dict[str, Any]]:
         yield as_transaction([(e["resource"], e.get("fullUrl")) for e in doc.get("entry", []) if "resource" in e])
 
 
-def load_paths(settings: Settings, paths: list[str], out: IO[str], server: FhirServer | None = None) -> int:
+def load_paths(settings: Settings, paths: list[str], out: IO[str], server: FhirServer | None = None, *,
+               access: AccessPolicy) -> int:
+    """``access``: whose load this is (``fhir-server load``: the operator, ``as_system``)."""
     server = server or FhirServer(settings)
     counts: Counter[str] = Counter()
     failed = 0
@@ -64,7 +67,7 @@ def load_paths(settings: Settings, paths: list[str], out: IO[str], server: FhirS
     for path in files:
         for bundle in _bundles_of(path):
             resp = server.handle(FhirRequest("POST", "", headers={"content-type": "application/fhir+json"},
-                                             resource=bundle, base_url=settings.base_url or ""))
+                                             resource=bundle, base_url=settings.base_url or "", access=access))
             if resp.status != 200:
                 failed += 1
                 diag = "; ".join(i.get("diagnostics", "") for i in (resp.resource or {}).get("issue", []))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 
 from fhir_server.hooks import HookPoint, Hooks, WriteEvent
+from fhir_server.storage.access import as_system
 from fhir_server.storage.generation import TERMINOLOGY, Generation
 from fhir_server.storage.repository import Version
 from terminology import store
@@ -121,11 +122,9 @@ class TerminologyCache:
         token = self._current(repo)
         found = self._value_sets.get((url, version))
         if found is None:
-            saved, repo.access = repo.access, None  # cached for everyone: the caller's rights apply below
-            try:
+            # cached for everyone: the caller's rights apply below
+            with repo.acting_as(as_system("ValueSet cache shared by every caller")):
                 content = resolve()
-            finally:
-                repo.access = saved
             found = Version("ValueSet", str(content.get("id")), int((content.get("meta") or {}).get("versionId") or 0),
                             datetime.now(UTC), False, content)
             with self._lock:
@@ -133,7 +132,7 @@ class TerminologyCache:
                     self._value_sets[(url, version)] = found
                     while len(self._value_sets) > MAX_VALUE_SETS:
                         self._value_sets.pop(next(iter(self._value_sets)))
-        if repo.access is not None and not repo.access.can_read(found):
+        if not repo.access.can_read(found):
             raise store.unknown("ValueSet", url, version)  # as the lookup answers what the caller may not read
         assert found.content is not None
         return found.content, (found.id, str(found.version_id))

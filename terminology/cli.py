@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from fhir_server.config import Settings
+from fhir_server.storage.access import as_system
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
     if args.terminology_command == "import":
         return _import(FhirServer(settings, engine), args.system, args.path, started)
-    result = load_core(FhirServer(settings, engine))
+    result = load_core(FhirServer(settings, engine), access=as_system("fhir-server terminology load-core"))
     print(f"loaded\t{result.loaded}\nalready present\t{result.present}\nrejected\t{result.rejected}\n"
           f"seconds\t{time.perf_counter() - started:.1f}")
     return 1 if result.rejected else 0
@@ -54,7 +55,7 @@ def _import(server: Any, system: str, path: str, started: float) -> int:
     except (FhirError, OSError, KeyError) as exc:  # KeyError: a release file lacks a column of its format
         print(f"cannot import {system} from {path}: {exc}", file=sys.stderr)
         return 1
-    count = store(server, imported)
+    count = store(server, imported, access=as_system(f"fhir-server terminology import {system}"))
     print(f"CodeSystem\t{imported.url}\nversion\t{imported.version}\nconcepts\t{count}\n"
           f"seconds\t{time.perf_counter() - started:.1f}")
     return 0
@@ -76,7 +77,7 @@ def preload_in_background(settings: Settings) -> threading.Thread | None:
     def work() -> None:
         try:
             started = time.perf_counter()
-            result = load_core(FhirServer(settings, engine))
+            result = load_core(FhirServer(settings, engine), access=as_system("core terminology preload on serve"))
             log.info("FHIR R4 core terminology loaded: %d resources in %.1f s (%d rejected)", result.loaded,
                      time.perf_counter() - started, result.rejected)
         except Exception:  # the server serves without it; `fhir-server terminology load-core` retries

@@ -20,7 +20,7 @@ from terminology.tables import CODE_SYSTEM
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
-    from fhir_server.storage.repository import Repository
+    from fhir_server.storage.repository import AccessPolicy, Repository
 
 CORE_MARKER = "http://hl7.org/fhir/administrative-gender"  # present once the core has been loaded
 BATCH = 200  # resources per transaction
@@ -47,7 +47,8 @@ def core_loaded(engine: Engine) -> bool:
             is not None
 
 
-def load_core(server: FhirServer, urls: Iterable[str] | None = None) -> LoadResult:
+def load_core(server: FhirServer, urls: Iterable[str] | None = None, *, access: AccessPolicy) -> LoadResult:
+    """``access``: whose load this is (the operator's command or the server's preload: ``as_system``)."""
     result = LoadResult()
     todo = core_resources(urls)
     for start in range(0, len(todo), BATCH):
@@ -78,7 +79,7 @@ def load_core(server: FhirServer, urls: Iterable[str] | None = None) -> LoadResu
                     done.rejected += 1
             return done
 
-        done = server.uow.run(work, write=True)
+        done = server.uow.run(work, write=True, access=access)
         result.loaded += done.loaded
         result.present += done.present
         result.rejected += done.rejected

@@ -23,9 +23,13 @@ from sqlalchemy import Engine, create_engine, text
 from fhir_server.app import create_app
 from fhir_server.config import Settings
 from fhir_server.rest.server import FhirServer
+from fhir_server.storage.access import as_system
 from fhir_server.storage.database import make_engine
 from fhir_server.storage.migrate import upgrade
 from fhir_server.storage.models import Base
+
+# Test set-up and checks that act as the server itself (not as any token holder), visibly.
+SYSTEM = as_system("test set-up and checks")
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -36,6 +36,7 @@ from fhir_server.auth.scopes import describe, split
 from fhir_server.auth.store import AuthStore, User
 from fhir_server.errors import Issue, operation_outcome
 from fhir_server.rest.server import FhirServer
+from fhir_server.storage.access import SystemAccess, as_system
 
 router = APIRouter()
 T = TypeVar("T")
@@ -208,7 +209,8 @@ def _standalone_patient(auth: SmartAuth, user: User, picked: str) -> str | None:
         return own.split("/", 1)[1] if own.startswith("Patient/") else None
     if not picked:
         return None
-    found = auth.fhir.uow.run(lambda repo: repo.current("Patient", picked), write=False)
+    found = auth.fhir.uow.run(lambda repo: repo.current("Patient", picked), write=False,
+                              access=as_system("standalone launch: does the Patient picked exist"))
     return picked if found is not None and not found.deleted else None
 
 
@@ -335,7 +337,8 @@ async def launch(request: Request) -> Response:
         return JSONResponse({"error": "invalid_request", "error_description": "patient is required"}, 400)
     context["need_patient_banner"] = bool(data.get("need_patient_banner", False))
     launch_id = await _call(urls, auth.store.create_launch, context)
-    _audit_admin(auth, request, access, "launch", "EHR launch context issued", 200, f"Patient/{context['patient']}")
+    _audit_admin(auth, request, access if isinstance(access, AccessContext) else None, "launch",
+                 "EHR launch context issued", 200, f"Patient/{context['patient']}")
     return JSONResponse({"launch": launch_id, "expires_in": 300}, headers=NO_STORE)
 
 
@@ -353,8 +356,9 @@ async def register_client(request: Request) -> Response:
     access = await bearer_access(request, "auth/clients", required=True, audit=False)
     if isinstance(access, Response):
         return access
-    if access is None or access.role != "admin":
-        _audit_admin(auth, request, access, "client-registration", "OAuth client registered", 403)
+    if not isinstance(access, AccessContext) or access.role != "admin":
+        who = access if isinstance(access, AccessContext) else None
+        _audit_admin(auth, request, who, "client-registration", "OAuth client registered", 403)
         return JSONResponse({"error": "insufficient_scope", "error_description": "Only admin users register clients"},
                             status_code=403)
     try:
@@ -378,6 +382,12 @@ async def register_client(request: Request) -> Response:
 
 # --- the bearer check of the FHIR endpoint -----------------------------------------------------------------------
 
+# A request without a token where none is required (FHIR_AUTH_REQUIRED=false: a developer's machine, the
+# embedded default on loopback) acts with full access, and says so here.
+LOCAL_MODE = as_system("no bearer token and none required (FHIR_AUTH_REQUIRED=false)")
+# The public paths (/metadata) without a token when auth is required: a caller who may read no resource.
+ANONYMOUS = AccessContext(())
+
 def _unauthorized(message: str, error: str | None = None) -> Response:
     challenge = 'Bearer realm="fhir"' + (f', error="{error}"' if error else "")
     body = orjson.dumps(operation_outcome([Issue("login", message)]))
@@ -386,13 +396,13 @@ def _unauthorized(message: str, error: str | None = None) -> Response:
 
 
 async def bearer_access(request: Request, path: str, *, required: bool | None = None,
-                        audit: bool = True) -> AccessContext | Response | None:
-    """The access context of the request's bearer token; None = full access (no token and auth not required);
-    a 401 response when the token is missing (and required), malformed, expired, revoked or tampered
-    (audited as a refused FHIR interaction when ``audit``)."""
+                        audit: bool = True) -> AccessContext | SystemAccess | Response:
+    """The access context of the request's bearer token; ``LOCAL_MODE`` (full access, by an explicit choice)
+    for a request without a token when auth is not required; a 401 response when the token is missing (and
+    required), malformed, expired, revoked or tampered (audited as a refused FHIR interaction when ``audit``)."""
     auth: SmartAuth | None = getattr(request.app.state, "auth", None)
     if auth is None:
-        return None
+        return LOCAL_MODE
     result = await _bearer_access(auth, request, path, required)
     if audit and isinstance(result, Response) and auth.fhir.audit is not None:
         auth.fhir.audit.denied(request.method, path, result.status_code, _address(request))
@@ -400,12 +410,14 @@ async def bearer_access(request: Request, path: str, *, required: bool | None = 
 
 
 async def _bearer_access(auth: SmartAuth, request: Request, path: str,
-                         required: bool | None) -> AccessContext | Response | None:
+                         required: bool | None) -> AccessContext | SystemAccess | Response:
     header = request.headers.get("authorization")
     if header is None:
         must = auth.settings.auth_required if required is None else required
-        if not must or path.strip("/") in PUBLIC_FHIR_PATHS:
-            return None
+        if not must:
+            return LOCAL_MODE
+        if path.strip("/") in PUBLIC_FHIR_PATHS:
+            return ANONYMOUS
         return _unauthorized("Authentication is required: send an OAuth 2 bearer access token")
     scheme, _, token_value = header.partition(" ")
     if scheme.lower() != "bearer" or not token_value.strip():

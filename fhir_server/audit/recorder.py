@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from fhir_server.audit.events import Record, audit_event
+from fhir_server.storage.access import as_system
 from fhir_server.storage.repository import Repository
 from fhir_server.storage.uow import UnitOfWork
 
@@ -38,6 +39,7 @@ PUT_TIMEOUT_SECONDS = 0.5
 LINGER_SECONDS = 0.1  # how long the writer waits for a batch to fill: added to the crash window
 SWITCH_INTERVAL_SECONDS = 0.001
 _STOP = object()
+AUDIT_TRAIL = as_system("audit trail: AuditEvents are the server's own record")
 # Set while the recorder itself writes an AuditEvent: the write is not audited again (no loop) and the
 # append-only guard lets it through.
 RECORDING: ContextVar[bool] = ContextVar("fhir_audit_recording", default=False)
@@ -72,13 +74,8 @@ class AuditRecorder:
 
     def write_now(self, repo: Repository, record: Record) -> None:
         """Add the event to ``repo``'s transaction: it commits, or rolls back, with the change it records."""
-        saved = repo.access
-        repo.access = None  # the audit trail is the server's own write, whatever the caller may do
-        try:
-            with recording():
-                repo.create("AuditEvent", audit_event(record), trusted=True)
-        finally:
-            repo.access = saved
+        with repo.acting_as(AUDIT_TRAIL), recording():  # the server's own write, whatever the caller may do
+            repo.create("AuditEvent", audit_event(record), trusted=True)
 
     # --- queued ------------------------------------------------------------------------------------------
 
@@ -156,13 +153,13 @@ class AuditRecorder:
 
     def _write(self, records: list[Record]) -> None:
         def work(repo: Repository) -> None:
-            repo.access = None  # also when a request thread writes (queue full): not the caller's rights
             with recording():
                 for record in records:
                     repo.create("AuditEvent", audit_event(record), trusted=True)
 
         try:
-            self.uow.run(work, write=True)
+            # also when a request thread writes (queue full): the server's record, not the caller's rights
+            self.uow.run(work, write=True, access=AUDIT_TRAIL)
             self.written += len(records)
         except Exception as exc:  # the type only: database errors quote parameters, i.e. audit content
             self.failed += len(records)

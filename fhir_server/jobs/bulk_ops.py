@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from fhir_server.auth.access import AccessContext
+from fhir_server.auth.stored import same_holder
 from fhir_server.errors import (
     EXCEPTION,
     FORBIDDEN,
@@ -79,7 +79,6 @@ class BulkOperations:
                                                                         and resource_id is None):
             raise FhirError(400, NOT_SUPPORTED, "$export runs at the system level, on Patient, or on Group/[id]")
         bulk_params.require_async(req)
-        access = req.access if isinstance(req.access, AccessContext) else None
         level = {None: "system", "Patient": "patient", "Group": "group"}[resource_type]
 
         def validate(r: Repository, rtype: str, params: list[tuple[str, str]]) -> None:
@@ -89,7 +88,7 @@ class BulkOperations:
                 raise FhirError(400, [Issue(i.code, f"_typeFilter: {i.diagnostics}", expression=("_typeFilter",))
                                       for i in exc.issues]) from None
 
-        params = bulk_params.export_params(req, repo, level, resource_id, access, validate)
+        params = bulk_params.export_params(req, repo, level, resource_id, repo.access, validate)
         return self._accepted(req, insert_job(repo, "export", self._request_url(req), params, req.access))
 
     def import_(self, req: FhirRequest, repo: Repository, _rtype: str | None, _rid: str | None) -> FhirResponse:
@@ -119,10 +118,8 @@ class BulkOperations:
         now = datetime.now(UTC)
         if job is None or job.status == "cancelled" or (job.expires_at is not None and job.expires_at < now):
             raise FhirError(404, NOT_FOUND, f"Bulk job {job_id} is not known (cancelled or expired)", ("_jobId",))
-        if job.owner is not None:
-            subject = req.access.subject if isinstance(req.access, AccessContext) else None
-            if subject != job.owner:
-                raise FhirError(403, FORBIDDEN, "The bulk job belongs to another client", ("_jobId",))
+        if not same_holder(job.access, req.access):  # auth: only who started it polls, downloads, cancels
+            raise FhirError(403, FORBIDDEN, "The bulk job belongs to another client", ("_jobId",))
         return job
 
     def status(self, req: FhirRequest, repo: Repository, _rtype: str | None, _rid: str | None) -> FhirResponse:

@@ -15,7 +15,8 @@ from fhir_server.auth.compartment import patient_compartment_params
 from fhir_server.definitions import resource_types
 from fhir_server.errors import FORBIDDEN, INVALID, NOT_SUPPORTED, FhirError, bad_request
 from fhir_server.rest.request import FhirRequest
-from fhir_server.storage.repository import Repository
+from fhir_server.storage.access import SystemAccess
+from fhir_server.storage.repository import AccessPolicy, Repository
 
 NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = {NDJSON, "application/ndjson", "ndjson"}
@@ -56,16 +57,18 @@ def parse_instant(text: str, name: str) -> datetime:
     return value
 
 
-def readable_types(access: AccessContext | None, candidates: set[str]) -> set[str]:
+def readable_types(access: AccessPolicy, candidates: set[str]) -> set[str]:
     """The types some grant of the token may read (per-resource checks still follow while reading)."""
-    if access is None:
+    if isinstance(access, SystemAccess):
         return candidates
+    if not isinstance(access, AccessContext):
+        return set()
     return {t for t in candidates
             if any(s.covers_type(t) and ("r" in s.permissions or "s" in s.permissions) for s in access.scopes)}
 
 
 def export_params(req: FhirRequest, repo: Repository, level: str, group_id: str | None,
-                  access: AccessContext | None, validate_filter: Any) -> dict[str, Any]:
+                  access: AccessPolicy, validate_filter: Any) -> dict[str, Any]:
     """``validate_filter(repo, type, params)`` runs a search criterion once so a bad _typeFilter is a 400."""
     types: list[str] | None = None
     since: str | None = None
@@ -104,7 +107,7 @@ def export_params(req: FhirRequest, repo: Repository, level: str, group_id: str 
         for rtype in filters:
             if rtype not in types:
                 raise bad_request(f"_typeFilter names {rtype}, which _type leaves out", ("_typeFilter",))
-    if types is not None and access is not None:
+    if types is not None:
         refused = [t for t in types if t not in readable_types(access, {t})]
         if refused:
             raise FhirError(403, FORBIDDEN, f"The access token does not permit reading {', '.join(refused)}",

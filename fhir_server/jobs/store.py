@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from fhir_server.auth.access import AccessContext
-from fhir_server.auth.scopes import ResourceScope
+from fhir_server.auth.stored import StoredAccess, dump_access, load_access
 from fhir_server.jobs.tables import BULK_JOB
 from fhir_server.storage.repository import AccessPolicy, Repository
 
@@ -32,30 +32,13 @@ class Job:
     status: str
     request: str
     params: dict[str, Any]
-    access: AccessContext | None
+    access: StoredAccess  # the owner's, restored: the job runs under it
     owner: str | None
     transaction_time: datetime
     progress: dict[str, Any]
     error: str | None
     expires_at: datetime | None
     lease_token: str | None = None
-
-
-def dump_access(access: AccessPolicy | None) -> dict[str, Any] | None:
-    if access is None:
-        return None
-    if not isinstance(access, AccessContext):
-        raise TypeError(f"cannot record an access policy of type {type(access).__name__} with a job")
-    return asdict(access)
-
-
-def load_access(data: dict[str, Any] | None) -> AccessContext | None:
-    if data is None:
-        return None
-    scopes = tuple(ResourceScope(s["context"], s["resource_type"], s["permissions"],
-                                 tuple((str(k), str(v)) for k, v in s.get("constraints", ())))
-                   for s in data.get("scopes", ()))
-    return AccessContext(scopes, data.get("role"), data.get("patient"), data.get("fhir_user"), data.get("subject"))
 
 
 def _now() -> datetime:
@@ -69,8 +52,10 @@ def _job(row: Any) -> Job:
 
 
 def insert_job(repo: Repository, kind: str, request: str, params: dict[str, Any],
-               access: AccessPolicy | None) -> Job:
-    """In the kick-off's own unit of work: the job exists if and only if the kick-off commits."""
+               access: AccessPolicy) -> Job:
+    """In the kick-off's own unit of work: the job exists if and only if the kick-off commits. ``access``: the
+    caller's, kept whole (scopes, role, patient, fhirUser, subject): the job runs under it, and only its
+    holder may poll, download or cancel."""
     now = _now()
     job_id = uuid.uuid4().hex
     owner = access.subject if isinstance(access, AccessContext) else None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Column, Index, Integer, String, Table, delete, select
 
 from fhir_server.hooks import HookPoint, Hooks, WriteEvent
+from fhir_server.storage.access import SystemAccess
 from fhir_server.storage.models import Base
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def find(repo: Repository, resource_type: str, url: str, version: str | None = N
         return None
     row = max(rows, key=lambda r: (_version_key(r.version), r.resource_id))
     key = (resource_type, row.resource_id, row.version_id)
-    if repo.access is None:
+    if isinstance(repo.access, SystemAccess):  # the cache serves whoever may read everything
         with _lock:
             cached = _cache.get(key)
             if cached is not None:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from fhir_server.config import Settings
+from fhir_server.storage.access import as_system
 
 
 def add_parsers(sub: Any) -> None:
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     engine = make_engine(settings)
     upgrade(engine)
     try:
-        result = install(FhirServer(settings, engine), package)
+        result = install(FhirServer(settings, engine), package,
+                         access=as_system(f"fhir-server packages install {package.name}"))
     except FhirError as exc:
         print(f"the package {package.name}#{package.version} was not installed: {exc.message}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from fhir_server.rest import integrity
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
-    from fhir_server.storage.repository import Repository
+    from fhir_server.storage.repository import AccessPolicy, Repository
 
 INSTALLED = frozenset({"StructureDefinition", "ValueSet", "CodeSystem", "ConceptMap", "SearchParameter",
                        "NamingSystem", "OperationDefinition", "CapabilityStatement", "ImplementationGuide",
@@ -135,7 +135,8 @@ def _with_snapshots(repo: Repository, package: Package) -> None:
                            or not (own[url].get("snapshot") or {}).get("element")]
 
 
-def install(server: FhirServer, package: Package) -> InstallResult:
+def install(server: FhirServer, package: Package, *, access: AccessPolicy) -> InstallResult:
+    """``access``: whose install this is (``fhir-server packages install``: the operator, ``as_system``)."""
     def work(repo: Repository) -> InstallResult:
         result = InstallResult()
         if package.no_snapshot:
@@ -147,7 +148,7 @@ def install(server: FhirServer, package: Package) -> InstallResult:
                 _install_one(repo, res, result)
         return result
 
-    result: InstallResult = server.uow.run(work, write=True)
+    result: InstallResult = server.uow.run(work, write=True, access=access)
     return result
 
 

@@ -216,7 +216,9 @@ def run_entry(server: FhirServer, outer: FhirRequest, repo: Repository, e: Entry
     headers = {"content-type": "application/fhir+json", **e.headers}
     if outer.header("prefer"):
         headers["prefer"] = outer.header("prefer") or ""
-    req = FhirRequest(e.method, e.path, e.query, headers, base_url=outer.base_url, resource=e.resource)
+    # auth: an entry is the Bundle caller's own request, with their access (and their address, for audit)
+    req = FhirRequest(e.method, e.path, e.query, headers, base_url=outer.base_url, resource=e.resource,
+                      access=outer.access, client_address=outer.client_address)
     if e.method == "POST" and e.assigned_id is not None:
         rtype = e.path.split("/")[0]
         if e.matched:
@@ -230,7 +232,8 @@ def run_entry(server: FhirServer, outer: FhirRequest, repo: Repository, e: Entry
 
 def response_entry(resp: FhirResponse, method: str, base_url: str, include_resource: bool) -> dict[str, Any]:
     response: dict[str, Any] = {"status": STATUS_TEXT.get(resp.status, str(resp.status))}
-    location = resp.headers.get("Location")
+    # an asynchronous kick-off (202) answers with its status URL in Content-Location: the entry's location
+    location = resp.headers.get("Location") or (resp.headers.get("Content-Location") if resp.status == 202 else None)
     if location:
         response["location"] = location.removeprefix(base_url + "/")
     if "ETag" in resp.headers:
@@ -266,7 +269,7 @@ def transaction(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> F
         return results
 
     try:
-        results = server.uow.run(work, write=True)
+        results = server.uow.run(work, write=True, access=req.access)
     except integrity.DanglingReferences as exc:  # checked at the end of the unit of work: name the entries
         raise exc.in_bundle({f"{e.path.split('/')[0]}/{e.assigned_id}" if e.assigned_id else e.path: e.index
                              for e in entries}) from exc
@@ -276,7 +279,7 @@ def transaction(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> F
 
 def batch(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> FhirResponse:
     include = (req.prefer("return") or "").lower() == "representation"
-    p = server.uow.run(lambda repo: plan(repo, entries, atomic=False), write=False)
+    p = server.uow.run(lambda repo: plan(repo, entries, atomic=False), write=False, access=req.access)
     out: list[dict[str, Any]] = [{}] * len(entries)
     for e in sorted(p.entries, key=lambda x: ORDER[x.method]):
         write = e.method not in ("GET", "HEAD")
@@ -286,7 +289,8 @@ def batch(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> FhirRes
             return run_entry(server, req, repo, e)
 
         try:
-            out[e.index] = response_entry(server.uow.run(run, write=write), e.method, req.base_url, include)
+            out[e.index] = response_entry(server.uow.run(run, write=write, access=req.access), e.method,
+                                           req.base_url, include)
         except FhirError as exc:
             out[e.index] = {"response": {"status": str(exc.status), "outcome": _entry_error(exc, e).outcome()}}
     return FhirResponse(200, _response_bundle("batch-response", out))

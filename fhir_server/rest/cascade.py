@@ -7,13 +7,11 @@ the caller's own write check, and the delete's AuditEvent names every one of the
 
 from __future__ import annotations
 
-from typing import Any
-
 from fhir_server.auth.access import AccessContext
 from fhir_server.errors import CONFLICT, FORBIDDEN, INVALID, TOO_COSTLY, FhirError
 from fhir_server.rest.integrity import referrers
 from fhir_server.storage.access import SystemAccess
-from fhir_server.storage.repository import Repository, Version
+from fhir_server.storage.repository import AccessPolicy, Repository, Version
 
 PARAM = "_cascade"
 MAX_ROUNDS = 10  # referrers of referrers ..., this many levels deep
@@ -29,16 +27,16 @@ def requested(value: str | None) -> bool:
     return True
 
 
-def may_cascade(access: Any) -> bool:
+def may_cascade(access: AccessPolicy) -> bool:
+    """The server itself (local mode acts as it), an ``admin`` user, or a backend granted writes on every type."""
     if isinstance(access, SystemAccess):
         return True
     if isinstance(access, AccessContext):
-        if access.role == "admin":
-            return True
-        return access.role is None and any(
-            s.context == "system" and s.resource_type == "*" and set("cud") <= set(s.permissions) and not s.constraints
-            for s in access.scopes)
-    return access is None  # no access control configured (local mode): the operator is the administrator
+        if access.role is not None:
+            return access.role == "admin"
+        return any(s.context == "system" and s.resource_type == "*" and set("cud") <= set(s.permissions)
+                   and not s.constraints for s in access.scopes)
+    return False
 
 
 def delete(repo: Repository, resource_type: str, resource_id: str, *, if_match: int | None = None) -> Version | None:

@@ -50,7 +50,8 @@ def history(req: FhirRequest, repo: Repository, resource_type: str | None, resou
             before_pk = int(cursor)
         except ValueError:
             raise FhirError(400, INVALID, f"Invalid paging cursor {cursor!r}", (CURSOR,)) from None
-    if resource_type and resource_id and repo.current(resource_type, resource_id) is None:
+    # auth: 403 for a resource the caller may not read, before 404 and before any version is counted
+    if resource_type and resource_id and repo.visible(resource_type, resource_id) is None:
         raise not_found(resource_type, resource_id)
     rows, more = repo.history(resource_type, resource_id,
                               since=parse_instant(since, "_since") if since else None,

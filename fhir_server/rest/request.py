@@ -9,7 +9,7 @@ from typing import IO, Any
 import orjson
 
 from fhir_server.errors import INVALID, STRUCTURE, FhirError
-from fhir_server.storage.repository import AccessPolicy, Repository
+from fhir_server.storage.repository import AccessPolicy, Repository, require_access
 
 
 @dataclass
@@ -24,13 +24,17 @@ class FhirRequest:
     base_url: str = ""
     # Bundle entries hand their already-parsed resource over instead of bytes.
     resource: dict[str, Any] | None = None
-    # auth: what the caller's token permits (fhir_server.auth.access.AccessContext); None = full access.
-    access: AccessPolicy | None = None
+    # auth: what the caller may do (a token's fhir_server.auth.access.AccessContext, or as_system("why")).
+    # Keyword-only and required: a request nobody's access is attached to cannot be made.
+    access: AccessPolicy = field(kw_only=True)
     # audit: the client's network address (AuditEvent.agent.network), set by the web adapter.
     client_address: str | None = None
     # A transaction Bundle's caller's own write, run in the same unit of work after the last entry (with
     # the entries' responses) so it commits with them or not at all (the HL7 adapter's message status).
     in_transaction: Callable[[Repository, list[FhirResponse | None]], None] | None = None
+
+    def __post_init__(self) -> None:
+        require_access(self.access, "FhirRequest")
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

@@ -26,7 +26,7 @@ from fhir_server.rest.router import READ_METHODS, route
 from fhir_server.search.services import SearchServices
 from fhir_server.storage.database import make_engine
 from fhir_server.storage.repository import Finder, Repository
-from fhir_server.storage.uow import UnitOfWork, acting_as
+from fhir_server.storage.uow import UnitOfWork
 from fhir_server.validation import ResourceValidator
 from fhir_server.validation.setup import register as register_validation
 from fhir_server.validation.setup import supported_profiles, with_profiles
@@ -81,6 +81,8 @@ class FhirServer:
         return statement
 
     def route(self, req: FhirRequest, repo: Repository) -> FhirResponse:
+        if req.access is not repo.access:  # auth: an interaction runs with the access of whoever asked for it
+            raise AssertionError(f"{req.method} /{req.path} runs in a unit of work of another access policy")
         self.search.refresh(repo.conn)  # SearchParameters other processes stored (looked at once a second)
         if self.audit is not None:  # audit: each interaction (also each Bundle entry)
             return self.audit.route(req, repo, lambda: route(self, req, repo))
@@ -94,12 +96,11 @@ class FhirServer:
     def _handle(self, req: FhirRequest) -> FhirResponse:
         """One request in one unit of work; every error leaves as an OperationOutcome."""
         try:
-            with acting_as(req.access):  # auth: every unit of work of this request enforces the token
-                if req.method == "POST" and not req.path.strip("/"):
-                    return self._bundle(req)
-                write = req.method not in READ_METHODS and not req.path.rstrip("/").endswith("_search") \
-                    and not self.operations.reads_only(req.path)  # POST ValueSet/$validate-code and the like
-                return self.uow.run(lambda repo: self.route(req, repo), write=write)
+            if req.method == "POST" and not req.path.strip("/"):
+                return self._bundle(req)
+            write = req.method not in READ_METHODS and not req.path.rstrip("/").endswith("_search") \
+                and not self.operations.reads_only(req.path)  # POST ValueSet/$validate-code and the like
+            return self.uow.run(lambda repo: self.route(req, repo), write=write, access=req.access)  # auth
         except FhirError as exc:
             return FhirResponse(exc.status, exc.outcome())
         except Exception:  # never a stack trace to the client; the log keeps it

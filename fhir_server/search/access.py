@@ -19,18 +19,14 @@ if TYPE_CHECKING:
     from fhir_server.storage.repository import AccessPolicy
 
 
-def readable(access: AccessPolicy | None, resource_type: str) -> bool:
+def readable(access: AccessPolicy, resource_type: str) -> bool:
     """Whether the token may read any resource of this type at all."""
-    if access is None:
-        return True
     scope = access.search_compartment(resource_type)
     return scope is None or (bool(scope[0]) and (bool(scope[1]) or resource_type == "Patient"))
 
 
-def access_condition(access: AccessPolicy | None, r: FromClause, resource_type: str) -> ColumnElement[bool] | None:
+def access_condition(access: AccessPolicy, r: FromClause, resource_type: str) -> ColumnElement[bool] | None:
     """The SQL filter on ``r`` (the resource table) for ``resource_type``; None when nothing is restricted."""
-    if access is None:
-        return None
     scope = access.search_compartment(resource_type)
     if scope is None:
         return None

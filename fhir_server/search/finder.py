@@ -7,7 +7,7 @@ will be applied there covers searches too.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from fhir_server.search.terms import resolve as resolve_terms
 from fhir_server.storage.models import RESOURCE
 
 if TYPE_CHECKING:
+    from fhir_server.search.fulltext import FullTextIndex
     from fhir_server.storage.repository import Repository
 
 
@@ -67,11 +68,12 @@ def parse_sort(registry: Registry, rtype: str, text: str | None) -> list[SortKey
 class SearchFinder:
     def __init__(self, registry: Registry, base_url: str = "") -> None:
         self.registry = registry
-        self.ctx = SqlContext(registry, base_url)
+        self.base_url = base_url
+        self.fulltext: FullTextIndex | None = None  # _text / _content (search/services.py sets it)
 
     def context(self, repo: Repository) -> SqlContext:
         """The SQL context of one request: its token's access restriction goes into every query."""
-        return self.ctx if repo.access is None else replace(self.ctx, access=repo.access)
+        return SqlContext(self.registry, self.base_url, access=repo.access, fulltext=self.fulltext)
 
     def visible(self, repo: Repository, refs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """The (type, id) pairs that exist and the token may read, checked in SQL (_include, _revinclude)."""
@@ -90,7 +92,7 @@ class SearchFinder:
     def find_ids(self, repo: Repository, resource_type: str, params: list[tuple[str, str]], *,
                  limit: int = 50, after: str | None = None) -> list[str]:
         """Conditional interactions: every criterion must be understood (never ignore one and match more)."""
-        query = parse_query(self.registry, resource_type, params, base_url=self.ctx.base_url)
+        query = parse_query(self.registry, resource_type, params, base_url=self.base_url)
         if query.unknown:
             raise FhirError(400, [Issue(NOT_SUPPORTED, reason, expression=(name,)) for name, reason in query.unknown])
         repo.flush()  # index rows deferred earlier in this transaction must be visible

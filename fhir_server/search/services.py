@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
@@ -32,7 +31,7 @@ class SearchServices:
         self.fulltext = make_fulltext(settings)
         self.fulltext.register(hooks)
         self.finder = SearchFinder(self.registry, base_url)
-        self.finder.ctx = replace(self.finder.ctx, fulltext=self.fulltext)
+        self.finder.fulltext = self.fulltext
         self.reindex = reindex.Reindex(self.indexer, self.fulltext)  # its async runs: fhir_server/jobs
 
     def refresh(self, conn: Connection) -> None:

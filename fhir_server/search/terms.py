@@ -32,6 +32,7 @@ from fhir_server.search.parser import (
     HasCriterion,
     TokenValue,
 )
+from fhir_server.storage.access import as_system
 from terminology import store
 from terminology.tables import CLOSURE, CODE_SYSTEM
 from terminology.valueset import members
@@ -49,7 +50,8 @@ def resolve(repo: Repository, criteria: list[AnyCriterion]) -> None:
         for crit in _walk(c):
             if crit.param.type == "token" and crit.modifier in TERMINOLOGY_MODIFIERS:
                 if definitions is None:
-                    definitions = replace(repo, access=None)
+                    # the code systems and value sets a criterion names are definitions, not patient data
+                    definitions = replace(repo, access=as_system("terminology definitions behind :in/:below"))
                 _rewrite(definitions, crit)
 
 

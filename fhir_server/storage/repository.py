@@ -8,7 +8,8 @@ unit of work's transaction (see ``uow.py``) and never commits itself. Writes kee
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -49,7 +50,8 @@ class Version:
 
 
 class AccessPolicy(Protocol):
-    """What the request's token permits (fhir_server.auth.access); None on the repository = full access."""
+    """What the caller may do: a token's ``fhir_server.auth.access.AccessContext``, or the server acting for
+    itself (``fhir_server.storage.access.as_system``). Always given; there is no "no policy"."""
 
     def can_read(self, version: Version) -> bool: ...
 
@@ -74,6 +76,12 @@ class Finder(Protocol):
                  limit: int = 50, after: str | None = None) -> list[str]: ...
 
 
+def require_access(access: object, what: str) -> None:
+    """auth: refuse, loudly, what would otherwise run with nobody's access (a forgotten argument)."""
+    if access is None or not callable(getattr(access, "check_read", None)):
+        raise TypeError(f"{what} needs an access policy: the caller's, or as_system(\"why\")")
+
+
 def instant(value: datetime) -> str:
     """FHIR instant text for a UTC datetime, millisecond precision as most servers emit."""
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -85,17 +93,31 @@ class Repository:
     hooks: Hooks
     validator: ResourceValidator
     finder: Finder
+    # auth: the caller's access policy, enforced below; required (full access is ``as_system("why")``).
+    access: AccessPolicy
     events: list[WriteEvent] = field(default_factory=list)
 
     # Inserts deferred until the next statement or the commit, then written in bulk (COPY on PostgreSQL):
     # a whole transaction Bundle, with its search index rows, costs a few statements instead of thousands.
     pending: BulkRows = field(default_factory=BulkRows)
-    access: AccessPolicy | None = None  # auth: the caller's access policy, enforced below (None: full access)
     # Current rows read (and locked) ahead by ``prefetch_current``; each is used by one update/delete.
     prefetched: dict[tuple[str, str], Version | None] = field(default_factory=dict)
     # Work run once per unit of work, just before it commits, keyed by purpose: e.g. one AuditEvent for
     # all of a transaction's writes instead of one per resource.
     finishers: dict[str, Callable[[Repository], None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require_access(self.access, "Repository")
+
+    @contextmanager
+    def acting_as(self, access: AccessPolicy) -> Iterator[Repository]:
+        """Run a step of this unit of work under another policy, visibly at the call site (the server's own
+        record: ``with repo.acting_as(as_system("audit trail")):``), and return to the caller's after it."""
+        saved, self.access = self.access, access
+        try:
+            yield self
+        finally:
+            self.access = saved
 
     @property
     def dialect(self) -> str:
@@ -125,15 +147,12 @@ class Repository:
     # --- reads -------------------------------------------------------------------------------------------
 
     def read(self, resource_type: str, resource_id: str) -> Version:
-        version = self.current(resource_type, resource_id)
+        version = self.visible(resource_type, resource_id)  # auth: 403 before 404 or 410
         if version is None:
             raise not_found(resource_type, resource_id)
         if version.deleted:
-            self._check_read_deleted(resource_type, resource_id)
             raise FhirError(410, DELETED, f"Resource {resource_type}/{resource_id} has been deleted "
                                           f"(version {version.version_id})")
-        if self.access is not None:  # auth
-            self.access.check_read(version)
         return version
 
     def prefetch_current(self, references: list[tuple[str, str]]) -> None:
@@ -168,6 +187,7 @@ class Repository:
         return Version(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.content)
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Version:
+        self.visible(resource_type, resource_id)  # auth: 403 before "no such version" or "a deletion"
         row = self.execute(
             select(HIST.c.last_updated, HIST.c.deleted, HIST.c.content, HIST.c.method).where(
                 HIST.c.resource_type == resource_type, HIST.c.id == resource_id,
@@ -175,19 +195,28 @@ class Repository:
         if row is None:
             raise FhirError(404, NOT_FOUND, f"Version {version_id} of {resource_type}/{resource_id} is not known")
         if row.deleted:
-            self._check_read_deleted(resource_type, resource_id)
             raise FhirError(410, DELETED, f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
         version = Version(resource_type, resource_id, version_id, row.last_updated, row.deleted, row.content,
                           row.method)
-        if self.access is not None:  # auth
-            self.access.check_read(version)
+        self.access.check_read(version)  # auth
         return version
+
+    def visible(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Version | None:
+        """The current version (None: it never existed), once the caller is known to be allowed to read the
+        resource as it stands: its content, its last content when deleted, nothing when it never existed.
+        auth: so a caller who may not read it gets 403 before any 404, 410 or 412, and learns nothing of
+        whether it exists, which version it is at, or that it was deleted."""
+        current = self.current(resource_type, resource_id, for_update=for_update)
+        if current is not None and not current.deleted:
+            self.access.check_read(current)
+        else:
+            self._check_read_deleted(resource_type, resource_id)
+        return current
 
     def _check_read_deleted(self, resource_type: str, resource_id: str) -> None:
         """auth: 410 only for a caller who could read what was deleted (its last content), so a forbidden
-        caller gets the same 403 as for a live resource and learns nothing of the deletion."""
-        if self.access is None:
-            return
+        caller gets the same 403 as for a live resource and learns nothing of the deletion. A resource that
+        never existed is checked with no content: what only a compartment or a constraint permits is 403."""
         row = self.execute(select(HIST.c.version_id, HIST.c.last_updated, HIST.c.content).where(
             HIST.c.resource_type == resource_type, HIST.c.id == resource_id, HIST.c.deleted.is_(False))
             .order_by(HIST.c.version_id.desc()).limit(1)).first()
@@ -208,9 +237,7 @@ class Repository:
                         RES.c.resource_type == rtype, RES.c.id.in_(ids[start:start + 500]),
                         RES.c.deleted.is_(False)))
                 out.extend(Version(rtype, r.id, r.version_id, r.last_updated, False, r.content) for r in rows)
-        if self.access is not None:  # auth: what the token may not see is left out
-            out = [v for v in out if self.access.can_read(v)]
-        return out
+        return [v for v in out if self.access.can_read(v)]  # auth: what the token may not see is left out
 
     def history(self, resource_type: str | None = None, resource_id: str | None = None, *,
                 since: datetime | None = None, at: datetime | None = None, before_pk: int | None = None,
@@ -231,8 +258,7 @@ class Repository:
         rows = self.execute(stmt).all()
         out = [(r.pk, Version(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method))
                for r in rows[:count]]
-        if self.access is not None:  # auth: filtered after paging, so a page may come back shorter
-            out = [(pk, v) for pk, v in out if self.access.can_read(v)]
+        out = [(pk, v) for pk, v in out if self.access.can_read(v)]  # auth: after paging: a page may be shorter
         return out, len(rows) > count
 
     def history_total(self, resource_type: str, resource_id: str) -> int:
@@ -259,8 +285,7 @@ class Repository:
                method: str = "POST", trusted: bool = False) -> Version:
         """``trusted``: content the server built itself (its AuditEvents), whose shape a test checks against
         the base StructureDefinition once, instead of every write paying for it; hooks still run."""
-        if self.access is not None:  # auth
-            self.access.check_write(resource_type, resource, None)
+        self.access.check_write(resource_type, resource, None)
         event = WriteEvent("create", resource_type, resource_id, resource)
         content = self._prepare(event, validate=not trusted)
         rid = resource_id or str(uuid.uuid4())
@@ -271,9 +296,11 @@ class Repository:
                interaction: str = "update") -> tuple[Version, bool]:
         """Write a new version; returns (version, created) where created means no live resource existed."""
         current = self.current(resource_type, resource_id, for_update=True)
+        # auth before the precondition: a caller who may not change (or, deleted, read) it never hears a 412
+        if current is not None and current.deleted:
+            self._check_read_deleted(resource_type, resource_id)
+        self.access.check_write(resource_type, resource, current)
         _check_if_match(current, if_match, resource_type, resource_id)
-        if self.access is not None:  # auth
-            self.access.check_write(resource_type, resource, current)
         # A PUT that brings a resource into being is a create for hooks (subscriptions, audit).
         event = WriteEvent(interaction if current is not None else "create", resource_type, resource_id, resource,
                            previous=current)
@@ -284,15 +311,18 @@ class Repository:
         return version, current.deleted
 
     def delete(self, resource_type: str, resource_id: str, *, if_match: int | None = None) -> Version | None:
-        """Write a tombstone version; None when the resource was already deleted."""
-        current = self.current(resource_type, resource_id, for_update=True)
+        """Write a tombstone version; None when the resource was already deleted.
+
+        auth first (docs/auth.md): a caller who may not read the resource gets 403 whether it is live,
+        deleted or was never there; then the delete permission; only then 404 and If-Match."""
+        current = self.visible(resource_type, resource_id, for_update=True)
+        if current is not None and not current.deleted:
+            self.access.check_write(resource_type, None, current)
         if current is None:
             raise not_found(resource_type, resource_id)
         _check_if_match(current, if_match, resource_type, resource_id)
         if current.deleted:
             return None
-        if self.access is not None:  # auth
-            self.access.check_write(resource_type, None, current)
         event = WriteEvent("delete", resource_type, resource_id, None, previous=current)
         return self._write(event, None, resource_id, current.version_id + 1, "DELETE", insert_current=False)
 

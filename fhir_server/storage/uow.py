@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy import Engine
@@ -29,18 +27,6 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 # SQLSTATEs worth a retry: serialization_failure, deadlock_detected, unique_violation, lock_not_available.
 RETRY_SQLSTATES = {"40001", "40P01", "23505", "55P03"}
-# auth: the access policy of the request being handled (FhirServer.handle sets it), so every unit of work of
-# that request -- a plain interaction, a transaction Bundle, each batch entry -- gets a repository bound to it.
-CURRENT_ACCESS: ContextVar[AccessPolicy | None] = ContextVar("fhir_access", default=None)
-
-
-@contextmanager
-def acting_as(access: AccessPolicy | None) -> Iterator[None]:
-    token = CURRENT_ACCESS.set(access)
-    try:
-        yield
-    finally:
-        CURRENT_ACCESS.reset(token)
 
 
 def _retryable(exc: DBAPIError) -> bool:
@@ -63,8 +49,9 @@ class UnitOfWork:
         self.validator = validator
         self.finder = finder
 
-    def run(self, work: Callable[[Repository], T], *, write: bool, access: AccessPolicy | None = None) -> T:
-        access = access if access is not None else CURRENT_ACCESS.get()  # auth
+    def run(self, work: Callable[[Repository], T], *, write: bool, access: AccessPolicy) -> T:
+        """``access``: the caller's (``FhirRequest.access``, a job's owner's), or ``as_system("why")`` where the
+        server acts for itself. Required: no unit of work runs without someone's access."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 with self.engine.connect() as conn:

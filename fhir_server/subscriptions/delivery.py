@@ -15,19 +15,26 @@ from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy import select
 
+from fhir_server.auth.stored import load_access
 from fhir_server.errors import FhirError
 from fhir_server.outbound import request_guard
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
+from fhir_server.storage.access import as_system
 from fhir_server.storage.repository import Repository, Version
 from fhir_server.subscriptions import spec as specs
 from fhir_server.subscriptions import store
 from fhir_server.subscriptions.bundles import Event, notification_bundle
 from fhir_server.subscriptions.engine import SERVER_WRITE, schedule_heartbeat
 from fhir_server.subscriptions.spec import SubscriptionSpec
+from fhir_server.subscriptions.tables import STATE
+from fhir_server.subscriptions.visible import readable_events
 
 log = logging.getLogger(__name__)
+# Handshakes, heartbeats and status: the server's bookkeeping of the subscription, no resource it reports on.
+BOOKKEEPING = as_system("rest-hook delivery reads the Subscription it serves")
 
 
 class DeliveryError(Exception):
@@ -43,7 +50,8 @@ class RestHook:
         self.client = httpx.Client(timeout=timeout, follow_redirects=False, event_hooks={"request": [guard]})
 
     def _current(self, subscription_id: str) -> Version | None:
-        version = self.server.uow.run(lambda repo: repo.current("Subscription", subscription_id), write=False)
+        version = self.server.uow.run(lambda repo: repo.current("Subscription", subscription_id), write=False,
+                                      access=BOOKKEEPING)
         return None if version is None or version.deleted or version.content is None else version
 
     def _post(self, sub: SubscriptionSpec, body: dict[str, Any] | None) -> None:
@@ -78,7 +86,8 @@ class RestHook:
                     return
                 response = self.server.handle(FhirRequest(
                     "PUT", f"Subscription/{subscription_id}", resource=content,
-                    headers={"content-type": "application/fhir+json", "if-match": current.etag}))
+                    headers={"content-type": "application/fhir+json", "if-match": current.etag},
+                    access=as_system("the server records a rest-hook subscription's status")))
                 if response.status in (200, 201):
                     return
                 if response.status != 412:
@@ -110,21 +119,20 @@ class RestHook:
         sid, number = payload["subscription"], int(payload["event"])
 
         def read(repo: Repository) -> tuple[Version | None, list[Event], dict[str, Any] | None]:
-            """Subscription, event and focus in one read-only unit of work (one connection)."""
-            current = repo.current("Subscription", sid)
+            """Subscription, event and focus in one read-only unit of work (one connection), under the
+            author's access: an event whose focus the author may no longer read is not delivered."""
+            current = repo.current("Subscription", sid)  # the author's own subscription, whatever they may read
             if current is None or current.deleted or (current.content or {}).get("status") not in ("active", "error"):
                 return None, [], None
-            found = store.events(repo.conn, sid, number, number)
-            content = None
-            if found and found[0].interaction != "delete" and \
-                    specs.parse(current.content or {}).content == "full-resource":
-                rtype, rid, _h, vid = found[0].focus.split("/")
-                content = repo.vread(rtype, rid, int(vid)).content
-            return current, found, content
+            full = specs.parse(current.content or {}).content == "full-resource"
+            found, contents = readable_events(repo, store.events(repo.conn, sid, number, number), full=full)
+            return current, found, contents.get(found[0].focus) if found else None
 
-        current, found, resource = self.server.uow.run(read, write=False)
+        with self.server.engine.connect() as conn:
+            author = load_access(conn.execute(select(STATE.c.author).where(STATE.c.subscription_id == sid)).scalar())
+        current, found, resource = self.server.uow.run(read, write=False, access=author)  # auth: the author's
         if current is None or not found:
-            return  # deleted, switched off or being re-handshaken: nothing to deliver
+            return  # deleted, switched off, being re-handshaken, or not the author's to read: nothing to deliver
         sub = specs.parse(current.content or {})
         event = found[0]
         if sub.backport:

@@ -18,18 +18,18 @@ import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, and_, insert, select, update
 
-from fhir_server.auth.access import AccessContext
-from fhir_server.auth.scopes import resource_scopes
+from fhir_server.auth.stored import NO_ACCESS, StoredAccess, dump_access, load_access
 from fhir_server.errors import FhirError
 from fhir_server.hooks import HookPoint, WriteEvent
 from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import Registry
 from fhir_server.search.sql import predicate
 from fhir_server.search.sql.common import SqlContext
+from fhir_server.storage.access import as_system
 from fhir_server.storage.generation import SUBSCRIPTIONS, Generation
 from fhir_server.storage.models import OUTBOX, RESOURCE
 from fhir_server.storage.repository import Repository, Version
@@ -56,7 +56,7 @@ class Rule:
     filters: tuple[AnyCriterion, ...]  # the subscription's own criteria
     current: tuple[AnyCriterion, ...] | None  # the topic's queryCriteria.current
     previous: tuple[AnyCriterion, ...] | None  # the topic's queryCriteria.previous
-    author: AccessContext | None
+    author: StoredAccess  # who created or last changed the subscription: told only of what they may read
 
 
 def combine(previous: bool | None, current: bool | None, require_both: bool) -> bool:
@@ -65,20 +65,6 @@ def combine(previous: bool | None, current: bool | None, require_both: bool) -> 
     if not tests:
         return True
     return all(tests) if require_both else any(tests)
-
-
-def author_of(access: Any) -> dict[str, Any] | None:
-    if not isinstance(access, AccessContext):
-        return None
-    return {"scope": " ".join(s.text() for s in access.scopes), "role": access.role, "patient": access.patient,
-            "fhirUser": access.fhir_user}
-
-
-def access_of(author: dict[str, Any] | None) -> AccessContext | None:
-    if author is None:
-        return None
-    return AccessContext(tuple(resource_scopes(author.get("scope"))), author.get("role"), author.get("patient"),
-                         author.get("fhirUser"))
 
 
 def schedule_heartbeat(conn: Connection, subscription_id: str, version: int, period: int) -> None:
@@ -94,7 +80,9 @@ def schedule_heartbeat(conn: Connection, subscription_id: str, version: int, per
 
 def load_topics(repo: Repository) -> dict[str, Topic]:
     system, code = specs.TOPIC_CODE
-    ids = repo.finder.find_ids(repo, "Basic", [("code", f"{system}|{code}")], limit=10000)
+    # Topics are definitions, the same for every writer: not found through whoever's write loads the cache.
+    with repo.acting_as(as_system("SubscriptionTopic definitions")):
+        ids = repo.finder.find_ids(repo, "Basic", [("code", f"{system}|{code}")], limit=10000)
     out: dict[str, Topic] = {}
     if ids:
         rows = repo.execute(select(RESOURCE.c.content).where(RESOURCE.c.resource_type == "Basic",
@@ -109,7 +97,8 @@ def load_topics(repo: Repository) -> dict[str, Topic]:
 class SubscriptionEngine:
     def __init__(self, registry: Registry, base_url: str = "") -> None:
         self.registry = registry
-        self.ctx = SqlContext(registry, base_url)
+        # Criteria are tested in SQL as the server; each rule's author is checked on the resource itself (_match).
+        self.ctx = SqlContext(registry, base_url, access=as_system("subscription matching (authors checked apart)"))
         self.base_url = base_url
         self._lock = threading.Lock()
         self._generation: str | None = "unloaded"
@@ -147,14 +136,14 @@ class SubscriptionEngine:
         if event.resource is None or event.resource_id is None or event.version is None:
             return
         sub = specs.parse(event.resource)
-        rules = self.compile(sub, load_topics(repo) if sub.backport else {}, None, check=True)
+        rules = self.compile(sub, load_topics(repo) if sub.backport else {}, NO_ACCESS, check=True)
         del rules
         sid = event.resource_id
         if repo.execute(select(STATE.c.subscription_id).where(STATE.c.subscription_id == sid)).first() is None:
-            repo.execute(insert(STATE).values(subscription_id=sid, events=0, author=author_of(repo.access),
+            repo.execute(insert(STATE).values(subscription_id=sid, events=0, author=dump_access(repo.access),
                                               activated=sub.status == "active"))
         elif not SERVER_WRITE.get():
-            repo.execute(update(STATE).where(STATE.c.subscription_id == sid).values(author=author_of(repo.access)))
+            repo.execute(update(STATE).where(STATE.c.subscription_id == sid).values(author=dump_access(repo.access)))
         if sub.status in ("active", "requested"):  # requested: a new handshake must succeed first
             repo.execute(update(STATE).where(STATE.c.subscription_id == sid)
                          .values(activated=sub.status == "active"))
@@ -165,7 +154,7 @@ class SubscriptionEngine:
             repo.enqueue(HANDSHAKE_TOPIC, f"Subscription/{sid}/_history/{version}/handshake",
                          {"subscription": sid, "version": version}, max_attempts=3)
 
-    def compile(self, sub: SubscriptionSpec, topics: dict[str, Topic], author: AccessContext | None, *,
+    def compile(self, sub: SubscriptionSpec, topics: dict[str, Topic], author: StoredAccess, *,
                 check: bool = False) -> list[Rule]:
         """Rules for one subscription; ``check``: raise 422 for what cannot work (unknown topic/params)."""
         topic = topics.get(sub.topic) if sub.topic else None
@@ -219,7 +208,7 @@ class SubscriptionEngine:
                     sub = specs.parse(row.content)
                 except FhirError:
                     continue  # stored before a rule changed; it cannot fire
-                for rule in self.compile(sub, topics, access_of(known.author if known is not None else None)):
+                for rule in self.compile(sub, topics, load_access(known.author if known is not None else None)):
                     rules.setdefault(rule.trigger.resource_type, []).append(rule)
             self._rules, self._generation = rules, token
             return rules
@@ -272,7 +261,7 @@ class SubscriptionEngine:
                 continue
             if rule.spec.end is not None and rule.spec.end <= seen_at:
                 continue  # past Subscription.end
-            if rule.author is not None and not rule.author.can_read(seen):
+            if not rule.author.can_read(seen):
                 continue  # the subscriber may not read this resource: they are not told of it
             if rule.filters and not self._matches(repo, rtype, rid, rule.filters):
                 continue
@@ -303,6 +292,7 @@ class SubscriptionEngine:
         number = repo.execute(update(STATE).where(STATE.c.subscription_id == sub.id)
                               .values(events=STATE.c.events + 1).returning(STATE.c.events)).scalar()
         if number is None:  # state row lost (e.g. the subscription predates its table): start counting
+            # No author known: no access (auth/stored.py), so nothing reaches anyone until it is saved again.
             repo.execute(insert(STATE).values(subscription_id=sub.id, events=1, author=None, activated=True))
             number = 1
         focus = f"{event.resource_type}/{event.resource_id}/_history/{version.version_id}"

@@ -7,7 +7,7 @@ Each reads the Subscription through the request's repository first, so the calle
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fhir_server.errors import INVALID, FhirError
 from fhir_server.rest.operations import Operation
@@ -16,6 +16,7 @@ from fhir_server.storage.repository import instant
 from fhir_server.subscriptions import spec as specs
 from fhir_server.subscriptions import store
 from fhir_server.subscriptions.bundles import notification_bundle, status_parameters
+from fhir_server.subscriptions.visible import readable_events
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
@@ -72,13 +73,9 @@ def events(req: FhirRequest, repo: Repository, _rtype: str | None, resource_id: 
     if content not in specs.CONTENTS:
         raise FhirError(400, INVALID, f"content must be one of {', '.join(specs.CONTENTS)}", ("content",))
     sub = specs.SubscriptionSpec(**{**sub.__dict__, "content": content})
-    found = store.events(repo.conn, sub.id, since, until)
-    resources: dict[str, dict[str, Any] | None] = {}
-    if content == "full-resource":
-        for event in found:
-            if event.interaction != "delete":
-                rtype, rid, _h, vid = event.focus.split("/")
-                resources[event.focus] = repo.vread(rtype, rid, int(vid)).content
+    # auth: only the events whose focus the caller may read (their ids too are not the caller's to learn)
+    found, resources = readable_events(repo, store.events(repo.conn, sub.id, since, until),
+                                       full=content == "full-resource")
     total = store.events_since_start(repo.conn, sub.id)
     return FhirResponse(200, notification_bundle(sub, base=req.base_url, kind="query-event", events_since=total,
                                                  events=found, resources=resources))
@@ -90,7 +87,7 @@ def ws_binding_token(req: FhirRequest, repo: Repository, _rtype: str | None,
     if sub.channel_type != "websocket":
         raise FhirError(400, INVALID, "The subscription's channel is not websocket", ("Subscription.channel.type",))
     repo.flush()
-    token, expires = store.issue_ws_token(repo.conn, sub.id, WS_TOKEN_TTL)
+    token, expires = store.issue_ws_token(repo.conn, sub.id, WS_TOKEN_TTL, repo.access)  # auth: the binder's
     ws_base = req.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
     return FhirResponse(200, {"resourceType": "Parameters", "parameter": [
         {"name": "token", "valueString": token},

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, delete, insert, select
 
+from fhir_server.auth.stored import StoredAccess, dump_access, load_access
+from fhir_server.storage.repository import AccessPolicy
 from fhir_server.subscriptions.bundles import Event
 from fhir_server.subscriptions.tables import EVENT, STATE, WS_TOKEN
 
@@ -32,18 +34,21 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_ws_token(conn: Connection, subscription_id: str, ttl: timedelta) -> tuple[str, datetime]:
+def issue_ws_token(conn: Connection, subscription_id: str, ttl: timedelta,
+                   access: AccessPolicy) -> tuple[str, datetime]:
+    """``access``: whoever asks for the token; whoever binds with it is told only what that caller may read."""
     token = secrets.token_urlsafe(32)
     now = datetime.now(UTC)
     conn.execute(delete(WS_TOKEN).where(WS_TOKEN.c.expires_at < now))
     conn.execute(insert(WS_TOKEN).values(token_hash=_hash(token), subscription_id=subscription_id,
-                                         expires_at=now + ttl))
+                                         expires_at=now + ttl, access=dump_access(access)))
     return token, now + ttl
 
 
-def resolve_ws_token(conn: Connection, token: str) -> str | None:
-    row = conn.execute(select(WS_TOKEN.c.subscription_id, WS_TOKEN.c.expires_at)
+def resolve_ws_token(conn: Connection, token: str) -> tuple[str, StoredAccess] | None:
+    """(subscription id, the access of who asked for the token), or None for an unknown or expired one."""
+    row = conn.execute(select(WS_TOKEN.c.subscription_id, WS_TOKEN.c.expires_at, WS_TOKEN.c.access)
                        .where(WS_TOKEN.c.token_hash == _hash(token))).first()
     if row is None or row.expires_at < datetime.now(UTC):
         return None
-    return str(row.subscription_id)
+    return str(row.subscription_id), load_access(row.access)

@@ -7,7 +7,8 @@
 - ``subscription_generation``: generation tokens (now ``fhir_server/storage/generation.py``, shared with the
   terminology cache): row 1 is replaced on every Subscription write, so each process knows when its cache of
   active subscriptions is stale (one primary-key read per write instead of reloading them).
-- ``subscription_ws_token``: websocket binding tokens (``$get-ws-binding-token``), stored as SHA-256.
+- ``subscription_ws_token``: websocket binding tokens (``$get-ws-binding-token``), stored as SHA-256, with
+  the access of who asked for one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ STATE = Table(
     "subscription_state", Base.metadata,
     Column("subscription_id", String(64), primary_key=True),
     Column("events", BigInteger, nullable=False, default=0),
-    Column("author", Json),  # {"scope", "role", "patient", "fhirUser"}; null: full access
+    Column("author", Json),  # the author's access (auth/stored.py); null: none
     # Set once a handshake succeeded: an ``error`` subscription keeps queueing only if it was ever active.
     Column("activated", Boolean, nullable=False, default=False),
 )
@@ -43,4 +44,6 @@ WS_TOKEN = Table(
     Column("token_hash", String(64), primary_key=True),
     Column("subscription_id", String(64), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+    # The access of who asked for the token (auth/stored.py; migration 0014): what the socket may be told.
+    Column("access", Json),
 )

@@ -27,7 +27,7 @@ from typing import Any
 from fhir_server.errors import CONFLICT, FhirError
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.repository import Repository
-from interfaces.mllp.pipeline import Accepted, Finished, Hl7Pipeline, Prepared, record_outcome
+from interfaces.mllp.pipeline import Accepted, Finished, Hl7Pipeline, Prepared, inbound_access, record_outcome
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def apply_group(pipeline: Hl7Pipeline, group: list[Prepared]) -> list[str | None
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     try:
         response = pipeline.server.handle(FhirRequest("POST", "", headers={"content-type": "application/fhir+json"},
-                                                      resource=bundle, in_transaction=record))
+                                                      resource=bundle, in_transaction=record,
+                                                      access=inbound_access(*(p.acc.header for p in group))))
         ok = response.status < 400
     except Exception:
         log.exception("hl7: a group of %d messages failed; applying each alone", len(group))

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from fhir_server.hooks import HookPoint, WriteEvent
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
+from fhir_server.storage.access import as_system
 from fhir_server.storage.outbox import OutboxDispatcher
 from fhir_server.storage.repository import Repository
 from interfaces.mllp.framing import MllpDecoder, encode
@@ -32,6 +33,8 @@ TOPIC = "hl7v2-order"
 CONNECTION_TYPE = "hl7v2-mllp"  # http://terminology.hl7.org/CodeSystem/endpoint-connection-type
 ACK_EXTENSION = "urn:fhir-server:extension:hl7v2-order-ack"
 SENDABLE = {"active": "NW", "on-hold": "HD", "revoked": "CA"}
+# The order sender reads the orders it sends and records the lab's ACK on them: the server's own work.
+ORDERS_OUT = as_system("HL7 v2 orders out to the lab (read the order, record its ACK)")
 
 
 def _material(resource: dict[str, Any] | None) -> dict[str, Any]:
@@ -113,7 +116,7 @@ class OrderSender:
         self.timeout = timeout
 
     def _get(self, path: str) -> dict[str, Any]:
-        response = self.server.handle(FhirRequest("GET", path))
+        response = self.server.handle(FhirRequest("GET", path, access=ORDERS_OUT))
         if response.status != 200 or response.resource is None:
             raise LookupError(f"GET {path} answered {response.status}")
         return response.resource
@@ -151,7 +154,8 @@ class OrderSender:
             current["extension"] = [*ext, {"url": ACK_EXTENSION, "extension": parts}]
             response = self.server.handle(FhirRequest(
                 "PUT", f"ServiceRequest/{order_id}", headers={"content-type": "application/fhir+json",
-                                                              "if-match": f'W/"{version}"'}, resource=current))
+                                                              "if-match": f'W/"{version}"'}, resource=current,
+                access=ORDERS_OUT))
             if response.status in (200, 201):
                 return
             if response.status != 412:

@@ -21,6 +21,7 @@ from typing import Any
 from fhir_server.errors import CONFLICT, FhirError
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.server import FhirServer
+from fhir_server.storage.access import SystemAccess, as_system
 from fhir_server.storage.repository import Repository
 from interfaces.mllp.ack import build_ack
 from interfaces.mllp.inflight import InFlight, Key
@@ -91,6 +92,13 @@ def record_outcome(repo: Repository, p: Prepared, responses: Sequence[FhirRespon
     resources = [ref for r in responses if r is not None if (ref := _reference(r.headers.get("Location", "")))]
     return bool(repo.execute(finish_statement(p.acc.stored.pk, status=PROCESSED, ack=p.ok_acks, resources=resources,
                                               expect_attempts=p.acc.stored.attempts)).rowcount)
+
+
+def inbound_access(*headers: Header | None) -> SystemAccess:
+    """auth: a message the listener accepted is written by the server itself, for its senders (MSH-3|MSH-4);
+    who may send at all is the listener's configuration (addresses, TLS client certificates), not a token."""
+    senders = ", ".join(sorted({h.sender for h in headers if h is not None}))
+    return as_system(f"HL7 v2 inbound from {senders}")
 
 
 def _wants(condition: str, success: bool) -> bool:
@@ -248,7 +256,8 @@ class Hl7Pipeline:
 
         try:
             response = self.server.handle(FhirRequest("POST", "", headers={"content-type": "application/fhir+json"},
-                                                      resource=p.bundle, in_transaction=record))
+                                                      resource=p.bundle, in_transaction=record,
+                                                      access=inbound_access(header)))
         except Exception:
             log.exception("hl7 message %s failed while applying", stored.pk)
             return self._internal_error(p.acc)

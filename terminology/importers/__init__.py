@@ -17,7 +17,7 @@ from terminology.tables import CLOSURE, CODE_SYSTEM, CONCEPT
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
-    from fhir_server.storage.repository import Repository
+    from fhir_server.storage.repository import AccessPolicy, Repository
 
 
 @dataclass
@@ -54,8 +54,9 @@ def code_system(imp: Import) -> dict[str, Any]:
             "hierarchyMeaning": "is-a", "content": "not-present", "count": len(imp.concepts)}
 
 
-def store(server: FhirServer, imp: Import) -> int:
-    """Write the import (replacing an earlier one with the same resource id); returns the concept count."""
+def store(server: FhirServer, imp: Import, *, access: AccessPolicy) -> int:
+    """Write the import (replacing an earlier one with the same resource id) with ``access`` (whose import
+    it is); returns the concept count."""
 
     def work(repo: Repository) -> int:
         repo.update("CodeSystem", imp.resource_id, code_system(imp))
@@ -74,4 +75,4 @@ def store(server: FhirServer, imp: Import) -> int:
                      .values(concept_count=len(imp.concepts)))
         return len(imp.concepts)
 
-    return server.uow.run(work, write=True)
+    return server.uow.run(work, write=True, access=access)

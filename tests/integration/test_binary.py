@@ -33,7 +33,7 @@ from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.models import RESOURCE, RESOURCE_HISTORY
 from fhir_server.storage.repository import Repository
-from tests.conftest import Backend, LiveServer, _free_port, wait_until
+from tests.conftest import SYSTEM, Backend, LiveServer, _free_port, wait_until
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 RAW = {"Accept": "*/*"}
@@ -240,7 +240,7 @@ def test_retried_raw_write(api: LiveServer) -> None:
         r = api.http.put("Binary/retried", content=big, headers={"Content-Type": "application/octet-stream"})
         assert r.status_code == 201, r.text
         req = FhirRequest("PUT", "Binary/in-process", headers={"content-type": "image/png"},
-                          body_file=io.BytesIO(PNG), base_url=api.url)
+                          body_file=io.BytesIO(PNG), base_url=api.url, access=SYSTEM)
         assert api.fhir.handle(req).status == 201
     finally:
         api.fhir.hooks.unregister(HookPoint.BEFORE_COMMIT, conflict_once)

@@ -15,7 +15,7 @@ from fhir_server.hooks import Hook, HookPoint, WriteEvent
 from fhir_server.storage.models import OUTBOX
 from fhir_server.storage.outbox import OutboxDispatcher
 from fhir_server.storage.repository import Repository
-from tests.conftest import LiveServer, wait_until
+from tests.conftest import SYSTEM, LiveServer, wait_until
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -105,7 +105,7 @@ def test_dispatcher_retries_with_backoff_then_delivers(api: LiveServer) -> None:
 
 
 def test_dispatcher_dead_letters_after_max_attempts(api: LiveServer) -> None:
-    api.fhir.uow.run(lambda repo: repo.enqueue("test-topic", "k1", {}, max_attempts=2), write=True)
+    api.fhir.uow.run(lambda repo: repo.enqueue("test-topic", "k1", {}, max_attempts=2), write=True, access=SYSTEM)
     dispatcher = OutboxDispatcher(api.backend.engine, backoff_base=0.001)
 
     def always_fails(_key: str, _payload: dict[str, Any]) -> None:
@@ -118,7 +118,7 @@ def test_dispatcher_dead_letters_after_max_attempts(api: LiveServer) -> None:
 
 
 def test_a_crashed_delivery_is_claimed_again_after_its_lease(api: LiveServer) -> None:
-    api.fhir.uow.run(lambda repo: repo.enqueue("test-topic", "k2", {"n": 1}), write=True)
+    api.fhir.uow.run(lambda repo: repo.enqueue("test-topic", "k2", {"n": 1}), write=True, access=SYSTEM)
     crashed = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=200))
     crashed.register("test-topic", lambda _k, _p: None)
     assert len(crashed.claim()) == 1  # claimed, then the process "dies" before delivering
@@ -132,7 +132,7 @@ def test_a_crashed_delivery_is_claimed_again_after_its_lease(api: LiveServer) ->
 
 def test_two_dispatchers_never_deliver_the_same_row_twice_at_once(api: LiveServer) -> None:
     for i in range(40):
-        api.fhir.uow.run(lambda repo, i=i: repo.enqueue("test-topic", f"k{i}", {}), write=True)
+        api.fhir.uow.run(lambda repo, i=i: repo.enqueue("test-topic", f"k{i}", {}), write=True, access=SYSTEM)
     got: list[str] = []
     lock = threading.Lock()
 
@@ -157,7 +157,7 @@ def test_running_dispatcher_thread_delivers_promptly(api: LiveServer) -> None:
     dispatcher.register("test-topic", lambda key, _p: got.append(key))
     dispatcher.start(poll_seconds=30)  # only a wake-up can make it look before 30 s
     try:
-        api.fhir.uow.run(lambda repo: repo.enqueue("test-topic", "prompt", {}), write=True)
+        api.fhir.uow.run(lambda repo: repo.enqueue("test-topic", "prompt", {}), write=True, access=SYSTEM)
         dispatcher.wake()
         wait_until(lambda: got == ["prompt"], 10, "prompt delivery")
     finally:

@@ -7,12 +7,12 @@ from fhir_server.jobs.runner import ThreadRunner
 from fhir_server.jobs.store import JobStore
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
-from tests.conftest import LiveServer, wait_until
+from tests.conftest import SYSTEM, LiveServer, wait_until
 
 
 def _kick_off(server: FhirServer, base: str) -> str:
     resp = server.handle(FhirRequest("GET", "$export", [("_type", "Patient")], {"prefer": "respond-async"},
-                                     base_url=base))
+                                     base_url=base, access=SYSTEM))
     assert resp.status == 202, resp.resource
     return resp.headers["Content-Location"].split("_jobId=")[1]
 

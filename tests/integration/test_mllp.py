@@ -17,7 +17,7 @@ from interfaces.mllp.framing import MllpDecoder, encode
 from interfaces.mllp.listener import MllpListener
 from interfaces.mllp.pipeline import Hl7Pipeline
 from interfaces.mllp.store import ERROR, PROCESSED, REJECTED, MessageStore
-from tests.conftest import LiveServer, wait_until
+from tests.conftest import SYSTEM, LiveServer, wait_until
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hl7v2"
 
@@ -251,7 +251,7 @@ def test_pipeline_handles_without_sockets(api: LiveServer) -> None:
     pipeline = Hl7Pipeline(api.fhir, MessageStore(api.backend.engine))
     [ack] = pipeline.handle(golden("ORM_O01/new_order.hl7"))
     assert segment(ack, "MSA")[1] == "AA"
-    sr = api.fhir.handle(FhirRequest("GET", "ServiceRequest")).resource
+    sr = api.fhir.handle(FhirRequest("GET", "ServiceRequest", access=SYSTEM)).resource
     assert sr is not None and sr["entry"][0]["resource"]["priority"] == "stat"
 
 

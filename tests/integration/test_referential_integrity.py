@@ -236,7 +236,7 @@ def test_cascade_is_for_administrators_and_audited(smart: Smart) -> None:
         r = smart.fhir("DELETE", f"Patient/{pid}", smart.system_token(scope), params={"_cascade": "delete"})
         assert r.status_code == 403, (scope, r.text)
     assert smart.as_admin("GET", f"Observation/{oid}").status_code == 200
-    r = smart.fhir("DELETE", f"Patient/{pid}", smart.system_token("system/*.cud"), params={"_cascade": "delete"})
+    r = smart.fhir("DELETE", f"Patient/{pid}", smart.system_token("system/*.cruds"), params={"_cascade": "delete"})
     assert r.status_code == 204, r.text
     assert smart.as_admin("GET", f"Observation/{oid}").status_code == 410
     events = smart.as_admin("GET", "AuditEvent", params={"entity": f"Observation/{oid}", "action": "D"}).json()

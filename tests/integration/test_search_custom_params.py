@@ -11,7 +11,7 @@ from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.search.fulltext.tables import SEARCH_TEXT
 from fhir_server.search.tables import TABLES
-from tests.conftest import LiveServer, wait_until
+from tests.conftest import SYSTEM, LiveServer, wait_until
 from tests.integration.search_support import post
 
 STRICT = {"Prefer": "handling=strict"}
@@ -97,7 +97,7 @@ def test_another_process_sees_the_parameter(api: LiveServer) -> None:
 
     def search(name: str) -> int:
         resp = other.handle(FhirRequest("GET", "Patient", [("nickname", name)], {"prefer": "handling=strict"},
-                                        base_url=api.url))
+                                        base_url=api.url, access=SYSTEM))
         return resp.status
 
     assert search("x") == 400
@@ -105,7 +105,7 @@ def test_another_process_sees_the_parameter(api: LiveServer) -> None:
     wait_until(lambda: search("x") == 200, 5, "the other server to load the new SearchParameter")
     created = other.handle(FhirRequest("POST", "Patient", [], {"content-type": "application/fhir+json"},
                                        body=b'{"resourceType":"Patient","name":[{"use":"nickname","given":["Mo"]}]}',
-                                       base_url=api.url))
+                                       base_url=api.url, access=SYSTEM))
     assert created.status == 201
     assert len(ids(api, "Patient?nickname=mo")) == 1  # the other server indexed it with the new parameter
 

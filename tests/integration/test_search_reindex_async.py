@@ -12,7 +12,7 @@ from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.search.fulltext.tables import SEARCH_TEXT
 from fhir_server.search.tables import TABLES
-from tests.conftest import LiveServer, wait_until
+from tests.conftest import SYSTEM, LiveServer, wait_until
 from tests.integration.bulk_support import kick_off, poll
 from tests.integration.test_search_custom_params import NICKNAME, ids, patient, post
 
@@ -60,7 +60,7 @@ def test_a_dead_runners_reindex_job_resumes_after_its_last_checkpoint(api: LiveS
     server = FhirServer(api.backend.settings, api.backend.engine)  # a process with no runner yet
     resp = server.handle(FhirRequest("POST", "Patient/$reindex", [("_count", "2")],
                                      {"prefer": "respond-async", "content-type": "application/fhir+json"},
-                                     body=b'{"resourceType":"Parameters"}', base_url=api.url))
+                                     body=b'{"resourceType":"Parameters"}', base_url=api.url, access=SYSTEM))
     assert resp.status == 202, resp.resource
     job_id = resp.headers["Content-Location"].split("_jobId=")[1]
     # A runner did the first two batches (4 patients), checkpointed, then died: its lease lapses.

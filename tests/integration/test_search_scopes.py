@@ -7,15 +7,15 @@ from typing import Any
 
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.search import search_compartment, search_system
-from tests.conftest import LiveServer
+from tests.conftest import SYSTEM, LiveServer
 from tests.integration.search_support import post
 
 
 def run(api: LiveServer, fn: Any, *args: Any, query: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:
-    req = FhirRequest("GET", "", query=query, base_url=api.url)
+    req = FhirRequest("GET", "", query=query, base_url=api.url, access=SYSTEM)
     try:
         resp = api.fhir.uow.run(lambda repo: fn(req, repo, *args, query, default_count=20, max_count=1000),
-                                write=False)
+                                write=False, access=SYSTEM)
     except Exception as exc:  # FhirError
         return getattr(exc, "status", 500), {}
     return resp.status, resp.resource or {}

@@ -14,7 +14,7 @@ from fhir_server.rest.request import FhirRequest
 from fhir_server.storage.models import OUTBOX
 from fhir_server.storage.outbox import OutboxDispatcher
 from fhir_server.subscriptions import install_delivery
-from tests.conftest import LiveServer
+from tests.conftest import SYSTEM, LiveServer
 from tests.integration.subscription_receiver import Receiver, start_receiver
 
 LOINC = "http://loinc.org"
@@ -240,7 +240,7 @@ def test_another_process_sees_a_new_subscription_at_its_next_write(api: LiveServ
     def write_elsewhere() -> None:
         body = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
         response = other.handle(FhirRequest("POST", "Observation", resource=body,
-                                            headers={"content-type": "application/fhir+json"}))
+                                            headers={"content-type": "application/fhir+json"}, access=SYSTEM))
         assert response.status == 201
 
     write_elsewhere()  # its cache now holds "no subscriptions"

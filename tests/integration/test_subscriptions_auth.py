@@ -90,11 +90,27 @@ def test_websocket_bind_needs_a_token_that_may_read_the_subscription(smart: Smar
     with connect(url, additional_headers={"Authorization": f"Bearer {blind}"}) as ws:
         ws.send(f"bind {sub['id']}")
         assert ws.recv(timeout=10) == f"error {sub['id']} not bound"  # a valid token that cannot read it
-    reader = smart.system_token("system/Subscription.rs")
+    reader = smart.system_token("system/Subscription.rs system/Observation.rs")
     with connect(url, additional_headers={"Authorization": f"Bearer {reader}"}) as ws:
         ws.send(f"bind {sub['id']}")
         assert ws.recv(timeout=10) == f"bound {sub['id']}"
         _post(smart, admin, _obs("laboratory"))
         assert ws.recv(timeout=10) == f"ping {sub['id']}"
+    # Reading the subscription is not reading what it reports: a token that may read Subscriptions and
+    # Patients, bound to an Observation subscription and a Patient one on one socket, hears only of Patients.
+    # Each poll goes through the bindings in order, so the Observation (written first) would come first.
+    patients = _post(smart, admin, {"resourceType": "Subscription", "status": "requested", "reason": "admissions",
+                                    "criteria": "Patient?", "channel": {"type": "websocket"}}).json()
+    made.append(patients["id"])
+    narrow = smart.system_token("system/Subscription.rs system/Patient.rs")
+    with connect(url, additional_headers={"Authorization": f"Bearer {narrow}"}) as ws:
+        for sid in (sub["id"], patients["id"]):
+            ws.send(f"bind {sid}")
+            assert ws.recv(timeout=10) == f"bound {sid}"
+        _post(smart, admin, _obs("laboratory"))
+        _post(smart, admin, {"resourceType": "Patient"})
+        assert ws.recv(timeout=10) == f"ping {patients['id']}"
+        _post(smart, admin, {"resourceType": "Patient"})  # any ping of the Observation would come before this one
+        assert ws.recv(timeout=10) == f"ping {patients['id']}"
     assert smart.fhir("POST", f"Subscription/{sub['id']}/$get-ws-binding-token", blind).status_code == 403
     assert smart.fhir("POST", f"Subscription/{sub['id']}/$get-ws-binding-token").status_code == 401

@@ -17,6 +17,7 @@ from fhir_server.rest.server import FhirServer
 from fhir_server.storage.database import make_engine
 from terminology import valueset
 from terminology.cache import cache_for
+from tests.conftest import SYSTEM
 from tests.integration.test_terminology_operations import POLYGONS, SHAPES, fixture, params, tx
 
 __all__ = ["tx"]
@@ -40,7 +41,7 @@ def valid(api, code: str) -> bool:  # type: ignore[no-untyped-def]
 
 def put(server: FhirServer, resource: dict[str, Any]) -> None:
     r = server.handle(FhirRequest("PUT", f"{resource['resourceType']}/{resource['id']}", resource=resource,
-                                  headers={"content-type": "application/fhir+json"}))
+                                  headers={"content-type": "application/fhir+json"}, access=SYSTEM))
     assert r.status in (200, 201), r.resource
 
 
@@ -81,7 +82,8 @@ def test_a_rolled_back_change_leaves_the_cache_valid(tx, other: FhirServer) -> N
          "request": {"method": "PUT", "url": "ValueSet/polygons"}},
         {"resource": {"resourceType": "Patient", "birthDate": "not a date"},
          "request": {"method": "POST", "url": "Patient"}}]}
-    r = other.handle(FhirRequest("POST", "", resource=bad, headers={"content-type": "application/fhir+json"}))
+    r = other.handle(FhirRequest("POST", "", resource=bad, headers={"content-type": "application/fhir+json"},
+                                 access=SYSTEM))
     assert r.status >= 400
     hits = cache.hits
     assert valid(tx, "triangle") and not valid(tx, "circle")

@@ -11,6 +11,7 @@ import pytest
 
 from fhir_server.errors import FhirError
 from terminology.importers import icd10cm, store
+from tests.conftest import SYSTEM
 from tests.integration.test_terminology_import import expand, lookup, subsumes
 from tests.integration.test_terminology_operations import params
 
@@ -35,7 +36,7 @@ def test_read_builds_chapter_section_diag_hierarchy_and_seventh_characters() -> 
 
 
 def test_import_lookup_subsumes_and_groupers(api) -> None:  # type: ignore[no-untyped-def]
-    assert store(api.fhir, icd10cm.read(str(FIXTURES / "icd10cm_tabular_2025.xml"))) == 22
+    assert store(api.fhir, icd10cm.read(str(FIXTURES / "icd10cm_tabular_2025.xml")), access=SYSTEM) == 22
     p = params(lookup(api, CM, "E11.9").json())
     assert p["display"][0]["valueString"] == "Type 2 diabetes mellitus without complications"
     assert p["version"][0]["valueString"] == "2025"

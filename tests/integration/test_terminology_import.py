@@ -12,6 +12,7 @@ import pytest
 from fhir_server.errors import FhirError
 from terminology.core import load_core
 from terminology.importers import icd10, loinc, snomed, store
+from tests.conftest import SYSTEM
 from tests.integration.test_terminology_operations import issue, params, props
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "terminology"
@@ -40,7 +41,7 @@ def expand(api, system: str, flt: dict[str, str], text: str | None = None) -> li
 
 
 def test_loinc_import_codes_properties_and_part_hierarchy(api) -> None:  # type: ignore[no-untyped-def]
-    assert store(api.fhir, loinc.read(str(FIXTURES / "loinc"))) == 11
+    assert store(api.fhir, loinc.read(str(FIXTURES / "loinc")), access=SYSTEM) == 11
     r = lookup(api, "http://loinc.org", "2345-7")
     assert r.status_code == 200, r.text
     p = params(r.json())
@@ -58,7 +59,7 @@ def test_loinc_import_codes_properties_and_part_hierarchy(api) -> None:  # type:
 
 
 def test_icd10_claml_import(api) -> None:  # type: ignore[no-untyped-def]
-    assert store(api.fhir, icd10.read(str(FIXTURES / "icd10" / "icd10-claml.xml"))) == 8
+    assert store(api.fhir, icd10.read(str(FIXTURES / "icd10" / "icd10-claml.xml")), access=SYSTEM) == 8
     system = "http://hl7.org/fhir/sid/icd-10"
     p = params(lookup(api, system, "A00.0").json())
     assert p["display"][0]["valueString"] == "Cholera due to Vibrio cholerae 01, biovar cholerae"
@@ -71,14 +72,14 @@ def test_icd10_claml_import(api) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_snomed_rf2_import_preferred_terms_and_active_is_a(api) -> None:  # type: ignore[no-untyped-def]
-    assert load_core(api.fhir, [SCT]).loaded == 1  # the core's content: not-present stub of SNOMED CT
+    assert load_core(api.fhir, [SCT], access=SYSTEM).loaded == 1  # the core's content: not-present stub of SNOMED CT
     stub = api.http.post("ValueSet/$expand", json={"resourceType": "Parameters", "parameter": [{
         "name": "valueSet", "resource": {"resourceType": "ValueSet", "status": "active",
                                          "compose": {"include": [{"system": SCT}]}}}]})
     assert stub.status_code == 422 and "import it" in issue(stub)["diagnostics"]
     imported = snomed.read(str(FIXTURES / "snomed"))
     assert imported.version == "http://snomed.info/sct/900000000000207008/version/20240101"
-    assert store(api.fhir, imported) == 9
+    assert store(api.fhir, imported, access=SYSTEM) == 9
     p = params(lookup(api, SCT, "22298006").json())
     assert p["display"][0]["valueString"] == "Myocardial infarction"  # the en-US preferred synonym
     fsn = [d["part"][-1]["valueString"] for d in p["designation"]]
@@ -108,10 +109,10 @@ def test_cli_import_and_its_errors(api, tmp_path: Path) -> None:  # type: ignore
 
 def test_import_again_replaces_the_earlier_one(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     system = "http://hl7.org/fhir/sid/icd-10"
-    store(api.fhir, icd10.read(str(FIXTURES / "icd10")))
+    store(api.fhir, icd10.read(str(FIXTURES / "icd10")), access=SYSTEM)
     smaller = tmp_path / "icd.xml"
     smaller.write_text((FIXTURES / "icd10" / "icd10-claml.xml").read_text().replace('code="A01"', 'code="A02"'))
-    assert store(api.fhir, icd10.read(str(smaller))) == 8
+    assert store(api.fhir, icd10.read(str(smaller)), access=SYSTEM) == 8
     assert lookup(api, system, "A01").status_code == 404
     assert lookup(api, system, "A02").status_code == 200
     assert subsumes(api, system, "A00-A09", "A02") == "subsumes"

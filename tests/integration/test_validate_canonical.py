@@ -13,6 +13,7 @@ from fhir_server.packages import canonical
 from fhir_server.storage.database import make_engine
 from fhir_server.storage.migrate import upgrade
 from fhir_server.storage.models import RESOURCE
+from tests.conftest import SYSTEM
 
 URL = "http://example.org/fhir/ValueSet/canon"
 
@@ -23,7 +24,7 @@ def _vs(version: str, title: str) -> dict[str, object]:
 
 def test_lookup_follows_creates_updates_and_deletes(api) -> None:  # type: ignore[no-untyped-def]
     def find(version: str | None = None, url: str = URL) -> dict[str, object] | None:
-        return api.fhir.uow.run(lambda repo: canonical.find(repo, "ValueSet", url, version), write=False)
+        return api.fhir.uow.run(lambda repo: canonical.find(repo, "ValueSet", url, version), write=False, access=SYSTEM)
 
     assert find() is None
     assert api.http.put("ValueSet/v1", json={**_vs("1.0.0", "one"), "id": "v1"}).status_code == 201

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from fhir_server.packages.install import install, read_package
+from tests.conftest import SYSTEM
 
 IG = Path(__file__).resolve().parents[3] / "shared" / "india" / "ndhm.in-6.5.0"
 SKIP = {"StructureDefinition", "ValueSet", "CodeSystem", "ImplementationGuide"}
@@ -61,7 +62,7 @@ def test_install_folder_and_tarball_idempotent(api, ig: Path, tmp_path: Path) ->
         tar.add(ig / "package" / example, arcname=f"package/{example}")
     package = read_package(tgz)
     assert (package.name, package.version, len(package.resources)) == ("ndhm.in", "6.5.0", 132)
-    again = install(api.fhir, package)
+    again = install(api.fhir, package, access=SYSTEM)
     assert (again.created["StructureDefinition"], again.unchanged["StructureDefinition"]) == (0, 63)
     assert (again.updated["ValueSet"], again.unchanged["ValueSet"]) == (1, 47)
     assert api.http.get("Patient").json()["total"] == 0  # examples are not installed
@@ -76,7 +77,7 @@ def _samples(ig: Path) -> list[Path]:
 
 
 def test_examples_and_official_samples_validate_against_their_profiles(api, ig: Path) -> None:  # type: ignore[no-untyped-def]
-    install(api.fhir, read_package(ig / "package"))
+    install(api.fhir, read_package(ig / "package"), access=SYSTEM)
     failures: dict[str, list[str]] = {}
     checked = 0
     for path in _samples(ig):
@@ -100,7 +101,7 @@ def test_examples_and_official_samples_validate_against_their_profiles(api, ig: 
 
 
 def test_broken_examples_are_caught(api, ig: Path) -> None:  # type: ignore[no-untyped-def]
-    install(api.fhir, read_package(ig / "package"))
+    install(api.fhir, read_package(ig / "package"), access=SYSTEM)
     bundle = json.loads((ig / "package" / "example" / "Bundle-OPConsultNote-example-05.json").read_text())
     bundle["type"] = "collection"
     del bundle["identifier"]
@@ -129,7 +130,7 @@ def test_differential_only_package_gets_snapshots_that_validate_alike(api, ig: P
         (folder / f.name).write_text(json.dumps(data))
     package = read_package(tmp_path)
     assert len(package.no_snapshot) == 63
-    install(api.fhir, package)
+    install(api.fhir, package, access=SYSTEM)
     assert package.no_snapshot == []
     for url, ids in shipped.items():
         stored = api.http.get("StructureDefinition", params={"url": url}).json()["entry"][0]["resource"]
@@ -146,7 +147,7 @@ def test_differential_only_package_gets_snapshots_that_validate_alike(api, ig: P
 
 
 def test_broken_copies_extension_context_and_narrative(api, ig: Path) -> None:  # type: ignore[no-untyped-def]
-    install(api.fhir, read_package(ig / "package"))
+    install(api.fhir, read_package(ig / "package"), access=SYSTEM)
     example = ig / "package" / "example"
 
     def errors(resource: dict[str, Any]) -> dict[str, str]:

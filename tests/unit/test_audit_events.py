@@ -11,6 +11,7 @@ from fhir_server.audit.codes import DCM, coding, own
 from fhir_server.audit.events import SERVER, Actor, Record, audit_event, interaction, outcome
 from fhir_server.rest.request import FhirRequest
 from fhir_server.validation import ResourceValidator
+from tests.conftest import SYSTEM
 
 
 @pytest.mark.parametrize(("method", "path", "expected"), [
@@ -45,7 +46,7 @@ def test_discovery_is_not_audited() -> None:
 
 def test_search_query_includes_the_form_body_of_post_search() -> None:
     form = {"content-type": "application/x-www-form-urlencoded"}
-    req = FhirRequest("POST", "Patient/_search", [("_count", "5")], form, b"family=Sharma")
+    req = FhirRequest("POST", "Patient/_search", [("_count", "5")], form, b"family=Sharma", access=SYSTEM)
     assert query_text(req) == "Patient/_search?_count=5&family=Sharma"
 
 

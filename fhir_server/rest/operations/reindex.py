@@ -49,8 +49,7 @@ class Reindex:
                  resource_id: str | None) -> FhirResponse:
         if req.method != "POST":
             raise FhirError(405, INVALID, "$reindex changes the index: use POST")
-        access = repo.access
-        if access is not None and getattr(access, "role", None) not in (None, "admin"):
+        if getattr(repo.access, "role", None) not in (None, "admin"):
             raise FhirError(403, FORBIDDEN, "$reindex is for administrators and backend services")
         batch = _batch_size(req.param("_count"))
         types = [resource_type] if resource_type else sorted(resource_types())

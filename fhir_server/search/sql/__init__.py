@@ -135,7 +135,7 @@ def _granular_condition(ctx: SqlContext, r: FromClause, rtype: str) -> ColumnEle
     """The token's v2 granular scopes (``patient/Observation.rs?category=laboratory``) as search criteria:
     any one scope's constraints, all of them. A constraint that is no search parameter of the type, or not a
     valid value, matches nothing (fail closed, like the per-resource check)."""
-    sets = ctx.access.search_constraints(rtype) if ctx.access is not None else None
+    sets = ctx.access.search_constraints(rtype)
     if sets is None:
         return None
     alternatives: list[ColumnElement[bool]] = []

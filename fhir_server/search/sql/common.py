@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, FromClause, Select, Table, select
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 class SqlContext:
     registry: Registry
     base_url: str = ""  # references to this base are local (Type/id)
-    access: AccessPolicy | None = None  # the request's token: every query is narrowed to what it may read
+    # the caller's access (required): every query is narrowed to what it may read
+    access: AccessPolicy = field(kw_only=True)
     fulltext: FullTextIndex | None = None  # _text / _content (search/fulltext); None: not configured
 
 
