@@ -143,6 +143,9 @@ def measure(server: Any, database_url: str, hook: Hook, clients: int, n: int, *,
             sent[(res["id"], res["meta"]["versionId"])] = (done, stamp)
         return 1
 
+    # The Observations' subject must exist (referential integrity); a PUT of it is harmless when it does.
+    httpx.put(f"{server.base}/Patient/bench", json={"resourceType": "Patient", "id": "bench"},
+              timeout=60).raise_for_status()
     meter = CpuMeter(server.process.pid, database_url)
     meter.start()
     worker_cpu = process_tree_cpu(worker.pid) if worker is not None else 0.0

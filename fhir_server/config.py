@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     validate_profiles: bool = False
     # With validate_profiles: a meta.profile this server does not have is an error (else a warning).
     validate_profiles_strict: bool = False
+    # Referential integrity (fhir_server/rest/integrity.py), as HAPI enforces it by default: a local reference
+    # to a resource that does not exist is refused (422), and so is deleting a resource others refer to (409,
+    # unless DELETE ...?_cascade=delete by an administrator).
+    enforce_referential_integrity: bool = True
     # An AuditEvent for every read, search, write, sign-in, token and refusal (fhir_server.audit).
     audit_enabled: bool = True
     # Reads' AuditEvents written by a background thread, in batches, off the request path (writes always keep

@@ -19,6 +19,7 @@ import orjson
 
 from fhir_server.definitions import resource_types
 from fhir_server.errors import INVALID, NOT_FOUND, PROCESSING, FhirError, Issue
+from fhir_server.rest import integrity
 from fhir_server.rest import interactions as ix
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.repository import Repository, instant
@@ -267,7 +268,11 @@ def transaction(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> F
             req.in_transaction(repo, results)
         return results
 
-    results = server.uow.run(work, write=True, access=req.access)
+    try:
+        results = server.uow.run(work, write=True, access=req.access)
+    except integrity.DanglingReferences as exc:  # checked at the end of the unit of work: name the entries
+        raise exc.in_bundle({f"{e.path.split('/')[0]}/{e.assigned_id}" if e.assigned_id else e.path: e.index
+                             for e in entries}) from exc
     out = [response_entry(r, e.method, req.base_url, include) for e, r in zip(entries, results, strict=True) if r]
     return FhirResponse(200, _response_bundle("transaction-response", out))
 

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 
 from fhir_server.definitions import resource_types
 from fhir_server.errors import INVALID, NOT_FOUND, NOT_SUPPORTED, PROCESSING, FhirError, Issue, informational
+from fhir_server.rest import cascade
 from fhir_server.rest.patch import apply_json_patch
 from fhir_server.rest.request import FhirRequest, FhirResponse, parse_etag, parse_version
 from fhir_server.rest.respond import read_response, version_headers, write_response
@@ -124,14 +125,22 @@ def conditional_update(req: FhirRequest, repo: Repository, resource_type: str) -
 
 def delete(req: FhirRequest, repo: Repository, resource_type: str, resource_id: str) -> FhirResponse:
     check_id(resource_type, resource_id)
-    version = repo.delete(resource_type, resource_id, if_match=parse_etag(req.header("if-match")))
+    if_match = parse_etag(req.header("if-match"))
+    if cascade.requested(req.param(cascade.PARAM)):  # referrers too (rest/cascade.py)
+        version = cascade.delete(repo, resource_type, resource_id, if_match=if_match)
+    else:
+        version = repo.delete(resource_type, resource_id, if_match=if_match)
     return _deleted(req, version, f"{resource_type}/{resource_id}")
 
 
 def conditional_delete(req: FhirRequest, repo: Repository, resource_type: str) -> FhirResponse:
-    existing = conditional_match(repo, resource_type, criteria_params(req.query), "Conditional delete")
+    cascading = cascade.requested(req.param(cascade.PARAM))
+    criteria = [(k, v) for k, v in criteria_params(req.query) if k != cascade.PARAM]
+    existing = conditional_match(repo, resource_type, criteria, "Conditional delete")
     if existing is None:
         return _deleted(req, None, f"{resource_type} matching the criteria")
+    if cascading:
+        return _deleted(req, cascade.delete(repo, resource_type, existing.id), existing.reference)
     return _deleted(req, repo.delete(resource_type, existing.id), existing.reference)
 
 

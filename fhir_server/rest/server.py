@@ -17,6 +17,7 @@ from fhir_server.errors import EXCEPTION, INVALID, FhirError, Issue, operation_o
 from fhir_server.hooks import Hooks
 from fhir_server.jobs.bulk_ops import register_bulk
 from fhir_server.rest import bundle
+from fhir_server.rest.integrity import install as install_integrity
 from fhir_server.rest.metadata import capability_statement, with_security
 from fhir_server.rest.operations import OperationRegistry
 from fhir_server.rest.operations.everything import register as register_everything
@@ -45,6 +46,8 @@ class FhirServer:
         self.search_registry = self.search.registry
         self.validator = validator or ResourceValidator()
         self.finder = finder or self.search.finder
+        # 422 for dangling references, 409 for deleting what others refer to (FHIR_ENFORCE_REFERENTIAL_INTEGRITY)
+        self.integrity = install_integrity(settings, self.hooks)
         self.uow = UnitOfWork(self.engine, self.hooks, self.validator, self.finder)
         self.binary = BinaryStorage(settings, self.hooks)  # Binary.data -> blob store, raw Binary REST
         self.operations = OperationRegistry()

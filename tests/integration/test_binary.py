@@ -75,6 +75,7 @@ def binary_limit(api: LiveServer, limit: int) -> Iterator[None]:
 
 
 def test_raw_round_trip_keeps_bytes_and_content_type(api: LiveServer) -> None:
+    assert api.http.put("Patient/p1", json={"resourceType": "Patient", "id": "p1"}).status_code == 201  # referred to
     r = api.http.post("Binary", content=PDF, headers={"Content-Type": "application/pdf",
                                                       "X-Security-Context": "Patient/p1"})
     assert r.status_code == 201, r.text
@@ -178,6 +179,7 @@ def test_update_vread_and_delete(api: LiveServer) -> None:
 
     # A JSON update keeping the stored content: the pointer the server itself showed is accepted.
     current = api.http.get("Binary?_id=scan-7").json()["entry"][0]["resource"]
+    assert api.http.put("Patient/p9", json={"resourceType": "Patient", "id": "p9"}).status_code == 201  # referred to
     current["securityContext"] = {"reference": "Patient/p9"}
     r = api.http.put("Binary/scan-7", json=current, headers=FHIR_JSON)
     assert r.status_code == 200, r.text

@@ -94,3 +94,15 @@ def test_rerun_after_a_lost_checkpoint_creates_no_duplicates(api: LiveServer) ->
     found = api.http.get("Patient", params={"_count": "50"}).json()
     assert found["total"] == 5
     assert {e["resource"]["meta"]["versionId"] for e in found["entry"]} == {"2"}
+
+
+def test_import_inputs_may_refer_to_resources_of_later_inputs(api: LiveServer) -> None:
+    """Referential integrity is not checked on $import: an Observation whose Patient comes in a later batch
+    (batches of 200 lines, each its own unit of work) is stored."""
+    body = lines({"resourceType": "Observation", "status": "final", "code": {"text": "hb"},
+                  "subject": {"reference": "Patient/imp-late"}},
+                 *({"resourceType": "Patient", "id": f"fill-{i}"} for i in range(250)),
+                 {"resourceType": "Patient", "id": "imp-late"})
+    manifest = poll(api.http, kick_off(api.http, "$import", content=body, headers=NDJSON)).json()
+    assert {o["type"]: o["count"] for o in manifest["output"]} == {"Patient": 251, "Observation": 1}
+    assert api.http.get("Observation", params={"subject": "Patient/imp-late"}).json()["total"] == 1

@@ -113,7 +113,8 @@ def test_number_and_quantity(api: LiveServer) -> None:
     assert ids(api, "Observation?value-quantity=gt1||g") == {b}
     assert ids(api, "Observation?value-quantity=ap100") == {b, c}
     assert ids(api, "Observation?value-quantity=ne100") == {a}
-    r1 = post(api, {"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/x"},
+    pid = post(api, {"resourceType": "Patient"})  # referential integrity: the subject must exist
+    r1 = post(api, {"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": f"Patient/{pid}"},
                     "prediction": [{"probabilityDecimal": 0.25}]})
     assert ids(api, "RiskAssessment?probability=lt0.3") == {r1}
     assert ids(api, "RiskAssessment?probability=0.25") == {r1}

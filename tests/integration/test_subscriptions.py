@@ -42,6 +42,8 @@ def subscription(api: LiveServer, url: str, criteria: str, **channel: Any) -> di
 
 
 def observation(api: LiveServer, code: str, patient: str, value: float = 1.0, rid: str | None = None) -> dict[str, Any]:
+    if api.http.get(f"Patient/{patient}").status_code == 404:  # referential integrity: the subject must exist
+        assert api.http.put(f"Patient/{patient}", json={"resourceType": "Patient", "id": patient}).status_code == 201
     body = {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient}"},
             "code": {"coding": [{"system": LOINC, "code": code}]}, "valueQuantity": {"value": value}}
     response = api.http.put(f"Observation/{rid}", json={**body, "id": rid}) if rid else \

@@ -23,7 +23,10 @@ CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
 @pytest.fixture(scope="module")
 def smart(backend: Backend) -> Iterator[Smart]:
-    yield from smart_server(backend)
+    for server in smart_server(backend):
+        # referential integrity: the Observations' subject must exist
+        server.as_admin("PUT", "Patient/P1", content=b'{"resourceType": "Patient", "id": "P1"}', headers=JSON)
+        yield server
 
 
 @pytest.fixture

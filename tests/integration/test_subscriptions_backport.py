@@ -169,6 +169,7 @@ def test_a_topic_created_later_is_picked_up(api: LiveServer, hook: Receiver) -> 
 
 def test_a_transaction_numbers_its_events_in_order_and_a_rolled_back_one_uses_no_numbers(
         api: LiveServer, hook: Receiver) -> None:
+    assert api.http.put("Patient/X", json={"resourceType": "Patient", "id": "X"}).status_code == 201  # the subject
     topic(api)
     sid = backport(api, hook.url, content="id-only").json()["id"]
     d = dispatcher(api)
