@@ -4,8 +4,9 @@ HCX 0.9 (hcx-specs ``message-security-and-integrity.md``, OpenAPI ``JWEPayload``
 ``{"payload": "<protected>.<encrypted key>.<iv>.<ciphertext>.<tag>"}``, the protected header being the JOSE
 header (``alg``, ``enc``) united with the ``x-hcx-*`` protocol and domain headers. No unprotected header,
 one recipient. We emit ``RSA-OAEP-256`` + ``A256GCM`` (the Java SDK and NHCX) and accept ``RSA-OAEP`` too
-(the 0.9 OpenAPI enum, the Python SDK). The AAD is the ASCII of the *received* first segment: authlib's
-compact deserializer authenticates the segment as sent, never a re-serialized header.
+(the 0.9 OpenAPI enum, the Python SDK). The AAD is the ASCII of the *received* first segment: joserfc (the
+successor of authlib's jose, as fhir_server.auth uses) authenticates the segment as sent, never a re-serialized
+header.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from authlib.jose import JsonWebEncryption
-from authlib.jose.errors import JoseError
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from joserfc import jwe
+from joserfc.errors import JoseError
+from joserfc.jwe import JWERegistry
+from joserfc.jwk import RSAKey
 
 EMITTED_ALG = "RSA-OAEP-256"
 ACCEPTED_ALGS = ("RSA-OAEP-256", "RSA-OAEP")
 ENC = "A256GCM"
-_JWE = JsonWebEncryption(algorithms=[*ACCEPTED_ALGS, ENC])
+# x-hcx-* are private header parameters (RFC 7516 4.3): allowed, and all of them integrity-protected.
+_REGISTRY = JWERegistry(algorithms=[*ACCEPTED_ALGS, ENC], strict_check_header=False)
 
 
 class EnvelopeError(ValueError):
@@ -82,8 +86,7 @@ def encrypt(headers: Mapping[str, Any], body: Mapping[str, Any] | bytes, recipie
         raise ValueError(f"unsupported key management algorithm {alg}")
     protected = {**{k: v for k, v in headers.items() if k not in ("alg", "enc")}, "alg": alg, "enc": ENC}
     plaintext = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
-    token = _JWE.serialize_compact(protected, plaintext, recipient)
-    return token.decode("ascii") if isinstance(token, bytes) else str(token)
+    return jwe.encrypt_compact(protected, plaintext, RSAKey.import_key(recipient), registry=_REGISTRY)
 
 
 def decrypt(payload: str, key: RSAPrivateKey) -> tuple[dict[str, Any], bytes]:
@@ -94,10 +97,10 @@ def decrypt(payload: str, key: RSAPrivateKey) -> tuple[dict[str, Any], bytes]:
         raise EnvelopeError("ERR_INVALID_ENCRYPTION",
                             f"unsupported JWE algorithms alg={header.get('alg')} enc={header.get('enc')}")
     try:
-        data = _JWE.deserialize_compact(payload, key)
+        data = jwe.decrypt_compact(payload, RSAKey.import_key(key), registry=_REGISTRY)
     except (JoseError, InvalidTag, ValueError, TypeError) as exc:
         raise EnvelopeError("ERR_INVALID_ENCRYPTION", "the payload does not decrypt with our key") from exc
-    return header, bytes(data["payload"])
+    return header, bytes(data.plaintext or b"")
 
 
 def decrypt_json(payload: str, key: RSAPrivateKey) -> tuple[dict[str, Any], dict[str, Any]]:
