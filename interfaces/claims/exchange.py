@@ -115,8 +115,9 @@ def audit(repo: Repository, anchor: str, api: str, *, inbound: bool, participant
                        "requestor": False})
     details = [{"type": k, "valueString": v} for k, v in (("x-hcx-correlation_id", correlation_id),
                                                            ("x-hcx-api_call_id", api_call_id)) if v]
-    entity: list[dict[str, Any]] = [{"what": {"reference": anchor}, "detail": details}] if anchor else \
-        [{"what": {"display": "unknown cycle"}, "detail": details}]
+    entity: list[dict[str, Any]] = [{"what": {"reference": anchor} if anchor else {"display": "unknown exchange"}}]
+    if details:
+        entity[0]["detail"] = details
     if patient:
         entity.append({"what": {"reference": patient},
                        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"}})

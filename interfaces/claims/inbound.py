@@ -11,6 +11,7 @@ that claim. A refusal is final (an AuditEvent says why); a duplicate changes not
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from fhir_server.storage.access import as_system
 from fhir_server.storage.repository import Repository
 from interfaces.claims import protocol as p
 from interfaces.claims.apply import Applier
-from interfaces.claims.envelope import EnvelopeError
+from interfaces.claims.envelope import EnvelopeError, protected_header
 from interfaces.claims.exchange import audit, cycle_of, find_anchor, with_cycle
 from interfaces.claims.gateway import ClaimsGateway
 
@@ -54,6 +55,8 @@ class CallbackReceiver:
             try:
                 headers, bundle = self.gateway.open(body)
             except EnvelopeError as exc:
+                with suppress(EnvelopeError):  # which message it was, for the audit trail (ids only)
+                    headers = protected_header(str(body.get("payload")))
                 raise Refusal(exc.code, str(exc)) from exc
             self._check(path, headers, bundle)
             found = self._anchor(str(headers[p.CORRELATION_ID]))

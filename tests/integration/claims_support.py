@@ -101,8 +101,8 @@ def start_claims_server(backend: Backend, sandbox: Sandbox, tmp: Path) -> Iterat
         "endpoint_url": f"http://127.0.0.1:{port}/hcx", "encryption_cert": cert_pem}).raise_for_status()
     settings = backend.settings.model_copy(update={
         "claims_gateway_url": sandbox.url, "claims_participant_code": PROVIDER, "claims_gateway_code": GATEWAY,
-        "claims_private_key": str(key_file), "claims_username": "billing@hospital01", "claims_secret": SecretStr("s3cret"),
-        "claims_max_attempts": 3})
+        "claims_private_key": str(key_file), "claims_username": "billing@hospital01",
+        "claims_secret": SecretStr("s3cret"), "claims_max_attempts": 3})
     fhir = FhirServer(settings, backend.engine)
     dispatcher = OutboxDispatcher(backend.engine, lease=timedelta(seconds=30), backoff_base=0.05)
     app = create_app(settings, fhir, dispatcher)

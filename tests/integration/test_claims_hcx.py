@@ -211,7 +211,7 @@ def test_bad_callbacks_change_nothing(claims: ClaimsServer, sandbox: Sandbox, ca
     extra = {"tampered": {"tamper": True}, "wrong_recipient": {"recipient_code": "hospital99@sandbox"},
              "expired": {"timestamp": "2020-01-01T00:00:00+05:30"},
              "reused_api_call_id": {"api_call_id": first["headers"]["x-hcx-api_call_id"]},
-             "unknown_correlation": {"correlation_id": str(uuid.uuid4())},
+             "unknown_correlation": {"correlation_id": str(uuid.uuid4()), "from_correlation": cid},
              "wrong_sender": {"as": PAYER2}}[case]
     sent = sandbox.send(**{**common, **extra, "to": "hospital01@sandbox"})
     if code is not None:

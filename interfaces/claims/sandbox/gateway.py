@@ -284,9 +284,9 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
     async def originate(request: Request) -> dict[str, Any]:
         """Send a message as a payer (or the gateway) on a cycle: ``{"path", "correlation_id", "status",
         "kind": "payment"|"communication"|"claim_response"|"none", "as": code, "to": code, "api_call_id",
-        "timestamp", "tamper", "recipient_code"}`` -- the failure cases of the tests, or a demo's payment."""
+        "timestamp", "tamper", "recipient_code", "from_correlation"}`` -- the tests' failure cases, a demo's payment."""
         b = await request.json()
-        cycle = box.cycles.get(b.get("correlation_id", "")) or {}
+        cycle = box.cycles.get(b.get("from_correlation") or b.get("correlation_id", "")) or {}
         bundle_in = cycle.get("bundle") or {}
         kind = b.get("kind", "none")
         out = None if kind == "none" else \
