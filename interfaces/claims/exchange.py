@@ -63,7 +63,8 @@ class Cycle:
                 values.setdefault(str(part.get("url")), []).append(value)
 
         def one(name: str) -> str | None:
-            return (values.get(name) or [None])[0]
+            found = values.get(name)
+            return found[0] if found else None
 
         return cls(one("correlationId") or "", one("action") or "", one("payer") or "", one("status") or "queued",
                    one("workflowId"), one("error"), one("response"), values.get("apiCallId", []))

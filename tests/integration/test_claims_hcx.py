@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import Backend, wait_until
 from tests.integration.claims_support import (
@@ -127,12 +128,15 @@ def test_cover_preauth_with_query_claim_and_payment(claims: ClaimsServer, sandbo
     assert claim_bundle["type"] == "collection" and claim_bundle["entry"][0]["resource"]["resourceType"] == "Claim"
 
     # every exchange is an AuditEvent naming the claim, written as the system acting for that claim
-    trail = [e for e in claims.search("AuditEvent", entity=f"Claim/final-{s}", _count=100)
-             if e["subtype"][0]["system"] == "https://hcxprotocol.io/api"]
-    apis = sorted(e["subtype"][0]["code"] for e in trail)
+    def trail() -> list[dict[str, Any]]:
+        return [e for e in claims.search("AuditEvent", entity=f"Claim/final-{s}", _count=100)
+                if e["subtype"][0]["system"] == "https://hcxprotocol.io/api"]
+
+    wait_until(lambda: len(trail()) == 4, 20, "four exchanges audited")
+    apis = sorted(e["subtype"][0]["code"] for e in trail())
     assert apis == ["/claim/on_submit", "/claim/submit", "/paymentnotice/on_request", "/paymentnotice/request"]
     assert all(e["agent"][0]["purposeOfUse"][0]["text"] in (f"HCX callback for Claim/final-{s}",
-                                                             f"HCX request for Claim/final-{s}") for e in trail)
+                                                             f"HCX request for Claim/final-{s}") for e in trail())
 
 
 def test_partial_then_complete_and_duplicates_change_nothing(claims: ClaimsServer, sandbox: Sandbox) -> None:
@@ -176,7 +180,7 @@ def test_gateway_down_retries_then_dead_letter(claims: ClaimsServer, sandbox: Sa
 
     def dead() -> bool:
         with claims.fhir.engine.connect() as conn:
-            row = conn.exec_driver_sql("SELECT status, attempts FROM outbox WHERE key LIKE '" + cid + ":%'").first()
+            row = conn.execute(text("SELECT status FROM outbox WHERE key LIKE :key"), {"key": f"{cid}:%"}).first()
         return row is not None and row[0] == "dead"
 
     wait_until(dead, 30, "the dead letter")

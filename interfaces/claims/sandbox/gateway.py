@@ -155,7 +155,7 @@ class Sandbox:
         cid, wf = headers[p.CORRELATION_ID], headers.get(p.WORKFLOW_ID)
         back = p.on_action(action)
         if action == p.ELIGIBILITY:
-            answers = [payer.eligibility_response(bundle)]
+            answers: list[dict[str, Any] | None] = [payer.eligibility_response(bundle)]
         elif action == p.STATUS_REQUEST:
             answers = [None]
         else:
@@ -219,7 +219,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
                 return error(401, p.ERR_ACCESS_DENIED, "no valid bearer token")
             try:
                 body = json.loads(await request.body())
-                headers = envelope.protected_header(body.get("payload") if isinstance(body, dict) else None)
+                headers = envelope.protected_header(str(body.get("payload") or "") if isinstance(body, dict) else "")
                 p.check_headers(headers, callback=action.rsplit("/", 1)[-1].startswith("on_"))
                 if headers[p.SENDER] != caller:
                     raise p.ProtocolError(p.ERR_ACCESS_DENIED, "the sender is not the token's participant")
@@ -242,6 +242,8 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
             bundle, failure = None, None
             key = box.private_keys.get(headers[p.RECIPIENT])
             try:
+                if key is None:
+                    raise envelope.EnvelopeError(p.ERR_INVALID_ENCRYPTION, "not addressed to a payer here")
                 _, bundle = envelope.decrypt_json(body["payload"], key)
             except envelope.EnvelopeError as exc:
                 failure = (p.ERR_INVALID_ENCRYPTION, str(exc))
@@ -294,7 +296,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
             payer.communication_request(bundle_in, b.get("question", "Please send the discharge summary")) \
             if kind == "communication" else payer.claim_response(bundle_in)
         sender = b.get("as") or cycle.get("payer") or PAYERS[0]
-        to = b.get("to") or cycle.get("provider")
+        to = str(b.get("to") or cycle.get("provider") or "")
         extra = {p.RECIPIENT: b["recipient_code"]} if b.get("recipient_code") else {}
         if b.get("error_details"):
             extra[p.ERROR_DETAILS] = b["error_details"]
