@@ -24,7 +24,9 @@ from fhir_server.validation.service import StoreDefinitions
 from interfaces.claims.exchange import CORRELATION_SYSTEM, EXCHANGE
 
 NRCES = "https://nrces.in/ndhm/fhir/r4/StructureDefinition/"
-BUNDLE_PROFILE = {"Claim": NRCES + "ClaimBundle", "Communication": NRCES + "TaskBundle",
+# A Communication answer goes as a plain collection: NRCeS wraps it in a TaskBundle (Task + Communication),
+# which is not built here yet.
+BUNDLE_PROFILE = {"Claim": NRCES + "ClaimBundle",
                   "CoverageEligibilityRequest": NRCES + "CoverageEligibilityRequestBundle"}
 _NAMESPACE = uuid.UUID("6f1d6c4e-2b5a-4f7e-9a51-3c1f0e2d7b10")  # fullUrls: stable per resource, opaque
 
@@ -47,7 +49,8 @@ def _wanted(resource: dict[str, Any]) -> list[tuple[str, str]]:
     r = resource
     pairs: list[tuple[str, Any]] = [("patient", r.get("patient")), ("subject", r.get("subject")),
                                     ("insurer", r.get("insurer")), ("provider", r.get("provider")),
-                                    ("enterer", r.get("enterer")), ("payor", r.get("payor")),
+                                    ("enterer", r.get("enterer")), ("facility", r.get("facility")),
+                                    ("payor", r.get("payor")),
                                     ("beneficiary", r.get("beneficiary"))]
     for ins in r.get("insurance") or []:
         pairs.append(("insurance.coverage", ins.get("coverage")))
@@ -135,14 +138,17 @@ def build(repo: Repository, anchor_type: str, anchor_id: str) -> dict[str, Any]:
         content["id"] = urls[ref].removeprefix("urn:uuid:")
         entries.append({"fullUrl": urls[ref], "resource": content})
     bundle_id = str(uuid.uuid4())
-    profile = BUNDLE_PROFILE[anchor_type]
+    profile = BUNDLE_PROFILE.get(anchor_type)
     bundle = {"resourceType": "Bundle", "id": bundle_id,
-              "meta": {"profile": [profile],
+              "meta": {"profile": [profile] if profile else [],
                        "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
                                      "code": "V", "display": "very restricted"}]},
               "identifier": {"value": bundle_id}, "type": "collection",
               "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"), "entry": entries}
-    validate(repo, bundle, profile)
+    if not profile:
+        bundle["meta"].pop("profile")
+    else:
+        validate(repo, bundle, profile)
     return bundle
 
 

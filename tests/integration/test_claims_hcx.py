@@ -230,3 +230,27 @@ def test_bad_callbacks_change_nothing(claims: ClaimsServer, sandbox: Sandbox, ca
     after = claims.get(f"Claim/pre-{s}")
     assert after["meta"]["versionId"] == before["meta"]["versionId"]
     assert claims.search("ClaimResponse", request=f"Claim/pre-{s}") == [response_before]
+
+
+def test_nothing_leaves_that_fails_the_profile_or_concerns_another_patient(claims: ClaimsServer,
+                                                                           sandbox: Sandbox) -> None:
+    s = uuid.uuid4().hex[:8]
+    resources = records(s)
+    store(claims, resources)
+    before = len(sandbox.received()["received"])
+    claim = claims.get(f"Claim/final-{s}")
+    bad = {**claim, "diagnosis": []}
+    bad.pop("diagnosis")
+    assert claims.http.put(f"Claim/final-{s}", json=bad, headers={"Content-Type": "application/fhir+json"}
+                           ).status_code == 200
+    resp = claims.http.post(f"Claim/final-{s}/$submit", json={"resourceType": "Parameters"},
+                            headers={"Content-Type": "application/fhir+json"})
+    assert resp.status_code == 422 and "ClaimBundle" in resp.text and "diagnosis" in resp.text
+    leaky = {**claim, "item": [{**claim["item"][0], "encounter": [{"reference": f"Encounter/enc-other-{s}"}]}]}
+    assert claims.http.put(f"Claim/final-{s}", json=leaky, headers={"Content-Type": "application/fhir+json"}
+                           ).status_code == 200
+    resp = claims.http.post(f"Claim/final-{s}/$submit", json={"resourceType": "Parameters"},
+                            headers={"Content-Type": "application/fhir+json"})
+    assert resp.status_code == 422 and "another patient" in resp.text
+    assert "extension" not in claims.get(f"Claim/final-{s}")  # no exchange was opened
+    assert len(sandbox.received()["received"]) == before
