@@ -50,10 +50,11 @@ class Sandbox:
         return dict(resp.json())
 
 
-def start_sandbox(tmp: Path) -> Iterator[Sandbox]:
+def start_sandbox(tmp: Path, flavour: str = "hcx") -> Iterator[Sandbox]:
     port = _free_port()
     log = (tmp / "sandbox.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "interfaces.claims.sandbox", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "interfaces.claims.sandbox", "--port", str(port),
+                             "--flavour", flavour],
                             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2],
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     url = f"http://127.0.0.1:{port}"
@@ -93,7 +94,8 @@ class ClaimsServer:
                 if e.get("search", {}).get("mode") == "match"]
 
 
-def start_claims_server(backend: Backend, sandbox: Sandbox, tmp: Path) -> Iterator[ClaimsServer]:
+def start_claims_server(backend: Backend, sandbox: Sandbox, tmp: Path, *, flavour: str = "hcx",
+                        ig: bool = True) -> Iterator[ClaimsServer]:
     port = _free_port()
     private_pem, cert_pem = keys.generate(PROVIDER)
     key_file = tmp / "provider-key.pem"
@@ -104,7 +106,10 @@ def start_claims_server(backend: Backend, sandbox: Sandbox, tmp: Path) -> Iterat
     settings = backend.settings.model_copy(update={
         "claims_gateway_url": sandbox.url, "claims_participant_code": PROVIDER, "claims_gateway_code": GATEWAY,
         "claims_private_key": str(key_file), "claims_username": "billing@hospital01",
-        "claims_secret": SecretStr("s3cret"), "claims_max_attempts": 3})
+        "claims_secret": SecretStr("s3cret"), "claims_max_attempts": 3, "claims_flavour": flavour})
+    if flavour == "nhcx":  # the ABDM session; in the sandbox the clientId is the participant code
+        settings = settings.model_copy(update={"claims_token_url": f"{sandbox.url}/gateway/v3/sessions",
+                                               "claims_username": PROVIDER})
     fhir = FhirServer(settings, backend.engine)
     dispatcher = OutboxDispatcher(backend.engine, lease=timedelta(seconds=30), backoff_base=0.05)
     app = create_app(settings, fhir, dispatcher)
@@ -113,7 +118,8 @@ def start_claims_server(backend: Backend, sandbox: Sandbox, tmp: Path) -> Iterat
     thread.start()
     wait_until(lambda: server.started, 30, "uvicorn to start")
     dispatcher.start(poll_seconds=0.05)
-    install(fhir, read_package(IG))  # payloads are validated against NRCeS 6.5.0 before they leave
+    if ig:
+        install(fhir, read_package(IG))  # payloads are validated against NRCeS 6.5.0 before they leave
     base = f"http://127.0.0.1:{port}/fhir"
     with httpx.Client(base_url=base + "/", timeout=60, headers={"Accept": "application/fhir+json"}) as http:
         yield ClaimsServer(base, fhir, http, sandbox, dispatcher)

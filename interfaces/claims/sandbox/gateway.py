@@ -42,6 +42,7 @@ class Sandbox:
     private_keys: dict[str, Any] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     tokens_issued: int = 0
+    searches: int = 0  # registry look-ups answered (callers should cache them)
     seen_api_calls: set[str] = field(default_factory=set)
     cycles: dict[str, dict[str, Any]] = field(default_factory=dict)  # correlation id -> what the cycle is
     behaviours: list[dict[str, Any]] = field(default_factory=list)
@@ -194,10 +195,25 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
             box.tokens_issued += 1
         return JSONResponse({"access_token": bearer, "expires_in": box.token_seconds, "token_type": "Bearer"})
 
+    @app.post("/gateway/v3/sessions")
+    async def session(request: Request) -> JSONResponse:
+        """NHCX: the ABDM gateway session (here ``clientId`` is the participant code)."""
+        body = await request.json()
+        code = str(body.get("clientId") or "")
+        if code not in box.participants or not body.get("clientSecret") or not request.headers.get("x-cm-id"):
+            return JSONResponse({"error": {"code": "900901", "message": "invalid client"}}, 401)
+        bearer = uuid.uuid4().hex
+        with box.lock:
+            box.tokens[bearer] = code
+            box.tokens_issued += 1
+        return JSONResponse({"accessToken": bearer, "expiresIn": box.token_seconds, "tokenType": "bearer"})
+
     @app.post("/participant/search")
     async def search(request: Request) -> JSONResponse:
         body = await request.json()
         code = body.get("participant_code") or ((body.get("filters") or {}).get("participant_code") or {}).get("eq")
+        with box.lock:
+            box.searches += 1
         found = [box.public_entry(code)] if code in box.participants else []
         if box.flavour == "nhcx":
             return JSONResponse(found[0] if found else {}, 200 if found else 404)
@@ -221,6 +237,9 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
                 body = json.loads(await request.body())
                 headers = envelope.protected_header(str(body.get("payload") or "") if isinstance(body, dict) else "")
                 p.check_headers(headers, callback=action.rsplit("/", 1)[-1].startswith("on_"))
+                if box.flavour == "nhcx" and action in (p.ELIGIBILITY, p.PREDETERMINATION, p.PREAUTH, p.CLAIM) \
+                        and not headers.get(p.BEN_ABHA_ID):
+                    raise p.ProtocolError(p.ERR_MANDATORY_HEADER_MISSING, "NHCX needs x-hcx-ben-abha-id")
                 if headers[p.SENDER] != caller:
                     raise p.ProtocolError(p.ERR_ACCESS_DENIED, "the sender is not the token's participant")
                 recipient = box.participants.get(headers[p.RECIPIENT])
@@ -280,7 +299,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
     def received() -> dict[str, Any]:
         with box.lock:
             return {"received": list(box.received), "sent": [{k: v for k, v in s.items()} for s in box.sent],
-                    "tokens_issued": box.tokens_issued}
+                    "tokens_issued": box.tokens_issued, "searches": box.searches}
 
     @app.post("/_control/send")
     async def originate(request: Request) -> dict[str, Any]:
