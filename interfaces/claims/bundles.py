@@ -139,15 +139,14 @@ def build(repo: Repository, anchor_type: str, anchor_id: str) -> dict[str, Any]:
         entries.append({"fullUrl": urls[ref], "resource": content})
     bundle_id = str(uuid.uuid4())
     profile = BUNDLE_PROFILE.get(anchor_type)
-    bundle = {"resourceType": "Bundle", "id": bundle_id,
-              "meta": {"profile": [profile] if profile else [],
-                       "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
-                                     "code": "V", "display": "very restricted"}]},
+    meta: dict[str, Any] = {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                                          "code": "V", "display": "very restricted"}]}
+    if profile:
+        meta["profile"] = [profile]
+    bundle = {"resourceType": "Bundle", "id": bundle_id, "meta": meta,
               "identifier": {"value": bundle_id}, "type": "collection",
               "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"), "entry": entries}
-    if not profile:
-        bundle["meta"].pop("profile")
-    else:
+    if profile:
         validate(repo, bundle, profile)
     return bundle
 
