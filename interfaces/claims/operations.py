@@ -126,6 +126,9 @@ class Submit:
 
 
 def register(server: FhirServer) -> None:
+    from interfaces.claims.invoice import register as register_invoice
+
+    register_invoice(server)  # Invoice/[id]/$claim
     server.operations.register(Operation("submit", Submit(server.settings), DEFINITION,
                                          types=frozenset({"Claim", "CoverageEligibilityRequest", "Communication"}),
                                          instance=True, affects_state=True))

@@ -98,17 +98,25 @@ def test_cover_preauth_with_query_claim_and_payment(claims: ClaimsServer, sandbo
     assert preauth["use"] == "preauthorization" and preauth["patient"] == {"reference": f"Patient/pat-{s}"}
     assert claims.get(f"CommunicationRequest/{query['id']}")["status"] == "completed"
 
-    # 3. the claim: the gateway is down twice (retried), then approved, then paid
+    # 3. the claim, built from the hospital's invoice: the gateway is down twice (retried), approved, then paid
+    made = claims.http.post(f"Invoice/inv-{s}/$claim", headers={"Content-Type": "application/fhir+json"}, json={
+        "resourceType": "Parameters", "parameter": [{"name": "preauthorization",
+                                                     "valueReference": {"reference": f"Claim/pre-{s}"}}]})
+    assert made.status_code == 201, made.text
+    claim = made.json()
+    assert [i["net"]["value"] for i in claim["item"]] == [70000.0, 12500.0] and claim["total"]["value"] == 82500.0
+    assert claim["insurance"][0]["preAuthRef"] == [preauth["preAuthRef"]]
+    final_ref = f"Claim/{claim['id']}"
     sandbox.script({"action": "/claim/submit", "fail": 2}, {"action": "/claim/submit", "pay": True})
-    final = submit(claims, f"Claim/final-{s}")
-    wait_until(lambda: claims.search("PaymentNotice", request=f"Claim/final-{s}"), 60, "the payment")
-    [claim_response] = claims.search("ClaimResponse", request=f"Claim/final-{s}")
+    final = submit(claims, final_ref)
+    wait_until(lambda: claims.search("PaymentNotice", request=final_ref), 60, "the payment")
+    [claim_response] = claims.search("ClaimResponse", request=final_ref)
     assert claim_response["outcome"] == "complete" and claim_response["total"][0]["amount"]["value"] == 82500.0
-    [notice] = claims.search("PaymentNotice", request=f"Claim/final-{s}")
+    [notice] = claims.search("PaymentNotice", request=final_ref)
     assert notice["amount"] == {"value": 82500.0, "currency": "INR"}
     reconciliation = claims.get(notice["payment"]["reference"])
     assert reconciliation["paymentAmount"]["value"] == 82500.0
-    assert status_of(claims, f"Claim/final-{s}", final) == "complete"
+    assert status_of(claims, final_ref, final) == "complete"
     wait_until(lambda: any(r["path"] == "/paymentnotice/on_request" and r["headers"]["x-hcx-correlation_id"] == final
                            for r in sandbox.received()["received"]), 30, "the payment acknowledgement")
 
@@ -129,14 +137,14 @@ def test_cover_preauth_with_query_claim_and_payment(claims: ClaimsServer, sandbo
 
     # every exchange is an AuditEvent naming the claim, written as the system acting for that claim
     def trail() -> list[dict[str, Any]]:
-        return [e for e in claims.search("AuditEvent", entity=f"Claim/final-{s}", _count=100)
+        return [e for e in claims.search("AuditEvent", entity=final_ref, _count=100)
                 if e["subtype"][0]["system"] == "https://hcxprotocol.io/api"]
 
     wait_until(lambda: len(trail()) == 4, 20, "four exchanges audited")
     apis = sorted(e["subtype"][0]["code"] for e in trail())
     assert apis == ["/claim/on_submit", "/claim/submit", "/paymentnotice/on_request", "/paymentnotice/request"]
-    assert all(e["agent"][0]["purposeOfUse"][0]["text"] in (f"HCX callback for Claim/final-{s}",
-                                                             f"HCX request for Claim/final-{s}") for e in trail())
+    assert all(e["agent"][0]["purposeOfUse"][0]["text"] in (f"HCX callback for {final_ref}",
+                                                             f"HCX request for {final_ref}") for e in trail())
 
 
 def test_partial_then_complete_and_duplicates_change_nothing(claims: ClaimsServer, sandbox: Sandbox) -> None:

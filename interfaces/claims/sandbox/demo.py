@@ -135,13 +135,19 @@ def run(api: httpx.Client, gw: httpx.Client) -> None:
     [pa] = _until("the pre-authorisation", lambda: search("ClaimResponse", request=f"Claim/pre-{s}"))
     print(f"  pre-authorisation: {pa['disposition']}, preAuthRef {pa.get('preAuthRef')}")
 
+    made = api.post(f"Invoice/inv-{s}/$claim", headers=FHIR_JSON, json={"resourceType": "Parameters", "parameter": [
+        {"name": "preauthorization", "valueReference": {"reference": f"Claim/pre-{s}"}}]})
+    made.raise_for_status()
+    claim = f"Claim/{made.json()['id']}"
+    print(f"POST Invoice/inv-{s}/$claim -> {made.status_code} {claim} "
+          f"({len(made.json()['item'])} items from the invoice)")
     gw.post("/_control/behaviours", json=[{"action": "/claim/submit", "fail": 2},
                                           {"action": "/claim/submit", "pay": True}])
     print("  (the gateway will answer 503 twice: the outbox retries with backoff)")
-    submit(f"Claim/final-{s}")
-    [cr] = _until("the claim decision", lambda: search("ClaimResponse", request=f"Claim/final-{s}"))
+    submit(claim)
+    [cr] = _until("the claim decision", lambda: search("ClaimResponse", request=claim))
     print(f"  claim: {cr['disposition']}, {cr['total'][0]['amount']['value']} {cr['total'][0]['amount']['currency']}")
-    [notice] = _until("the payment", lambda: search("PaymentNotice", request=f"Claim/final-{s}"))
+    [notice] = _until("the payment", lambda: search("PaymentNotice", request=claim))
     print(f"  payment booked: PaymentNotice/{notice['id']} {notice['amount']['value']} "
           f"-> {notice['payment']['reference']}")
     received = gw.get("/_control/received").json()["received"]

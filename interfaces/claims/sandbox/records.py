@@ -98,8 +98,18 @@ def records(suffix: str) -> list[dict[str, Any]]:
                           "net": {"value": amount, "currency": "INR"}}],
                 "total": {"value": amount, "currency": "INR"}}
 
+    invoice = {"resourceType": "Invoice", "id": f"inv-{suffix}", "status": "issued",
+               "subject": {"reference": f"Patient/{pid}"}, "issuer": {"reference": f"Organization/hosp-{suffix}"},
+               "date": "2026-12-07",
+               "lineItem": [{"sequence": 1, "chargeItemCodeableConcept": _coding("http://snomed.info/sct", "80146002",
+                                                                                 "Appendectomy"),
+                             "priceComponent": [{"type": "base", "amount": {"value": 70000.0, "currency": "INR"}}]},
+                            {"sequence": 2, "chargeItemCodeableConcept": _coding("http://snomed.info/sct", "309904001",
+                                                                                 "Intensive care unit"),
+                             "priceComponent": [{"type": "base", "amount": {"value": 12500.0, "currency": "INR"}}]}],
+               "totalNet": {"value": 82500.0, "currency": "INR"}, "totalGross": {"value": 82500.0, "currency": "INR"}}
     return [org(f"payer-{suffix}", "Payer One", PAYER), org(f"hosp-{suffix}", "Hospital One"), patient, bystander,
             doctor, ward, coverage, encounter, other_encounter, document, eligibility,
-            claim(f"pre-{suffix}", "preauthorization", 85000.0), claim(f"final-{suffix}", "claim", 82500.0)]
+            claim(f"pre-{suffix}", "preauthorization", 85000.0), claim(f"final-{suffix}", "claim", 82500.0), invoice]
 
 
