@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     claims_token_url: str | None = None  # unset: {gateway}/participant/auth/token/generate (hcx)
     claims_username: str | None = None  # hcx: the participant user's e-mail; nhcx: the ABDM clientId
     claims_secret: SecretStr | None = None  # hcx: the user's secret; nhcx: the ABDM clientSecret
+    # The gateway's signing certificate / public key (PEM file or text): when set, callbacks must carry the
+    # gateway's RS256 bearer (iss = FHIR_CLAIMS_GATEWAY_CODE when that is set); unset: trust rests on the JWE.
+    claims_gateway_cert: str | None = None
     claims_callback_path: str = "/hcx"  # our callbacks: {this}/coverageeligibility/on_check, ...
     claims_timestamp_range_hours: float = 24.0  # callbacks older than this are refused (ERR_INVALID_TIMESTAMP)
     claims_registry_ttl_seconds: float = 3600.0  # participant entries and certificates cached this long

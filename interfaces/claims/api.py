@@ -20,16 +20,23 @@ from fhir_server.storage.access import as_system
 from fhir_server.storage.outbox import OutboxDispatcher
 from fhir_server.storage.repository import Repository
 from interfaces.claims import protocol as p
+from interfaces.claims.bearer import GatewayBearer
 from interfaces.claims.envelope import EnvelopeError, protected_header
 from interfaces.claims.inbound import TOPIC
 
 
 def router(server: FhirServer, dispatcher: OutboxDispatcher) -> APIRouter:
-    base = "/" + server.settings.claims_callback_path.strip("/")
+    settings = server.settings
+    bearer = GatewayBearer(settings.claims_gateway_cert, settings.claims_gateway_code) \
+        if settings.claims_gateway_cert else None
+    base = "/" + settings.claims_callback_path.strip("/")
     api = APIRouter(prefix=base if base != "/" else "", tags=["claims"])
 
     def receive(path: str) -> Any:
         async def handle(request: Request) -> JSONResponse:
+            if bearer is not None and not bearer.verify(request.headers.get("authorization")):
+                return JSONResponse(p.Ack(None, None, (p.ERR_ACCESS_DENIED, "the gateway's bearer token is missing "
+                                                                            "or invalid")).body(), 401)
             raw = await request.body()
             try:
                 body = orjson.loads(raw)

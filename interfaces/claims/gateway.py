@@ -53,7 +53,8 @@ class ClaimsGateway(Protocol):
         ...
 
 
-def _pem(value: str) -> str:
+def pem_text(value: str) -> str:
+    """PEM given inline, or the path of a PEM file."""
     return value if value.lstrip().startswith("-----BEGIN") else Path(value).read_text()
 
 
@@ -66,7 +67,7 @@ class HcxGateway:
         self.base_url = settings.claims_gateway_url.rstrip("/")
         self.participant_code = settings.claims_participant_code
         self.gateway_code = settings.claims_gateway_code
-        self.key: RSAPrivateKey = envelope.private_key(_pem(settings.claims_private_key))
+        self.key: RSAPrivateKey = envelope.private_key(pem_text(settings.claims_private_key))
         secret = settings.claims_secret.get_secret_value() if settings.claims_secret else ""
         self.token = ParticipantToken(self.flavour, settings.claims_token_url
                                       or f"{self.base_url}/participant/auth/token/generate",

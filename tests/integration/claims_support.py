@@ -106,7 +106,8 @@ def start_claims_server(backend: Backend, sandbox: Sandbox, tmp: Path, *, flavou
     settings = backend.settings.model_copy(update={
         "claims_gateway_url": sandbox.url, "claims_participant_code": PROVIDER, "claims_gateway_code": GATEWAY,
         "claims_private_key": str(key_file), "claims_username": "billing@hospital01",
-        "claims_secret": SecretStr("s3cret"), "claims_max_attempts": 3, "claims_flavour": flavour})
+        "claims_secret": SecretStr("s3cret"), "claims_max_attempts": 3, "claims_flavour": flavour,
+        "claims_gateway_cert": sandbox.http.get("/_control/gateway-cert").text})  # callbacks need its bearer
     if flavour == "nhcx":  # the ABDM session; in the sandbox the clientId is the participant code
         settings = settings.model_copy(update={"claims_token_url": f"{sandbox.url}/gateway/v3/sessions",
                                                "claims_username": PROVIDER})

@@ -262,3 +262,11 @@ def test_nothing_leaves_that_fails_the_profile_or_concerns_another_patient(claim
     assert resp.status_code == 422 and "another patient" in resp.text
     assert "extension" not in claims.get(f"Claim/final-{s}")  # no exchange was opened
     assert len(sandbox.received()["received"]) == before
+
+
+def test_callbacks_need_the_gateways_bearer(claims: ClaimsServer) -> None:
+    base = claims.url.removesuffix("/fhir")
+    body = {"x-hcx-status": "response.error", "x-hcx-correlation_id": str(uuid.uuid4())}
+    for headers in ({}, {"Authorization": "Bearer not-a-jwt"}):
+        resp = claims.http.post(f"{base}/hcx/claim/on_submit", json=body, headers=headers)
+        assert resp.status_code == 401 and resp.json()["error"]["code"] == "ERR_ACCESS_DENIED"

@@ -22,6 +22,8 @@ from urllib.parse import parse_qs
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
 from interfaces.claims import envelope, keys
 from interfaces.claims import protocol as p
@@ -51,6 +53,8 @@ class Sandbox:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        signing_pem, self.signing_cert = keys.generate(GATEWAY_CODE)  # the gateway's bearer on callbacks
+        self.signing_key = RSAKey.import_key(envelope.private_key(signing_pem))
         for code in PAYERS:
             private_pem, cert_pem = keys.generate(code)
             self.private_keys[code] = envelope.private_key(private_pem)
@@ -84,7 +88,11 @@ class Sandbox:
         with self.lock:
             self.sent.append(record)
         try:
-            httpx.post(url, json=body, timeout=10, headers={"Authorization": "Bearer sandbox-gateway"})
+            now = int(time.time())
+            bearer = jwt.encode({"alg": "RS256", "typ": "JWT"}, {"jti": p.new_id(), "iss": GATEWAY_CODE,
+                                                                 "sub": GATEWAY_CODE, "iat": now, "exp": now + 300},
+                                self.signing_key)
+            httpx.post(url, json=body, timeout=10, headers={"Authorization": f"Bearer {bearer}"})
         except httpx.HTTPError:
             record["delivery"] = "failed"
 
@@ -323,6 +331,11 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
                           extra=extra, api_call_id=b.get("api_call_id"), timestamp=b.get("timestamp"),
                           tamper=bool(b.get("tamper")))
         return {"headers": record["headers"]}
+
+    @app.get("/_control/gateway-cert")
+    def gateway_cert() -> PlainTextResponse:
+        """The certificate of the key the gateway signs its bearer tokens with."""
+        return PlainTextResponse(box.signing_cert)
 
     @app.get("/_control/health")
     def health() -> dict[str, str]:
