@@ -127,8 +127,9 @@ def collect(repo: Repository, anchor_type: str, anchor_id: str) -> tuple[dict[st
     return anchor, list(found.values())
 
 
-def build(repo: Repository, anchor_type: str, anchor_id: str) -> dict[str, Any]:
-    """The NRCeS bundle for the anchor, validated against the installed IG profile (when installed)."""
+def build(repo: Repository, anchor_type: str, anchor_id: str, *, profile: str | None = None) -> dict[str, Any]:
+    """The NRCeS bundle for the anchor (or ``profile``'s, e.g. a Da Vinci PAS request bundle: the same
+    collection with the Claim first), validated against that profile when its IG is installed."""
     _anchor, resources = collect(repo, anchor_type, anchor_id)
     urls = {f"{r['resourceType']}/{r['id']}": full_url(f"{r['resourceType']}/{r['id']}") for r in resources}
     entries = []
@@ -138,7 +139,7 @@ def build(repo: Repository, anchor_type: str, anchor_id: str) -> dict[str, Any]:
         content["id"] = urls[ref].removeprefix("urn:uuid:")
         entries.append({"fullUrl": urls[ref], "resource": content})
     bundle_id = str(uuid.uuid4())
-    profile = BUNDLE_PROFILE.get(anchor_type)
+    profile = profile or BUNDLE_PROFILE.get(anchor_type)
     meta: dict[str, Any] = {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
                                           "code": "V", "display": "very restricted"}]}
     if profile:

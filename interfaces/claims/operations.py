@@ -20,7 +20,7 @@ from fhir_server.errors import INVALID, PROCESSING, FhirError
 from fhir_server.rest.operations import Operation
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.repository import Repository
-from interfaces.claims import bundles
+from interfaces.claims import bundles, fhir_payer
 from interfaces.claims import protocol as p
 from interfaces.claims.exchange import CORRELATION_SYSTEM, Cycle, cycles, find_anchor, with_cycle
 from interfaces.claims.gateway import Outgoing
@@ -58,6 +58,12 @@ class Submit:
         raise FhirError(422, INVALID, f"The insurer {ref} has no participant code (Organization.identifier with "
                                       f"system {self.settings.claims_participant_system})", (f"{rtype}.insurer",))
 
+    def fhir_payer(self, repo: Repository, anchor: dict[str, Any]) -> str | None:
+        ref = (anchor.get("insurer") or {}).get("reference", "")
+        if not ref.startswith("Organization/"):
+            return None
+        return fhir_payer.fhir_endpoint(repo, repo.read("Organization", ref.split("/", 1)[1]).content or {})
+
     def extra_headers(self, repo: Repository, anchor: dict[str, Any]) -> dict[str, Any]:
         if self.settings.claims_flavour != "nhcx":
             return {}
@@ -87,6 +93,16 @@ class Submit:
             action = p.ELIGIBILITY
         if anchor.get("status") != "active":
             raise FhirError(422, PROCESSING, f"Only an active {rtype} is submitted", (f"{rtype}.status",))
+        address = self.fhir_payer(repo, anchor) if rtype == "Claim" else None
+        if address is not None:  # a FHIR-native payer: Da Vinci PAS style, no HCX
+            bundle = bundles.build(repo, rtype, rid, profile=fhir_payer.PAS_BUNDLE)
+            cycle = Cycle(p.new_id(), fhir_payer.ACTION, address, "queued")
+            repo.update(rtype, rid, with_cycle(anchor, cycle), if_match=current.version_id)
+            repo.enqueue(fhir_payer.TOPIC, f"{cycle.correlation_id}", {
+                "anchor": f"{rtype}/{rid}", "patient": (anchor.get("patient") or {}).get("reference"),
+                "address": address, "correlation_id": cycle.correlation_id, "bundle": bundle},
+                max_attempts=self.settings.claims_max_attempts)
+            return _accepted(cycle.correlation_id, fhir_payer.ACTION, address)
         payer = self.payer_code(repo, anchor, rtype)
         extra = self.extra_headers(repo, anchor)
         bundle = bundles.build(repo, rtype, rid)  # validated against the IG profile when installed

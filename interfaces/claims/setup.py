@@ -24,10 +24,11 @@ def register_claims(server: FhirServer) -> None:
 def install(server: FhirServer, dispatcher: OutboxDispatcher) -> None:
     if server.claims is None:
         return
-    from interfaces.claims import inbound, outbound
+    from interfaces.claims import fhir_payer, inbound, outbound
 
     dispatcher.register(outbound.TOPIC, outbound.RequestSender(server, server.claims))
     dispatcher.register(inbound.TOPIC, inbound.CallbackReceiver(server, server.claims, server.settings))
+    dispatcher.register(fhir_payer.TOPIC, fhir_payer.FhirPayerSender(server))  # FHIR-native payers (PAS)
 
 
 def mount(app: FastAPI, server: FhirServer, dispatcher: OutboxDispatcher) -> None:
