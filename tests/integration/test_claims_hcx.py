@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from fhir_server.jobs.outbox_admin import retry
 from tests.conftest import Backend, wait_until
 from tests.integration.claims_support import (
     PAYER,
@@ -194,6 +195,9 @@ def test_gateway_down_retries_then_dead_letter(claims: ClaimsServer, sandbox: Sa
     wait_until(dead, 30, "the dead letter")
     assert status_of(claims, f"CoverageEligibilityRequest/cer-{s}", cid) == "queued"  # nothing was lost or faked
     assert not any(r["headers"]["x-hcx-correlation_id"] == cid for r in sandbox.received()["received"])
+    assert retry(claims.fhir.engine, dead=True) >= 1  # `fhir-server outbox retry --dead`, the gateway back up
+    wait_until(lambda: status_of(claims, f"CoverageEligibilityRequest/cer-{s}", cid) == "complete", 30,
+               "the retried check answered")
 
 
 def test_payer_refusal_is_recorded(claims: ClaimsServer, sandbox: Sandbox) -> None:
