@@ -24,10 +24,11 @@ from fhir_server.validation.service import StoreDefinitions
 from interfaces.claims.exchange import CORRELATION_SYSTEM, EXCHANGE
 
 NRCES = "https://nrces.in/ndhm/fhir/r4/StructureDefinition/"
-# A Communication answer goes as a plain collection: NRCeS wraps it in a TaskBundle (Task + Communication),
-# which is not built here yet.
-BUNDLE_PROFILE = {"Claim": NRCES + "ClaimBundle",
+# A Communication (the answer to an insurer's query) goes in a TaskBundle: a ``deliver`` Task first whose
+# ``input`` includes it (NRCeS TaskBundleForCommunicationResponse).
+BUNDLE_PROFILE = {"Claim": NRCES + "ClaimBundle", "Communication": NRCES + "TaskBundle",
                   "CoverageEligibilityRequest": NRCES + "CoverageEligibilityRequestBundle"}
+TASK_CODES = "https://nrces.in/ndhm/fhir/r4/CodeSystem/ndhm-task-codes"
 _NAMESPACE = uuid.UUID("6f1d6c4e-2b5a-4f7e-9a51-3c1f0e2d7b10")  # fullUrls: stable per resource, opaque
 
 
@@ -138,6 +139,8 @@ def build(repo: Repository, anchor_type: str, anchor_id: str, *, profile: str | 
         content = _rewrite(_clean(r), urls)
         content["id"] = urls[ref].removeprefix("urn:uuid:")
         entries.append({"fullUrl": urls[ref], "resource": content})
+    if anchor_type == "Communication":
+        entries.insert(0, _deliver_task(entries[0]["fullUrl"]))
     bundle_id = str(uuid.uuid4())
     profile = profile or BUNDLE_PROFILE.get(anchor_type)
     meta: dict[str, Any] = {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
@@ -162,3 +165,14 @@ def validate(repo: Repository, bundle: dict[str, Any], profile: str) -> None:
     if errors:
         raise FhirError(422, [Issue(PROCESSING, f"The bundle built for sending does not conform to {profile}; "
                                                 "nothing was sent"), *errors[:20]])
+
+
+def _deliver_task(communication_url: str) -> dict[str, Any]:
+    task_id = str(uuid.uuid4())
+    return {"fullUrl": f"urn:uuid:{task_id}", "resource": {
+        "resourceType": "Task", "id": task_id, "meta": {"profile": [NRCES + "Task"]}, "status": "completed",
+        "intent": "order", "code": {"coding": [{"system": TASK_CODES, "code": "deliver"}]},
+        "authoredOn": datetime.now(UTC).isoformat(timespec="seconds"),
+        "input": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/financialtaskinputtype",
+                                        "code": "include"}]},
+                   "valueReference": {"reference": communication_url, "display": "Communication"}}]}}

@@ -135,6 +135,10 @@ def test_cover_preauth_with_query_claim_and_payment(claims: ClaimsServer, sandbo
     assert kinds == ["Claim", "Coverage", "DocumentReference", "Encounter", "Organization", "Organization",
                      "Patient"]
     assert claim_bundle["type"] == "collection" and claim_bundle["entry"][0]["resource"]["resourceType"] == "Claim"
+    answer_bundle = next(r["bundle"] for r in got if r["path"] == "/communication/on_request")
+    assert [e["resource"]["resourceType"] for e in answer_bundle["entry"]][:2] == ["Task", "Communication"]
+    assert answer_bundle["meta"]["profile"] == ["https://nrces.in/ndhm/fhir/r4/StructureDefinition/TaskBundle"]
+    assert "DocumentReference" in [e["resource"]["resourceType"] for e in answer_bundle["entry"]]
 
     # every exchange is an AuditEvent naming the claim, written as the system acting for that claim
     def trail() -> list[dict[str, Any]]:
