@@ -43,10 +43,12 @@ def _port() -> int:
 
 
 def _until(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while time.monotonic() < deadline:
         found = check()
         if found:
+            print(f"  ({what}: {time.monotonic() - start:.2f} s)")
             return found
         time.sleep(0.1)
     raise SystemExit(f"gave up waiting for {what}")
