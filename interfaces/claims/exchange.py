@@ -20,7 +20,7 @@ CORRELATION_SYSTEM = "urn:fhir-server:hcx:correlation-id"
 API_SYSTEM = "https://hcxprotocol.io/api"  # AuditEvent.subtype: the protocol API exchanged
 PARTICIPANT_SYSTEM = "https://hcxprotocol.io/participant_code"
 ANCHOR_TYPES = ("Claim", "CoverageEligibilityRequest")
-OPEN = ("queued", "sent", "partial")
+OPEN = ("queued", "undelivered", "sent", "partial")  # undelivered: dead-lettered, `outbox retry` resends
 
 
 @dataclass

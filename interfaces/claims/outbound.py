@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy import select
+
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
+from fhir_server.storage.models import OUTBOX
 from fhir_server.storage.repository import Repository
 from interfaces.claims import protocol as p
 from interfaces.claims.exchange import audit, cycle_of, with_cycle
@@ -51,9 +54,19 @@ class RequestSender:
                 log.info("HCX %s %s was delivered before", message.action, key)
                 return
             error = str(exc)
+        except Exception as exc:
+            if self._last_attempt(key):  # about to be dead-lettered: say so on the claim, still retryable
+                self._record(payload, None, undelivered=f"{p.ERR_SERVICE_UNAVAILABLE}: {exc}"[:300])
+            raise
         self._record(payload, error)
 
-    def _record(self, payload: dict[str, Any], error: str | None) -> None:
+    def _last_attempt(self, key: str) -> bool:
+        with self.server.engine.connect() as conn:  # the outbox's own bookkeeping, not a FHIR resource
+            row = conn.execute(select(OUTBOX.c.attempts, OUTBOX.c.max_attempts)
+                               .where(OUTBOX.c.topic == TOPIC, OUTBOX.c.key == key)).first()
+        return row is not None and row.attempts >= row.max_attempts
+
+    def _record(self, payload: dict[str, Any], error: str | None, *, undelivered: str | None = None) -> None:
         anchor: str = payload["anchor"]
         rtype, rid = anchor.split("/", 1)
 
@@ -66,11 +79,15 @@ class RequestSender:
                 if error:  # refused for good: the cycle ends here, with the gateway's reason
                     cycle.status, cycle.error = "error", error
                     repo.update(rtype, rid, with_cycle(content, cycle))
-                elif cycle.status == "queued":  # never over a later status a fast callback already set
-                    cycle.status = "sent"
+                elif undelivered and cycle.status == "queued":  # dead letter: `outbox retry` may still send it
+                    cycle.status, cycle.error = "undelivered", undelivered
+                    repo.update(rtype, rid, with_cycle(content, cycle))
+                elif not undelivered and cycle.status in ("queued", "undelivered"):  # never over a later status
+                    cycle.status, cycle.error = "sent", None
                     repo.update(rtype, rid, with_cycle(content, cycle))
             audit(repo, anchor, payload["action"], inbound=False, participant=payload["recipient"],
-                  error=error, correlation_id=payload["correlation_id"], api_call_id=payload["api_call_id"],
+                  error=error or undelivered, status=503 if undelivered else 200,
+                  correlation_id=payload["correlation_id"], api_call_id=payload["api_call_id"],
                   patient=payload.get("patient"), reason=f"HCX request for {anchor}")
 
         self.server.uow.run(work, write=True, access=as_system(f"HCX request for {anchor}"))

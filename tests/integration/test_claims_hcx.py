@@ -197,7 +197,9 @@ def test_gateway_down_retries_then_dead_letter(claims: ClaimsServer, sandbox: Sa
         return row is not None and row[0] == "dead"
 
     wait_until(dead, 30, "the dead letter")
-    assert status_of(claims, f"CoverageEligibilityRequest/cer-{s}", cid) == "queued"  # nothing was lost or faked
+    assert status_of(claims, f"CoverageEligibilityRequest/cer-{s}", cid) == "undelivered"  # visible to staff
+    assert exchange(claims.get(f"CoverageEligibilityRequest/cer-{s}"), cid)["error"][0].startswith(
+        "ERR_SERVICE_UNAVAILABLE")
     assert not any(r["headers"]["x-hcx-correlation_id"] == cid for r in sandbox.received()["received"])
     assert retry(claims.fhir.engine, dead=True) >= 1  # `fhir-server outbox retry --dead`, the gateway back up
     wait_until(lambda: status_of(claims, f"CoverageEligibilityRequest/cer-{s}", cid) == "complete", 30,
