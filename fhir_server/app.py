@@ -59,6 +59,9 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     docs.install(app)  # /docs (Swagger UI, local files), /openapi/fhir.json (from the CapabilityStatement)
     app.include_router(health.router)  # /health/live, /health/ready
     app.include_router(metrics.router)  # /metrics (Prometheus)
+    from interfaces.claims.setup import mount as mount_claims
+
+    mount_claims(app, server, dispatcher)  # HCX callbacks under FHIR_CLAIMS_CALLBACK_PATH, when configured
     app.include_router(fhir.router)
     app.state.metrics = metrics.HttpMetrics()
     app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics)

@@ -97,6 +97,26 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None  # bearer a Prometheus scrape sends to /metrics (else an admin token)
     log_format: str = "text"  # text | json (one object per line, with the request id)
 
+    # --- insurance claims over HCX / NHCX (interfaces/claims; docs/adapters.md). Unset gateway: no claims. ---
+    claims_gateway_url: str | None = None  # protocol base, e.g. https://staging-hcx.swasth.app/api/v0.8
+    claims_flavour: str = "hcx"  # hcx (Swasth HCX 0.9) | nhcx (NHA's NHCX: NRCeS 6.5.0, ABHA header)
+    claims_participant_code: str | None = None  # our own code in the registry, e.g. hospital01@hcx
+    claims_gateway_code: str | None = None  # the HCX's own registry code (it sends error callbacks as itself)
+    claims_private_key: str | None = None  # PEM file (or PEM text) of our encryption key pair
+    claims_registry_url: str | None = None  # participant registry base; unset: the gateway URL
+    claims_token_url: str | None = None  # unset: {gateway}/participant/auth/token/generate (hcx)
+    claims_username: str | None = None  # hcx: the participant user's e-mail; nhcx: the ABDM clientId
+    claims_secret: SecretStr | None = None  # hcx: the user's secret; nhcx: the ABDM clientSecret
+    # The gateway's signing certificate / public key (PEM file or text): when set, callbacks must carry the
+    # gateway's RS256 bearer (iss = FHIR_CLAIMS_GATEWAY_CODE when that is set); unset: trust rests on the JWE.
+    claims_gateway_cert: str | None = None
+    claims_callback_path: str = "/hcx"  # our callbacks: {this}/coverageeligibility/on_check, ...
+    claims_timestamp_range_hours: float = 24.0  # callbacks older than this are refused (ERR_INVALID_TIMESTAMP)
+    claims_registry_ttl_seconds: float = 3600.0  # participant entries and certificates cached this long
+    claims_max_attempts: int = 10  # outbox deliveries to the gateway before the dead letter
+    # Organization.identifier.system carrying a payer's participant code (Claim.insurer -> Organization).
+    claims_participant_system: str = "https://hcxprotocol.io/participant_code"
+
     @model_validator(mode="after")
     def _production_needs_postgres(self) -> Settings:
         if self.environment == "production" and self.database_url.startswith("sqlite"):

@@ -21,4 +21,7 @@ def install_outbox_topics(server: FhirServer, dispatcher: OutboxDispatcher) -> N
     from fhir_server.subscriptions import install as install_subscriptions
 
     install_subscriptions(server, dispatcher)  # Subscription matching hooks + rest-hook handshake/notifications
+    from interfaces.claims.setup import install as install_claims
+
+    install_claims(server, dispatcher)  # HCX / NHCX requests out and callbacks in, when claims are configured
     server.search.install(dispatcher)  # full text to Elasticsearch, when FHIR_ELASTICSEARCH_URL is set

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -31,6 +31,9 @@ from fhir_server.validation import ResourceValidator
 from fhir_server.validation.setup import register as register_validation
 from fhir_server.validation.setup import supported_profiles, with_profiles
 from terminology.operations import register as register_terminology
+
+if TYPE_CHECKING:
+    from interfaces.claims.gateway import ClaimsGateway
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,12 @@ class FhirServer:
         self.bulk = register_bulk(self)  # Bulk Data $export / $import and their status URLs (fhir_server/jobs)
         register_everything(self)  # Patient/[id]/$everything (rest/operations/everything.py)
         register_validation(self)  # $validate, canonical URL table, FHIR_VALIDATE_PROFILES (fhir_server/validation)
+        # claims: HCX / NHCX payers (interfaces/claims), when FHIR_CLAIMS_GATEWAY_URL is set: $submit operations
+        self.claims: ClaimsGateway | None = None
+        if settings.claims_gateway_url:
+            from interfaces.claims.setup import register_claims
+
+            register_claims(self)
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
         self._capability_version = -1

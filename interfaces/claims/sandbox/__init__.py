@@ -1,0 +1,1 @@
+"""Simulators for the claims adapters: an HCX gateway + payers (``python -m interfaces.claims.sandbox``)."""

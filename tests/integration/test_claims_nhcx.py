@@ -1,0 +1,74 @@
+"""NHCX flavour (ABDM session token, PEM certificates in the registry, x-hcx-ben-abha-id, numeric workflow
+codes), and the participant token and registry cache, against the sandbox in its own process."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from interfaces.claims.registry import ParticipantRegistry
+from interfaces.claims.token import ParticipantToken
+from tests.conftest import Backend, wait_until
+from tests.integration.claims_support import (
+    PAYER,
+    ClaimsServer,
+    Sandbox,
+    records,
+    start_claims_server,
+    start_sandbox,
+    store,
+)
+from tests.integration.test_claims_hcx import status_of, submit
+
+
+@pytest.fixture(scope="module")
+def nhcx_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    yield from start_sandbox(tmp_path_factory.mktemp("nhcx-sandbox"), flavour="nhcx")
+
+
+@pytest.fixture(scope="module")
+def nhcx(backend: Backend, nhcx_sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClaimsServer]:
+    backend.truncate()
+    yield from start_claims_server(backend, nhcx_sandbox, tmp_path_factory.mktemp("nhcx"), flavour="nhcx", ig=False)
+
+
+def test_nhcx_claim_carries_abha_and_workflow_codes(nhcx: ClaimsServer, nhcx_sandbox: Sandbox) -> None:
+    s = uuid.uuid4().hex[:8]
+    store(nhcx, records(s))
+    eligibility = submit(nhcx, f"CoverageEligibilityRequest/cer-{s}")
+    claim = submit(nhcx, f"Claim/final-{s}")
+    wait_until(lambda: status_of(nhcx, f"Claim/final-{s}", claim) == "complete", 30, "the NHCX claim decision")
+    wait_until(lambda: status_of(nhcx, f"CoverageEligibilityRequest/cer-{s}", eligibility) == "complete", 30,
+               "the NHCX eligibility")
+    got = {r["headers"]["x-hcx-correlation_id"]: r["headers"] for r in nhcx_sandbox.received()["received"]}
+    assert got[claim]["x-hcx-ben-abha-id"] == "91-1234-5678-9012"
+    assert got[claim]["x-hcx-workflow_id"] == "15" and got[eligibility]["x-hcx-workflow_id"] == "1"
+    assert got[claim]["x-hcx-status"] == "request.initiated"
+    assert nhcx_sandbox.received()["tokens_issued"] >= 1  # through the ABDM session endpoint
+
+
+def test_token_is_reused_then_refreshed_before_expiry(nhcx_sandbox: Sandbox) -> None:
+    nhcx_sandbox.http.post("/_control/settings", json={"token_seconds": 61}).raise_for_status()
+    try:
+        token = ParticipantToken("nhcx", f"{nhcx_sandbox.url}/gateway/v3/sessions", PAYER, PAYER, "secret",
+                                 margin=60)
+        first = token()
+        assert token() == first and token.fetched == 1  # still valid: reused
+        wait_until(lambda: token() != first, 10, "a refreshed token one second before its expiry")
+        assert token.fetched == 2
+    finally:
+        nhcx_sandbox.http.post("/_control/settings", json={"token_seconds": 600}).raise_for_status()
+
+
+def test_registry_entries_are_cached_until_they_expire(nhcx_sandbox: Sandbox) -> None:
+    cached = ParticipantRegistry(nhcx_sandbox.url, flavour="nhcx", ttl=3600)
+    before = nhcx_sandbox.received()["searches"]
+    first = cached.get(PAYER)
+    assert cached.get(PAYER) is first and first.active and first.encryption_cert.startswith("-----BEGIN CERTIFICATE")
+    assert nhcx_sandbox.received()["searches"] == before + 1
+    expiring = ParticipantRegistry(nhcx_sandbox.url, flavour="nhcx", ttl=0)
+    expiring.get(PAYER)
+    expiring.get(PAYER)
+    assert nhcx_sandbox.received()["searches"] == before + 3
