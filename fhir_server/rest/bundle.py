@@ -231,7 +231,8 @@ def run_entry(server: FhirServer, outer: FhirRequest, repo: Repository, e: Entry
 
 def response_entry(resp: FhirResponse, method: str, base_url: str, include_resource: bool) -> dict[str, Any]:
     response: dict[str, Any] = {"status": STATUS_TEXT.get(resp.status, str(resp.status))}
-    location = resp.headers.get("Location")
+    # an asynchronous kick-off (202) answers with its status URL in Content-Location: the entry's location
+    location = resp.headers.get("Location") or (resp.headers.get("Content-Location") if resp.status == 202 else None)
     if location:
         response["location"] = location.removeprefix(base_url + "/")
     if "ETag" in resp.headers:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from fhir_server.packages import canonical
+from fhir_server.storage.access import as_system
 from fhir_server.validation import operation
 from fhir_server.validation.on_write import ProfileOnWrite
 
@@ -25,6 +26,11 @@ def register(server: FhirServer) -> None:
 
 def supported_profiles(repo: Repository) -> dict[str, list[str]]:
     """Resource type -> URLs of the stored resource profiles (StructureDefinitions constraining a type)."""
+    with repo.acting_as(as_system("CapabilityStatement.supportedProfile: the server describes itself")):
+        return _profiles(repo)
+
+
+def _profiles(repo: Repository) -> dict[str, list[str]]:
     rows = repo.execute(select(canonical.CANONICAL.c.url).where(
         canonical.CANONICAL.c.resource_type == "StructureDefinition").order_by(canonical.CANONICAL.c.url)).all()
     out: dict[str, list[str]] = {}
