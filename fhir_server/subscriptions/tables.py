@@ -44,6 +44,6 @@ WS_TOKEN = Table(
     Column("token_hash", String(64), primary_key=True),
     Column("subscription_id", String(64), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
-    # The access of who asked for the token (auth/stored.py; migration 0014): what the socket may be told.
+    # The access of who asked for the token (auth/stored.py; migration 0014_access): what the socket may be told.
     Column("access", Json),
 )

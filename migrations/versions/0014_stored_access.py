@@ -2,7 +2,7 @@
 Subscription authors recorded as null (the full access a request without a token had) say so explicitly,
 since a null author now means no access at all (fhir_server/auth/stored.py).
 
-Revision ID: 0014
+Revision ID: 0014_access
 Revises: 0013
 Create Date: 2026-12-07
 """
@@ -11,13 +11,13 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision = "0014"
+revision = "0014_access"
 down_revision = "0013"
 branch_labels = None
 depends_on = None
 
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
-LEGACY_AUTHOR = '{"system": "authored with full access before access was recorded (migration 0014)"}'
+LEGACY_AUTHOR = '{"system": "authored with full access before authors were recorded whole (migration 0014_access)"}'
 
 
 def upgrade() -> None:
