@@ -198,6 +198,27 @@ def test_the_authors_access_limits_what_they_are_told(api: LiveServer, hook: Rec
     assert [b["id"] for b in hook.bodies()] == [mine["id"]]
 
 
+def test_the_authors_access_is_checked_again_when_the_notification_is_sent(api: LiveServer, hook: Receiver) -> None:
+    """Matched while patient A's, moved to patient B before the dispatcher ran: the author (A's token) is not
+    sent B's resource; what is still A's goes out."""
+    access = AccessContext(tuple(resource_scopes("patient/Observation.rs user/Subscription.cruds")),
+                           patient="A")
+    body = {"resourceType": "Subscription", "status": "requested", "reason": "r",
+            "criteria": "Observation?status=final",
+            "channel": {"type": "rest-hook", "endpoint": hook.url, "payload": "application/fhir+json"}}
+    created = api.fhir.handle(FhirRequest("POST", "Subscription", resource=body, access=access,
+                                          headers={"content-type": "application/fhir+json"}))
+    assert created.status == 201, created.resource
+    d = dispatcher(api)
+    d.run_once()
+    moved = observation(api, "1-1", "A")
+    kept = observation(api, "1-1", "A")
+    observation(api, "1-1", "B", rid=moved["id"])  # not told (B's), and event 1 is no longer the author's
+    assert len(pending(api)) == 2  # both of A's events were queued when they happened
+    d.run_once()
+    assert [b["id"] for b in hook.bodies()] == [kept["id"]]
+
+
 def test_a_lab_result_arriving_over_hl7v2_notifies_the_subscribed_app(api: LiveServer, hook: Receiver) -> None:
     """Done means: an app subscribed to lab results is told of each new one, whatever way it arrives."""
     from interfaces.mllp.pipeline import Hl7Pipeline
