@@ -54,6 +54,9 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app.include_router(admin.router)  # /admin/outbox (operators)
     app.include_router(hl7_admin.router)  # /admin/hl7/messages (operators of lab interfaces)
     app.include_router(subscriptions_ws.router)  # the Subscription websocket channel
+    from interfaces.abdm.api import mount as mount_abdm
+
+    mount_abdm(app, server)  # ABDM HIP/HIU endpoints when FHIR_ABDM_* configure it (interfaces/abdm)
     app.include_router(fhir.router)
     app.add_middleware(AccessLogMiddleware)
 

@@ -21,4 +21,7 @@ def install_outbox_topics(server: FhirServer, dispatcher: OutboxDispatcher) -> N
     from fhir_server.subscriptions import install as install_subscriptions
 
     install_subscriptions(server, dispatcher)  # Subscription matching hooks + rest-hook handshake/notifications
+    from interfaces.abdm.service import install as install_abdm
+
+    install_abdm(server, dispatcher)  # ABDM gateway callbacks, data pushes, erasures (when configured)
     server.search.install(dispatcher)  # full text to Elasticsearch, when FHIR_ELASTICSEARCH_URL is set

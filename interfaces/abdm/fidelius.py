@@ -246,12 +246,12 @@ class KeyMaterial:
                                 "keyValue": self.public_value(x509=x509)},
                 "nonce": self.nonce}
 
-    def encrypt(self, plaintext: bytes | str, peer: dict[str, Any]) -> str:
+    def encrypt(self, plaintext: bytes | str, peer: Any) -> str:
         public, nonce = peer_key(peer)
         return encrypt(plaintext, own_private=self.private, own_nonce=self.nonce, peer_public=public,
                        peer_nonce=nonce)
 
-    def decrypt(self, ciphertext: str, peer: dict[str, Any]) -> bytes:
+    def decrypt(self, ciphertext: str, peer: Any) -> bytes:
         public, nonce = peer_key(peer)
         return decrypt(ciphertext, own_private=self.private, own_nonce=self.nonce, peer_public=public,
                        peer_nonce=nonce)
