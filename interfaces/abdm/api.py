@@ -137,16 +137,17 @@ def mount(app: FastAPI, server: FhirServer) -> None:
     if abdm is None:
         return
     app.state.abdm = abdm
-    router = APIRouter(prefix=abdm.settings.base_path.rstrip("/"), include_in_schema=False)
+    base = abdm.settings.base_path.rstrip("/")
+    router = APIRouter(include_in_schema=False)  # add_route ignores a router prefix: full paths below
     routes: dict[str, Handler | None] = {}
     if abdm.settings.hip_id:
         routes.update(HIP_ROUTES)
     if abdm.settings.hiu_id:
         routes.update(HIU_ROUTES)
-        router.add_route("/api/v3/hiu/health-information/transfer/{secret}", _transfer, methods=["POST"])
-        router.add_route("/hiu/consent-requests", _consent_request, methods=["POST"])
-        router.add_route("/hiu/consents/{consent}/pull", _pull, methods=["POST"])
+        router.add_route(base + "/api/v3/hiu/health-information/transfer/{secret}", _transfer, methods=["POST"])
+        router.add_route(base + "/hiu/consent-requests", _consent_request, methods=["POST"])
+        router.add_route(base + "/hiu/consents/{consent}/pull", _pull, methods=["POST"])
     routes.update(dict.fromkeys(ACKNOWLEDGED))
     for path, handler in routes.items():
-        router.add_route(path, _gateway_endpoint(handler), methods=["POST"])
+        router.add_route(base + path, _gateway_endpoint(handler), methods=["POST"])
     app.include_router(router)
