@@ -314,11 +314,12 @@ def hi_request(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
         if "patient" in grant.consent:
             task["for"] = grant.consent["patient"]
         repo.create("Task", task, resource_id=task_id, method="PUT")
+        # the acknowledgement first: the outbox delivers in order, and the transfer takes a while
+        abdm.callback(repo, ON_HI_REQUEST, {"hiRequest": {"transactionId": txn, "sessionStatus": "ACKNOWLEDGED"}},
+                      answering=request_id, headers=abdm.hip_headers())
         abdm.enqueue(repo, "transfer", txn, {"transactionId": txn, "consent": cid, "task": task_id,
                                              "from": instant(dates.start), "to": instant(dates.end),
                                              "dataPushUrl": push_url, "keyMaterial": key_material})
-        abdm.callback(repo, ON_HI_REQUEST, {"hiRequest": {"transactionId": txn, "sessionStatus": "ACKNOWLEDGED"}},
-                      answering=request_id, headers=abdm.hip_headers())
         abdm.audit(repo, "abdm-hi-request", "ABDM health information request", 200,
                    [grant.reference, grant.consent.get("patient", {}).get("reference", "")])
 

@@ -56,6 +56,7 @@ DISCHARGE_SECTIONS = (("422843007", "Chief complaint section", "Condition"),
                       ("721981007", "Diagnostic studies report", "DiagnosticReport"),
                       ("1003606003", "Medication history section", "MedicationRequest"),
                       ("1003640003", "History of Procedures Section", "Procedure"))
+NO_ENCOUNTER_PARAMETER = {"AllergyIntolerance"}  # R4 defines no encounter search parameter for it
 # Resources pulled in when referenced (authors, performers, medications, a report's results, specimens).
 FOLLOWED = {"Practitioner", "PractitionerRole", "Organization", "Medication", "Observation", "Specimen"}
 # Each clinical resource's own date (left out when outside the consented range).
@@ -123,8 +124,14 @@ class DocumentBuilder:
         return version.content if version is not None and not version.deleted else None
 
     def _linked(self, rtype: str, encounter: str, dates: DateRange) -> list[dict[str, Any]]:
-        ids = self.repo.find_ids(rtype, [("encounter", encounter)], limit=500)
-        found = [v.content for v in self.repo.read_many([(rtype, i) for i in ids]) if v.content]
+        if rtype in NO_ENCOUNTER_PARAMETER:  # searched by patient, then matched on the element
+            context = self._get(encounter) or {}
+            params = [("patient", str(context.get("subject", {}).get("reference", "")))]
+        else:
+            params = [("encounter", encounter)]
+        ids = self.repo.find_ids(rtype, params, limit=500)
+        found = [v.content for v in self.repo.read_many([(rtype, i) for i in ids]) if v.content
+                 and (rtype not in NO_ENCOUNTER_PARAMETER or v.content.get("encounter", {}).get("reference") == encounter)]
         return sorted((r for r in found if dates.covers(_own_date(r))), key=lambda r: (_own_date(r), r["id"]))
 
     def build(self, care_context: str, hi_type: str, dates: DateRange) -> list[dict[str, Any]]:
@@ -248,7 +255,36 @@ class DocumentBuilder:
                     walk(value)
 
         walk(out)
-        return out
+        return _conform(out)
+
+
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+NDHM_IDENTIFIER_TYPE = "https://nrces.in/ndhm/fhir/r4/CodeSystem/ndhm-identifier-type-code"
+ABHA_TYPE = {"system": NDHM_IDENTIFIER_TYPE, "code": "ABHA", "display": "Ayushman Bharat Health Account (ABHA) ID"}
+DEFAULT_IDENTIFIER_TYPE = {
+    "Patient": {"system": V2_0203, "code": "MR", "display": "Medical record number"},
+    "Practitioner": {"system": V2_0203, "code": "MD", "display": "Medical License number"},
+    "Organization": {"system": V2_0203, "code": "PRN", "display": "Provider number"},
+}
+
+
+def _conform(resource: dict[str, Any]) -> dict[str, Any]:
+    """What the NRCeS profiles require of the shape and we can say without inventing clinical facts: a
+    typed identifier (ABHA identifiers as ABHA, others by what the resource is), a name's text."""
+    from interfaces.abdm.identity import ABHA_ADDRESS_SYSTEM, ABHA_NUMBER_SYSTEM
+
+    rtype = resource.get("resourceType", "")
+    default = DEFAULT_IDENTIFIER_TYPE.get(rtype)
+    if default is not None:
+        for identifier in resource.get("identifier") or []:
+            codings = (identifier.get("type") or {}).get("coding") or []
+            if not any(c.get("system") and c.get("code") and c.get("display") for c in codings):
+                abha = identifier.get("system") in (ABHA_NUMBER_SYSTEM, ABHA_ADDRESS_SYSTEM)
+                identifier["type"] = {**(identifier.get("type") or {}), "coding": [ABHA_TYPE if abha else default]}
+        for name in resource.get("name") or [] if rtype != "Organization" else []:
+            if isinstance(name, dict) and not name.get("text"):
+                name["text"] = " ".join([*name.get("prefix", []), *name.get("given", []), name.get("family", "")]).strip()
+    return resource
 
 
 def _references(resource: dict[str, Any]) -> list[str]:

@@ -44,7 +44,10 @@ class Simulator:
             found[:] = [e for e in self.log(path) if e["body"].get("response", {}).get("requestId") == request_id]
             return bool(found)
 
-        wait_until(arrived, timeout, f"a callback to {path} answering {request_id}")
+        try:
+            wait_until(arrived, timeout, f"a callback to {path} answering {request_id}")
+        except AssertionError:
+            raise AssertionError(f"no callback to {path} answering {request_id}; outbox: {outbox()}") from None
         return found[0]
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +79,16 @@ def start_simulator() -> Iterator[Simulator]:
             proc.wait(timeout=10)
 
 
+ENGINES: list[Any] = []  # the running hospital's engine, for failure messages
+
+
+def outbox() -> list[tuple[str, str, int, str | None]]:
+    from fhir_server.jobs import outbox_admin
+
+    return [(r["key"][:60], r["status"], r["attempts"], r["lastError"])
+            for e in ENGINES for r in outbox_admin.list_rows(e, None, 15)["rows"]]
+
+
 @dataclass
 class Hospital:
     url: str  # http://127.0.0.1:port
@@ -99,9 +112,10 @@ class Hospital:
 
 
 def start_hospital(backend: Backend, sim: Simulator, *, install_ig: bool = True) -> Iterator[Hospital]:
-    settings = backend.settings.model_copy(update={"audit_enabled": True, "audit_background": False,
+    settings = backend.settings.model_copy(update={"audit_enabled": True,
                                                    "outbox_dispatcher": True, "outbox_poll_seconds": 0.1})
     fhir = FhirServer(settings, backend.engine)
+    ENGINES[:] = [backend.engine]
     port = _free_port()
     configure(fhir, AbdmSettings(gateway_url=sim.url, client_id="hospital", client_secret="secret",  # noqa: S106
                                  hip_id=HIP_ID, hip_name="Test Hospital", hiu_id=HIU_ID,

@@ -32,7 +32,9 @@ def sim() -> Iterator[Simulator]:
 def hospital(request: pytest.FixtureRequest, sim: Simulator, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Hospital]:
     for backend in make_backend(request.param, tmp_path_factory.mktemp(f"abdm-{request.param}")):
-        yield from start_hospital(backend, sim)
+        for h in start_hospital(backend, sim):
+            HOSPITALS[:] = [h]
+            yield h
 
 
 def _visit_data(h: Hospital, address: str | None = None) -> dict[str, Any]:
@@ -58,9 +60,12 @@ def _visit_data(h: Hospital, address: str | None = None) -> dict[str, Any]:
     h.create({"resourceType": "Observation", "status": "final", "subject": subject, "encounter": ref1,
               "code": {"text": "Body temperature"}, "effectiveDateTime": "2024-03-01T10:10:00+05:30",
               "valueQuantity": {"value": 38.5, "unit": "Cel"}})
+    doctor = h.create({"resourceType": "Practitioner", "name": [{"prefix": ["Dr."], "given": ["Manju"]}],
+                       "identifier": [{"system": "https://doctor.ndhm.gov.in", "value": "21-1521-3828-3227"}]})
     h.create({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": subject,
               "encounter": ref1, "medicationCodeableConcept": {"text": "Paracetamol 500 mg"},
-              "authoredOn": "2024-03-01"})
+              "authoredOn": "2024-03-01", "requester": {"reference": f"Practitioner/{doctor}"},
+              "dosageInstruction": [{"text": "One tablet three times a day"}]})
     h.create({"resourceType": "DiagnosticReport", "status": "final", "subject": subject, "encounter": ref1,
               "code": {"text": "CBC"}, "effectiveDateTime": "2024-03-01T11:00:00+05:30"})
     h.create({"resourceType": "Condition", "subject": subject, "encounter": ref2, "code": {"text": "Old cough"},
@@ -98,8 +103,21 @@ def _transfer_notice(sim: Simulator, txn: str) -> dict[str, Any]:
         found[:] = [e for e in sim.log(NOTIFY) if e["body"]["notification"]["transactionId"] == txn]
         return bool(found)
 
-    wait_until(arrived, 30, "the transfer notification")
+    try:
+        wait_until(arrived, 30, "the transfer notification")
+    except AssertionError:
+        raise AssertionError(f"no transfer notification; outbox: {_outbox_errors(sim)}") from None
     return found[0]["body"]["notification"]
+
+
+HOSPITALS: list[Hospital] = []
+
+
+def _outbox_errors(sim: Simulator) -> list[str]:
+    from fhir_server.jobs import outbox_admin
+
+    return [str(r["lastError"]) for h in HOSPITALS for r in outbox_admin.list_rows(h.fhir.engine, None, 20)["rows"]
+            if r["lastError"]]
 
 
 def test_a_patient_links_their_visits_to_their_abha(hospital: Hospital, sim: Simulator) -> None:
