@@ -15,6 +15,7 @@ transaction is stored (AES-GCM authenticates every entry).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hmac
 import secrets
 import uuid
@@ -57,7 +58,8 @@ def _find(repo: Repository, rtype: str, params: list[tuple[str, str]]) -> Versio
 
 
 def _strip(content: dict[str, Any] | None) -> dict[str, Any]:
-    out = dict(content or {})
+    """A copy to change (deep: the caller compares it with the stored content afterwards), without meta."""
+    out = copy.deepcopy(content or {})
     out.pop("meta", None)
     return out
 

@@ -322,7 +322,10 @@ def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simula
         gateway_ids[:] = [i["value"] for i in consent["identifier"] if i["system"] == "https://abdm.gov.in/consent-request"]
         return bool(gateway_ids)
 
-    wait_until(registered, 20, "the consent request's on-init")
+    try:
+        wait_until(registered, 20, "the consent request's on-init")
+    except AssertionError:
+        raise AssertionError(f"no on-init: {sim.http.get('/sim/state').json()['outgoing']}") from None
     init = [e for e in sim.log("/consent/v3/request/init") if e["body"]["consent"]["patient"]["id"] == data["address"]]
     assert init[0]["headers"]["x-hiu-id"] and init[0]["body"]["consent"]["hiTypes"] == ["OPConsultation", "Prescription"]
     sim.post("/sim/cm/grant", {"consentRequestId": gateway_ids[0]})

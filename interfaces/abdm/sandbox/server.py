@@ -43,6 +43,7 @@ class Sim:
         self.lock = threading.Lock()
         self.log: list[dict[str, Any]] = []
         self.sms: list[dict[str, Any]] = []
+        self.outgoing: list[dict[str, Any]] = []  # every call made to our server, with its answer
         self.sessions = 0
         self.token_seconds = 1200
         self.tokens: set[str] = set()
@@ -72,9 +73,12 @@ class Sim:
             headers["X-HIP-ID"] = hip_id
         try:
             resp = self.http.post(url, json=body, headers=headers)
+            result = {"status": resp.status_code, "requestId": request_id, "body": resp.text[:2000]}
         except httpx.HTTPError as exc:
-            return {"status": 0, "error": type(exc).__name__, "requestId": request_id}
-        return {"status": resp.status_code, "requestId": request_id, "body": resp.text[:2000]}
+            result = {"status": 0, "error": type(exc).__name__, "requestId": request_id}
+        with self.lock:
+            self.outgoing.append({"url": url, **result})
+        return result
 
     def later(self, work: Any) -> None:
         """Answer 202 first, call back after (as the gateway does)."""
@@ -222,7 +226,7 @@ def create_app(base_url: str) -> FastAPI:
 
     @app.get("/sim/state")
     def state() -> dict[str, Any]:
-        return {"sessions": sim.sessions, "consentRequests": sim.consent_requests, "pushes": sim.pushes,
+        return {"sessions": sim.sessions, "outgoing": sim.outgoing[-20:], "consentRequests": sim.consent_requests, "pushes": sim.pushes,
                 "artefacts": list(sim.artefacts)}
 
     @app.post("/sim/sms")
@@ -245,7 +249,11 @@ def create_app(base_url: str) -> FastAPI:
     @app.post("/sim/consent/{action}")
     def consent(action: str, spec: dict[str, Any] = Body()) -> dict[str, Any]:
         artefact = spec.get("consentId") or str(uuid.uuid4())
-        if action == "grant":
+        if action == "grant" and artefact in sim.artefacts:  # the very same notification again
+            detail = sim.artefacts[artefact]
+            body = {"notification": {"status": "GRANTED", "consentId": artefact, "consentDetail": detail,
+                                     "signature": "sim", "grantAcknowledgement": False}}
+        elif action == "grant":
             detail = {"schemaVersion": "v3", "consentId": artefact, "createdAt": timestamp(),
                       "patient": {"id": spec.get("abhaAddress", "")},
                       "careContexts": [{"patientReference": spec["patientReference"], "careContextReference": cc}
