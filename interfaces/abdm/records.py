@@ -130,8 +130,8 @@ class DocumentBuilder:
         else:
             params = [("encounter", encounter)]
         ids = self.repo.find_ids(rtype, params, limit=500)
-        found = [v.content for v in self.repo.read_many([(rtype, i) for i in ids]) if v.content
-                 and (rtype not in NO_ENCOUNTER_PARAMETER or v.content.get("encounter", {}).get("reference") == encounter)]
+        found = [v.content for v in self.repo.read_many([(rtype, i) for i in ids]) if v.content and (
+            rtype not in NO_ENCOUNTER_PARAMETER or v.content.get("encounter", {}).get("reference") == encounter)]
         return sorted((r for r in found if dates.covers(_own_date(r))), key=lambda r: (_own_date(r), r["id"]))
 
     def build(self, care_context: str, hi_type: str, dates: DateRange) -> list[dict[str, Any]]:
@@ -283,7 +283,8 @@ def _conform(resource: dict[str, Any]) -> dict[str, Any]:
                 identifier["type"] = {**(identifier.get("type") or {}), "coding": [ABHA_TYPE if abha else default]}
         for name in resource.get("name") or [] if rtype != "Organization" else []:
             if isinstance(name, dict) and not name.get("text"):
-                name["text"] = " ".join([*name.get("prefix", []), *name.get("given", []), name.get("family", "")]).strip()
+                parts = [*name.get("prefix", []), *name.get("given", []), name.get("family", "")]
+                name["text"] = " ".join(p for p in parts if p)
     return resource
 
 

@@ -117,7 +117,7 @@ def start_hospital(backend: Backend, sim: Simulator, *, install_ig: bool = True)
     fhir = FhirServer(settings, backend.engine)
     ENGINES[:] = [backend.engine]
     port = _free_port()
-    configure(fhir, AbdmSettings(gateway_url=sim.url, client_id="hospital", client_secret="secret",  # noqa: S106
+    configure(fhir, AbdmSettings(gateway_url=sim.url, client_id="hospital", client_secret="secret",
                                  hip_id=HIP_ID, hip_name="Test Hospital", hiu_id=HIU_ID,
                                  public_url=f"http://127.0.0.1:{port}", otp_webhook_url=sim.url + "/sim/sms",
                                  mr_system="https://hospital.example/mrn"))

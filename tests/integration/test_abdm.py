@@ -55,13 +55,13 @@ def _visit_data(h: Hospital, address: str | None = None) -> dict[str, Any]:
         "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": subject,
         "period": {"start": "2022-06-01T10:00:00+05:30"}})
     ref1, ref2 = {"reference": f"Encounter/{e1}"}, {"reference": f"Encounter/{e2}"}
+    doctor = h.create({"resourceType": "Practitioner", "name": [{"prefix": ["Dr."], "given": ["Manju"]}],
+                       "identifier": [{"system": "https://doctor.ndhm.gov.in", "value": "21-1521-3828-3227"}]})
     h.create({"resourceType": "Condition", "subject": subject, "encounter": ref1, "code": {"text": "Fever"},
               "recordedDate": "2024-03-01"})
     h.create({"resourceType": "Observation", "status": "final", "subject": subject, "encounter": ref1,
               "code": {"text": "Body temperature"}, "effectiveDateTime": "2024-03-01T10:10:00+05:30",
               "valueQuantity": {"value": 38.5, "unit": "Cel"}})
-    doctor = h.create({"resourceType": "Practitioner", "name": [{"prefix": ["Dr."], "given": ["Manju"]}],
-                       "identifier": [{"system": "https://doctor.ndhm.gov.in", "value": "21-1521-3828-3227"}]})
     h.create({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": subject,
               "encounter": ref1, "medicationCodeableConcept": {"text": "Paracetamol 500 mg"},
               "authoredOn": "2024-03-01", "requester": {"reference": f"Practitioner/{doctor}"},
@@ -70,10 +70,21 @@ def _visit_data(h: Hospital, address: str | None = None) -> dict[str, Any]:
               "code": {"text": "CBC"}, "effectiveDateTime": "2024-03-01T11:00:00+05:30"})
     h.create({"resourceType": "Condition", "subject": subject, "encounter": ref2, "code": {"text": "Old cough"},
               "recordedDate": "2022-06-01"})
+    cholesterol = h.create({"resourceType": "Observation", "status": "final", "subject": subject,
+                            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                                                "observation-category", "code": "laboratory"}]}],
+                            "code": {"coding": [{"system": "http://loinc.org", "code": "2093-3",
+                                                 "display": "Cholesterol [Mass/volume] in Serum or Plasma"}]},
+                            "effectiveDateTime": "2024-04-01T09:00:00+05:30",
+                            "valueQuantity": {"value": 156, "unit": "mg/dL"}})
     dr = h.create({"resourceType": "DiagnosticReport", "status": "final", "subject": subject,
-                   "code": {"text": "Lipid profile"}, "effectiveDateTime": "2024-04-01T09:00:00+05:30"})
-    return {"address": address, "patient": pid, "e1": f"Encounter/{e1}", "e2": f"Encounter/{e2}", "dr": f"DiagnosticReport/{dr}",
-            "name": f"Hina {handle}", "handle": handle}
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "24331-1",
+                                        "display": "Lipid panel - Serum or Plasma"}], "text": "Lipid profile"},
+                   "effectiveDateTime": "2024-04-01T09:00:00+05:30",
+                   "resultsInterpreter": [{"reference": f"Practitioner/{doctor}"}],
+                   "result": [{"reference": f"Observation/{cholesterol}"}], "conclusion": "Normal lipid profile"})
+    return {"address": address, "patient": pid, "e1": f"Encounter/{e1}", "e2": f"Encounter/{e2}",
+            "dr": f"DiagnosticReport/{dr}", "name": f"Hina {handle}", "handle": handle}
 
 
 def _grant(sim: Simulator, data: dict[str, Any], hi_types: list[str], **extra: Any) -> str:
@@ -207,6 +218,26 @@ def test_a_consented_request_receives_exactly_the_consented_records(hospital: Ho
     assert {"abdm-consent-notify", "abdm-hi-request", "abdm-hi-transfer"} <= codes
 
 
+def test_diagnostic_reports_travel_as_valid_records_and_invalid_ones_stay(hospital: Hospital, sim: Simulator) -> None:
+    data = _visit_data(hospital)
+    consent = _grant(sim, data, ["DiagnosticReport"])
+    pull = _request(sim, consent)
+    notice = _transfer_notice(sim, pull["transactionId"])
+    statuses = {s["careContextReference"]: (s["hiStatus"], s["description"])
+                for s in notice["statusNotification"]["statusResponses"]}
+    assert statuses[data["dr"]] == ("DELIVERED", "Delivered")
+    # the visit's CBC has no LOINC code, interpreter, result or conclusion: the IG rejects it, it is not sent
+    assert statuses[data["e1"]] == ("ERRORED", "Failed NRCeS validation")
+    docs = sim.http.get("/sim/hiu/received", params={"transactionId": pull["transactionId"]}).json()["documents"]
+    assert [d["careContextReference"] for d in docs] == [data["dr"]]
+    bundle = docs[0]["bundle"]
+    composition = bundle["entry"][0]["resource"]
+    assert composition["meta"]["profile"] == ["https://nrces.in/ndhm/fhir/r4/StructureDefinition/DiagnosticReportRecord"]
+    assert {e["resource"]["resourceType"] for e in bundle["entry"]} >= {"DiagnosticReport", "Observation",
+                                                                          "Practitioner", "Patient"}
+    assert "Fever" not in str(bundle)  # nothing of the OP visit
+
+
 def test_a_revoked_consent_gets_nothing(hospital: Hospital, sim: Simulator) -> None:
     data = _visit_data(hospital)
     consent = _grant(sim, data, ["OPConsultation"])
@@ -327,7 +358,8 @@ def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simula
     except AssertionError:
         raise AssertionError(f"no on-init: {sim.http.get('/sim/state').json()['outgoing']}") from None
     init = [e for e in sim.log("/consent/v3/request/init") if e["body"]["consent"]["patient"]["id"] == data["address"]]
-    assert init[0]["headers"]["x-hiu-id"] and init[0]["body"]["consent"]["hiTypes"] == ["OPConsultation", "Prescription"]
+    assert init[0]["headers"]["x-hiu-id"]
+    assert init[0]["body"]["consent"]["hiTypes"] == ["OPConsultation", "Prescription"]
     sim.post("/sim/cm/grant", {"consentRequestId": gateway_ids[0]})
 
     def stored() -> list[dict[str, Any]]:
@@ -384,3 +416,23 @@ def test_abha_identifiers_are_validated(hospital: Hospital) -> None:
         "resourceType": "Patient", "identifier": [{"system": ABHA_ADDRESS_SYSTEM, "value": "ab@gmail"}]},
         headers={"content-type": "application/fhir+json"}, access=as_system("test")))
     assert bad.status == 400
+
+
+def test_gateway_session_is_refreshed_before_it_expires(sim: Simulator) -> None:
+    from interfaces.abdm.gateway import Gateway
+    from interfaces.abdm.settings import AbdmSettings
+
+    sim.post("/sim/config", {"tokenSeconds": 4})  # renewed a quarter of its life (1 s) before expiry
+    try:
+        gateway = Gateway(AbdmSettings(gateway_url=sim.url, client_id="hospital", client_secret="secret",
+                                       hip_id="H"))
+        first = gateway.token()
+        assert gateway.token() == first  # reused while fresh
+        headers = gateway.headers(extra={"X-HIP-ID": "H"})
+        assert headers["X-CM-ID"] == "sbx" and headers["Authorization"] == f"Bearer {first}"
+        assert uuid.UUID(headers["REQUEST-ID"]) and headers["TIMESTAMP"].endswith("Z")
+        wait_until(lambda: gateway.token() != first, 10, "a renewed session")
+        assert gateway.sessions_opened == 2
+        gateway.post("/consent/v3/request/hip/on-notify", {"acknowledgement": {"status": "OK", "consentId": "x"}})
+    finally:
+        sim.post("/sim/config", {"tokenSeconds": 1200})

@@ -226,7 +226,8 @@ def create_app(base_url: str) -> FastAPI:
 
     @app.get("/sim/state")
     def state() -> dict[str, Any]:
-        return {"sessions": sim.sessions, "outgoing": sim.outgoing[-20:], "consentRequests": sim.consent_requests, "pushes": sim.pushes,
+        return {"sessions": sim.sessions, "outgoing": sim.outgoing[-20:], "consentRequests": sim.consent_requests,
+                "pushes": sim.pushes,
                 "artefacts": list(sim.artefacts)}
 
     @app.post("/sim/sms")
