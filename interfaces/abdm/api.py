@@ -23,7 +23,7 @@ from fhir_server.api.admin import admin_access
 from fhir_server.errors import FhirError
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
-from interfaces.abdm import hip, hiu
+from interfaces.abdm import hip, hip_linking, hiu
 from interfaces.abdm.service import Abdm, abdm_for
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ HIP_ROUTES: dict[str, Handler] = {
     "/api/v3/hip/link/care-context/confirm": hip.link_confirm,
     "/api/v3/consent/request/hip/notify": hip.consent_notify,
     "/api/v3/hip/health-information/request": hip.hi_request,
+    "/api/v3/hip/token/on-generate-token": hip_linking.on_generate_token,
 }
 HIU_ROUTES: dict[str, Handler] = {
     "/api/v3/hiu/consent/request/on-init": hiu.on_init,
@@ -45,7 +46,7 @@ HIU_ROUTES: dict[str, Handler] = {
 }
 # Callbacks we accept and only acknowledge (nothing depends on them yet).
 ACKNOWLEDGED = ("/api/v3/hiu/consent/request/on-status", "/api/v3/links/context/on-notify",
-                "/api/v3/hip/token/on-generate-token", "/api/v3/link/on_carecontext")
+                "/api/v3/link/on_carecontext")
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -20,3 +20,7 @@ def abha_identifiers(event: WriteEvent, repo: Repository | None) -> None:
 
 def install_hooks(abdm: Abdm) -> None:
     abdm.server.hooks.register(HookPoint.BEFORE_VALIDATE, abha_identifiers)
+    if abdm.settings.hip_id:  # each new visit of a patient with an ABHA is linked to it (hip_linking.py)
+        from interfaces.abdm.hip_linking import visit_hook
+
+        abdm.server.hooks.register(HookPoint.BEFORE_COMMIT, visit_hook(abdm))

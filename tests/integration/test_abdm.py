@@ -436,3 +436,21 @@ def test_gateway_session_is_refreshed_before_it_expires(sim: Simulator) -> None:
         gateway.post("/consent/v3/request/hip/on-notify", {"acknowledgement": {"status": "OK", "consentId": "x"}})
     finally:
         sim.post("/sim/config", {"tokenSeconds": 1200})
+
+
+def test_a_new_visit_is_linked_to_the_patients_abha_by_the_hip(hospital: Hospital, sim: Simulator) -> None:
+    address = f"visit{uuid.uuid4().hex[:8]}@sbx"
+    data = _visit_data(hospital, address=address)  # its Encounters are created after the ABHA address is known
+    links: list[dict[str, Any]] = []
+
+    def linked() -> bool:
+        links[:] = [e for e in sim.log("/hip/v3/link/carecontext") if e["body"]["abhaAddress"] == address]
+        return len(links) == 2
+
+    wait_until(linked, 30, "both visits linked")
+    tokens = [e for e in sim.log("/v3/token/generate-token") if e["body"]["abhaAddress"] == address]
+    assert tokens[0]["body"]["abhaNumber"].isdigit() and len(tokens[0]["body"]["abhaNumber"]) == 14
+    assert tokens[0]["headers"]["x-hip-id"] == HIP_ID
+    assert all(e["headers"]["x-link-token"].startswith("sim-link-token-") for e in links)
+    contexts = {cc["referenceNumber"] for e in links for g in e["body"]["patient"] for cc in g["careContexts"]}
+    assert contexts == {data["e1"], data["e2"]}

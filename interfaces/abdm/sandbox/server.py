@@ -55,6 +55,7 @@ class Sim:
         self.artefacts: dict[str, dict[str, Any]] = {}  # artefact id -> detail (both directions)
         self.pushes: list[dict[str, Any]] = []  # what the remote HIP pushed to our HIU, and the answers
         self.tamper_next = False
+        self.link_tokens: set[str] = set()
         self.http = httpx.Client(timeout=30)
 
     # --- calling our server ----------------------------------------------------------------------------
@@ -131,6 +132,18 @@ class Sim:
                 self.later(lambda: self.call(self.hiu_url + "/api/v3/hiu/consent/on-fetch", {
                     "consent": {"status": "GRANTED", "consentDetail": detail, "signature": "sim"},
                     "response": {"requestId": request_id}}))
+        elif path == "/v3/token/generate-token":
+            link_token = f"sim-link-token-{uuid.uuid4()}"
+            self.link_tokens.add(link_token)
+            self.later(lambda: self.call(self.hip_url + "/api/v3/hip/token/on-generate-token", {
+                "abhaAddress": body.get("abhaAddress"), "linkToken": link_token,
+                "response": {"requestId": request_id}}))
+        elif path == "/hip/v3/link/carecontext":
+            ok = headers.get("x-link-token") in self.link_tokens
+            self.later(lambda: self.call(self.hip_url + "/api/v3/link/on_carecontext", {
+                "abhaAddress": body.get("abhaAddress"), "status": "Successfully Linked care context" if ok else "",
+                **({} if ok else {"error": {"code": "ABDM-1094", "message": "Invalid link token"}}),
+                "response": {"requestId": request_id}}))
         elif path == "/data-flow/v3/health-information/request":
             self.later(lambda: self._serve(request_id, body.get("hiRequest") or {}))
 
