@@ -9,7 +9,7 @@ Only what the consent covers goes in: the caller passes the HI type and the date
 resource whose own date lies outside the range is left out (a care context outside it is never built).
 Profiles, HI types and section codes: PROTOCOLS.md §B10 and the IG's StructureDefinitions under
 /work/shared/india (OPConsultRecord, PrescriptionRecord, DiagnosticReportRecord, DischargeSummaryRecord,
-HealthDocumentRecord).
+HealthDocumentRecord, ImmunizationRecord; not yet WellnessRecord and InvoiceRecord).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ RECORDS: dict[str, tuple[str, dict[str, Any], str]] = {
                          "Diagnostic Report"),
     "DischargeSummary": ("DischargeSummaryRecord", _code("373942005", "Discharge summary"), "Discharge Summary"),
     "HealthDocumentRecord": ("HealthDocumentRecord", _code("419891008", "Record artifact"), "Health Document"),
+    "ImmunizationRecord": ("ImmunizationRecord", _code("41000179103", "Immunization record"), "Immunization record"),
 }
 HI_TYPES = tuple(RECORDS)
 
@@ -56,7 +57,7 @@ DISCHARGE_SECTIONS = (("422843007", "Chief complaint section", "Condition"),
                       ("721981007", "Diagnostic studies report", "DiagnosticReport"),
                       ("1003606003", "Medication history section", "MedicationRequest"),
                       ("1003640003", "History of Procedures Section", "Procedure"))
-NO_ENCOUNTER_PARAMETER = {"AllergyIntolerance"}  # R4 defines no encounter search parameter for it
+NO_ENCOUNTER_PARAMETER = {"AllergyIntolerance", "Immunization"}  # R4 defines no encounter search parameter
 # Resources pulled in when referenced (authors, performers, medications, a report's results, specimens).
 FOLLOWED = {"Practitioner", "PractitionerRole", "Organization", "Medication", "Observation", "Specimen"}
 # Each clinical resource's own date (left out when outside the consented range).
@@ -161,6 +162,10 @@ class DocumentBuilder:
         if hi_type == "DiagnosticReport":
             return [self._document(hi_type, report, encounter, [("Diagnostic studies report", "721981007", [report])])
                     for report in self._linked("DiagnosticReport", ref, dates)]
+        if hi_type == "ImmunizationRecord":
+            doses = self._linked("Immunization", ref, dates)
+            return [self._document(hi_type, encounter, encounter, [("Immunization record", "41000179103", doses)])] \
+                if doses else []
         if hi_type not in ("OPConsultation", "DischargeSummary") or (hi_type == "DischargeSummary") != inpatient:
             return []
         sections = []

@@ -68,6 +68,10 @@ def _visit_data(h: Hospital, address: str | None = None) -> dict[str, Any]:
               "dosageInstruction": [{"text": "One tablet three times a day"}]})
     h.create({"resourceType": "DiagnosticReport", "status": "final", "subject": subject, "encounter": ref1,
               "code": {"text": "CBC"}, "effectiveDateTime": "2024-03-01T11:00:00+05:30"})
+    h.create({"resourceType": "Immunization", "status": "completed", "patient": subject, "encounter": ref1,
+              "vaccineCode": {"coding": [{"system": "http://snomed.info/sct", "code": "1119305005",
+                                          "display": "COVID-19 antigen vaccine"}]},
+              "occurrenceDateTime": "2024-03-01T10:30:00+05:30", "lotNumber": "B-1234"})
     h.create({"resourceType": "Condition", "subject": subject, "encounter": ref2, "code": {"text": "Old cough"},
               "recordedDate": "2022-06-01"})
     cholesterol = h.create({"resourceType": "Observation", "status": "final", "subject": subject,
@@ -236,6 +240,20 @@ def test_diagnostic_reports_travel_as_valid_records_and_invalid_ones_stay(hospit
     assert {e["resource"]["resourceType"] for e in bundle["entry"]} >= {"DiagnosticReport", "Observation",
                                                                           "Practitioner", "Patient"}
     assert "Fever" not in str(bundle)  # nothing of the OP visit
+
+
+def test_immunizations_travel_as_immunization_records(hospital: Hospital, sim: Simulator) -> None:
+    data = _visit_data(hospital)
+    pull = _request(sim, _grant(sim, data, ["ImmunizationRecord"]))
+    notice = _transfer_notice(sim, pull["transactionId"])
+    assert {s["careContextReference"]: s["hiStatus"] for s in notice["statusNotification"]["statusResponses"]} == {
+        data["e1"]: "DELIVERED", data["e2"]: "ERRORED", data["dr"]: "ERRORED"}
+    docs = sim.http.get("/sim/hiu/received", params={"transactionId": pull["transactionId"]}).json()["documents"]
+    bundle = docs[0]["bundle"]
+    assert bundle["entry"][0]["resource"]["meta"]["profile"][0].endswith("/ImmunizationRecord")
+    assert [e["resource"]["lotNumber"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Immunization"] \
+        == ["B-1234"]
+    assert "Fever" not in str(bundle) and "Paracetamol" not in str(bundle)
 
 
 def test_a_revoked_consent_gets_nothing(hospital: Hospital, sim: Simulator) -> None:
