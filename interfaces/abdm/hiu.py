@@ -19,7 +19,7 @@ import copy
 import hmac
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +49,8 @@ class PendingPull:
     secret: str
     consent: str  # our artefact Consent id
     transaction: str | None = None
+    pages: set[int] = field(default_factory=set)  # page numbers received (0- or 1-based: senders differ)
+    statuses: dict[str, dict[str, str]] = field(default_factory=dict)  # care context -> its hiStatus so far
 
 
 def _find(repo: Repository, rtype: str, params: list[tuple[str, str]]) -> Version | None:
@@ -235,7 +237,7 @@ def pull_again(abdm: Abdm, access: Any, cid: str) -> None:
 def on_request(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
     answered = str((body.get("response") or {}).get("requestId", ""))
     txn = (body.get("hiRequest") or {}).get("transactionId")
-    pending = abdm.hiu_pending.get(answered)
+    pending = abdm.hiu_pending.pop(answered, None)
     if pending is None or not txn or body.get("error"):
         return
     pending.transaction = str(txn)
@@ -284,13 +286,17 @@ def receive(abdm: Abdm, secret: str, body: dict[str, Any]) -> None:
         abdm.audit(repo, "abdm-hi-receive", f"ABDM health information received ({len(documents)} documents)", 200,
                    [f"Consent/{cid}", grant.consent.get("patient", {}).get("reference", "")], action="C",
                    from_gateway=False)
-        if int(body.get("pageNumber") or 0) >= int(body.get("pageCount") or 0):  # the last page (0- or 1-based)
+        pending.pages.add(int(body.get("pageNumber") or 0))
+        for status in statuses:
+            if pending.statuses.get(status["careContextReference"], {}).get("hiStatus") != "OK":
+                pending.statuses[status["careContextReference"]] = status
+        if len(pending.pages) >= int(body.get("pageCount") or 1):  # every page has come (whatever the numbering)
             abdm.callback(repo, HI_NOTIFY, {"notification": {
                 "consentId": grant.artefact, "transactionId": txn, "doneAt": timestamp(),
                 "notifier": {"type": "HIU", "id": abdm.settings.hiu_id},
                 "statusNotification": {"sessionStatus": "TRANSFERRED", "hipId": hip.get("identifier", {}).get("value"),
-                                       "statusResponses": statuses}}},
-                answering=None, headers=abdm.hiu_headers(), key=f"hiu-notify:{txn}:{body.get('pageNumber')}")
+                                       "statusResponses": list(pending.statuses.values())}}},
+                answering=None, headers=abdm.hiu_headers(), key=f"hiu-notify:{txn}")
         return statuses
 
     abdm.run(f"ABDM health information receipt {txn}", work)

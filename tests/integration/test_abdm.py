@@ -393,6 +393,18 @@ def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simula
     assert sorted(b["identifier"]["value"] for b in bundles) == ["sim-op", "sim-rx"]
     consent_ref = provenance[0]["entity"][0]["what"]["reference"]
     artefact = hospital.read(consent_ref)
+    artefact_id = artefact["identifier"][0]["value"]
+    ours: list[dict[str, Any]] = []
+
+    def notified() -> bool:  # our HIU's transfer notification, once both pages have come
+        ours[:] = [e["body"]["notification"] for e in sim.log(NOTIFY)
+                   if e["body"]["notification"]["notifier"]["type"] == "HIU"
+                   and e["body"]["notification"]["consentId"] == artefact_id]
+        return bool(ours)
+
+    wait_until(notified, 20, "our HIU's transfer notification")
+    assert {s["careContextReference"]: s["hiStatus"] for s in ours[0]["statusNotification"]["statusResponses"]} \
+        == {"SIM-CC-1": "OK", "SIM-CC-2": "OK"}
     assert artefact["status"] == "active" and artefact["sourceReference"]["reference"] == request_consent
     # a re-pull replaces, never duplicates
     again = hospital.http.post(f"/abdm/hiu/consents/{consent_ref.split('/')[1]}/pull")
