@@ -6,13 +6,15 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from fhir_server.app import create_app
@@ -20,10 +22,15 @@ from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
 from fhir_server.storage.outbox import OutboxDispatcher
+from interfaces.abdm.identity import ABHA_ADDRESS_SYSTEM, ABHA_NUMBER_SYSTEM
 from interfaces.abdm.settings import AbdmSettings, configure
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import Backend, _free_port, make_backend, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+DISCOVER = "/api/v3/hip/patient/care-context/discover"
+LINK_INIT = "/api/v3/hip/link/care-context/init"
+LINK_CONFIRM = "/api/v3/hip/link/care-context/confirm"
+NOTIFY = "/data-flow/v3/health-information/notify"
 HIP_ID = "HOSP-HIP-1"
 HIU_ID = "HOSP-HIU-1"
 
@@ -139,3 +146,96 @@ def start_hospital(backend: Backend, sim: Simulator, *, install_ig: bool = True)
     thread.join(timeout=20)
     if fhir.audit is not None:
         fhir.audit.recorder.close()
+
+
+def hospital_on(backend_name: str, sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
+    for backend in make_backend(backend_name, tmp_path_factory.mktemp(f"abdm-{backend_name}")):
+        yield from start_hospital(backend, sim)
+
+
+def visit_data(h: Hospital, address: str | None = None) -> dict[str, Any]:
+    """A patient with two visits: E1 in March 2024 (diagnosis, vitals, prescription, lab report) and E2 in
+    2022 (a diagnosis), and a standalone lab report in 2024."""
+    handle = f"hina{uuid.uuid4().hex[:8]}"
+    identifiers = [{"system": ABHA_NUMBER_SYSTEM, "value": f"91-{uuid.uuid4().int % 10**4:04d}-1234-5678"}]
+    if address:
+        identifiers.append({"system": ABHA_ADDRESS_SYSTEM, "value": address})
+    pid = h.create({"resourceType": "Patient", "identifier": identifiers, "name": [{"text": f"Hina {handle}"}],
+                    "gender": "female", "birthDate": "1979-03-02", "telecom": [{"system": "phone",
+                                                                                "value": "+919800083232"}]})
+    subject = {"reference": f"Patient/{pid}"}
+    e1 = h.create({"resourceType": "Encounter", "status": "finished", "class": {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": subject,
+        "type": [{"text": "General OPD"}], "period": {"start": "2024-03-01T10:00:00+05:30"}})
+    e2 = h.create({"resourceType": "Encounter", "status": "finished", "class": {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": subject,
+        "period": {"start": "2022-06-01T10:00:00+05:30"}})
+    ref1, ref2 = {"reference": f"Encounter/{e1}"}, {"reference": f"Encounter/{e2}"}
+    doctor = h.create({"resourceType": "Practitioner", "name": [{"prefix": ["Dr."], "given": ["Manju"]}],
+                       "identifier": [{"system": "https://doctor.ndhm.gov.in", "value": "21-1521-3828-3227"}]})
+    h.create({"resourceType": "Condition", "subject": subject, "encounter": ref1, "code": {"text": "Fever"},
+              "recordedDate": "2024-03-01"})
+    h.create({"resourceType": "Observation", "status": "final", "subject": subject, "encounter": ref1,
+              "code": {"text": "Body temperature"}, "effectiveDateTime": "2024-03-01T10:10:00+05:30",
+              "valueQuantity": {"value": 38.5, "unit": "Cel"}})
+    h.create({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": subject,
+              "encounter": ref1, "medicationCodeableConcept": {"text": "Paracetamol 500 mg"},
+              "authoredOn": "2024-03-01", "requester": {"reference": f"Practitioner/{doctor}"},
+              "dosageInstruction": [{"text": "One tablet three times a day"}]})
+    h.create({"resourceType": "DiagnosticReport", "status": "final", "subject": subject, "encounter": ref1,
+              "code": {"text": "CBC"}, "effectiveDateTime": "2024-03-01T11:00:00+05:30"})
+    h.create({"resourceType": "Immunization", "status": "completed", "patient": subject, "encounter": ref1,
+              "vaccineCode": {"coding": [{"system": "http://snomed.info/sct", "code": "1119305005",
+                                          "display": "COVID-19 antigen vaccine"}]},
+              "occurrenceDateTime": "2024-03-01T10:30:00+05:30", "lotNumber": "B-1234"})
+    h.create({"resourceType": "Condition", "subject": subject, "encounter": ref2, "code": {"text": "Old cough"},
+              "recordedDate": "2022-06-01"})
+    cholesterol = h.create({"resourceType": "Observation", "status": "final", "subject": subject,
+                            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                                                "observation-category", "code": "laboratory"}]}],
+                            "code": {"coding": [{"system": "http://loinc.org", "code": "2093-3",
+                                                 "display": "Cholesterol [Mass/volume] in Serum or Plasma"}]},
+                            "effectiveDateTime": "2024-04-01T09:00:00+05:30",
+                            "valueQuantity": {"value": 156, "unit": "mg/dL"}})
+    dr = h.create({"resourceType": "DiagnosticReport", "status": "final", "subject": subject,
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "24331-1",
+                                        "display": "Lipid panel - Serum or Plasma"}], "text": "Lipid profile"},
+                   "effectiveDateTime": "2024-04-01T09:00:00+05:30",
+                   "resultsInterpreter": [{"reference": f"Practitioner/{doctor}"}],
+                   "result": [{"reference": f"Observation/{cholesterol}"}], "conclusion": "Normal lipid profile"})
+    return {"address": address, "patient": pid, "e1": f"Encounter/{e1}", "e2": f"Encounter/{e2}",
+            "dr": f"DiagnosticReport/{dr}", "name": f"Hina {handle}", "handle": handle}
+
+
+def grant(sim: Simulator, data: dict[str, Any], hi_types: list[str], **extra: Any) -> str:
+    spec = {"patientReference": f"Patient/{data['patient']}", "careContexts": [data["e1"], data["e2"], data["dr"]],
+            "hiTypes": hi_types, "from": "2024-01-01T00:00:00.000Z", "to": "2024-12-31T00:00:00.000Z",
+            "dataEraseAt": (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "abhaAddress": f"{data['handle']}@sbx", "hipId": HIP_ID, **extra}
+    result = sim.post("/sim/consent/grant", spec)
+    assert result["status"] == 202
+    ack = sim.answer("/consent/v3/request/hip/on-notify", result["requestId"])
+    assert ack["body"]["acknowledgement"] == {"status": "OK", "consentId": result["consentId"]}
+    assert ack["headers"]["x-hip-id"] == HIP_ID
+    return str(result["consentId"])
+
+
+def request_data(sim: Simulator, consent: str, **extra: Any) -> dict[str, Any]:
+    result = sim.post("/sim/hiu/request", {"consentId": consent, "from": "2024-01-01T00:00:00.000Z",
+                                           "to": "2024-12-31T00:00:00.000Z", "hipId": HIP_ID, **extra})
+    assert result["status"] == 202
+    return result
+
+
+def transfer_notice(sim: Simulator, txn: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def arrived() -> bool:
+        found[:] = [e for e in sim.log(NOTIFY) if e["body"]["notification"]["transactionId"] == txn]
+        return bool(found)
+
+    try:
+        wait_until(arrived, 30, "the transfer notification")
+    except AssertionError:
+        raise AssertionError(f"no transfer notification; outbox: {outbox()}") from None
+    return found[0]["body"]["notification"]
