@@ -69,7 +69,7 @@ def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simula
     provenance = stored()
     assert {p["agent"][0]["who"]["identifier"]["value"] for p in provenance} == {"SIM-HIP"}
     bundles = [hospital.read(p["target"][0]["reference"]) for p in provenance]
-    assert sorted(b["identifier"]["value"] for b in bundles) == ["sim-op", "sim-rx"]
+    assert sorted(b["identifier"]["value"] for b in bundles) == [f"sim-{kind}:{data['address']}" for kind in ("op", "rx")]
     consent_ref = provenance[0]["entity"][0]["what"]["reference"]
     artefact = hospital.read(consent_ref)
     artefact_id = artefact["identifier"][0]["value"]
@@ -97,6 +97,39 @@ def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simula
     for bundle in bundles:
         gone = hospital.fhir.handle(FhirRequest("GET", f"Bundle/{bundle['id']}", access=as_system("test")))
         assert gone.status == 410
+
+
+def test_a_revoked_consent_erases_what_our_hiu_received(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital, address=f"revk{uuid.uuid4().hex[:8]}@sbx")
+    resp = hospital.http.post("/abdm/hiu/consent-requests", json={
+        "patient": f"Patient/{data['patient']}", "hiTypes": ["Prescription"],
+        "from": "2024-01-01T00:00:00.000Z", "to": "2024-12-31T00:00:00.000Z",
+        "dataEraseAt": "2030-01-01T00:00:00.000Z"})
+    request_consent = resp.json()["consent"]
+    ids: list[str] = []
+
+    def registered() -> bool:
+        ids[:] = [i["value"] for i in hospital.read(request_consent)["identifier"]
+                  if i["system"] == "https://abdm.gov.in/consent-request"]
+        return bool(ids)
+
+    wait_until(registered, 20, "the consent request's on-init")
+    sim.post("/sim/cm/grant", {"consentRequestId": ids[0]})
+    documents: list[str] = []
+
+    def stored() -> bool:
+        found = hospital.read("Bundle", [("identifier", f"https://sim-hip.example/documents|sim-rx:{data['address']}")])
+        documents[:] = [e["resource"]["id"] for e in found.get("entry", [])]
+        return bool(documents)
+
+    wait_until(stored, 30, "the pulled prescription")
+    assert hospital.read(request_consent)["status"] == "active"
+    sim.post("/sim/cm/revoke", {"consentRequestId": ids[0]})
+    wait_until(lambda: not stored(), 30, "erasure on revocation")
+    assert hospital.read(request_consent)["status"] == "inactive"
+    gone = hospital.fhir.handle(FhirRequest("GET", f"Bundle/{documents[0] if documents else 'x'}",
+                                            access=as_system("test")))
+    assert gone.status in (404, 410)
 
 
 def test_tampered_pushes_are_refused(hospital: Hospital, sim: Simulator) -> None:

@@ -25,7 +25,7 @@ def _document(name: str, hi_profile: str, type_code: str, type_display: str, whe
                    "section": [{**section, "entry": [{"reference": f"urn:uuid:{resource['id']}",
                                                       "type": resource["resourceType"]}]}]}
     return {"resourceType": "Bundle", "id": name, "meta": {"versionId": "1", "profile": [PROFILE + "DocumentBundle"]},
-            "identifier": {"system": "https://sim-hip.example/documents", "value": name},
+            "identifier": {"system": "https://sim-hip.example/documents", "value": f"{name}:{address}"},
             "type": "document", "timestamp": when,
             "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r}
                       for r in (composition, patient, org, resource)]}

@@ -161,6 +161,7 @@ class Sim:
             "careContexts": [{"patientReference": "SIM-PATIENT", "careContextReference": cc}
                              for cc in ("SIM-CC-1", "SIM-CC-2")]}
         request["status"] = "GRANTED"
+        request.setdefault("artefacts", []).append(artefact)
         self.call(self.hiu_url + "/api/v3/hiu/consent/request/notify", {"notification": {
             "consentRequestId": gateway_id, "status": "GRANTED", "consentArtefacts": [{"id": artefact}]}})
         return artefact
@@ -305,6 +306,15 @@ def create_app(base_url: str) -> FastAPI:
     @app.post("/sim/cm/grant")
     def cm_grant(spec: dict[str, Any] = Body()) -> dict[str, Any]:
         return {"consentId": sim.grant(spec["consentRequestId"])}
+
+    @app.post("/sim/cm/revoke")
+    def cm_revoke(spec: dict[str, Any] = Body()) -> dict[str, Any]:
+        """The patient revokes a consent our HIU holds: its artefacts are notified REVOKED."""
+        request = sim.consent_requests[spec["consentRequestId"]]
+        request["status"] = "REVOKED"
+        return sim.call(sim.hiu_url + "/api/v3/hiu/consent/request/notify", {"notification": {
+            "consentRequestId": spec["consentRequestId"], "status": "REVOKED",
+            "consentArtefacts": [{"id": a} for a in request.get("artefacts", [])]}})
 
     @app.post("/{path:path}")
     async def gateway(path: str, request: Request) -> Response:
