@@ -69,7 +69,8 @@ def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simula
     provenance = stored()
     assert {p["agent"][0]["who"]["identifier"]["value"] for p in provenance} == {"SIM-HIP"}
     bundles = [hospital.read(p["target"][0]["reference"]) for p in provenance]
-    assert sorted(b["identifier"]["value"] for b in bundles) == [f"sim-{kind}:{data['address']}" for kind in ("op", "rx")]
+    expected = [f"sim-{kind}:{data['address']}" for kind in ("op", "rx")]
+    assert sorted(b["identifier"]["value"] for b in bundles) == expected
     consent_ref = provenance[0]["entity"][0]["what"]["reference"]
     artefact = hospital.read(consent_ref)
     artefact_id = artefact["identifier"][0]["value"]
