@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     from interfaces.claims.setup import mount as mount_claims
 
     mount_claims(app, server, dispatcher)  # HCX callbacks under FHIR_CLAIMS_CALLBACK_PATH, when configured
+    from interfaces.abdm.api import mount as mount_abdm
+
+    mount_abdm(app, server)  # ABDM HIP/HIU endpoints when FHIR_ABDM_* configure it (interfaces/abdm)
     app.include_router(fhir.router)
     app.state.metrics = metrics.HttpMetrics()
     app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics)

@@ -24,4 +24,7 @@ def install_outbox_topics(server: FhirServer, dispatcher: OutboxDispatcher) -> N
     from interfaces.claims.setup import install as install_claims
 
     install_claims(server, dispatcher)  # HCX / NHCX requests out and callbacks in, when claims are configured
+    from interfaces.abdm.service import install as install_abdm
+
+    install_abdm(server, dispatcher)  # ABDM gateway callbacks, data pushes, erasures (when configured)
     server.search.install(dispatcher)  # full text to Elasticsearch, when FHIR_ELASTICSEARCH_URL is set

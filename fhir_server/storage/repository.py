@@ -357,12 +357,14 @@ class Repository:
         event = WriteEvent("delete", resource_type, resource_id, None, previous=current)
         return self._write(event, None, resource_id, current.version_id + 1, "DELETE", insert_current=False)
 
-    def enqueue(self, topic: str, key: str, payload: dict[str, Any], *, max_attempts: int = 10) -> None:
-        """Add work to the outbox in this transaction: it exists if and only if the change commits."""
+    def enqueue(self, topic: str, key: str, payload: dict[str, Any], *, max_attempts: int = 10,
+                not_before: datetime | None = None) -> None:
+        """Add work to the outbox in this transaction: it exists if and only if the change commits.
+        ``not_before``: not delivered before then (scheduled work, e.g. erasing data at a consent's end)."""
         now = datetime.now(UTC)
         self.execute(insert(OUTBOX).values(topic=topic, key=key, payload=payload, status="pending",
-                                                attempts=0, max_attempts=max_attempts, next_attempt_at=now,
-                                                created_at=now))
+                                                attempts=0, max_attempts=max_attempts,
+                                                next_attempt_at=max(now, not_before or now), created_at=now))
 
     # --- internals ---------------------------------------------------------------------------------------
 

@@ -1,0 +1,361 @@
+"""Health Information User: we ask for a patient's records held elsewhere (API v3, PROTOCOLS.md §B6).
+
+consent request (init) -> on-init (the gateway's consent-request id) -> notify (GRANTED + artefact ids) ->
+we acknowledge (on-notify, a list) and fetch each artefact -> on-fetch (the artefact: a Consent of ours,
+``sourceReference`` = the request's Consent) -> health-information request with our own ephemeral key pair
+-> on-request (the transaction id) -> the HIP pushes pages to our dataPushUrl -> decrypt, verify, store each
+document Bundle (id derived from its identifier: a re-pull replaces, never duplicates) with a Provenance
+naming the source HIP and the Consent -> we notify the gateway -> at ``dataEraseAt`` (or on revocation)
+everything stored under the consent is deleted.
+
+The dataPushUrl carries a per-request secret, and only a push that decrypts with our key for that
+transaction is stored (AES-GCM authenticates every entry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from fhir_server.errors import FORBIDDEN, INVALID, FhirError
+from fhir_server.storage.repository import Repository, Version, instant
+from interfaces.abdm import consent as consents
+from interfaces.abdm import identity
+from interfaces.abdm.fidelius import FideliusError, KeyMaterial
+from interfaces.abdm.gateway import timestamp
+from interfaces.abdm.records import parse_instant
+from interfaces.abdm.service import Abdm
+
+CONSENT_INIT = "/consent/v3/request/init"
+CONSENT_ON_NOTIFY = "/consent/v3/request/hiu/on-notify"
+CONSENT_FETCH = "/consent/v3/fetch"
+HI_REQUEST = "/data-flow/v3/health-information/request"
+HI_NOTIFY = "/data-flow/v3/health-information/notify"
+INIT_REQUEST_SYSTEM = "urn:fhir-server:abdm-consent-init"
+DOCUMENT = "urn:fhir-server:abdm-document"
+
+
+@dataclass
+class PendingPull:
+    keys: KeyMaterial
+    secret: str
+    consent: str  # our artefact Consent id
+    transaction: str | None = None
+    pages: set[int] = field(default_factory=set)  # page numbers received (0- or 1-based: senders differ)
+    statuses: dict[str, dict[str, str]] = field(default_factory=dict)  # care context -> its hiStatus so far
+
+
+def _find(repo: Repository, rtype: str, params: list[tuple[str, str]]) -> Version | None:
+    ids = repo.find_ids(rtype, params, limit=2)
+    version = repo.current(rtype, ids[0]) if len(ids) == 1 else None
+    return version if version is not None and not version.deleted else None
+
+
+def _strip(content: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy to change (deep: the caller compares it with the stored content afterwards), without meta."""
+    out = copy.deepcopy(content or {})
+    out.pop("meta", None)
+    return out
+
+
+# --- consent request ---------------------------------------------------------------------------------------
+
+def request_consent(abdm: Abdm, access: Any, patient_id: str, hi_types: list[str], start: str, end: str,
+                    erase_at: str, purpose: str = "CAREMGT", requester: str = "") -> str:
+    """Ask the gateway for a consent (our caller must be able to read the patient); returns our Consent id."""
+    for value, name in ((start, "from"), (end, "to"), (erase_at, "dataEraseAt")):
+        if parse_instant(value) is None:
+            raise FhirError(400, INVALID, f"{name} is not a date-time", (name,))
+    if not hi_types or any(not isinstance(t, str) for t in hi_types):
+        raise FhirError(400, INVALID, "hiTypes must name at least one HI type", ("hiTypes",))
+    patient = abdm.server.uow.run(lambda repo: repo.read("Patient", patient_id), write=False, access=access)
+    addresses = identity.identifier_values(patient.content or {}, identity.ABHA_ADDRESS_SYSTEM)
+    if not addresses:
+        raise FhirError(422, INVALID, "The patient has no ABHA address", ("Patient.identifier",))
+    consent_id = f"abdm-hiu-req-{uuid.uuid4()}"
+    body = {"consent": {
+        "purpose": {"text": purpose, "code": purpose, "refUri": "http://terminology.hl7.org/ValueSet/v3-PurposeOfUse"},
+        "patient": {"id": addresses[0]}, "hiu": {"id": abdm.settings.hiu_id},
+        "requester": {"name": requester or abdm.settings.hip_name,
+                      "identifier": {"type": "REGNO", "value": abdm.settings.hiu_id,
+                                     "system": "https://www.mciindia.org"}},
+        "hiTypes": hi_types,
+        "permission": {"accessMode": "VIEW", "dateRange": {"from": start, "to": end}, "dataEraseAt": erase_at,
+                       "frequency": {"unit": "HOUR", "value": 1, "repeats": 0}}}}
+
+    def work(repo: Repository) -> None:
+        request_id = abdm.callback(repo, CONSENT_INIT, body, answering=None, headers=abdm.hiu_headers(),
+                                   key=consent_id)
+        resource = {"resourceType": "Consent", "id": consent_id, "status": "proposed",
+                    "identifier": [{"system": INIT_REQUEST_SYSTEM, "value": request_id}],
+                    "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                          "code": "patient-privacy"}]},
+                    "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                    "patient": {"reference": f"Patient/{patient_id}"}, "dateTime": instant(datetime.now(UTC)),
+                    "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                               "code": "OPTIN"}]},
+                    "extension": [{"url": consents.EXT + "data-erase-at", "valueDateTime": erase_at}],
+                    "provision": {"type": "permit", "dataPeriod": {"start": start, "end": end},
+                                  "class": [{"system": consents.HI_TYPE_SYSTEM, "code": t} for t in hi_types],
+                                  "purpose": [{"system": consents.PURPOSE_SYSTEM, "code": purpose}]}}
+        repo.create("Consent", resource, resource_id=consent_id, method="PUT")
+        abdm.audit(repo, "abdm-consent-request", "ABDM consent request", 202,
+                   [f"Consent/{consent_id}", f"Patient/{patient_id}"], action="C", from_gateway=False)
+
+    abdm.run(f"ABDM consent request for Patient/{patient_id}", work)
+    return consent_id
+
+
+def on_init(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
+    answered = str((body.get("response") or {}).get("requestId", ""))
+    gateway_id = (body.get("consentRequest") or {}).get("id")
+
+    def work(repo: Repository) -> None:
+        found = _find(repo, "Consent", [("identifier", f"{INIT_REQUEST_SYSTEM}|{answered}")])
+        if found is None:
+            return
+        content = _strip(found.content)
+        if gateway_id and not any(i.get("system") == consents.REQUEST_SYSTEM for i in content["identifier"]):
+            content["identifier"].append({"system": consents.REQUEST_SYSTEM, "value": str(gateway_id)})
+        elif body.get("error"):
+            content["status"] = "rejected"
+        if content != _strip(found.content):
+            repo.update("Consent", found.id, content)
+        abdm.audit(repo, "abdm-consent-on-init", "ABDM consent request registered", 200, [f"Consent/{found.id}"])
+
+    abdm.run(f"ABDM consent request on-init {answered}", work)
+
+
+def notify(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
+    note = body.get("notification") or {}
+    status = str(note.get("status", "")).upper()
+    request = str(note.get("consentRequestId", ""))
+    artefacts = [str(a["id"]) for a in note.get("consentArtefacts") or [] if isinstance(a, dict) and a.get("id")]
+
+    def work(repo: Repository) -> None:
+        found = _find(repo, "Consent", [("identifier", f"{consents.REQUEST_SYSTEM}|{request}")]) if request else None
+        if found is not None and status in consents.STATUS:
+            content = _strip(found.content)
+            if content.get("status") != consents.STATUS[status]:
+                content["status"] = consents.STATUS[status]
+                repo.update("Consent", found.id, content)
+        for artefact in artefacts:
+            cid = consents.consent_id("hiu", artefact)
+            if status == "GRANTED":
+                abdm.callback(repo, CONSENT_FETCH, {"consentId": artefact}, answering=None,
+                              headers=abdm.hiu_headers(), key=f"fetch:{artefact}")
+            elif repo.current("Consent", cid) is not None:  # revoked / expired: stop, and erase what came
+                _set_status(repo, cid, "inactive")
+                abdm.enqueue(repo, "hiu-erase", f"{cid}:revoked", {"consent": cid})
+        abdm.callback(repo, CONSENT_ON_NOTIFY, {"acknowledgement": [{"consentId": a, "status": "OK"}
+                                                                    for a in artefacts]},
+                      answering=request_id, headers=abdm.hiu_headers())
+        abdm.audit(repo, "abdm-consent-notify", f"ABDM consent {status.lower()}", 200,
+                   [f"Consent/{found.id}" if found else "", *(f"Consent/{consents.consent_id('hiu', a)}"
+                                                               for a in artefacts if status != "GRANTED")])
+
+    abdm.run(f"ABDM consent notification {request}", work)
+
+
+def _set_status(repo: Repository, cid: str, status: str) -> None:
+    version = repo.current("Consent", cid)
+    if version is not None and version.content is not None and version.content.get("status") != status:
+        repo.update("Consent", cid, {**_strip(version.content), "status": status})
+
+
+def on_fetch(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
+    """The artefact: store it as a Consent, schedule its erasure, and ask for the data."""
+    consent = body.get("consent") or {}
+    detail = consent.get("consentDetail") or {}
+    status = str(consent.get("status", "GRANTED"))
+    artefact = str(detail.get("consentId", ""))
+    if not artefact:
+        return
+    cid = consents.consent_id("hiu", artefact)
+
+    def work(repo: Repository) -> None:
+        address = (detail.get("patient") or {}).get("id", "")
+        patient = None
+        with contextlib.suppress(ValueError):
+            patient = _find(repo, "Patient", [("identifier",
+                                               f"{identity.ABHA_ADDRESS_SYSTEM}|{identity.abha_address(address)}")])
+        resource = consents.to_resource("hiu", status, detail, f"Patient/{patient.id}" if patient else None)
+        request = _find(repo, "Consent", [("identifier", f"{consents.REQUEST_SYSTEM}|"
+                                                         f"{detail.get('consentRequestId', '')}")]) \
+            if detail.get("consentRequestId") else None
+        if request is not None:
+            resource["sourceReference"] = {"reference": f"Consent/{request.id}"}
+        existing = repo.current("Consent", cid)
+        if existing is None or _strip(existing.content) != resource:
+            repo.update("Consent", cid, resource)
+        erase_at = parse_instant(detail["permission"]["dataEraseAt"])
+        if existing is None:
+            abdm.enqueue(repo, "hiu-erase", cid, {"consent": cid}, not_before=erase_at)
+            if resource["status"] == "active":
+                request_data(abdm, repo, cid, resource)
+        abdm.audit(repo, "abdm-consent-fetch", "ABDM consent artefact received", 200,
+                   [f"Consent/{cid}", resource.get("patient", {}).get("reference", "")])
+
+    abdm.run(f"ABDM consent artefact {artefact}", work)
+
+
+def request_data(abdm: Abdm, repo: Repository, cid: str, consent: dict[str, Any]) -> str:
+    """Enqueue a health-information request for the whole consented range, with a fresh key pair."""
+    grant = consents.granted(consent)
+    keys, secret = KeyMaterial.generate(), secrets.token_urlsafe(24)
+    base = (abdm.settings.public_url or "").rstrip("/") + abdm.settings.base_path.rstrip("/")
+    body = {"hiRequest": {"consent": {"id": grant.artefact},
+                          "dateRange": {"from": timestamp(grant.data_period.start),
+                                        "to": timestamp(grant.data_period.end)},
+                          "dataPushUrl": f"{base}/api/v3/hiu/health-information/transfer/{secret}",
+                          "keyMaterial": keys.to_json()}}
+    request_id = abdm.callback(repo, HI_REQUEST, body, answering=None, headers=abdm.hiu_headers(),
+                               key=f"hi-request:{cid}:{secret}")
+    abdm.hiu_pending[request_id] = PendingPull(keys, secret, cid)
+    return request_id
+
+
+def pull_again(abdm: Abdm, access: Any, cid: str) -> None:
+    """A new health-information request under a stored artefact (the caller must be able to read it)."""
+    consent = abdm.server.uow.run(lambda repo: repo.read("Consent", cid), write=False, access=access)
+    content = consent.content or {}
+    try:
+        consents.check_request(content, None)
+    except consents.ConsentRefused as exc:
+        raise FhirError(409, INVALID, exc.message, ("Consent.status",)) from None
+    abdm.run(f"ABDM health information pull {cid}", lambda repo: request_data(abdm, repo, cid, content))
+
+
+def on_request(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
+    answered = str((body.get("response") or {}).get("requestId", ""))
+    txn = (body.get("hiRequest") or {}).get("transactionId")
+    pending = abdm.hiu_pending.pop(answered, None)
+    if pending is None or not txn or body.get("error"):
+        return
+    pending.transaction = str(txn)
+    abdm.hiu_by_transaction[str(txn)] = pending
+
+
+# --- receiving the data ------------------------------------------------------------------------------------
+
+def receive(abdm: Abdm, secret: str, body: dict[str, Any]) -> None:
+    """A pushed page: every entry must decrypt (else 400, nothing stored); documents stored idempotently."""
+    txn = str(body.get("transactionId", ""))
+    pending = abdm.hiu_by_transaction.get(txn)
+    if pending is None or not hmac.compare_digest(pending.secret, secret):
+        raise FhirError(403, FORBIDDEN, "Unknown transaction for this push URL", ("transactionId",))
+    documents: list[tuple[str, dict[str, Any]]] = []
+    for i, entry in enumerate(body.get("entries") or []):
+        try:
+            plain = pending.keys.decrypt(str(entry.get("content", "")), body.get("keyMaterial"))
+            document = orjson.loads(plain)
+        except (FideliusError, orjson.JSONDecodeError) as exc:
+            raise FhirError(400, INVALID, f"entries[{i}] cannot be used: {exc}", (f"entries[{i}].content",)) from None
+        if not isinstance(document, dict) or document.get("resourceType") != "Bundle" or \
+                document.get("type") != "document" or not (document.get("identifier") or {}).get("value"):
+            raise FhirError(400, INVALID, f"entries[{i}] is not a document Bundle with an identifier",
+                            (f"entries[{i}].content",))
+        documents.append((str(entry.get("careContextReference", "")), document))
+    cid = pending.consent
+
+    def work(repo: Repository) -> list[dict[str, str]]:
+        version = repo.current("Consent", cid)
+        try:
+            grant = consents.check_request(version.content if version else None, None)
+        except consents.ConsentRefused as exc:
+            raise FhirError(403, FORBIDDEN, exc.message, ("Consent",)) from None
+        hip = (next((a["reference"] for a in grant.consent["provision"].get("actor", [])
+                     if a["reference"]["identifier"]["system"] == consents.HIP_SYSTEM), None)
+               or {"display": "unknown HIP"})
+        statuses = []
+        for cc, document in documents:
+            if grant.care_contexts and cc not in grant.care_contexts:
+                statuses.append({"careContextReference": cc, "hiStatus": "ERRORED",
+                                 "description": "Not a care context of the consent"})
+                continue
+            _store(repo, cid, grant, hip, document)
+            statuses.append({"careContextReference": cc, "hiStatus": "OK", "description": "Stored"})
+        abdm.audit(repo, "abdm-hi-receive", f"ABDM health information received ({len(documents)} documents)", 200,
+                   [f"Consent/{cid}", grant.consent.get("patient", {}).get("reference", "")], action="C",
+                   from_gateway=False)
+        pending.pages.add(int(body.get("pageNumber") or 0))
+        for status in statuses:
+            if pending.statuses.get(status["careContextReference"], {}).get("hiStatus") != "OK":
+                pending.statuses[status["careContextReference"]] = status
+        if len(pending.pages) >= int(body.get("pageCount") or 1):  # every page has come (whatever the numbering)
+            abdm.callback(repo, HI_NOTIFY, {"notification": {
+                "consentId": grant.artefact, "transactionId": txn, "doneAt": timestamp(),
+                "notifier": {"type": "HIU", "id": abdm.settings.hiu_id},
+                "statusNotification": {"sessionStatus": "TRANSFERRED", "hipId": hip.get("identifier", {}).get("value"),
+                                       "statusResponses": list(pending.statuses.values())}}},
+                answering=None, headers=abdm.hiu_headers(), key=f"hiu-notify:{txn}")
+        return statuses
+
+    abdm.run(f"ABDM health information receipt {txn}", work)
+
+
+def _store(repo: Repository, cid: str, grant: consents.Granted, hip: dict[str, Any], document: dict[str, Any]) -> None:
+    identifier = document["identifier"]
+    key = f"{identifier.get('system', '')}|{identifier['value']}"
+    bundle_id = f"abdm-doc-{uuid.uuid5(uuid.NAMESPACE_URL, DOCUMENT + '/' + key)}"
+    stored = {k: v for k, v in document.items() if k != "meta"}
+    stored["id"] = bundle_id
+    current = repo.current("Bundle", bundle_id)
+    if current is None or current.deleted or _strip(current.content) != stored:
+        repo.update("Bundle", bundle_id, stored)  # the same document pulled again replaces, never duplicates
+    provenance_id = f"abdm-prov-{uuid.uuid5(uuid.NAMESPACE_URL, f'{DOCUMENT}/{key}/{cid}')}"
+    provenance = {"resourceType": "Provenance", "id": provenance_id,
+                  "target": [{"reference": f"Bundle/{bundle_id}"}], "recorded": instant(datetime.now(UTC)),
+                  "policy": [f"{consents.ARTEFACT_SYSTEM}/{grant.artefact}"],
+                  "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                                           "code": "CREATE"}]},
+                  "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                                            "provenance-participant-type", "code": "author"}]},
+                             "who": hip}],
+                  "entity": [{"role": "source", "what": {"reference": f"Consent/{cid}"}}]}
+    if repo.current("Provenance", provenance_id) is None:
+        repo.update("Provenance", provenance_id, provenance)
+
+
+# --- outbox jobs -------------------------------------------------------------------------------------------
+
+def deliver(abdm: Abdm, kind: str, payload: dict[str, Any]) -> None:
+    if kind == "hiu-erase":
+        erase(abdm, payload["consent"])
+
+
+def erase(abdm: Abdm, cid: str) -> int:
+    """Delete every document stored under the consent and its Provenance; the Consent becomes inactive."""
+
+    def work(repo: Repository) -> int:
+        version = repo.current("Consent", cid)
+        if version is None or version.deleted or version.content is None:
+            return 0
+        grant = consents.granted(version.content)
+        erase_at = parse_instant(str(consents.extension(version.content, "data-erase-at") or ""))
+        if version.content.get("status") == "active" and erase_at is not None and datetime.now(UTC) < erase_at:
+            return 0  # re-granted with a later end: a later row erases
+        count = 0
+        for pid in repo.find_ids("Provenance", [("entity", f"Consent/{cid}")], limit=10000):
+            prov = repo.current("Provenance", pid)
+            for target in (prov.content or {}).get("target", []) if prov else []:
+                rtype, _, rid = target.get("reference", "").partition("/")
+                if rtype == "Bundle" and repo.current(rtype, rid) is not None and \
+                        repo.delete(rtype, rid) is not None:
+                    count += 1
+            repo.delete("Provenance", pid)
+        _set_status(repo, cid, "inactive")
+        abdm.audit(repo, "abdm-hi-erase", f"ABDM data erased ({count} documents)", 200,
+                   [grant.reference, grant.consent.get("patient", {}).get("reference", "")], action="D",
+                   from_gateway=False)
+        return count
+
+    return abdm.run(f"ABDM erasure at the end of consent {cid}", work)

@@ -1,0 +1,1 @@
+"""ABDM sandbox simulator (gateway + consent manager + remote HIU and HIP): ``python -m interfaces.abdm.sandbox``."""
