@@ -8,11 +8,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fhir_server.definitions import resource_types
-from fhir_server.errors import INVALID, NOT_FOUND, NOT_SUPPORTED, PROCESSING, FhirError, Issue, informational
+from fhir_server.errors import FORBIDDEN, INVALID, NOT_FOUND, NOT_SUPPORTED, PROCESSING, FhirError, Issue, informational
 from fhir_server.rest import cascade
 from fhir_server.rest.patch import apply_json_patch
 from fhir_server.rest.request import FhirRequest, FhirResponse, parse_etag, parse_version
 from fhir_server.rest.respond import read_response, version_headers, write_response
+from fhir_server.search.access import readable
 from fhir_server.search.summary import check_summary, shape
 from fhir_server.storage.repository import Repository, Version
 from fhir_server.validation.resource import ID_RE
@@ -134,6 +135,11 @@ def delete(req: FhirRequest, repo: Repository, resource_type: str, resource_id: 
 
 
 def conditional_delete(req: FhirRequest, repo: Repository, resource_type: str) -> FhirResponse:
+    # A conditional delete is a search first: a token that may not search the type is refused whether or not
+    # anything would match (else "nothing matched" and "not yours" would answer differently).
+    if not readable(repo.access, resource_type):
+        raise FhirError(403, FORBIDDEN, f"The access token does not permit searching {resource_type}, "
+                                        "which a conditional delete does", (resource_type,))
     cascading = cascade.requested(req.param(cascade.PARAM))
     criteria = [(k, v) for k, v in criteria_params(req.query) if k != cascade.PARAM]
     existing = conditional_match(repo, resource_type, criteria, "Conditional delete")

@@ -8,7 +8,7 @@ refers to. References between included resources are rewritten to the entries' `
 Only what the consent covers goes in: the caller passes the HI type and the date range, and each clinical
 resource whose own date lies outside the range is left out (a care context outside it is never built).
 Profiles, HI types and section codes: PROTOCOLS.md §B10 and the IG's StructureDefinitions under
-/work/shared/india (OPConsultRecord, PrescriptionRecord, DiagnosticReportRecord, DischargeSummaryRecord,
+shared/india (OPConsultRecord, PrescriptionRecord, DiagnosticReportRecord, DischargeSummaryRecord,
 HealthDocumentRecord, ImmunizationRecord; not yet WellnessRecord and InvoiceRecord).
 """
 

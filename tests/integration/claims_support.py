@@ -25,11 +25,12 @@ from interfaces.claims import keys
 from interfaces.claims.sandbox.records import PAYER, PROVIDER, records
 
 __all__ = ["PAYER", "PAYER2", "PROVIDER", "records"]
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import SYSTEM, Backend, _free_port, wait_until
 
 PAYER2 = "payer02@sandbox"
 GATEWAY = "hcx-gateway@sandbox"
-IG = Path("/work/shared/india/ndhm.in-6.5.0")  # the NRCeS "FHIR IG for ABDM" package (shared/README.md)
+# The NRCeS "FHIR IG for ABDM" package, in ../shared beside the checkout (shared/README.md).
+IG = Path(__file__).resolve().parents[3] / "shared" / "india" / "ndhm.in-6.5.0"
 
 
 @dataclass
@@ -120,7 +121,7 @@ def start_claims_server(backend: Backend, sandbox: Sandbox, tmp: Path, *, flavou
     wait_until(lambda: server.started, 30, "uvicorn to start")
     dispatcher.start(poll_seconds=0.05)
     if ig:
-        install(fhir, read_package(IG))  # payloads are validated against NRCeS 6.5.0 before they leave
+        install(fhir, read_package(IG), access=SYSTEM)  # payloads are validated against NRCeS 6.5.0 before they leave
     base = f"http://127.0.0.1:{port}/fhir"
     with httpx.Client(base_url=base + "/", timeout=60, headers={"Accept": "application/fhir+json"}) as http:
         yield ClaimsServer(base, fhir, http, sandbox, dispatcher)

@@ -57,11 +57,8 @@ COUNTED = ("search-type ", "search-type-id", "search-type-count", "search-type-p
            "search-system-post", "search-compartment", "search-chain", "search-has", "history-instance")
 
 # (case id pattern, reason): failures another part of issue 12 closes (remove the line when it lands).
-ITEM6 = ("issue 12 point 6: a conditional DELETE by a token without delete (or search) rights on the type answers "
-         "204 'nothing matched' instead of 403")
-KNOWN: list[tuple[str, str]] = [
-    *((f"{token}|*|delete-conditional {t}", ITEM6) for token, hidden in TOKENS.items() for t in hidden),
-]
+# Known gaps: (case id pattern, the issue point that closes it) -> strict xfail. None today.
+KNOWN: list[tuple[str, str]] = []
 
 
 def _params() -> Iterator[Any]:
