@@ -102,6 +102,7 @@ class Hospital:
     abdm_url: str  # url + /abdm
     fhir: FhirServer
     http: httpx.Client
+    admin: dict[str, str]  # headers of an admin user's token: the staff endpoints need one
 
     def create(self, resource: dict[str, Any]) -> str:
         resp = self.fhir.handle(FhirRequest("POST", resource["resourceType"], resource=resource,
@@ -142,7 +143,13 @@ def start_hospital(backend: Backend, sim: Simulator, *, install_ig: bool = True)
     url = f"http://127.0.0.1:{port}"
     sim.post("/sim/config", {"hipUrl": url + "/abdm", "hiuUrl": url + "/abdm"})
     with httpx.Client(base_url=url, timeout=60) as http:
-        yield Hospital(url, url + "/abdm", fhir, http)
+        from fhir_server.auth.store import AuthStore
+        from tests.integration.test_auth_support import Smart
+        from tests.integration.test_hl7_admin import user_token
+
+        smart = Smart(url, url + "/fhir", http, AuthStore(backend.engine), app.state.auth, backend)
+        admin = {"Authorization": f"Bearer {user_token(smart, 'admin')}"}
+        yield Hospital(url, url + "/abdm", fhir, http, admin)
     server.should_exit = True
     thread.join(timeout=20)
     if fhir.audit is not None:

@@ -38,7 +38,7 @@ def hospital(request: pytest.FixtureRequest, sim: Simulator, tmp_path_factory: p
 def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simulator) -> None:
     data = visit_data(hospital, address=f"pull{uuid.uuid4().hex[:8]}@sbx")
     erase_at = (datetime.now(UTC) + timedelta(seconds=25)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    resp = hospital.http.post("/abdm/hiu/consent-requests", json={
+    resp = hospital.http.post("/abdm/hiu/consent-requests", headers=hospital.admin, json={
         "patient": f"Patient/{data['patient']}", "hiTypes": ["OPConsultation", "Prescription"],
         "from": "2024-01-01T00:00:00.000Z", "to": "2024-12-31T00:00:00.000Z", "dataEraseAt": erase_at})
     assert resp.status_code == 202, resp.text
@@ -87,7 +87,7 @@ def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simula
         == {"SIM-CC-1": "OK", "SIM-CC-2": "OK"}
     assert artefact["status"] == "active" and artefact["sourceReference"]["reference"] == request_consent
     # a re-pull replaces, never duplicates
-    again = hospital.http.post(f"/abdm/hiu/consents/{consent_ref.split('/')[1]}/pull")
+    again = hospital.http.post(f"/abdm/hiu/consents/{consent_ref.split('/')[1]}/pull", headers=hospital.admin)
     assert again.status_code == 202
     wait_until(lambda: sum(1 for p in sim.http.get("/sim/state").json()["pushes"] if p["status"] == 202) >= 4, 30,
                "the second pull")
@@ -102,7 +102,7 @@ def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simula
 
 def test_a_revoked_consent_erases_what_our_hiu_received(hospital: Hospital, sim: Simulator) -> None:
     data = visit_data(hospital, address=f"revk{uuid.uuid4().hex[:8]}@sbx")
-    resp = hospital.http.post("/abdm/hiu/consent-requests", json={
+    resp = hospital.http.post("/abdm/hiu/consent-requests", headers=hospital.admin, json={
         "patient": f"Patient/{data['patient']}", "hiTypes": ["Prescription"],
         "from": "2024-01-01T00:00:00.000Z", "to": "2024-12-31T00:00:00.000Z",
         "dataEraseAt": "2030-01-01T00:00:00.000Z"})
@@ -136,7 +136,7 @@ def test_a_revoked_consent_erases_what_our_hiu_received(hospital: Hospital, sim:
 def test_tampered_pushes_are_refused(hospital: Hospital, sim: Simulator) -> None:
     data = visit_data(hospital, address=f"tamp{uuid.uuid4().hex[:8]}@sbx")
     sim.post("/sim/config", {"tamperNext": True})
-    resp = hospital.http.post("/abdm/hiu/consent-requests", json={
+    resp = hospital.http.post("/abdm/hiu/consent-requests", headers=hospital.admin, json={
         "patient": f"Patient/{data['patient']}", "hiTypes": ["OPConsultation"],
         "from": "2024-01-01T00:00:00.000Z", "to": "2024-12-31T00:00:00.000Z",
         "dataEraseAt": "2030-01-01T00:00:00.000Z"})
