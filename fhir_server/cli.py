@@ -70,13 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         terminology_cli.preload_in_background(settings)  # FHIR R4 core CodeSystems/ValueSets, once
         host = args.host or settings.host
         port = args.port or settings.port
+        # FhirHttpProtocol: what uvicorn refuses itself (a 100 KB URL) is answered as an OperationOutcome too.
         if args.workers > 1:
             uvicorn.run("fhir_server.asgi:app", host=host, port=port, workers=args.workers,
-                        log_level="info", access_log=False)
+                        http="fhir_server.api.http_protocol:FhirHttpProtocol", log_level="info", access_log=False)
         else:
+            from fhir_server.api.http_protocol import FhirHttpProtocol
             from fhir_server.app import create_app
 
-            uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+            uvicorn.run(create_app(settings), host=host, port=port, http=FhirHttpProtocol, log_level="info",
+                        access_log=False)
         return 0
     if args.command == "terminology":
         return terminology_cli.run(args, settings)
