@@ -74,11 +74,24 @@ class Interrupt:
     def _enter(self, dbapi: Any, scope: object) -> None:
         with self._lock:
             self._dbapi, self._scope, self._fired = dbapi, scope, None
+        with _running_lock:
+            _running.add(self)
 
     def _leave(self) -> str | None:
+        with _running_lock:
+            _running.discard(self)
         with self._lock:
             fired, self._dbapi, self._scope, self._fired = self._fired, None, None, None
             return fired
+
+
+_running: set[Interrupt] = set()
+_running_lock = threading.Lock()
+
+
+def running_searches() -> int:
+    """How many searches of this process are running their statements now."""
+    return len(_running)
 
 
 _current: ContextVar[Interrupt | None] = ContextVar("fhir_interrupt", default=None)
@@ -102,6 +115,7 @@ def bounded(conn: Connection, seconds: float) -> Iterator[None]:
     if interrupt is None:
         interrupt = Interrupt()
     elif interrupt.reason is not None:
+        log.info("search not started (%s)", interrupt.reason)
         raise _stopped(interrupt.reason, seconds)
     if interrupt._scope is not None:  # nested: the outer block's deadline and connection hold
         yield
