@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = "timeout"  # OperationOutcome issue type: an internal timeout has occurred
 DISCONNECTED = "the client disconnected"
+# A cancel stops only a statement that is running: one sent while the block builds its next statement in Python
+# is lost. So a stopped block is sent another every RESEND_SECONDS until it ends.
+RESEND_SECONDS = 0.1
 
 
 class Interrupt:
@@ -50,24 +53,30 @@ class Interrupt:
         self.reason: str | None = None  # set for good once the client is gone
 
     def cancel(self, reason: str = DISCONNECTED) -> None:
-        """The caller is gone: stop the running statement, and every later one of this request."""
+        """The caller is gone: stop the running statement, and every later one of this request. Returns at
+        once (the event loop calls it): the watchdog thread sends the cancel request."""
         with self._lock:
             self.reason = self.reason or reason
-            if self._scope is not None:
-                self._stop(reason)
+            scope = self._scope
+        if scope is not None:
+            _WATCHDOG.arm(0, self, scope)
 
-    def expire(self, scope: object) -> None:
-        """The watchdog: ``scope``'s deadline passed (a no-op once that block has ended)."""
+    def expire(self, scope: object) -> bool:
+        """The watchdog: stop ``scope``'s statement (its deadline passed, or the request was cancelled);
+        False once that block has ended."""
         with self._lock:
-            if self._scope is scope:
-                self._stop(TIMEOUT)
+            if self._scope is not scope:
+                return False
+            self._stop(self.reason or TIMEOUT)
+            return True
 
     def _stop(self, reason: str) -> None:
         self._fired = self._fired or reason
         try:
-            cancel = getattr(self._dbapi, "cancel_safe", None) or getattr(self._dbapi, "interrupt", None) \
-                or self._dbapi.cancel
-            cancel()
+            if hasattr(self._dbapi, "cancel_safe"):  # psycopg
+                self._dbapi.cancel_safe(timeout=5.0)
+            else:  # sqlite3
+                self._dbapi.interrupt()
         except Exception as exc:  # the statement may have ended and the connection closed meanwhile
             log.debug("could not cancel a statement: %s", type(exc).__name__)
 
@@ -203,8 +212,8 @@ class _Watchdog:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-            if alarm.active:
-                alarm.interrupt.expire(alarm.scope)
+            if alarm.active and alarm.interrupt.expire(alarm.scope):
+                self.arm(RESEND_SECONDS, alarm.interrupt, alarm.scope)
 
 
 _WATCHDOG = _Watchdog()

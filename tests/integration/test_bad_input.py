@@ -183,7 +183,7 @@ def test_a_search_past_its_deadline_is_stopped(slow: LiveServer) -> None:
     assert resp.json()["issue"][0]["code"] == "timeout"
     assert elapsed < 5, elapsed  # 250 criteria run for minutes on PostgreSQL when nothing stops them
     if slow.backend.name == "postgresql":
-        wait_until(lambda: not _running(slow.backend, "%name%"), 10, "the cancelled statement to end")
+        wait_until(lambda: not _running(slow.backend, "SELECT%"), 10, "the cancelled statement to end")
     ok = slow.http.get("Patient", params={"family:exact": "fam7"})
     assert ok.status_code == 200 and len(ok.json()["entry"]) == 1
     assert slow.http.get("Patient", params={"_summary": "count"}).json()["total"] == 300
@@ -203,12 +203,12 @@ def test_a_search_is_cancelled_when_its_client_disconnects(slow: LiveServer, cap
                          b"Content-Length: " + str(len(SLOW_QUERY)).encode() + b"\r\n\r\n" + SLOW_QUERY)
             wait_until(lambda: running_searches() == 1, 20, "the slow search to run")
             if slow.backend.name == "postgresql":
-                wait_until(lambda: _running(slow.backend, "%name%"), 20, "its statement in PostgreSQL")
+                wait_until(lambda: _running(slow.backend, "SELECT%"), 20, "its statement in PostgreSQL")
         stopped = "search stopped (the client disconnected)"
         wait_until(lambda: stopped in caplog.text, 20, "the search to be cancelled")
         assert running_searches() == 0
         if slow.backend.name == "postgresql":
-            wait_until(lambda: not _running(slow.backend, "%name%"), 10, "the cancelled statement to end")
+            wait_until(lambda: not _running(slow.backend, "SELECT%"), 10, "the cancelled statement to end")
     finally:
         slow.fhir.finder.limits = settings  # type: ignore[attr-defined]
     ok = slow.http.get("Patient", params={"family:exact": "fam3"})
@@ -256,8 +256,10 @@ def test_what_uvicorn_refuses_is_an_operation_outcome(api: LiveServer, request_b
 def test_routing_refusals_under_the_fhir_base_are_operation_outcomes(api: LiveServer) -> None:
     assert_outcome(api.http.request("TRACE", "Patient"), 405)
     code, headers, body = _raw(api, b"OPTIONS /fhir/Patient HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    if code >= 400:
-        assert orjson.loads(body)["resourceType"] == "OperationOutcome"
+    assert code == 405 and headers["content-type"].startswith("application/fhir+json")
+    assert orjson.loads(body)["issue"][0]["code"] == "not-supported"
+    outside = httpx.get(api.url.removesuffix("/fhir") + "/nowhere")  # not FHIR: FastAPI's own answer
+    assert outside.status_code == 404 and outside.json() == {"detail": "Not Found"}
 
 
 def test_duplicate_json_keys_are_refused(api: LiveServer) -> None:
