@@ -15,6 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from fhir_server.api.auth import bearer_access
+from fhir_server.api.http_protocol import INTERRUPT
 from fhir_server.api.negotiation import FHIR_JSON, negotiate
 from fhir_server.binary import media as binary_media
 from fhir_server.errors import TOO_COSTLY, FhirError
@@ -91,8 +92,12 @@ def handle(server: FhirServer, req: FhirRequest, interrupt: Interrupt | None = N
         return FhirResponse(exc.status, exc.outcome())
 
 
-async def handle_watching(request: Request, server: FhirServer, req: FhirRequest) -> FhirResponse:
+async def handle_read(request: Request, server: FhirServer, req: FhirRequest) -> FhirResponse:
     """A read (or POST _search): its database work is cancelled if the client disconnects meanwhile."""
+    interrupt = request.scope.get("extensions", {}).get(INTERRUPT)
+    if interrupt is not None:  # FhirHttpProtocol cancels it when the connection is lost
+        return await run_in_threadpool(handle, server, req, interrupt)
+    # Another HTTP server: watch for the disconnect here (a task per read, ~0.1 ms of CPU).
     interrupt = Interrupt()
     work = asyncio.ensure_future(run_in_threadpool(handle, server, req, interrupt))
     gone = asyncio.ensure_future(_disconnected(request))
@@ -143,7 +148,7 @@ async def fhir_endpoint(request: Request) -> Response:
                       client_address=request.client.host if request.client else None)
     try:
         if request.method in ("GET", "HEAD") or path.rstrip("/").endswith("_search"):
-            resp = await handle_watching(request, server, req)
+            resp = await handle_read(request, server, req)
         else:  # a write completes (or not) whatever the client does
             resp = await run_in_threadpool(handle, server, req)
     finally:

@@ -4,19 +4,26 @@ uvicorn rejects what it cannot parse before any application code runs, with a pl
 ``400 Invalid HTTP request received.``; a 100 KB request line ends there (httptools' URL parser stops at
 64 KB). This subclass caps the request line (414) and the header block (431) while they arrive, so an
 oversized request is refused before it is buffered, and writes every such refusal as OperationOutcome JSON.
+
+It also hands each request an ``Interrupt`` (scope ``extensions["fhir.interrupt"]``) that it cancels when the
+connection is lost before the response is complete: the FHIR endpoint runs reads under it, so a search whose
+client has gone stops in the database (``fhir_server/storage/interrupt.py``) at no cost per request.
 ``fhir-server serve`` and the tests run uvicorn with it; under another process manager pass
 ``--http fhir_server.api.http_protocol:FhirHttpProtocol``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from fhir_server.config import get_settings
 from fhir_server.errors import STRUCTURE, TOO_COSTLY, Issue, operation_outcome
+from fhir_server.storage.interrupt import Interrupt
+
+INTERRUPT = "fhir.interrupt"  # the ASGI scope extension holding the request's Interrupt
 
 
 class RequestRefused(Exception):
@@ -39,6 +46,15 @@ class FhirHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._header_bytes = 0
         self._refused = None
+        cast(dict[str, Any], self.scope)["extensions"] = {INTERRUPT: Interrupt()}
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            interrupt = cast(dict[str, Any], cycle.scope).get("extensions", {}).get(INTERRUPT)
+            if isinstance(interrupt, Interrupt):
+                interrupt.cancel()
+        super().connection_lost(exc)
 
     def on_url(self, url: bytes) -> None:
         if len(self.url) + len(url) > self.max_url_bytes:

@@ -148,11 +148,21 @@ def test_search_caps_name_their_limit(api: LiveServer) -> None:
 def slow(backend: Backend) -> Iterator[LiveServer]:
     """A server whose caps let a search through that runs for seconds (SQLite) to minutes (PostgreSQL): 250
     ANDed criteria; its searches stop after 0.5 s."""
+    yield from _serve(backend, FhirHttpProtocol)
+
+
+@pytest.fixture(scope="module")
+def slow_plain(backend: Backend) -> Iterator[LiveServer]:
+    """The same under uvicorn's own protocol: the endpoint watches for the disconnect itself."""
+    yield from _serve(backend, "httptools")
+
+
+def _serve(backend: Backend, http: Any) -> Iterator[LiveServer]:
     settings = backend.settings.model_copy(update={"search_max_and_params": 300, "search_timeout_seconds": 0.5})
     fhir = FhirServer(settings, backend.engine)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, fhir), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on", http=FhirHttpProtocol))
+                                           log_level="warning", lifespan="on", http=http))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 20, "uvicorn to start")
@@ -189,7 +199,11 @@ def test_a_search_past_its_deadline_is_stopped(slow: LiveServer) -> None:
     assert slow.http.get("Patient", params={"_summary": "count"}).json()["total"] == 300
 
 
-def test_a_search_is_cancelled_when_its_client_disconnects(slow: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("protocol", ["slow", "slow_plain"])
+def test_a_search_is_cancelled_when_its_client_disconnects(backend: Backend, protocol: str,
+                                                           request: pytest.FixtureRequest,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    slow: LiveServer = request.getfixturevalue(protocol)
     slow.backend.truncate()
     seed(slow, 300)
     settings = slow.fhir.finder.limits  # type: ignore[attr-defined]

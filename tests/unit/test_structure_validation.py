@@ -401,7 +401,8 @@ def test_nesting_is_limited_to_what_storage_writes() -> None:
     ("name", [{"family": "a\x00b"}], "Patient.name[0].family"),
     ("gender", "ma\x00le", "Patient.gender"),
     ("telecom", [{"system": "url", "value": "http://x/\x00"}], "Patient.telecom[0].value"),
-    ("text", {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">\x00</div>'}, "Patient.text.div"),
+    ("text", {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">\x00</div>'},
+     "Patient.text.div"),
     ("extension", [{"url": "http://x", "valueMarkdown": "**\x00**"}], "Patient.extension[0].value.ofType(markdown)"),
 ])
 def test_nul_is_refused_in_every_kind_of_string(element: str, value: Any, path: str) -> None:
