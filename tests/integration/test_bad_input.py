@@ -120,6 +120,27 @@ def test_nul_in_search_and_url(api: LiveServer) -> None:
     assert_unharmed(api, 0)
 
 
+def test_nul_in_a_refused_request_does_not_cost_the_audit_trail(backend: Backend) -> None:
+    """The AuditEvent of a refused request names its target as sent (%00): PostgreSQL stores no NUL, and one
+    such request must not take the other AuditEvents of its batch down with it."""
+    backend.truncate()
+    for audited in _serve(backend, FhirHttpProtocol, audit_enabled=True):
+        for path in ("Patient/a%00b", "Pat%00ient/x", "Patient?name=%00", "Patient/a%00b/_history/1"):
+            assert_outcome(audited.http.get(path), 400, says="U+0000")
+        assert_outcome(audited.http.put("Patient/p%00", json={"resourceType": "Patient"}), 400)
+        assert audited.http.post("Patient", json={"resourceType": "Patient"}).status_code == 201
+
+        def audit_events() -> list[dict[str, Any]]:
+            with backend.engine.connect() as conn:
+                rows = conn.execute(text("SELECT content FROM resource WHERE resource_type = 'AuditEvent'"))
+                return [orjson.loads(row[0]) if isinstance(row[0], str) else row[0] for row in rows]
+
+        wait_until(lambda: len(audit_events()) >= 6, 20, "every request's AuditEvent")
+        targets = {e["what"]["reference"] for event in audit_events() for e in event.get("entity", [])
+                   if "reference" in e.get("what", {})}
+        assert {"Patient/a%00b", "Patient/p%00"} <= targets
+
+
 # --- item 14: what a search may cost ---------------------------------------------------------------------
 
 def test_search_caps_name_their_limit(api: LiveServer) -> None:
@@ -148,17 +169,17 @@ def test_search_caps_name_their_limit(api: LiveServer) -> None:
 def slow(backend: Backend) -> Iterator[LiveServer]:
     """A server whose caps let a search through that runs for seconds (SQLite) to minutes (PostgreSQL): 250
     ANDed criteria; its searches stop after 0.5 s."""
-    yield from _serve(backend, FhirHttpProtocol)
+    yield from _serve(backend, FhirHttpProtocol, search_max_and_params=300, search_timeout_seconds=0.5)
 
 
 @pytest.fixture(scope="module")
 def slow_plain(backend: Backend) -> Iterator[LiveServer]:
     """The same under uvicorn's own protocol: the endpoint watches for the disconnect itself."""
-    yield from _serve(backend, "httptools")
+    yield from _serve(backend, "httptools", search_max_and_params=300, search_timeout_seconds=0.5)
 
 
-def _serve(backend: Backend, http: Any) -> Iterator[LiveServer]:
-    settings = backend.settings.model_copy(update={"search_max_and_params": 300, "search_timeout_seconds": 0.5})
+def _serve(backend: Backend, http: Any, **settings_update: Any) -> Iterator[LiveServer]:
+    settings = backend.settings.model_copy(update=settings_update)
     fhir = FhirServer(settings, backend.engine)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, fhir), host="127.0.0.1", port=port,
@@ -171,6 +192,8 @@ def _serve(backend: Backend, http: Any) -> Iterator[LiveServer]:
         yield LiveServer(base, fhir, backend, http)
     server.should_exit = True
     thread.join(timeout=20)
+    if fhir.audit is not None:
+        fhir.audit.recorder.close()
 
 
 def seed(server: LiveServer, count: int) -> None:
