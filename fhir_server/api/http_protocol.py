@@ -34,11 +34,11 @@ class RequestRefused(Exception):
 
 
 class FhirHttpProtocol(HttpToolsProtocol):
-    max_url_bytes = get_settings().max_url_bytes
-    max_header_bytes = get_settings().max_header_bytes
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        settings = get_settings()  # the environment's (uvicorn builds one protocol per connection)
+        self.max_url_bytes = settings.max_url_bytes
+        self.max_header_bytes = settings.max_header_bytes
         self._header_bytes = 0
         self._refused: RequestRefused | None = None
 
