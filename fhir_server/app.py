@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_server.api import admin, auth, docs, fhir, health, hl7_admin, landing, metrics, subscriptions_ws
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.config import Settings, get_settings
-from fhir_server.errors import EXCEPTION, Issue, operation_outcome
+from fhir_server.errors import EXCEPTION, INVALID, NOT_FOUND, NOT_SUPPORTED, Issue, operation_outcome
 from fhir_server.jobs.background import Background
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.outbox import OutboxDispatcher
@@ -73,6 +75,15 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Routing's own refusals (404, 405) under the FHIR base come back as OperationOutcome too."""
+        if not request.url.path.startswith("/fhir"):
+            return await http_exception_handler(request, exc)
+        code = NOT_FOUND if exc.status_code == 404 else NOT_SUPPORTED if exc.status_code == 405 else INVALID
+        return JSONResponse(operation_outcome([Issue(code, str(exc.detail))]), status_code=exc.status_code,
+                            headers=exc.headers, media_type="application/fhir+json")
 
     @app.exception_handler(Exception)
     async def unhandled(_request: Request, exc: Exception) -> Response:

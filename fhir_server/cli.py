@@ -92,15 +92,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         upgrade(engine)
         auth_cli.first_start(settings, AuthStore(engine))  # embedded default: an admin user on first start
         terminology_cli.preload_in_background(settings)  # FHIR R4 core CodeSystems/ValueSets, once
+        # FhirHttpProtocol: what uvicorn refuses itself (a 100 KB URL) is answered as an OperationOutcome too.
         if args.workers > 1:
             if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every worker's requests
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fhir-metrics-")
             uvicorn.run("fhir_server.asgi:app", host=host, port=port, workers=args.workers,
-                        log_level="info", access_log=False)
+                        http="fhir_server.api.http_protocol:FhirHttpProtocol", log_level="info", access_log=False)
         else:
+            from fhir_server.api.http_protocol import FhirHttpProtocol
             from fhir_server.app import create_app
 
-            uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+            uvicorn.run(create_app(settings), host=host, port=port, http=FhirHttpProtocol, log_level="info",
+                        access_log=False)
         return 0
     if args.command == "terminology":
         return terminology_cli.run(args, settings)

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     # Largest request body accepted for a FHIR resource or Bundle (Binary uploads stream and are capped apart).
     max_body_bytes: int = 64 * 1024 * 1024
     max_binary_bytes: int = 2 * 1024 * 1024 * 1024
+    # The request line's URL and the header block; longer: 414 / 431 OperationOutcome (api/http_protocol.py).
+    max_url_bytes: int = 16 * 1024
+    max_header_bytes: int = 64 * 1024
     # Where Binary content lives: file://DIR (relative to the working directory, or file:///abs) or
     # s3://bucket[/prefix]?endpoint=http://host:9000&region=us-east-1 (any S3-compatible server).
     binary_store_url: str = "file://data/binary"
@@ -32,6 +35,14 @@ class Settings(BaseSettings):
     # Run the in-process outbox dispatcher inside `serve` (the embedded default needs no worker).
     outbox_dispatcher: bool = True
     db_pool_size: int = 10
+    # --- what one search may cost (fhir_server/search/parser.py SearchLimits; over a limit: 400 naming it) ---
+    search_max_and_params: int = 20  # criteria ANDed in one search (each parameter occurrence counts)
+    search_max_or_values: int = 100  # comma-separated values in one parameter
+    search_max_sort_keys: int = 5  # keys in _sort
+    search_max_text_words: int = 50  # words in _text/_content, all values of one search together
+    # A search's database work stops after this many seconds (503 OperationOutcome; 0: no limit), and when
+    # its HTTP client disconnects (fhir_server/storage/interrupt.py).
+    search_timeout_seconds: float = 5.0
     # PostgreSQL max_parallel_workers_per_gather for the server's connections (-1: the database's own).
     # API queries are short index walks: starting parallel workers cost more than they save (a 4 ms search
     # behind a 15 ms Gather start on 2 cores); 0 keeps each query on its one backend.

@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from sqlalchemy import Engine, create_engine, text
 
+from fhir_server.api.http_protocol import FhirHttpProtocol
 from fhir_server.app import create_app
 from fhir_server.config import Settings
 from fhir_server.rest.server import FhirServer
@@ -124,7 +125,7 @@ def live(backend: Backend) -> Iterator[LiveServer]:
     app = create_app(backend.settings, fhir)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
+                                           lifespan="on", http=FhirHttpProtocol))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 20, "uvicorn to start")

@@ -5,6 +5,7 @@ All FHIR behaviour lives in ``fhir_server.rest``; this file only adapts Starlett
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from typing import IO, Any
 
@@ -14,12 +15,14 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from fhir_server.api.auth import bearer_access
+from fhir_server.api.http_protocol import INTERRUPT
 from fhir_server.api.negotiation import FHIR_JSON, FHIR_XML, XML_BODY_TYPES, negotiate
 from fhir_server.binary import media as binary_media
 from fhir_server.errors import NOT_SUPPORTED, STRUCTURE, TOO_COSTLY, FhirError
 from fhir_server.formats.xml import XmlError, from_xml, to_xml
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.server import FhirServer
+from fhir_server.storage.interrupt import Interrupt, cancellable
 
 router = APIRouter()
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -98,13 +101,37 @@ async def spool_body(request: Request, limit: int) -> IO[bytes]:
     return spool
 
 
-def handle(server: FhirServer, req: FhirRequest) -> FhirResponse:
+def handle(server: FhirServer, req: FhirRequest, interrupt: Interrupt | None = None) -> FhirResponse:
     """The core's answer; a raw Binary upload is stored first, outside the database transaction."""
     try:
-        with server.binary.staged(req) as staged:
+        with server.binary.staged(req) as staged, cancellable(interrupt or Interrupt()):
             return server.handle(staged)
     except FhirError as exc:
         return FhirResponse(exc.status, exc.outcome())
+
+
+async def handle_read(request: Request, server: FhirServer, req: FhirRequest) -> FhirResponse:
+    """A read (or POST _search): its database work is cancelled if the client disconnects meanwhile."""
+    interrupt = request.scope.get("extensions", {}).get(INTERRUPT)
+    if interrupt is not None:  # FhirHttpProtocol cancels it when the connection is lost
+        return await run_in_threadpool(handle, server, req, interrupt)
+    # Another HTTP server: watch for the disconnect here (a task per read, ~0.1 ms of CPU).
+    interrupt = Interrupt()
+    work = asyncio.ensure_future(run_in_threadpool(handle, server, req, interrupt))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            interrupt.cancel()  # the thread's statement stops now; its answer goes nowhere
+        return await work
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    # The body was read already (or there is none): what the server receives next is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def base_url(request: Request, server: FhirServer) -> str:
@@ -143,7 +170,10 @@ async def fhir_endpoint(request: Request) -> Response:
                       base_url=base_url(request, server), access=access,
                       client_address=request.client.host if request.client else None)
     try:
-        resp = await run_in_threadpool(handle, server, req)
+        if request.method in ("GET", "HEAD") or path.rstrip("/").endswith("_search"):
+            resp = await handle_read(request, server, req)
+        else:  # a write completes (or not) whatever the client does
+            resp = await run_in_threadpool(handle, server, req)
     finally:
         if body_file is not None:
             body_file.close()

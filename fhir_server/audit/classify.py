@@ -36,6 +36,8 @@ class Interaction:
 def classify(method: str, path: str) -> Interaction | None:
     """None for what is not audited (discovery)."""
     verb = "GET" if method == "HEAD" else method
+    if "\x00" in path:  # a refused request's target, as it was sent: PostgreSQL stores no NUL (issue 12)
+        path = path.replace("\x00", "%00")
     parts = [p for p in path.strip("/").split("/") if p]
     if not parts or parts == ["_search"]:
         if verb == "POST" and not parts:

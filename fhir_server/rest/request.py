@@ -6,9 +6,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import orjson
-
 from fhir_server.errors import INVALID, STRUCTURE, FhirError
+from fhir_server.rest.json_body import parse_json
 from fhir_server.storage.repository import AccessPolicy, Repository, require_access
 
 
@@ -54,10 +53,7 @@ class FhirRequest:
             return self.resource
         if not self.body:
             raise FhirError(400, STRUCTURE, "The request has no body")
-        try:
-            return orjson.loads(self.body)
-        except orjson.JSONDecodeError as exc:
-            raise FhirError(400, STRUCTURE, f"The body is not valid JSON: {exc}") from exc
+        return parse_json(self.body)  # orjson, and no object may repeat a key
 
     def prefer(self, key: str) -> str | None:
         """Value of one Prefer token, e.g. prefer("return") -> "minimal"."""

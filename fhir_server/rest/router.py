@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fhir_server.definitions import resource_types
-from fhir_server.errors import NOT_FOUND, NOT_SUPPORTED, FhirError
+from fhir_server.errors import INVALID, NOT_FOUND, NOT_SUPPORTED, FhirError
 from fhir_server.rest import interactions as ix
 from fhir_server.rest.history import history
 from fhir_server.rest.request import FhirRequest, FhirResponse
@@ -32,6 +32,8 @@ def not_allowed(method: str, path: str) -> FhirError:
 
 def route(server: FhirServer, req: FhirRequest, repo: Repository) -> FhirResponse:
     method = "GET" if req.method == "HEAD" else req.method
+    if "\x00" in req.path:  # no id, type or operation name holds U+0000 (PostgreSQL cannot even compare one)
+        raise FhirError(400, INVALID, "The URL path holds U+0000 (NUL)", ("url",))
     parts = [p for p in req.path.strip("/").split("/") if p] if req.path.strip("/") else []
     s = server.settings
     page = {"default_count": s.default_page_size, "max_count": s.max_page_size}

@@ -26,6 +26,7 @@ from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import core_registry
 from fhir_server.search.summary import check_summary, shape
 from fhir_server.search.tables import REFERENCE
+from fhir_server.storage.interrupt import bounded
 from fhir_server.storage.repository import Repository, Version, instant
 
 MAX_INCLUDED = 1000  # included resources per page
@@ -92,14 +93,25 @@ def search_types(req: FhirRequest, repo: Repository, path: str, params: list[tup
 def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, params: list[tuple[str, str]],
             extra: list[AnyCriterion] | dict[str, list[AnyCriterion]], default_count: int, max_count: int, *,
             extra_link: list[tuple[str, str]] | None = None, already_merged: bool = False) -> FhirResponse:
-    params = params if already_merged else search_params(req, params)
     finder = finder_of(repo, req)
+    # Its statements stop at FHIR_SEARCH_TIMEOUT_SECONDS, or when the client disconnects (storage/interrupt.py).
+    with bounded(repo.conn, finder.limits.timeout_seconds):
+        return _search_bounded(req, repo, finder, types, path, params, extra, default_count, max_count,
+                               extra_link=extra_link, already_merged=already_merged)
+
+
+def _search_bounded(req: FhirRequest, repo: Repository, finder: SearchFinder, types: list[str], path: str,
+                    params: list[tuple[str, str]], extra: list[AnyCriterion] | dict[str, list[AnyCriterion]],
+                    default_count: int, max_count: int, *, extra_link: list[tuple[str, str]] | None,
+                    already_merged: bool) -> FhirResponse:
+    params = params if already_merged else search_params(req, params)
     allowed = [t for t in types if readable(repo.access, t)]  # auth: types the token never reads
     if not allowed:
         raise FhirError(403, FORBIDDEN, f"The access token does not permit searching {', '.join(types)}",
                         ("_type",) if path == "" else (types[0],))
     types = allowed
-    queries = [parse_query(finder.registry, t, params, base_url=req.base_url) for t in types]
+    queries = [parse_query(finder.registry, t, params, base_url=req.base_url, limits=finder.limits)
+               for t in types]
     for q in queries:  # auth: a criterion reaching a type the token may not search is refused, not emptied
         check_criteria(repo.access, q.criteria)
     unknown: dict[str, str] = {}
@@ -107,7 +119,8 @@ def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, par
         unknown.update(dict(q.unknown))
     if len(queries) > 1 and unknown:  # a parameter some types lack is ignored for all, never half-applied
         known = [(k, v) for k, v in params if k not in unknown]
-        queries = [parse_query(finder.registry, t, known, base_url=req.base_url) for t in types]
+        queries = [parse_query(finder.registry, t, known, base_url=req.base_url, limits=finder.limits)
+                   for t in types]
     control: dict[str, list[str]] = {}
 
     def last(name: str, default: str | None = None) -> str | None:
@@ -127,7 +140,7 @@ def _search(req: FhirRequest, repo: Repository, types: list[str], path: str, par
     if total_mode not in TOTAL_MODES:
         raise FhirError(400, INVALID, f"_total must be one of none, estimate, accurate (not {total_mode!r})",
                         ("_total",))
-    sorts = [parse_sort(finder.registry, t, ",".join(control.get("_sort", []))) for t in types]
+    sorts = [parse_sort(finder.registry, t, ",".join(control.get("_sort", [])), finder.limits) for t in types]
     if len({tuple(k.param.type for k in s) for s in sorts}) > 1:
         raise FhirError(400, INVALID, "_sort keys must have the same type in every _type", ("_sort",))
     cursor = last("_cursor")

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import and_, exists, func, literal, select, union_all
 
-from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue
-from fhir_server.search.parser import AnyCriterion, parse_query
+from fhir_server.errors import INVALID, NOT_SUPPORTED, TOO_COSTLY, FhirError, Issue
+from fhir_server.search.parser import DEFAULT_LIMITS, AnyCriterion, SearchLimits, parse_query
 from fhir_server.search.registry import SPECIAL_CODES, Registry
 from fhir_server.search.sql import SqlContext, conditions, driver
 from fhir_server.search.sql.sort import SortKey, after_cursor, order_by, sort_expression
@@ -49,9 +49,14 @@ def decode_cursor(text: str, n: int) -> tuple[list[Any], str]:
     return values, last_id
 
 
-def parse_sort(registry: Registry, rtype: str, text: str | None) -> list[SortKey]:
+def parse_sort(registry: Registry, rtype: str, text: str | None,
+               limits: SearchLimits = DEFAULT_LIMITS) -> list[SortKey]:
     keys: list[SortKey] = []
-    for raw in (text or "").split(","):
+    raws = (text or "").split(",")
+    if len(raws) > limits.max_sort_keys:  # each key is one more ORDER BY expression over the whole match
+        raise FhirError(400, [Issue(TOO_COSTLY, f"_sort may have at most {limits.max_sort_keys} keys "
+                                               f"(FHIR_SEARCH_MAX_SORT_KEYS), not {len(raws)}", expression=("_sort",))])
+    for raw in raws:
         code = raw.strip()
         if not code:
             continue
@@ -66,10 +71,11 @@ def parse_sort(registry: Registry, rtype: str, text: str | None) -> list[SortKey
 
 
 class SearchFinder:
-    def __init__(self, registry: Registry, base_url: str = "") -> None:
+    def __init__(self, registry: Registry, base_url: str = "", limits: SearchLimits = DEFAULT_LIMITS) -> None:
         self.registry = registry
         self.base_url = base_url
         self.fulltext: FullTextIndex | None = None  # _text / _content (search/services.py sets it)
+        self.limits = limits  # what one search may ask for (FHIR_SEARCH_MAX_*)
 
     def context(self, repo: Repository) -> SqlContext:
         """The SQL context of one request: its token's access restriction goes into every query."""
@@ -92,7 +98,7 @@ class SearchFinder:
     def find_ids(self, repo: Repository, resource_type: str, params: list[tuple[str, str]], *,
                  limit: int = 50, after: str | None = None) -> list[str]:
         """Conditional interactions: every criterion must be understood (never ignore one and match more)."""
-        query = parse_query(self.registry, resource_type, params, base_url=self.base_url)
+        query = parse_query(self.registry, resource_type, params, base_url=self.base_url, limits=self.limits)
         if query.unknown:
             raise FhirError(400, [Issue(NOT_SUPPORTED, reason, expression=(name,)) for name, reason in query.unknown])
         repo.flush()  # index rows deferred earlier in this transaction must be visible

@@ -3,7 +3,8 @@
 Comma separates OR values, a repeated parameter ANDs. Malformed values (bad date, bad prefix, bad number,
 bad reference, unknown modifier) raise FhirError 400 naming the parameter; parameters this server does not
 know or support are returned in ``Query.unknown`` so the caller can ignore-and-report or, with
-``Prefer: handling=strict``, reject them.
+``Prefer: handling=strict``, reject them. What a query may cost is bounded here (``SearchLimits``): too many
+ANDed criteria or full-text words is a 400 naming the limit, before any SQL exists.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from fhir_server.definitions import resource_types
-from fhir_server.errors import INVALID, NOT_SUPPORTED, FhirError, Issue
+from fhir_server.errors import INVALID, NOT_SUPPORTED, TOO_COSTLY, FhirError, Issue
 from fhir_server.search.fulltext.syntax import TextQuery, TextSyntaxError, parse_text
 from fhir_server.search.registry import SPECIAL_CODES, Registry, SearchParam
 from fhir_server.search.values import date_range
 
+TEXT_CODES = ("_text", "_content")
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 # Parameters that shape the result and never select resources.
 RESULT_PARAMS = {"_count", "_sort", "_total", "_include", "_revinclude", "_summary", "_elements", "_format",
@@ -34,6 +36,22 @@ MODIFIERS = {
     "composite": set(),
 }
 TERMINOLOGY_MODIFIERS = {"in", "not-in", "above", "below"}
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    """What one search may ask for (FHIR_SEARCH_MAX_*): each further criterion or word is another join or
+    tsquery node, and a few hundred of them took PostgreSQL minutes (or past its stack depth)."""
+
+    max_and_params: int = 20  # criteria ANDed in one search: every parameter occurrence counts
+    max_or_values: int = 100  # comma-separated values ORed in one parameter
+    max_sort_keys: int = 5  # keys in _sort
+    max_text_words: int = 50  # words in the _text and _content values of one search, together
+    timeout_seconds: float = 5.0  # a search's database work stops after this (0: never; storage/interrupt.py)
+
+
+DEFAULT_LIMITS = SearchLimits()
+NUL = "\x00"
 
 
 @dataclass(frozen=True)
@@ -141,19 +159,38 @@ def _split_token(text: str) -> list[str]:
 
 
 def parse_query(registry: Registry, resource_type: str, params: list[tuple[str, str]], *,
-                base_url: str = "") -> Query:
+                base_url: str = "", limits: SearchLimits = DEFAULT_LIMITS) -> Query:
     """Parse a search; absolute references to ``base_url`` (this server) become local ``Type/id``."""
     query = Query(resource_type)
     for name, value in params:
+        if NUL in name or NUL in value:  # no FHIR string holds U+0000 (and PostgreSQL cannot compare one)
+            shown = name.replace(NUL, "\\u0000")
+            raise bad(shown, f"The search parameter '{shown}' holds U+0000 (NUL), which no FHIR value may hold")
         if name.split(":", 1)[0] in RESULT_PARAMS:
             query.control.append((name, value))
             continue
         if base_url and f"{base_url.rstrip('/')}/" in value:
             value = value.replace(f"{base_url.rstrip('/')}/", "")
+        if len(split_raw(value, ",")) > limits.max_or_values:
+            raise _too_costly(name, f"'{name}' has more than {limits.max_or_values} values ORed "
+                                    "(FHIR_SEARCH_MAX_OR_VALUES)")
         criterion = parse_criterion(registry, resource_type, name, value, query.unknown)
         if criterion is not None:
             query.criteria.append(criterion)
+            if len(query.criteria) > limits.max_and_params:
+                raise _too_costly(name, f"A search may AND at most {limits.max_and_params} criteria "
+                                        "(FHIR_SEARCH_MAX_AND_PARAMS); every parameter occurrence counts")
+    words = sum(len(t.words) for c in query.criteria if isinstance(c, Criterion) and c.param.code in TEXT_CODES
+                for q in c.values if isinstance(q, TextQuery) for group in q.any_of for t in group)
+    if words > limits.max_text_words:
+        names = sorted({c.name for c in query.criteria if isinstance(c, Criterion) and c.param.code in TEXT_CODES})
+        raise _too_costly(names[0], f"_text and _content may hold at most {limits.max_text_words} words in one "
+                                    f"search (FHIR_SEARCH_MAX_TEXT_WORDS), not {words}")
     return query
+
+
+def _too_costly(name: str, message: str) -> FhirError:
+    return FhirError(400, [Issue(TOO_COSTLY, message, expression=(name,))])
 
 
 def parse_criterion(registry: Registry, rtype: str, name: str, value: str,

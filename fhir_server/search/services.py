@@ -13,6 +13,7 @@ from fhir_server.search.custom import RuntimeParameters
 from fhir_server.search.finder import SearchFinder
 from fhir_server.search.fulltext import make_fulltext
 from fhir_server.search.index import SearchIndexer
+from fhir_server.search.parser import SearchLimits
 from fhir_server.search.registry import core_registry
 
 if TYPE_CHECKING:
@@ -30,7 +31,9 @@ class SearchServices:
         self.indexer.register(hooks)
         self.fulltext = make_fulltext(settings)
         self.fulltext.register(hooks)
-        self.finder = SearchFinder(self.registry, base_url)
+        self.finder = SearchFinder(self.registry, base_url, SearchLimits(
+            settings.search_max_and_params, settings.search_max_or_values, settings.search_max_sort_keys,
+            settings.search_max_text_words, settings.search_timeout_seconds))
         self.finder.fulltext = self.fulltext
         self.reindex = reindex.Reindex(self.indexer, self.fulltext)  # its async runs: fhir_server/jobs
 

@@ -3,7 +3,9 @@
 The regexes come from the R4 StructureDefinitions (the ``regex`` extension on each primitive's ``value``
 element); this module adds what JSON needs on top (http://hl7.org/fhir/R4/json.html#primitive): booleans are
 JSON booleans, integer/decimal are JSON numbers, everything else is a non-empty JSON string, and dates must
-exist in the calendar. Each check returns None when the value is valid, else the reason.
+exist in the calendar. No string may hold U+0000: R4 says strings SHOULD NOT hold characters below U+0020
+but tab, CR and LF; NUL is refused outright, as PostgreSQL can store it neither in jsonb nor in text.
+Each check returns None when the value is valid, else the reason.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ _NUMBER_TYPES = {"integer": (INT32_MIN, "an integer"), "unsignedInt": (0, "an un
 _DATE_TYPES = frozenset({"date", "dateTime", "instant"})
 _WHITESPACE = re.compile(r"\s+", re.ASCII)
 _BASE64 = re.compile(r"[0-9a-zA-Z+/=]*", re.ASCII)
+NUL = "\x00"
+NUL_REASON = "U+0000 (NUL) is not allowed in a FHIR string"
 
 
 def _describe(value: Any) -> str:
@@ -72,6 +76,8 @@ def _string(type_name: str, regex: re.Pattern[str] | None) -> Check:
             return f"{_describe(value)} is not a JSON string holding a {type_name}"
         if not value:
             return f"an empty string is not a valid {type_name}"
+        if NUL in value:
+            return NUL_REASON
         if limit is not None and len(value) > limit:
             return f"a {type_name} SHALL NOT exceed 1MB"
         if match is not None and match(value) is None:
@@ -96,7 +102,7 @@ def _base64(value: Any) -> str | None:
 def _xhtml(value: Any) -> str | None:
     if type(value) is not str or not value.lstrip().startswith("<div"):
         return "the narrative must be a JSON string holding an XHTML <div> element"
-    return None
+    return NUL_REASON if NUL in value else None
 
 
 def primitive_check(type_name: str, regex: str | None) -> Check:

@@ -17,6 +17,7 @@ from fhir_server.definitions import bundle_resources, resource_types
 from fhir_server.validation import validate_resource
 from fhir_server.validation.r4b import r4b_issues, r4b_model
 from fhir_server.validation.resource import MAX_ISSUES
+from fhir_server.validation.structure import MAX_DEPTH, validate_structure
 from fhir_server.validation.tree import required_codes
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -378,7 +379,35 @@ def test_deep_nesting_is_an_issue_not_a_crash() -> None:
     for _ in range(2000):
         extension = {"url": "http://x", "extension": [extension]}
     found = problems(patient(extension=[extension]))
-    assert found == [("structure", "Patient")]
+    assert len(found) == 1 and found[0][0] == "structure" and found[0][1].startswith("Patient.extension[0]")
+
+
+def _levels(levels: int) -> dict[str, Any]:
+    """A Patient whose JSON is ``levels`` deep: nested extensions, each an object inside an array."""
+    extension: dict[str, Any] = {"url": "http://x", "valueString": "leaf"}
+    for _ in range((levels - 3) // 2):
+        extension = {"url": "http://x", "extension": [extension]}
+    return patient(extension=[extension])
+
+
+def test_nesting_is_limited_to_what_storage_writes() -> None:
+    assert problems(_levels(MAX_DEPTH)) == []  # Patient (1), extension array (2), ... the 100th level
+    deeper = problems(_levels(MAX_DEPTH + 2))
+    assert len(deeper) == 1 and deeper[0][0] == "structure"
+    assert "more than 100 levels" in validate_structure(_levels(MAX_DEPTH + 2))[0].diagnostics
+
+
+@pytest.mark.parametrize(("element", "value", "path"), [
+    ("name", [{"family": "a\x00b"}], "Patient.name[0].family"),
+    ("gender", "ma\x00le", "Patient.gender"),
+    ("telecom", [{"system": "url", "value": "http://x/\x00"}], "Patient.telecom[0].value"),
+    ("text", {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">\x00</div>'},
+     "Patient.text.div"),
+    ("extension", [{"url": "http://x", "valueMarkdown": "**\x00**"}], "Patient.extension[0].value.ofType(markdown)"),
+])
+def test_nul_is_refused_in_every_kind_of_string(element: str, value: Any, path: str) -> None:
+    found = validate_structure(patient(**{element: value}))
+    assert len(found) == 1 and found[0].expression == (path,) and "U+0000" in found[0].diagnostics, found
 
 
 def test_string_size_limit() -> None:
