@@ -142,6 +142,13 @@ class AccessContext:
             return content
         return restore_masked(resource_type, content, previous.content if previous is not None else None, specs)
 
+    def may(self, resource_type: str, letter: str) -> bool:
+        """Whether some grant could permit ``letter`` (c r u d s) on some resource of this type: the role
+        allows it and a scope covering the type carries it (constraints and compartments are per resource)."""
+        if self.role is not None and not role_allows(self.role, resource_type, letter):
+            return False
+        return any(s.covers_type(resource_type) and letter in s.permissions for s in self.scopes)
+
     def administers(self) -> bool:
         """An administrator: an ``admin`` user, or a backend granted writes on every type (``system/*.write``,
         ``system/*.cud``). Needed for $reindex, $import and the /admin endpoints."""

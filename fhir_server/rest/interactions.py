@@ -137,9 +137,9 @@ def delete(req: FhirRequest, repo: Repository, resource_type: str, resource_id: 
 def conditional_delete(req: FhirRequest, repo: Repository, resource_type: str) -> FhirResponse:
     # A conditional delete is a search first: a token that may not search the type is refused whether or not
     # anything would match (else "nothing matched" and "not yours" would answer differently).
-    if not readable(repo.access, resource_type):
-        raise FhirError(403, FORBIDDEN, f"The access token does not permit searching {resource_type}, "
-                                        "which a conditional delete does", (resource_type,))
+    if not readable(repo.access, resource_type) or not repo.access.may(resource_type, "d"):
+        raise FhirError(403, FORBIDDEN, f"The access token does not permit searching and deleting "
+                                        f"{resource_type}, which a conditional delete does", (resource_type,))
     cascading = cascade.requested(req.param(cascade.PARAM))
     criteria = [(k, v) for k, v in criteria_params(req.query) if k != cascade.PARAM]
     existing = conditional_match(repo, resource_type, criteria, "Conditional delete")

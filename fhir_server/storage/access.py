@@ -48,6 +48,9 @@ class SystemAccess:
     def restore_masked(self, resource_type: str, content: dict[str, Any], previous: Version | None) -> dict[str, Any]:
         return content
 
+    def may(self, resource_type: str, letter: str) -> bool:
+        return True
+
     def administers(self) -> bool:
         return True
 

@@ -86,6 +86,10 @@ class AccessPolicy(Protocol):
         """The content to store for the caller's write: masked elements refused, their stored values kept."""
         ...
 
+    def may(self, resource_type: str, letter: str) -> bool:
+        """Whether some grant could permit ``letter`` (c r u d s) on some resource of this type."""
+        ...
+
     def administers(self) -> bool:
         """Whether the caller may run administrative operations ($reindex, $import)."""
         ...
