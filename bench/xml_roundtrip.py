@@ -14,23 +14,11 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
-from xml.etree.ElementTree import canonicalize
 
 import orjson
 from common import git_commit, load_average, log, table, write_section
 
 from fhir_server.formats.xml import XmlError, from_xml, to_xml
-
-
-def same(original: Any, back: Any) -> bool:
-    if isinstance(original, dict) and isinstance(back, dict):
-        return original.keys() == back.keys() and all(
-            canonicalize(v) == canonicalize(back[k]) if k == "div" and isinstance(v, str) else same(v, back[k])
-            for k, v in original.items())
-    if isinstance(original, list) and isinstance(back, list):
-        return len(original) == len(back) and all(same(a, b) for a, b in zip(original, back, strict=True))
-    return bool(original == back)
 
 
 def main() -> None:
@@ -62,7 +50,7 @@ def main() -> None:
         xml_bytes += len(xml)
         if back == resource:
             exact += 1
-        elif same(resource, back):
+        elif equivalent(resource, back):
             equivalent += 1
         else:
             failed += 1

@@ -69,8 +69,8 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     mount_abdm(app, server)  # ABDM HIP/HIU endpoints when FHIR_ABDM_* configure it (interfaces/abdm)
     app.include_router(fhir.router)
     app.state.metrics = metrics.HttpMetrics()
-    app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(AccessLogMiddleware)  # outermost: the request id covers everything inside
+    # Outermost: the request id covers everything inside; each finished request also feeds /metrics.
+    app.add_middleware(AccessLogMiddleware, observe=app.state.metrics.observe)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,9 +37,14 @@ def masked_target(path: str, query_string: bytes) -> str:
     return path + "?" + "&".join(f"{name}=***" for name in names)
 
 
+# Told of each finished request: method, path, status, seconds (the Prometheus metrics, api/metrics.py).
+Observer = Callable[[str, str, int, float], None]
+
+
 class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, observe: Observer | None = None) -> None:
         self.app = app
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,6 +65,9 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            seconds = time.perf_counter() - start
             log.info("%s %s %d %.1fms", scope["method"], masked_target(scope["path"], scope.get("query_string", b"")),
-                     status, (time.perf_counter() - start) * 1000)
+                     status, seconds * 1000)
+            if self.observe is not None:
+                self.observe(scope["method"], scope["path"], status, seconds)
             REQUEST_ID.reset(token)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +29,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, Select, TableClause, column, func, select, table
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_server.audit.classify import classify
 from fhir_server.definitions import resource_types
@@ -66,30 +64,6 @@ def labels(method: str, path: str) -> tuple[str, str]:
         return found.code, rtype if rtype in resource_types() else ("" if not rtype else "unknown")
     area = path.strip("/").split("/", 1)[0]
     return (area if area in ("auth", "admin", "health", "metrics") else "other"), ""
-
-
-class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            self.metrics.observe(scope["method"], scope["path"], status, time.perf_counter() - start)
 
 
 class StoreCollector(Collector):
