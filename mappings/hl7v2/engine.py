@@ -375,7 +375,10 @@ class Engine:
     def _group_planned(self, key: str, ctx: Context) -> list[Planned]:
         """Resources of ``key`` whose group parent (nearest segment of the current id) is the current one."""
         return [p for p in ctx.planned
-                if p.key == key and ctx.msg.nearest(ctx.seg.id, p.segment) is ctx.seg]
+                if p.key == key and (ctx.msg.nearest(ctx.seg.id, p.segment) is ctx.seg if not p.rule.get("leads")
+                                     # a segment heading its group (SPM before its OBRs in OUL^R22/OML^O33)
+                                     else p.segment.index < ctx.seg.index
+                                     and ctx.msg.nearest(p.segment.id, ctx.seg) is p.segment)]
 
 
 def _has_content(value: Value) -> bool:
