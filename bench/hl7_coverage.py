@@ -6,7 +6,8 @@ family and writes the ``hl7-coverage`` section of RESULTS.md.
     .venv/bin/python bench/hl7_coverage.py [--samples DIR] [--no-write] [--verbose]
 
 A file may hold several messages (one per MSH; batch envelopes FHS/BHS/BTS/FTS are dropped, each message
-goes alone) with CR, LF or CRLF segment ends. XML files are skipped (ER7 only). Messages that are
+goes alone) with CR, LF or CRLF segment ends; lines that are not segments (the files' own comments, such as
+HAPI's "// *** Original message") are dropped. XML files are skipped (ER7 only). Messages that are
 acknowledgements or query responses themselves (ACK, RSP, ORL) are counted apart: nobody sends them to a
 server as new information.
 """
@@ -14,6 +15,7 @@ server as new information.
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import sys
 import tempfile
@@ -37,7 +39,7 @@ def split_messages(raw: bytes) -> list[bytes]:
     current: list[bytes] | None = None
     for seg in text.split(b"\r"):
         seg = seg.strip(b" \t\x0b\x1c")
-        if not seg:
+        if not re.match(rb"[A-Z][A-Z0-9]{2}[^A-Za-z0-9 ]", seg):  # blank lines and the files' own comments
             continue
         if seg.startswith(b"MSH"):
             current = [seg]
