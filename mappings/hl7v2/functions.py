@@ -301,6 +301,18 @@ def own_order(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json
     return {"reference": f"ServiceRequest/{order_id}"} if re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", order_id) else None
 
 
+_QC_ROLES = {"Q", "C", "E", "F", "O", "V"}  # table 0369: control, calibrator, electronic QC, proficiency, ...
+
+
+def qc_role(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
+    """SPM-11 of the specimen heading this result in a specimen-centric message (OUL^R22-R24), when it says
+    the result is quality control rather than a patient's (table 0369)."""
+    if not ctx.variables.get("event", "").startswith("OUL^"):
+        return None
+    role = ctx.engine.text("SPM-11", ctx).upper()
+    return role if role in _QC_ROLES else None
+
+
 def text_concept(value: Value, _ctx: Context, _node: dict[str, Any]) -> Json:
     """A free-text field (ST, or an IS code without a table) as a CodeableConcept with only its text."""
     text = value.text()
@@ -321,5 +333,5 @@ FUNCTIONS: dict[str, Function] = {
     "telecom_value": telecom_value, "telecom_system": telecom_system, "encounter_status": encounter_status,
     "participant": participant, "event_lookup": event_lookup, "document_attachment": document_attachment,
     "own_order": own_order, "presented_form": presented_form, "sender_authority": sender_authority,
-    "text_concept": text_concept, "person_display": person_display,
+    "text_concept": text_concept, "qc_role": qc_role, "person_display": person_display,
 }

@@ -78,3 +78,12 @@ def test_specimen_centric_lab_messages(api: LiveServer, mllp: Running) -> None:
     assert _count(api, "Specimen") == 7 and _count(api, "Observation") >= 5
     report = search(api, "DiagnosticReport")["entry"][0]["resource"]
     assert report["status"] == "final" and len(report["result"]) >= 5
+
+
+def test_qc_results_are_kept_outside_any_patients_record(api: LiveServer, mllp: Running) -> None:
+    [ack] = exchange(mllp.port, golden("OUL_R22/qc_control_specimen.hl7"))
+    assert segment(ack, "MSA")[1] == "AA", ack
+    [qc] = [e["resource"] for e in search(api, "Observation")["entry"]]
+    assert "subject" not in qc and qc["valueQuantity"]["value"] == 101
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v2-0369", "code": "Q"} in qc["category"][1]["coding"]
+    assert _count(api, "Patient") == 0 and _count(api, "ServiceRequest") == 0
