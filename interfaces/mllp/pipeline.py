@@ -27,6 +27,8 @@ from fhir_server.storage.access import SystemAccess, as_system
 from fhir_server.storage.repository import Repository
 from interfaces.mllp.ack import build_ack
 from interfaces.mllp.inflight import InFlight, Key
+from interfaces.mllp.query import QUERY_EVENTS
+from interfaces.mllp.query import answer as answer_query
 from interfaces.mllp.store import (
     ACK_SEPARATOR,
     ERROR,
@@ -155,7 +157,8 @@ class Hl7Pipeline:
                                  "MSH", 1, 12, 1)
             return self._store_rejected(msg, header, text, detail)
         try:
-            self.mapper.template_for(header)
+            if header.event not in QUERY_EVENTS:
+                self.mapper.template_for(header)
         except RejectedMessage as exc:
             return self._store_rejected(msg, header, text, exc.detail)
         if not header.control_id:  # nothing to tell a re-send from a new message by: refused, not guessed at
@@ -163,6 +166,8 @@ class Hl7Pipeline:
                                  "a re-sent message cannot be recognised", "MSH", 1, 10)
             return self._store_rejected(msg, header, text, detail)
         text = _storable(text, msg.enc)
+        if header.event in QUERY_EVENTS:
+            return self._query(msg, header, text)
         # Enhanced mode: the accept ACK (CA) is committed with the message, then sent before processing.
         accept_ack = build_ack(header, "CA", enc=msg.enc) \
             if header.enhanced and _wants(header.accept_ack, True) else None
@@ -211,6 +216,18 @@ class Hl7Pipeline:
                                       error=detail.describe(), ack=ACK_SEPARATOR.join(acks))
         return self.store.receive(sender=header.sender, control_id=reused_key, message_type=header.event,
                                   version=header.version, raw=text, ack=accept_ack)
+
+    def _query(self, msg: V2Message, header: Header, text: str) -> Accepted:
+        """A query answered at once (RSP^K11), stored with its answer like any message (a re-send gets the
+        same answer back; the query itself writes nothing)."""
+        stored = self.store.receive(sender=header.sender, control_id=header.control_id, message_type=header.event,
+                                    version=header.version, raw=text)
+        if stored.duplicate and stored.acks and same_content(stored.raw, text):
+            return Accepted(stored.acks, stored, header, msg)
+        response = answer_query(self.server, header, msg)
+        if not stored.duplicate:
+            self.store.finish(stored.pk, status=PROCESSED, ack=response)
+        return Accepted([response], stored, header, msg)
 
     def wait_for_original(self, acc: Accepted, text: str) -> Accepted:
         """For a copy of a message in flight: block until the first copy has finished, then answer with its

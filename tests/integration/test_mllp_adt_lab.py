@@ -87,3 +87,26 @@ def test_qc_results_are_kept_outside_any_patients_record(api: LiveServer, mllp: 
     assert "subject" not in qc and qc["valueQuantity"]["value"] == 101
     assert {"system": "http://terminology.hl7.org/CodeSystem/v2-0369", "code": "Q"} in qc["category"][1]["coding"]
     assert _count(api, "Patient") == 0 and _count(api, "ServiceRequest") == 0
+
+
+def _qbp(control_id: str, barcode: str) -> bytes:
+    return ("\r".join([
+        f"MSH|^~\\&|ANALYZER|CITYLAB|LIS|CITYLAB|20240305100000||QBP^Q11^QBP_Q11|{control_id}|P|2.5.1",
+        f"QPD|WOS^Work Order Step^IHE_LABTF|Q-{control_id}|{barcode}",
+        "RCP|I||R"]) + "\r").encode()
+
+
+def test_an_analyser_queries_its_orders_by_barcode(api: LiveServer, mllp: Running) -> None:
+    [ack] = exchange(mllp.port, golden("OML_O33/hl7apy_core_03.hl7"))
+    assert segment(ack, "MSA")[1] == "AA"
+    found, none = exchange(mllp.port, _qbp("Q-1", "100187400201"), _qbp("Q-2", "NO-SUCH-TUBE"))
+    assert segment(found, "MSH")[8] == "RSP^K11^RSP_K11" and segment(found, "MSA")[1:3] == ["AA", "Q-1"]
+    assert segment(found, "QAK")[1:3] == ["Q-Q-1", "OK"]
+    obr = [s.split("|") for s in found.split("\r") if s.startswith("OBR|")]
+    assert [o[4].split("^")[1] for o in obr] == ["ANTI THYROPEROXIDASE ANTIBODIES(TPO)"]
+    # OBR-2 is the placer number in our namespace: the ServiceRequest's id, as for orders we send.
+    tpo = api.http.get(f"ServiceRequest/{obr[0][2].split('^')[0]}").json()
+    assert tpo["code"]["text"] == "ANTI THYROPEROXIDASE ANTIBODIES(TPO)"
+    assert segment(none, "QAK")[2] == "NF" and "OBR|" not in none
+    [again] = exchange(mllp.port, _qbp("Q-1", "100187400201"))
+    assert again == found  # stored with its answer: a re-send gets the same one
