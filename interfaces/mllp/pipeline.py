@@ -306,7 +306,7 @@ class Hl7Pipeline:
         if acc.errors:
             return Finished(self._fail(acc, ERROR, "AE", acc.errors))
         try:
-            result = self.mapper.map(msg, header, stored.received_at, message_key=stored.control_id)
+            result = self.mapper.map(msg, header, stored.received_at, stored.control_id)  # key it is stored under
         except MappingError as exc:
             return Finished(self._fail(acc, ERROR, "AE", exc.details))
         except RejectedMessage as exc:
