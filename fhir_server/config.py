@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +67,13 @@ class Settings(BaseSettings):
     # Assigning authority (CX-4 namespace or OID) -> Identifier.system, as JSON: {"HOSP": "https://..."}
     hl7_identifier_systems: dict[str, str] = {}
     hl7_default_timezone: str = "+00:00"  # for v2 timestamps without an offset
+    # PID-3 (any CX) without an assigning authority: the authority per sending facility (MSH-4), as JSON
+    # {"CITYHOSP": "https://..."} (a system URI, or an authority named in hl7_identifier_systems); a
+    # facility not listed keeps such identifiers scoped to its sender (MSH-3|MSH-4), never shared.
+    hl7_facility_authorities: dict[str, str] = {}
+    # MSH-10 reused by the same sender with other content: "process" (as a new message, with a warning in
+    # `hl7 stats`) or "reject" (AR naming MSH-10). Equal content apart from MSH-7 is always a duplicate.
+    hl7_reused_control_id: Literal["process", "reject"] = "process"
     # --- requests the server makes for callers: rest-hooks, $import URLs (fhir_server/outbound.py) ---
     outbound_block_private: bool | None = None  # unset: block non-public addresses unless environment=local
     outbound_allowed_hosts: list[str] = []  # JSON list of host names exempt from that, e.g. ["lab-gw.hospital"]

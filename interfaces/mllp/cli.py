@@ -36,6 +36,12 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     store = MessageStore(server.engine)
     if args.hl7_command == "stats":
         out: dict[str, object] = {"counts": store.counts()}
+        warned, latest = store.warnings()
+        if warned:  # processed, but worth an operator's look (a control id reused for another message)
+            out["warnings"] = warned
+            out["latestWarnings"] = [{"pk": r.pk, "sender": r.sender, "controlId": r.control_id,
+                                      "type": r.message_type, "received": r.received_at.isoformat(),
+                                      "warning": r.error} for r in latest]
         if getattr(args, "errors", 0):
             out["errors"] = [{"pk": r.pk, "sender": r.sender, "controlId": r.control_id, "type": r.message_type,
                               "received": r.received_at.isoformat(), "error": r.error}

@@ -49,7 +49,7 @@ class MllpListener:
         self.settings = settings
         self.host = host or settings.mllp_host or settings.host
         self.port = port if port is not None else (settings.mllp_port or DEFAULT_PORT)
-        self.pipeline = pipeline or Hl7Pipeline(server, MessageStore(server.engine))
+        self.pipeline = pipeline or Hl7Pipeline(server, MessageStore(server.engine), settings=settings)
         self.executor = ThreadPoolExecutor(max_workers=workers or max(4, settings.db_pool_size),
                                            thread_name_prefix="mllp")
         self.committer = GroupCommitter(self.pipeline, self._run, max_group=max_group or settings.mllp_group_max,

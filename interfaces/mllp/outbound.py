@@ -1,7 +1,9 @@
-"""Orders out: a ServiceRequest for a lab that speaks HL7 v2 goes out as ORM^O01 over MLLP, via the outbox.
+"""Orders out: a ServiceRequest for a lab that speaks HL7 v2 goes out as ORM^O01 over MLLP, via the outbox;
+one for an analyser (performer a Device) as OML^O33, the IHE LAW work order.
 
-Routing: ServiceRequest.performer -> Organization.endpoint -> an active Endpoint whose connectionType is
-``hl7v2-mllp`` and whose address is ``mllp://host:port`` (``mllps://`` for TLS). A BEFORE_COMMIT hook puts
+Routing: ServiceRequest.performer -> Organization.endpoint (or Device -> its Location's / owner's endpoint)
+-> an active Endpoint whose connectionType is ``hl7v2-mllp`` and whose address is ``mllp://host:port``
+(``mllps://`` for TLS). A BEFORE_COMMIT hook puts
 one outbox row per order version in the write's own transaction (never a socket inside a request); the
 dispatcher delivers it with retries and exponential backoff (storage/outbox.py). The ACK is recorded on
 the ServiceRequest as an extension; that update is not itself an order change, so it sends nothing.
@@ -46,23 +48,43 @@ def _material(resource: dict[str, Any] | None) -> dict[str, Any]:
     return {**out, "extension": ext} if ext else out
 
 
-def _endpoint(repo: Repository, order: dict[str, Any]) -> str | None:
+def _mllp_address(repo: Repository, owner_ref: str) -> str | None:
+    """The address of the first active hl7v2-mllp Endpoint of an Organization or Location."""
+    parts = owner_ref.split("/")
+    if len(parts) != 2 or parts[0] not in ("Organization", "Location"):
+        return None
+    owner = repo.current(parts[0], parts[1])
+    if owner is None or owner.deleted or not owner.content:
+        return None
+    for endpoint_ref in owner.content.get("endpoint", []):
+        ref = endpoint_ref.get("reference", "").split("/")
+        if len(ref) != 2 or ref[0] != "Endpoint":
+            continue
+        endpoint = repo.current("Endpoint", ref[1])
+        content = endpoint.content if endpoint and not endpoint.deleted else None
+        if content and content.get("status") == "active" and \
+                content.get("connectionType", {}).get("code") == CONNECTION_TYPE:
+            return str(content.get("address", ""))
+    return None
+
+
+def _endpoint(repo: Repository, order: dict[str, Any]) -> tuple[str, str] | None:
+    """(address, message structure): ORM^O01 to a lab Organization's endpoint; OML^O33 (IHE LAW) to an
+    analyser Device, reached through its Location's or its owner Organization's endpoint (R4 Device has none)."""
     for performer in order.get("performer", []):
         ref = performer.get("reference", "")
-        if not ref.startswith("Organization/"):
-            continue
-        org = repo.current("Organization", ref.split("/", 1)[1])
-        if org is None or org.deleted or not org.content:
-            continue
-        for endpoint_ref in org.content.get("endpoint", []):
-            parts = endpoint_ref.get("reference", "").split("/")
-            if len(parts) != 2 or parts[0] != "Endpoint":
+        if ref.startswith("Organization/"):
+            address = _mllp_address(repo, ref)
+            if address:
+                return address, "ORM_O01"
+        elif ref.startswith("Device/"):
+            device = repo.current("Device", ref.split("/", 1)[1])
+            if device is None or device.deleted or not device.content:
                 continue
-            endpoint = repo.current("Endpoint", parts[1])
-            content = endpoint.content if endpoint and not endpoint.deleted else None
-            if content and content.get("status") == "active" and \
-                    content.get("connectionType", {}).get("code") == CONNECTION_TYPE:
-                return str(content.get("address", ""))
+            for holder in (device.content.get("location", {}), device.content.get("owner", {})):
+                address = _mllp_address(repo, str(holder.get("reference", "")))
+                if address:
+                    return address, "OML_O33"
     return None
 
 
@@ -76,14 +98,15 @@ def order_hook(event: WriteEvent, repo: Repository | None) -> None:
     previous = event.previous.content if event.previous and not event.previous.deleted else None
     if previous is not None and _material(previous) == _material(order):
         return
-    address = _endpoint(repo, order)
-    if not address:
+    route = _endpoint(repo, order)
+    if not route:
         return
+    address, structure = route
     was_sent = previous is not None and previous.get("status") in SENDABLE
     control = SENDABLE[order["status"]] if order["status"] != "active" or not was_sent else "XO"
     key = f"ServiceRequest/{event.resource_id}/_history/{event.version.version_id}"
     repo.enqueue(TOPIC, key, {"id": event.resource_id, "version": event.version.version_id, "address": address,
-                              "control": control})
+                              "control": control, "structure": structure})
 
 
 def send_mllp(address: str, message: str, timeout: float = 30.0) -> str:
@@ -128,9 +151,14 @@ class OrderSender:
         # The same order version always gets the same control id, so a retried delivery is a duplicate
         # the lab recognises (at-least-once delivery, exactly-once effect on a conforming receiver).
         control_id = f"{payload['id'][:40]}-{payload['version']}"
-        message = self.mapper.render("ORM_O01", {"patient": patient, "order": order, "control": payload["control"],
-                                                 "placer": self.sending[0]},
-                                     sending=self.sending, receiving=("", ""), control_id=control_id)
+        structure = payload.get("structure", "ORM_O01")
+        context = {"patient": patient, "order": order, "control": payload["control"], "placer": self.sending[0]}
+        if structure == "OML_O33":  # specimen-centric: the tube the analyser will see (SPM-2 = its barcode)
+            specimens = [s.get("reference", "") for s in order.get("specimen", [])]
+            context["specimen"] = self._get(specimens[0]) if specimens and specimens[0].startswith("Specimen/") \
+                else {"resourceType": "Specimen"}
+        message = self.mapper.render(structure, context, sending=self.sending, receiving=("", ""),
+                                     control_id=control_id)
         ack = send_mllp(payload["address"], message, self.timeout)
         try:
             msa = parse(ack).first("MSA")

@@ -10,6 +10,7 @@ ACK that was actually sent.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhir_server.config import Settings
 from fhir_server.errors import CONFLICT, FhirError
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.server import FhirServer
@@ -25,6 +27,8 @@ from fhir_server.storage.access import SystemAccess, as_system
 from fhir_server.storage.repository import Repository
 from interfaces.mllp.ack import build_ack
 from interfaces.mllp.inflight import InFlight, Key
+from interfaces.mllp.query import QUERY_EVENTS
+from interfaces.mllp.query import answer as answer_query
 from interfaces.mllp.store import (
     ACK_SEPARATOR,
     ERROR,
@@ -38,6 +42,7 @@ from interfaces.mllp.store import (
 from mappings.hl7v2.errors import (
     APPLICATION_INTERNAL_ERROR,
     DATA_TYPE_ERROR,
+    DUPLICATE_KEY_IDENTIFIER,
     REQUIRED_FIELD_MISSING,
     UNSUPPORTED_VERSION_ID,
     ErrorDetail,
@@ -102,8 +107,10 @@ def record_outcome(repo: Repository, p: Prepared, responses: Sequence[FhirRespon
     of the message recorded an outcome first (the caller must then roll back)."""
     assert p.acc.stored is not None
     resources = [ref for r in responses if r is not None if (ref := _reference(r.headers.get("Location", "")))]
+    # A processed message keeps a warning where an error would be (`hl7 stats` counts them).
+    warning = REUSED_WARNING if REUSED_MARK in (p.acc.stored.control_id or "") else None
     return bool(repo.execute(finish_statement(p.acc.stored.pk, status=PROCESSED, ack=p.ok_acks, resources=resources,
-                                              expect_attempts=p.acc.stored.attempts)).rowcount)
+                                              error=warning, expect_attempts=p.acc.stored.attempts)).rowcount)
 
 
 def inbound_access(*headers: Header | None) -> SystemAccess:
@@ -120,12 +127,15 @@ def _wants(condition: str, success: bool) -> bool:
 
 
 class Hl7Pipeline:
-    def __init__(self, server: FhirServer, store: MessageStore, mapper: V2Mapper | None = None) -> None:
+    def __init__(self, server: FhirServer, store: MessageStore, mapper: V2Mapper | None = None,
+                 settings: Settings | None = None) -> None:
         self.server = server
         self.store = store
-        settings = server.settings
+        settings = settings or server.settings
+        self.reused_control_id = settings.hl7_reused_control_id
         self.mapper = mapper or V2Mapper(identifier_systems=settings.hl7_identifier_systems,
-                                         default_tz=settings.hl7_default_timezone)
+                                         default_tz=settings.hl7_default_timezone,
+                                         facility_authorities=settings.hl7_facility_authorities)
         self.inflight = InFlight()
         self.inflight_wait = INFLIGHT_WAIT_SECONDS
 
@@ -147,7 +157,8 @@ class Hl7Pipeline:
                                  "MSH", 1, 12, 1)
             return self._store_rejected(msg, header, text, detail)
         try:
-            self.mapper.template_for(header)
+            if header.event not in QUERY_EVENTS:
+                self.mapper.template_for(header)
         except RejectedMessage as exc:
             return self._store_rejected(msg, header, text, exc.detail)
         if not header.control_id:  # nothing to tell a re-send from a new message by: refused, not guessed at
@@ -155,6 +166,8 @@ class Hl7Pipeline:
                                  "a re-sent message cannot be recognised", "MSH", 1, 10)
             return self._store_rejected(msg, header, text, detail)
         text = _storable(text, msg.enc)
+        if header.event in QUERY_EVENTS:
+            return self._query(msg, header, text)
         # Enhanced mode: the accept ACK (CA) is committed with the message, then sent before processing.
         accept_ack = build_ack(header, "CA", enc=msg.enc) \
             if header.enhanced and _wants(header.accept_ack, True) else None
@@ -171,6 +184,14 @@ class Hl7Pipeline:
             if key is not None:
                 self.inflight.release(key)
             raise
+        if stored.duplicate and not same_content(stored.raw, text):
+            # MSH-10 reused by this sender for another message (its counter restarted, an interface was
+            # re-installed): never answered with the old ACK and dropped.
+            stored = self._reused(header, msg, text, accept_ack)
+            if stored.status == REJECTED:
+                if key is not None:
+                    self.inflight.release(key)
+                return Accepted(stored.acks, stored, header, msg)
         if stored.duplicate:
             if stored.acks:  # the original outcome, re-sent as it was
                 if key is not None:
@@ -179,6 +200,34 @@ class Hl7Pipeline:
             log.info("hl7 message %s is a re-send of one not yet acknowledged; processing it", stored.pk)
         return Accepted([accept_ack] if accept_ack else [], stored, header, msg, to_process=True, claimed=key,
                         errors=list(errors))
+
+    def _reused(self, header: Header, msg: V2Message, text: str, accept_ack: str | None) -> StoredMessage:
+        """Store a message whose control id this sender already used for other content, under its own key
+        (control id + digest of the content, so a re-send of it is still a duplicate): to be processed as
+        new with a warning, or (``hl7_reused_control_id=reject``) refused with AR naming MSH-10."""
+        reused_key = reused_control_id(header.control_id, text)
+        log.warning("hl7 control id reused with other content by a sender; stored as %s", reused_key)
+        if self.reused_control_id == "reject":
+            detail = ErrorDetail(DUPLICATE_KEY_IDENTIFIER, "MSH-10 (message control id) was already used by this "
+                                 "sender for a different message", "MSH", 1, 10)
+            acks = _rejection_acks(header, detail, msg.enc)
+            return self.store.receive(sender=header.sender, control_id=reused_key, message_type=header.event,
+                                      version=header.version, raw=text, status=REJECTED,
+                                      error=detail.describe(), ack=ACK_SEPARATOR.join(acks))
+        return self.store.receive(sender=header.sender, control_id=reused_key, message_type=header.event,
+                                  version=header.version, raw=text, ack=accept_ack)
+
+    def _query(self, msg: V2Message, header: Header, text: str) -> Accepted:
+        """A query answered at once (RSP^K11), stored with its answer like any message (a re-send gets the
+        same answer back; the query itself writes nothing)."""
+        stored = self.store.receive(sender=header.sender, control_id=header.control_id, message_type=header.event,
+                                    version=header.version, raw=text)
+        if stored.duplicate and stored.acks and same_content(stored.raw, text):
+            return Accepted(stored.acks, stored, header, msg)
+        response = answer_query(self.server, header, msg)
+        if not stored.duplicate:
+            self.store.finish(stored.pk, status=PROCESSED, ack=response)
+        return Accepted([response], stored, header, msg)
 
     def wait_for_original(self, acc: Accepted, text: str) -> Accepted:
         """For a copy of a message in flight: block until the first copy has finished, then answer with its
@@ -215,24 +264,21 @@ class Hl7Pipeline:
         # MSH was readable: answer its sender properly (MSA-2, MSH-3/4 <-> 5/6). Stored without its control
         # id, so that a corrected message re-sent under the same id is not taken for a duplicate of this.
         header = read_header(msh)
-        ack = build_ack(header, "CR" if header.enhanced else "AR", [detail], enc=msh.enc)
+        acks = _rejection_acks(header, detail, msh.enc)
         self.store.receive(sender=header.sender, control_id=None, message_type=header.event,
                            version=header.version, raw=_storable(text, msh.enc), status=REJECTED, error=reason,
-                           ack=ack)
-        send = not header.enhanced or _wants(header.accept_ack, False)
-        return Accepted([ack] if send else [])
+                           ack=ACK_SEPARATOR.join(acks))
+        return Accepted(acks)
 
     def _store_rejected(self, msg: V2Message, header: Header, text: str, detail: ErrorDetail) -> Accepted:
-        code = "CR" if header.enhanced else "AR"
-        ack = build_ack(header, code, [detail], enc=msg.enc)
+        acks = _rejection_acks(header, detail, msg.enc)
         stored = self.store.receive(sender=header.sender, control_id=header.control_id or None,
                                     message_type=header.event, version=header.version,
                                     raw=_storable(text, msg.enc),
-                                    status=REJECTED, error=detail.describe(), ack=ack)
+                                    status=REJECTED, error=detail.describe(), ack=ACK_SEPARATOR.join(acks))
         if stored.duplicate and stored.acks:
             return Accepted(stored.acks, stored, header, msg)
-        send = not header.enhanced or _wants(header.accept_ack, False)
-        return Accepted([ack] if send else [], stored, header, msg)
+        return Accepted(acks, stored, header, msg)
 
     # -- step 2 ----------------------------------------------------------------------------------------
     def process(self, acc: Accepted) -> str | None:
@@ -260,7 +306,7 @@ class Hl7Pipeline:
         if acc.errors:
             return Finished(self._fail(acc, ERROR, "AE", acc.errors))
         try:
-            result = self.mapper.map(msg, header, stored.received_at)
+            result = self.mapper.map(msg, header, stored.received_at, stored.control_id)  # key it is stored under
         except MappingError as exc:
             return Finished(self._fail(acc, ERROR, "AE", exc.details))
         except RejectedMessage as exc:
@@ -386,6 +432,43 @@ class Hl7Pipeline:
         self.process(acc)
         updated = self.store.get(row.pk)
         return updated.status if updated else RECEIVED
+
+
+def _rejection_acks(header: Header, detail: ErrorDetail, enc: Encoding | None) -> list[str]:
+    """The ACKs a refused message gets, as MSH-15/16 ask: original mode one AR; enhanced mode CR unless
+    MSH-15 says NE/SU, then the application AR unless MSH-16 says NE/SU (the sender waits for it)."""
+    if not header.enhanced:
+        return [build_ack(header, "AR", [detail], enc=enc)]
+    acks = [build_ack(header, "CR", [detail], enc=enc)] if _wants(header.accept_ack, False) else []
+    if _wants(header.application_ack, False):
+        acks.append(build_ack(header, "AR", [detail], enc=enc))
+    return acks
+
+
+REUSED_MARK = "#reused-"
+REUSED_WARNING = ("warning: MSH-10 was already used by this sender for a different message; processed as a new "
+                  "message (stored under control id + #reused- + a digest of its content)")
+
+
+def reused_control_id(control_id: str, text: str) -> str:
+    """The store key of a message whose MSH-10 its sender already used for other content."""
+    digest = hashlib.sha256(_content(text).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{control_id[:199 - len(REUSED_MARK) - 16]}{REUSED_MARK}{digest}"
+
+
+def _content(text: str) -> str:
+    """What makes two copies the same message: every segment, MSH-7 (time of this sending) left out."""
+    segments = [s for s in re.split(r"\r\n|\r|\n", text.strip("\r\n \x0b\x1c")) if s]
+    if segments and segments[0].startswith("MSH") and len(segments[0]) > 3:
+        fields = segments[0].split(segments[0][3])
+        if len(fields) > 6:
+            fields[6] = ""
+        segments[0] = segments[0][3].join(fields)
+    return "\r".join(segments)
+
+
+def same_content(stored: str, text: str) -> bool:
+    return _content(stored) == _content(text)
 
 
 def _too_large(size: int) -> str:

@@ -171,6 +171,15 @@ class MessageStore:
             rows = conn.execute(stmt.order_by(HL7_MESSAGE.c.pk.desc()).limit(limit)).all()
         return [_row(r) for r in rows]
 
+    def warnings(self, limit: int = 20) -> tuple[int, list[StoredMessage]]:
+        """Processed messages that carry a warning (e.g. a reused control id): how many, and the newest."""
+        where = (HL7_MESSAGE.c.status == PROCESSED) & HL7_MESSAGE.c.error.is_not(None)
+        with self.engine.connect() as conn:
+            total = int(conn.execute(select(func.count()).select_from(HL7_MESSAGE).where(where)).scalar_one())
+            rows = conn.execute(select(HL7_MESSAGE).where(where).order_by(HL7_MESSAGE.c.pk.desc())
+                                .limit(limit)).all()
+        return total, [_row(r) for r in rows]
+
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(HL7_MESSAGE.c.status, func.count()).group_by(HL7_MESSAGE.c.status)).all()

@@ -8,7 +8,8 @@ Template language (kept deliberately small; see mappings/hl7v2/README.md):
   render it with a datatype partial or convert it to a primitive (``as``), look it up in a JSON code map
   (``map``) or hand it to a named function (``fn``);
 - ``{"$when": {"$": path, "in": [...]} | {"$": path, "present": true}, ...}``: the node only if the test holds
-  (``present``: the first component has text; ``valued``: any component of any repetition has);
+  (``present``: the first component has text; ``valued``: any component of any repetition has; ``all``: a
+  list of tests that must all hold);
 - ``{"$first": [node, ...]}``: the first non-empty; ``{"$literal": x}``: x as is;
 - ``{"$ref": key}`` / ``{"$refs": key}``: Reference(s) to resources produced by another rule (nearest / all in
   this group); ``{"$segments": "NK1", "template": {...}}``: render a template once per such segment
@@ -347,6 +348,8 @@ class Engine:
     def _test(self, test: dict[str, Any], ctx: Context) -> bool:
         if "event" in test:
             return ctx.variables.get("event") in test["event"]
+        if "all" in test:
+            return all(self._test(t, ctx) for t in test["all"])
         if "fn" in test:
             return _empty(self.functions[test["fn"]](ctx.value, ctx, test)) != bool(test.get("present", True))
         text = self.text(test["$"], ctx).upper() if "$" in test else ""
@@ -375,7 +378,10 @@ class Engine:
     def _group_planned(self, key: str, ctx: Context) -> list[Planned]:
         """Resources of ``key`` whose group parent (nearest segment of the current id) is the current one."""
         return [p for p in ctx.planned
-                if p.key == key and ctx.msg.nearest(ctx.seg.id, p.segment) is ctx.seg]
+                if p.key == key and (ctx.msg.nearest(ctx.seg.id, p.segment) is ctx.seg if not p.rule.get("leads")
+                                     # a segment heading its group (SPM before its OBRs in OUL^R22/OML^O33)
+                                     else p.segment.index < ctx.seg.index
+                                     and ctx.msg.nearest(p.segment.id, ctx.seg) is p.segment)]
 
 
 def _has_content(value: Value) -> bool:

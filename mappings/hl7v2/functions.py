@@ -29,7 +29,23 @@ def identifier_system(value: Value, ctx: Context, _node: dict[str, Any]) -> Json
         return f"urn:oid:{universal}"
     if namespace:
         return f"{ctx.engine.codemaps['identifier-systems']['base']}{quote(namespace, safe='')}"
-    return None
+    return _sender_authority(ctx, systems)
+
+
+def sender_authority(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
+    """CX without CX-4 (see ``_sender_authority``)."""
+    return _sender_authority(ctx, ctx.engine.codemaps["identifier-systems"]["map"])
+
+
+def _sender_authority(ctx: Context, systems: dict[str, str]) -> str:
+    """No assigning authority: the one configured for the sending facility (MSH-4), else a system scoped to
+    the sender (MSH-3|MSH-4), so that a bare number never matches another system's identifiers."""
+    facility = ctx.variables.get("sending_facility", "")
+    configured = ctx.engine.codemaps.get("facility-authorities", {}).get("map", {}).get(facility)
+    if configured:
+        return systems.get(configured) or configured
+    sender = ctx.variables.get("sender", "")
+    return f"{ctx.engine.codemaps['identifier-systems']['sender_base']}{quote(sender, safe='')}"
 
 
 def coding_system(value: Value, ctx: Context, _node: dict[str, Any]) -> Json:
@@ -285,6 +301,30 @@ def own_order(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json
     return {"reference": f"ServiceRequest/{order_id}"} if re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", order_id) else None
 
 
+_QC_ROLES = {"Q", "C", "E", "F", "O", "V"}  # table 0369: control, calibrator, electronic QC, proficiency, ...
+
+
+def qc_role(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
+    """SPM-11 of the specimen heading this result in a specimen-centric message (OUL^R22-R24), when it says
+    the result is quality control rather than a patient's (table 0369)."""
+    if not ctx.variables.get("event", "").startswith("OUL^"):
+        return None
+    role = ctx.engine.text("SPM-11", ctx).upper()
+    return role if role in _QC_ROLES else None
+
+
+def text_concept(value: Value, _ctx: Context, _node: dict[str, Any]) -> Json:
+    """A free-text field (ST, or an IS code without a table) as a CodeableConcept with only its text."""
+    text = value.text()
+    return {"text": text} if text else None
+
+
+def person_display(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
+    """An XPN as a Reference's display (a party named but not identified, e.g. GT1-3)."""
+    name = person_name(value, ctx, node)
+    return {"display": name} if name else None
+
+
 FUNCTIONS: dict[str, Function] = {
     "identifier_system": identifier_system, "coding_system": coding_system, "quantity": quantity,
     "sn_quantity": sn_quantity, "sn_range": sn_range, "sn_ratio": sn_ratio, "sn_text": sn_text,
@@ -292,5 +332,6 @@ FUNCTIONS: dict[str, Function] = {
     "joined_text": joined_text, "person_name": person_name, "location_display": location_display,
     "telecom_value": telecom_value, "telecom_system": telecom_system, "encounter_status": encounter_status,
     "participant": participant, "event_lookup": event_lookup, "document_attachment": document_attachment,
-    "own_order": own_order, "presented_form": presented_form,
+    "own_order": own_order, "presented_form": presented_form, "sender_authority": sender_authority,
+    "text_concept": text_concept, "qc_role": qc_role, "person_display": person_display,
 }

@@ -14,7 +14,7 @@ Patients are matched by PID-3 identifiers: a conditional create (results, orders
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,8 @@ class MappingResult:
 
 class V2Mapper:
     def __init__(self, root: Path = ROOT, identifier_systems: dict[str, str] | None = None,
-                 default_tz: str = "+00:00", own_application: str = OWN_APPLICATION) -> None:
+                 default_tz: str = "+00:00", own_application: str = OWN_APPLICATION,
+                 facility_authorities: dict[str, str] | None = None) -> None:
         self.own_application = own_application
         self.messages = _load_dir(root / "messages")
         self.resources = _load_dir(root / "resources")
@@ -62,6 +63,7 @@ class V2Mapper:
             codemaps["identifier-systems"] = {**codemaps["identifier-systems"],
                                               "map": {**codemaps["identifier-systems"]["map"],
                                                       **identifier_systems}}
+        codemaps["facility-authorities"] = {"map": dict(facility_authorities or {})}
         self.engine = Engine(_load_dir(root / "datatypes"), codemaps, FUNCTIONS, default_tz)
         self.events: dict[str, str] = {}
         for name, template in self.messages.items():
@@ -78,7 +80,15 @@ class V2Mapper:
                                               2 if known_type else 1))
         return dict(self.messages[name])
 
-    def map(self, msg: V2Message, header: Header, received: datetime) -> MappingResult:
+    def map(self, msg: V2Message, header: Header, received: datetime,
+            message_key: str | None = None) -> MappingResult:
+        """``message_key``: the control id the message is stored under, when not MSH-10 itself (a control
+        id its sender reused for other content): what names the message in ids and its Provenance."""
+        if message_key and message_key != header.control_id[:199]:
+            header = replace(header, control_id=message_key)
+        return self._map(msg, header, received)
+
+    def _map(self, msg: V2Message, header: Header, received: datetime) -> MappingResult:
         template = self.template_for(header)
         errors = message_errors(msg, header)
         if errors:
@@ -109,7 +119,8 @@ class V2Mapper:
                                            rule["segment"], 1))
         if not rule.get("each"):
             segments = segments[:1]
-        out = []
+        out: list[Planned] = []
+        seen: set[str] = set()
         resource_type = self.resources[rule["template"]]["resourceType"]
         for seg in segments:
             ctx = ctx0.at(seg)
@@ -119,7 +130,12 @@ class V2Mapper:
             if not any(parts):  # nothing identifies it: unique to this message (and stable on replay)
                 parts = [ctx.variables["sender"], ctx.variables["control_id"], seg.id, str(seg.occurrence)]
             anchor = ctx0.msg.nearest(rule["group"], seg) if "group" in rule else None
-            out.append(Planned(rule["key"], resource_type, seg, stable_uuid(resource_type, *parts), rule, anchor))
+            uid = stable_uuid(resource_type, *parts)
+            if uid in seen:  # two groups of one message the id fields do not tell apart (three orders with
+                # the same or no placer number): each is its own resource, told apart by its position
+                uid = stable_uuid(resource_type, *parts, seg.id, str(seg.occurrence))
+            seen.add(uid)
+            out.append(Planned(rule["key"], resource_type, seg, uid, rule, anchor))
         return out
 
     def _entry(self, p: Planned, ctx: Context) -> dict[str, Any] | None:

@@ -185,3 +185,35 @@ def test_results_for_our_own_order_link_back_to_it(api: LiveServer, lab: FakeLab
     assert api.http.get("ServiceRequest", params={"_summary": "count"}).json()["total"] == 1  # no duplicate
     patients = api.http.get("Patient", params={"_summary": "count"}).json()["total"]
     assert patients == 1  # PID-3 MRN-9 from authority HOSP is the registered patient's identifier: matched
+
+
+def test_an_order_for_an_analyser_device_goes_out_as_oml_o33(api: LiveServer, lab: FakeLab) -> None:
+    refs = _setup(api, f"mllp://127.0.0.1:{lab.port}")
+    endpoint = refs["org"]["endpoint"][0]["reference"]
+    location = api.http.post("Location", json={"resourceType": "Location", "name": "Chemistry bench",
+                                                "endpoint": [{"reference": endpoint}]}).json()
+    device = api.http.post("Device", json={"resourceType": "Device", "deviceName": [
+        {"name": "Chemistry analyser", "type": "user-friendly-name"}],
+        "location": {"reference": f"Location/{location['id']}"}}).json()
+    specimen = api.http.post("Specimen", json={
+        "resourceType": "Specimen", "identifier": [{"value": "TUBE-0042"}],
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0487", "code": "SER"}]},
+        "subject": {"reference": f"Patient/{refs['patient']['id']}"}}).json()
+    response = api.http.post("ServiceRequest", json={
+        "resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7", "display": "Glucose"}]},
+        "subject": {"reference": f"Patient/{refs['patient']['id']}"},
+        "performer": [{"reference": f"Device/{device['id']}"}],
+        "specimen": [{"reference": f"Specimen/{specimen['id']}"}]})
+    assert response.status_code == 201, response.text
+    order = response.json()
+    assert _dispatcher(api).run_once() == 1
+    [message] = lab.received
+    msg = parse(message)
+    assert (msg.msh.get(9), msg.msh.get(9, comp=2), msg.msh.get(12)) == ("OML", "O33", "2.5.1")
+    spm = msg.first("SPM")
+    assert spm is not None and spm.get(2) == "TUBE-0042" and spm.get(4) == "SER"
+    obr = msg.first("OBR")
+    assert obr is not None and obr.get(2) == order["id"] and obr.get(4) == "2345-7"
+    ack = api.http.get(f"ServiceRequest/{order['id']}").json()["extension"][0]
+    assert ack["url"] == ACK_EXTENSION and ack["extension"][0]["valueCode"] == "AA"

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
+from interfaces.mllp.framing import encode
 from interfaces.mllp.listener import MllpListener
 from interfaces.mllp.store import ERROR, PROCESSED, REJECTED, MessageStore, StoredMessage
 from tests.conftest import LiveServer
-from tests.integration.test_mllp import Running, exchange, segment
+from tests.integration.test_mllp import Running, connect, exchange, read_acks, segment
 
 MSH = "MSH|^~\\&|ANALYZER|CITYLAB|FHIR|HOSP|{ts}||ORU^R01^ORU_R01|{cid}|P|2.5.1{tail}\r"
 BODY = ("PID|1||MRN30001^^^HOSP^MR||{name}||19800115|F\r"
@@ -116,9 +117,11 @@ def test_a_rejection_echoes_msa_2_and_swaps_msh_whenever_msh_parsed(api: LiveSer
     second_msh = oru("BAD-MSH-1") + oru("BAD-MSH-2")
     enhanced = oru("BAD-SEG-2", tail="|||AL|AL") + "zz\r"
     unsupported = oru("OLD-1").replace("|2.5.1\r", "|2.1\r", 1)
-    acks = exchange(mllp.port, *(m.encode() for m in (bad_segment, second_msh, enhanced, unsupported)))
+    with connect(mllp.port) as sock:
+        sock.sendall(b"".join(encode(m.encode()) for m in (bad_segment, second_msh, enhanced, unsupported)))
+        acks = read_acks(sock, 5)  # the enhanced one asked for both ACKs (MSH-15/16 AL): CR, then its AR
     for ack, (code, cid) in zip(acks, [("AR", "BAD-SEG-1"), ("AR", "BAD-MSH-1"), ("CR", "BAD-SEG-2"),
-                                       ("AR", "OLD-1")], strict=True):
+                                       ("AR", "BAD-SEG-2"), ("AR", "OLD-1")], strict=True):
         assert_answered(ack, code, cid)
     assert "invalid segment id" in segment(acks[0], "MSA")[3]
     store = MessageStore(api.backend.engine)

@@ -1,0 +1,66 @@
+"""An analyser's query for its work orders by specimen barcode (IHE LAW: QBP^Q11, query name WOS), answered
+synchronously with RSP^K11: MSA, QAK (OK: orders found, NF: none), the QPD echoed, then one ORC/OBR pair per
+pending order (ServiceRequest active or on-hold whose specimen carries the barcode, or whose own identifier
+is the barcode). Reads only: the server acts for the listener's configured senders (``as_system``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_server.rest.request import FhirRequest
+from fhir_server.rest.server import FhirServer
+from fhir_server.storage.access import as_system
+from interfaces.mllp.ack import build_ack
+from mappings.hl7v2.header import Header
+from mappings.hl7v2.message import V2Message, escape
+
+QUERY_EVENTS = ("QBP^Q11",)
+_PENDING = "active,on-hold,draft"
+
+
+def _search(server: FhirServer, resource_type: str, query: list[tuple[str, str]], why: str) -> list[dict[str, Any]]:
+    response = server.handle(FhirRequest("GET", resource_type, query=query, access=as_system(why)))
+    bundle = response.resource if isinstance(response.resource, dict) else {}
+    return [e["resource"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode", "match") == "match"]
+
+
+def pending_orders(server: FhirServer, barcode: str, sender: str) -> list[dict[str, Any]]:
+    why = f"HL7 v2 order query (QBP^Q11) from {sender}"
+    orders: dict[str, dict[str, Any]] = {}
+    for specimen in _search(server, "Specimen", [("identifier", barcode)], why):
+        for order in _search(server, "ServiceRequest", [("specimen", f"Specimen/{specimen['id']}"),
+                                                         ("status", _PENDING)], why):
+            orders[order["id"]] = order
+    for order in _search(server, "ServiceRequest", [("identifier", barcode), ("status", _PENDING)], why):
+        orders[order["id"]] = order
+    return sorted(orders.values(), key=lambda o: str(o.get("authoredOn", "")) + o["id"])
+
+
+def answer(server: FhirServer, header: Header, msg: V2Message) -> str:
+    """RSP^K11 for a QBP^Q11 (the ACK builder's MSH/MSA, re-typed)."""
+    enc = msg.enc
+    f, c = enc.field, enc.component
+    qpd = next((s for s in msg.segments if s.id == "QPD"), None)
+    barcode = qpd.get(3) if qpd is not None else ""
+    tag = qpd.get(2) if qpd is not None else ""
+    orders = pending_orders(server, barcode, header.sender) if barcode else []
+    base = build_ack(header, "AA", enc=enc).rstrip("\r").split("\r")
+    msh = base[0].split(f)
+    msh[8] = c.join(["RSP", "K11", "RSP_K11"])
+    segments = [f.join(msh), base[1]]
+    segments.append(f.join(["QAK", escape(tag, enc), "OK" if orders else "NF",
+                            f.join(qpd.fields[1:2]) if qpd is not None else ""]))
+    if qpd is not None:
+        segments.append(f.join(qpd.fields))
+    for n, order in enumerate(orders, 1):
+        placer = escape(order["id"], enc)
+        coding = (order.get("code", {}).get("coding") or [{}])[0]
+        code = c.join([escape(str(coding.get("code", "")), enc),
+                       escape(str(coding.get("display") or order.get("code", {}).get("text", "")), enc),
+                       "LN" if coding.get("system") == "http://loinc.org" else ""]).rstrip(c)
+        control = "NW" if order.get("status") == "active" else "HD"
+        segments.append(f.join(["ORC", control, f"{placer}{c}FHIR-SERVER", "", "", "", "", "", "", "",
+                                escape(str(order.get("authoredOn", "")).replace("-", "")[:8], enc)]))
+        segments.append(f.join(["OBR", str(n), f"{placer}{c}FHIR-SERVER", "", code]))
+    return "\r".join(segments) + "\r"
