@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from fhir_server.auth.stored import load_access
 from fhir_server.errors import FhirError
@@ -48,6 +48,13 @@ class RestHook:
         # Every request is checked against where the server may send (a name may resolve elsewhere later).
         guard = request_guard(server.settings, "Subscription.channel.endpoint")
         self.client = httpx.Client(timeout=timeout, follow_redirects=False, event_hooks={"request": [guard]})
+
+    def _base(self, conn: Connection, subscription_id: str) -> str:
+        """FHIR_BASE_URL, else the base the subscription was written through: absolute URLs either way."""
+        if self.base:
+            return self.base
+        return str(conn.execute(select(STATE.c.base_url).where(STATE.c.subscription_id == subscription_id))
+                   .scalar() or "")
 
     def _current(self, subscription_id: str) -> Version | None:
         version = self.server.uow.run(lambda repo: repo.current("Subscription", subscription_id), write=False,
@@ -106,7 +113,8 @@ class RestHook:
         if sub.backport:
             with self.server.engine.connect() as conn:
                 since = store.events_since_start(conn, sub.id)
-            body = notification_bundle(sub, base=self.base, kind="handshake", events_since=since, status="requested")
+                base = self._base(conn, sub.id)
+            body = notification_bundle(sub, base=base, kind="handshake", events_since=since, status="requested")
         try:
             self._post(sub, body)
         except DeliveryError as exc:
@@ -130,6 +138,7 @@ class RestHook:
 
         with self.server.engine.connect() as conn:
             author = load_access(conn.execute(select(STATE.c.author).where(STATE.c.subscription_id == sid)).scalar())
+            base = self._base(conn, sid)
         current, found, resource = self.server.uow.run(read, write=False, access=author)  # auth: the author's
         if current is None or not found:
             return  # deleted, switched off, being re-handshaken, or not the author's to read: nothing to deliver
@@ -138,7 +147,7 @@ class RestHook:
         if sub.backport:
             body: dict[str, Any] | None = notification_bundle(
                 # events-since-subscription-start as of this event: the receiver sees the same bundle on a retry
-                sub, base=self.base, kind="event-notification", events_since=event.number, events=[event],
+                sub, base=base, kind="event-notification", events_since=event.number, events=[event],
                 resources={event.focus: resource})
         else:
             body = resource  # R4: the resource itself, or an empty POST when the payload is not set
@@ -163,9 +172,10 @@ class RestHook:
         with self.server.engine.connect() as conn:
             since = store.events_since_start(conn, sub.id)
             last = store.events(conn, sub.id, since, since)
+            base = self._base(conn, sub.id)
         quiet = not last or (datetime.now(UTC) - last[0].timestamp).total_seconds() >= sub.heartbeat
         if quiet:
-            body = notification_bundle(sub, base=self.base, kind="heartbeat", events_since=since)
+            body = notification_bundle(sub, base=base, kind="heartbeat", events_since=since)
             try:
                 self._post(sub, body)
             except DeliveryError as exc:
