@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 HANDSHAKE_TOPIC = "subscription-handshake"
 NOTIFY_TOPIC = "subscription-notification"
 HEARTBEAT_TOPIC = "subscription-heartbeat"
+STATUS_TOPIC = "subscription-status"  # recompute a status after an operator discarded dead notifications
 LIVE = ("active", "error")  # error: the endpoint is failing, notifications keep queueing and retrying
 
 # Set while the server itself records a status (active/error): such writes are not a client's change.
