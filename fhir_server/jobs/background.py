@@ -9,6 +9,7 @@ from fhir_server.hooks import HookPoint
 
 if TYPE_CHECKING:
     from fhir_server.config import Settings
+    from fhir_server.jobs.celery_app import CeleryClient
     from fhir_server.rest.server import FhirServer
     from fhir_server.storage.outbox import OutboxDispatcher
 
@@ -18,10 +19,11 @@ class Background:
         self.settings = settings
         self.dispatcher = dispatcher
         self.runner = None
+        self.client: CeleryClient | None = None
         if settings.broker_url:
             from fhir_server.jobs.celery_app import CeleryClient
 
-            client = CeleryClient(settings)
+            self.client = client = CeleryClient(settings)
             server.hooks.register(HookPoint.AFTER_COMMIT, lambda _event, _repo: client.sweep())
             server.bulk.submit = client.submit
         else:
@@ -42,4 +44,6 @@ class Background:
     def stop(self) -> None:
         if self.runner is not None:
             self.runner.stop()
+        if self.client is not None:
+            self.client.stop()
         self.dispatcher.stop()

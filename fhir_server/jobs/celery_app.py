@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -39,28 +38,37 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+PUBLISH_TIMEOUT = 1.0  # seconds: a nudge that cannot go out by then is dropped (workers poll anyway)
+
+
 class CeleryClient:
-    """What the API process does with celery: nudge workers (it never runs jobs itself)."""
+    """What the API process does with celery: nudge workers (it never runs jobs itself), off the request
+    path: the nudges go out from a background thread (fhir_server/jobs/nudge.py), each publish bounded by
+    PUBLISH_TIMEOUT and never retried."""
 
     def __init__(self, settings: Settings) -> None:
+        from fhir_server.jobs.nudge import Nudger
+
         self.app = make_celery(settings)
-        self._last_sweep = 0.0
+        self.app.conf.update(
+            broker_connection_timeout=PUBLISH_TIMEOUT, broker_connection_retry=False,
+            broker_connection_max_retries=0,
+            # redis: connect and every reply (a frozen Redis accepts the connection, then never answers)
+            broker_transport_options={"socket_timeout": PUBLISH_TIMEOUT, "socket_connect_timeout": PUBLISH_TIMEOUT,
+                                      "max_retries": 0},
+        )
+        self.nudger = Nudger(self._send_sweep, self._send_job)
+        self.sweep = self.nudger.sweep
+        self.submit = self.nudger.submit
 
-    def sweep(self) -> None:
-        now = time.monotonic()
-        if now - self._last_sweep < 0.02:  # a burst of commits needs one look, not one message each
-            return
-        self._last_sweep = now
-        try:
-            self.app.send_task(OUTBOX_SWEEP)
-        except Exception:  # the broker is down: the rows wait in the outbox, workers' tickers find them
-            log.warning("could not reach the broker to nudge the outbox; workers will find the rows")
+    def _send_sweep(self) -> None:
+        self.app.send_task(OUTBOX_SWEEP, retry=False)
 
-    def submit(self, job_id: str) -> None:
-        try:
-            self.app.send_task(BULK_RUN, args=[job_id], countdown=0.2)  # after the kick-off commits
-        except Exception:
-            log.warning("could not reach the broker to start bulk job %s; workers will find it", job_id)
+    def _send_job(self, job_id: str) -> None:
+        self.app.send_task(BULK_RUN, args=[job_id], countdown=0.2, retry=False)  # after the kick-off commits
+
+    def stop(self) -> None:
+        self.nudger.stop()
 
 
 def run_worker(settings: Settings, concurrency: int | None = None) -> None:

@@ -1,4 +1,4 @@
-"""``fhir-server worker`` and ``fhir-server outbox list|retry``."""
+"""``fhir-server worker`` and ``fhir-server outbox list|retry|discard``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fhir_server.jobs.outbox_admin import STATUSES
 def add_parsers(sub: Any) -> None:
     worker = sub.add_parser("worker", help="run a celery worker (needs FHIR_BROKER_URL): outbox, bulk data")
     worker.add_argument("--concurrency", type=int, default=None, help="threads (default FHIR_WORKER_CONCURRENCY)")
-    outbox = sub.add_parser("outbox", help="outbox rows: list, retry")
+    outbox = sub.add_parser("outbox", help="outbox rows: list, retry, discard")
     outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
     listing = outbox_sub.add_parser("list", help="counts by status and the newest rows, as JSON")
     listing.add_argument("--status", choices=STATUSES, default=None)
@@ -22,6 +22,10 @@ def add_parsers(sub: Any) -> None:
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?", type=int, default=None)
     which.add_argument("--dead", action="store_true")
+    discard = outbox_sub.add_parser("discard", help="give up on a dead row (or every dead row): kept, marked done")
+    gone = discard.add_mutually_exclusive_group(required=True)
+    gone.add_argument("id", nargs="?", type=int, default=None)
+    gone.add_argument("--dead", action="store_true")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -41,6 +45,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.outbox_command == "list":
         print(json.dumps(outbox_admin.list_rows(engine, args.status, args.limit), indent=2))
         return 0
+    if args.outbox_command == "discard":
+        count = outbox_admin.discard(engine, args.id, dead=args.dead)
+        print(json.dumps({"discarded": count}))
+        return 0 if count or args.dead else 1
     count = outbox_admin.retry(engine, args.id, dead=args.dead)
     print(json.dumps({"retried": count}))
     return 0 if count or args.dead else 1

@@ -1,11 +1,11 @@
-"""Inspecting and retrying outbox rows (``fhir-server outbox list|retry`` and GET /admin/outbox)."""
+"""Inspecting, retrying and discarding outbox rows (``fhir-server outbox list|retry|discard``, GET /admin/outbox)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
 from fhir_server.storage.models import OUTBOX
 from fhir_server.storage.repository import instant
@@ -43,3 +43,30 @@ def retry(engine: Engine, pk: int | None = None, *, dead: bool = False) -> int:
         conn.execution_options(fhir_write=True)
         with conn.begin():
             return int(conn.execute(stmt).rowcount)
+
+
+def discard(engine: Engine, pk: int | None = None, *, dead: bool = False) -> int:
+    """Give up on one dead row, or every dead row: marked done with ``last_error`` saying so (kept for the
+    record). A discarded rest-hook notification no longer holds its subscription in ``error``: a status
+    refresh is queued for it (fhir_server/subscriptions/delivery.py: RestHook.refresh)."""
+    from fhir_server.subscriptions.engine import NOTIFY_TOPIC, STATUS_TOPIC
+
+    where = [OB.c.status == "dead"]
+    if pk is not None:
+        where.append(OB.c.pk == pk)
+    elif not dead:
+        raise ValueError("name a row or ask for the dead ones")
+    now = datetime.now(UTC)
+    with engine.connect() as conn:
+        conn.execution_options(fhir_write=True)
+        with conn.begin():
+            rows = conn.execute(select(OB.c.pk, OB.c.topic, OB.c.payload).where(*where).with_for_update()).all()
+            if not rows:
+                return 0
+            conn.execute(update(OB).where(OB.c.pk.in_([r.pk for r in rows]))
+                         .values(status="done", last_error="discarded by an operator (was dead)"))
+            for sid in sorted({str(r.payload["subscription"]) for r in rows if r.topic == NOTIFY_TOPIC}):
+                conn.execute(insert(OB).values(topic=STATUS_TOPIC, key=f"Subscription/{sid}/status/{now.timestamp()}",
+                                               payload={"subscription": sid}, status="pending", attempts=0,
+                                               max_attempts=10, next_attempt_at=now, created_at=now))
+    return len(rows)

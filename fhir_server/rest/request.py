@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from fhir_server.errors import INVALID, STRUCTURE, FhirError
 from fhir_server.rest.json_body import parse_json
 from fhir_server.storage.repository import AccessPolicy, Repository, require_access
+
+# The FHIR base URL of the request being handled (FhirServer.handle), for what a write records for later use
+# outside any request: a rest-hook Subscription keeps it, so its notifications carry absolute URLs even
+# without FHIR_BASE_URL. "" outside a request (MLLP, jobs).
+REQUEST_BASE_URL: ContextVar[str] = ContextVar("fhir_request_base_url", default="")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from fhir_server.rest.integrity import install as install_integrity
 from fhir_server.rest.metadata import capability_statement, with_security
 from fhir_server.rest.operations import OperationRegistry
 from fhir_server.rest.operations.everything import register as register_everything
-from fhir_server.rest.request import FhirRequest, FhirResponse
+from fhir_server.rest.request import REQUEST_BASE_URL, FhirRequest, FhirResponse
 from fhir_server.rest.router import READ_METHODS, route
 from fhir_server.search.services import SearchServices
 from fhir_server.storage.database import make_engine
@@ -101,9 +101,13 @@ class FhirServer:
         return route(self, req, repo)
 
     def handle(self, req: FhirRequest) -> FhirResponse:
-        if self.audit is not None:  # audit: who asked, and what the request as a whole answered
-            return self.audit.handle(req, self._handle)
-        return self._handle(req)
+        token = REQUEST_BASE_URL.set(req.base_url or REQUEST_BASE_URL.get())  # a server's own PUT keeps the outer
+        try:
+            if self.audit is not None:  # audit: who asked, and what the request as a whole answered
+                return self.audit.handle(req, self._handle)
+            return self._handle(req)
+        finally:
+            REQUEST_BASE_URL.reset(token)
 
     def _handle(self, req: FhirRequest) -> FhirResponse:
         """One request in one unit of work; every error leaves as an OperationOutcome."""

@@ -14,7 +14,13 @@ from fhir_server.hooks import HookPoint, WriteEvent
 from fhir_server.outbound import check_url
 from fhir_server.subscriptions import operations
 from fhir_server.subscriptions.delivery import RestHook
-from fhir_server.subscriptions.engine import HANDSHAKE_TOPIC, HEARTBEAT_TOPIC, NOTIFY_TOPIC, SubscriptionEngine
+from fhir_server.subscriptions.engine import (
+    HANDSHAKE_TOPIC,
+    HEARTBEAT_TOPIC,
+    NOTIFY_TOPIC,
+    STATUS_TOPIC,
+    SubscriptionEngine,
+)
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
@@ -57,6 +63,7 @@ def install_delivery(server: FhirServer, dispatcher: OutboxDispatcher, *, timeou
     dispatcher.register(HANDSHAKE_TOPIC, hook.handshake)
     dispatcher.register(NOTIFY_TOPIC, hook.notify)
     dispatcher.register(HEARTBEAT_TOPIC, hook.heartbeat)
+    dispatcher.register(STATUS_TOPIC, hook.refresh)
     return hook
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 from fhir_server.auth.stored import NO_ACCESS, StoredAccess, dump_access, load_access
 from fhir_server.errors import FhirError
 from fhir_server.hooks import HookPoint, WriteEvent
+from fhir_server.rest.request import REQUEST_BASE_URL
 from fhir_server.search.access import refuse_masked_criteria
 from fhir_server.search.parser import AnyCriterion, parse_query
 from fhir_server.search.registry import Registry
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 HANDSHAKE_TOPIC = "subscription-handshake"
 NOTIFY_TOPIC = "subscription-notification"
 HEARTBEAT_TOPIC = "subscription-heartbeat"
+STATUS_TOPIC = "subscription-status"  # recompute a status after an operator discarded dead notifications
 LIVE = ("active", "error")  # error: the endpoint is failing, notifications keep queueing and retrying
 
 # Set while the server itself records a status (active/error): such writes are not a client's change.
@@ -142,11 +144,17 @@ class SubscriptionEngine:
             refuse_masked_criteria(repo.access, rule.trigger.resource_type, rule.filters)
         del rules
         sid = event.resource_id
+        # The base URL the client wrote it through: its notifications' fullUrls and references are absolute
+        # with it (FHIR_BASE_URL, when set, wins at delivery). The server's own status writes keep the client's.
+        base = REQUEST_BASE_URL.get() or None
         if repo.execute(select(STATE.c.subscription_id).where(STATE.c.subscription_id == sid)).first() is None:
             repo.execute(insert(STATE).values(subscription_id=sid, events=0, author=dump_access(repo.access),
-                                              activated=sub.status == "active"))
+                                              activated=sub.status == "active", base_url=base))
         elif not SERVER_WRITE.get():
-            repo.execute(update(STATE).where(STATE.c.subscription_id == sid).values(author=dump_access(repo.access)))
+            changes: dict[str, object] = {"author": dump_access(repo.access)}
+            if base:
+                changes["base_url"] = base
+            repo.execute(update(STATE).where(STATE.c.subscription_id == sid).values(**changes))
         if sub.status in ("active", "requested"):  # requested: a new handshake must succeed first
             repo.execute(update(STATE).where(STATE.c.subscription_id == sid)
                          .values(activated=sub.status == "active"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from fhir_server.errors import INVALID, FhirError
 from fhir_server.rest.operations import Operation
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 OD = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
 WS_TOKEN_TTL = timedelta(minutes=10)
 WS_PATH = "subscriptions/ws"
+EVENTS_PAGE = 1000  # events per $events answer; more are a `next` link away
 
 
 def _inputs(req: FhirRequest) -> dict[str, str]:
@@ -76,11 +78,20 @@ def events(req: FhirRequest, repo: Repository, _rtype: str | None, resource_id: 
         raise FhirError(400, INVALID, f"content must be one of {', '.join(specs.CONTENTS)}", ("content",))
     sub = specs.SubscriptionSpec(**{**sub.__dict__, "content": content})
     # auth: only the events whose focus the caller may read (their ids too are not the caller's to learn)
-    found, resources = readable_events(repo, store.events(repo.conn, sub.id, since, until),
-                                       full=content == "full-resource")
+    page = store.events(repo.conn, sub.id, since, until, limit=EVENTS_PAGE + 1)
+    more = len(page) > EVENTS_PAGE
+    page = page[:EVENTS_PAGE]
+    found, resources = readable_events(repo, page, full=content == "full-resource")
     total = store.events_since_start(repo.conn, sub.id)
-    return FhirResponse(200, notification_bundle(sub, base=req.base_url, kind="query-event", events_since=total,
-                                                 events=found, resources=resources))
+    bundle = notification_bundle(sub, base=req.base_url, kind="query-event", events_since=total, events=found,
+                                 resources=resources)
+    if more:  # a page, never a silent cut: the next one starts after this page's last event number
+        query = [("eventsSinceNumber", str(page[-1].number + 1))]
+        query += [("eventsUntilNumber", str(until))] if until is not None else []
+        query += [("content", content)] if inputs.get("content") else []
+        bundle["link"] = [{"relation": "next",
+                           "url": f"{req.base_url}/Subscription/{sub.id}/$events?{urlencode(query)}"}]
+    return FhirResponse(200, bundle)
 
 
 def ws_binding_token(req: FhirRequest, repo: Repository, _rtype: str | None,

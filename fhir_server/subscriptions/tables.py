@@ -2,7 +2,8 @@
 
 - ``subscription_state``: one row per Subscription: the event counter (backport
   ``events-since-subscription-start``, incremented in each triggering change's own transaction, so numbers
-  never skip or repeat) and the author's access (a subscriber is told only what they may read).
+  never skip or repeat), the author's access (a subscriber is told only what they may read) and the FHIR
+  base URL it was written through (absolute URLs in its notifications without FHIR_BASE_URL).
 - ``subscription_event``: every event, written with the change: ``$events`` and the websocket channel read it.
 - ``subscription_generation``: generation tokens (now ``fhir_server/storage/generation.py``, shared with the
   terminology cache): row 1 is replaced on every Subscription write, so each process knows when its cache of
@@ -28,6 +29,9 @@ STATE = Table(
     Column("author", Json),  # the author's access (auth/stored.py); null: none
     # Set once a handshake succeeded: an ``error`` subscription keeps queueing only if it was ever active.
     Column("activated", Boolean, nullable=False, default=False),
+    # The FHIR base URL the subscription was last written through (migration 0015): rest-hook notifications
+    # carry absolute URLs with it when FHIR_BASE_URL is unset. Null: none known.
+    Column("base_url", String(2000)),
 )
 
 EVENT = Table(

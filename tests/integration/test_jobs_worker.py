@@ -164,3 +164,8 @@ def test_dead_letter_list_and_retry(jobs: Stack) -> None:
     wait_until(lambda: _outbox(jobs)[0]["attempts"] >= 1 and _outbox(jobs)[0]["status"] in ("pending", "dead"), 60,
                "the retried row to be attempted again")
     assert _cli(jobs, "retry", "999999").returncode == 1
+    wait_until(lambda: _outbox(jobs)[0]["status"] == "dead", 60, "the retried row to die again")
+    assert json.loads(_cli(jobs, "discard", "--dead").stdout) == {"discarded": 1}  # the operator gives up on it
+    [row] = _outbox(jobs)
+    assert row["status"] == "done" and str(row["last_error"]).startswith("discarded by an operator")
+    assert _cli(jobs, "discard", "999999").returncode == 1
