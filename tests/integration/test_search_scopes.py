@@ -36,7 +36,7 @@ def test_compartment_search(api: LiveServer) -> None:
                "subject": {"reference": f"Patient/{other}"}})
     status, bundle = run(api, search_compartment, "Patient", pat, "Observation", query=[])
     assert status == 200 and set(refs(bundle)) == {f"Observation/{o1}", f"Observation/{o2}"}
-    assert bundle["link"][0]["url"].endswith(f"/Patient/{pat}/Observation")
+    assert bundle["link"][0]["url"].split("?")[0].endswith(f"/Patient/{pat}/Observation")
     status, bundle = run(api, search_compartment, "Patient", pat, "Observation", query=[("code:text", "a")])
     assert refs(bundle) == [f"Observation/{o1}"]
     status, _ = run(api, search_compartment, "Patient", pat, "Organization", query=[])
