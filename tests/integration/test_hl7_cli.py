@@ -42,7 +42,7 @@ def test_mllp_command_serves_and_hl7_commands_report_and_replay(backend: Backend
         assert segment(ack, "MSA")[1] == "AA"
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        proc.communicate(timeout=90)  # drains its output: a full pipe would block its exit
 
     store = MessageStore(backend.engine)
     row = store.receive(sender="X|Y", control_id="1", message_type="ADT^A08", version="2.5",
@@ -86,4 +86,4 @@ def test_serve_starts_the_listener_beside_http(backend: Backend, tmp_path: Path)
         assert found["total"] == 1
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        proc.communicate(timeout=90)  # drains its output: a full pipe would block its exit
