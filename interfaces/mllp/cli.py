@@ -70,5 +70,9 @@ def serve_mllp(settings: Settings, port: int | None, *, reuse_port: bool = False
         finally:
             await listener.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+    finally:
+        if server.audit is not None:  # write the AuditEvents still queued; its writer thread ends with it
+            server.audit.recorder.close()
