@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None  # bearer a Prometheus scrape sends to /metrics (else an admin token)
     log_format: str = "text"  # text | json (one object per line, with the request id)
 
+    # --- the hospital's own rules (fhir_server/workflows; docs/workflows.md) ---
+    # Which workflow areas enforce their rules on every write, whichever app writes: a comma-separated list
+    # (frontdesk, scheduling, clinic, notifications, pharmacy, laboratory, wards, billing) or "all". Unset: a
+    # plain FHIR server (bulk loads of historic data, test fixtures) with none of the hospital's rules.
+    workflows: str = ""
+
     # --- insurance claims over HCX / NHCX (interfaces/claims; docs/adapters.md). Unset gateway: no claims. ---
     claims_gateway_url: str | None = None  # protocol base, e.g. https://staging-hcx.swasth.app/api/v0.8
     claims_flavour: str = "hcx"  # hcx (Swasth HCX 0.9) | nhcx (NHA's NHCX: NRCeS 6.5.0, ABHA header)

@@ -21,6 +21,7 @@ SECURITY = "security"
 FORBIDDEN = "forbidden"
 TOO_COSTLY = "too-costly"
 INFORMATIONAL = "informational"
+BUSINESS_RULE = "business-rule"
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,12 @@ class Issue:
     diagnostics: str
     severity: str = "error"
     expression: tuple[str, ...] = ()
+    details: dict[str, Any] | None = None  # a CodeableConcept: a stable code for the rule at fault
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"severity": self.severity, "code": self.code, "diagnostics": self.diagnostics}
+        if self.details is not None:
+            out["details"] = self.details
         if self.expression:
             out["expression"] = list(self.expression)
         return out

@@ -68,6 +68,9 @@ class FhirServer:
             from interfaces.claims.setup import register_claims
 
             register_claims(self)
+        from fhir_server.workflows import install as install_workflows
+
+        install_workflows(self)  # the hospital's rules, the areas FHIR_WORKFLOWS names (fhir_server/workflows)
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
         self._capability_version = -1
