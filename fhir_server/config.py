@@ -15,6 +15,10 @@ class Settings(BaseSettings):
 
     environment: str = "local"  # local | test | production
     database_url: str = "sqlite:///data/fhir.sqlite3"
+    # --- tenancy (fhir_server/tenancy; docs/tenancy.md): the hospital this process or command works for ---
+    # "default" is the install's own data (the public schema / the FHIR_DATABASE_URL file); another code is a
+    # tenant made with `fhir-server tenants create` (its own PostgreSQL schema / SQLite file).
+    tenant: str = "default"
     # Public FHIR base URL; unset: derived from each request (Host header) + "/fhir".
     base_url: str | None = None
     host: str = "127.0.0.1"
