@@ -205,7 +205,8 @@ def note(c: dict[str, Any], *, signed: bool, date: datetime | None = None, **ext
         "section": [{"title": "Assessment", "text": {"status": "generated",
                                                      "div": '<div xmlns="http://www.w3.org/1999/xhtml">Wheeze</div>'}}]}
     if signed:
-        out["attester"] = [{"mode": "legal", "time": out["date"], "party": {"reference": f"Practitioner/{c['doctor']}"}}]
+        doctor = {"reference": f"Practitioner/{c['doctor']}"}
+        out["attester"] = [{"mode": "legal", "time": out["date"], "party": doctor}]
     return {**out, **extra}
 
 

@@ -50,8 +50,9 @@ def _parse(value: Any) -> datetime | None:
 
 
 def signed(spec: dict[str, Any], content: dict[str, Any] | None) -> bool:
-    return bool(content) and content.get(spec["status"]) in spec["signedStatuses"] \
-        and bool(content.get(spec["signers"]))  # type: ignore[union-attr]
+    if not content:
+        return False
+    return content.get(spec["status"]) in spec["signedStatuses"] and bool(content.get(spec["signers"]))
 
 
 def _only_signing(spec: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> bool:
