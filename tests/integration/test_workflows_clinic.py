@@ -193,6 +193,33 @@ def test_bmi_is_derived_from_a_same_day_height_and_weight(smart: Smart, clinic: 
     assert again["id"] == bmi["id"] and again["valueQuantity"]["value"] == 31.1 and _interp(again) == "H"
 
 
+def test_a_height_and_a_weight_written_at_once_make_one_bmi(smart: Smart, clinic: dict[str, Any]) -> None:
+    if smart.backend.name != "postgresql":
+        pytest.skip("SQLite serialises writers; the advisory lock is PostgreSQL's to prove")
+    pid = _admin(smart, {"resourceType": "Patient", "name": [{"family": "Iyer"}]})["id"]
+    c = {**clinic, "patient": pid}
+    bodies = [vital(c, "8302-2", 160, "cm"), vital(c, "29463-7", 64, "kg")]
+    barrier = threading.Barrier(2)
+    ids: list[str] = []
+
+    def write(body: dict[str, Any]) -> None:
+        with httpx.Client(timeout=60) as http:
+            barrier.wait()
+            r = http.post(f"{smart.base}/Observation", content=orjson.dumps(body),
+                          headers={**JSON, "Authorization": f"Bearer {c['token']}"})
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+
+    threads = [threading.Thread(target=write, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 2
+    found = [b for i in ids for b in _bmis(smart, c, i)]
+    assert len({b["id"] for b in found}) == 1 and found[0]["valueQuantity"]["value"] == 25.0, found
+
+
 # --- item 9: clinical notes -------------------------------------------------------------------------------
 
 def note(c: dict[str, Any], *, signed: bool, date: datetime | None = None, **extra: Any) -> dict[str, Any]:
