@@ -193,6 +193,19 @@ def test_bmi_is_derived_from_a_same_day_height_and_weight(smart: Smart, clinic: 
     assert again["id"] == bmi["id"] and again["valueQuantity"]["value"] == 31.1 and _interp(again) == "H"
 
 
+def test_a_transaction_with_height_and_weight_stores_their_bmi(smart: Smart, clinic: dict[str, Any]) -> None:
+    pid = _admin(smart, {"resourceType": "Patient", "name": [{"family": "Das"}]})["id"]
+    c = {**clinic, "patient": pid}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": f"urn:uuid:{n}", "resource": body, "request": {"method": "POST", "url": "Observation"}}
+        for n, body in (("a1", vital(c, "8302-2", 70, "[in_i]")), ("a2", vital(c, "29463-7", 70, "kg")))]}
+    r = _call(smart, c, "POST", "", bundle)
+    assert r.status_code == 200, r.text
+    weight_id = r.json()["entry"][1]["response"]["location"].split("/")[1]
+    [bmi] = _bmis(smart, c, weight_id)
+    assert bmi["valueQuantity"]["value"] == 22.1  # 70 kg / 1.778 m squared
+
+
 def test_a_height_and_a_weight_written_at_once_make_one_bmi(smart: Smart, clinic: dict[str, Any]) -> None:
     if smart.backend.name != "postgresql":
         pytest.skip("SQLite serialises writers; the advisory lock is PostgreSQL's to prove")
