@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     # (frontdesk, scheduling, clinic, notifications, pharmacy, laboratory, wards, billing) or "all". Unset: a
     # plain FHIR server (bulk loads of historic data, test fixtures) with none of the hospital's rules.
     workflows: str = ""
+    # clinic: an unsigned clinical note (Composition, DocumentReference) can be edited this long after its date
+    clinic_note_edit_hours: float = 24.0
 
     # --- insurance claims over HCX / NHCX (interfaces/claims; docs/adapters.md). Unset gateway: no claims. ---
     claims_gateway_url: str | None = None  # protocol base, e.g. https://staging-hcx.swasth.app/api/v0.8
