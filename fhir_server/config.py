@@ -129,6 +129,7 @@ class Settings(BaseSettings):
     notify_smtp_user: str | None = None
     notify_smtp_password: SecretStr | None = None
     notify_email_from: str = "hospital@localhost"
+    notify_smtp_ca_file: str | None = None  # PEM of the CA of the SMTP server's certificate; unset: the system's
     notify_sms_url: str | None = None  # the gateway's send URL: POST with the body template below
     notify_sms_auth_header: SecretStr | None = None  # e.g. "Authorization: Bearer KEY" (name: value)
     notify_sms_content_type: str = "application/json"

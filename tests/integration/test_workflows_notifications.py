@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,14 +20,23 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from fhir_server.app import create_app
+from fhir_server.config import Settings
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.models import OUTBOX
 from fhir_server.storage.outbox import OutboxDispatcher
 from fhir_server.workflows.notifications.contacts import OPT_OUT
 from fhir_server.workflows.notifications.record import TOPIC, communication_id
 from fhir_server.workflows.notifications.reminders import CHECK_TOPIC, due_reminders
+from fhir_server.workflows.notifications.transport import TransportError, send_email
 from tests.conftest import Backend, _free_port, wait_until
-from tests.integration.notification_support import SMTP_PASSWORD, SMTP_USER, SmsGateway, SmtpSink, start_sms_gateway
+from tests.integration.notification_support import (
+    SMTP_PASSWORD,
+    SMTP_USER,
+    SmsGateway,
+    SmtpSink,
+    start_sms_gateway,
+    tls_files,
+)
 
 SMS_KEY = "Bearer sms-gateway-key"
 
@@ -296,3 +306,24 @@ def test_dead_letter_after_max_attempts_without_pii_in_logs(notify: Notify, capl
     assert communication["id"] in logged
     for pii in (phone, phone.replace("-", ""), "Kavya", "Iyer"):
         assert pii not in logged
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_smtp_over_starttls_and_implicit_tls_verifies_the_server(tmp_path: Path, security: str) -> None:
+    ca_file, context = tls_files(tmp_path)
+    sink, port = SmtpSink(), _free_port()
+    sink.start(port, **({"tls_context": context, "require_starttls": True} if security == "starttls"
+                        else {"ssl_context": context}))
+    try:
+        settings = Settings(notify_smtp_host="localhost", notify_smtp_port=port, notify_smtp_security=security,
+                            notify_smtp_user=SMTP_USER, notify_smtp_password=SecretStr(SMTP_PASSWORD),
+                            notify_smtp_ca_file=str(ca_file), notify_timeout_seconds=5)
+        send_email(settings, "tls@example.org", "Appointment confirmed", "Dear A, confirmed.", "ntf-tls")
+        [message] = sink.to("tls@example.org")
+        assert message["Message-ID"] == "<ntf-tls@fhir-server>" and sink.logins == [SMTP_USER]
+        untrusted = settings.model_copy(update={"notify_smtp_ca_file": None})  # the system's CAs: refused
+        with pytest.raises(TransportError, match="SSLCertVerificationError"):
+            send_email(untrusted, "tls@example.org", "x", "y", "ntf-tls-2")
+        assert len(sink.to("tls@example.org")) == 1
+    finally:
+        sink.stop()

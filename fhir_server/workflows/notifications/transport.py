@@ -39,13 +39,14 @@ def send_email(settings: Settings, to: str, subject: str, text: str, message_id:
     message.set_content(text)
     host, port, timeout = settings.notify_smtp_host or "", settings.notify_smtp_port, settings.notify_timeout_seconds
     try:
+        context = ssl.create_default_context(cafile=settings.notify_smtp_ca_file)  # verifies the host name too
         if settings.notify_smtp_security == "tls":
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=ssl.create_default_context())
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
         else:
             smtp = smtplib.SMTP(host, port, timeout=timeout)
         with smtp:
             if settings.notify_smtp_security == "starttls":
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=context)
             if settings.notify_smtp_user:
                 password = settings.notify_smtp_password.get_secret_value() if settings.notify_smtp_password else ""
                 smtp.login(settings.notify_smtp_user, password)
