@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from fhir_server.app import create_app
 from fhir_server.config import Settings
+from fhir_server.jobs import outbox_admin
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.models import OUTBOX
 from fhir_server.storage.outbox import OutboxDispatcher
@@ -306,6 +307,13 @@ def test_dead_letter_after_max_attempts_without_pii_in_logs(notify: Notify, capl
     assert communication["id"] in logged
     for pii in (phone, phone.replace("-", ""), "Kavya", "Iyer"):
         assert pii not in logged
+
+    notify.sms.failing[phone] = 0  # the gateway is back; the operator retries the dead letter
+    assert outbox_admin.retry(notify.backend.engine, row.pk) == 1
+    [retried] = _settled(notify, pid, 1)
+    wait_until(lambda: _communications(notify, pid)[0]["status"] == "completed", 20, "the retried send")
+    assert len(notify.sms.to(phone)) == 4 and "statusReason" not in _communications(notify, pid)[0]
+    assert retried["id"] == communication["id"]
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])

@@ -4,7 +4,7 @@ At least once: the dispatcher retries a failure with exponential backoff (storag
 Communication is no longer ``preparation`` was already done and is skipped (the Message-ID / Idempotency-Key
 is the Communication id, so a receiver can drop the repeat of a send whose completion was not recorded). On the
 last attempt the Communication becomes ``not-done`` with statusReason ``delivery-failed`` and the outbox row
-is dead-lettered. Logs and errors name the Communication id only, never an address or the message.
+is dead-lettered (``fhir-server outbox retry`` sends it again; success makes it ``completed``). Logs and errors name the Communication id only, never an address or the message.
 """
 
 from __future__ import annotations
@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _to_send(communication: dict[str, Any]) -> bool:
+    """Still to be sent: being prepared, or dead-lettered and now retried by an operator (fhir-server outbox
+    retry), whose row comes back with a fresh set of attempts."""
+    if communication.get("status") == "preparation":
+        return True
+    reasons = communication.get("statusReason", {}).get("coding", [])
+    return communication.get("status") == "not-done" and any(c.get("code") == "delivery-failed" for c in reasons)
+
+
 class NotificationSender:
     def __init__(self, server: FhirServer) -> None:
         self.server = server
@@ -34,8 +43,8 @@ class NotificationSender:
         cid = str(payload["communication"])
         version = self.server.uow.run(lambda repo: repo.current("Communication", cid), write=False, access=NOTIFY)
         communication = version.content if version is not None and not version.deleted else None
-        if communication is None or communication.get("status") != "preparation":
-            return  # sent (or given up) before: at least once, not twice
+        if communication is None or not _to_send(communication):
+            return  # sent before (or the patient opted out): at least once, not twice
         text = str((communication.get("payload") or [{}])[0].get("contentString", ""))
         subject = str(communication.get("topic", {}).get("text", ""))
         settings = self.server.settings
@@ -60,13 +69,13 @@ class NotificationSender:
     def _finish(self, cid: str, status: str, failure: str | None) -> None:
         def work(repo: Repository) -> None:
             current = repo.current("Communication", cid, for_update=True)
-            if current is None or current.deleted or not current.content or \
-                    current.content.get("status") != "preparation":
+            if current is None or current.deleted or not current.content or not _to_send(current.content):
                 return
             content = {k: v for k, v in current.content.items() if k != "meta"}
             content["status"] = status
             if status == "completed":
                 content["sent"] = instant(datetime.now(UTC))
+                content.pop("statusReason", None)  # an operator's retry of a dead letter got through
             else:
                 content["statusReason"] = {"coding": [coding(REASONS, "delivery-failed")], "text": failure}
             repo.update("Communication", cid, content)
