@@ -7,6 +7,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +39,8 @@ from tests.integration.notification_support import (
     start_sms_gateway,
     tls_files,
 )
+from tests.integration.test_auth_access import _user_token
+from tests.integration.test_auth_support import smart_server
 
 SMS_KEY = "Bearer sms-gateway-key"
 
@@ -62,7 +65,7 @@ def notify(backend: Backend) -> Iterator[Notify]:
         "notify_smtp_user": SMTP_USER, "notify_smtp_password": SecretStr(SMTP_PASSWORD),
         "notify_email_from": "appointments@hospital.test", "notify_sms_url": sms.url,
         "notify_sms_auth_header": SecretStr(f"Authorization: {SMS_KEY}"), "notify_max_attempts": 3,
-        "notify_reminder_check_seconds": 0.5, "notify_timeout_seconds": 5})
+        "notify_reminder_check_seconds": 1.0, "notify_timeout_seconds": 5})
     fhir = FhirServer(settings, backend.engine)
     app = create_app(settings, fhir, dispatcher=OutboxDispatcher(backend.engine, backoff_base=0.01))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning",
@@ -335,3 +338,25 @@ def test_smtp_over_starttls_and_implicit_tls_verifies_the_server(tmp_path: Path,
         assert len(sink.to("tls@example.org")) == 1
     finally:
         sink.stop()
+
+
+def test_a_receptionist_books_and_the_server_records_the_message_she_may_not_write(backend: Backend) -> None:
+    """The message is the server's own record (as_system): a caller who may not write Communications still
+    causes one, and cannot write one herself."""
+    with contextmanager(smart_server)(backend, workflows="notifications", notify_sms_url="http://127.0.0.1:9/sms") \
+            as smart:
+        patient = smart.as_admin("POST", "Patient", json={
+            "resourceType": "Patient", "name": [{"text": "Meera"}],
+            "telecom": [{"system": "sms", "value": _phone()}]}).json()
+        token = _user_token(smart, "receptionist", "user/*.cruds")["access_token"]
+        forged = {"resourceType": "Communication", "status": "completed",
+                  "subject": {"reference": f"Patient/{patient['id']}"}}
+        assert smart.fhir("POST", "Communication", token, json=forged).status_code == 403
+        booked = smart.fhir("POST", "Appointment", token, json={
+            **_appointment(patient["id"], datetime.now(UTC) + timedelta(days=2)),
+            "participant": [{"actor": {"reference": f"Patient/{patient['id']}"}, "status": "accepted"}]})
+        assert booked.status_code == 201, booked.text
+        found = smart.as_admin("GET", f"Communication?subject=Patient/{patient['id']}").json()
+        [communication] = [e["resource"] for e in found["entry"]]
+        assert communication["status"] == "preparation" and _event(communication) == "appointment-booked"
+        assert communication["reasonReference"] == [{"reference": f"Appointment/{booked.json()['id']}"}]
