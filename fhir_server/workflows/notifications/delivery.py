@@ -4,7 +4,8 @@ At least once: the dispatcher retries a failure with exponential backoff (storag
 Communication is no longer ``preparation`` was already done and is skipped (the Message-ID / Idempotency-Key
 is the Communication id, so a receiver can drop the repeat of a send whose completion was not recorded). On the
 last attempt the Communication becomes ``not-done`` with statusReason ``delivery-failed`` and the outbox row
-is dead-lettered (``fhir-server outbox retry`` sends it again; success makes it ``completed``). Logs and errors name the Communication id only, never an address or the message.
+is dead-lettered (``fhir-server outbox retry`` sends it again; success makes it ``completed``). Logs and
+errors name the Communication id only, never an address or the message.
 """
 
 from __future__ import annotations
