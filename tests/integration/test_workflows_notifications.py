@@ -360,3 +360,22 @@ def test_a_receptionist_books_and_the_server_records_the_message_she_may_not_wri
         [communication] = [e["resource"] for e in found["entry"]]
         assert communication["status"] == "preparation" and _event(communication) == "appointment-booked"
         assert communication["reasonReference"] == [{"reference": f"Appointment/{booked.json()['id']}"}]
+
+
+def test_a_transaction_bundle_booking_a_patient_it_registers(notify: Notify) -> None:
+    """The message is recorded as the transaction's last step: the Patient created after the Appointment
+    that names it (in Bundle order) is there to be told."""
+    phone = _phone()
+    patient = {"resourceType": "Patient", "name": [{"text": "Ravi"}], "telecom": [{"system": "sms", "value": phone}]}
+    appointment = _appointment("x", datetime.now(UTC) + timedelta(days=8))
+    appointment["participant"][0]["actor"] = {"reference": "urn:uuid:7f1c2a3e-0d4b-4c6e-9a1f-3b5d7e9f1a2c"}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": appointment, "request": {"method": "POST", "url": "Appointment"}},
+        {"fullUrl": "urn:uuid:7f1c2a3e-0d4b-4c6e-9a1f-3b5d7e9f1a2c", "resource": patient,
+         "request": {"method": "POST", "url": "Patient"}}]}
+    response = notify.http.post("", json=bundle)
+    assert response.status_code == 200, response.text
+    pid = response.json()["entry"][1]["response"]["location"].split("/")[1]
+    [communication] = _settled(notify, pid, 1)
+    assert communication["status"] == "completed" and len(notify.sms.to(phone)) == 1
+    assert "Dear Ravi" in notify.sms.to(phone)[0].body["message"]

@@ -2,7 +2,8 @@
 or cancelled, a reminder before it, and when their results are ready; docs/workflows/notifications.md.
 
 ``install(server)`` (FHIR_WORKFLOWS=notifications) adds a BEFORE_COMMIT hook: a write that causes a message
-records it as a Communication and queues its delivery in the outbox, in the write's own transaction.
+records it as a Communication and queues its delivery in the outbox, in the write's own transaction (as the
+unit of work's last step, so a Bundle's later entries are seen).
 ``install_delivery(server, dispatcher)`` (from fhir_server/jobs/topics.py, in every process that delivers the
 outbox) registers the senders and the reminder check, and seeds the check's chain.
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
+from fhir_server.config import Settings
 from fhir_server.hooks import HookPoint, WriteEvent
 from fhir_server.storage.repository import Repository
 from fhir_server.workflows.notifications.delivery import NotificationSender
-from fhir_server.workflows.notifications.record import TOPIC, notices_for, record
+from fhir_server.workflows.notifications.record import TOPIC, Notice, notices_for, record
 from fhir_server.workflows.notifications.reminders import CHECK_TOPIC, ReminderCheck, schedule_check
 
 if TYPE_CHECKING:
@@ -27,6 +30,10 @@ log = logging.getLogger(__name__)
 NAME = "notifications"
 
 
+def _record(repo: Repository, *, settings: Settings, notice: Notice) -> None:
+    record(repo, settings, notice)
+
+
 def install(server: FhirServer) -> None:
     settings = server.settings
 
@@ -34,7 +41,9 @@ def install(server: FhirServer) -> None:
         if repo is None or event.resource_type not in ("Appointment", "DiagnosticReport"):
             return
         for notice in notices_for(event, settings):
-            record(repo, settings, notice)
+            # Just before the unit of work commits: a transaction Bundle may create the Patient after the
+            # Appointment that names it, or change the patient's preferences in the same Bundle.
+            repo.finishers[f"notification:{notice.key}"] = partial(_record, settings=settings, notice=notice)
 
     server.hooks.register(HookPoint.BEFORE_COMMIT, notify)
 
