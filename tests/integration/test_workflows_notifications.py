@@ -379,3 +379,30 @@ def test_a_transaction_bundle_booking_a_patient_it_registers(notify: Notify) -> 
     [communication] = _settled(notify, pid, 1)
     assert communication["status"] == "completed" and len(notify.sms.to(phone)) == 1
     assert "Dear Ravi" in notify.sms.to(phone)[0].body["message"]
+
+
+def test_concurrent_reminder_checks_record_one_reminder(notify: Notify) -> None:
+    """Several workers running the check at once: the database serialises writers of one key (PostgreSQL
+    advisory lock; SQLite's single writer), so exactly one reminder is recorded."""
+    if notify.backend.name != "postgresql":
+        pytest.skip("concurrency with real threads runs on PostgreSQL")
+    email = f"race.{uuid.uuid4().hex[:8]}@example.org"
+    pid = _patient(notify, email=email)
+    notify.http.post("Appointment", json=_appointment(pid, datetime.now(UTC) + timedelta(hours=30)))
+    later = datetime.now(UTC) + timedelta(hours=7)
+    made: list[int] = []
+    barrier = threading.Barrier(6)
+
+    def check() -> None:
+        barrier.wait()
+        made.append(due_reminders(notify.fhir, now=later))
+
+    threads = [threading.Thread(target=check) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(made) == 1 and len(made) == 6
+    sent = _settled(notify, pid, 2)
+    assert sorted(_event(c) for c in sent) == ["appointment-booked", "appointment-reminder"]
+    wait_until(lambda: len(notify.smtp.to(email)) == 2, 20, "booked and reminder e-mails")
