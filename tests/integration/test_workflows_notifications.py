@@ -406,3 +406,21 @@ def test_concurrent_reminder_checks_record_one_reminder(notify: Notify) -> None:
     sent = _settled(notify, pid, 2)
     assert sorted(_event(c) for c in sent) == ["appointment-booked", "appointment-reminder"]
     wait_until(lambda: len(notify.smtp.to(email)) == 2, 20, "booked and reminder e-mails")
+
+
+def test_an_opt_out_after_the_booking_stops_the_retries(notify: Notify) -> None:
+    phone = _phone()
+    notify.sms.failing[phone] = 1000
+    pid = _patient(notify, phone=phone)
+    notify.http.post("Appointment", json=_appointment(pid, datetime.now(UTC) + timedelta(days=9)))
+    [communication] = _settled(notify, pid, 1)
+    wait_until(lambda: _outbox(notify, communication["id"]).status == "dead", 20, "the dead letter")
+    patient = notify.http.get(f"Patient/{pid}").json()
+    opted = {**patient, "extension": [{"url": OPT_OUT, "valueBoolean": True}]}
+    assert notify.http.put(f"Patient/{pid}", json=opted).status_code == 200
+    notify.sms.failing[phone] = 0
+    assert outbox_admin.retry(notify.backend.engine, _outbox(notify, communication["id"]).pk) == 1
+    wait_until(lambda: _outbox(notify, communication["id"]).status == "done", 20, "the retried row")
+    [stopped] = _communications(notify, pid)
+    assert stopped["status"] == "not-done" and stopped["statusReason"]["coding"][0]["code"] == "opted-out"
+    assert len(notify.sms.to(phone)) == 3  # the three failed attempts; nothing once opted out

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from fhir_server.storage.models import OUTBOX
 from fhir_server.storage.repository import Repository, instant
+from fhir_server.workflows.notifications.contacts import opted_out
 from fhir_server.workflows.notifications.record import NOTIFY, REASONS, TOPIC, coding
 from fhir_server.workflows.notifications.transport import TransportError, send_email, send_sms
 
@@ -36,16 +38,27 @@ def _to_send(communication: dict[str, Any]) -> bool:
     return communication.get("status") == "not-done" and any(c.get("code") == "delivery-failed" for c in reasons)
 
 
+def _read(repo: Repository, *, cid: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The Communication and its recipient as they are now."""
+    version = repo.current("Communication", cid)
+    communication = version.content if version is not None and not version.deleted else None
+    recipient = str((communication or {}).get("subject", {}).get("reference", "")).split("/")
+    patient = repo.current("Patient", recipient[-1]) if len(recipient) == 2 and recipient[0] == "Patient" else None
+    return communication, patient.content if patient is not None and not patient.deleted else None
+
+
 class NotificationSender:
     def __init__(self, server: FhirServer) -> None:
         self.server = server
 
     def __call__(self, key: str, payload: dict[str, Any]) -> None:
         cid = str(payload["communication"])
-        version = self.server.uow.run(lambda repo: repo.current("Communication", cid), write=False, access=NOTIFY)
-        communication = version.content if version is not None and not version.deleted else None
+        communication, patient = self.server.uow.run(partial(_read, cid=cid), write=False, access=NOTIFY)
         if communication is None or not _to_send(communication):
             return  # sent before (or the patient opted out): at least once, not twice
+        if patient is None or opted_out(patient):  # gone, or opted out since (a retry may come hours later)
+            self._finish(cid, "not-done", None, reason="no-contact" if patient is None else "opted-out")
+            return
         text = str((communication.get("payload") or [{}])[0].get("contentString", ""))
         subject = str(communication.get("topic", {}).get("text", ""))
         settings = self.server.settings
@@ -67,7 +80,7 @@ class NotificationSender:
                 OUTBOX.c.topic == TOPIC, OUTBOX.c.key == key, OUTBOX.c.status == "delivering")).first()
         return row is not None and row.attempts >= row.max_attempts
 
-    def _finish(self, cid: str, status: str, failure: str | None) -> None:
+    def _finish(self, cid: str, status: str, failure: str | None, *, reason: str = "delivery-failed") -> None:
         def work(repo: Repository) -> None:
             current = repo.current("Communication", cid, for_update=True)
             if current is None or current.deleted or not current.content or not _to_send(current.content):
@@ -78,7 +91,9 @@ class NotificationSender:
                 content["sent"] = instant(datetime.now(UTC))
                 content.pop("statusReason", None)  # an operator's retry of a dead letter got through
             else:
-                content["statusReason"] = {"coding": [coding(REASONS, "delivery-failed")], "text": failure}
+                content["statusReason"] = {"coding": [coding(REASONS, reason)]}
+                if failure:
+                    content["statusReason"]["text"] = failure
             repo.update("Communication", cid, content)
 
         self.server.uow.run(work, write=True, access=NOTIFY)
