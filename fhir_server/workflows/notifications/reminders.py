@@ -5,7 +5,8 @@ Appointment/ID:START``; a rescheduled appointment is reminded of its new start).
 It runs as an outbox topic that re-schedules itself (``not_before`` = now + FHIR_NOTIFY_REMINDER_CHECK_SECONDS),
 so whichever process delivers the outbox (the embedded dispatcher, or celery workers) runs it, and a process
 that dies mid-check leaves it to be claimed again. ``install`` seeds the chain when none is pending. An
-appointment booked or moved inside the window already got its booked / rescheduled message: no reminder.
+appointment booked or moved to its start inside the window (its history says when) already got its booked /
+rescheduled message: no reminder.
 """
 
 from __future__ import annotations
@@ -32,6 +33,26 @@ def _start(appointment: dict[str, Any]) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _booked_at(repo: Repository, appointment_id: str, content: dict[str, Any]) -> datetime:
+    """When the appointment was booked at its current start: the oldest of the latest run of versions that
+    are booked at that start (other edits since, a comment, do not count)."""
+    booked_at, before = datetime.max.replace(tzinfo=UTC), None
+    while True:
+        rows, more = repo.history("Appointment", appointment_id, before_pk=before, count=20)
+        for pk, version in rows:
+            before = pk
+            old = version.content or {}
+            if version.deleted or old.get("status") != "booked" or old.get("start") != content.get("start"):
+                return booked_at
+            booked_at = _aware(version.last_updated)
+        if not more:
+            return booked_at
+
+
 def _remind(repo: Repository, server: FhirServer, appointment_id: str, now: datetime, horizon: datetime) -> int:
     current = repo.current("Appointment", appointment_id, for_update=True)
     content = current.content if current is not None and not current.deleted else None
@@ -39,9 +60,8 @@ def _remind(repo: Repository, server: FhirServer, appointment_id: str, now: date
     if content is None or content.get("status") != "booked" or start is None or not now < start <= horizon:
         return 0
     window_opened = start - timedelta(hours=server.settings.notify_reminder_hours)
-    updated = current.last_updated if current is not None else now
-    if (updated if updated.tzinfo else updated.replace(tzinfo=UTC)) >= window_opened:
-        return 0  # booked or moved inside the window: that message was the reminder
+    if _booked_at(repo, appointment_id, content) >= window_opened:
+        return 0  # booked or moved to this start inside the window: that message was the reminder
     return sum(record(repo, server.settings, notice, now) is not None
                for notice in reminder_notices(content, server.settings))
 
