@@ -127,6 +127,26 @@ class Settings(BaseSettings):
     workflows: str = ""
     # clinic: an unsigned clinical note (Composition, DocumentReference) can be edited this long after its date
     clinic_note_edit_hours: float = 24.0
+    # notifications (FHIR_WORKFLOWS=notifications; docs/workflows/notifications.md): e-mail over SMTP, SMS over an
+    # HTTP gateway, sent through the outbox. An unset host / URL: that channel is not used.
+    notify_smtp_host: str | None = None
+    notify_smtp_port: int = 587
+    notify_smtp_security: Literal["none", "starttls", "tls"] = "starttls"  # tls: SMTPS (implicit TLS, port 465)
+    notify_smtp_user: str | None = None
+    notify_smtp_password: SecretStr | None = None
+    notify_email_from: str = "hospital@localhost"
+    notify_smtp_ca_file: str | None = None  # PEM of the CA of the SMTP server's certificate; unset: the system's
+    notify_sms_url: str | None = None  # the gateway's send URL: POST with the body template below
+    notify_sms_auth_header: SecretStr | None = None  # e.g. "Authorization: Bearer KEY" (name: value)
+    notify_sms_content_type: str = "application/json"
+    # string.Template; $to, $text, $id (the Communication id) are substituted JSON-escaped in a JSON type
+    notify_sms_body_template: str = '{"to": "$to", "message": "$text", "reference": "$id"}'
+    notify_timeout_seconds: float = 10.0  # one SMTP conversation / one gateway request
+    notify_max_attempts: int = 8  # deliveries tried (exponential backoff) before the dead letter
+    notify_reminder_hours: float = 24.0  # a booked appointment's reminder goes out this long before its start
+    notify_reminder_check_seconds: float = 300.0  # how often the reminder check looks for appointments
+    notify_language: str = "en"  # templates used when the patient prefers a language we have none for
+    notify_timezone: str = "Asia/Kolkata"  # appointment times in messages are shown in this zone
 
     # --- insurance claims over HCX / NHCX (interfaces/claims; docs/adapters.md). Unset gateway: no claims. ---
     claims_gateway_url: str | None = None  # protocol base, e.g. https://staging-hcx.swasth.app/api/v0.8

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # area -> module with ``install(server: FhirServer) -> None`` (each area adds its own line).
 AREAS: dict[str, str] = {
     "clinic": "fhir_server.workflows.clinic",
+    "notifications": "fhir_server.workflows.notifications",
 }
 
 

@@ -24,6 +24,8 @@ ACTS_AS_SYSTEM = {
     "fhir_server/subscriptions/delivery.py": "rest-hook bookkeeping: reading the Subscription, recording status",
     "fhir_server/subscriptions/engine.py": "subscription matching in SQL; SubscriptionTopic definitions",
     "fhir_server/validation/setup.py": "CapabilityStatement.supportedProfile: the server describes itself",
+    "fhir_server/workflows/notifications/record.py": "notifications: the patient's contact preferences read, "
+                                                     "each message recorded as a Communication, sent by the outbox",
     "interfaces/abdm/api.py": "ABDM gateway calls in: admitted by the gateway's signed token, per request",
     "interfaces/abdm/hip_linking.py": "ABDM discovery and linking: the patient the gateway asks about",
     "interfaces/abdm/service.py": "ABDM outbox jobs: gateway callbacks, data pushes, erasure at dataEraseAt",
