@@ -115,15 +115,20 @@ def billed_visit(smart: Smart, hospital: dict[str, str], *, status: str = "issue
     return pid, r.json()
 
 
-def pay(smart: Smart, token: str, invoice: str, value: float, key: str | None = None,
-        reason: str | None = None) -> httpx.Response:
+def payment(invoice: str, value: float, reason: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"resourceType": "PaymentReconciliation", "status": "active",
                             "paymentAmount": {"value": value, "currency": "INR"},
                             "detail": [{"type": {"coding": [{"code": "payment"}]},
                                         "request": {"reference": f"Invoice/{invoice}"}}]}
     if reason:
         body["disposition"] = reason
-    return call(smart, token, "POST", "PaymentReconciliation", body, **({"Idempotency-Key": key} if key else {}))
+    return body
+
+
+def pay(smart: Smart, token: str, invoice: str, value: float, key: str | None = None,
+        reason: str | None = None) -> httpx.Response:
+    return call(smart, token, "POST", "PaymentReconciliation", payment(invoice, value, reason),
+                **({"Idempotency-Key": key} if key else {}))
 
 
 def read(smart: Smart, path: str) -> dict[str, Any]:
@@ -259,6 +264,32 @@ def test_status_transitions(smart: Smart, hospital: dict[str, str]) -> None:
             "billing-invoice-status")
 
 
+def test_invoice_lines_must_be_this_patients_priced_charge_items(smart: Smart, hospital: dict[str, str]) -> None:
+    token = hospital["officer"]
+    pid, other = patient(smart), patient(smart)
+    items = charge(smart, token, visit(smart, pid))
+    theirs = charge(smart, token, visit(smart, other))
+    refused(call(smart, token, "POST", "Invoice", invoice_body(pid, [*items, theirs[0]], None)), 422,
+            "billing-line-subject", "Invoice.lineItem[3].chargeItemReference")
+    refused(call(smart, token, "POST", "Invoice", invoice_body(pid, [items[0], items[0]], None)), 422,
+            "billing-line-duplicate", "Invoice.lineItem[1].chargeItemReference")
+    coded = invoice_body(pid, [], None, lineItem=[{"chargeItemCodeableConcept": {"text": "a service"}}])
+    refused(call(smart, token, "POST", "Invoice", coded), 422, "billing-line-charge-item",
+            "Invoice.lineItem[0].chargeItemReference")
+    no_patient = {**invoice_body(pid, items, None), "subject": {"reference": f"Organization/{hospital['org']}"}}
+    refused(call(smart, token, "POST", "Invoice", no_patient), 422, "billing-invoice-subject", "Invoice.subject")
+    refused(call(smart, token, "POST", "Invoice", invoice_body(pid, [], None, status="issued")), 422,
+            "billing-invoice-empty", "Invoice.lineItem")
+    empty = call(smart, token, "POST", "Invoice", invoice_body(pid, [], None))  # an empty draft is fine
+    assert empty.status_code == 201 and total(empty.json(), "totalGross") == 0
+    ok = call(smart, token, "POST", "Invoice", invoice_body(pid, items, None))
+    assert ok.status_code == 201, ok.text
+    issued = call(smart, token, "PUT", f"Invoice/{ok.json()['id']}", {**ok.json(), "status": "issued"})
+    assert issued.status_code == 200, issued.text
+    refused(call(smart, token, "PUT", f"Invoice/{ok.json()['id']}", {**issued.json(), "status": "balanced"}), 409,
+            "billing-invoice-not-paid", "Invoice.status")
+
+
 # --- item 7: payments ---------------------------------------------------------------------------------------
 
 def test_partial_payments_balance_and_refunds(smart: Smart, hospital: dict[str, str]) -> None:
@@ -283,7 +314,16 @@ def test_partial_payments_balance_and_refunds(smart: Smart, hospital: dict[str, 
     refused(pay(smart, token, inv["id"], -888.54, reason="too much"), 409, "billing-refund-exceeds-paid")
     refused(call(smart, token, "PUT", f"PaymentReconciliation/{first.json()['id']}",
                  {**first.json(), "disposition": "changed"}), 409, "billing-payment-immutable")
+    refused(call(smart, token, "DELETE", f"PaymentReconciliation/{first.json()['id']}"), 409,
+            "billing-payment-immutable")
     refused(call(smart, token, "PUT", url, {**read(smart, url), "status": "cancelled"}), 409, "billing-invoice-paid")
+    two = payment(inv["id"], 1)
+    two["detail"].append({"type": two["detail"][0]["type"], "request": {"reference": f"Invoice/{draft['id']}"}})
+    refused(call(smart, token, "POST", "PaymentReconciliation", two), 422, "billing-payment-invoice",
+            "PaymentReconciliation.detail[1].request")
+    dollars = {**payment(inv["id"], 1), "paymentAmount": {"value": 1, "currency": "USD"}}
+    refused(call(smart, token, "POST", "PaymentReconciliation", dollars), 422, "billing-currency",
+            "PaymentReconciliation.paymentAmount.currency")
 
 
 def test_idempotency_key_replays_the_first_payment(smart: Smart, hospital: dict[str, str]) -> None:

@@ -166,6 +166,8 @@ class InvoiceRules:
                                      (f"{where}.priceComponent",))
             line.clear()
             line.update(self._line(i + 1, cid, line_amounts, extra[i]))
+        if not invoice.get("lineItem"):
+            invoice.pop("lineItem", None)  # a draft not yet filled ([] is no valid FHIR JSON)
         self._check_approval(repo, invoice, prev, sum(extra, Decimal(0)))
         self._totals(invoice, amounts)
 
