@@ -60,6 +60,14 @@ class Charge:
     def __call__(self, req: FhirRequest, repo: Repository, rtype: str | None, rid: str | None) -> FhirResponse:
         if rid is None:
             raise FhirError(400, INVALID, "$charge runs on one encounter: POST Encounter/[id]/$charge")
+        out = self.charge(repo, rid)
+        bundle = {"resourceType": "Bundle", "type": "collection",
+                  "entry": [{"fullUrl": f"{req.base_url}/ChargeItem/{c['id']}", "resource": c} for c in out]}
+        return FhirResponse(200, bundle)
+
+    def charge(self, repo: Repository, rid: str) -> list[dict[str, Any]]:
+        """The encounter's ChargeItems, charging what is not yet charged (other areas call this too: a
+        discharge's final invoice), with ``repo``'s access."""
         if not repo.access.may("ChargeItem", "c"):  # auth: only who may create ChargeItems charges
             raise FhirError(403, FORBIDDEN, "$charge creates ChargeItems, which this token may not", ("$charge",))
         encounter = repo.read("Encounter", rid).content or {}
@@ -91,9 +99,7 @@ class Charge:
             if service.service:
                 item["service"] = [{"reference": service.service}]
             out.append(repo.create("ChargeItem", item).content or {})
-        bundle = {"resourceType": "Bundle", "type": "collection",
-                  "entry": [{"fullUrl": f"{req.base_url}/ChargeItem/{c['id']}", "resource": c} for c in out]}
-        return FhirResponse(200, bundle)
+        return out
 
     def _services(self, repo: Repository, rid: str, encounter: dict[str, Any]) -> list[Service]:
         rules, ref = self.rules, f"Encounter/{rid}"
