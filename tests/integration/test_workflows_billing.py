@@ -389,6 +389,20 @@ def test_insured_patient_gets_a_claim_that_follows_its_response(smart: Smart, ho
              {**r.json(), "status": "cancelled"})
     assert r.status_code == 200, r.text
     assert read(smart, f"Claim/{claim['id']}")["status"] == "cancelled"
+    # A writer that stores a response and then its stale copy of the Claim in one transaction (as the claims
+    # adapter's callbacks do) cannot undo the response's effect: the Claim follows at the end of the transaction.
+    stale = read(smart, f"Claim/{claim['id']}")
+    stale.pop("extension")
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**response, "status": "active", "outcome": "partial"},
+         "request": {"method": "POST", "url": "ClaimResponse"}},
+        {"resource": {**stale, "status": "draft"}, "request": {"method": "PUT", "url": f"Claim/{claim['id']}"}}]}
+    r = call(smart, hospital["officer"], "POST", "", bundle)
+    assert r.status_code == 200, r.text
+    followed = read(smart, f"Claim/{claim['id']}")
+    assert followed["status"] == "active"
+    assert next(e for e in followed["extension"] if e["url"] == CLAIM_OUTCOME)["extension"][0]["valueCode"] == \
+        "partial"
     # A self-paying patient: no claim.
     _pid, own = billed_visit(smart, hospital)
     assert not read(smart, f"Claim?identifier=urn:fhir-server:invoice|Invoice/{own['id']}").get("entry")

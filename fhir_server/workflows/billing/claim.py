@@ -90,21 +90,29 @@ def claim_on_issue(repo: Repository, invoice: dict[str, Any], rules: BillingRule
 
 
 def follow_claim_response(event: WriteEvent, repo: Repository | None) -> None:
-    """BEFORE_COMMIT of a ClaimResponse: its Claim takes the response's status and outcome."""
+    """BEFORE_COMMIT of a ClaimResponse: its Claim takes the response's status and outcome, at the end of the unit
+    of work (a finisher), so a writer that updates the Claim after storing the response in the same transaction
+    (the claims adapter's callbacks record their exchange on the Claim) cannot put the old status back."""
     if event.resource_type != "ClaimResponse" or repo is None or event.resource is None:
         return
-    response = event.resource
-    ref = (response.get("request") or {}).get("reference", "")
-    if not ref.startswith("Claim/") or response.get("status") == "entered-in-error":
+    ref = (event.resource.get("request") or {}).get("reference", "")
+    if not ref.startswith("Claim/") or event.resource.get("status") == "entered-in-error":
         return
-    current = repo.current("Claim", ref.split("/", 1)[1], for_update=True)
-    if current is None or current.deleted or current.content is None:
+    claim_id, response_id = ref.split("/", 1)[1], str(event.resource_id)
+    repo.finishers[f"billing: Claim/{claim_id} follows its response"] = \
+        lambda r: _follow(r, claim_id, response_id)
+
+
+def _follow(repo: Repository, claim_id: str, response_id: str) -> None:
+    response = (repo.current("ClaimResponse", response_id) or None)
+    current = repo.current("Claim", claim_id, for_update=True)
+    if response is None or response.content is None or current is None or current.deleted or current.content is None:
         return  # referential integrity (when on) refuses a dangling request; otherwise nothing to follow
     claim = dict(current.content)
     outcome = {"url": CLAIM_OUTCOME, "extension": [
-        {"url": "outcome", "valueCode": response.get("outcome")},
-        {"url": "response", "valueReference": {"reference": f"ClaimResponse/{event.resource_id}"}}]}
+        {"url": "outcome", "valueCode": response.content.get("outcome")},
+        {"url": "response", "valueReference": {"reference": f"ClaimResponse/{response_id}"}}]}
     extensions = [e for e in claim.get("extension") or [] if e.get("url") != CLAIM_OUTCOME]
-    updated = {**claim, "status": response.get("status"), "extension": [*extensions, outcome]}
+    updated = {**claim, "status": response.content.get("status"), "extension": [*extensions, outcome]}
     if updated != claim:
-        repo.update("Claim", current.id, updated)
+        repo.update("Claim", claim_id, updated)
