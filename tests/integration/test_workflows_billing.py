@@ -32,12 +32,14 @@ SCOPE = "openid fhirUser user/*.cruds"
 @pytest.fixture(scope="module")
 def smart(backend: Backend) -> Iterator[Smart]:
     backend.truncate()
-    yield from smart_server(backend, workflows="billing")
+    for smart in smart_server(backend, workflows="billing"):
+        yield smart
+        _ADMIN.pop(id(smart), None)
 
 
 @pytest.fixture(scope="module")
 def hospital(smart: Smart) -> dict[str, str]:
-    r = smart.as_admin("POST", "", content=PRICELIST.read_bytes(), headers=JSON)
+    r = admin(smart, "POST", "", content=PRICELIST.read_bytes(), headers=JSON)
     assert r.status_code == 200, r.text
     officer = make(smart, {"resourceType": "Practitioner", "name": [{"family": "Rao"}]})
     nurse = make(smart, {"resourceType": "Practitioner", "name": [{"family": "Das"}]})
@@ -53,8 +55,18 @@ def hospital(smart: Smart) -> dict[str, str]:
     }
 
 
+# One seeding token per server (Smart.as_admin signs in a new backend client per call: argon2 each time).
+_ADMIN: dict[int, str] = {}
+
+
+def admin(smart: Smart, method: str, path: str, **kw: Any) -> httpx.Response:
+    if id(smart) not in _ADMIN:
+        _ADMIN[id(smart)] = smart.system_token("system/*.cruds")
+    return smart.fhir(method, path, _ADMIN[id(smart)], **kw)
+
+
 def make(smart: Smart, resource: dict[str, Any]) -> str:
-    r = smart.as_admin("POST", resource["resourceType"], content=orjson.dumps(resource), headers=JSON)
+    r = admin(smart, "POST", resource["resourceType"], content=orjson.dumps(resource), headers=JSON)
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
 
@@ -131,7 +143,7 @@ def pay(smart: Smart, token: str, invoice: str, value: float, key: str | None = 
 
 
 def read(smart: Smart, path: str) -> dict[str, Any]:
-    r = smart.as_admin("GET", path)
+    r = admin(smart, "GET", path)
     assert r.status_code == 200, r.text
     return dict(r.json())
 
