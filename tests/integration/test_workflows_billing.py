@@ -291,6 +291,8 @@ def test_invoice_lines_must_be_this_patients_priced_charge_items(smart: Smart, h
     refused(call(smart, token, "POST", "Invoice", no_patient), 422, "billing-invoice-subject", "Invoice.subject")
     refused(call(smart, token, "POST", "Invoice", invoice_body(pid, [], None, status="issued")), 422,
             "billing-invoice-empty", "Invoice.lineItem")
+    malformed = call(smart, token, "POST", "Invoice", {**invoice_body(pid, [], None), "lineItem": "all of it"})
+    assert malformed.status_code == 400 and "lineItem" in malformed.text, malformed.text
     empty = call(smart, token, "POST", "Invoice", invoice_body(pid, [], None))  # an empty draft is fine
     assert empty.status_code == 201 and total(empty.json(), "totalGross") == 0
     ok = call(smart, token, "POST", "Invoice", invoice_body(pid, items, None))
@@ -332,6 +334,8 @@ def test_partial_payments_balance_and_refunds(smart: Smart, hospital: dict[str, 
     two["detail"].append({"type": two["detail"][0]["type"], "request": {"reference": f"Invoice/{draft['id']}"}})
     refused(call(smart, token, "POST", "PaymentReconciliation", two), 422, "billing-payment-invoice",
             "PaymentReconciliation.detail[1].request")
+    malformed = call(smart, token, "POST", "PaymentReconciliation", {**payment(inv["id"], 1), "paymentAmount": [1]})
+    assert malformed.status_code == 400 and "paymentAmount" in malformed.text, malformed.text
     dollars = {**payment(inv["id"], 1), "paymentAmount": {"value": 1, "currency": "USD"}}
     refused(call(smart, token, "POST", "PaymentReconciliation", dollars), 422, "billing-currency",
             "PaymentReconciliation.paymentAmount.currency")

@@ -20,6 +20,7 @@ from fhir_server.workflows.billing.claim import follow_claim_response
 from fhir_server.workflows.billing.invoice import InvoiceRules
 from fhir_server.workflows.billing.money import BillingRules
 from fhir_server.workflows.billing.payment import PaymentRules
+from fhir_server.workflows.billing.shape import shape_checked
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
 def install(server: FhirServer) -> None:
     rules = BillingRules.load()
     invoices, payments = InvoiceRules(rules), PaymentRules(rules)
-    server.hooks.register(HookPoint.BEFORE_VALIDATE, invoices.before_validate)
+    server.hooks.register(HookPoint.BEFORE_VALIDATE, shape_checked(invoices.before_validate))
     server.hooks.register(HookPoint.BEFORE_COMMIT, invoices.before_commit)
-    server.hooks.register(HookPoint.BEFORE_VALIDATE, payments.before_validate)
+    server.hooks.register(HookPoint.BEFORE_VALIDATE, shape_checked(payments.before_validate))
     server.hooks.register(HookPoint.BEFORE_COMMIT, payments.before_commit)
     server.hooks.register(HookPoint.BEFORE_COMMIT, follow_claim_response)
     server.operations.register(Operation("charge", Charge(rules), DEFINITION, types=frozenset({"Encounter"}),

@@ -49,7 +49,10 @@ def _codings(*concepts: Any) -> list[dict[str, Any]]:
 
 
 def _nights(period: dict[str, Any]) -> int:
-    start, end = date.fromisoformat(period["start"][:10]), date.fromisoformat(period["end"][:10])
+    try:
+        start, end = date.fromisoformat(period["start"][:10]), date.fromisoformat(period["end"][:10])
+    except ValueError:  # a partial date (2026-12): no count of nights to make, one is charged
+        return 1
     return max(1, (end - start).days)
 
 
