@@ -371,6 +371,15 @@ def test_racing_retries_record_one_payment(smart: Smart, hospital: dict[str, str
         answers = list(pool.map(lambda _: pay(smart, hospital["officer"], inv["id"], 5), range(10)))
     assert sorted(a.status_code for a in answers) == [201] * 7 + [409] * 3
     assert read(smart, f"Invoice/{inv['id']}")["status"] == "issued"
+    # Two drafts billing the same ChargeItems, issued at once: one invoice bills them, the other is refused.
+    pid = patient(smart)
+    items = charge(smart, hospital["officer"], visit(smart, pid))
+    drafts = [call(smart, hospital["officer"], "POST", "Invoice", invoice_body(pid, items, None)).json()
+              for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        issued = list(pool.map(lambda d: call(smart, hospital["officer"], "PUT", f"Invoice/{d['id']}",
+                                              {**d, "status": "issued"}), drafts))
+    assert sorted(r.status_code for r in issued) == [200, 409], [r.text for r in issued]
 
 
 # --- item 8: claims -----------------------------------------------------------------------------------------
