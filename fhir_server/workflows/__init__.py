@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 AREAS: dict[str, str] = {
     "clinic": "fhir_server.workflows.clinic",
     "notifications": "fhir_server.workflows.notifications",
+    "billing": "fhir_server.workflows.billing",
 }
 
 
