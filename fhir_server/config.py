@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     # Organization.identifier.system carrying a payer's participant code (Claim.insurer -> Organization).
     claims_participant_system: str = "https://hcxprotocol.io/participant_code"
 
-    # --- scheduling (fhir_server/workflows/scheduling; docs/workflows/scheduling.md), with FHIR_WORKFLOWS=scheduling ---
+    # --- scheduling (fhir_server/workflows/scheduling; docs/workflows/scheduling.md), FHIR_WORKFLOWS=scheduling ---
     scheduling_timezone: str = "Asia/Kolkata"  # the clinic's clock: PractitionerRole.availableTime is local time
     scheduling_clinic_hours: str = "08:00-20:00"  # no slot outside these hours, whatever a role's hours say
     scheduling_slot_minutes: int = 30  # a slot's length unless the role's HealthcareService sets slot-duration

@@ -8,8 +8,8 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import orjson
 import httpx
+import orjson
 
 from tests.integration.test_auth_support import Smart
 

@@ -73,7 +73,8 @@ class CheckIn:
             "class": {"system": ACT_CODE, "code": "AMB", "display": "ambulatory"},
             "subject": {"reference": patient["reference"]},
             "appointment": [{"reference": appointment_ref}],
-            "period": {**(encounter.get("period") or {}), "start": fhir_instant(now(), self.rules.zone)}})
+            "period": {**(encounter.get("period") or {}),
+                       "start": fhir_instant(now(), self.rules.zone, "milliseconds")}})  # the queue's order
         if practitioners:
             encounter["participant"] = [{
                 "type": [{"coding": [{"system": PARTICIPATION, "code": "PPRF", "display": "primary performer"}]}],

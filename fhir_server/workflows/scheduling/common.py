@@ -87,10 +87,10 @@ def parse_instant(value: Any, where: str) -> datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def fhir_instant(value: datetime, zone: ZoneInfo | None = None) -> str:
-    """An instant in the clinic's local offset (what a front desk reads), to the second."""
+def fhir_instant(value: datetime, zone: ZoneInfo | None = None, timespec: str = "seconds") -> str:
+    """An instant in the clinic's local offset (what a front desk reads), to the second unless told."""
     local = value.astimezone(zone) if zone is not None else value.astimezone(UTC)
-    return local.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return local.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def ref_id(reference: Any, rtype: str) -> str | None:
