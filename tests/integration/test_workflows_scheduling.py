@@ -167,9 +167,16 @@ def test_find_by_practitioner_service_and_specialty(admin: Desk, hospital: dict[
     assert [p["start"][11:16] for p in proposals] == ["09:00", "09:20", "09:40", "10:00"]
     actors = {a["actor"]["reference"] for a in proposals[0]["participant"]}
     assert {doc["practitioner"], doc["role"], patient} <= actors and proposals[0]["slot"][0]["reference"]
-    by_service = admin.call("GET", f"Appointment/$find?service={hospital['echo']}&start={day(1)}&end={day(2)}")
-    assert {e["resource"]["slot"][0]["reference"] for e in by_service.json()["entry"]} >= {
-        p["slot"][0]["reference"] for p in proposals}
+    taken = admin.appointment(admin.patient(), practitioner=doc["practitioner"], start=at(1, "10:00"),
+                              end=at(1, "10:20"))  # booked without a slot: the 10:00 slot is no longer offered
+    assert taken.status_code == 201, taken.text
+    later = admin.call("GET", f"Appointment/$find?practitioner={doc['practitioner']}&start={day(1)}&end={day(2)}")
+    assert "10:00" not in [e["resource"]["start"][11:16] for e in later.json()["entry"]]
+    by_service = admin.call("GET", f"Appointment/$find?service={hospital['echo']}&start={day(1)}&end={day(2)}"
+                                   f"&_count=100")
+    offered = {e["resource"]["slot"][0]["reference"] for e in by_service.json()["entry"]}
+    assert offered >= {p["slot"][0]["reference"] for p in proposals[:3]}
+    assert proposals[3]["slot"][0]["reference"] not in offered
     other = admin.call("GET", f"Appointment/$find?specialty={SNOMED}|0000000&start={day(1)}&end={day(2)}")
     assert other.json()["total"] == 0
     nobody = Desk(smart, smart.system_token("system/Observation.rs"))
@@ -272,6 +279,23 @@ def test_cancellation_needs_a_reason_and_frees_the_slot(admin: Desk) -> None:
     assert r.status_code == 200, r.text
     assert admin.read(f"Slot/{slot['id']}")["status"] == "free"
     assert admin.book(admin.patient(), f"Slot/{slot['id']}")["status"] == "booked"  # bookable again
+    other = admin.book(admin.patient(), f"Slot/{admin.slots(doc['practitioner'])[0]['id']}")
+    patch = admin.call("PATCH", f"Appointment/{other['id']}", [{"op": "replace", "path": "/status",
+                                                               "value": "cancelled"}],
+                       headers={"Content-Type": "application/json-patch+json"})
+    assert patch.status_code == 422 and rule(patch) == "appointment-cancel-reason"  # every way of writing
+
+
+def test_transaction_books_a_slot_once_and_writes_nothing_else(admin: Desk) -> None:
+    doc = admin.doctor()
+    slot = f"Slot/{admin.slots(doc['practitioner'])[0]['id']}"
+    entry = {"request": {"method": "POST", "url": "Appointment"}, "resource": {
+        "resourceType": "Appointment", "status": "booked", "slot": [{"reference": slot}]}}
+    first, second = (dict(entry, resource={**entry["resource"], "participant": [  # type: ignore[dict-item]
+        {"actor": {"reference": admin.patient()}, "status": "accepted"}]}) for _ in range(2))
+    r = admin.call("POST", "", {"resourceType": "Bundle", "type": "transaction", "entry": [first, second]})
+    assert r.status_code == 409 and rule(r) == "slot-taken"
+    assert admin.search(f"Appointment?slot={slot}") == [] and admin.read(slot)["status"] == "free"
 
 
 def test_status_transitions(admin: Desk) -> None:
@@ -333,7 +357,10 @@ def test_check_in_creates_the_encounter_with_a_queue_position(desk: Desk, admin:
     assert encounter["appointment"] == [{"reference": f"Appointment/{second['id']}"}]
     assert encounter["participant"][0]["individual"]["reference"] == doc["practitioner"]
     assert encounter["serviceType"] == ECHO
-    # check-in by writing the status: same Encounter rules, the next token number
+    # check-in by writing the status: the Encounter already planned for it is updated, the next token number
+    planned = desk.create({"resourceType": "Encounter", "status": "planned", "class": {"code": "AMB"},
+                           "subject": first["participant"][0]["actor"],
+                           "appointment": [{"reference": f"Appointment/{first['id']}"}]})
     assert desk.put({**first, "status": "arrived"}).status_code == 200
     queue = desk.search(f"Encounter?practitioner={doc['practitioner']}&date=ge{day(0)}&date=lt{day(1)}"
                         f"&status=arrived&_sort=date")
@@ -341,6 +368,7 @@ def test_check_in_creates_the_encounter_with_a_queue_position(desk: Desk, admin:
                                                                  f"Appointment/{first['id']}"]
     assert [next(x["valuePositiveInt"] for x in e["extension"] if x["url"] == EXT + "queue-position")
             for e in queue] == [1, 2]
+    assert queue[1]["id"] == planned["id"] and queue[1]["status"] == "arrived"
     again = desk.call("POST", f"Appointment/{second['id']}/$check-in")
     assert again.status_code == 422 and rule(again) == "checkin-status"
 

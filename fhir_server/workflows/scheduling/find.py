@@ -6,7 +6,8 @@ planning horizon), ``practitioner`` (Practitioner references), ``organization`` 
 ``service`` (HealthcareService), ``specialty`` and ``service-type`` (tokens, also ``visit-type``),
 ``patient`` (put in each proposal), ``_count``. Answers a searchset Bundle of ``proposed`` Appointments, one
 per free Slot that starts after the minimum lead time, in time order, each naming its slot, times, service
-and practitioner; nothing is held.
+and practitioner; nothing is held. A free slot whose practitioner already has an appointment then (one
+made without a slot) is not offered.
 
 ``$book`` (POST): a Parameters whose ``appointment`` (or Argonaut's ``appt-resource``) is the Appointment
 (typically a proposal from $find), or the Appointment itself; optional ``patient``. It is stored ``booked``
@@ -25,7 +26,16 @@ from fhir_server.errors import FORBIDDEN, INVALID, FhirError
 from fhir_server.rest.operations import Operation
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.repository import Repository
-from fhir_server.workflows.scheduling.common import Rules, fhir_instant, find, now, parse_instant, ref_id
+from fhir_server.workflows.scheduling.common import (
+    Rules,
+    fhir_instant,
+    find,
+    now,
+    overlaps,
+    parse_instant,
+    ref_id,
+    status_table,
+)
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
@@ -124,8 +134,8 @@ class Find:
                 refs = ",".join(f"Schedule/{s}" for s in ordered[i:i + 50])
                 slots += find(repo, "Slot", [*params, ("schedule", refs)])
         slots.sort(key=lambda s: (parse_instant(s.get("start"), "Slot.start"), s["id"]))
-        slots = slots[:count]
         actors = self._actors(repo, {ref_id(s.get("schedule"), "Schedule") or "" for s in slots})
+        slots = self._unbooked(repo, slots, actors, start, end)[:count]
         patients = _values(pairs, "patient")
         entries = [{"fullUrl": f"urn:uuid:{uuid4()}", "resource": self._proposal(s, actors, patients),
                     "search": {"mode": "match"}} for s in slots]
@@ -138,6 +148,28 @@ class Find:
         for v in repo.read_many([("Schedule", i) for i in ids]):
             out[v.id] = [a["reference"] for a in (v.content or {}).get("actor") or []
                          if ref_id(a, "Practitioner") or ref_id(a, "PractitionerRole")]
+        return out
+
+    def _unbooked(self, repo: Repository, slots: list[dict[str, Any]], actors: dict[str, list[str]],
+                  start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """Free slots whose practitioner is not already booked then (an appointment made without a slot)."""
+        practitioners = sorted({a for refs in actors.values() for a in refs if a.startswith("Practitioner/")})
+        busy: dict[str, list[tuple[datetime, datetime]]] = {}
+        for i in range(0, len(practitioners), 50):
+            for a in find(repo, "Appointment", [
+                    ("actor", ",".join(practitioners[i:i + 50])), ("status", ",".join(status_table()["holds"])),
+                    ("date", f"ge{fhir_instant(start - timedelta(days=1))}"), ("date", f"lt{fhir_instant(end)}")]):
+                if not a.get("start") or not a.get("end"):
+                    continue
+                span = (parse_instant(a["start"], "Appointment.start"), parse_instant(a["end"], "Appointment.end"))
+                for p in a.get("participant") or []:
+                    busy.setdefault(str((p.get("actor") or {}).get("reference")), []).append(span)
+        out = []
+        for slot in slots:
+            span = (parse_instant(slot["start"], "Slot.start"), parse_instant(slot["end"], "Slot.end"))
+            who = actors.get(ref_id(slot.get("schedule"), "Schedule") or "", [])
+            if not any(overlaps(*span, *b) for ref in who for b in busy.get(ref, [])):
+                out.append(slot)
         return out
 
     def _proposal(self, slot: dict[str, Any], actors: dict[str, list[str]], patients: list[str]) -> dict[str, Any]:
