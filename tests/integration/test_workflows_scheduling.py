@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
+from fhir_server.workflows.scheduling.common import DATA
 from tests.conftest import Backend
 from tests.integration.scheduling_support import (
     CARDIOLOGY,
@@ -344,6 +346,8 @@ def test_three_consecutive_no_shows_raise_a_flag(desk: Desk, admin: Desk) -> Non
 
 def test_check_in_creates_the_encounter_with_a_queue_position(desk: Desk, admin: Desk,
                                                                hospital: dict[str, str]) -> None:
+    parameter = orjson.loads((DATA / "SearchParameter-Encounter-queue-position.json").read_bytes())
+    assert admin.call("PUT", f"SearchParameter/{parameter['id']}", parameter).status_code in (200, 201)
     doc = admin.doctor(service=hospital["echo"])
     slots = admin.slots(doc["practitioner"])
     first = desk.book(admin.patient(), f"Slot/{slots[0]['id']}")
@@ -369,6 +373,8 @@ def test_check_in_creates_the_encounter_with_a_queue_position(desk: Desk, admin:
     assert [next(x["valuePositiveInt"] for x in e["extension"] if x["url"] == EXT + "queue-position")
             for e in queue] == [1, 2]
     assert queue[1]["id"] == planned["id"] and queue[1]["status"] == "arrived"
+    second_in_line = desk.search(f"Encounter?practitioner={doc['practitioner']}&queue-position=2")
+    assert [e["id"] for e in second_in_line] == [planned["id"]]
     again = desk.call("POST", f"Appointment/{second['id']}/$check-in")
     assert again.status_code == 422 and rule(again) == "checkin-status"
 
