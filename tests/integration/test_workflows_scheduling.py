@@ -214,6 +214,8 @@ def test_no_double_booking_of_practitioner_or_patient(admin: Desk) -> None:
     assert clash.status_code == 409 and rule(clash) == "practitioner-double-booked"
     assert admin.appointment(second, practitioner=doc["practitioner"], start=at(2, "15:30"),
                              end=at(2, "16:00")).status_code == 201  # back to back is fine
+    via_role = admin.appointment(admin.patient(), practitioner=doc["role"], start=at(2, "15:40"), end=at(2, "15:50"))
+    assert via_role.status_code == 409 and rule(via_role) == "practitioner-double-booked"  # the same person
     same_patient = admin.appointment(first, practitioner=other["practitioner"], start=at(2, "15:10"),
                                      end=at(2, "15:20"))
     assert same_patient.status_code == 409 and rule(same_patient) == "patient-double-booked"

@@ -103,6 +103,7 @@ class AppointmentRules:
             raise rule_violation(422, "appointment-cancel-reason", "A cancellation needs its reason",
                                  ("Appointment.cancelationReason",))
         self._from_slots(repo, after)
+        self._from_roles(repo, after)
         moved = _moved(before, after)
         if moved and old not in table["movable"]:
             raise rule_violation(422, "appointment-closed", f"A {old} appointment keeps its time and slot",
@@ -155,6 +156,21 @@ class AppointmentRules:
                     participants.append({"actor": {"reference": f"Practitioner/{pid}"}, "required": "required",
                                          "status": "accepted"})
             content["participant"] = participants
+
+    def _from_roles(self, repo: Repository, content: dict[str, Any]) -> None:
+        """A PractitionerRole participant brings its Practitioner: the double-booking rules are per person."""
+        known = set(_actors(content, "Practitioner"))
+        added = []
+        with repo.acting_as(SYSTEM):
+            for rid in (ref_id(p.get("actor"), "PractitionerRole") for p in content.get("participant") or []):
+                role = repo.current("PractitionerRole", rid) if rid else None
+                pid = ref_id((role.content or {}).get("practitioner"), "Practitioner") if role is not None else None
+                if pid and f"Practitioner/{pid}" not in known:
+                    known.add(f"Practitioner/{pid}")
+                    added.append({"actor": {"reference": f"Practitioner/{pid}"}, "required": "required",
+                                  "status": "accepted"})
+        if added:
+            content["participant"] = [*content.get("participant", []), *added]
 
     def _times(self, content: dict[str, Any], *, required: bool) -> None:
         if not content.get("start") or not content.get("end"):
