@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -368,7 +369,8 @@ def test_check_in_creates_the_encounter_with_a_queue_position(desk: Desk, admin:
                            "subject": first["participant"][0]["actor"],
                            "appointment": [{"reference": f"Appointment/{first['id']}"}]})
     assert desk.put({**first, "status": "arrived"}).status_code == 200
-    queue = desk.search(f"Encounter?practitioner={doc['practitioner']}&date=ge{day(0)}&date=lt{day(1)}"
+    today, tomorrow = quote(at(0, "00:00")), quote(at(1, "00:00"))  # the clinic's day, with its offset
+    queue = desk.search(f"Encounter?practitioner={doc['practitioner']}&date=ge{today}&date=lt{tomorrow}"
                         f"&status=arrived&_sort=date")
     assert [e["appointment"][0]["reference"] for e in queue] == [f"Appointment/{second['id']}",
                                                                  f"Appointment/{first['id']}"]
