@@ -414,3 +414,27 @@ def test_fifty_concurrent_bookings_of_one_slot(smart: Smart, admin: Desk) -> Non
     assert statuses == [201] + [409] * 49, statuses
     assert {rule(x) for x in results if x.status_code == 409} == {"slot-taken"}
     assert len(admin.search(f"Appointment?slot=Slot/{slot['id']}")) == 1
+
+
+def test_concurrent_bookings_of_one_doctor_and_concurrent_check_ins(smart: Smart, admin: Desk) -> None:
+    if smart.backend.name != "postgresql":
+        pytest.skip("concurrency with real threads runs on PostgreSQL (SQLite serialises writers)")
+    doc = admin.doctor()
+    patients = [admin.patient() for _ in range(10)]
+
+    def direct(patient: str) -> Any:  # no slot: only the practitioner's lock keeps them apart
+        return admin.appointment(patient, practitioner=doc["practitioner"], start=at(2, "16:00"), end=at(2, "16:30"))
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = sorted(r.status_code for r in pool.map(direct, patients))
+    assert statuses == [201] + [409] * 9, statuses
+    slots = admin.slots(doc["practitioner"])
+    booked = [admin.book(p, f"Slot/{s['id']}")["id"] for p, s in zip(patients[:6], slots, strict=True)]
+
+    def check_in(appointment_id: str) -> Any:
+        return admin.call("POST", f"Appointment/{appointment_id}/$check-in")
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(check_in, booked))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    tokens = sorted(next(p["valuePositiveInt"] for p in a.json()["parameter"] if p["name"] == "queue-position")
+                    for a in answers)
+    assert tokens == [1, 2, 3, 4, 5, 6]  # one token number each, none twice
