@@ -351,7 +351,7 @@ def test_check_in_creates_the_encounter_with_a_queue_position(desk: Desk, admin:
                                                                hospital: dict[str, str]) -> None:
     parameter = orjson.loads((DATA / "SearchParameter-Encounter-queue-position.json").read_bytes())
     assert admin.call("PUT", f"SearchParameter/{parameter['id']}", parameter).status_code in (200, 201)
-    doc = admin.doctor(service=hospital["echo"])
+    doc = admin.doctor(service=hospital["echo"], organization={"reference": hospital["dept"]})
     slots = admin.slots(doc["practitioner"])
     first = desk.book(admin.patient(), f"Slot/{slots[0]['id']}")
     second = desk.book(admin.patient(), f"Slot/{slots[1]['id']}")
@@ -363,7 +363,7 @@ def test_check_in_creates_the_encounter_with_a_queue_position(desk: Desk, admin:
     assert encounter["class"]["code"] == "AMB" and encounter["status"] == "arrived"
     assert encounter["appointment"] == [{"reference": f"Appointment/{second['id']}"}]
     assert encounter["participant"][0]["individual"]["reference"] == doc["practitioner"]
-    assert encounter["serviceType"] == ECHO
+    assert encounter["serviceType"] == ECHO and encounter["serviceProvider"]["reference"] == hospital["dept"]
     # check-in by writing the status: the Encounter already planned for it is updated, the next token number
     planned = desk.create({"resourceType": "Encounter", "status": "planned", "class": {"code": "AMB"},
                            "subject": first["participant"][0]["actor"],

@@ -2,8 +2,9 @@
 ``POST Appointment/[id]/$check-in``), and in the same transaction the visit's Encounter is created, or the
 one already pointing at the appointment (``Encounter.appointment``) updated: class AMB, status ``arrived``,
 the patient, the practitioner (``participant.individual``, type PPRF), the service (``serviceType``, from
-the appointment or its slot), ``period.start`` = now, and the ``queue-position`` extension: the token
-number of the practitioner's day (1, 2, ... in check-in order, drawn under a per-doctor-per-day lock).
+the appointment or its slot) and its department (``serviceProvider``: the role's organization),
+``period.start`` = now, and the ``queue-position`` extension: the token number of the practitioner's day
+(1, 2, ... in check-in order, drawn under a per-doctor-per-day lock).
 
 The queue is searchable as ``Encounter?practitioner=Practitioner/[id]&date=geDAY&date=ltNEXTDAY
 &status=arrived&_sort=date``: the waiting patients in check-in order. The Encounter is written with the
@@ -81,6 +82,9 @@ class CheckIn:
                 "individual": {"reference": ref}} for ref in practitioners]
         if after.get("serviceType"):
             encounter["serviceType"] = after["serviceType"][0]
+        department = self._department(repo, after)
+        if department is not None:
+            encounter["serviceProvider"] = {"reference": department}
         url = extension_url("queue-position")
         encounter["extension"] = [e for e in encounter.get("extension") or [] if e.get("url") != url] + (
             [{"url": url, "valuePositiveInt": position}] if position is not None else [])
@@ -90,6 +94,21 @@ class CheckIn:
             repo.update("Encounter", encounter["id"], encounter)  # the caller's access
         else:
             repo.create("Encounter", encounter)
+
+    def _department(self, repo: Repository, appointment: dict[str, Any]) -> str | None:
+        """The department (PractitionerRole.organization) behind the appointment's slot, if any."""
+        with repo.acting_as(SYSTEM):
+            for ref in appointment.get("slot") or []:
+                slot = repo.current("Slot", ref_id(ref, "Slot") or "")
+                schedule_id = ref_id((slot.content or {}).get("schedule"), "Schedule") if slot is not None else None
+                schedule = repo.current("Schedule", schedule_id) if schedule_id else None
+                for actor in (schedule.content or {}).get("actor") or [] if schedule is not None else []:
+                    role_id = ref_id(actor, "PractitionerRole")
+                    role = repo.current("PractitionerRole", role_id) if role_id else None
+                    org = ((role.content or {}).get("organization") or {}).get("reference") if role else None
+                    if org:
+                        return str(org)
+        return None
 
     def _token(self, repo: Repository, practitioner: str) -> int:
         day_start, day_end = self.rules.local_day(now())
