@@ -1,7 +1,7 @@
 """The rules of an Appointment, whichever way it is written (POST, PUT, PATCH, a Bundle, $book, $check-in).
 
 Content (BEFORE_VALIDATE, 422): the status is one of the workflow's and moves only along its transitions
-(data/appointment-status.json); a cancellation carries ``cancelationReason``; a booking names its patient and
+(resources/appointment-status.json); a cancellation carries ``cancelationReason``; a booking names its patient and
 its times (taken from its slots when left out, refused when they differ); a booking or a move starts in the
 future and at least the minimum lead time from now; a booked appointment moves (start, end or slot) at most
 FHIR_SCHEDULING_MAX_RESCHEDULES times (counted by the server in the ``reschedule-count`` extension), and an

@@ -14,7 +14,7 @@ from fhir_server.config import Settings
 from fhir_server.errors import INVALID, FhirError
 from fhir_server.storage.repository import Repository
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "resources"  # JSON tables and FHIR resources (not "data/": git ignores it)
 UCUM = "http://unitsofmeasure.org"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
