@@ -168,6 +168,16 @@ class Settings(BaseSettings):
     # Organization.identifier.system carrying a payer's participant code (Claim.insurer -> Organization).
     claims_participant_system: str = "https://hcxprotocol.io/participant_code"
 
+    # --- scheduling (fhir_server/workflows/scheduling; docs/workflows/scheduling.md), FHIR_WORKFLOWS=scheduling ---
+    scheduling_timezone: str = "Asia/Kolkata"  # the clinic's clock: PractitionerRole.availableTime is local time
+    scheduling_clinic_hours: str = "08:00-20:00"  # no slot outside these hours, whatever a role's hours say
+    scheduling_slot_minutes: int = 30  # a slot's length unless the role's HealthcareService sets slot-duration
+    scheduling_daily_cap: int = 40  # appointments (and slots) per practitioner a day; a role's daily-cap overrides
+    scheduling_horizon_days: int = 28  # how far ahead a write of a PractitionerRole (re)generates its slots
+    scheduling_min_lead_minutes: int = 0  # a booking (or a reschedule) starts at least this long after now
+    scheduling_max_reschedules: int = 2  # times a booked appointment may move (start, end or slot)
+    scheduling_noshow_flag_after: int = 3  # consecutive no-shows that raise a Flag on the patient
+
     @model_validator(mode="after")
     def _production_needs_postgres(self) -> Settings:
         if self.environment == "production" and self.database_url.startswith("sqlite"):

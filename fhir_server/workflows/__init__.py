@@ -21,6 +21,7 @@ AREAS: dict[str, str] = {
     "clinic": "fhir_server.workflows.clinic",
     "notifications": "fhir_server.workflows.notifications",
     "billing": "fhir_server.workflows.billing",
+    "scheduling": "fhir_server.workflows.scheduling",
 }
 
 

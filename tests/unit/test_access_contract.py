@@ -23,6 +23,11 @@ ACTS_AS_SYSTEM = {
     "fhir_server/search/terms.py": "terminology definitions behind :in / :below",
     "fhir_server/subscriptions/delivery.py": "rest-hook bookkeeping: reading the Subscription, recording status",
     "fhir_server/subscriptions/engine.py": "subscription matching in SQL; SubscriptionTopic definitions",
+    "fhir_server/workflows/scheduling/booking.py": "booking rules see every appointment of a practitioner or "
+                                                   "patient, and set the status of the slots booked",
+    "fhir_server/workflows/scheduling/checkin.py": "a doctor's day queue: token numbers count every check-in",
+    "fhir_server/workflows/scheduling/noshow.py": "the no-show Flag is the server's record on the patient",
+    "fhir_server/workflows/scheduling/slots.py": "Schedule and Slots derived from a role the caller may write",
     "fhir_server/validation/setup.py": "CapabilityStatement.supportedProfile: the server describes itself",
     "fhir_server/workflows/notifications/record.py": "notifications: the patient's contact preferences read, "
                                                      "each message recorded as a Communication, sent by the outbox",

@@ -1,8 +1,8 @@
 """Billing (issue 18 items 6-8): ``billing_payment``, the index of payments recorded on invoices (an invoice's
 balance in one SUM; a unique Idempotency-Key so a retried payment can never be recorded twice).
 
-Revision ID: 0016_billing
-Revises: 0015_subscription_base
+Revision ID: 0017_billing
+Revises: 0016_tenancy
 Create Date: 2026-12-07
 """
 
@@ -11,8 +11,8 @@ from alembic import op
 
 from fhir_server.storage.models import UTCDateTime
 
-revision = "0016_billing"
-down_revision = "0015_subscription_base"
+revision = "0017_billing"
+down_revision = "0016_tenancy"
 branch_labels = None
 depends_on = None
 
