@@ -1,4 +1,4 @@
-"""The billing area's one table (migration 0016_billing): an index of the payments recorded on invoices.
+"""The billing area's one table (migration 0017_billing): an index of the payments recorded on invoices.
 
 ``billing_payment`` holds one row per PaymentReconciliation that pays (or refunds) an Invoice, written in the
 payment's own transaction. The truth stays in the PaymentReconciliation resources; the table is an index so
