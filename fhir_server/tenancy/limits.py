@@ -34,8 +34,8 @@ def install(server: FhirServer, store: TenantStore) -> None:
         tenant = store.get(code)
         if tenant is None or tenant.max_patients is None:
             return
-        # The new Patient's row is written already (BEFORE_COMMIT): more than the limit means one too many.
-        count = repo.conn.execute(select(func.count()).select_from(ResourceRow).where(
+        # repo.execute sends the deferred inserts first: the new Patient (and any earlier in a Bundle) counts.
+        count = repo.execute(select(func.count()).select_from(ResourceRow).where(
             ResourceRow.resource_type == "Patient", ResourceRow.deleted.is_(False))).scalar_one()
         if count > tenant.max_patients:
             raise limit_reached("max-patients", tenant.max_patients, "Patients")
