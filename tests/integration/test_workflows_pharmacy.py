@@ -39,7 +39,10 @@ SCOPE = "user/*.cruds"
 
 @pytest.fixture(scope="module")
 def smart(backend: Backend) -> Iterator[Smart]:
-    yield from smart_server(backend, workflows="pharmacy", audit_enabled=True)
+    for smart in smart_server(backend, workflows="pharmacy", audit_enabled=True):
+        admin = smart.system_token("system/*.cruds")  # one backend token for seeding, not one per call
+        smart.as_admin = lambda method, path, **kw: smart.fhir(method, path, admin, **kw)  # type: ignore[method-assign]
+        yield smart
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +105,10 @@ def _day(days: int) -> str:
 
 def test_only_doctors_prescribe_and_a_prescription_is_valid_30_days(smart: Smart, ward: dict[str, Any]) -> None:
     pid = _patient(smart)
-    r = _post(smart, ward["nurse"], _order(pid, RX, "161", "acetaminophen"))
+    r = _post(smart, ward["nurse"], _order(pid, RX, "161", "acetaminophen"))  # the role may create, the rule not
     assert r.status_code == 403, r.text
     assert _rules(r) == ["prescriber-not-doctor"]
-    r = _post(smart, ward["pharmacist"], _order(pid, RX, "161", "acetaminophen"))
+    r = _post(smart, ward["pharmacist"], _order(pid, RX, "161", "acetaminophen"))  # the role table already says no
     assert r.status_code == 403, r.text
     r = _post(smart, ward["doctor"], _order(pid, RX, "161", "acetaminophen"))
     assert r.status_code == 201, r.text
