@@ -26,6 +26,8 @@ from fhir_server.workflows.pharmacy.common import (
     PHARMACY,
     STOCK_KEY,
 )
+from fhir_server.validation.resource import validate_resource
+from fhir_server.workflows.pharmacy.knowledge import DATA
 from fhir_server.workflows.rules import RULE_SYSTEM
 from tests.conftest import Backend
 from tests.integration.test_auth_access import _user_token
@@ -228,6 +230,33 @@ def test_the_interaction_table_is_replaceable_data(smart: Smart, ward: dict[str,
     finally:
         assert smart.as_admin("DELETE", f"ConceptMap/{table['id']}").status_code in (200, 204)
     assert _post(smart, ward["doctor"], _order(_patient(smart), RX, "161", "acetaminophen")).status_code == 201
+
+
+def test_the_shipped_tables_are_valid_r4() -> None:
+    for name in ("medication-atc.json", "drug-interaction-codesystem.json", "drug-interaction-conceptmap.json"):
+        doc = orjson.loads((DATA / name).read_bytes())
+        assert validate_resource(doc) == [], name
+    pairs = orjson.loads((DATA / "drug-interaction-conceptmap.json").read_bytes())["group"][0]["element"]
+    assert sum(len(e["target"]) for e in pairs) == 35
+
+
+def test_a_refused_prescription_rolls_back_its_transaction(smart: Smart, ward: dict[str, Any]) -> None:
+    """The check sees an allergy written earlier in the same transaction; the 409 leaves nothing behind."""
+    family = f"T-{uuid.uuid4().hex[:8]}"
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:5f6b1c1e-0000-4000-8000-000000000001",
+         "resource": {"resourceType": "Patient", "name": [{"family": family}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "AllergyIntolerance",
+                      "patient": {"reference": "urn:uuid:5f6b1c1e-0000-4000-8000-000000000001"},
+                      "code": {"coding": [{"system": RX, "code": "7984", "display": "penicillin V"}]}},
+         "request": {"method": "POST", "url": "AllergyIntolerance"}},
+        {"resource": _order("x", RX, "7984", "penicillin V") | {
+            "subject": {"reference": "urn:uuid:5f6b1c1e-0000-4000-8000-000000000001"}},
+         "request": {"method": "POST", "url": "MedicationRequest"}}]}
+    r = smart.fhir("POST", "", ward["doctor"], content=orjson.dumps(bundle), headers=JSON)
+    assert r.status_code == 409 and _rules(r) == ["medication-allergy"], r.text
+    assert _search(smart, f"Patient?family={family}") == []
 
 
 # --- item 2: stock ---------------------------------------------------------------------------------------------------
