@@ -6,6 +6,7 @@ dispenses of the last units with real threads (exactly one wins)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import httpx
 import orjson
 import pytest
 
+from fhir_server.validation.resource import validate_resource
 from fhir_server.workflows.pharmacy.alerts import ALERT_FLAG
 from fhir_server.workflows.pharmacy.common import (
     ALERT_KEY,
@@ -26,7 +28,6 @@ from fhir_server.workflows.pharmacy.common import (
     PHARMACY,
     STOCK_KEY,
 )
-from fhir_server.validation.resource import validate_resource
 from fhir_server.workflows.pharmacy.knowledge import DATA
 from fhir_server.workflows.rules import RULE_SYSTEM
 from tests.conftest import Backend
@@ -42,9 +43,13 @@ SCOPE = "user/*.cruds"
 @pytest.fixture(scope="module")
 def smart(backend: Backend) -> Iterator[Smart]:
     for smart in smart_server(backend, workflows="pharmacy", audit_enabled=True):
-        admin = smart.system_token("system/*.cruds")  # one backend token for seeding, not one per call
-        smart.as_admin = lambda method, path, **kw: smart.fhir(method, path, admin, **kw)  # type: ignore[method-assign]
+        # one backend token for seeding, not a new client and token per call
+        smart.as_admin = functools.partial(_as, smart, smart.system_token("system/*.cruds"))  # type: ignore[method-assign]
         yield smart
+
+
+def _as(smart: Smart, token: str, method: str, path: str, **kw: Any) -> httpx.Response:
+    return smart.fhir(method, path, token, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ and rule thresholds (rules.json), all in ``data/``.
 
 A hospital replaces a table by storing its own CodeSystem or ConceptMap with the same canonical URL (PUT or
 POST it like any resource): the stored one wins over the packaged file from the next write on. Parsed tables
-are cached per server, keyed by the stored resource's id and version, so a change is seen at once.
+are cached per server, keyed by the newest CodeSystem / ConceptMap history row, so a change is seen at once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+
 from fhir_server.storage.access import as_system
+from fhir_server.storage.models import RESOURCE_HISTORY as HIST
 from fhir_server.storage.repository import Repository
 from fhir_server.workflows.pharmacy.common import ATC
 
@@ -55,26 +58,44 @@ def load_rules() -> Rules:
                  float(raw["reorder_level_default"]), {k: float(v) for k, v in raw["reorder_levels"].items()})
 
 
+@dataclass(frozen=True)
+class Tables:
+    """The tables as one write's checks see them (read once per check)."""
+    classes: dict[tuple[str, str], list[str]]
+    interactions: list[Interaction]
+
+    def to_atc(self, system: str, code: str) -> list[str]:
+        """The ATC codes of a coding: itself when it is ATC, else what the classes ConceptMap maps it to."""
+        return [code] if system == ATC else self.classes.get((system, code), [])
+
+
 @dataclass
 class Knowledge:
     rules: Rules = field(default_factory=load_rules)
     _cache: dict[str, tuple[tuple[str, int] | None, Any]] = field(default_factory=dict)
+    _tables: tuple[tuple[Any, ...], Tables] | None = None
 
-    def to_atc(self, repo: Repository, system: str, code: str) -> list[str]:
-        """The ATC codes of a coding: itself when it is ATC, else what the classes ConceptMap maps it to."""
-        if system == ATC:
-            return [code]
-        table: dict[tuple[str, str], list[str]] = self._table(repo, CLASSES_URL, "ConceptMap", _classes)
-        return table.get((system, code), [])
+    def tables(self, repo: Repository) -> Tables:
+        # The newest CodeSystem and ConceptMap versions (two index lookups): unchanged, the tables are too,
+        # and the three searches for stored replacements are skipped.
+        marker = tuple(repo.execute(select(*(
+            select(func.max(HIST.c.pk)).where(HIST.c.resource_type == t).scalar_subquery()
+            for t in ("CodeSystem", "ConceptMap")))).one())
+        cached = self._tables
+        if cached is not None and cached[0] == marker:
+            return cached[1]
+        tables = self._load(repo)
+        self._tables = (marker, tables)
+        return tables
 
-    def interactions(self, repo: Repository) -> list[Interaction]:
+    def _load(self, repo: Repository) -> Tables:
         concepts: dict[str, tuple[str, str, str]] = self._table(repo, INTERACTIONS_URL, "CodeSystem", _concepts)
         pairs: list[tuple[str, str, str]] = self._table(repo, PAIRS_URL, "ConceptMap", _pairs)
-        out = []
+        interactions = []
         for a, b, code in pairs:
             severity, display, definition = concepts.get(code, ("moderate", code, ""))
-            out.append(Interaction(code, a, b, severity, display, definition))
-        return out
+            interactions.append(Interaction(code, a, b, severity, display, definition))
+        return Tables(self._table(repo, CLASSES_URL, "ConceptMap", _classes), interactions)
 
     def _table(self, repo: Repository, url: str, rtype: str, parse: Any) -> Any:
         with repo.acting_as(as_system("pharmacy knowledge: the drug classes and interaction tables")):

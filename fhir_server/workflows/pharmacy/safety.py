@@ -35,7 +35,7 @@ from fhir_server.workflows.pharmacy.common import (
     role_of,
     stamp,
 )
-from fhir_server.workflows.pharmacy.knowledge import Knowledge
+from fhir_server.workflows.pharmacy.knowledge import Knowledge, Tables
 from fhir_server.workflows.rules import rule_issue, rule_violation
 
 MR = "MedicationRequest"
@@ -156,7 +156,8 @@ def before_commit(event: WriteEvent, repo: Repository | None, knowledge: Knowled
 
 def _findings(repo: Repository, knowledge: Knowledge, resource: dict[str, Any], patient: str,
               own_id: str) -> list[Finding]:
-    drug = _drug(repo, knowledge, resource)
+    tables = knowledge.tables(repo)
+    drug = _drug(repo, tables, resource)
     if not drug.codes:
         return []
     out: list[Finding] = []
@@ -164,25 +165,24 @@ def _findings(repo: Repository, knowledge: Knowledge, resource: dict[str, Any], 
     allergies = repo.read_many([("AllergyIntolerance", i) for i in
                                 repo.find_ids("AllergyIntolerance", [("patient", subject)], limit=500)])
     for allergy in allergies:
-        out.extend(_allergy(repo, knowledge, drug, allergy.content or {}, allergy.reference))
+        out.extend(_allergy(tables, drug, allergy.content or {}, allergy.reference))
     current = repo.read_many([(MR, i) for i in repo.find_ids(
         MR, [("patient", subject), ("status", "active,on-hold")], limit=500) if i != own_id])
-    interactions = knowledge.interactions(repo)
     for other in current:
         content = other.content or {}
         end = parse_time(((content.get("dispenseRequest") or {}).get("validityPeriod") or {}).get("end"), end=True)
         if end is not None and end < now():
             continue  # an expired prescription is no longer current therapy
-        theirs = _drug(repo, knowledge, content)
+        theirs = _drug(repo, tables, content)
         out.extend(_duplicate(knowledge, drug, theirs, other.reference))
-        for pair in interactions:
+        for pair in tables.interactions:
             if any(_meets(pair.a, pair.b, x, y) for x in drug.atc for y in theirs.atc):
                 out.append(Finding("interaction", pair.severity, f"{pair.display} with {theirs.label}: "
                                    f"{pair.definition} [{pair.code}]", other.reference))
     return out
 
 
-def _drug(repo: Repository, knowledge: Knowledge, resource: dict[str, Any]) -> Drug:
+def _drug(repo: Repository, tables: Tables, resource: dict[str, Any]) -> Drug:
     concepts = [resource.get("medicationCodeableConcept")]
     medication_id = ref_id(resource.get("medicationReference"), "Medication")
     if medication_id is not None:
@@ -191,14 +191,13 @@ def _drug(repo: Repository, knowledge: Knowledge, resource: dict[str, Any]) -> D
             concepts.append(content.get("code"))
             concepts += [i.get("itemCodeableConcept") for i in content.get("ingredient") or [] if isinstance(i, dict)]
     codes = frozenset(c for concept in concepts for c in codings(concept))
-    atc = frozenset(a for system, code in codes for a in knowledge.to_atc(repo, system, code))
+    atc = frozenset(a for system, code in codes for a in tables.to_atc(system, code))
     label = next((str(c.get("text") or (c.get("coding") or [{}])[0].get("display") or "")
                   for c in concepts if isinstance(c, dict)), "") or next(iter(sorted(codes)), ("", "?"))[1]
     return Drug(codes, atc, label)
 
 
-def _allergy(repo: Repository, knowledge: Knowledge, drug: Drug, allergy: dict[str, Any],
-             reference: str) -> list[Finding]:
+def _allergy(tables: Tables, drug: Drug, allergy: dict[str, Any], reference: str) -> list[Finding]:
     if any(c in ("inactive", "resolved") for _, c in codings(allergy.get("clinicalStatus"))):
         return []
     if any(c in ("refuted", "entered-in-error") for _, c in codings(allergy.get("verificationStatus"))):
@@ -206,7 +205,7 @@ def _allergy(repo: Repository, knowledge: Knowledge, drug: Drug, allergy: dict[s
     reactions = [r for r in allergy.get("reaction") or [] if isinstance(r, dict)]
     concepts = [allergy.get("code")] + [r.get("substance") for r in reactions]
     codes = {c for concept in concepts for c in codings(concept)}
-    atc = {a for system, code in codes for a in knowledge.to_atc(repo, system, code)}
+    atc = {a for system, code in codes for a in tables.to_atc(system, code)}
     what = next((str(c.get("text") or (c.get("coding") or [{}])[0].get("display") or "")
                  for c in concepts if isinstance(c, dict)), "") or "a recorded allergen"
     severity = "moderate" if allergy.get("criticality") == "low" else "high"
