@@ -130,6 +130,16 @@ def test_only_doctors_prescribe_and_a_prescription_is_valid_30_days(smart: Smart
     assert r.status_code == 200, r.text
     r = _put(smart, ward["pharmacist"], {**r.json(), "dosageInstruction": [{"text": "twice daily"}]})
     assert r.status_code == 403 and _rules(r) == ["prescriber-not-doctor"], r.text
+    # only a doctor overrides a safety alert
+    r = _put(smart, ward["pharmacist"], {**made, "extension": [{"url": OVERRIDE, "valueString": "I know best"}]})
+    assert r.status_code == 403 and _rules(r) == ["medication-override-not-doctor"], r.text
+    # a backend service (an e-prescribing interface) names the prescribing doctor
+    r = smart.as_admin("POST", "MedicationRequest", content=orjson.dumps(_order(pid, RX, "7052", "morphine")),
+                       headers=JSON)
+    assert r.status_code == 422 and _rules(r) == ["prescription-requester"], r.text
+    r = smart.as_admin("POST", "MedicationRequest", content=orjson.dumps(
+        _order(pid, RX, "7052", "morphine", requester={"reference": ward["doctor_ref"]})), headers=JSON)
+    assert r.status_code == 201, r.text
     # longer than 30 days: refused
     r = _post(smart, ward["doctor"], _order(pid, RX, "161", "acetaminophen", dispenseRequest={
         "validityPeriod": {"start": _day(0), "end": _day(45)}}))
@@ -299,10 +309,11 @@ def _prescribe(smart: Smart, ward: dict[str, Any], patient: str, code: str, disp
 def _dispense(smart: Smart, token: str, prescription: str, patient: str, quantity: float, store: str, *,
               code: str | None = None, batch: str | None = None) -> httpx.Response:
     body: dict[str, Any] = {"resourceType": "MedicationDispense", "status": "completed",
-                            "subject": {"reference": f"Patient/{patient}"},
                             "authorizingPrescription": [{"reference": f"MedicationRequest/{prescription}"}],
                             "quantity": {"value": quantity, "unit": "tablet"},
                             "location": {"reference": f"Location/{store}"}}
+    if patient:  # else the server takes the prescription's
+        body["subject"] = {"reference": f"Patient/{patient}"}
     if batch:
         body["medicationReference"] = {"reference": f"Medication/{batch}"}
     else:
@@ -364,9 +375,10 @@ def test_receipts_and_first_expiry_first_out_dispensing(smart: Smart, ward: dict
     # partial dispensing: the rest of the prescription later, never more than prescribed
     r = _dispense(smart, pharmacist, prescription, pid, 5, store, code="2231")
     assert r.status_code == 409 and _rules(r) == ["dispense-exceeds-prescription"], r.text
-    r = _dispense(smart, pharmacist, prescription, pid, 4, store, code="2231")
+    r = _dispense(smart, pharmacist, prescription, "", 4, store, code="2231")
     assert r.status_code == 201, r.text
     assert _stock(smart, store, late) == 23
+    assert r.json()["subject"] == {"reference": f"Patient/{pid}"}
     # a completed dispense is final; entered-in-error puts its stock back
     r = _put(smart, pharmacist, {**dispense, "quantity": {"value": 1, "unit": "tablet"}})
     assert r.status_code == 409 and _rules(r) == ["dispense-completed"], r.text

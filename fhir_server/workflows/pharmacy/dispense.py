@@ -146,6 +146,8 @@ def _check_prescription(repo: Repository, resource: dict[str, Any], prescription
     if end is not None and end < now():
         raise rule_violation(409, "prescription-expired", f"{MR}/{prescription} was valid until "
                              f"{dispense_request['validityPeriod']['end']}", where)
+    if "subject" not in resource and request.get("subject"):
+        resource["subject"] = request["subject"]  # the prescription's patient
     subject = ref_id(resource.get("subject"), "Patient")
     if subject is not None and subject != ref_id(request.get("subject"), "Patient"):
         raise rule_violation(422, "dispense-subject", "The dispense is for another patient than its prescription",
