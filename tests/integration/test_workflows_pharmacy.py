@@ -373,11 +373,14 @@ def test_receipts_and_first_expiry_first_out_dispensing(smart: Smart, ward: dict
     named = {e["what"]["reference"].split("/")[0] for a in audit for e in a["entity"] if "what" in e}
     assert {"MedicationDispense", "Basic"} <= named, audit  # the dispense, its stock records and movements
     # partial dispensing: the rest of the prescription later, never more than prescribed
+    assert smart.as_admin("GET", f"MedicationRequest/{prescription}").json()["status"] == "active"  # 8 of 12
     r = _dispense(smart, pharmacist, prescription, pid, 5, store, code="2231")
     assert r.status_code == 409 and _rules(r) == ["dispense-exceeds-prescription"], r.text
     r = _dispense(smart, pharmacist, prescription, "", 4, store, code="2231")
     assert r.status_code == 201, r.text
     assert _stock(smart, store, late) == 23
+    # 8 + 4 of 12: all given, the prescription is completed
+    assert smart.as_admin("GET", f"MedicationRequest/{prescription}").json()["status"] == "completed"
     assert r.json()["subject"] == {"reference": f"Patient/{pid}"}
     # a completed dispense is final; entered-in-error puts its stock back
     r = _put(smart, pharmacist, {**dispense, "quantity": {"value": 1, "unit": "tablet"}})

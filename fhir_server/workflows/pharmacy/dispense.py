@@ -5,8 +5,8 @@ period, for the same patient and not yet fully dispensed (partial dispenses add 
 quantity times 1 + repeats); then, under the store's lock, batches are chosen by earliest expiry, expired
 ones never, a named batch (medicationReference to a batch Medication) only; the choice is written on the
 dispense (DISPENSED_BATCH extensions, set by the server alone). BEFORE_COMMIT takes those quantities out of
-the stock records, one movement each. A completed dispense is final, except ``entered-in-error``, which puts
-its quantities back.
+the stock records, one movement each, and completes the prescription once all of it is dispensed. A completed
+dispense is final, except ``entered-in-error``, which puts its quantities back.
 """
 
 from __future__ import annotations
@@ -218,7 +218,27 @@ def before_commit(event: WriteEvent, repo: Repository | None) -> tuple[str, list
                                             if h.batch.id == batch_id), None)
             move(repo, location, batches[0], sign * amount, event.version.reference,
                  unit if isinstance(unit, str) else None, author, holding)
+        if sign < 0:
+            _complete_when_all_given(repo, resource)
     return location, products
+
+
+def _complete_when_all_given(repo: Repository, resource: dict[str, Any]) -> None:
+    """A prescription whose quantity (times 1 + repeats) has all been dispensed is completed."""
+    prescriptions = resource.get("authorizingPrescription") or []
+    prescription = ref_id(prescriptions[0], MR) if prescriptions else None
+    found = repo.read_many([(MR, prescription)]) if prescription else []
+    request = found[0].content or {} if found else {}
+    dispense_request = request.get("dispenseRequest") or {}
+    prescribed = quantity_value(dispense_request.get("quantity"))
+    if not found or request.get("status") != "active" or prescribed is None:
+        return
+    repeats = dispense_request.get("numberOfRepeatsAllowed")
+    allowed = prescribed * (1 + (repeats if isinstance(repeats, int) else 0))
+    done = repo.read_many([(MD, i) for i in repo.find_ids(
+        MD, [("prescription", f"{MR}/{prescription}"), ("status", "completed")], limit=1000)])
+    if sum(quantity_value((d.content or {}).get("quantity")) or 0.0 for d in done) + 1e-9 >= allowed:
+        repo.update(MR, found[0].id, {**request, "status": "completed"})
 
 
 def practitioner_of_caller(event: WriteEvent, repo: Repository) -> str | None:
