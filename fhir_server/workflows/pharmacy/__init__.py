@@ -37,11 +37,11 @@ def install(server: FhirServer) -> None:
         elif event.resource_type == "MedicationDispense":
             moved = dispense.before_commit(event, repo)
             if moved:
-                alerts.review(repo, knowledge, moved[0], moved[1])
+                alerts.review(repo, knowledge, moved[0], moved[1], moved[2])
         elif event.resource_type == "SupplyDelivery":
             received = stock.receive(event, repo)
             if received:
-                alerts.review(repo, knowledge, received[0], [received[1]])
+                alerts.review(repo, knowledge, received[0], [received[1]], {received[2]})
 
     def guard_delete(event: WriteEvent, repo: Repository | None) -> None:
         # a delete has no BEFORE_VALIDATE (nothing to validate): its rules run before its tombstone's hooks

@@ -45,9 +45,11 @@ ALERT_FLAG = "https://fhir-server.dev/identifier/pharmacy-alert-flag"  # Communi
 FLAG_CATEGORY = "http://terminology.hl7.org/CodeSystem/flag-category"
 
 
-def review(repo: Repository, knowledge: Knowledge, location: str, products: list[tuple[str, str]]) -> int:
-    """Raise or clear the alerts of these products at this store (under the store's lock). Returns how many
-    Flags were raised."""
+def review(repo: Repository, knowledge: Knowledge, location: str, products: list[tuple[str, str]],
+           moved: set[str] | None = None) -> int:
+    """Raise or clear the alerts of these products at this store (under the store's lock). ``moved``: the batches
+    a movement just changed; then only those and the batches with stock near expiry are looked at (an old
+    empty batch's alert was closed when it emptied); None looks at every batch. Returns the Flags raised."""
     raised = 0
     with repo.acting_as(as_system(ALERT_REASON)):
         lock_store(repo, location)
@@ -55,8 +57,14 @@ def review(repo: Repository, knowledge: Knowledge, location: str, products: list
             stock = holdings(repo, location, [product])
             raised += _low_stock(repo, knowledge, location, product, stock)
             for holding in stock:
-                raised += _expiring(repo, knowledge, location, holding)
+                if moved is None or holding.batch.id in moved or (holding.quantity > 0 and _soon(knowledge, holding)):
+                    raised += _expiring(repo, knowledge, location, holding)
     return raised
+
+
+def _soon(knowledge: Knowledge, holding: Holding) -> bool:
+    end = parse_time(holding.expires, end=True)
+    return end is None or end < now() + timedelta(days=knowledge.rules.expiry_alert_days)
 
 
 def _low_stock(repo: Repository, knowledge: Knowledge, location: str, product: tuple[str, str],
@@ -71,8 +79,7 @@ def _low_stock(repo: Repository, knowledge: Knowledge, location: str, product: t
 
 
 def _expiring(repo: Repository, knowledge: Knowledge, location: str, holding: Holding) -> int:
-    end = parse_time(holding.expires, end=True)
-    soon = end is None or end < now() + timedelta(days=knowledge.rules.expiry_alert_days)
+    soon = _soon(knowledge, holding)
     lot = ((holding.batch.content or {}).get("batch") or {}).get("lotNumber")
     word = "expired" if holding.expired() else "expires"
     text = (f"Expiring stock: lot {lot} of {_label([holding], ('', '?'))} {word} {holding.expires}; "

@@ -185,8 +185,10 @@ def _product(repo: Repository, resource: dict[str, Any]) -> tuple[list[tuple[str
     return products, None
 
 
-def before_commit(event: WriteEvent, repo: Repository | None) -> tuple[str, list[tuple[str, str]]] | None:
-    """Take (or for entered-in-error, put back) the chosen quantities. Returns (store, products) for alerts."""
+def before_commit(event: WriteEvent,
+                  repo: Repository | None) -> tuple[str, list[tuple[str, str]], set[str]] | None:
+    """Take (or for entered-in-error, put back) the chosen quantities. Returns (store, products, batches) for
+    the alerts."""
     if event.resource_type != MD or repo is None or event.resource is None or event.version is None:
         return None
     resource = event.resource
@@ -203,6 +205,7 @@ def before_commit(event: WriteEvent, repo: Repository | None) -> tuple[str, list
         return None
     unit = (resource.get("quantity") or {}).get("unit")
     products: list[tuple[str, str]] = []
+    moved: set[str] = set()
     author = practitioner_of_caller(event, repo)  # before acting as the ledger
     with repo.acting_as(as_system(STOCK_REASON)):
         lock_store(repo, location)
@@ -211,6 +214,7 @@ def before_commit(event: WriteEvent, repo: Repository | None) -> tuple[str, list
             batches = repo.read_many([("Medication", batch_id or "")])
             if not batches:
                 continue
+            moved.add(batches[0].id)
             product = product_of(batches[0].content or {})
             if product:
                 products.append(product)
@@ -220,7 +224,7 @@ def before_commit(event: WriteEvent, repo: Repository | None) -> tuple[str, list
                  unit if isinstance(unit, str) else None, author, holding)
         if sign < 0:
             _complete_when_all_given(repo, resource)
-    return location, products
+    return location, products, moved
 
 
 def _complete_when_all_given(repo: Repository, resource: dict[str, Any]) -> None:

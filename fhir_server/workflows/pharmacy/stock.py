@@ -178,9 +178,9 @@ def _unit(record: Version | None) -> str | None:
 
 # --- receipts: SupplyDelivery ---------------------------------------------------------------------------------
 
-def receive(event: WriteEvent, repo: Repository | None) -> tuple[str, tuple[str, str]] | None:
+def receive(event: WriteEvent, repo: Repository | None) -> tuple[str, tuple[str, str], str] | None:
     """BEFORE_COMMIT of a SupplyDelivery that becomes completed: the batch enters the store's stock.
-    Returns (store, product) for the alerts."""
+    Returns (store, product, batch) for the alerts."""
     if event.resource_type != SD or repo is None or event.resource is None or event.version is None:
         return None
     resource, previous = event.resource, event.previous.content if event.previous else None
@@ -220,4 +220,4 @@ def receive(event: WriteEvent, repo: Repository | None) -> tuple[str, tuple[str,
     unit = (item.get("quantity") or {}).get("unit")
     move(repo, location, batch, amount, event.version.reference, unit if isinstance(unit, str) else None,
          practitioner_of(repo.access))
-    return location, product_of(batch.content or {}) or ("", "")
+    return location, product_of(batch.content or {}) or ("", ""), batch.id
