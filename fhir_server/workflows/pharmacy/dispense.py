@@ -27,7 +27,7 @@ from fhir_server.workflows.pharmacy.common import (
     quantity_value,
     ref_id,
 )
-from fhir_server.workflows.pharmacy.stock import MD, Holding, holdings, lock_store, move, product_of
+from fhir_server.workflows.pharmacy.stock import MD, holdings, lock_store, move, product_of
 from fhir_server.workflows.rules import rule_violation
 
 MR = "MedicationRequest"
@@ -209,19 +209,17 @@ def before_commit(event: WriteEvent,
     author = practitioner_of_caller(event, repo)  # before acting as the ledger
     with repo.acting_as(as_system(STOCK_REASON)):
         lock_store(repo, location)
-        for ext in _allocations(resource):
-            batch_id, amount = _allocation_parts(ext)
-            batches = repo.read_many([("Medication", batch_id or "")])
-            if not batches:
+        taken = [_allocation_parts(ext) for ext in _allocations(resource)]
+        batches = {v.id: v for v in repo.read_many([("Medication", b) for b, _ in taken if b])}
+        products = list(dict.fromkeys(p for v in batches.values() if (p := product_of(v.content or {}))))
+        stock = {h.batch.id: h for h in holdings(repo, location, products)}  # one lookup for every batch taken
+        for batch_id, amount in taken:
+            batch = batches.get(batch_id or "")
+            if batch is None:
                 continue
-            moved.add(batches[0].id)
-            product = product_of(batches[0].content or {})
-            if product:
-                products.append(product)
-            holding: Holding | None = next((h for h in holdings(repo, location, [product] if product else [])
-                                            if h.batch.id == batch_id), None)
-            move(repo, location, batches[0], sign * amount, event.version.reference,
-                 unit if isinstance(unit, str) else None, author, holding)
+            moved.add(batch.id)
+            move(repo, location, batch, sign * amount, event.version.reference,
+                 unit if isinstance(unit, str) else None, author, stock.get(batch.id))
         if sign < 0:
             _complete_when_all_given(repo, resource)
     return location, products, moved
