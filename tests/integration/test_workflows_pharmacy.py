@@ -158,6 +158,7 @@ def test_allergy_class_blocks_unless_a_doctor_overrides_with_a_reason(smart: Sma
     assert r.status_code == 409, r.text
     assert _rules(r) == ["medication-allergy"]
     assert f"AllergyIntolerance/{allergy['id']}" in r.json()["issue"][0]["diagnostics"]
+    assert r.json()["issue"][0]["expression"] == ["MedicationRequest.medicationCodeableConcept"]
     assert _search(smart, f"DetectedIssue?patient={pid}") == []  # nothing half-written
     # an override needs a reason, and a doctor
     r = _post(smart, ward["doctor"], {**amoxicillin, "extension": [{"url": OVERRIDE, "valueString": " "}]})

@@ -144,9 +144,11 @@ def before_commit(event: WriteEvent, repo: Repository | None, knowledge: Knowled
         reason = str(override.get("valueString") or "").strip() if override else ""
         blocking = [f for f in findings if f.severity == "high"]
         if blocking and not reason:
+            where = (f"{MR}.medicationReference" if "medicationReference" in resource
+                     else f"{MR}.medicationCodeableConcept",)
             issues = [rule_issue(RULE[f.kind], f"{f.detail} ({f.other}); a doctor may override with a reason "
-                                 f"(extension {OVERRIDE})", (MR,)) for f in blocking]
-            issues += [rule_issue(RULE[f.kind], f"{f.detail} ({f.other})", (MR,), severity="warning")
+                                 f"(extension {OVERRIDE})", where) for f in blocking]
+            issues += [rule_issue(RULE[f.kind], f"{f.detail} ({f.other})", where, severity="warning")
                        for f in findings if f.severity != "high"]
             raise FhirError(409, issues)
         for finding in findings:
