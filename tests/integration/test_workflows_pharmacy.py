@@ -140,6 +140,9 @@ def test_only_doctors_prescribe_and_a_prescription_is_valid_30_days(smart: Smart
     r = smart.as_admin("POST", "MedicationRequest", content=orjson.dumps(
         _order(pid, RX, "7052", "morphine", requester={"reference": ward["doctor_ref"]})), headers=JSON)
     assert r.status_code == 201, r.text
+    # malformed content is the validator's 400, never a 500 from the rules
+    r = _post(smart, ward["doctor"], _order(pid, RX, "161", "acetaminophen", dispenseRequest={"validityPeriod": "x"}))
+    assert r.status_code == 400, r.text
     # longer than 30 days: refused
     r = _post(smart, ward["doctor"], _order(pid, RX, "161", "acetaminophen", dispenseRequest={
         "validityPeriod": {"start": _day(0), "end": _day(45)}}))
@@ -427,6 +430,10 @@ def test_stock_refusals(smart: Smart, ward: dict[str, Any]) -> None:
                                   "medicationCodeableConcept": {"coding": [{"system": RX, "code": "2551"}]},
                                   "quantity": {"value": 1}, "location": {"reference": f"Location/{store}"}})
     assert r.status_code == 422 and _rules(r) == ["dispense-prescription"], r.text
+    r = _post(smart, pharmacist, {"resourceType": "MedicationDispense", "status": "completed",
+                                  "authorizingPrescription": {"reference": f"MedicationRequest/{prescription}"},
+                                  "quantity": {"value": 1}, "location": {"reference": f"Location/{store}"}})
+    assert r.status_code in (400, 422), r.text
     late_patient = _patient(smart)
     expired = _prescribe(smart, ward, late_patient, "2551", "ciprofloxacin", 10, dispenseRequest={
         "validityPeriod": {"start": _day(-40), "end": _day(-11)}})

@@ -91,7 +91,7 @@ def _allocate(event: WriteEvent, repo: Repository, resource: dict[str, Any]) -> 
         raise rule_violation(422, "dispense-location", "A completed dispense names the store it was dispensed "
                              "from (location)", (f"{MD}.location",))
     prescriptions = resource.get("authorizingPrescription") or []
-    prescription = ref_id(prescriptions[0], MR) if prescriptions else None
+    prescription = ref_id(prescriptions[0], MR) if isinstance(prescriptions, list) and prescriptions else None
     if prescription is None:
         raise rule_violation(422, "dispense-prescription", "A dispense is made against a prescription "
                              "(authorizingPrescription)", (f"{MD}.authorizingPrescription",))

@@ -109,6 +109,8 @@ def _validity(resource: dict[str, Any], days: int) -> None:
     if not isinstance(request, dict):
         return
     period = request.setdefault("validityPeriod", {})
+    if not isinstance(period, dict):
+        return  # validation names the malformed element
     start_text = period.get("start") or resource.get("authoredOn") or stamp(now())
     start = parse_time(start_text)
     if start is None:
