@@ -394,6 +394,8 @@ def test_receipts_and_first_expiry_first_out_dispensing(smart: Smart, ward: dict
     assert r.status_code == 200, r.text
     assert (_stock(smart, store, late), _stock(smart, store, soon)) == (26, 5)
     assert _taken(r.json()) == _taken(dispense)
+    r = _put(smart, pharmacist, {**r.json(), "status": "completed"})  # no second taking of the same dispense
+    assert r.status_code == 409 and _rules(r) == ["dispense-completed"], r.text
 
 
 def test_stock_refusals(smart: Smart, ward: dict[str, Any]) -> None:

@@ -69,6 +69,12 @@ def before_validate(event: WriteEvent, repo: Repository | None) -> None:
                                      (f"{MD}.{key}",))
         _set_extensions(resource, others + kept)
         return
+    if (previous or {}).get("status") == "entered-in-error" and _allocations(previous):
+        if resource.get("status") != "entered-in-error":  # its stock went back: a new dispense, not this one
+            raise rule_violation(409, "dispense-completed", "A dispense taken back (entered-in-error) stays so; "
+                                 "record a new dispense", (f"{MD}.status",))
+        _set_extensions(resource, others + _allocations(previous))  # what it had taken, for the record
+        return
     _set_extensions(resource, others)  # a client never writes which batches the server took
     if resource.get("status") == "completed":
         _allocate(event, repo, resource)
