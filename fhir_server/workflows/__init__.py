@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 # area -> module with ``install(server: FhirServer) -> None`` (each area adds its own line).
 AREAS: dict[str, str] = {
+    "pharmacy": "fhir_server.workflows.pharmacy",
     "clinic": "fhir_server.workflows.clinic",
     "notifications": "fhir_server.workflows.notifications",
     "billing": "fhir_server.workflows.billing",

@@ -23,6 +23,11 @@ ACTS_AS_SYSTEM = {
     "fhir_server/search/terms.py": "terminology definitions behind :in / :below",
     "fhir_server/subscriptions/delivery.py": "rest-hook bookkeeping: reading the Subscription, recording status",
     "fhir_server/subscriptions/engine.py": "subscription matching in SQL; SubscriptionTopic definitions",
+    "fhir_server/workflows/pharmacy/alerts.py": "pharmacy alerts: the server's own low-stock/expiry Flags",
+    "fhir_server/workflows/pharmacy/dispense.py": "a dispense checks its prescription and takes stock (ledger)",
+    "fhir_server/workflows/pharmacy/knowledge.py": "the drug class and interaction tables, whoever prescribes",
+    "fhir_server/workflows/pharmacy/safety.py": "medication safety reads all allergies/prescriptions of the patient",
+    "fhir_server/workflows/pharmacy/stock.py": "the stock ledger: records and movements only the server writes",
     "fhir_server/workflows/scheduling/booking.py": "booking rules see every appointment of a practitioner or "
                                                    "patient, and set the status of the slots booked",
     "fhir_server/workflows/scheduling/checkin.py": "a doctor's day queue: token numbers count every check-in",
