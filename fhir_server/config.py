@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     # (frontdesk, scheduling, clinic, notifications, pharmacy, laboratory, wards, billing) or "all". Unset: a
     # plain FHIR server (bulk loads of historic data, test fixtures) with none of the hospital's rules.
     workflows: str = ""
+    # frontdesk: the system of the MRN every new Patient gets (PT-YYYYMMDD-NNNN), the hospital's own URI, and the
+    # time zone whose calendar day numbers it.
+    mrn_system: str = "https://fhir-server.dev/sid/mrn"
+    mrn_timezone: str = "Asia/Kolkata"
 
     # --- insurance claims over HCX / NHCX (interfaces/claims; docs/adapters.md). Unset gateway: no claims. ---
     claims_gateway_url: str | None = None  # protocol base, e.g. https://staging-hcx.swasth.app/api/v0.8

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 # area -> module with ``install(server: FhirServer) -> None`` (each area adds its own line).
 AREAS: dict[str, str] = {
+    "frontdesk": "fhir_server.workflows.frontdesk",
 }
 
 

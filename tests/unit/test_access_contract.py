@@ -23,6 +23,8 @@ ACTS_AS_SYSTEM = {
     "fhir_server/search/terms.py": "terminology definitions behind :in / :below",
     "fhir_server/subscriptions/delivery.py": "rest-hook bookkeeping: reading the Subscription, recording status",
     "fhir_server/subscriptions/engine.py": "subscription matching in SQL; SubscriptionTopic definitions",
+    "fhir_server/workflows/frontdesk/merge.py": "Patient/$merge and $unmerge move references in every resource, "
+                                                "after checking the caller's role",
     "fhir_server/validation/setup.py": "CapabilityStatement.supportedProfile: the server describes itself",
     "interfaces/abdm/api.py": "ABDM gateway calls in: admitted by the gateway's signed token, per request",
     "interfaces/abdm/hip_linking.py": "ABDM discovery and linking: the patient the gateway asks about",
