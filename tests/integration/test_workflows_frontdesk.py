@@ -90,6 +90,8 @@ def test_every_new_patient_gets_the_days_next_mrn_which_never_changes(smart: Sma
     # the server assigns it: a client's MRN on create is refused, and the refused create used no number
     r = _post(smart, "Patient", _patient("Chetan", _unique(), identifier=[{"system": MRN, "value": "PT-1"}]))
     assert r.status_code == 422 and _rule(r) == "mrn-assigned-by-server", r.text
+    # a create refused after its number was drawn (invalid content) gives the number back
+    assert _post(smart, "Patient", _patient("Chetan", _unique(), gender="robot")).status_code == 400
     c = _post(smart, "Patient", _patient("Deepa", _unique(), gender="female"))
     assert int(_mrn(c.json())[-4:]) == int(mb[-4:]) + 1
 
@@ -138,6 +140,30 @@ def test_24_concurrent_registrations_get_consecutive_mrns(smart: Smart) -> None:
     assert [r.status_code for r in results] == [201] * 24, [r.text for r in results if r.status_code != 201]
     numbers = sorted(int(_mrn(r.json())[-4:]) for r in results)
     assert numbers == list(range(numbers[0], numbers[0] + 24))
+
+
+def test_concurrent_registrations_with_one_abha_number_make_one_patient(smart: Smart) -> None:
+    if smart.backend.name != "postgresql":
+        pytest.skip("concurrency of writers: PostgreSQL (SQLite serialises writers by design)")
+    token = smart.system_token("system/*.cruds")
+    number = "42" + str(uuid.uuid4().int)[:12]
+    barrier = threading.Barrier(10)
+    statuses: list[int] = []
+
+    def register(n: int) -> None:
+        body = orjson.dumps({"resourceType": "Patient", **_patient(f"Twin{n}", _unique(), birth="2001-01-01"),
+                             "identifier": [{"system": ABHA, "value": number}]})
+        with httpx.Client(timeout=60) as http:
+            barrier.wait()
+            statuses.append(http.post(f"{smart.base}/Patient", content=body,
+                                      headers={**JSON, "Authorization": f"Bearer {token}"}).status_code)
+
+    threads = [threading.Thread(target=register, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(statuses) == [201] + [409] * 9, statuses
 
 
 # --- item 2: the master patient index ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +64,12 @@ def name_tokens(patient: dict[str, Any]) -> list[list[str]]:
     return out
 
 
+@lru_cache(maxsize=65536)  # a pure function of two strings; the same names come up again and again
 def phonetic(token: str) -> str:
     return jellyfish.metaphone(token) or token
 
 
+@lru_cache(maxsize=262144)
 def _token_score(a: str, b: str) -> float:
     if a == b:
         return 1.0
