@@ -61,7 +61,8 @@ class PatientIndex:
         patient = event.resource
         if event.interaction == "create" and patient is not None:
             self._check_duplicate(repo, patient, event.resource_id)
-        repo.execute(delete(MATCH_KEY).where(MATCH_KEY.c.patient_id == event.resource_id))
+        if event.previous is not None:  # a first version has no keys to replace
+            repo.execute(delete(MATCH_KEY).where(MATCH_KEY.c.patient_id == event.resource_id))
         if patient is not None and not merged(patient):
             for key in sorted(blocking_keys(patient, self.mrn_system)):
                 repo.defer_insert(MATCH_KEY, {"key": key, "patient_id": event.resource_id})

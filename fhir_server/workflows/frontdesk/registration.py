@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -128,7 +128,8 @@ class Registration:
     def before_commit(self, event: WriteEvent, repo: Repository | None) -> None:
         if event.resource_type != "Patient" or repo is None or event.resource_id is None:
             return
-        repo.execute(delete(IDENTIFIER).where(IDENTIFIER.c.patient_id == event.resource_id))
+        if event.previous is not None:  # a first version holds nothing yet
+            repo.execute(delete(IDENTIFIER).where(IDENTIFIER.c.patient_id == event.resource_id))
         patient = event.resource
         if patient is None or merged(patient):
             return
@@ -155,7 +156,3 @@ def _next_number(repo: Repository, day: str) -> int:
     stmt = stmt.on_conflict_do_update(index_elements=[MRN_DAY.c.day], set_={"last": MRN_DAY.c.last + 1})
     return int(repo.execute(stmt.returning(MRN_DAY.c.last)).scalar_one())
 
-
-def holder(repo: Repository, system: str, value: str) -> str | None:
-    return repo.execute(select(IDENTIFIER.c.patient_id).where(IDENTIFIER.c.system == system,
-                                                              IDENTIFIER.c.value == value)).scalar()
