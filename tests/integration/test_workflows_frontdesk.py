@@ -271,7 +271,8 @@ def _merge_params(source: str, target: str, **extra: Any) -> bytes:
 def test_merge_moves_every_reference_and_unmerge_puts_them_back(smart: Smart, tokens: dict[str, str]) -> None:
     admin = smart.system_token("system/*.cruds")
     family = _unique()
-    source = _post(smart, "Patient", _patient("Jaya", family, gender="female")).json()
+    narrative = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Jaya, diabetic</div>'}
+    source = _post(smart, "Patient", {**_patient("Jaya", family, gender="female"), "text": narrative}).json()
     target = _post(smart, "Patient", _patient("Jaya", family, gender="female", birth="1980-04-21"),
                    Prefer="handling=lenient").json()
     obs = _observation(smart, source["id"])
@@ -288,11 +289,13 @@ def test_merge_moves_every_reference_and_unmerge_puts_them_back(smart: Smart, to
     assert r.status_code == 200, r.text
     out = {p["name"]: p for p in r.json()["parameter"]}
     assert {"reference": f"Patient/{source['id']}"} in [lk["other"] for lk in out["result"]["resource"]["link"]]
+    assert "text" not in out["result"]["resource"]  # the receptionist's view
     moved = smart.fhir("GET", f"Observation/{obs['id']}", admin).json()
     assert moved["subject"]["reference"] == f"Patient/{target['id']}"
     src = smart.fhir("GET", f"Patient/{source['id']}", admin).json()
     assert src["active"] is False and src["link"] == [{"other": {"reference": f"Patient/{target['id']}"},
                                                        "type": "replaced-by"}]
+    assert src["text"] == narrative  # what the receptionist may not see is kept, not erased by the merge
     prov_ref = out["provenance"]["valueReference"]["reference"]
     prov = smart.fhir("GET", prov_ref, admin).json()
     assert prov["activity"]["coding"][0]["code"] == "merge"
