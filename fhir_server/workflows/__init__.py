@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 # area -> module with ``install(server: FhirServer) -> None`` (each area adds its own line).
 AREAS: dict[str, str] = {
+    "clinic": "fhir_server.workflows.clinic",
+    "notifications": "fhir_server.workflows.notifications",
+    "billing": "fhir_server.workflows.billing",
+    "scheduling": "fhir_server.workflows.scheduling",
     "frontdesk": "fhir_server.workflows.frontdesk",
 }
 

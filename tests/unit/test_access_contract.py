@@ -25,7 +25,14 @@ ACTS_AS_SYSTEM = {
     "fhir_server/subscriptions/engine.py": "subscription matching in SQL; SubscriptionTopic definitions",
     "fhir_server/workflows/frontdesk/merge.py": "Patient/$merge and $unmerge move references in every resource, "
                                                 "after checking the caller's role",
+    "fhir_server/workflows/scheduling/booking.py": "booking rules see every appointment of a practitioner or "
+                                                   "patient, and set the status of the slots booked",
+    "fhir_server/workflows/scheduling/checkin.py": "a doctor's day queue: token numbers count every check-in",
+    "fhir_server/workflows/scheduling/noshow.py": "the no-show Flag is the server's record on the patient",
+    "fhir_server/workflows/scheduling/slots.py": "Schedule and Slots derived from a role the caller may write",
     "fhir_server/validation/setup.py": "CapabilityStatement.supportedProfile: the server describes itself",
+    "fhir_server/workflows/notifications/record.py": "notifications: the patient's contact preferences read, "
+                                                     "each message recorded as a Communication, sent by the outbox",
     "interfaces/abdm/api.py": "ABDM gateway calls in: admitted by the gateway's signed token, per request",
     "interfaces/abdm/hip_linking.py": "ABDM discovery and linking: the patient the gateway asks about",
     "interfaces/abdm/service.py": "ABDM outbox jobs: gateway callbacks, data pushes, erasure at dataEraseAt",
