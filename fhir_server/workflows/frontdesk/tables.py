@@ -1,4 +1,4 @@
-"""The front desk's index and lock tables (migration 0016_frontdesk). The truth stays in the Patient resources;
+"""The front desk's index and lock tables (migration 0018_frontdesk). The truth stays in the Patient resources;
 these rows are rewritten in each Patient write's own transaction, as the search index is.
 
 - ``frontdesk_mrn_day``: the last MRN number handed out per calendar day. Incrementing the day's row locks it
