@@ -12,7 +12,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fhir_server.api import admin, auth, docs, fhir, health, hl7_admin, landing, metrics, subscriptions_ws
+from fhir_server.api import admin, auth, docs, fhir, health, hl7_admin, landing, metrics, platform, subscriptions_ws
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.api.tenants import TenantRouting
 from fhir_server.config import Settings, get_settings
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     auth.install(app, server)  # SMART on FHIR: /auth/*, /fhir/.well-known/* (before the catch-all), CORS
     app.include_router(admin.router)  # /admin/outbox (operators)
     app.include_router(hl7_admin.router)  # /admin/hl7/messages (operators of lab interfaces)
+    app.include_router(platform.router)  # /platform/tenants: the hospitals on this server (FHIR_PLATFORM_TOKEN)
     app.include_router(subscriptions_ws.router)  # the Subscription websocket channel
     app.include_router(landing.router)  # GET /: links to the entry points
     docs.install(app)  # /docs (Swagger UI, local files), /openapi/fhir.json (from the CapabilityStatement)

@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     # "default" is the install's own data (the public schema / the FHIR_DATABASE_URL file); another code is a
     # tenant made with `fhir-server tenants create` (its own PostgreSQL schema / SQLite file).
     tenant: str = "default"
+    # The platform administrator's bearer for /platform (fhir_server/api/platform.py); unset: /platform is closed.
+    platform_token: SecretStr | None = None
     # Public FHIR base URL; unset: derived from each request (Host header) + "/fhir".
     base_url: str | None = None
     host: str = "127.0.0.1"

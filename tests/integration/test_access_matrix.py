@@ -51,7 +51,7 @@ TOKENS: dict[str, tuple[str, ...]] = {
     "backend": ("Observation", "Condition", "Encounter"),
 }
 # Routes that only an administrator (or an EHR-side user who may read the patient) may use.
-ADMIN_ROUTES = ("/admin/",)
+ADMIN_ROUTES = ("/admin/", "/platform/")  # operators and the platform administrator only
 LAUNCH_REFUSED = ("patient", "narrow", "backend")
 COUNTED = ("search-type ", "search-type-id", "search-type-count", "search-type-post", "search-system-id",
            "search-system-post", "search-compartment", "search-chain", "search-has", "history-instance")
