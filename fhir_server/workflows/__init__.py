@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 # area -> module with ``install(server: FhirServer) -> None`` (each area adds its own line).
 AREAS: dict[str, str] = {
+    "laboratory": "fhir_server.workflows.laboratory",
+    "wards": "fhir_server.workflows.wards",
 }
 
 
