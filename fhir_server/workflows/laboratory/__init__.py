@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from fhir_server.hooks import HookPoint, WriteEvent
 from fhir_server.workflows.laboratory.critical import CriticalValues, load_defaults
 from fhir_server.workflows.laboratory.results import RESULT_TYPES, check_final, check_order_state
-from fhir_server.workflows.laboratory.specimens import check_barcodes
+from fhir_server.workflows.laboratory.specimens import check_barcodes, link_to_orders
 from fhir_server.workflows.laboratory.turnaround import record_turnaround
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ def install(server: FhirServer) -> None:
             critical.after_write(event, repo)
         elif event.resource_type == "DiagnosticReport":
             record_turnaround(event, repo)
+        elif event.resource_type == "Specimen":
+            link_to_orders(event, repo)
 
     server.hooks.register(HookPoint.BEFORE_VALIDATE, before_validate)
     server.hooks.register(HookPoint.BEFORE_COMMIT, before_commit)

@@ -3,8 +3,9 @@ a Flag on the patient and a Communication to the ordering practitioner (``Servic
 subscriptions on Flag or Communication then fire as for any write.
 
 The limits are data: ObservationDefinition resources (``qualifiedInterval`` with category ``critical``)
-keyed by LOINC code. Those stored on the server win; otherwise the defaults shipped in
-``critical-values.json`` apply. A value is critical when strictly below ``range.low`` or above
+keyed by LOINC code. One stored on the server as ``ObservationDefinition/critical-<LOINC code>`` wins (R4 has
+no search parameter on ObservationDefinition.code, so the id names the code); otherwise the defaults shipped
+in ``critical-values.json`` (the same ids) apply. A value is critical when strictly below ``range.low`` or above
 ``range.high``, compared only when its UCUM code matches the limit's (no unit conversion: a result in
 another unit is not judged rather than judged wrongly). A new version of a result that was already
 critical raises nothing again.
@@ -72,14 +73,10 @@ class CriticalValues:
         self.defaults = defaults  # read-only after install: this server's shipped limits
 
     def range_for(self, repo: Repository, code: str) -> dict[str, Any] | None:
-        # as system: the hospital's configured limits apply whoever reports the result
-        with repo.acting_as(as_system("laboratory: the critical limits configured as ObservationDefinitions")):
-            ids = repo.find_ids("ObservationDefinition", [("code", f"{LOINC}|{code}")], limit=5)
-        for definition_id in ids:
-            stored = repo.current("ObservationDefinition", definition_id)
-            found = _critical_range(stored.content) if stored is not None and stored.content else None
-            if found is not None:
-                return found
+        # R4 has no search parameter on ObservationDefinition.code: a limit is stored under a known id
+        stored = repo.current("ObservationDefinition", f"critical-{code}")
+        if stored is not None and not stored.deleted and stored.content:
+            return _critical_range(stored.content)
         default = self.defaults.get(code)
         return _critical_range(default) if default is not None else None
 

@@ -73,8 +73,9 @@ def check_order_state(event: WriteEvent, repo: Repository) -> None:
             raise rule_violation(409, ORDER_CANCELLED, f"ServiceRequest/{order_id} is {order['status']}: "
                                                        f"a cancelled order takes no results",
                                  (f"{rtype}.basedOn[{i}]",))
-        if status in WITH_VALUE and not order_has_collected_specimen(repo, order, order_id):
+        if status in WITH_VALUE and not order_has_collected_specimen(repo, order):
             raise rule_violation(409, NOT_COLLECTED, f"ServiceRequest/{order_id} has no collected Specimen yet "
-                                                     f"(Specimen.request naming the order, with "
-                                                     f"collection.collectedDateTime): no results before it",
+                                                     f"(ServiceRequest.specimen, or Specimen.request naming "
+                                                     f"the order, with collection.collectedDateTime): no "
+                                                     f"results before it",
                                  (f"{rtype}.basedOn[{i}]",))

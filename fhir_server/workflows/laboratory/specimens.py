@@ -7,7 +7,7 @@ with it, so of two concurrent writes of one barcode the second sees the first on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.hooks import WriteEvent
 from fhir_server.storage.access import as_system
@@ -37,7 +37,7 @@ def check_barcodes(event: WriteEvent, repo: Repository) -> None:
                                  (f"Specimen.identifier[{i}]",))
 
 
-def collected(specimen: dict[str, object] | None) -> bool:
+def collected(specimen: dict[str, Any] | None) -> bool:
     """Whether a Specimen has been taken from the patient (collection.collected[x]) and is usable."""
     if not specimen or specimen.get("status") in SPECIMEN_UNAVAILABLE:
         return False
@@ -46,13 +46,30 @@ def collected(specimen: dict[str, object] | None) -> bool:
                                                  collection.get("collectedPeriod"))
 
 
-def order_has_collected_specimen(repo: Repository, order: dict[str, object], order_id: str) -> bool:
-    """The order's specimens: those it names (ServiceRequest.specimen) and those naming it (Specimen.request)."""
-    named = [sid for ref in order.get("specimen") or [] if (sid := ref_id(ref, "Specimen"))]  # type: ignore[attr-defined]
-    with repo.acting_as(as_system("laboratory: an order's specimens, whoever may see them")):
-        named += repo.find_ids("Specimen", [("request", f"ServiceRequest/{order_id}")], limit=50)
-    for sid in dict.fromkeys(named):
-        current = repo.current("Specimen", sid)
+def link_to_orders(event: WriteEvent, repo: Repository) -> None:
+    """A Specimen naming its orders (``Specimen.request``) is listed on each (``ServiceRequest.specimen``), in
+    the same transaction: R4 has no search parameter on Specimen.request, so the order is where its
+    specimens are found."""
+    reference = {"reference": f"Specimen/{event.resource_id}"}
+    for ref in (event.resource or {}).get("request") or []:
+        order_id = ref_id(ref, "ServiceRequest")
+        current = repo.current("ServiceRequest", order_id) if order_id else None
+        if current is None or current.deleted or not current.content:
+            continue
+        if any(ref_id(s, "Specimen") == event.resource_id for s in current.content.get("specimen") or []):
+            continue
+        order = {k: v for k, v in current.content.items() if k != "meta"}
+        order["specimen"] = [*(order.get("specimen") or []), reference]
+        # as system: a technician labelling a tube may not edit the order; the link is the server's record
+        with repo.acting_as(as_system("laboratory: an order lists the specimens drawn for it")):
+            repo.update("ServiceRequest", current.id, order)
+
+
+def order_has_collected_specimen(repo: Repository, order: dict[str, Any]) -> bool:
+    """Whether one of the order's specimens (``ServiceRequest.specimen``) has been collected."""
+    for ref in order.get("specimen") or []:
+        sid = ref_id(ref, "Specimen")
+        current = repo.current("Specimen", sid) if sid else None
         if current is not None and not current.deleted and collected(current.content):
             return True
     return False
