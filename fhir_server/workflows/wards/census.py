@@ -47,7 +47,7 @@ held AS (
     AND {ref} LIKE 'Location/%' AND {start} <= :at AND ({end} IS NULL OR {end} > :at))
 SELECT beds.ward, count(*) AS beds, count(held.bed) AS occupied
 FROM beds LEFT JOIN held ON held.bed = beds.bed
-WHERE beds.ward IS NOT NULL AND (:only IS NULL OR beds.ward = :only)
+WHERE beds.ward IS NOT NULL AND (CAST(:only AS VARCHAR(64)) IS NULL OR beds.ward = CAST(:only AS VARCHAR(64)))
 GROUP BY beds.ward ORDER BY beds.ward
 """
 
