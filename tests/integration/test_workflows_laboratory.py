@@ -209,7 +209,8 @@ def test_critical_limits_are_data_the_hospital_configures(smart: Smart, ward: di
     first = created(smart.fhir("POST", "Observation", ward["tech"], json=ast))  # AST: no shipped limit
     assert alerts(smart, sr["id"], first["id"]) == []
     created(smart.as_admin("PUT", "ObservationDefinition/critical-1920-8", json={
-        "resourceType": "ObservationDefinition", "id": "critical-1920-8", "code": {"coding": [{"system": LOINC, "code": "1920-8"}]},
+        "resourceType": "ObservationDefinition", "id": "critical-1920-8",
+        "code": {"coding": [{"system": LOINC, "code": "1920-8"}]},
         "qualifiedInterval": [{"category": "critical", "range": {"high": {"value": 500, "code": "U/L"}}}]}))
     second = created(smart.fhir("POST", "Observation", ward["tech"], json=ast))
     assert len(alerts(smart, sr["id"], second["id"])) == 1
@@ -221,10 +222,12 @@ def test_turnaround_time_is_recorded_on_the_order(smart: Smart, ward: dict[str, 
     created(specimen(smart, ward, sr["id"]))
     obs = created(smart.fhir("POST", "Observation", ward["tech"], json=result(ward, sr["id"])))
     report = {"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "Potassium"},
-              "basedOn": [{"reference": f"ServiceRequest/{sr['id']}"}], "result": [{"reference": f"Observation/{obs['id']}"}],
+              "basedOn": [{"reference": f"ServiceRequest/{sr['id']}"}],
+              "result": [{"reference": f"Observation/{obs['id']}"}],
               "subject": {"reference": f"Patient/{ward['patient']}"},
               "issued": (ordered + timedelta(minutes=95)).isoformat()}
-    preliminary = created(smart.fhir("POST", "DiagnosticReport", ward["tech"], json={**report, "status": "preliminary"}))
+    preliminary = created(smart.fhir("POST", "DiagnosticReport", ward["tech"],
+                                     json={**report, "status": "preliminary"}))
     assert "extension" not in created(smart.fhir("GET", f"ServiceRequest/{sr['id']}", ward["md"]))
     created(smart.fhir("PUT", f"DiagnosticReport/{preliminary['id']}", ward["tech"], json={**preliminary, **report}))
     done = created(smart.fhir("GET", f"ServiceRequest/{sr['id']}", ward["md"]))

@@ -37,6 +37,7 @@ def sort_expression(r: FromClause, rtype: str, key: SortKey) -> ColumnElement[An
     if code == "_lastUpdated":
         return r.c.last_updated
     table = TABLES[key.param.type]
+    column: ColumnElement[Any]
     if key.param.type == "date":
         column = table.c.high if key.descending else table.c.low
     elif key.order and key.param.type == "token":

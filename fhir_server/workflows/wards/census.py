@@ -52,7 +52,8 @@ GROUP BY beds.ward ORDER BY beds.ward
 """
 
 _PARTS = {
-    "postgresql": {"kind": "r.content #>> '{physicalType,coding,0,code}'", "parent": "r.content #>> '{partOf,reference}'",
+    "postgresql": {"kind": "r.content #>> '{physicalType,coding,0,code}'",
+                   "parent": "r.content #>> '{partOf,reference}'",
                    "entries": "jsonb_array_elements(CASE WHEN jsonb_typeof(r.content -> 'location') = 'array' "
                               "THEN r.content -> 'location' ELSE '[]'::jsonb END) AS e",
                    "status": "r.content ->> 'status'", "ref": "(e.value #>> '{location,reference}')",
