@@ -34,14 +34,25 @@ def smart(backend: Backend) -> Iterator[Smart]:
 
 @pytest.fixture(scope="module")
 def ward(smart: Smart) -> dict[str, str]:
-    """A patient, the ordering doctor, and tokens of a lab technician and a doctor."""
-    patient = created(smart.as_admin("POST", "Patient", json={"resourceType": "Patient", "name": [{"family": "Lab"}]}))
-    doctor = created(smart.as_admin("POST", "Practitioner", json={"resourceType": "Practitioner",
+    """A patient, the ordering doctor, a lab technician's token, and the ordering app's (a backend's) token."""
+    patient = created(admin(smart, "POST", "Patient", json={"resourceType": "Patient", "name": [{"family": "Lab"}]}))
+    doctor = created(admin(smart, "POST", "Practitioner", json={"resourceType": "Practitioner",
                                                                     "name": [{"family": "Orderer"}]}))
     return {"patient": patient["id"], "doctor": doctor["id"],
             "tech": str(_user_token(smart, "lab_technician", "user/*.cruds")["access_token"]),
-            "md": str(_user_token(smart, "doctor", "user/*.cruds",
-                                  fhir_user=f"Practitioner/{doctor['id']}")["access_token"])}
+            "md": smart.system_token("system/ServiceRequest.cruds system/Communication.rs system/Flag.rs "
+                                     "system/Observation.cruds")}
+
+
+_ADMIN_TOKENS: dict[int, str] = {}  # one backend token per server (minting one per request costs a sign-in)
+
+
+def admin(smart: Smart, method: str, path: str, **kw: Any) -> httpx.Response:
+    """Seed and check data with a backend token that may do anything."""
+    token = _ADMIN_TOKENS.get(id(smart))
+    if token is None:
+        token = _ADMIN_TOKENS[id(smart)] = smart.system_token("system/*.cruds")
+    return smart.fhir(method, path, token, **kw)
 
 
 def created(r: httpx.Response) -> dict[str, Any]:
@@ -88,7 +99,7 @@ def result(ward: dict[str, str], order_id: str, value: float = 4.2, *, code: str
 
 def alerts(smart: Smart, order_id: str, observation_id: str) -> list[dict[str, Any]]:
     """The Communications of an order about one result (R4 has no search parameter on Communication.about)."""
-    bundle = created(smart.as_admin("GET", f"Communication?based-on=ServiceRequest/{order_id}&_count=100"))
+    bundle = created(admin(smart, "GET", f"Communication?based-on=ServiceRequest/{order_id}&_count=100"))
     return [e["resource"] for e in bundle.get("entry", [])
             if {"reference": f"Observation/{observation_id}"} in e["resource"].get("about", [])]
 
@@ -152,7 +163,7 @@ def test_a_final_result_changes_only_by_a_corrected_version(smart: Smart, ward: 
 
 
 def test_stat_before_routine_in_the_worklist(smart: Smart, ward: dict[str, str]) -> None:
-    patient = created(smart.as_admin("POST", "Patient", json={"resourceType": "Patient"}))["id"]
+    patient = created(admin(smart, "POST", "Patient", json={"resourceType": "Patient"}))["id"]
     start = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
     placed = [("routine", 0), ("stat", 5), ("urgent", 1), ("asap", 2), ("stat", 3), ("routine", 4)]
     for priority, minutes in placed:
@@ -208,7 +219,7 @@ def test_critical_limits_are_data_the_hospital_configures(smart: Smart, ward: di
     ast = result(ward, sr["id"], 900, code="1920-8", unit="U/L")
     first = created(smart.fhir("POST", "Observation", ward["tech"], json=ast))  # AST: no shipped limit
     assert alerts(smart, sr["id"], first["id"]) == []
-    created(smart.as_admin("PUT", "ObservationDefinition/critical-1920-8", json={
+    created(admin(smart, "PUT", "ObservationDefinition/critical-1920-8", json={
         "resourceType": "ObservationDefinition", "id": "critical-1920-8",
         "code": {"coding": [{"system": LOINC, "code": "1920-8"}]},
         "qualifiedInterval": [{"category": "critical", "range": {"high": {"value": 500, "code": "U/L"}}}]}))
@@ -255,4 +266,4 @@ def test_an_analyser_result_for_a_revoked_order_is_refused_over_mllp(smart: Smar
     assert segment(ack, "MSA")[1] in ("AE", "AR"), ack
     err = segment(ack, "ERR")
     assert "cancelled order" in ack or "revoked" in ack, err
-    assert created(smart.as_admin("GET", f"Observation?based-on=ServiceRequest/{sr['id']}"))["total"] == 0
+    assert created(admin(smart, "GET", f"Observation?based-on=ServiceRequest/{sr['id']}"))["total"] == 0
