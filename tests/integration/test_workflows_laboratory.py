@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from fhir_server.rest.server import FhirServer
 from fhir_server.workflows.laboratory.turnaround import TURNAROUND
@@ -211,6 +212,25 @@ def test_a_critical_value_alerts_the_ordering_doctor(smart: Smart, ward: dict[st
     created(smart.fhir("PUT", f"Observation/{high['id']}", ward["tech"],
                        json={**high, "status": "corrected", "valueQuantity": {**high["valueQuantity"], "value": 7.0}}))
     assert len(alerts(smart, sr["id"], high["id"])) == 1
+
+
+def test_a_critical_value_fires_the_subscriptions_on_alerts(smart: Smart, ward: dict[str, str]) -> None:
+    sub = created(admin(smart, "POST", "Subscription", json={
+        "resourceType": "Subscription", "status": "requested", "reason": "ward alerts",
+        "criteria": "Communication?category=alert", "channel": {"type": "websocket"}}))
+    reader = smart.system_token("system/Subscription.rs system/Communication.rs")
+    sr = order(smart, ward)
+    created(specimen(smart, ward, sr["id"]))
+    url = smart.base.replace("http://", "ws://") + "/subscriptions/ws"
+    try:
+        with connect(url, additional_headers={"Authorization": f"Bearer {reader}"}) as ws:
+            ws.send(f"bind {sub['id']}")
+            assert ws.recv(timeout=10) == f"bound {sub['id']}"
+            created(smart.fhir("POST", "Observation", ward["tech"], json=result(ward, sr["id"], 3.9)))  # normal
+            created(smart.fhir("POST", "Observation", ward["tech"], json=result(ward, sr["id"], 1.9)))  # critical
+            assert ws.recv(timeout=10) == f"ping {sub['id']}"
+    finally:
+        admin(smart, "DELETE", f"Subscription/{sub['id']}")
 
 
 def test_critical_limits_are_data_the_hospital_configures(smart: Smart, ward: dict[str, str]) -> None:
