@@ -5,6 +5,7 @@ correction; stat before routine in worklists; critical values alert the orderer;
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -115,6 +116,30 @@ def test_a_specimen_barcode_is_unique_per_system(smart: Smart, ward: dict[str, s
     other.pop("id")
     created(smart.fhir("POST", "Specimen", ward["tech"], json=other))
     created(smart.fhir("PUT", f"Specimen/{first['id']}", ward["tech"], json={**first, "status": "available"}))
+
+
+def test_concurrent_labels_of_one_barcode_one_wins(smart: Smart, ward: dict[str, str]) -> None:
+    if smart.backend.name != "postgresql":
+        pytest.skip("concurrent writers: PostgreSQL (SQLite serialises writers by its database lock)")
+    barcode = uuid.uuid4().hex[:10]
+    barrier = threading.Barrier(10)
+    statuses: list[int] = []
+
+    def label() -> None:
+        with httpx.Client(timeout=60) as http:
+            body = {"resourceType": "Specimen", "identifier": [{"system": BARCODES, "value": barcode}],
+                    "subject": {"reference": f"Patient/{ward['patient']}"}}
+            barrier.wait()
+            statuses.append(http.post(f"{smart.base}/Specimen", json=body, headers={
+                "Authorization": f"Bearer {ward['tech']}", "Accept": "application/fhir+json"}).status_code)
+
+    threads = [threading.Thread(target=label) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(statuses) == [201] + [409] * 9, statuses
+    assert created(admin(smart, "GET", f"Specimen?identifier={BARCODES}|{barcode}"))["total"] == 1
 
 
 def test_no_results_before_the_specimen_is_collected(smart: Smart, ward: dict[str, str]) -> None:
