@@ -123,6 +123,13 @@ def test_admission_takes_a_free_bed_and_no_bed_holds_two(smart: Smart, staff: di
     issue = refused(smart.fhir("POST", "Encounter", staff["nurse"], json=admission(patient(smart), bed)), 409,
                     "ward-bed-unavailable")
     assert issue["expression"] == ["Encounter.location[0]"]
+    # nobody frees an occupied bed by hand (only a discharge or transfer), nor occupies one without an admission
+    held = created(admin(smart, "GET", f"Location/{bed}"))
+    freed = {**held, "operationalStatus": {"system": STATUS, "code": "U"}}
+    refused(admin(smart, "PUT", f"Location/{bed}", json=freed), 409, "ward-bed-held")
+    free = created(admin(smart, "GET", f"Location/{dirty}"))
+    refused(admin(smart, "PUT", f"Location/{dirty}", json={**free, "operationalStatus": held["operationalStatus"]}),
+            409, "ward-bed-held")
     contaminated = created(admin(smart, "GET", f"Location/{dirty}"))
     created(admin(smart, "PUT", f"Location/{dirty}", json={**contaminated, "operationalStatus": {
         "system": STATUS, "code": "K", "display": "Contaminated"}}))

@@ -35,6 +35,7 @@ ONE_BED = "ward-one-bed"
 HISTORY = "ward-location-history"
 NO_SUMMARY = "ward-discharge-summary-missing"
 HIERARCHY = "ward-location-hierarchy"
+BED_HELD = "ward-bed-held"
 
 
 def _entry_key(entry: dict[str, Any]) -> tuple[str | None, Any]:
@@ -48,12 +49,24 @@ def _active(entry: dict[str, Any]) -> bool:
 class Beds:
     def __init__(self, ward_codes: WardCodes) -> None:
         self.codes = ward_codes
+        # as system: the bed's state follows the admission, whoever (a nurse, the front desk) admits; this one
+        # policy object also tells the bookkeeping's own Location writes from an app's
+        self.keeper = as_system("wards: a bed's operationalStatus follows its admissions")
 
     # --- Location -------------------------------------------------------------------------------------
 
     def check_location(self, event: WriteEvent, repo: Repository) -> None:
-        """A bed lies in a room or ward, a room in a ward (partOf)."""
+        """A bed lies in a room or ward, a room in a ward (partOf). Only admissions occupy a bed and only a
+        discharge or transfer frees it: an app may not set an occupied bed free, nor a bed occupied."""
         location = event.resource or {}
+        previous = event.previous.content if event.previous is not None and not event.previous.deleted else None
+        occupied = self.codes.status("occupied")["code"]
+        before, after = self.codes.status_code(previous), self.codes.status_code(location)
+        if previous is not None and repo.access is not self.keeper and (
+                (before == occupied and self.codes.admittable(location)) or (after == occupied != before)):
+            raise rule_violation(409, BED_HELD, f"Location/{event.resource_id} operationalStatus follows its "
+                                                f"admissions: an inpatient Encounter occupies a bed, its discharge "
+                                                f"or transfer frees it", ("Location.operationalStatus",))
         allowed = self.codes.data["parents"].get(self.codes.kind(location))
         if not allowed:
             return
@@ -154,8 +167,7 @@ class Beds:
     def _set_status(self, repo: Repository, bed_id: str, content: dict[str, Any], which: str) -> None:
         updated = {k: v for k, v in content.items() if k != "meta"}
         updated["operationalStatus"] = self.codes.status(which)
-        # as system: the bed's state follows the admission, whoever (a nurse, the front desk) admits
-        with repo.acting_as(as_system("wards: a bed's operationalStatus follows its admissions")):
+        with repo.acting_as(self.keeper):
             repo.update("Location", bed_id, updated)
 
     def require_summary(self, repo: Repository, encounter_id: str | None) -> None:
