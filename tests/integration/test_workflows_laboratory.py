@@ -155,6 +155,13 @@ def test_no_results_before_the_specimen_is_collected(smart: Smart, ward: dict[st
     tube["collection"] = {"collectedDateTime": datetime.now(UTC).isoformat(timespec="seconds")}
     created(smart.fhir("PUT", f"Specimen/{tube['id']}", ward["tech"], json=tube))
     created(smart.fhir("POST", "Observation", ward["tech"], json=obs))
+    # an imaging order takes no specimen: its report needs none
+    imaging = created(admin(smart, "POST", "ServiceRequest", json={
+        "resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "363679005"}]}],
+        "code": {"text": "Chest X-ray"}, "subject": {"reference": f"Patient/{ward['patient']}"}}))
+    created(smart.fhir("POST", "DiagnosticReport", ward["tech"], json={
+        **report, "code": {"text": "Chest X-ray"}, "basedOn": [{"reference": f"ServiceRequest/{imaging['id']}"}]}))
     # a registered placeholder (no value yet) is not a result: allowed before collection
     created(smart.fhir("POST", "Observation", ward["tech"], json=result(ward, order(smart, ward)["id"],
                                                                           status="registered")))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from fhir_server.hooks import HookPoint, WriteEvent
 from fhir_server.workflows.laboratory.critical import CriticalValues, load_defaults
-from fhir_server.workflows.laboratory.results import RESULT_TYPES, check_final, check_order_state
+from fhir_server.workflows.laboratory.results import RESULT_TYPES, check_final, check_order_state, load_no_specimen
 from fhir_server.workflows.laboratory.specimens import check_barcodes, link_to_orders
 from fhir_server.workflows.laboratory.turnaround import record_turnaround
 
@@ -33,6 +33,7 @@ def install_sort_orders(server: FhirServer, path: Path = SORT_ORDERS) -> None:
 def install(server: FhirServer) -> None:
     install_sort_orders(server)
     critical = CriticalValues(load_defaults())
+    exempt = load_no_specimen()  # order categories that take no specimen (imaging, procedures)
 
     def before_validate(event: WriteEvent, repo: Repository | None) -> None:
         if repo is None:
@@ -42,7 +43,7 @@ def install(server: FhirServer) -> None:
         elif event.resource_type in RESULT_TYPES:
             check_final(event, repo)
             if event.resource is not None:
-                check_order_state(event, repo)
+                check_order_state(event, repo, exempt)
 
     def before_commit(event: WriteEvent, repo: Repository | None) -> None:
         if repo is None:

@@ -1,7 +1,8 @@
 """An order's results follow its state (issue 18, item 3), whether they come over REST or HL7 v2.
 
 - No result (an Observation or DiagnosticReport ``basedOn`` the ServiceRequest, with a value: status
-  preliminary, final, amended or corrected) before a specimen of the order is collected.
+  preliminary, final, amended or corrected) before a specimen of the order is collected; orders whose
+  category says they take no specimen (imaging, procedures: ``no-specimen-orders.json``, data) are exempt.
 - A revoked (or entered-in-error) order takes no results.
 - A final result is not changed again except by a correction: the new version's status is ``corrected`` or
   ``amended`` (or ``entered-in-error``, its retraction); it is never deleted. Re-sending the same content
@@ -10,6 +11,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.hooks import WriteEvent
@@ -29,6 +32,19 @@ CANCELLED_ORDER = {"revoked", "entered-in-error"}
 ORDER_CANCELLED = "lab-order-cancelled"
 NOT_COLLECTED = "lab-specimen-not-collected"
 RESULT_FINAL = "lab-result-final"
+
+
+NO_SPECIMEN = Path(__file__).with_name("no-specimen-orders.json")
+
+
+def load_no_specimen(path: Path = NO_SPECIMEN) -> frozenset[tuple[str, str]]:
+    """(system, code) of the ServiceRequest categories whose orders take no specimen."""
+    return frozenset((c["system"], c["code"]) for c in json.loads(path.read_text())["categories"])
+
+
+def takes_specimen(order: dict[str, Any], exempt: frozenset[tuple[str, str]]) -> bool:
+    return not any((c.get("system"), c.get("code")) in exempt
+                   for concept in order.get("category") or [] for c in concept.get("coding") or [])
 
 
 def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
@@ -54,7 +70,7 @@ def check_final(event: WriteEvent, repo: Repository) -> None:
                                                 f"amended), not status {new.get('status')!r}", (f"{rtype}.status",))
 
 
-def check_order_state(event: WriteEvent, repo: Repository) -> None:
+def check_order_state(event: WriteEvent, repo: Repository, exempt: frozenset[tuple[str, str]]) -> None:
     """The orders a result is basedOn are not cancelled and have a collected specimen."""
     result = event.resource or {}
     status = result.get("status")
@@ -73,7 +89,7 @@ def check_order_state(event: WriteEvent, repo: Repository) -> None:
             raise rule_violation(409, ORDER_CANCELLED, f"ServiceRequest/{order_id} is {order['status']}: "
                                                        f"a cancelled order takes no results",
                                  (f"{rtype}.basedOn[{i}]",))
-        if status in WITH_VALUE and not order_has_collected_specimen(repo, order):
+        if status in WITH_VALUE and takes_specimen(order, exempt) and not order_has_collected_specimen(repo, order):
             raise rule_violation(409, NOT_COLLECTED, f"ServiceRequest/{order_id} has no collected Specimen yet "
                                                      f"(ServiceRequest.specimen, or Specimen.request naming "
                                                      f"the order, with collection.collectedDateTime): no "
