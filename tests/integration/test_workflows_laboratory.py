@@ -193,6 +193,12 @@ def test_a_final_result_changes_only_by_a_corrected_version(smart: Smart, ward: 
     assert corrected["valueQuantity"]["value"] == 4.8 and corrected["meta"]["versionId"] == "3"
     refused(smart.fhir("DELETE", f"Observation/{obs['id']}", ward["md"]), 409, "lab-result-final")
     assert smart.fhir("GET", f"Observation/{obs['id']}", ward["md"]).status_code == 200
+    # a vital sign is no laboratory result: not under this rule
+    pulse = created(admin(smart, "POST", "Observation", json={
+        "resourceType": "Observation", "status": "final", "code": {"coding": [{"system": LOINC, "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{ward['patient']}"}, "valueQuantity": {"value": 72, "code": "/min"}}))
+    created(admin(smart, "PUT", f"Observation/{pulse['id']}", json={**pulse, "valueQuantity": {"value": 74,
+                                                                                              "code": "/min"}}))
 
 
 def test_stat_before_routine_in_the_worklist(smart: Smart, ward: dict[str, str]) -> None:

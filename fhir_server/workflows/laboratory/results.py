@@ -4,9 +4,9 @@
   preliminary, final, amended or corrected) before a specimen of the order is collected; orders whose
   category says they take no specimen (imaging, procedures: ``no-specimen-orders.json``, data) are exempt.
 - A revoked (or entered-in-error) order takes no results.
-- A final result is not changed again except by a correction: the new version's status is ``corrected`` or
-  ``amended`` (or ``entered-in-error``, its retraction); it is never deleted. Re-sending the same content
-  (an analyser's retry) is no change and passes.
+- A final laboratory result (basedOn an order, or of category laboratory) is not changed again except by
+  a correction: the new version's status is ``corrected`` or ``amended`` (or ``entered-in-error``, its
+  retraction); it is never deleted. Re-sending the same content (an analyser's retry) is no change.
 """
 
 from __future__ import annotations
@@ -53,10 +53,22 @@ def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
                                                                       if k not in strip}
 
 
+LAB_CATEGORIES = {("http://terminology.hl7.org/CodeSystem/observation-category", "laboratory"),
+                  ("http://terminology.hl7.org/CodeSystem/v2-0074", "LAB")}
+
+
+def lab_result(resource: dict[str, Any]) -> bool:
+    """A laboratory result: ``basedOn`` an order, or of category laboratory (a vital sign is not)."""
+    if any(ref_id(ref, "ServiceRequest") for ref in resource.get("basedOn") or []):
+        return True
+    return any((c.get("system"), c.get("code")) in LAB_CATEGORIES
+               for concept in resource.get("category") or [] for c in concept.get("coding") or [])
+
+
 def check_final(event: WriteEvent, repo: Repository) -> None:
-    """Final results change only by a correction, and are never deleted."""
+    """Final laboratory results change only by a correction, and are never deleted."""
     previous = event.previous.content if event.previous is not None and not event.previous.deleted else None
-    if not previous or previous.get("status") not in FINAL:
+    if not previous or previous.get("status") not in FINAL or not lab_result(previous):
         return
     rtype = event.resource_type
     if event.interaction == "delete":
