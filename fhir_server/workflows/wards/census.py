@@ -1,6 +1,7 @@
 """``Location/$census`` (issue 18, item 5): beds, occupied beds and occupancy per ward at any moment,
 computed in the database from the Encounters' location history (each bed entry's period) and the Location
-hierarchy (bed partOf room partOf ward, or bed partOf ward), one SQL statement whatever the hospital's size.
+hierarchy (bed partOf room partOf ward, or bed partOf ward), one SQL statement whatever the hospital's size;
+the search index's ``location-period`` rows pick the Encounters present at that moment before any JSON is read.
 
 Parameters: ``date`` (a dateTime; default now), ``ward`` (a ward's id or ``Location/id``: only that ward).
 Answers a Parameters resource: ``date``, one ``ward`` part per ward (location, beds, occupied, available,
@@ -14,11 +15,12 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from fhir_server.errors import FORBIDDEN, INVALID, FhirError
 from fhir_server.rest.operations import Operation
 from fhir_server.rest.request import FhirRequest, FhirResponse
+from fhir_server.search.tables import DATE
 from fhir_server.storage.repository import instant
 from fhir_server.workflows.wards.config import WardCodes, utc_instant
 
@@ -43,6 +45,8 @@ held AS (
   SELECT DISTINCT substr({ref}, 10) AS bed
   FROM resource r, {entries}
   WHERE r.resource_type = 'Encounter' AND r.deleted = :no
+    AND r.id IN (SELECT d.resource_id FROM search_date d WHERE d.resource_type = 'Encounter'
+                 AND d.param = 'location-period' AND d.low <= :at_time AND d.high >= :at_time)
     AND {status} NOT IN ('cancelled', 'entered-in-error')
     AND {ref} LIKE 'Location/%' AND {start} <= :at AND ({end} IS NULL OR {end} > :at))
 SELECT beds.ward, count(*) AS beds, count(held.bed) AS occupied
@@ -102,8 +106,10 @@ class Census:
         only = ward.rsplit("/", 1)[-1] if ward else None
         parts = _PARTS["postgresql" if repo.dialect == "postgresql" else "sqlite"]
         physical = self.codes.data["physicalType"]
-        rows = repo.execute(text(_SQL.format(**parts)), {
-            "at": at, "only": only, "no": False, "ward": physical["ward"], "bed": physical["bed"]}).all()
+        # the search index's location-period rows narrow the Encounters to those there at that moment
+        stmt = text(_SQL.format(**parts)).bindparams(bindparam("at_time", type_=DATE.c.low.type))
+        rows = repo.execute(stmt, {"at": at, "at_time": datetime.fromisoformat(at), "only": only, "no": False,
+                                   "ward": physical["ward"], "bed": physical["bed"]}).all()
         params: list[dict[str, Any]] = [{"name": "date", "valueDateTime": at}]
         params += [_figures("ward", r.ward, int(r.beds), int(r.occupied)) for r in rows]
         params.append(_figures("total", None, sum(int(r.beds) for r in rows), sum(int(r.occupied) for r in rows)))
