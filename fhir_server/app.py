@@ -14,11 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_server.api import admin, auth, docs, fhir, health, hl7_admin, landing, metrics, subscriptions_ws
 from fhir_server.api.access_log import AccessLogMiddleware
+from fhir_server.api.tenants import TenantRouting
 from fhir_server.config import Settings, get_settings
 from fhir_server.errors import EXCEPTION, INVALID, NOT_FOUND, NOT_SUPPORTED, Issue, operation_outcome
 from fhir_server.jobs.background import Background
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.outbox import OutboxDispatcher
+from fhir_server.tenancy.model import DEFAULT
+from fhir_server.tenancy.stacks import Tenants, TenantStack
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +35,12 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     from fhir_server.jobs.topics import install_outbox_topics
 
     install_outbox_topics(server, dispatcher)  # every outbox topic (HL7 orders, subscriptions), as the worker
+    # Tenancy: the default tenant's services are these; another hospital's are made on its first request.
+    tenants = Tenants(settings, TenantStack(DEFAULT, server, dispatcher, background))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        background.start()
+        tenants.start()
         listener = None
         if settings.mllp_port:  # HL7 v2 over MLLP beside HTTP (interfaces/mllp)
             from interfaces.mllp.listener import MllpListener
@@ -45,14 +50,13 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
         yield
         if listener is not None:
             await listener.stop()
-        background.stop()
-        if server.audit is not None:  # write the AuditEvents still queued
-            server.audit.recorder.close()
+        tenants.stop()  # background work stops, queued AuditEvents are written
 
     # /docs is ours (api/docs.py): Swagger UI from local files, with the FHIR API beside these routes.
     app = FastAPI(title="FHIR R4 server", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.fhir = server
+    app.state.fhir = server  # the default tenant's; routes take the request's own with stack_of(request)
     app.state.outbox = dispatcher
+    app.state.tenants = tenants
     auth.install(app, server)  # SMART on FHIR: /auth/*, /fhir/.well-known/* (before the catch-all), CORS
     app.include_router(admin.router)  # /admin/outbox (operators)
     app.include_router(hl7_admin.router)  # /admin/hl7/messages (operators of lab interfaces)
@@ -69,6 +73,8 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     mount_abdm(app, server)  # ABDM HIP/HIU endpoints when FHIR_ABDM_* configure it (interfaces/abdm)
     app.include_router(fhir.router)
     app.state.metrics = metrics.HttpMetrics()
+    # /fhir/{tenant}/... and /t/{tenant}/...: the tenant's services for every route inside (api/tenants.py).
+    app.add_middleware(TenantRouting, tenants=tenants)
     # Outermost: the request id covers everything inside; each finished request also feeds /metrics.
     app.add_middleware(AccessLogMiddleware, observe=app.state.metrics.observe)
 

@@ -14,14 +14,19 @@ from pydantic import ValidationError
 
 from fhir_server import logs
 from fhir_server.auth import cli as auth_cli
-from fhir_server.config import get_settings, settings_errors
+from fhir_server.config import Settings, get_settings, settings_errors
 from fhir_server.jobs import cli as jobs_cli
 from fhir_server.packages import cli as packages_cli
+from fhir_server.tenancy import cli as tenants_cli
+from fhir_server.tenancy.engines import tenant_settings
+from fhir_server.tenancy.model import DEFAULT
 from terminology import cli as terminology_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server", description="Hospital FHIR R4 server")
+    parser.add_argument("--tenant", default=None,
+                        help="the hospital a command works on (default: FHIR_TENANT, else the default tenant)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="apply pending migrations, then serve the FHIR API")
     serve.add_argument("--host", default=None)
@@ -51,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     terminology_cli.add_parsers(sub)  # terminology load-core (terminology/cli.py)
     packages_cli.add_parsers(sub)  # packages install (fhir_server/packages/cli.py)
     jobs_cli.add_parsers(sub)  # worker, outbox list|retry (fhir_server/jobs/cli.py)
+    tenants_cli.add_parsers(sub)  # tenants create|list|show|suspend|activate|delete (fhir_server/tenancy/cli.py)
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
@@ -59,14 +65,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"fhir-server: {line}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, logging.INFO)  # FHIR_LOG_FORMAT=json: one object per line
+    if args.tenant:
+        settings = settings.model_copy(update={"tenant": args.tenant})
+    if settings.tenant != DEFAULT:
+        if args.command in ("serve", "migrate", "tenants"):  # these serve or look after every tenant
+            print(f"fhir-server {args.command} works for every tenant: run it without --tenant", file=sys.stderr)
+            return 2
+        refusal = tenant_refusal(settings)
+        if refusal:
+            print(f"fhir-server: {refusal}", file=sys.stderr)
+            return 2
+        settings = tenant_settings(settings.model_copy(update={"tenant": DEFAULT}), settings.tenant)
 
     if args.command == "migrate":
-        from fhir_server.storage.database import make_engine
-        from fhir_server.storage.migrate import upgrade
-
-        upgrade(make_engine(settings))
-        print("database is at the latest migration")
+        count = tenants_cli.migrate_all(settings, out=sys.stdout)  # the default tenant, then each other one
+        print(f"database is at the latest migration ({count + 1} tenant{'s' if count else ''})")
         return 0
+    if args.command == "tenants":
+        return tenants_cli.run(args, settings)
     if args.command == "serve":
         host = args.host or settings.host
         port = args.port or settings.port
@@ -89,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings.model_copy(update={"mllp_port": args.mllp_port})
 
         engine = make_engine(settings)
-        upgrade(engine)
+        tenants_cli.migrate_all(settings)  # the default tenant's schema or file, then every other tenant's
         auth_cli.first_start(settings, AuthStore(engine))  # embedded default: an admin user on first start
         terminology_cli.preload_in_background(settings)  # FHIR R4 core CodeSystems/ValueSets, once
         # FhirHttpProtocol: what uvicorn refuses itself (a 100 KB URL) is answered as an OperationOutcome too.
@@ -129,6 +145,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return load_paths(settings, args.paths, out=sys.stdout, server=FhirServer(settings, engine),
                           access=as_system("fhir-server load (operator)"), upsert=args.upsert, err=sys.stderr)
     return 2
+
+
+def tenant_refusal(settings: Settings) -> str | None:
+    """Why a command cannot work for ``settings.tenant`` (unknown, not active), or None."""
+    from fhir_server.storage.database import make_engine
+    from fhir_server.tenancy.model import TenantStatus
+    from fhir_server.tenancy.store import TenantStore
+
+    base = make_engine(settings.model_copy(update={"tenant": DEFAULT}))
+    try:
+        status = TenantStore(base, settings).status(settings.tenant)
+    except Exception:  # no platform table yet: a database never migrated
+        status = None
+    finally:
+        base.dispose()
+    if status is None:
+        return f"no tenant {settings.tenant} (fhir-server tenants list)"
+    if status != TenantStatus.ACTIVE:
+        return f"tenant {settings.tenant} is {status.value}"
+    return None
 
 
 def is_loopback(host: str) -> bool:

@@ -15,6 +15,10 @@ class Settings(BaseSettings):
 
     environment: str = "local"  # local | test | production
     database_url: str = "sqlite:///data/fhir.sqlite3"
+    # --- tenancy (fhir_server/tenancy; docs/tenancy.md): the hospital this process or command works for ---
+    # "default" is the install's own data (the public schema / the FHIR_DATABASE_URL file); another code is a
+    # tenant made with `fhir-server tenants create` (its own PostgreSQL schema / SQLite file).
+    tenant: str = "default"
     # Public FHIR base URL; unset: derived from each request (Host header) + "/fhir".
     base_url: str | None = None
     host: str = "127.0.0.1"
@@ -121,6 +125,28 @@ class Settings(BaseSettings):
     # (frontdesk, scheduling, clinic, notifications, pharmacy, laboratory, wards, billing) or "all". Unset: a
     # plain FHIR server (bulk loads of historic data, test fixtures) with none of the hospital's rules.
     workflows: str = ""
+    # clinic: an unsigned clinical note (Composition, DocumentReference) can be edited this long after its date
+    clinic_note_edit_hours: float = 24.0
+    # notifications (FHIR_WORKFLOWS=notifications; docs/workflows/notifications.md): e-mail over SMTP, SMS over an
+    # HTTP gateway, sent through the outbox. An unset host / URL: that channel is not used.
+    notify_smtp_host: str | None = None
+    notify_smtp_port: int = 587
+    notify_smtp_security: Literal["none", "starttls", "tls"] = "starttls"  # tls: SMTPS (implicit TLS, port 465)
+    notify_smtp_user: str | None = None
+    notify_smtp_password: SecretStr | None = None
+    notify_email_from: str = "hospital@localhost"
+    notify_smtp_ca_file: str | None = None  # PEM of the CA of the SMTP server's certificate; unset: the system's
+    notify_sms_url: str | None = None  # the gateway's send URL: POST with the body template below
+    notify_sms_auth_header: SecretStr | None = None  # e.g. "Authorization: Bearer KEY" (name: value)
+    notify_sms_content_type: str = "application/json"
+    # string.Template; $to, $text, $id (the Communication id) are substituted JSON-escaped in a JSON type
+    notify_sms_body_template: str = '{"to": "$to", "message": "$text", "reference": "$id"}'
+    notify_timeout_seconds: float = 10.0  # one SMTP conversation / one gateway request
+    notify_max_attempts: int = 8  # deliveries tried (exponential backoff) before the dead letter
+    notify_reminder_hours: float = 24.0  # a booked appointment's reminder goes out this long before its start
+    notify_reminder_check_seconds: float = 300.0  # how often the reminder check looks for appointments
+    notify_language: str = "en"  # templates used when the patient prefers a language we have none for
+    notify_timezone: str = "Asia/Kolkata"  # appointment times in messages are shown in this zone
 
     # --- insurance claims over HCX / NHCX (interfaces/claims; docs/adapters.md). Unset gateway: no claims. ---
     claims_gateway_url: str | None = None  # protocol base, e.g. https://staging-hcx.swasth.app/api/v0.8
@@ -141,6 +167,16 @@ class Settings(BaseSettings):
     claims_max_attempts: int = 10  # outbox deliveries to the gateway before the dead letter
     # Organization.identifier.system carrying a payer's participant code (Claim.insurer -> Organization).
     claims_participant_system: str = "https://hcxprotocol.io/participant_code"
+
+    # --- scheduling (fhir_server/workflows/scheduling; docs/workflows/scheduling.md), FHIR_WORKFLOWS=scheduling ---
+    scheduling_timezone: str = "Asia/Kolkata"  # the clinic's clock: PractitionerRole.availableTime is local time
+    scheduling_clinic_hours: str = "08:00-20:00"  # no slot outside these hours, whatever a role's hours say
+    scheduling_slot_minutes: int = 30  # a slot's length unless the role's HealthcareService sets slot-duration
+    scheduling_daily_cap: int = 40  # appointments (and slots) per practitioner a day; a role's daily-cap overrides
+    scheduling_horizon_days: int = 28  # how far ahead a write of a PractitionerRole (re)generates its slots
+    scheduling_min_lead_minutes: int = 0  # a booking (or a reschedule) starts at least this long after now
+    scheduling_max_reschedules: int = 2  # times a booked appointment may move (start, end or slot)
+    scheduling_noshow_flag_after: int = 3  # consecutive no-shows that raise a Flag on the patient
 
     @model_validator(mode="after")
     def _production_needs_postgres(self) -> Settings:

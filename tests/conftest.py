@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +34,11 @@ from fhir_server.storage.models import Base
 SYSTEM = as_system("test set-up and checks")
 
 BACKENDS = ["sqlite", "postgresql"]
+# Modules that also run in a non-default tenant (issue 13) take these with
+# ``pytestmark = pytest.mark.parametrize("backend", TENANT_BACKENDS, indirect=True)``: the same tests, on a
+# tenant's own PostgreSQL schema, through its /fhir/{tenant} URLs.
+TENANT = "hosp-t"
+TENANT_BACKENDS = [*BACKENDS, "postgresql-tenant"]
 
 
 def wait_until(predicate, timeout: float = 10.0, message: str = "condition") -> None:  # type: ignore[no-untyped-def]
@@ -57,8 +63,27 @@ def _postgres_admin_url() -> str | None:
 @dataclass
 class Backend:
     name: str
-    settings: Settings
+    settings: Settings  # the tenant's own (settings.tenant) when the backend is a tenant's
     engine: Engine
+    base_settings: Settings | None = None  # a tenant's backend: the platform's (default tenant's) settings
+    base_engine: Engine | None = None
+
+    @property
+    def tenant(self) -> str:
+        return self.settings.tenant
+
+    def server_app(self, settings: Settings | None = None) -> tuple[Any, FhirServer, str]:
+        """(the app, the FhirServer of this backend's tenant, the FHIR path of that tenant) as ``serve``
+        builds them: a tenant's server is the app's stack for it, reached under /fhir/{tenant}."""
+        settings = settings or self.settings
+        if self.base_engine is None:
+            fhir = FhirServer(settings, self.engine)
+            return create_app(settings, fhir), fhir, "/fhir"
+        platform = self.base_settings or settings
+        base_settings = settings.model_copy(update={"tenant": "default", "binary_store_url": platform.binary_store_url,
+                                                    "broker_queue": platform.broker_queue})
+        app = create_app(base_settings, FhirServer(base_settings, self.base_engine))
+        return app, app.state.tenants.stack(self.tenant).fhir, f"/fhir/{self.tenant}"
 
     def truncate(self) -> None:
         with self.engine.begin() as conn:
@@ -77,6 +102,15 @@ def make_backend(name: str, tmp: Path) -> Iterator[Backend]:
         upgrade(engine)
         yield Backend(name, settings, engine)
         engine.dispose()
+        return
+    if name == "postgresql-tenant":
+        for base in make_backend("postgresql", tmp):
+            from fhir_server.tenancy.engines import tenant_engine, tenant_settings
+            from fhir_server.tenancy.store import TenantStore
+
+            TenantStore(base.engine, base.settings).create(TENANT, "Tenant under test")
+            yield Backend(name, tenant_settings(base.settings, TENANT),
+                          tenant_engine(base.engine, base.settings, TENANT), base.settings, base.engine)
         return
     admin_url = _postgres_admin_url()
     if admin_url is None:
@@ -120,16 +154,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def live(backend: Backend) -> Iterator[LiveServer]:
-    """A real uvicorn server on loopback, in this process, for one backend."""
-    fhir = FhirServer(backend.settings, backend.engine)
-    app = create_app(backend.settings, fhir)
+    """A real uvicorn server on loopback, in this process, for one backend (a tenant's: its /fhir/{tenant})."""
+    app, fhir, fhir_path = backend.server_app()
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on", http=FhirHttpProtocol))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 20, "uvicorn to start")
-    base = f"http://127.0.0.1:{port}/fhir"
+    base = f"http://127.0.0.1:{port}{fhir_path}"
     with httpx.Client(base_url=base + "/", timeout=60, headers={"Accept": "application/fhir+json"}) as http:
         yield LiveServer(base, fhir, backend, http)
     server.should_exit = True

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from fhir_server.api.auth import bearer_access
+from fhir_server.api.tenants import stack_of
 from fhir_server.auth.access import AccessContext
 from fhir_server.errors import FORBIDDEN, Issue, operation_outcome
 from fhir_server.jobs import outbox_admin
@@ -42,7 +43,7 @@ async def outbox(request: Request, status: str | None = None, limit: int = 100) 
     refused = await require_admin(request, "admin", "the outbox")
     if refused is not None:
         return refused
-    server: FhirServer = request.app.state.fhir
+    server: FhirServer = stack_of(request).fhir
     if status is not None and status not in outbox_admin.STATUSES:
         return JSONResponse(operation_outcome([Issue("invalid", f"status must be one of {outbox_admin.STATUSES}",
                                                      expression=("status",))]), status_code=400)
@@ -55,6 +56,6 @@ async def retry(request: Request, row_id: int) -> Response:
     refused = await require_admin(request, "admin", "the outbox")
     if refused is not None:
         return refused
-    server: FhirServer = request.app.state.fhir
+    server: FhirServer = stack_of(request).fhir
     count = await run_in_threadpool(outbox_admin.retry, server.engine, row_id)
     return JSONResponse({"retried": count}, status_code=200 if count else 404)

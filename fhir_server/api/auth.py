@@ -12,6 +12,7 @@ import binascii
 import hmac
 import secrets
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -21,6 +22,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from fhir_server.api.tenants import stack_of, tenant_urls
 from fhir_server.audit.codes import DCM, coding, own
 from fhir_server.audit.events import Actor
 from fhir_server.audit.service import actor_of
@@ -39,6 +41,9 @@ from fhir_server.auth.store import AuthStore, User
 from fhir_server.errors import FhirError, Issue, operation_outcome
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import SystemAccess, as_system
+from fhir_server.tenancy.limits import user_limit
+from fhir_server.tenancy.model import DEFAULT
+from fhir_server.tenancy.stacks import Tenants
 
 router = APIRouter()
 T = TypeVar("T")
@@ -53,31 +58,31 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 class SmartAuth:
     """The authorization server and its store for one app (``app.state.auth``)."""
 
-    def __init__(self, server: FhirServer) -> None:
+    def __init__(self, server: FhirServer, max_users: Callable[[], int | None] | None = None) -> None:
         self.fhir = server
         self.settings = server.settings
-        self.store = AuthStore(server.engine)
+        self.store = AuthStore(server.engine, max_users)  # max_users: a tenant's limit (tenancy/limits.py)
         self.keys = KeyRing(server.engine, server.settings.auth_key_rotation_days)
         self.server = SmartAuthorizationServer(server.settings, self.store, self.keys)
         self.origins = RegisteredOrigins(server.engine)  # CORS for registered browser apps
         self.login_limit = RateLimiter(server.engine, "login", server.settings.auth_login_rate_per_minute)
         self.token_limit = RateLimiter(server.engine, "token", server.settings.auth_token_rate_per_minute)
-        server.security = lambda base: capability_security(Urls.at(_root_of(base), base))  # rest.security
+        tenant = server.settings.tenant
+        server.security = lambda base: capability_security(Urls.at(_root_of(base, tenant), base))  # rest.security
 
     def urls(self, request: Request) -> Urls:
-        if self.settings.base_url:
-            base = self.settings.base_url.rstrip("/")
-            return Urls.at(_root_of(base), base)
-        root = str(request.base_url).rstrip("/")
-        return Urls.at(root, root + "/fhir")
+        return Urls.at(*tenant_urls(request, self.settings.base_url))
 
 
-def _root_of(fhir_base: str) -> str:
+def _root_of(fhir_base: str, tenant: str = DEFAULT) -> str:
+    """The root of the auth endpoints beside a FHIR base: /fhir -> /, /fhir/{tenant} -> /t/{tenant}."""
+    if tenant != DEFAULT:
+        return fhir_base.removesuffix(f"/{tenant}").removesuffix("/fhir") + f"/t/{tenant}"
     return fhir_base[: -len("/fhir")] if fhir_base.endswith("/fhir") else fhir_base
 
 
 def _auth(request: Request) -> SmartAuth:
-    auth: SmartAuth = request.app.state.auth
+    auth: SmartAuth = stack_of(request).extras["auth"]
     return auth
 
 
@@ -176,7 +181,9 @@ def _authorize(auth: SmartAuth, request: Request, urls: Urls, sreq: SmartRequest
 
     def with_csrf(html: str, csrf: str, status: int) -> Response:
         response = _html(html, status)
-        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/auth",
+        # Scoped to this tenant's /auth (/t/{tenant}/auth): one hospital's sign-in never sees another's cookie.
+        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict",
+                            path=urlsplit(urls.authorize).path.rsplit("/", 1)[0],
                             secure=urls.authorize.startswith("https:"))
         return response
 
@@ -448,7 +455,7 @@ async def bearer_access(request: Request, path: str, *, required: bool | None = 
     """The access context of the request's bearer token; ``LOCAL_MODE`` (full access, by an explicit choice)
     for a request without a token when auth is not required; a 401 response when the token is missing (and
     required), malformed, expired, revoked or tampered (audited as a refused FHIR interaction when ``audit``)."""
-    auth: SmartAuth | None = getattr(request.app.state, "auth", None)
+    auth: SmartAuth | None = stack_of(request).extras.get("auth")  # the tenant's own keys and issuer
     if auth is None:
         return LOCAL_MODE
     result = await _bearer_access(auth, request, path, required)
@@ -480,6 +487,10 @@ def install(app: FastAPI, server: FhirServer) -> None:
     """SMART on FHIR for one app: the authorization server, its routes (before the FHIR catch-all route)
     and CORS for registered browser apps."""
     app.state.auth = SmartAuth(server)
+    tenants: Tenants = app.state.tenants
+    tenants.default.extras["auth"] = app.state.auth
+    tenants.on_new.append(lambda stack: stack.extras.setdefault("auth", SmartAuth(
+        stack.fhir, max_users=partial(user_limit, tenants.store, stack.code))))
     app.include_router(router)
-    app.add_middleware(CorsMiddleware, origins=lambda: app.state.auth.origins,
+    app.add_middleware(CorsMiddleware, origins=lambda scope: stack_of(scope).extras["auth"].origins,
                        run_sync=run_in_threadpool)

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from swagger_ui_bundle import swagger_ui_path
 
 from fhir_server.api.fhir import base_url
+from fhir_server.api.tenants import stack_of
 from fhir_server.definitions import resource_types
 from fhir_server.errors import INVALID, Issue, operation_outcome
 from fhir_server.rest.openapi import SYSTEM, openapi
@@ -35,7 +36,7 @@ async def fhir_openapi(request: Request, part: str | None = None) -> Response:
         return JSONResponse(operation_outcome([Issue(INVALID, f"part must be a resource type or {SYSTEM!r}, "
                                                               f"not {part!r}", expression=("part",))]),
                             status_code=400, media_type="application/fhir+json")
-    server: FhirServer = request.app.state.fhir
+    server: FhirServer = stack_of(request).fhir
     statement = server.capability_statement(base_url(request, server))
     doc = await run_in_threadpool(openapi, statement, server.operations, part=part)
     return JSONResponse(doc)

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from fhir_server.api.auth import bearer_access
 from fhir_server.api.http_protocol import INTERRUPT
 from fhir_server.api.negotiation import FHIR_JSON, FHIR_XML, XML_BODY_TYPES, negotiate
+from fhir_server.api.tenants import stack_of, tenant_urls
 from fhir_server.binary import media as binary_media
 from fhir_server.errors import NOT_SUPPORTED, STRUCTURE, TOO_COSTLY, FhirError
 from fhir_server.formats.xml import XmlError, from_xml, to_xml
@@ -135,14 +136,13 @@ async def _disconnected(request: Request) -> None:
 
 
 def base_url(request: Request, server: FhirServer) -> str:
-    if server.settings.base_url:
-        return server.settings.base_url.rstrip("/")
-    return str(request.base_url).rstrip("/") + "/fhir"
+    """This request's FHIR base: FHIR_BASE_URL or the Host it came to, with its tenant (api/tenants.py)."""
+    return tenant_urls(request, server.settings.base_url)[1]
 
 
 async def fhir_endpoint(request: Request) -> Response:
     path: str = request.path_params.get("path", "")
-    server: FhirServer = request.app.state.fhir
+    server: FhirServer = stack_of(request).fhir
     query = list(request.query_params.multi_items())
     pretty = request.query_params.get("_pretty", "").lower() == "true"
     head = request.method == "HEAD"

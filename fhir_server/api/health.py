@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 
+from fhir_server.api.tenants import stack_of
 from fhir_server.config import Settings
 from fhir_server.storage.migrate import alembic_config
 
@@ -31,8 +32,8 @@ async def live() -> JSONResponse:
 
 @router.get("/health/ready", summary="The server can serve: database, migrations, broker")
 async def ready(request: Request) -> JSONResponse:
-    engine: Engine = request.app.state.fhir.engine
-    settings: Settings = request.app.state.fhir.settings
+    engine: Engine = stack_of(request).fhir.engine
+    settings: Settings = stack_of(request).fhir.settings
     checks = await run_in_threadpool(readiness, engine, settings)
     ok = all(check["status"] == "pass" for check in checks.values())
     return JSONResponse({"status": "pass" if ok else "fail", "checks": checks}, status_code=200 if ok else 503)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from fhir_server.api.admin import admin_access
+from fhir_server.api.tenants import stack_of
 from fhir_server.audit.codes import own
 from fhir_server.audit.events import Record
 from fhir_server.audit.service import actor_of
@@ -31,7 +32,7 @@ FHIR_JSON = "application/fhir+json"
 @router.get("/admin/hl7/messages", summary="HL7 v2 messages by status: counts, newest first (admin users only)")
 async def hl7_messages(request: Request, status: str | None = None, limit: int = 50, before: int | None = None,
                        reveal: bool = False) -> Response:
-    server: FhirServer = request.app.state.fhir
+    server: FhirServer = stack_of(request).fhir
     access, refused = await admin_access(request, "admin/hl7/messages", "HL7 messages")
     if refused is not None:
         return refused

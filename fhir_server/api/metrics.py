@@ -30,8 +30,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, Select, TableClause, column, func, select, table
 from starlette.concurrency import run_in_threadpool
 
+from fhir_server.api.tenants import stack_of
 from fhir_server.audit.classify import classify
 from fhir_server.definitions import resource_types
+from fhir_server.tenancy.model import DEFAULT
 
 router = APIRouter()
 FHIR_PREFIX = "/fhir"
@@ -134,6 +136,8 @@ def token_matches(request: Request, expected: str | None) -> bool:
 async def metrics(request: Request) -> Response:
     from fhir_server.api.admin import require_admin  # here: admin imports the auth adapter
 
+    if stack_of(request).code != DEFAULT:  # the whole process's figures: the platform's, never a tenant's
+        return Response(status_code=404)
     settings = request.app.state.fhir.settings
     expected = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     if not token_matches(request, expected):

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhir_server.api.auth import bearer_access
+from fhir_server.api.tenants import stack_of, tenant_urls
 from fhir_server.rest.server import FhirServer
 from fhir_server.subscriptions import websocket as channel
 
@@ -31,8 +32,8 @@ def _as_http(ws: WebSocket) -> Request:
 
 @router.websocket("/fhir/subscriptions/ws")
 async def subscriptions_ws(ws: WebSocket) -> None:
-    server: FhirServer = ws.app.state.fhir
-    base = server.settings.base_url or str(_as_http(ws).base_url).rstrip("/") + "/fhir"
+    server: FhirServer = stack_of(ws).fhir
+    base = tenant_urls(_as_http(ws), server.settings.base_url)[1]
     await ws.accept()
     bindings: dict[str, channel.Binding] = {}
     try:

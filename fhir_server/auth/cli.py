@@ -44,10 +44,11 @@ def add_parsers(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
     from fhir_server.storage.database import make_engine
     from fhir_server.storage.migrate import upgrade
+    from fhir_server.tenancy.limits import command_user_limit
 
     engine = make_engine(settings)
     upgrade(engine)
-    store = AuthStore(engine)
+    store = AuthStore(engine, command_user_limit(settings))  # a tenant's max-users (fhir_server/tenancy)
     try:
         if args.command == "users":
             password = args.password or os.environ.get("FHIR_NEW_PASSWORD")

@@ -60,7 +60,7 @@ class RegisteredOrigins:
 
 
 class CorsMiddleware:
-    def __init__(self, app: ASGIApp, origins: Callable[[], RegisteredOrigins | None],
+    def __init__(self, app: ASGIApp, origins: Callable[[Scope], RegisteredOrigins | None],
                  run_sync: Callable[..., Awaitable[Any]]) -> None:
         self.app = app
         self.origins = origins
@@ -72,7 +72,7 @@ class CorsMiddleware:
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
         raw_origin = headers.get(b"origin")
-        registry = self.origins()
+        registry = self.origins(scope)
         if raw_origin is None or registry is None:
             await self.app(scope, receive, send)
             return

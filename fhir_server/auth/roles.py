@@ -28,8 +28,9 @@ ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
     "billing_officer": {"*": READ, **dict.fromkeys(FINANCIAL, ALL)},
     "lab_technician": {"*": READ, "Observation": "crus", "DiagnosticReport": "crus", "Specimen": "crus",
                        "ServiceRequest": "rus"},
+    # Stock comes in by SupplyDelivery and is ordered by SupplyRequest (fhir_server/workflows/pharmacy).
     "pharmacist": {"*": READ, "Medication": "crus", "MedicationDispense": "crus", "MedicationRequest": "rus",
-                   "MedicationKnowledge": "crus"},
+                   "MedicationKnowledge": "crus", "SupplyDelivery": "crus", "SupplyRequest": "crus"},
     "radiologist": {"*": READ, "ImagingStudy": "crus", "DiagnosticReport": "crus", "Observation": "crus",
                     "Media": "crus"},
     # A patient reads their own record; the compartment restriction is applied apart (access.py).

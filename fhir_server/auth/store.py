@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fhir_server.auth.passwords import hash_secret, policy_problems, verify_secret
@@ -63,9 +63,15 @@ class User:
         return self.id
 
 
+class UserLimitReached(ValueError):
+    """The tenant has as many users as its platform limit allows."""
+
+
 class AuthStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_users: Callable[[], int | None] | None = None) -> None:
+        """``max_users``: the tenant's user limit, asked at each creation (fhir_server/tenancy/limits.py)."""
         self.engine = engine
+        self.max_users = max_users
 
     # --- users -------------------------------------------------------------------------------------------
 
@@ -78,10 +84,28 @@ class AuthStore:
         user = User(str(uuid.uuid4()), username, role, fhir_user)
         password_hash = hash_secret(password)
         with writing(self.engine) as conn:
+            limit = self.max_users() if self.max_users is not None else None
+            if limit is not None and conn.execute(select(func.count()).select_from(AUTH_USER)).scalar_one() >= limit:
+                raise UserLimitReached(f"this hospital's limit max-users ({limit}) is reached")
             conn.execute(insert(AUTH_USER).values(id=user.id, username=username, password_hash=password_hash,
                                                   role=role, fhir_user=fhir_user, active=True, failed_logins=0,
                                                   created_at=now()))
         return user
+
+    def set_password(self, username: str, password: str) -> bool:
+        """A new password (and the lock lifted); False when no such user. The platform's reset of a hospital
+        admin's password, through the CLI or /platform."""
+        problems = policy_problems(password)
+        if problems:
+            raise ValueError("password too weak: needs " + "; ".join(problems))
+        with writing(self.engine) as conn:
+            done = conn.execute(update(AUTH_USER).where(AUTH_USER.c.username == username).values(
+                password_hash=hash_secret(password), failed_logins=0, locked_until=None))
+        return bool(done.rowcount)
+
+    def count_users(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(AUTH_USER)).scalar_one())
 
     def has_users(self) -> bool:
         with self.engine.connect() as conn:

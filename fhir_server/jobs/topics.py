@@ -28,3 +28,6 @@ def install_outbox_topics(server: FhirServer, dispatcher: OutboxDispatcher) -> N
 
     install_abdm(server, dispatcher)  # ABDM gateway callbacks, data pushes, erasures (when configured)
     server.search.install(dispatcher)  # full text to Elasticsearch, when FHIR_ELASTICSEARCH_URL is set
+    from fhir_server.workflows.notifications import install_delivery as install_notifications
+
+    install_notifications(server, dispatcher)  # patient e-mail / SMS and the reminder check (FHIR_WORKFLOWS)

@@ -299,7 +299,7 @@ def batch(server: FhirServer, req: FhirRequest, entries: list[Entry]) -> FhirRes
 def _entry_error(exc: FhirError, e: Entry) -> FhirError:
     where = f"Bundle.entry[{e.index}]"
     issues = [Issue(i.code, f"{where} ({e.method} {e.path}): {i.diagnostics}", i.severity,
-                    i.expression or (where,)) for i in exc.issues]
+                    i.expression or (where,), i.details) for i in exc.issues]  # details: a rule's stable code
     return FhirError(exc.status, issues)
 
 

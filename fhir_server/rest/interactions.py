@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 
 from fhir_server.definitions import resource_types
 from fhir_server.errors import FORBIDDEN, INVALID, NOT_FOUND, NOT_SUPPORTED, PROCESSING, FhirError, Issue, informational
-from fhir_server.rest import cascade
+from fhir_server.rest import cascade, idempotency
 from fhir_server.rest.patch import apply_json_patch
 from fhir_server.rest.request import FhirRequest, FhirResponse, parse_etag, parse_version
 from fhir_server.rest.respond import read_response, version_headers, write_response
@@ -64,6 +64,9 @@ def create(req: FhirRequest, repo: Repository, resource_type: str) -> FhirRespon
     resource = body_resource(req, resource_type)
     resource.pop("id", None)  # http.html#create: the server SHALL ignore a client's id on create
     criteria = req.header("if-none-exist")
+    key = req.header(idempotency.HEADER)
+    if key is not None and not criteria:  # a retried POST answers with what the first one made
+        criteria = idempotency.idempotent_criteria(resource, resource_type, key)
     if criteria:
         existing = conditional_match(repo, resource_type, criteria_params(criteria), "If-None-Exist")
         if existing is not None:

@@ -54,3 +54,20 @@ def canonical(value: float, unit: str) -> tuple[float, str] | None:
 def factor(unit: str) -> tuple[float, str] | None:
     """The multiplier to base units and the base unit text (search values convert their range bounds)."""
     return _factor(unit)
+
+
+def convert(value: float, unit: str, target: str) -> float | None:
+    """``value unit`` in ``target`` units, offset units included (98.6 ``[degF]`` is 37 ``Cel``): the hospital's
+    plausibility limits are written in one unit whatever unit a device reports. None: not convertible."""
+    if not unit or not target or len(unit) > 255:
+        return None
+    if unit == target:
+        return value
+    with _lock:
+        try:
+            reg = _registry()
+            source, wanted = reg.from_ucum(unit), reg.from_ucum(target)
+            quantity = reg.Quantity(value * float(source.magnitude), source.units)
+            return round12(float(quantity.to(wanted.units).magnitude) / float(wanted.magnitude))
+        except Exception:  # not UCUM, or not the same dimension
+            return None

@@ -18,9 +18,15 @@ def _json_dumps(value: Any) -> str:
 
 
 def make_engine(settings: Settings) -> Engine:
+    """The engine of ``settings.tenant`` (the default tenant's unless a command was given --tenant)."""
+    if settings.tenant != "default":
+        from fhir_server.tenancy.engines import tenant_engine
+
+        return tenant_engine(make_engine(settings.model_copy(update={"tenant": "default"})), settings,
+                             settings.tenant)
     url = settings.database_url
     if url.startswith("sqlite"):
-        return _sqlite_engine(settings)
+        return sqlite_engine(settings)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return create_engine(
@@ -43,7 +49,7 @@ def _pg_options(settings: Settings) -> str:
     return " ".join(options)
 
 
-def _sqlite_engine(settings: Settings) -> Engine:
+def sqlite_engine(settings: Settings) -> Engine:
     path = settings.sqlite_path()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

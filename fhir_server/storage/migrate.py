@@ -18,7 +18,12 @@ def alembic_config() -> Config:
 def upgrade(engine: Engine, revision: str = "heads") -> None:
     # "heads": features add migrations on their own branches off a common parent; a later merge
     # revision joins them, and until then every branch still applies.
+    from fhir_server.tenancy.engines import tenant_of
+
     cfg = alembic_config()
+    tenant = tenant_of(engine)
+    if tenant != "default":  # a tenant's schema or file: the platform's tables stay with the default one
+        cfg.attributes["tenant"] = tenant
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)

@@ -32,10 +32,13 @@ _MAX_COMPILED = 2000
 
 @lru_cache(maxsize=1)
 def bundled() -> dict[str, dict[str, Any]]:
-    """Core extension definitions and the core's other profiles (vitalsigns...), by URL."""
+    """Core extension definitions and the core's profiles by URL: profiles-others' and the constraints
+    R4 ships among its resource definitions (vitalsigns, bp, heartrate, bmi..., cholesterol)."""
     out: dict[str, dict[str, Any]] = {}
-    for name in ("extension-definitions", "profiles-others"):
+    for name in ("extension-definitions", "profiles-others", "profiles-resources"):
         for sd in bundle_resources(name, "StructureDefinition"):
+            if name == "profiles-resources" and sd.get("derivation") != "constraint":
+                continue  # the resource types themselves are core_profile()'s
             if sd.get("url") and sd.get("snapshot"):
                 out[sd["url"]] = sd
     return out

@@ -180,6 +180,10 @@ def _matches(defs: Definitions, s: ElementDef, item: Item, kind: str, path: str,
         if target.fixed_kind is None:
             if rest == ["url"] and target.types and target.types[0].profiles:
                 return any(a in target.types[0].profiles for a in actual)
+            nested = _through_slices(target, rest) if rest and len(rest) < len(steps) else []
+            if nested:  # bp's code.coding.code: the value is fixed on the slice coding:SBPCode.code
+                return any((equal if t.fixed_kind == "fixed" else contains)(a, t.fixed)
+                           for t in nested for a in actual)
             return False
         expected = values_at(target.fixed, rest) if rest else [target.fixed]
         same = equal if target.fixed_kind == "fixed" else contains
@@ -204,6 +208,20 @@ def _matches(defs: Definitions, s: ElementDef, item: Item, kind: str, path: str,
     if kind == "profile":
         return _profile(defs, [p for t in target.types for p in t.profiles], actual)
     return False
+
+
+def _through_slices(parent: ElementDef, steps: list[str]) -> list[ElementDef]:
+    """The fixed or pattern elements at ``steps`` below ``parent`` reached through its elements' slices (the
+    discriminator path of a slice that slices again, as bp's component.code.coding:SBPCode)."""
+    current = [parent, *parent.slices]
+    for step in steps:
+        nxt: list[ElementDef] = []
+        for c in current:
+            child = c.children.get(step) or c.children.get(step + "[x]")
+            if child is not None:
+                nxt += [child, *child.slices]
+        current = nxt
+    return [c for c in current if c.fixed_kind is not None]
 
 
 def _choice_type(value: Any, steps: list[str]) -> str | None:

@@ -188,7 +188,10 @@ class Walker:
                     self.issue(INVARIANT, item.path, f"{c.key}: {failure}", c.severity)
                 continue
             root = self._roots[-1] if self._roots else None
-            result = invariants.holds(c.expression, node if node is not None else {}, type_path, resource, root)
+            subject = node if node is not None else {}
+            if item.type in primitive_types() and item.value is not None and c.key != "ele-1":
+                subject = item.value  # vs-1 and the like test the primitive's value: ($this as dateTime)
+            result = invariants.holds(c.expression, subject, type_path, resource, root)
             if result is False:
                 self.issue(INVARIANT, item.path, f"{c.key}: {c.human}", c.severity)
             elif result is None and c.key not in self.warned:  # said once, not per element

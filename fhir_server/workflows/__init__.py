@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 # area -> module with ``install(server: FhirServer) -> None`` (each area adds its own line).
 AREAS: dict[str, str] = {
+    "pharmacy": "fhir_server.workflows.pharmacy",
+    "clinic": "fhir_server.workflows.clinic",
+    "notifications": "fhir_server.workflows.notifications",
+    "billing": "fhir_server.workflows.billing",
+    "scheduling": "fhir_server.workflows.scheduling",
     "laboratory": "fhir_server.workflows.laboratory",
     "wards": "fhir_server.workflows.wards",
 }

@@ -85,6 +85,10 @@ def _create(smart: Smart, admin: str, resource: dict[str, Any]) -> dict[str, Any
 
 @pytest.fixture(scope="module")
 def world(smart: Smart) -> dict[str, Any]:
+    return build_world(smart)
+
+
+def build_world(smart: Smart) -> dict[str, Any]:
     """Patients A and B with an Observation, a Condition and an Encounter each (B's marked with strings that
     appear nowhere else), B's Group and a Subscription on B's Observations, an admin export of everything,
     and the four tokens."""
@@ -150,8 +154,8 @@ def world(smart: Smart) -> dict[str, Any]:
 # --- sending a case ---------------------------------------------------------------------------------------------
 
 def _send(smart: Smart, case: Case, wrap: str, token: str, world: dict[str, Any]) -> tuple[httpx.Response, str]:
-    """The response, and the request's text (what the caller itself said may come back)."""
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+    """The response, and the request's text (what the caller itself said may come back). ``token`` "": none."""
+    headers = {"Accept": "application/fhir+json", **({"Authorization": f"Bearer {token}"} if token else {})}
     if wrap != "top":
         entry = bundle_entry(case, world)
         bundle = {"resourceType": "Bundle", "type": wrap, "entry": [entry]}

@@ -8,12 +8,13 @@ import base64
 import time
 from collections.abc import Iterator
 
+import httpx
 import orjson
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from tests.conftest import Backend
+from tests.conftest import TENANT_BACKENDS, Backend
 from tests.integration.test_auth_support import (
     PASSWORD,
     Smart,
@@ -26,6 +27,9 @@ from tests.integration.test_auth_support import (
     pkce,
     smart_server,
 )
+
+# Also in a non-default tenant: its own schema, through /fhir/{tenant} (issue 13).
+pytestmark = pytest.mark.parametrize("backend", TENANT_BACKENDS, indirect=True)
 
 REDIRECT = "http://127.0.0.1:9/callback"
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
@@ -138,7 +142,7 @@ def test_code_flow_with_pkce_openid_and_patient_pick(smart: Smart) -> None:
         "code_challenge_method": "S256"})
     assert page.status_code == 400 and "text/html" in page.headers["content-type"]
     picker = authorize(smart, client["client_id"], REDIRECT, scope, user, challenge=challenge)
-    assert picker.status_code == 200 and "Choose the patient" in picker.text  # signed in: now pick one
+    assert picker.status_code == 200 and "Choose the patient" in picker.text, picker.text  # signed in: now pick one
     unknown = authorize(smart, client["client_id"], REDIRECT, scope, user, challenge=challenge,
                         form={"patient": "no-such-patient"})
     assert unknown.status_code == 400 and "not a patient you may see" in unknown.text
@@ -420,7 +424,7 @@ def test_plain_http_on_a_lan_address_works_and_tokens_are_bound_to_the_host(smar
                         auth=(client["client_id"], client["client_secret"]))
     assert r.status_code == 200, r.text
     token = r.json()["access_token"]
-    assert _jwt_claims(token)["iss"] == "http://192.168.1.5:8080/fhir"
+    assert _jwt_claims(token)["iss"] == "http://192.168.1.5:8080" + httpx.URL(smart.base).path  # (tenant's too)
     assert smart.fhir("GET", "Patient", token, headers=lan).status_code == 200
     assert smart.fhir("GET", "Patient", token).status_code == 401  # issued for another base URL
     app = smart.client(["authorization_code"], "user/*.rs", redirect_uris=[REDIRECT], public=True)
@@ -428,7 +432,8 @@ def test_plain_http_on_a_lan_address_works_and_tokens_are_bound_to_the_host(smar
     page = smart.http.get(f"{smart.root}/auth/authorize", params={
         "response_type": "code", "client_id": app["client_id"], "redirect_uri": REDIRECT, "scope": "user/*.rs",
         "aud": smart.base, "code_challenge": challenge, "code_challenge_method": "S256"})
-    assert '<form method="post" action="/auth/authorize">' in page.text  # credentials go back where they came from
+    action = httpx.URL(smart.root).path.rstrip("/") + "/auth/authorize"  # /t/{tenant}/auth/authorize in a tenant
+    assert f'<form method="post" action="{action}">' in page.text  # credentials go back where they came from
 
 
 def test_concurrent_exchanges_of_one_code_issue_one_token(smart: Smart) -> None:

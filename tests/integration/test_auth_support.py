@@ -23,9 +23,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from fhir_server.api.auth import SmartAuth
-from fhir_server.app import create_app
 from fhir_server.auth.store import AuthStore
-from fhir_server.rest.server import FhirServer
 from tests.conftest import Backend, LiveServer, _free_port, wait_until
 
 PASSWORD = "Correct-Horse-42!"
@@ -75,16 +73,17 @@ def smart_server(backend: Backend, **settings_overrides: Any) -> Iterator[Smart]
     # Many sign-ins from one address in a few seconds: rate limits off unless a test sets them.
     settings = backend.settings.model_copy(update={"auth_required": True, "auth_login_rate_per_minute": 0,
                                                    "auth_token_rate_per_minute": 0, **settings_overrides})
-    fhir = FhirServer(settings, backend.engine)
-    app = create_app(settings, fhir)
+    app, fhir, fhir_path = backend.server_app(settings)  # a tenant's backend: its /fhir/{tenant}, /t/{tenant}
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 20, "uvicorn to start")
-    root = f"http://127.0.0.1:{port}"
+    host = f"http://127.0.0.1:{port}"
+    root = host if fhir_path == "/fhir" else f"{host}/t/{backend.tenant}"
+    auth = app.state.tenants.stack(fhir.settings.tenant).extras["auth"]
     with httpx.Client(timeout=60) as http:
-        yield Smart(root, root + "/fhir", http, app.state.auth.store, app.state.auth, backend)
+        yield Smart(root, host + fhir_path, http, auth.store, auth, backend)
     server.should_exit = True
     thread.join(timeout=20)
 

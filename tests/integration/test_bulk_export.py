@@ -6,12 +6,16 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from fhir_server.jobs.tables import BULK_JOB
-from tests.conftest import LiveServer
+from tests.conftest import TENANT_BACKENDS, LiveServer
 from tests.integration.bulk_support import ASYNC, download, export, kick_off, poll
 from tests.integration.search_support import post
+
+# Also in a non-default tenant: its own schema, through /fhir/{tenant} (issue 13).
+pytestmark = pytest.mark.parametrize("backend", TENANT_BACKENDS, indirect=True)
 
 
 def obs(pid: str | None, code: str = "a") -> dict[str, Any]:

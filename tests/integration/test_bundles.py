@@ -10,7 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import TENANT_BACKENDS, LiveServer
+
+# Also in a non-default tenant: its own schema, through /fhir/{tenant} (issue 13).
+pytestmark = pytest.mark.parametrize("backend", TENANT_BACKENDS, indirect=True)
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 SYNTHEA = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "../../../shared/samples/synthea/*/*/"

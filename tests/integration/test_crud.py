@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tests.conftest import LiveServer
+import pytest
+
+from tests.conftest import TENANT_BACKENDS, LiveServer
+
+# Also in a non-default tenant: its own schema, through /fhir/{tenant} (issue 13).
+pytestmark = pytest.mark.parametrize("backend", TENANT_BACKENDS, indirect=True)
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 

@@ -3,11 +3,16 @@ queued, or claimed by a runner that died (lease lapsed), both databases."""
 
 from __future__ import annotations
 
+import pytest
+
 from fhir_server.jobs.runner import ThreadRunner
 from fhir_server.jobs.store import JobStore
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
-from tests.conftest import SYSTEM, LiveServer, wait_until
+from tests.conftest import SYSTEM, TENANT_BACKENDS, LiveServer, wait_until
+
+# Also in a non-default tenant: its own schema, through /fhir/{tenant} (issue 13).
+pytestmark = pytest.mark.parametrize("backend", TENANT_BACKENDS, indirect=True)
 
 
 def _kick_off(server: FhirServer, base: str) -> str:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import TENANT_BACKENDS, LiveServer
 from tests.integration.search_support import post
+
+# Also in a non-default tenant: its own schema, through /fhir/{tenant} (issue 13).
+pytestmark = pytest.mark.parametrize("backend", TENANT_BACKENDS, indirect=True)
 
 
 def ids(api: LiveServer, query: str, **headers: str) -> set[str]:

@@ -1,0 +1,129 @@
+"""The platform's register of tenants: create (a schema or file at the current migration), list, change status.
+
+Only the platform's administration (the ``tenants`` commands, /platform) uses this; it never reads a
+tenant's clinical data.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select, text, update
+
+from fhir_server.config import Settings
+from fhir_server.errors import CONFLICT, NOT_FOUND, FhirError
+from fhir_server.tenancy.engines import sqlite_file, tenant_engine
+from fhir_server.tenancy.model import DEFAULT, Tenant, TenantStatus, check_code, schema_name
+from fhir_server.tenancy.tables import hl7_route_table, platform_engine, tenant_table
+
+# Status transitions the platform administration may make.
+TRANSITIONS = {
+    TenantStatus.ACTIVE: {TenantStatus.SUSPENDED},
+    TenantStatus.SUSPENDED: {TenantStatus.ACTIVE},
+    TenantStatus.PENDING: {TenantStatus.ACTIVE},
+}
+
+
+def _row(row: Any) -> Tenant:
+    return Tenant(row.code, row.name, TenantStatus(row.status), row.max_users, row.max_patients, row.created)
+
+
+class TenantStore:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        """``engine``: the default tenant's (the platform's tables live beside it)."""
+        self.base = engine
+        self.engine = platform_engine(engine)
+        self.settings = settings
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def get(self, code: str) -> Tenant | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(tenant_table).where(tenant_table.c.code == code)).first()
+        return _row(row) if row is not None else None
+
+    def require(self, code: str) -> Tenant:
+        tenant = self.get(code)
+        if tenant is None:
+            raise FhirError(404, NOT_FOUND, f"Tenant {code} is not known")
+        return tenant
+
+    def list(self) -> list[Tenant]:
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(select(tenant_table).order_by(tenant_table.c.code))]
+
+    def status(self, code: str) -> TenantStatus | None:
+        """One indexed row read: asked on every request to a tenant, so that a suspension holds at once."""
+        if code == DEFAULT:
+            return TenantStatus.ACTIVE
+        with self.engine.connect() as conn:
+            value = conn.execute(select(tenant_table.c.status).where(tenant_table.c.code == code)).scalar()
+        return TenantStatus(value) if value is not None else None
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(tenant_table)).scalar_one())
+
+    # --- changing -----------------------------------------------------------------------------------------
+
+    def create(self, code: str, name: str, *, max_users: int | None = None,
+               max_patients: int | None = None) -> tuple[Tenant, float]:
+        """A new tenant at the current migration head; returns it and the seconds its creation took."""
+        from fhir_server.storage.migrate import upgrade
+
+        check_code(code)
+        started = time.perf_counter()
+        with self.engine.begin() as conn:
+            if conn.execute(select(tenant_table.c.code).where(tenant_table.c.code == code)).first():
+                raise FhirError(409, CONFLICT, f"Tenant {code} already exists")
+            conn.execute(insert(tenant_table).values(code=code, name=name, status=TenantStatus.PENDING.value,
+                                                     max_users=max_users, max_patients=max_patients,
+                                                     created=datetime.now(UTC)))
+        engine = tenant_engine(self.base, self.settings, code)
+        if self.base.dialect.name == "postgresql":
+            with self.base.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema_name(code)}"'))
+        try:
+            upgrade(engine)
+        finally:
+            if self.base.dialect.name == "sqlite":
+                engine.dispose()
+        self._set(code, TenantStatus.ACTIVE)
+        return self.require(code), time.perf_counter() - started
+
+    def set_status(self, code: str, status: TenantStatus) -> Tenant:
+        tenant = self.require(code)
+        if status not in TRANSITIONS.get(tenant.status, set()):
+            raise FhirError(409, CONFLICT, f"Tenant {code} is {tenant.status.value}: it cannot become {status.value}")
+        self._set(code, status)
+        return self.require(code)
+
+    def set_limits(self, code: str, *, max_users: int | None, max_patients: int | None) -> Tenant:
+        self.require(code)
+        with self.engine.begin() as conn:
+            conn.execute(update(tenant_table).where(tenant_table.c.code == code)
+                         .values(max_users=max_users, max_patients=max_patients))
+        return self.require(code)
+
+    def delete(self, code: str) -> Tenant:
+        """Drops the tenant's schema or file; the code stays, INACTIVE, so it is never reused by accident."""
+        tenant = self.require(code)
+        if tenant.status == TenantStatus.INACTIVE:
+            return tenant
+        self._set(code, TenantStatus.INACTIVE)  # refused from now on, before its data goes
+        if self.base.dialect.name == "postgresql":
+            with self.base.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema_name(code)}" CASCADE'))
+        else:
+            path = sqlite_file(self.settings, code)
+            for extra in ("", "-wal", "-shm"):
+                path.with_name(path.name + extra).unlink(missing_ok=True)
+        with self.engine.begin() as conn:
+            conn.execute(delete(hl7_route_table).where(hl7_route_table.c.tenant == code))
+        return self.require(code)
+
+    def _set(self, code: str, status: TenantStatus) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(tenant_table).where(tenant_table.c.code == code).values(status=status.value))

@@ -1,0 +1,121 @@
+"""Two hospitals on one server as if on two (issue 13): their own data, URLs, tokens, limits and status."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from fhir_server.auth.store import UserLimitReached
+from fhir_server.tenancy.model import TenantStatus
+from tests.conftest import Backend
+from tests.integration.tenancy_support import JSON, Network, network
+
+A, B = "iso-a", "iso-b"
+
+
+@pytest.fixture(scope="module")
+def net(backend: Backend) -> Iterator[Network]:
+    yield from network(backend, (A, B))
+
+
+def test_each_hospital_has_its_own_data_urls_and_tokens(net: Network) -> None:
+    token = {code: net.admin(code) for code in ("default", A, B)}
+    mark = f"tenant{uuid.uuid4().hex[:8]}"
+    made = net.smart[A].fhir("POST", "Patient", token[A], headers=JSON, content=orjson.dumps(
+        {"resourceType": "Patient", "name": [{"family": mark}]}))
+    assert made.status_code == 201, made.text
+    pid = made.json()["id"]
+    assert made.headers["Location"].startswith(f"{net.host}/fhir/{A}/Patient/{pid}/_history/1")
+    # A's token is A's alone: B's and the default's URLs refuse it (another issuer, another key).
+    for other in (B, "default"):
+        r = net.smart[other].fhir("GET", f"Patient/{pid}", token[A])
+        assert r.status_code == 401, (other, r.text)
+        assert pid not in r.text and mark not in r.text
+    # B's own token sees nothing of A: not the resource, not a count, not a version.
+    for path in (f"Patient/{pid}", f"Patient/{pid}/_history", f"Patient?family={mark}", "Patient?_summary=count",
+                 f"Patient?_id={pid}&_total=accurate", "_history"):
+        r = net.smart[B].fhir("GET", path, token[B])
+        for said_only_by_caller in (mark, pid):  # at most what the caller itself sent comes back
+            assert said_only_by_caller not in r.text or said_only_by_caller in path, (path, r.text[:300])
+        if r.status_code == 200 and r.json().get("resourceType") == "Bundle":
+            assert not [e for e in r.json().get("entry", []) if e.get("resource", {}).get("id") == pid], path
+            assert r.json().get("total", 0) == 0 or path in ("Patient?_summary=count", "_history"), path
+        else:
+            assert r.status_code == 404, (path, r.status_code)
+    count = net.smart[B].fhir("GET", f"Patient?family={mark}&_summary=count", token[B]).json()
+    assert count["total"] == 0
+    # In A, everything carries A's base: fullUrls, links, the CapabilityStatement.
+    found = net.smart[A].fhir("GET", f"Patient?family={mark}", token[A]).json()
+    assert found["total"] == 1
+    assert found["entry"][0]["fullUrl"] == f"{net.host}/fhir/{A}/Patient/{pid}"
+    assert all(link["url"].startswith(f"{net.host}/fhir/{A}/") for link in found["link"])
+    # A transaction in A writes in A only.
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "fullUrl": "urn:uuid:" + str(uuid.uuid4()), "request": {"method": "POST", "url": "Observation"},
+        "resource": {"resourceType": "Observation", "status": "final", "code": {"text": mark},
+                     "subject": {"reference": f"Patient/{pid}"}}}]}
+    done = net.smart[A].fhir("POST", "", token[A], headers=JSON, content=orjson.dumps(bundle))
+    assert done.status_code == 200, done.text
+    assert done.json()["entry"][0]["response"]["location"].startswith("Observation/")
+    assert net.smart[B].fhir("GET", f"Observation?code:text={mark}", token[B]).json()["total"] == 0
+    assert net.smart["default"].fhir("GET", f"Observation?code:text={mark}", token["default"]).json()["total"] == 0
+    # The same reference posted in B: A's Patient does not exist there (referential integrity, B's data).
+    refused = net.smart[B].fhir("POST", "Observation", token[B], headers=JSON, content=orjson.dumps(
+        bundle["entry"][0]["resource"]))
+    assert refused.status_code == 422, refused.text
+
+
+def test_discovery_and_capability_name_the_hospital(net: Network) -> None:
+    smart_conf = net.http.get(f"{net.host}/fhir/{A}/.well-known/smart-configuration").json()
+    assert smart_conf["token_endpoint"] == f"{net.host}/t/{A}/auth/token"
+    assert smart_conf["authorization_endpoint"] == f"{net.host}/t/{A}/auth/authorize"
+    assert smart_conf["issuer"] == f"{net.host}/fhir/{A}"
+    statement = net.http.get(f"{net.host}/fhir/{A}/metadata", headers={"Accept": "application/fhir+json"}).json()
+    assert statement["implementation"]["url"] == f"{net.host}/fhir/{A}"
+    oauth = statement["rest"][0]["security"]["extension"][0]["extension"]
+    assert {"url": "token", "valueUri": f"{net.host}/t/{A}/auth/token"} in oauth
+    jwks_a = net.http.get(f"{net.host}/t/{A}/auth/jwks").json()["keys"]
+    jwks_b = net.http.get(f"{net.host}/t/{B}/auth/jwks").json()["keys"]
+    assert jwks_a and jwks_b and not {k["kid"] for k in jwks_a} & {k["kid"] for k in jwks_b}
+    unknown = net.http.get(f"{net.host}/fhir/no-such-hospital/Patient")
+    assert unknown.status_code == 404 and unknown.json()["resourceType"] == "OperationOutcome"
+
+
+def test_suspension_refuses_every_request_and_token_at_once(net: Network) -> None:
+    token = net.admin(A)
+    assert net.smart[A].fhir("GET", "Patient", token).status_code == 200
+    net.store.set_status(A, TenantStatus.SUSPENDED)
+    try:
+        r = net.smart[A].fhir("GET", "Patient", token)
+        assert r.status_code == 403 and "suspended" in r.json()["issue"][0]["diagnostics"]
+        client = net.smart[A].client(["client_credentials"], "system/*.rs")
+        issued = net.http.post(net.smart[A].token_url, data={"grant_type": "client_credentials"},
+                               auth=(client["client_id"], client["client_secret"]))
+        assert issued.status_code == 403
+        assert net.smart[B].fhir("GET", "Patient", net.admin(B)).status_code == 200  # the others go on
+    finally:
+        net.store.set_status(A, TenantStatus.ACTIVE)
+    assert net.smart[A].fhir("GET", "Patient", token).status_code == 200
+
+
+def test_limits_refuse_the_patient_and_user_past_them(net: Network) -> None:
+    token = net.admin(B)
+    total = net.smart[B].fhir("GET", "Patient?_summary=count", token).json()["total"]
+    net.store.set_limits(B, max_users=None, max_patients=total + 1)
+    try:
+        net.create(B, token, {"resourceType": "Patient", "name": [{"family": "Within"}]})
+        over = net.smart[B].fhir("POST", "Patient", token, headers=JSON, content=orjson.dumps(
+            {"resourceType": "Patient", "name": [{"family": "Beyond"}]}))
+        assert over.status_code == 422 and "max-patients" in over.text, over.text
+        assert net.smart[B].fhir("GET", "Patient?family=Beyond", token).json()["total"] == 0  # nothing half-written
+        assert net.smart[A].fhir("GET", "Patient", net.admin(A)).status_code == 200
+        net.create(A, net.admin(A), {"resourceType": "Patient"})  # A has no such limit
+        users = net.smart[B].store.count_users()
+        net.store.set_limits(B, max_users=users, max_patients=None)
+        with pytest.raises(UserLimitReached, match="max-users"):
+            net.smart[B].user("nurse")
+    finally:
+        net.store.set_limits(B, max_users=None, max_patients=None)
