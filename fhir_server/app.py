@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
         if settings.mllp_port:  # HL7 v2 over MLLP beside HTTP (interfaces/mllp)
             from interfaces.mllp.listener import MllpListener
 
-            listener = MllpListener(server)
+            listener = MllpListener(server, tenants=tenants)  # every hospital, routed by MSH-6
             await listener.start()
         yield
         if listener is not None:

@@ -28,6 +28,8 @@ ACTS_AS_SYSTEM = {
     "fhir_server/workflows/pharmacy/knowledge.py": "the drug class and interaction tables, whoever prescribes",
     "fhir_server/workflows/pharmacy/safety.py": "medication safety reads all allergies/prescriptions of the patient",
     "fhir_server/workflows/pharmacy/stock.py": "the stock ledger: records and movements only the server writes",
+    "fhir_server/workflows/frontdesk/merge.py": "Patient/$merge and $unmerge move references in every resource, "
+                                                "after checking the caller's role",
     "fhir_server/workflows/scheduling/booking.py": "booking rules see every appointment of a practitioner or "
                                                    "patient, and set the status of the slots booked",
     "fhir_server/workflows/scheduling/checkin.py": "a doctor's day queue: token numbers count every check-in",
