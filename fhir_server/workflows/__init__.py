@@ -24,6 +24,8 @@ AREAS: dict[str, str] = {
     "billing": "fhir_server.workflows.billing",
     "scheduling": "fhir_server.workflows.scheduling",
     "frontdesk": "fhir_server.workflows.frontdesk",
+    "laboratory": "fhir_server.workflows.laboratory",
+    "wards": "fhir_server.workflows.wards",
 }
 
 

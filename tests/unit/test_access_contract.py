@@ -38,6 +38,10 @@ ACTS_AS_SYSTEM = {
     "fhir_server/validation/setup.py": "CapabilityStatement.supportedProfile: the server describes itself",
     "fhir_server/workflows/notifications/record.py": "notifications: the patient's contact preferences read, "
                                                      "each message recorded as a Communication, sent by the outbox",
+    "fhir_server/workflows/laboratory/critical.py": "critical limits as configured; the alert is the server's record",
+    "fhir_server/workflows/laboratory/specimens.py": "barcode uniqueness and an order's specimens, seen by all",
+    "fhir_server/workflows/laboratory/turnaround.py": "turnaround and completion recorded on the order",
+    "fhir_server/workflows/wards/beds.py": "a bed's status follows admissions; the discharge summary, seen by all",
     "interfaces/abdm/api.py": "ABDM gateway calls in: admitted by the gateway's signed token, per request",
     "interfaces/abdm/hip_linking.py": "ABDM discovery and linking: the patient the gateway asks about",
     "interfaces/abdm/service.py": "ABDM outbox jobs: gateway callbacks, data pushes, erasure at dataEraseAt",
