@@ -189,7 +189,8 @@ def application() -> FastAPI:
 
     tmp = Path(tempfile.mkdtemp(prefix="matrix-"))
     settings = Settings(database_url=f"sqlite:///{tmp / 'routes.sqlite3'}", outbox_dispatcher=False,
-                        audit_enabled=False, binary_store_url=f"file://{tmp / 'binary'}")
+                        audit_enabled=False, binary_store_url=f"file://{tmp / 'binary'}",
+                        workflows="all")  # every hospital workflow's operations (fhir_server/workflows)
     return create_app(settings, FhirServer(settings, make_engine(settings)))
 
 

@@ -74,7 +74,7 @@ def _params() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def smart(backend: Backend) -> Iterator[Smart]:
     backend.truncate()
-    yield from smart_server(backend)
+    yield from smart_server(backend, workflows="all")  # the hospital's operations join the matrix too
 
 
 def _create(smart: Smart, admin: str, resource: dict[str, Any]) -> dict[str, Any]:
