@@ -100,6 +100,8 @@ async def list_tenants(request: Request) -> Response:
 
 @router.post("/platform/tenants", summary="Create a hospital (its own schema or file, at the current migration)")
 async def create_tenant(request: Request) -> Response:
+    if _refusal(request) is not None:  # who asks, before what the body says
+        return await _run(request, "create", lambda t: None)
     try:
         body = await _json(request)
         code, name = str(body.get("code", "")), str(body.get("name", "")).strip()
@@ -134,6 +136,8 @@ async def activate_tenant(request: Request, code: str) -> Response:
 
 @router.put("/platform/tenants/{code}/limits", summary="A hospital's limits (maxUsers, maxPatients; null: none)")
 async def tenant_limits(request: Request, code: str) -> Response:
+    if _refusal(request) is not None:  # who asks, before what the body says
+        return await _run(request, f"limits {code}", lambda t: None)
     try:
         body = await _json(request)
         limits = {"max_users": _limit(body, "maxUsers"), "max_patients": _limit(body, "maxPatients")}
