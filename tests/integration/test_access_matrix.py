@@ -28,6 +28,7 @@ from tests.conftest import Backend, wait_until
 from tests.integration.access_matrix_support import (
     DATA_TYPES,
     INTERACTIONS,
+    OTHER_TYPES,
     WRAPS,
     Case,
     all_cases,
@@ -134,8 +135,8 @@ def build_world(smart: Smart) -> dict[str, Any]:
         "resourceType": "Subscription", "status": "requested", "reason": "matrix",
         "criteria": f"Observation?subject=Patient/{w['b']}",
         "channel": {"type": "websocket", "payload": "application/fhir+json"}})["id"]
-    for t in ("CodeSystem", "ValueSet", "ConceptMap"):
-        w[t] = "matrix-none"
+    for t in OTHER_TYPES:
+        w.setdefault(t, "matrix-none")
     w["secrets"] = secrets
     status = kick_off(smart.http, f"{smart.base}/$export?_type=" + ",".join(DATA_TYPES), admin)
     assert poll(smart.http, status, admin).status_code == 200
