@@ -133,13 +133,13 @@ def main() -> None:
 platform's store (what `fhir-server tenants create` runs). Then one `fhir-server serve` process (1 worker, one
 connection pool of FHIR_DB_POOL_SIZE for every tenant) served them all: {args.patients} Patients were loaded
 into the default tenant and into the last one ({last}), every tenant got a create and a search (its services
-are made on its first request), then {args.reads} reads of a random Patient and {args.reads} name searches were
+were made when the server started), then {args.reads} reads of a random Patient and {args.reads} name searches were
 timed on the default and on {last}, interleaved, one client, keep-alive.
 
 Tenant creation: total {sum(created):.0f} s, p50 {percentile(created, 50):.2f} s, p95 {percentile(created, 95):.2f} s,
 max {max(created):.2f} s per tenant.
 
-Server memory (RSS of the one process): {rss_start:.0f} MiB at start, {rss_two:.0f} MiB serving 2 tenants,
+Server memory (RSS of the one process; `serve` makes every active tenant's services as it starts): {rss_start:.0f} MiB at start, {rss_two:.0f} MiB serving 2 tenants,
 {rss_all:.0f} MiB after all {args.tenants} (first requests to all took {touch_seconds:.1f} s), {rss_end:.0f} MiB at the
 end: {(rss_all - rss_two) / max(1, args.tenants - 2) * 1024:.0f} KiB per further tenant.
 
