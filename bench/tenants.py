@@ -139,7 +139,8 @@ timed on the default and on {last}, interleaved, one client, keep-alive.
 Tenant creation: total {sum(created):.0f} s, p50 {percentile(created, 50):.2f} s, p95 {percentile(created, 95):.2f} s,
 max {max(created):.2f} s per tenant.
 
-Server memory (RSS of the one process; `serve` makes every active tenant's services as it starts): {rss_start:.0f} MiB at start, {rss_two:.0f} MiB serving 2 tenants,
+Server memory (RSS of the one process; `serve` makes every active tenant's services as it starts):
+{rss_start:.0f} MiB at start, {rss_two:.0f} MiB serving 2 tenants,
 {rss_all:.0f} MiB after all {args.tenants} (first requests to all took {touch_seconds:.1f} s), {rss_end:.0f} MiB at the
 end: {(rss_all - rss_two) / max(1, args.tenants - 2) * 1024:.0f} KiB per further tenant.
 
