@@ -36,6 +36,9 @@ class TenantStore:
         self.base = engine
         self.engine = platform_engine(engine)
         self.settings = settings
+        # One statement, no BEGIN/ROLLBACK around it: the per-request status read is one round trip.
+        self._reading = self.engine.execution_options(isolation_level="AUTOCOMMIT") \
+            if engine.dialect.name == "postgresql" else self.engine
 
     # --- reading ------------------------------------------------------------------------------------------
 
@@ -58,7 +61,7 @@ class TenantStore:
         """One indexed row read: asked on every request to a tenant, so that a suspension holds at once."""
         if code == DEFAULT:
             return TenantStatus.ACTIVE
-        with self.engine.connect() as conn:
+        with self._reading.connect() as conn:
             value = conn.execute(select(tenant_table.c.status).where(tenant_table.c.code == code)).scalar()
         return TenantStatus(value) if value is not None else None
 
