@@ -2,7 +2,8 @@
 real tokens of the right roles, on both databases: a receptionist registers a patient (a near-duplicate is
 refused), finds and books a slot nobody else can take, reschedules it; the patient is told (a real SMTP server
 on loopback) of the booking, the move and the reminder; checks in (an Encounter with a queue position); the
-doctor records vital signs, a coded diagnosis and a signed note that cannot be edited."""
+doctor records vital signs, a coded diagnosis and a signed note that cannot be edited. And one transaction that
+registers and books, through three areas in one unit of work."""
 
 from __future__ import annotations
 
@@ -224,3 +225,34 @@ def test_a_patients_day_with_every_workflow_on(hospital: Hospital) -> None:
     r = doctor.put({**note, "title": "OPD consultation (edited)"})
     assert r.status_code == 409 and rule(r) == "clinic-note-signed", r.text
     assert doctor.read(f"Composition/{note['id']}")["title"] == "OPD consultation"
+
+
+
+
+def test_one_transaction_registers_and_books_and_the_patient_is_told(hospital: Hospital) -> None:
+    """Three areas in one unit of work: the front desk numbers the patient, scheduling fills the appointment
+    from its slot and takes it, notifications tell the patient (entries in any order)."""
+    smart = hospital.smart
+    admin, desk = Desk(smart, smart.system_token("system/*.cruds")), _signed_in(smart, "receptionist")
+    practitioner = f"Practitioner/{admin.create({'resourceType': 'Practitioner', 'name': [{'family': 'Iyer'}]})['id']}"
+    admin.create({"resourceType": "PractitionerRole", "practitioner": {"reference": practitioner},
+                  "availableTime": [{"daysOfWeek": ALL_DAYS, "availableStartTime": "14:00:00",
+                                     "availableEndTime": "15:00:00"}]})
+    slot = admin.slots(practitioner, DAY)[0]
+    email, patient_url = f"tara.{uuid.uuid4().hex[:8]}@example.org", f"urn:uuid:{uuid.uuid4()}"
+    r = desk.call("POST", "", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "POST", "url": "Appointment"}, "resource": {
+            "resourceType": "Appointment", "status": "booked", "slot": [{"reference": f"Slot/{slot['id']}"}],
+            "participant": [{"actor": {"reference": patient_url}, "status": "accepted"}]}},
+        {"fullUrl": patient_url, "request": {"method": "POST", "url": "Patient"}, "resource": {
+            "resourceType": "Patient", "name": [{"given": ["Tara"], "family": "Qwzx" + uuid.uuid4().hex[:4]}],
+            "gender": "female", "birthDate": "1990-01-01", "telecom": [{"system": "email", "value": email}]}}]})
+    assert r.status_code == 200, r.text
+    appointment_at, patient_at = (e["response"]["location"].rsplit("/_history", 1)[0] for e in r.json()["entry"])
+    assert _mrn(desk.read(patient_at)).startswith(f"PT-{datetime.now(ZONE):%Y%m%d}-")
+    appointment = desk.read(appointment_at)
+    assert appointment["start"] == slot["start"] and appointment["participant"][0]["actor"] == {
+        "reference": patient_at}
+    assert admin.read(f"Slot/{slot['id']}")["status"] == "busy"
+    wait_until(lambda: len(hospital.smtp.to(email)) == 1, 20, "the booked e-mail")
+    assert hospital.smtp.to(email)[0]["Subject"] == "Appointment confirmed"
