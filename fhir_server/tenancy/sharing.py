@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fhir_server.auth.access import AccessContext
-from fhir_server.errors import CONFLICT, FORBIDDEN, INVALID, NOT_FOUND, REQUIRED, FhirError
+from fhir_server.errors import CONFLICT, FORBIDDEN, INVALID, NOT_FOUND, NOT_SUPPORTED, REQUIRED, FhirError
 from fhir_server.rest.operations import Operation
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.access import as_system
@@ -77,6 +77,12 @@ def _require_role(repo: Repository, roles: frozenset[str], what: str) -> None:
         raise FhirError(403, FORBIDDEN, f"{what} is for users with the role {' or '.join(sorted(roles))}", (what,))
 
 
+def _instance(name: str, resource_type: str, resource_id: str | None) -> str:
+    if not resource_id:
+        raise FhirError(400, NOT_SUPPORTED, f"${name} runs on one {resource_type}: {resource_type}/[id]/${name}")
+    return resource_id
+
+
 class Sharing:
     """The share operations of one hospital (``stack``), reaching the others through ``tenants``."""
 
@@ -95,7 +101,7 @@ class Sharing:
 
     def share(self, req: FhirRequest, repo: Repository, _rtype: str | None, patient: str | None) -> FhirResponse:
         _require_role(repo, SHARING_ROLES, "$share")
-        assert patient is not None
+        patient = _instance("share", "Patient", patient)
         repo.access.check_read(repo.read("Patient", patient))  # 404 / 403 as for a read
         params = _params(req)
         target = params.get("target", "")
@@ -135,7 +141,7 @@ class Sharing:
         return FhirResponse(201, version.content, headers={"Location": f"{base}/Consent/{sid}"})
 
     def _answer(self, repo: Repository, consent_id: str | None, to: ShareStatus) -> FhirResponse:
-        assert consent_id is not None
+        consent_id = _instance("accept" if to == ShareStatus.ACTIVE else "reject", "Consent", consent_id)
         share = self.store.by_consent(self.code, consent_id)
         if share is None or share.target != self.code:
             raise FhirError(404, NOT_FOUND, f"Consent/{consent_id} is not a share proposed to this hospital")
@@ -161,7 +167,7 @@ class Sharing:
 
     def revoke(self, _req: FhirRequest, repo: Repository, _t: str | None, cid: str | None) -> FhirResponse:
         _require_role(repo, SHARING_ROLES, "$revoke")
-        assert cid is not None
+        cid = _instance("revoke", "Consent", cid)
         share = self.store.by_consent(self.code, cid)
         if share is None or share.source != self.code:
             raise FhirError(404, NOT_FOUND, f"Consent/{cid} is not a share made by this hospital")
@@ -195,8 +201,8 @@ def install(tenants: Tenants, stack: TenantStack) -> None:
                                affects_state=True, admin=True))
     ops.register(Operation("revoke", sharing.revoke, DEFINITION + "revoke", types=frozenset({"Consent"}),
                            instance=True, affects_state=True))
-    ops.register(Operation("shares", sharing.shares, DEFINITION + "shares", system=True, read_only=True,
-                           admin=True))
+    ops.register(Operation("shares", sharing.shares, DEFINITION + "shares", system=True, types=frozenset(),
+                           read_only=True, admin=True))
 
 
 def install_all(tenants: Tenants) -> None:
