@@ -12,7 +12,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fhir_server.api import admin, auth, docs, fhir, health, hl7_admin, landing, metrics, subscriptions_ws
+from fhir_server.api import admin, auth, docs, fhir, health, hl7_admin, landing, metrics, platform, subscriptions_ws
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.api.tenants import TenantRouting
 from fhir_server.config import Settings, get_settings
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
         if settings.mllp_port:  # HL7 v2 over MLLP beside HTTP (interfaces/mllp)
             from interfaces.mllp.listener import MllpListener
 
-            listener = MllpListener(server)
+            listener = MllpListener(server, tenants=tenants)  # every hospital, routed by MSH-6
             await listener.start()
         yield
         if listener is not None:
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     install_sharing(tenants)  # a patient shared between hospitals: $share and friends (tenancy/sharing.py)
     app.include_router(admin.router)  # /admin/outbox (operators)
     app.include_router(hl7_admin.router)  # /admin/hl7/messages (operators of lab interfaces)
+    app.include_router(platform.router)  # /platform/tenants: the hospitals on this server (FHIR_PLATFORM_TOKEN)
     app.include_router(subscriptions_ws.router)  # the Subscription websocket channel
     app.include_router(landing.router)  # GET /: links to the entry points
     docs.install(app)  # /docs (Swagger UI, local files), /openapi/fhir.json (from the CapabilityStatement)

@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     # "default" is the install's own data (the public schema / the FHIR_DATABASE_URL file); another code is a
     # tenant made with `fhir-server tenants create` (its own PostgreSQL schema / SQLite file).
     tenant: str = "default"
+    # The platform administrator's bearer for /platform (fhir_server/api/platform.py); unset: /platform is closed.
+    platform_token: SecretStr | None = None
     # Public FHIR base URL; unset: derived from each request (Host header) + "/fhir".
     base_url: str | None = None
     host: str = "127.0.0.1"
@@ -147,6 +149,10 @@ class Settings(BaseSettings):
     notify_reminder_check_seconds: float = 300.0  # how often the reminder check looks for appointments
     notify_language: str = "en"  # templates used when the patient prefers a language we have none for
     notify_timezone: str = "Asia/Kolkata"  # appointment times in messages are shown in this zone
+    # frontdesk: the system of the MRN every new Patient gets (PT-YYYYMMDD-NNNN), the hospital's own URI, and the
+    # time zone whose calendar day numbers it.
+    mrn_system: str = "https://fhir-server.dev/sid/mrn"
+    mrn_timezone: str = "Asia/Kolkata"
 
     # --- insurance claims over HCX / NHCX (interfaces/claims; docs/adapters.md). Unset gateway: no claims. ---
     claims_gateway_url: str | None = None  # protocol base, e.g. https://staging-hcx.swasth.app/api/v0.8

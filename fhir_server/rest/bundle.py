@@ -21,7 +21,7 @@ from fhir_server.definitions import resource_types
 from fhir_server.errors import INVALID, NOT_FOUND, PROCESSING, FhirError, Issue
 from fhir_server.rest import integrity
 from fhir_server.rest import interactions as ix
-from fhir_server.rest.request import FhirRequest, FhirResponse
+from fhir_server.rest.request import FhirRequest, FhirResponse, routing
 from fhir_server.storage.repository import Repository, instant
 
 if TYPE_CHECKING:
@@ -225,7 +225,8 @@ def run_entry(server: FhirServer, outer: FhirRequest, repo: Repository, e: Entry
             return ix.existing_response(req, repo.read(rtype, e.assigned_id))
         assert e.resource is not None
         resource = {k: v for k, v in e.resource.items() if k != "id"}
-        version = repo.create(rtype, resource, resource_id=e.assigned_id)
+        with routing(req):  # write hooks see the entry's headers (If-None-Exist, Prefer) and add warnings
+            version = repo.create(rtype, resource, resource_id=e.assigned_id)
         return ix.write_response(req, version, 201, f"Created {version.reference}")
     return server.route(req, repo)
 
@@ -241,6 +242,8 @@ def response_entry(resp: FhirResponse, method: str, base_url: str, include_resou
     if resp.resource and resp.resource.get("meta", {}).get("lastUpdated"):
         response["lastModified"] = resp.resource["meta"]["lastUpdated"]
     entry: dict[str, Any] = {}
+    if resp.outcome is not None:  # a write's warnings (a possible duplicate patient)
+        response["outcome"] = resp.outcome
     if resp.resource is not None:
         if method in ("GET", "HEAD"):
             entry["resource"] = resp.resource

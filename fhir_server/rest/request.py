@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from fhir_server.errors import INVALID, STRUCTURE, FhirError
+from fhir_server.errors import INVALID, STRUCTURE, FhirError, Issue
 from fhir_server.rest.json_body import parse_json
 from fhir_server.storage.repository import AccessPolicy, Repository, require_access
 
@@ -15,6 +16,9 @@ from fhir_server.storage.repository import AccessPolicy, Repository, require_acc
 # outside any request: a rest-hook Subscription keeps it, so its notifications carry absolute URLs even
 # without FHIR_BASE_URL. "" outside a request (MLLP, jobs).
 REQUEST_BASE_URL: ContextVar[str] = ContextVar("fhir_request_base_url", default="")
+# The interaction being routed (a request, or one Bundle entry), for write hooks that honour its headers
+# (``Prefer: handling``, ``If-None-Exist``) or add warnings to its answer. None outside an interaction.
+CURRENT_REQUEST: ContextVar[FhirRequest | None] = ContextVar("fhir_current_request", default=None)
 
 
 @dataclass
@@ -37,6 +41,9 @@ class FhirRequest:
     # A transaction Bundle's caller's own write, run in the same unit of work after the last entry (with
     # the entries' responses) so it commits with them or not at all (the HL7 adapter's message status).
     in_transaction: Callable[[Repository, list[FhirResponse | None]], None] | None = None
+    # Warnings a write hook raised without refusing (a possible duplicate patient): the write's answer carries
+    # them in its OperationOutcome (Prefer: return=OperationOutcome, or Bundle.entry.response.outcome).
+    warnings: list[Issue] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         require_access(self.access, "FhirRequest")
@@ -74,6 +81,16 @@ class FhirRequest:
         return None
 
 
+@contextmanager
+def routing(req: FhirRequest) -> Iterator[FhirRequest]:
+    """Make ``req`` the CURRENT_REQUEST while it is routed."""
+    token = CURRENT_REQUEST.set(req)
+    try:
+        yield req
+    finally:
+        CURRENT_REQUEST.reset(token)
+
+
 @dataclass
 class FhirResponse:
     status: int
@@ -82,6 +99,8 @@ class FhirResponse:
     # Raw content (Binary download): an iterator of chunks and its media type.
     stream: Iterator[bytes] | None = None
     media_type: str | None = None
+    # A write's warnings as an OperationOutcome when the body is the resource (Bundle.entry.response.outcome).
+    outcome: dict[str, Any] | None = None
 
 
 def parse_version(value: str, what: str) -> int:

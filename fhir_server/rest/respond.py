@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from email.utils import format_datetime
 
-from fhir_server.errors import informational
+from fhir_server.errors import INFORMATIONAL, Issue, operation_outcome
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.repository import Version
 
@@ -27,8 +27,11 @@ def write_response(req: FhirRequest, version: Version, status: int, message: str
     """Honour ``Prefer: return=minimal | representation | OperationOutcome`` (representation by default)."""
     headers = version_headers(req, version, location=True)
     wanted = (req.prefer("return") or "representation").lower()
-    if wanted == "minimal":
-        return FhirResponse(status, None, headers)
+    outcome = operation_outcome([Issue(INFORMATIONAL, message, severity="information"), *req.warnings])
     if wanted == "operationoutcome":
-        return FhirResponse(status, informational(message), headers)
-    return FhirResponse(status, version.content, headers)
+        return FhirResponse(status, outcome, headers)
+    # Warnings travel with the resource only where FHIR has a place for them: Bundle.entry.response.outcome.
+    warned = outcome if req.warnings else None
+    if wanted == "minimal":
+        return FhirResponse(status, None, headers, outcome=warned)
+    return FhirResponse(status, version.content, headers, outcome=warned)

@@ -21,7 +21,7 @@ from fhir_server.rest.integrity import install as install_integrity
 from fhir_server.rest.metadata import capability_statement, with_security
 from fhir_server.rest.operations import OperationRegistry
 from fhir_server.rest.operations.everything import register as register_everything
-from fhir_server.rest.request import REQUEST_BASE_URL, FhirRequest, FhirResponse
+from fhir_server.rest.request import REQUEST_BASE_URL, FhirRequest, FhirResponse, routing
 from fhir_server.rest.router import READ_METHODS, route
 from fhir_server.search.services import SearchServices
 from fhir_server.storage.database import make_engine
@@ -99,9 +99,10 @@ class FhirServer:
         if req.access is not repo.access:  # auth: an interaction runs with the access of whoever asked for it
             raise AssertionError(f"{req.method} /{req.path} runs in a unit of work of another access policy")
         self.search.refresh(repo.conn)  # SearchParameters other processes stored (looked at once a second)
-        if self.audit is not None:  # audit: each interaction (also each Bundle entry)
-            return self.audit.route(req, repo, lambda: route(self, req, repo))
-        return route(self, req, repo)
+        with routing(req):  # write hooks see the interaction's headers and may add warnings to its answer
+            if self.audit is not None:  # audit: each interaction (also each Bundle entry)
+                return self.audit.route(req, repo, lambda: route(self, req, repo))
+            return route(self, req, repo)
 
     def handle(self, req: FhirRequest) -> FhirResponse:
         token = REQUEST_BASE_URL.set(req.base_url or REQUEST_BASE_URL.get())  # a server's own PUT keeps the outer

@@ -66,7 +66,7 @@ def parse_sort(registry: Registry, rtype: str, text: str | None,
         # a composite has no single value to sort by; _text/_content/_list none at all
         if sp is None or not sp.supported or sp.type == "composite" or sp.code in SPECIAL_CODES:
             raise FhirError(400, [Issue(NOT_SUPPORTED, f"Cannot sort {rtype} by '{code}'", expression=("_sort",))])
-        keys.append(SortKey(sp, desc))
+        keys.append(SortKey(sp, desc, registry.sort_orders.get((rtype, sp.code), ())))
     return keys
 
 

@@ -105,10 +105,13 @@ class Registry:
     version: int = 0  # bumped when runtime SearchParameters change it (extractor plans are cached per version)
     # types whose parameters' ``union_of`` / ``conjunction_of`` are worked out for their current definitions
     resolved: set[str] = field(default_factory=set)
+    # (type, token parameter) -> its codes in sort order: ``_sort=priority`` ranks stat before routine
+    # (a workflow area installs its order as data; without one a token sorts by its code's text).
+    sort_orders: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def copy(self) -> Registry:
         return Registry({t: dict(p) for t, p in self.by_type.items()}, dict(self.by_url), self.version,
-                        set(self.resolved))
+                        set(self.resolved), dict(self.sort_orders))
 
     def replace_with(self, other: Registry) -> None:
         """Take ``other``'s parameters (a reload of runtime SearchParameters); readers see old or new."""

@@ -75,6 +75,11 @@ class Tenants:
         from fhir_server.tenancy.limits import install as install_limits
 
         settings = tenant_settings(self.settings, code)
+        # Idle polling (outbox retries, stalled jobs) spread thin: ~10 tenants' worth of polls per interval
+        # whatever their number. A commit still wakes its tenant's dispatcher at once (jobs/background.py).
+        scale = max(1.0, len(self._stacks) / 10)
+        settings = settings.model_copy(update={"outbox_poll_seconds": settings.outbox_poll_seconds * scale,
+                                               "job_poll_seconds": settings.job_poll_seconds * scale})
         fhir = FhirServer(settings, tenant_engine(self.default.fhir.engine, self.settings, code))
         install_limits(fhir, self.store)  # max patients (and users) as they are reached
         dispatcher = OutboxDispatcher(fhir.engine, lease=timedelta(seconds=settings.outbox_lease_seconds))
@@ -89,13 +94,17 @@ class Tenants:
         return stack
 
     def start(self) -> None:
-        """The default tenant's background work, and that of tenants made later in this process."""
+        """Every active tenant's background work (outbox deliveries and jobs a previous run left wait for no
+        request), and that of tenants made later in this process."""
         with self._lock:
             self._running = True
-            stacks = list(self._stacks.values())
-        for stack in stacks:
+            made = list(self._stacks.values())
+        for stack in made:
             if stack.background is not None:
                 stack.background.start()
+        for tenant in self.store.list():
+            if tenant.status == TenantStatus.ACTIVE and tenant.code not in self._stacks:
+                self.stack(tenant.code)  # started as it is made
 
     def stop(self) -> None:
         with self._lock:

@@ -23,6 +23,9 @@ AREAS: dict[str, str] = {
     "notifications": "fhir_server.workflows.notifications",
     "billing": "fhir_server.workflows.billing",
     "scheduling": "fhir_server.workflows.scheduling",
+    "frontdesk": "fhir_server.workflows.frontdesk",
+    "laboratory": "fhir_server.workflows.laboratory",
+    "wards": "fhir_server.workflows.wards",
 }
 
 

@@ -32,6 +32,8 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
             return run_workers(settings, args.port, workers)
         serve_mllp(settings, args.port)
         return 0
+    if args.hl7_command == "routes":
+        return routes_command(settings, args)
     server = FhirServer(settings)
     store = MessageStore(server.engine)
     if args.hl7_command == "stats":
@@ -60,11 +62,13 @@ def serve_mllp(settings: Settings, port: int | None, *, reuse_port: bool = False
     """One listener process until interrupted (``reuse_port``: one of several on the same port)."""
     from fhir_server.rest.server import FhirServer
     from interfaces.mllp.listener import MllpListener
+    from interfaces.mllp.routing import every_tenant
 
     server = FhirServer(settings)
 
     async def main() -> None:
-        listener = MllpListener(server, port=port, reuse_port=reuse_port)
+        # Every hospital, routed by MSH-6 (fhir-server --tenant T mllp: T's alone, e.g. on a port of its own)
+        listener = MllpListener(server, port=port, reuse_port=reuse_port, tenants=every_tenant(settings, server))
         try:
             await listener.serve_forever()
         finally:
@@ -76,3 +80,28 @@ def serve_mllp(settings: Settings, port: int | None, *, reuse_port: bool = False
     finally:
         if server.audit is not None:  # write the AuditEvents still queued; its writer thread ends with it
             server.audit.recorder.close()
+
+
+def routes_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``fhir-server hl7 routes add|list|remove``: which hospital takes a receiving facility's messages."""
+    from fhir_server.storage.database import make_engine
+    from fhir_server.storage.migrate import upgrade
+    from interfaces.mllp.routing import RouteTable
+
+    if settings.tenant != "default":
+        print("hl7 routes: the platform's table; run it without --tenant", file=sys.stderr)
+        return 2
+    engine = make_engine(settings)
+    upgrade(engine)
+    table = RouteTable(engine)
+    if args.routes_action == "add":
+        route = table.add(args.tenant_code, args.facility, args.application or "")
+        print(f"MSH-6 {route.facility}{' MSH-5 ' + route.application if route.application else ''} -> {route.tenant}")
+    elif args.routes_action == "remove":
+        if not table.remove(args.facility, args.application or ""):
+            print(f"hl7 routes: no route for {args.facility}", file=sys.stderr)
+            return 1
+    else:
+        for r in table.list():
+            print(f"{r.facility}\t{r.application or '*'}\t{r.tenant}")
+    return 0

@@ -13,16 +13,22 @@ import contextlib
 import logging
 import ssl
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.config import Settings
 from fhir_server.rest.server import FhirServer
+from fhir_server.tenancy.model import DEFAULT
 from interfaces.mllp.batch import handle_batch, is_batch
 from interfaces.mllp.framing import FrameTooLarge, MllpDecoder, encode
 from interfaces.mllp.group import GroupCommitter
 from interfaces.mllp.pipeline import Hl7Pipeline
+from interfaces.mllp.routing import Router, every_tenant
 from interfaces.mllp.store import RECEIVED, MessageStore
 from mappings.hl7v2.message import decode, detect_charset
+
+if TYPE_CHECKING:
+    from fhir_server.tenancy.stacks import Tenants
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 2575
@@ -40,11 +46,21 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+@dataclass(frozen=True)
+class Lane:
+    """One hospital's way through the listener: its pipeline (store, mapping, FHIR server), its group commits."""
+
+    pipeline: Hl7Pipeline
+    committer: GroupCommitter
+
+
 class MllpListener:
     def __init__(self, server: FhirServer, *, host: str | None = None, port: int | None = None,
                  pipeline: Hl7Pipeline | None = None, workers: int | None = None,
                  settings: Settings | None = None, reuse_port: bool = False, max_group: int | None = None,
-                 group_slots: int | None = None) -> None:
+                 group_slots: int | None = None, tenants: Tenants | None = None) -> None:
+        """``tenants``: serve every hospital of the server, routed by MSH-5/MSH-6 (interfaces/mllp/routing.py);
+        None: ``server``'s hospital alone (a listener per tenant: ``fhir-server --tenant T mllp``)."""
         settings = settings or server.settings
         self.settings = settings
         self.host = host or settings.mllp_host or settings.host
@@ -54,6 +70,8 @@ class MllpListener:
                                            thread_name_prefix="mllp")
         self.committer = GroupCommitter(self.pipeline, self._run, max_group=max_group or settings.mllp_group_max,
                                         slots=group_slots or settings.mllp_group_slots)
+        self._lanes: dict[str, Lane] = {DEFAULT: Lane(self.pipeline, self.committer)}
+        self.router = Router(tenants, self._lane_of) if tenants is not None else None
         self.reuse_port = reuse_port  # several processes on one port: the kernel spreads the connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -125,6 +143,17 @@ class MllpListener:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _lane_of(self, tenant: str) -> Lane:
+        lane = self._lanes.get(tenant)
+        if lane is None:
+            assert self.router is not None
+            fhir = self.router.tenants.stack(tenant).fhir
+            pipeline = Hl7Pipeline(fhir, MessageStore(fhir.engine), settings=self.settings)
+            pipeline.replay(RECEIVED)  # as start() does for the default: what a previous run left unfinished
+            lane = self._lanes[tenant] = Lane(pipeline, GroupCommitter(
+                pipeline, self._run, max_group=self.committer.max_group, slots=self.committer.slots))
+        return lane
+
     async def _handle(self, frame: bytes | FrameTooLarge, writer: asyncio.StreamWriter) -> None:
         raw = frame.head if isinstance(frame, FrameTooLarge) else frame
         codec = detect_charset(raw)  # answer in the sender's character set (MSH-18)
@@ -133,33 +162,49 @@ class MllpListener:
             writer.write(encode(ack.encode(codec, errors="replace")))
             await writer.drain()
 
+        lane = self._lanes[DEFAULT]
+        if self.router is not None:  # the hospital its MSH-6 names (or an AR naming MSH-6)
+            routed, refusal = await self._run(self.router.lane, raw, self.pipeline)
+            if refusal is not None:
+                for ack in refusal:
+                    await send(ack)
+                return
+            lane = routed
+        await self._process(lane, frame, send)
+
+    async def _process(self, lane: Lane, frame: bytes | FrameTooLarge, send: Any) -> None:
+        pipeline, committer = lane.pipeline, lane.committer
+
         if isinstance(frame, FrameTooLarge):
-            acc = await self._run(self.pipeline.accept, frame.head, frame.size)
+            acc = await self._run(pipeline.accept, frame.head, frame.size)
         elif is_batch(frame):  # FHS/BHS: every message on its own, one batch of ACKs back
-            await send(await self._run(handle_batch, self.pipeline, frame))
+            await send(await self._run(handle_batch, pipeline, frame))
             return
         else:
-            acc = await self._run(self.pipeline.accept, frame)
+            acc = await self._run(pipeline.accept, frame)
             if acc.original is not None:  # a copy of a message still in flight: its outcome answers this one
                 # Waiting in a thread of its own, not the pool's: the first copy needs a pool thread to finish.
-                acc = await asyncio.to_thread(self.pipeline.wait_for_original, acc, decode(frame))
+                acc = await asyncio.to_thread(pipeline.wait_for_original, acc, decode(frame))
                 if acc.original is not None:
-                    await send(self.pipeline.still_in_flight(acc))
+                    await send(pipeline.still_in_flight(acc))
                     return
         try:
             for ack in acc.immediate:  # duplicates, rejections, and the enhanced-mode accept ACK
                 await send(ack)
             if acc.to_process:
-                ack = await self.committer.process(acc)
+                ack = await committer.process(acc)
                 if ack:
                     await send(ack)
         finally:
-            self.pipeline.release(acc)  # the connection died before process(): let a re-sent copy run
+            pipeline.release(acc)  # the connection died before process(): let a re-sent copy run
 
 
 async def run(settings: Settings, port: int | None = None) -> None:
-    """`fhir-server mllp`: the listener alone, until interrupted."""
-    listener = MllpListener(FhirServer(settings), port=port)
+    """`fhir-server mllp`: the listener alone, until interrupted. Without --tenant it serves every hospital,
+    routed by MSH-6 (none routed: the default's alone); with --tenant T, hospital T alone."""
+    server = FhirServer(settings)
+    tenants = every_tenant(settings, server)
+    listener = MllpListener(server, port=port, tenants=tenants)
     try:
         await listener.serve_forever()
     finally:

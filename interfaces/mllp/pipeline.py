@@ -253,6 +253,15 @@ class Hl7Pipeline:
         enc = acc.msg.enc if acc.msg is not None else None
         return build_ack(acc.header, "CE" if acc.header.enhanced else "AE", [detail], enc=enc)
 
+    def refuse(self, raw: bytes, detail: ErrorDetail) -> Accepted:
+        """Store the message as rejected for ``detail`` (e.g. no hospital takes its MSH-6) and AR it."""
+        text = decode(raw)
+        try:
+            msg = parse(text)
+        except MessageError:
+            return self._reject_unreadable(text, detail.text)
+        return self._store_rejected(msg, read_header(msg), text, detail)
+
     def _reject_unreadable(self, text: str, reason: str) -> Accepted:
         detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, reason, "MSH", 1)
         msh = parse_msh(text)

@@ -25,7 +25,9 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 DATA_TYPES = ("Patient", "Observation", "Condition", "Encounter")
 PATIENT_PARAM = {"Observation": "subject", "Condition": "subject", "Encounter": "subject", "Patient": "_id"}
 # Other types operations run on: B's Group (members), a Subscription on B's Observations, terminology.
-OTHER_TYPES = ("Group", "Subscription", "CodeSystem", "ValueSet", "ConceptMap")
+# The hospital workflows' operations run on more types (no data of B's there: ids are "matrix-none").
+OTHER_TYPES = ("Group", "Subscription", "CodeSystem", "ValueSet", "ConceptMap", "Appointment", "PractitionerRole",
+               "Location", "Invoice", "Consent", "Account", "MedicationRequest", "ServiceRequest")
 # Every FHIR interaction the router serves (restful-interaction codes); test_capability_... checks that the
 # CapabilityStatement names no other, so a new interaction fails the matrix until it has cases here.
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
@@ -189,7 +191,8 @@ def application() -> FastAPI:
 
     tmp = Path(tempfile.mkdtemp(prefix="matrix-"))
     settings = Settings(database_url=f"sqlite:///{tmp / 'routes.sqlite3'}", outbox_dispatcher=False,
-                        audit_enabled=False, binary_store_url=f"file://{tmp / 'binary'}")
+                        audit_enabled=False, binary_store_url=f"file://{tmp / 'binary'}",
+                        workflows="all")  # every hospital workflow's operations (fhir_server/workflows)
     return create_app(settings, FhirServer(settings, make_engine(settings)))
 
 

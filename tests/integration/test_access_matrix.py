@@ -28,6 +28,7 @@ from tests.conftest import Backend, wait_until
 from tests.integration.access_matrix_support import (
     DATA_TYPES,
     INTERACTIONS,
+    OTHER_TYPES,
     WRAPS,
     Case,
     all_cases,
@@ -51,7 +52,7 @@ TOKENS: dict[str, tuple[str, ...]] = {
     "backend": ("Observation", "Condition", "Encounter"),
 }
 # Routes that only an administrator (or an EHR-side user who may read the patient) may use.
-ADMIN_ROUTES = ("/admin/",)
+ADMIN_ROUTES = ("/admin/", "/platform/")  # operators and the platform administrator only
 LAUNCH_REFUSED = ("patient", "narrow", "backend")
 COUNTED = ("search-type ", "search-type-id", "search-type-count", "search-type-post", "search-system-id",
            "search-system-post", "search-compartment", "search-chain", "search-has", "history-instance")
@@ -74,7 +75,7 @@ def _params() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def smart(backend: Backend) -> Iterator[Smart]:
     backend.truncate()
-    yield from smart_server(backend)
+    yield from smart_server(backend, workflows="all")  # the hospital's operations join the matrix too
 
 
 def _create(smart: Smart, admin: str, resource: dict[str, Any]) -> dict[str, Any]:
@@ -134,8 +135,8 @@ def build_world(smart: Smart) -> dict[str, Any]:
         "resourceType": "Subscription", "status": "requested", "reason": "matrix",
         "criteria": f"Observation?subject=Patient/{w['b']}",
         "channel": {"type": "websocket", "payload": "application/fhir+json"}})["id"]
-    for t in ("CodeSystem", "ValueSet", "ConceptMap"):
-        w[t] = "matrix-none"
+    for t in OTHER_TYPES:
+        w.setdefault(t, "matrix-none")
     w["secrets"] = secrets
     status = kick_off(smart.http, f"{smart.base}/$export?_type=" + ",".join(DATA_TYPES), admin)
     assert poll(smart.http, status, admin).status_code == 200

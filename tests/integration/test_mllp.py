@@ -17,7 +17,10 @@ from interfaces.mllp.framing import MllpDecoder, encode
 from interfaces.mllp.listener import MllpListener
 from interfaces.mllp.pipeline import Hl7Pipeline
 from interfaces.mllp.store import ERROR, PROCESSED, REJECTED, MessageStore
-from tests.conftest import SYSTEM, LiveServer, wait_until
+from tests.conftest import SYSTEM, TENANT_BACKENDS, LiveServer, wait_until
+
+# Also in a non-default tenant: a listener of its own (fhir-server --tenant T mllp), its schema (issue 13).
+pytestmark = pytest.mark.parametrize("backend", TENANT_BACKENDS, indirect=True)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "hl7v2"
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from fhir_server.auth.store import UserLimitReached
 from fhir_server.tenancy.model import TenantStatus
@@ -14,11 +15,12 @@ from tests.conftest import Backend
 from tests.integration.tenancy_support import JSON, Network, network
 
 A, B = "iso-a", "iso-b"
+PLATFORM = "platform-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="module")
 def net(backend: Backend) -> Iterator[Network]:
-    yield from network(backend, (A, B))
+    yield from network(backend, (A, B), platform_token=SecretStr(PLATFORM))
 
 
 def test_each_hospital_has_its_own_data_urls_and_tokens(net: Network) -> None:
@@ -119,3 +121,40 @@ def test_limits_refuse_the_patient_and_user_past_them(net: Network) -> None:
             net.smart[B].user("nurse")
     finally:
         net.store.set_limits(B, max_users=None, max_patients=None)
+
+
+def test_the_platform_administers_hospitals_without_their_clinical_data(net: Network) -> None:
+    platform = {"Authorization": f"Bearer {PLATFORM}"}
+    url = f"{net.host}/platform/tenants"
+    assert net.http.get(url).status_code == 401
+    assert net.http.get(url, headers={"Authorization": f"Bearer {net.admin(A)}"}).status_code == 401
+    assert net.http.get(f"{net.host}/t/{A}/platform/tenants", headers=platform).status_code == 404
+    listed = net.http.get(url, headers=platform)
+    assert listed.status_code == 200 and {A, B} <= {t["code"] for t in listed.json()}
+    family = f"Secret{uuid.uuid4().hex[:8]}"
+    net.create(A, net.admin(A), {"resourceType": "Patient", "name": [{"family": family}]})
+    shown = net.http.get(f"{url}/{A}", headers=platform)
+    assert shown.status_code == 200, shown.text
+    figures = shown.json()
+    assert figures["patients"] >= 1 and figures["resources"] >= figures["patients"] and figures["storageBytes"] > 0
+    assert family not in shown.text  # counts, never content
+    code = f"new-{uuid.uuid4().hex[:8]}"
+    made = net.http.post(url, headers=platform, json={"code": code, "name": "New Hospital", "maxPatients": 5})
+    assert made.status_code == 201 and made.json()["status"] == "ACTIVE", made.text
+    assert net.http.post(url, headers=platform, json={"code": "Bad Code", "name": "x"}).status_code == 400
+    assert net.http.post(url, headers=platform, json={"code": code, "name": "again"}).status_code == 409
+    limits = net.http.put(f"{url}/{code}/limits", headers=platform, json={"maxUsers": 3, "maxPatients": None})
+    assert limits.status_code == 200 and limits.json()["maxUsers"] == 3
+    assert net.http.put(f"{url}/{code}/limits", headers=platform, json={"maxUsers": -1}).status_code == 422
+    token = net.admin(A)
+    assert net.http.post(f"{url}/{A}/suspend", headers=platform).status_code == 200
+    try:
+        assert net.smart[A].fhir("GET", "Patient", token).status_code == 403
+    finally:
+        assert net.http.post(f"{url}/{A}/activate", headers=platform).status_code == 200
+    assert net.smart[A].fhir("GET", "Patient", token).status_code == 200
+    admin = net.smart[A].user("admin")
+    reset = net.http.post(f"{url}/{A}/users/{admin}/password", headers=platform)
+    assert reset.status_code == 200, reset.text
+    assert net.smart[A].store.login(admin, reset.json()["password"]) is not None
+    assert net.http.post(f"{url}/{A}/users/nobody-here/password", headers=platform).status_code == 404

@@ -30,6 +30,8 @@ ACTS_AS_SYSTEM = {
     "fhir_server/workflows/pharmacy/knowledge.py": "the drug class and interaction tables, whoever prescribes",
     "fhir_server/workflows/pharmacy/safety.py": "medication safety reads all allergies/prescriptions of the patient",
     "fhir_server/workflows/pharmacy/stock.py": "the stock ledger: records and movements only the server writes",
+    "fhir_server/workflows/frontdesk/merge.py": "Patient/$merge and $unmerge move references in every resource, "
+                                                "after checking the caller's role",
     "fhir_server/workflows/scheduling/booking.py": "booking rules see every appointment of a practitioner or "
                                                    "patient, and set the status of the slots booked",
     "fhir_server/workflows/scheduling/checkin.py": "a doctor's day queue: token numbers count every check-in",
@@ -38,6 +40,10 @@ ACTS_AS_SYSTEM = {
     "fhir_server/validation/setup.py": "CapabilityStatement.supportedProfile: the server describes itself",
     "fhir_server/workflows/notifications/record.py": "notifications: the patient's contact preferences read, "
                                                      "each message recorded as a Communication, sent by the outbox",
+    "fhir_server/workflows/laboratory/critical.py": "critical limits as configured; the alert is the server's record",
+    "fhir_server/workflows/laboratory/specimens.py": "barcode uniqueness and an order's specimens, seen by all",
+    "fhir_server/workflows/laboratory/turnaround.py": "turnaround and completion recorded on the order",
+    "fhir_server/workflows/wards/beds.py": "a bed's status follows admissions; the discharge summary, seen by all",
     "interfaces/abdm/api.py": "ABDM gateway calls in: admitted by the gateway's signed token, per request",
     "interfaces/abdm/hip_linking.py": "ABDM discovery and linking: the patient the gateway asks about",
     "interfaces/abdm/service.py": "ABDM outbox jobs: gateway callbacks, data pushes, erasure at dataEraseAt",

@@ -1,7 +1,9 @@
 """``_sort`` keys as SQL and keyset (cursor) conditions that page correctly while data is written.
 
 Each key is a correlated subquery over the parameter's index rows (min for ascending, max for
-descending; dates sort by the start of their range ascending and its end descending). Resources without
+descending; dates sort by the start of their range ascending and its end descending). A token whose codes
+have a meaningful order (a request's priority: stat before routine) sorts by its rank in an order the
+server was given as data (``Registry.sort_orders``) instead of alphabetically. Resources without
 a value sort last either way. Paging continues after the last row's (keys..., id), never by OFFSET.
 """
 
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, FromClause, and_, case, false, func, or_, select
 
 from fhir_server.search.registry import SearchParam
 from fhir_server.search.tables import TABLES
@@ -21,6 +23,7 @@ from fhir_server.search.tables import TABLES
 class SortKey:
     param: SearchParam
     descending: bool
+    order: tuple[str, ...] = ()  # token codes in their sort order (ranked 0, 1, ...); unlisted codes after them
 
 
 _SORT_COLUMN = {"string": "value_norm", "token": "code", "number": "value", "quantity": "value",
@@ -34,8 +37,11 @@ def sort_expression(r: FromClause, rtype: str, key: SortKey) -> ColumnElement[An
     if code == "_lastUpdated":
         return r.c.last_updated
     table = TABLES[key.param.type]
+    column: ColumnElement[Any]
     if key.param.type == "date":
         column = table.c.high if key.descending else table.c.low
+    elif key.order and key.param.type == "token":
+        column = case({c: i for i, c in enumerate(key.order)}, value=table.c.code, else_=len(key.order))
     else:
         column = table.c[_SORT_COLUMN[key.param.type]]
     agg = func.max(column) if key.descending else func.min(column)
