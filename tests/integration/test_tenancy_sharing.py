@@ -11,10 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import delete
 
-from fhir_server.tenancy.shares import patient_share_table
-from fhir_server.tenancy.tables import platform_engine
 from tests.conftest import Backend, wait_until
 from tests.integration.tenancy_support import JSON, Network, network
 from tests.integration.test_auth_access import _user_token
@@ -25,8 +22,6 @@ SCOPE = "user/*.cruds"
 
 @pytest.fixture(scope="module")
 def net(backend: Backend) -> Iterator[Network]:
-    with platform_engine(backend.engine).begin() as conn:  # shares left by an earlier run of these tests
-        conn.execute(delete(patient_share_table).where(patient_share_table.c.source == A))
     yield from network(backend, (A, B, C), audit_enabled=True)
 
 

@@ -1,8 +1,8 @@
 """Tenancy (issue 13 item 6): ``patient_share``, a patient of one hospital shared with another, on the
 platform (it is between tenants, so it belongs to neither). Created only on the platform run.
 
-Revision ID: 0018_patient_share
-Revises: 0017_billing
+Revision ID: 0019_patient_share
+Revises: 0018_frontdesk
 Create Date: 2026-12-07
 """
 
@@ -11,8 +11,8 @@ from alembic import op
 
 from fhir_server.storage.models import UTCDateTime
 
-revision = "0018_patient_share"
-down_revision = "0017_billing"
+revision = "0019_patient_share"
+down_revision = "0018_frontdesk"
 branch_labels = None
 depends_on = None
 
