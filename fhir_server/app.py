@@ -21,6 +21,7 @@ from fhir_server.jobs.background import Background
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.outbox import OutboxDispatcher
 from fhir_server.tenancy.model import DEFAULT
+from fhir_server.tenancy.sharing import install_all as install_sharing
 from fhir_server.tenancy.stacks import Tenants, TenantStack
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app.state.outbox = dispatcher
     app.state.tenants = tenants
     auth.install(app, server)  # SMART on FHIR: /auth/*, /fhir/.well-known/* (before the catch-all), CORS
+    install_sharing(tenants)  # a patient shared between hospitals: $share and friends (tenancy/sharing.py)
     app.include_router(admin.router)  # /admin/outbox (operators)
     app.include_router(hl7_admin.router)  # /admin/hl7/messages (operators of lab interfaces)
     app.include_router(platform.router)  # /platform/tenants: the hospitals on this server (FHIR_PLATFORM_TOKEN)

@@ -22,6 +22,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from fhir_server.api.shared_access import shared_access
 from fhir_server.api.tenants import stack_of, tenant_urls
 from fhir_server.audit.codes import DCM, coding, own
 from fhir_server.audit.events import Actor
@@ -478,7 +479,10 @@ async def _bearer_access(auth: SmartAuth, request: Request, path: str,
     if scheme.lower() != "bearer" or not token_value.strip():
         return _unauthorized("Only Bearer tokens are accepted", "invalid_request")
     claims = await _call(auth.urls(request), auth.server.verify_access_token, token_value.strip())
-    if claims is None:
+    if claims is None:  # another hospital's token: worth something here only through a patient share
+        shared = await shared_access(auth, request, token_value.strip(), path)
+        if shared is not None:
+            return shared
         return _unauthorized("The access token is not valid (expired, revoked or not issued here)", "invalid_token")
     return auth.server.access_context(claims)
 

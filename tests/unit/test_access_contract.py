@@ -19,6 +19,8 @@ ACTS_AS_SYSTEM = {
     "fhir_server/audit/recorder.py": "the audit trail is the server's own record",
     "fhir_server/auth/stored.py": "restoring a stored server-side access (a job or subscription it started)",
     "fhir_server/cli.py": "fhir-server load (operator command)",
+    "fhir_server/tenancy/sharing.py": "a patient share's Consents, written in both hospitals by the server "
+                                       "after checking the sharing or answering user's role",
     "fhir_server/packages/cli.py": "fhir-server packages install (operator command)",
     "fhir_server/search/terms.py": "terminology definitions behind :in / :below",
     "fhir_server/subscriptions/delivery.py": "rest-hook bookkeeping: reading the Subscription, recording status",
