@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, Backend, _free_port, wait_until
 
 CLI = [sys.executable, "-m", "fhir_server.cli"]
 
@@ -60,7 +60,7 @@ def test_serve_applies_migrations_and_answers(backend: Backend, tmp_path: Path) 
             except httpx.TransportError:
                 return False
 
-        wait_until(up, 60, "fhir-server serve to answer")
+        wait_until(up, PROCESS_START_TIMEOUT, "fhir-server serve to answer")
         meta = httpx.get(f"http://127.0.0.1:{port}/fhir/metadata").json()
         assert meta["resourceType"] == "CapabilityStatement" and meta["fhirVersion"] == "4.0.1"
     finally:
