@@ -189,8 +189,24 @@ def api(live: LiveServer) -> LiveServer:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup``, scripts/test.sh) each test file is one group, so it runs on
-    one worker and its module fixtures are built once; a test's own ``xdist_group`` mark wins."""
+    """Under pytest-xdist (``--dist loadgroup``, scripts/test.sh) each test file is a group per database
+    (``file[sqlite]``, ``file[postgresql]``), so its module fixtures are built once on one worker. pytest runs
+    every SQLite test before every PostgreSQL one (``backend`` is a parametrized session fixture), and the
+    groups go out in that order: a worker changes database once, not at every file. A test's own
+    ``xdist_group`` mark wins."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+            name = item.nodeid.split("::", 1)[0]
+            callspec = getattr(item, "callspec", None)
+            if callspec is not None and "backend" in callspec.params:
+                name += f"[{callspec.params['backend']}]"
+            item.add_marker(pytest.mark.xdist_group(name))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """pytest-xdist's loadgroup puts the group into each node id ("...::test@group"); if a pytest or xdist
+    release stops doing so, the groups above are silently ignored: fail the run instead."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup"):
+        ungrouped = [item.nodeid for item in session.items if "@" not in item.nodeid]
+        if ungrouped:
+            raise pytest.UsageError(f"--dist loadgroup left {len(ungrouped)} tests ungrouped, e.g. {ungrouped[0]}")
