@@ -82,7 +82,8 @@ def test_serve_starts_the_listener_beside_http(backend: Backend, tmp_path: Path)
             sock.sendall(encode((GOLDEN / "ADT_A04/register_outpatient.hl7").read_bytes()))
             [ack] = read_acks(sock, 1)
         assert segment(ack, "MSA")[1] == "AA"
-        found = httpx.get(f"http://127.0.0.1:{http_port}/fhir/Patient", params={"identifier": "ADT-100"}).json()
+        found = httpx.get(f"http://127.0.0.1:{http_port}/fhir/Patient", params={"identifier": "ADT-100"},
+                          timeout=60).json()
         assert found["total"] == 1
     finally:
         proc.send_signal(signal.SIGINT)

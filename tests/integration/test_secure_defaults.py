@@ -73,7 +73,8 @@ def test_serve_starts_with_insecure_or_with_auth_required(backend: Backend, tmp_
 
         wait_until(up, PROCESS_START_TIMEOUT, "fhir-server serve to answer")
         # --insecure: open as asked; FHIR_AUTH_REQUIRED=true: a token is needed.
-        assert httpx.get(f"http://127.0.0.1:{port}/fhir/Patient").status_code == (200 if flags else 401)
+        # (60 s, as the live fixture's client: httpx's 5 s default is short when the 2 cores are shared)
+        assert httpx.get(f"http://127.0.0.1:{port}/fhir/Patient", timeout=60).status_code == (200 if flags else 401)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.communicate(timeout=90)  # drains its output: a full pipe would block its exit
