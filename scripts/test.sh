@@ -28,8 +28,11 @@ echo "== ruff"; .venv/bin/ruff check fhir_server interfaces mappings terminology
 echo "== mypy"; .venv/bin/mypy
 echo "== hadolint"; .venv/bin/hadolint Dockerfile
 echo "== pytest"
+# On FHIR_TEST_WORKERS worker processes (pytest-xdist; default 2, this machine's cores): each test file
+# stays on one worker so its module fixtures are built once; an xdist_group mark keeps tests that share
+# something outside their worker together. Arguments come last, so `-n 0` runs serially in this process.
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${FHIR_TEST_WORKERS:-2}" --dist loadgroup "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then echo "pytest collected no tests: failing the run" >&2; exit 1; fi

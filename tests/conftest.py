@@ -6,7 +6,9 @@ is skipped locally, but fails under CI=true so CI can never pass without it.
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import socket
 import threading
 import time
@@ -39,6 +41,12 @@ BACKENDS = ["sqlite", "postgresql"]
 # tenant's own PostgreSQL schema, through its /fhir/{tenant} URLs.
 TENANT = "hosp-t"
 TENANT_BACKENDS = [*BACKENDS, "postgresql-tenant"]
+
+
+# The deadline for a subprocess (fhir-server serve, mllp, worker, a simulator) to answer: a cold Python process
+# importing fastapi, fhir.resources and celery and migrating its database takes a minute or more when the
+# suite's workers and other processes share the 2 cores. Only a process that hangs reaches it.
+PROCESS_START_TIMEOUT = 180.0
 
 
 def wait_until(predicate, timeout: float = 10.0, message: str = "condition") -> None:  # type: ignore[no-untyped-def]
@@ -146,8 +154,44 @@ class LiveServer:
     http: httpx.Client
 
 
-def _free_port() -> int:
+def xdist_worker_index() -> int:
+    """0, 1, ... for pytest-xdist's workers gw0, gw1, ...; 0 when the suite runs in one process."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) if name[2:].isdigit() else 0
+
+
+# Ports for the servers tests start come from below the kernel's ephemeral range, one slice per xdist worker:
+# a port picked with bind(0) and closed could be taken, before the test's server (often a subprocess) binds
+# it, by another worker's bind(0) or by any outgoing connection's source port.
+_PORT_FLOOR, _PORT_SLICE = 15000, 2000
+_port_cursor = itertools.count(random.randrange(_PORT_SLICE))  # two sessions at once rarely walk in step
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    """A loopback port that nothing listens on, kept for this worker's own servers."""
+    low = _PORT_FLOOR + xdist_worker_index() * _PORT_SLICE
+    if low + _PORT_SLICE <= _ephemeral_floor():
+        for _ in range(_PORT_SLICE):
+            port = low + next(_port_cursor) % _PORT_SLICE
+            if _bindable(port):
+                return port
+    with socket.socket() as s:  # no room below the ephemeral range (many workers, an unusual kernel setting)
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -174,3 +218,28 @@ def api(live: LiveServer) -> LiveServer:
     """The live server with an empty store."""
     live.backend.truncate()
     return live
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``, scripts/test.sh) each test file is a group per database
+    (``file[sqlite]``, ``file[postgresql]``), so its module fixtures are built once on one worker. pytest runs
+    every SQLite test before every PostgreSQL one (``backend`` is a parametrized session fixture), and the
+    groups go out in that order: a worker changes database once, not at every file. A test's own
+    ``xdist_group`` mark wins."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            name = item.nodeid.split("::", 1)[0]
+            callspec = getattr(item, "callspec", None)
+            if callspec is not None and "backend" in callspec.params:
+                name += f"[{callspec.params['backend']}]"
+            item.add_marker(pytest.mark.xdist_group(name))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """pytest-xdist's loadgroup puts the group into each node id ("...::test@group"); if a pytest or xdist
+    release stops doing so, the groups above are silently ignored: fail the run instead."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup"):
+        ungrouped = [item.nodeid for item in session.items if "@" not in item.nodeid]
+        if ungrouped:
+            raise pytest.UsageError(f"--dist loadgroup left {len(ungrouped)} tests ungrouped, e.g. {ungrouped[0]}")

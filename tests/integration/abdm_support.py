@@ -24,7 +24,7 @@ from fhir_server.storage.access import as_system
 from fhir_server.storage.outbox import OutboxDispatcher
 from interfaces.abdm.identity import ABHA_ADDRESS_SYSTEM, ABHA_NUMBER_SYSTEM
 from interfaces.abdm.settings import AbdmSettings, configure
-from tests.conftest import SYSTEM, Backend, _free_port, make_backend, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, SYSTEM, Backend, _free_port, make_backend, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DISCOVER = "/api/v3/hip/patient/care-context/discover"
@@ -78,7 +78,7 @@ def start_simulator() -> Iterator[Simulator]:
             except httpx.HTTPError:
                 return False
 
-        wait_until(up, 30, "the ABDM simulator to start")
+        wait_until(up, PROCESS_START_TIMEOUT, "the ABDM simulator to start")
         try:
             yield Simulator(url, http)
         finally:

@@ -25,7 +25,7 @@ from interfaces.claims import keys
 from interfaces.claims.sandbox.records import PAYER, PROVIDER, records
 
 __all__ = ["PAYER", "PAYER2", "PROVIDER", "records"]
-from tests.conftest import SYSTEM, Backend, _free_port, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, SYSTEM, Backend, _free_port, wait_until
 
 PAYER2 = "payer02@sandbox"
 GATEWAY = "hcx-gateway@sandbox"
@@ -68,7 +68,7 @@ def start_sandbox(tmp: Path, flavour: str = "hcx") -> Iterator[Sandbox]:
             return False
 
     try:
-        wait_until(up, 90, "the HCX sandbox to start")
+        wait_until(up, PROCESS_START_TIMEOUT, "the HCX sandbox to start")
         yield Sandbox(url, proc, http)
     finally:
         http.close()

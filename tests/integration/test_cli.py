@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, Backend, _free_port, wait_until
 
 CLI = [sys.executable, "-m", "fhir_server.cli"]
 
@@ -60,12 +60,12 @@ def test_serve_applies_migrations_and_answers(backend: Backend, tmp_path: Path) 
             except httpx.TransportError:
                 return False
 
-        wait_until(up, 60, "fhir-server serve to answer")
-        meta = httpx.get(f"http://127.0.0.1:{port}/fhir/metadata").json()
+        wait_until(up, PROCESS_START_TIMEOUT, "fhir-server serve to answer")
+        meta = httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=60).json()  # not httpx's 5 s
         assert meta["resourceType"] == "CapabilityStatement" and meta["fhirVersion"] == "4.0.1"
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.communicate(timeout=90)  # drains its output: a full pipe would block its exit
 
 
 def test_default_database_is_sqlite_under_data(tmp_path: Path) -> None:

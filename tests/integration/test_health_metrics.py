@@ -6,7 +6,6 @@ import io
 import logging
 import os
 import re
-import socket
 from collections.abc import Iterator
 
 import orjson
@@ -17,7 +16,7 @@ from sqlalchemy import create_engine
 from fhir_server.api.health import readiness
 from fhir_server.config import Settings
 from fhir_server.logs import REQUEST_ID, JsonFormatter, RequestIdFilter
-from tests.conftest import Backend, LiveServer
+from tests.conftest import Backend, LiveServer, _free_port
 from tests.integration.test_auth_support import Smart, smart_server
 from tests.integration.test_hl7_admin import user_token
 
@@ -50,14 +49,8 @@ def test_ready_fails_on_a_database_behind_the_code(tmp_path: object) -> None:
     assert "fhir-server migrate" in checks["migrations"]["output"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed once the socket is: nothing listens there
-
-
 def test_ready_checks_the_broker(backend: Backend) -> None:
-    down = backend.settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{_closed_port()}/0"})
+    down = backend.settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{_free_port()}/0"})
     assert readiness(backend.engine, down)["broker"]["status"] == "fail"
     redis_url = os.environ.get("FHIR_TEST_REDIS_URL")
     if redis_url is None:

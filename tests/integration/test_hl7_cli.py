@@ -11,7 +11,7 @@ from pathlib import Path
 
 from interfaces.mllp.framing import encode
 from interfaces.mllp.store import ERROR, PROCESSED, MessageStore
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, Backend, _free_port, wait_until
 from tests.integration.test_mllp import GOLDEN, connect, read_acks, segment
 
 CLI = [sys.executable, "-m", "fhir_server.cli"]
@@ -35,7 +35,7 @@ def test_mllp_command_serves_and_hl7_commands_report_and_replay(backend: Backend
             except OSError:
                 return False
 
-        wait_until(up, 60, "the mllp listener")
+        wait_until(up, PROCESS_START_TIMEOUT, "the mllp listener")
         with connect(port) as sock:
             sock.sendall(encode((GOLDEN / "ADT_A04/register_outpatient.hl7").read_bytes()))
             [ack] = read_acks(sock, 1)
@@ -77,12 +77,13 @@ def test_serve_starts_the_listener_beside_http(backend: Backend, tmp_path: Path)
             except httpx.HTTPError:
                 return False
 
-        wait_until(up, 60, "the HTTP server")
+        wait_until(up, PROCESS_START_TIMEOUT, "the HTTP server")
         with connect(mllp_port) as sock:
             sock.sendall(encode((GOLDEN / "ADT_A04/register_outpatient.hl7").read_bytes()))
             [ack] = read_acks(sock, 1)
         assert segment(ack, "MSA")[1] == "AA"
-        found = httpx.get(f"http://127.0.0.1:{http_port}/fhir/Patient", params={"identifier": "ADT-100"}).json()
+        found = httpx.get(f"http://127.0.0.1:{http_port}/fhir/Patient", params={"identifier": "ADT-100"},
+                          timeout=60).json()
         assert found["total"] == 1
     finally:
         proc.send_signal(signal.SIGINT)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from interfaces.mllp.framing import encode
 from interfaces.mllp.store import PROCESSED, MessageStore
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, Backend, _free_port, wait_until
 from tests.integration.test_mllp import GOLDEN, connect, read_acks, segment
 
 CLI = [sys.executable, "-m", "fhir_server.cli"]
@@ -46,7 +46,7 @@ def test_two_listener_processes_share_the_port(backend: Backend, tmp_path: Path)
                 return False
             return len(children(proc.pid)) >= 2
 
-        wait_until(up, 120, "two mllp listener processes")
+        wait_until(up, PROCESS_START_TIMEOUT, "two mllp listener processes")
 
         def send(n: int) -> str:
             message = MESSAGE.replace(b"|CNTRL-3456|", f"|W-{n}|".encode()).replace(b"555-44-4444", f"MRN-{n}".encode())

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from fhir_server.cli import is_loopback
-from tests.conftest import Backend, LiveServer, _free_port, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, Backend, LiveServer, _free_port, wait_until
 from tests.integration.test_auth_access import _user_token
 from tests.integration.test_auth_support import smart_of
 from tests.integration.test_cli import CLI
@@ -71,9 +71,10 @@ def test_serve_starts_with_insecure_or_with_auth_required(backend: Backend, tmp_
             except httpx.TransportError:
                 return False
 
-        wait_until(up, 180, "fhir-server serve to answer")  # a loaded 2-core machine: migrations and imports
+        wait_until(up, PROCESS_START_TIMEOUT, "fhir-server serve to answer")
         # --insecure: open as asked; FHIR_AUTH_REQUIRED=true: a token is needed.
-        assert httpx.get(f"http://127.0.0.1:{port}/fhir/Patient").status_code == (200 if flags else 401)
+        # (60 s, as the live fixture's client: httpx's 5 s default is short when the 2 cores are shared)
+        assert httpx.get(f"http://127.0.0.1:{port}/fhir/Patient", timeout=60).status_code == (200 if flags else 401)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.communicate(timeout=90)  # drains its output: a full pipe would block its exit

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from fhir_server.storage.models import OUTBOX
-from tests.conftest import LiveServer, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, LiveServer, wait_until
 from tests.integration.subscription_receiver import Received, Receiver, start_receiver
 from tests.integration.test_subscriptions import observation, status
 from tests.integration.test_subscriptions_backport import backport, event_numbers, params, topic
@@ -41,7 +41,8 @@ class Workers:
         proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "worker", "--concurrency", "2"],
                                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append((proc, log, path))
-        wait_until(lambda: b"ready." in path.read_bytes() or proc.poll() is not None, 60, "the worker to start")
+        wait_until(lambda: b"ready." in path.read_bytes() or proc.poll() is not None,
+                   PROCESS_START_TIMEOUT, "the worker to start")
         assert proc.poll() is None, path.read_bytes().decode()[-3000:]
         return proc
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from terminology.core import core_loaded, core_resources, load_core
-from tests.conftest import SYSTEM, wait_until
+from tests.conftest import SYSTEM, _free_port, wait_until
 from tests.integration.test_terminology_operations import params
 
 GENDER_CS = "http://hl7.org/fhir/administrative-gender"
@@ -74,12 +73,6 @@ def test_cli_load_core_loads_everything(api) -> None:  # type: ignore[no-untyped
     again = subprocess.run([sys.executable, "-m", "fhir_server.cli", "terminology", "load-core"], env=env,
                            capture_output=True, text=True, timeout=300)
     assert "loaded\t0" in again.stdout and "already present\t2378" in again.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_serve_preloads_the_core_when_missing(api) -> None:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -23,7 +24,7 @@ from fhir_server.app import create_app
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.bulk import BulkRows
 from fhir_server.storage.models import RESOURCE, RESOURCE_HISTORY
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, Backend, _free_port, wait_until, xdist_worker_index
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +35,11 @@ def redis_url() -> str:
         if os.environ.get("CI"):
             pytest.fail("FHIR_TEST_REDIS_URL is not set: CI must run the worker tests (scripts/test.sh)")
         pytest.skip("Redis not configured (set FHIR_TEST_REDIS_URL=$(bash scripts/redis.sh))")
-    return url
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return url
+    # Each xdist worker on a database of its own (1..15; 0 is the serial run's): besides the per-stack queue
+    # names, celery's broadcast and reply keys of one worker's subprocesses never reach another's.
+    return urlunsplit(urlsplit(url)._replace(path=f"/{1 + xdist_worker_index() % 15}"))
 
 
 @dataclass
@@ -54,7 +59,8 @@ class Stack:
         proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "worker", "--concurrency", "3"],
                                 cwd=ROOT, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append((proc, log))
-        wait_until(lambda: b"ready." in self.log(proc) or proc.poll() is not None, 60, "the worker to start")
+        wait_until(lambda: b"ready." in self.log(proc) or proc.poll() is not None, PROCESS_START_TIMEOUT,
+                   "the worker to start")
         assert proc.poll() is None, self.log(proc).decode()[-3000:]
         return proc
 
