@@ -183,6 +183,12 @@ def _bindable(port: int) -> bool:
         return True
 
 
+def uvicorn_config(app: Any, **kw: Any) -> uvicorn.Config:
+    """A test server's uvicorn settings: keep-alive far longer than any pause between a test's requests (a
+    CLI subprocess run between two requests), so the server never closes a connection the client is reusing."""
+    return uvicorn.Config(app, timeout_keep_alive=300, **kw)
+
+
 def _free_port() -> int:
     """A loopback port that nothing listens on, kept for this worker's own servers."""
     low = _PORT_FLOOR + xdist_worker_index() * _PORT_SLICE
@@ -201,7 +207,7 @@ def live(backend: Backend) -> Iterator[LiveServer]:
     """A real uvicorn server on loopback, in this process, for one backend (a tenant's: its /fhir/{tenant})."""
     app, fhir, fhir_path = backend.server_app()
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on", http=FhirHttpProtocol))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from fhir_server.config import Settings
 from fhir_server.tenancy.engines import tenant_engine, tenant_settings
 from fhir_server.tenancy.model import DEFAULT, TenantStatus
@@ -102,7 +104,12 @@ class Tenants:
         for stack in made:
             if stack.background is not None:
                 stack.background.start()
-        for tenant in self.store.list():
+        try:
+            tenants = self.store.list()
+        except SQLAlchemyError:  # a database without the platform's tables (never migrated): the default alone
+            log.warning("tenants: no platform table; serving the default tenant only")
+            tenants = []
+        for tenant in tenants:
             if tenant.status == TenantStatus.ACTIVE and tenant.code not in self._stacks:
                 self.stack(tenant.code)  # started as it is made
 

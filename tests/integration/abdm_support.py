@@ -24,7 +24,7 @@ from fhir_server.storage.access import as_system
 from fhir_server.storage.outbox import OutboxDispatcher
 from interfaces.abdm.identity import ABHA_ADDRESS_SYSTEM, ABHA_NUMBER_SYSTEM
 from interfaces.abdm.settings import AbdmSettings, configure
-from tests.conftest import PROCESS_START_TIMEOUT, SYSTEM, Backend, _free_port, make_backend, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, SYSTEM, Backend, _free_port, make_backend, uvicorn_config, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DISCOVER = "/api/v3/hip/patient/care-context/discover"
@@ -136,7 +136,7 @@ def start_hospital(backend: Backend, sim: Simulator, *, install_ig: bool = True)
 
         install(fhir, read_package(Path(__file__).resolve().parents[3] / "shared" / "india" / "ndhm.in-6.5.0"),
                 access=SYSTEM)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 20, "uvicorn to start")

@@ -25,7 +25,7 @@ from interfaces.claims import keys
 from interfaces.claims.sandbox.records import PAYER, PROVIDER, records
 
 __all__ = ["PAYER", "PAYER2", "PROVIDER", "records"]
-from tests.conftest import PROCESS_START_TIMEOUT, SYSTEM, Backend, _free_port, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, SYSTEM, Backend, _free_port, uvicorn_config, wait_until
 
 PAYER2 = "payer02@sandbox"
 GATEWAY = "hcx-gateway@sandbox"
@@ -115,7 +115,7 @@ def start_claims_server(backend: Backend, sandbox: Sandbox, tmp: Path, *, flavou
     fhir = FhirServer(settings, backend.engine)
     dispatcher = OutboxDispatcher(backend.engine, lease=timedelta(seconds=30), backoff_base=0.05)
     app = create_app(settings, fhir, dispatcher)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 30, "uvicorn to start")

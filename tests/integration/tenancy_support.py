@@ -14,7 +14,7 @@ import uvicorn
 
 from fhir_server.tenancy.model import DEFAULT, TenantStatus
 from fhir_server.tenancy.store import TenantStore
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import Backend, _free_port, uvicorn_config, wait_until
 from tests.integration.test_auth_support import Smart
 
 JSON = {"Content-Type": "application/fhir+json"}
@@ -52,7 +52,7 @@ def network(backend: Backend, codes: tuple[str, ...], **settings: Any) -> Iterat
     app, _fhir, _path = backend.server_app(backend.settings.model_copy(update={
         "auth_required": True, "auth_login_rate_per_minute": 0, "auth_token_rate_per_minute": 0, **settings}))
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 20, "uvicorn to start")

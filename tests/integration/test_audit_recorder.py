@@ -19,7 +19,7 @@ from fhir_server.audit.events import Actor, Record, interaction
 from fhir_server.audit.recorder import AuditRecorder
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.models import RESOURCE
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import Backend, _free_port, uvicorn_config, wait_until
 
 
 @dataclass
@@ -42,7 +42,7 @@ def start(backend: Backend) -> Iterator[object]:
 
     def _start(**settings: object) -> Running:
         fhir = FhirServer(backend.settings.model_copy(update={"audit_enabled": True, **settings}), backend.engine)
-        server = uvicorn.Server(uvicorn.Config(create_app(fhir.settings, fhir), host="127.0.0.1", port=_free_port(),
+        server = uvicorn.Server(uvicorn_config(create_app(fhir.settings, fhir), host="127.0.0.1", port=_free_port(),
                                                log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

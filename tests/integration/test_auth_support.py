@@ -24,7 +24,7 @@ from joserfc.jwk import ECKey, RSAKey
 
 from fhir_server.api.auth import SmartAuth
 from fhir_server.auth.store import AuthStore
-from tests.conftest import Backend, LiveServer, _free_port, wait_until
+from tests.conftest import Backend, LiveServer, _free_port, uvicorn_config, wait_until
 
 PASSWORD = "Correct-Horse-42!"
 
@@ -75,7 +75,7 @@ def smart_server(backend: Backend, **settings_overrides: Any) -> Iterator[Smart]
                                                    "auth_token_rate_per_minute": 0, **settings_overrides})
     app, fhir, fhir_path = backend.server_app(settings)  # a tenant's backend: its /fhir/{tenant}, /t/{tenant}
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 20, "uvicorn to start")

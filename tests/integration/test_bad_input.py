@@ -22,7 +22,7 @@ from fhir_server.api.http_protocol import FhirHttpProtocol
 from fhir_server.app import create_app
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.interrupt import running_searches
-from tests.conftest import Backend, LiveServer, _free_port, wait_until
+from tests.conftest import Backend, LiveServer, _free_port, uvicorn_config, wait_until
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
@@ -182,7 +182,7 @@ def _serve(backend: Backend, http: Any, **settings_update: Any) -> Iterator[Live
     settings = backend.settings.model_copy(update=settings_update)
     fhir = FhirServer(settings, backend.engine)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, fhir), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn_config(create_app(settings, fhir), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on", http=http))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -33,7 +33,7 @@ from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.models import RESOURCE, RESOURCE_HISTORY
 from fhir_server.storage.repository import Repository
-from tests.conftest import SYSTEM, Backend, LiveServer, _free_port, wait_until
+from tests.conftest import SYSTEM, Backend, LiveServer, _free_port, uvicorn_config, wait_until
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 RAW = {"Accept": "*/*"}
@@ -359,7 +359,7 @@ def s3_endpoint() -> Iterator[str]:
 @contextmanager
 def live_server(fhir: FhirServer) -> Iterator[httpx.Client]:
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(fhir.settings, fhir), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn_config(create_app(fhir.settings, fhir), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

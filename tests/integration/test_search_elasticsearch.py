@@ -17,7 +17,7 @@ from fhir_server.app import create_app
 from fhir_server.rest.server import FhirServer
 from fhir_server.search.fulltext.elasticsearch import TOPIC, ElasticsearchIndex
 from fhir_server.search.fulltext.tables import SEARCH_TEXT
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import Backend, _free_port, uvicorn_config, wait_until
 from tests.integration.fake_elasticsearch import FakeElasticsearch
 
 INDEX = "fhir-test"
@@ -38,7 +38,7 @@ class EsServer:
             "outbox_poll_seconds": 0.05})
         self.fhir = FhirServer(self.settings, backend.engine)
         port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self.settings, self.fhir), host="127.0.0.1",
+        self.server = uvicorn.Server(uvicorn_config(create_app(self.settings, self.fhir), host="127.0.0.1",
                                                     port=port, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

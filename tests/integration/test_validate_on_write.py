@@ -14,7 +14,7 @@ import uvicorn
 
 from fhir_server.app import create_app
 from fhir_server.rest.server import FhirServer
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import Backend, _free_port, uvicorn_config, wait_until
 from tests.integration import validate_profiles as tp
 
 
@@ -22,7 +22,7 @@ def _serve(backend: Backend, **settings: Any) -> Iterator[httpx.Client]:
     conf = backend.settings.model_copy(update={"validate_profiles": True, **settings})
     app = create_app(conf, FhirServer(conf, backend.engine))
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 20, "uvicorn to start")

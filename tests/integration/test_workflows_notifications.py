@@ -30,7 +30,7 @@ from fhir_server.workflows.notifications.contacts import OPT_OUT
 from fhir_server.workflows.notifications.record import TOPIC, communication_id
 from fhir_server.workflows.notifications.reminders import CHECK_TOPIC, due_reminders
 from fhir_server.workflows.notifications.transport import TransportError, send_email
-from tests.conftest import Backend, _free_port, wait_until
+from tests.conftest import Backend, _free_port, uvicorn_config, wait_until
 from tests.integration.notification_support import (
     SMTP_PASSWORD,
     SMTP_USER,
@@ -68,7 +68,7 @@ def notify(backend: Backend) -> Iterator[Notify]:
         "notify_reminder_check_seconds": 1.0, "notify_timeout_seconds": 5})
     fhir = FhirServer(settings, backend.engine)
     app = create_app(settings, fhir, dispatcher=OutboxDispatcher(backend.engine, backoff_base=0.01))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning",
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=_free_port(), log_level="warning",
                                            lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

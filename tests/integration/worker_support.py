@@ -24,7 +24,7 @@ from fhir_server.app import create_app
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.bulk import BulkRows
 from fhir_server.storage.models import RESOURCE, RESOURCE_HISTORY
-from tests.conftest import PROCESS_START_TIMEOUT, Backend, _free_port, wait_until, xdist_worker_index
+from tests.conftest import PROCESS_START_TIMEOUT, Backend, _free_port, uvicorn_config, wait_until, xdist_worker_index
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +98,7 @@ def make_stack(backend: Backend, logs: Path) -> Iterator[Stack]:
     fhir = FhirServer(settings, backend.engine)
     app = create_app(settings, fhir)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 20, "uvicorn to start")
