@@ -11,27 +11,19 @@ import sqlalchemy as sa
 from alembic import op
 
 from fhir_server.storage.models import UTCDateTime
+from migrations.platform import platform_run, platform_schema
 
 revision = "0016_tenancy"
 down_revision = "0015_subscription_base"
 branch_labels = None
 depends_on = None
 
-PLATFORM = "fhir_platform"
-
-
-def _schema() -> str | None:
-    return None if op.get_bind().dialect.name == "sqlite" else PLATFORM
-
-
-def _platform_run() -> bool:
-    return op.get_context().config.attributes.get("tenant") is None  # set when migrating a tenant
 
 
 def upgrade() -> None:
-    if not _platform_run():
+    if not platform_run():
         return
-    schema = _schema()
+    schema = platform_schema()
     if schema is not None:
         op.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     op.create_table(
@@ -54,8 +46,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if not _platform_run():
+    if not platform_run():
         return
-    schema = _schema()
+    schema = platform_schema()
     op.drop_table("hl7_route", schema=schema)
     op.drop_table("tenant", schema=schema)

@@ -10,27 +10,19 @@ import sqlalchemy as sa
 from alembic import op
 
 from fhir_server.storage.models import UTCDateTime
+from migrations.platform import platform_run, platform_schema
 
 revision = "0019_patient_share"
 down_revision = "0018_frontdesk"
 branch_labels = None
 depends_on = None
 
-PLATFORM = "fhir_platform"
-
-
-def _schema() -> str | None:
-    return None if op.get_bind().dialect.name == "sqlite" else PLATFORM
-
-
-def _platform_run() -> bool:
-    return op.get_context().config.attributes.get("tenant") is None  # set when migrating a tenant
 
 
 def upgrade() -> None:
-    if not _platform_run():
+    if not platform_run():
         return
-    schema = _schema()
+    schema = platform_schema()
     op.create_table(
         "patient_share",
         sa.Column("id", sa.String(64), primary_key=True),
@@ -52,9 +44,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if not _platform_run():
+    if not platform_run():
         return
-    schema = _schema()
+    schema = platform_schema()
     op.drop_index("ix_patient_share_target", "patient_share", schema=schema)
     op.drop_index("ix_patient_share_pair", "patient_share", schema=schema)
     op.drop_table("patient_share", schema=schema)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from fhir_server.hooks import WriteEvent
 from fhir_server.storage.access import as_system
 from fhir_server.storage.repository import instant
-from fhir_server.workflows.laboratory.refs import codes, ref_id
 from fhir_server.workflows.laboratory.results import WITH_VALUE
+from fhir_server.workflows.refs import codes, ref_id
 
 if TYPE_CHECKING:
     from fhir_server.storage.repository import Repository

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.hooks import WriteEvent
-from fhir_server.workflows.laboratory.refs import ref_id
 from fhir_server.workflows.laboratory.specimens import order_has_collected_specimen
+from fhir_server.workflows.refs import ref_id
 from fhir_server.workflows.rules import rule_violation
 
 if TYPE_CHECKING:

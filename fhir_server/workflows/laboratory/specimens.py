@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server.hooks import WriteEvent
 from fhir_server.storage.access import as_system
-from fhir_server.workflows.laboratory.refs import ref_id, token
+from fhir_server.workflows.refs import ref_id, token
 from fhir_server.workflows.rules import rule_violation
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server.hooks import WriteEvent
 from fhir_server.storage.access import as_system
-from fhir_server.workflows.laboratory.refs import ref_id
 from fhir_server.workflows.laboratory.results import FINAL
+from fhir_server.workflows.refs import ref_id
 
 if TYPE_CHECKING:
     from fhir_server.storage.repository import Repository

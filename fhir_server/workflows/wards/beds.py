@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 from fhir_server.hooks import WriteEvent
 from fhir_server.storage.access import as_system
 from fhir_server.storage.repository import instant
+from fhir_server.workflows.refs import ref_id, token
 from fhir_server.workflows.rules import rule_violation
 from fhir_server.workflows.wards.config import WardCodes, utc_instant
-from fhir_server.workflows.wards.refs import ref_id, token
 
 if TYPE_CHECKING:
     from fhir_server.storage.repository import Repository

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_server.storage.repository import instant
-from fhir_server.workflows.wards.refs import codes
+from fhir_server.workflows.refs import codes
 
 DATA = Path(__file__).with_name("wards.json")
 

@@ -1,4 +1,4 @@
-"""Small readers of FHIR content the ward rules share: references, codings, token escapes."""
+"""Small readers of FHIR content the workflow areas share: references, codings, token escapes."""
 
 from __future__ import annotations
 
