@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 
 from fhir_server.config import Settings
@@ -69,9 +70,20 @@ def serve_mllp(settings: Settings, port: int | None, *, reuse_port: bool = False
     async def main() -> None:
         # Every hospital, routed by MSH-6 (fhir-server --tenant T mllp: T's alone, e.g. on a port of its own)
         listener = MllpListener(server, port=port, reuse_port=reuse_port, tenants=every_tenant(settings, server))
+        # SIGTERM (docker stop, systemd) and SIGINT stop it cleanly, also where SIGINT arrives ignored: a
+        # process started in the background by a shell without job control inherits SIG_IGN for it.
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping.set)
+        serving = asyncio.ensure_future(listener.serve_forever())
         try:
-            await listener.serve_forever()
+            await asyncio.wait([serving, asyncio.ensure_future(stopping.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
             await listener.stop()
 
     try:

@@ -21,7 +21,10 @@ from tests.integration.subscription_receiver import Receiver, start_receiver
 from tests.integration.worker_support import Stack, make_stack
 
 LOINC = "http://loinc.org"
-WRITE_BOUND = 1.0  # seconds; before the fix a frozen broker held each write for the whole freeze
+# Before the fix a frozen broker held each write for the whole freeze (the rest of the test): every write
+# would be far over these. The typical write must be quick; one slowed by a busy machine may not.
+WRITE_BOUND = 1.0  # seconds, the median write
+WRITE_CEILING = 10.0  # seconds, any write
 
 
 class OwnRedis:
@@ -123,7 +126,7 @@ def test_a_frozen_broker_does_not_hold_writes_and_the_notification_follows(
             took, obs = _timed_write(stack, "1234-5")
             durations.append(took)
             written.append(obs["id"])
-        assert max(durations) < WRITE_BOUND, durations
+        assert sorted(durations)[len(durations) // 2] < WRITE_BOUND and max(durations) < WRITE_CEILING, durations
     finally:
         redis_own.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: all(_delivered(hook, rid) for rid in written), 60, "the notifications after the thaw")
@@ -141,7 +144,7 @@ def test_a_closed_broker_port_does_not_slow_writes_and_the_notification_follows(
             took, obs = _timed_write(stack, "2345-6")
             durations.append(took)
             written.append(obs["id"])
-        assert max(durations) < WRITE_BOUND, durations
+        assert sorted(durations)[len(durations) // 2] < WRITE_BOUND and max(durations) < WRITE_CEILING, durations
     finally:
         redis_own.start()  # the broker comes back on the same port
     wait_until(lambda: all(_delivered(hook, rid) for rid in written), 60, "the notifications once the broker is back")
