@@ -16,7 +16,7 @@ from fhir_server.api import admin, auth, docs, fhir, health, hl7_admin, landing,
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.api.tenants import TenantRouting
 from fhir_server.config import Settings, get_settings
-from fhir_server.errors import EXCEPTION, INVALID, NOT_FOUND, NOT_SUPPORTED, Issue, operation_outcome
+from fhir_server.errors import EXCEPTION, INVALID, NOT_FOUND, NOT_SUPPORTED, FhirError, Issue, operation_outcome
 from fhir_server.jobs.background import Background
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.outbox import OutboxDispatcher
@@ -93,6 +93,11 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
         code = NOT_FOUND if exc.status_code == 404 else NOT_SUPPORTED if exc.status_code == 405 else INVALID
         return JSONResponse(operation_outcome([Issue(code, str(exc.detail))]), status_code=exc.status_code,
                             headers=exc.headers, media_type="application/fhir+json")
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(_request: Request, exc: FhirError) -> Response:
+        """A FhirError outside the FHIR routes' own handling (a suspended hospital's token request, say)."""
+        return JSONResponse(exc.outcome(), status_code=exc.status, media_type="application/fhir+json")
 
     @app.exception_handler(Exception)
     async def unhandled(_request: Request, exc: Exception) -> Response:

@@ -69,7 +69,8 @@ class TenantRouting:
             await self.app(scope, receive, send)
             return
         kind, code, rest = match.group(1), match.group(2), match.group(3) or ""
-        status = await run_in_threadpool(self.tenants.status, code)
+        seen = self.tenants.seen(code)
+        status = seen[0] if seen is not None else await run_in_threadpool(self.tenants.status, code)
         refusal = _refusal(code, status)
         if refusal is not None:
             if scope["type"] == "websocket":
@@ -77,8 +78,7 @@ class TenantRouting:
                 return
             await _refuse(send, *refusal)
             return
-        stack = self.tenants.stack(code) if code in self.tenants.made else \
-            await run_in_threadpool(self.tenants.stack, code)
+        stack = self.tenants.made_stack(code) or await run_in_threadpool(self.tenants.stack, code)
         path = ("/fhir" + rest) if kind == "fhir" else (rest or "/")
         raw = scope.get("raw_path") or scope["path"].encode()
         strip = f"/{kind}/{code}".encode()  # the raw path keeps its percent-encoding

@@ -14,6 +14,7 @@ from fhir_server.jobs.bulk_export import ExportRun
 from fhir_server.jobs.bulk_import import ImportRun
 from fhir_server.jobs.reindex_job import ReindexRun
 from fhir_server.jobs.store import JobStore
+from fhir_server.tenancy.engines import TenantUnavailable
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
@@ -83,7 +84,11 @@ class ThreadRunner:
 
     def _scan(self) -> bool:
         found = False
-        for job_id in self.jobs.due(stale=True):
+        try:
+            due = self.jobs.due(stale=True)
+        except TenantUnavailable:  # a suspended hospital's jobs wait, untouched, until it is active again
+            return False
+        for job_id in due:
             with self._lock:
                 if job_id in self._running or self._pool is None:
                     continue

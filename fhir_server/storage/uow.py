@@ -19,7 +19,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from fhir_server.errors import CONFLICT, FhirError
 from fhir_server.hooks import Hooks
 from fhir_server.storage.repository import AccessPolicy, Finder, Repository
-from fhir_server.tenancy.engines import is_tenant_engine
 from fhir_server.validation import ResourceValidator
 
 T = TypeVar("T")
@@ -58,10 +57,11 @@ class UnitOfWork:
                 with self.engine.connect() as conn:
                     if write:
                         conn.execution_options(fhir_write=True)
-                    elif conn.dialect.name == "postgresql" and not is_tenant_engine(conn):
+                    elif conn.dialect.name == "postgresql":
                         # READ COMMITTED snapshots per statement anyway, so a read-only unit of work loses
                         # nothing without BEGIN/COMMIT and saves two round trips per request. (A tenant's
-                        # schema is set per transaction: its reads keep theirs, tenancy/engines.py.)
+                        # engine still opens a transaction for its schema, in the first round trip:
+                        # tenancy/engines.py.)
                         conn.execution_options(isolation_level="AUTOCOMMIT")
                     with conn.begin():
                         repo = Repository(conn, self.hooks, self.validator, self.finder, access=access)

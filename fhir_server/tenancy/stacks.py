@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from fhir_server.storage.outbox import OutboxDispatcher
 
 log = logging.getLogger(__name__)
+STATUS_AGE = 1.0  # seconds a tenant's status read serves further requests in this process
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Tenants:
     def __init__(self, settings: Settings, default: TenantStack) -> None:
         self.settings = settings
         self.store = TenantStore(default.fhir.engine, settings)
+        self._status_age = STATUS_AGE if default.fhir.engine.dialect.name == "postgresql" else 0.0
         self._stacks: dict[str, TenantStack] = {DEFAULT: default}
         self._lock = threading.Lock()
         self._running = False
@@ -57,7 +59,17 @@ class Tenants:
         return frozenset(self._stacks)
 
     def status(self, code: str) -> TenantStatus | None:
-        return self.store.status(code)
+        """Per request. On PostgreSQL up to ``STATUS_AGE`` seconds old: every transaction of a hospital checks
+        its status again in the statement that sets its schema (tenancy/engines.py), so an old answer never
+        lets a suspended hospital's data out. SQLite has no such check: always read."""
+        return self.store.status(code, max_age=self._status_age)
+
+    def seen(self, code: str) -> tuple[TenantStatus | None] | None:
+        """``status(code)`` if it needs no database read (the HTTP layer then stays off the thread pool)."""
+        return self.store.seen(code, self._status_age)
+
+    def made_stack(self, code: str) -> TenantStack | None:
+        return self._stacks.get(code)
 
     def stack(self, code: str) -> TenantStack:
         found = self._stacks.get(code)
@@ -82,7 +94,7 @@ class Tenants:
         scale = max(1.0, len(self._stacks) / 10)
         settings = settings.model_copy(update={"outbox_poll_seconds": settings.outbox_poll_seconds * scale,
                                                "job_poll_seconds": settings.job_poll_seconds * scale})
-        fhir = FhirServer(settings, tenant_engine(self.default.fhir.engine, self.settings, code))
+        fhir = FhirServer(settings, tenant_engine(self.default.fhir.engine, self.settings, code, serving=True))
         install_limits(fhir, self.store)  # max patients (and users) as they are reached
         dispatcher = OutboxDispatcher(fhir.engine, lease=timedelta(seconds=settings.outbox_lease_seconds))
         background = Background(fhir, dispatcher, settings)

@@ -39,6 +39,7 @@ class TenantStore:
         # One statement, no BEGIN/ROLLBACK around it: the per-request status read is one round trip.
         self._reading = self.engine.execution_options(isolation_level="AUTOCOMMIT") \
             if engine.dialect.name == "postgresql" else self.engine
+        self._seen: dict[str, tuple[float, TenantStatus | None]] = {}  # code -> (when read, status)
 
     # --- reading ------------------------------------------------------------------------------------------
 
@@ -57,13 +58,24 @@ class TenantStore:
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(select(tenant_table).order_by(tenant_table.c.code))]
 
-    def status(self, code: str) -> TenantStatus | None:
-        """One indexed row read: asked on every request to a tenant, so that a suspension holds at once."""
+    def seen(self, code: str, max_age: float) -> tuple[TenantStatus | None] | None:
+        """(status,) from this process's last read if younger than ``max_age`` seconds, else None."""
         if code == DEFAULT:
-            return TenantStatus.ACTIVE
+            return (TenantStatus.ACTIVE,)
+        seen = self._seen.get(code)
+        return (seen[1],) if seen is not None and time.monotonic() - seen[0] < max_age else None
+
+    def status(self, code: str, *, max_age: float = 0.0) -> TenantStatus | None:
+        """One indexed row read, or this process's last one if younger than ``max_age`` seconds."""
+        known = self.seen(code, max_age)
+        if known is not None:
+            return known[0]
+        now = time.monotonic()
         with self._reading.connect() as conn:
             value = conn.execute(select(tenant_table.c.status).where(tenant_table.c.code == code)).scalar()
-        return TenantStatus(value) if value is not None else None
+        status = TenantStatus(value) if value is not None else None
+        self._seen[code] = (now, status)
+        return status
 
     def count(self) -> int:
         with self.engine.connect() as conn:
@@ -130,3 +142,4 @@ class TenantStore:
     def _set(self, code: str, status: TenantStatus) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(tenant_table).where(tenant_table.c.code == code).values(status=status.value))
+        self._seen.pop(code, None)

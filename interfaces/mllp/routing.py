@@ -124,7 +124,8 @@ class Router:
         if tenant is None:
             return ErrorDetail(TABLE_VALUE_NOT_FOUND, f"MSH-6 (receiving facility) {facility!r} is not routed to "
                                "any hospital on this server", "MSH", 1, 6)
-        status = self.tenants.status(tenant)  # asked per message: a suspension holds at once
+        # Read per message (not the HTTP layer's second-old view): a suspended hospital's message gets its AR.
+        status = self.tenants.store.status(tenant)
         if status != TenantStatus.ACTIVE:
             return ErrorDetail(TABLE_VALUE_NOT_FOUND, f"MSH-6 (receiving facility) {facility!r}: its hospital is "
                                f"{status.value.lower() if status else 'unknown'} on this server", "MSH", 1, 6)

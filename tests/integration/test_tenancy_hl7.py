@@ -12,7 +12,7 @@ from fhir_server.tenancy.model import TenantStatus
 from interfaces.mllp.listener import MllpListener
 from interfaces.mllp.routing import RouteTable, receiver_of
 from interfaces.mllp.store import REJECTED, MessageStore
-from tests.conftest import Backend
+from tests.conftest import Backend, wait_until
 from tests.integration.tenancy_support import Network, network
 from tests.integration.test_mllp import Running, exchange, segment
 
@@ -86,4 +86,6 @@ def test_a_suspended_hospital_gets_ar_at_once(net: Network, routed: Running) -> 
         assert segment(other, "MSA")[1] == "AA", other
     finally:
         net.store.set_status(B, TenantStatus.ACTIVE)
+    # The server learns of B's return within a second (another process made the change).
+    wait_until(lambda: net.http.get(f"{net.host}/fhir/{B}/metadata").status_code == 200, 10, "B active again")
     assert families(net, B, family) == 0 and families(net, A, family) == 1
