@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 
 from fhir_server.config import Settings
+from fhir_server.tenancy.model import DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ def run_worker(settings: Settings, concurrency: int | None = None) -> None:
     server = FhirServer(settings)
     dispatcher = OutboxDispatcher(server.engine, lease=timedelta(seconds=settings.outbox_lease_seconds))
     install_outbox_topics(server, dispatcher)  # the same topics as the API process
+    if settings.tenant == DEFAULT:  # patient shares' Consents catch up from the default tenant's outbox
+        from fhir_server.tenancy.sharing import install_catch_up
+        from fhir_server.tenancy.stacks import Tenants, TenantStack
+
+        install_catch_up(Tenants(settings, TenantStack(DEFAULT, server, dispatcher, None)))
     jobs = job_store(server)
 
     @app.task(name=OUTBOX_SWEEP, ignore_result=True)

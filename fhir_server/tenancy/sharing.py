@@ -5,8 +5,10 @@ sharing one, ``$shares`` to list them. The share is a Consent in both hospitals 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from fhir_server.auth.access import AccessContext
@@ -15,10 +17,12 @@ from fhir_server.rest.operations import Operation
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.access import as_system
 from fhir_server.storage.repository import Repository
+from fhir_server.tenancy.engines import tenant_of
 from fhir_server.tenancy.model import DEFAULT, TenantStatus
-from fhir_server.tenancy.shares import MODES, SHARING_ROLES, Share, ShareStatus, ShareStore
+from fhir_server.tenancy.shares import MODES, SHARE_TOPIC, SHARING_ROLES, Share, ShareStatus, ShareStore
 from fhir_server.tenancy.stacks import Tenants, TenantStack
 
+log = logging.getLogger(__name__)
 MAX_DAYS = 365
 SHARE_SYSTEM = "urn:ietf:rfc:3986"  # the share's id as a urn:uuid
 TENANT_SYSTEM = "urn:fhir-server:tenant"  # a hospital on this server, by its tenant code
@@ -83,6 +87,57 @@ def _instance(name: str, resource_type: str, resource_id: str | None) -> str:
     return resource_id
 
 
+def _in_line(repo: Repository, *, consent_id: str, wanted: dict[str, Any]) -> dict[str, Any]:
+    """A hospital's Consent of a share, created or moved to the share's status; written only if it differs,
+    so a catch-up after a success changes nothing."""
+    current = repo.current("Consent", consent_id)
+    if current is not None and current.content is not None:
+        if current.content.get("status") == wanted["status"]:
+            return current.content
+        wanted = {**current.content, "status": wanted["status"]}
+    version, _ = repo.update("Consent", consent_id, wanted)
+    return version.content or wanted
+
+
+def follow(tenants: Tenants, share: Share, base: str, *, own: Repository | None = None) -> dict[str, Any]:
+    """Both hospitals' Consents in line with ``share``'s row; ``base``: the sharing hospital's FHIR base.
+    ``own``: the request's repository in one of the two (its Consent is written in the request's transaction
+    and returned). The other hospital's is written now as well, but a failure there only waits for the
+    outbox's catch-up (``SHARE_TOPIC``): the share itself is already committed."""
+    status = CONSENT_STATUS[share.stored_status]
+    sides = {share.source: (share.source_consent, f"Patient/{share.patient}"),
+             share.target: (share.target_consent, f"{base}/Patient/{share.patient}")}
+    own_code = tenant_of(own.conn) if own is not None else None
+    written: dict[str, Any] = {}
+    for code, (consent_id, patient_reference) in sides.items():
+        wanted = consent(share, patient_reference, status)
+        if code == own_code and own is not None:
+            with own.acting_as(as_system("a patient share's Consent follows the share")):
+                written = _in_line(own, consent_id=consent_id, wanted=wanted)
+            continue
+        try:
+            tenants.stack(code).fhir.uow.run(partial(_in_line, consent_id=consent_id, wanted=wanted), write=True,
+                                             access=as_system("a patient share's Consent follows the share"))
+        except Exception:
+            if own is None:
+                raise  # the outbox's catch-up itself: retried with backoff
+            log.warning("patient share %s: %s's Consent waits for the catch-up", share.id, code, exc_info=True)
+    return written
+
+
+def install_catch_up(tenants: Tenants) -> None:
+    """The outbox topic that brings a share's Consents in line, on the default tenant's dispatcher (whose
+    outbox sits beside the platform's tables). The API process and the worker both install it."""
+    store = ShareStore(tenants.default.fhir.engine)
+
+    def catch_up(share_id: str, payload: dict[str, Any]) -> None:
+        share = store.get(share_id)
+        if share is not None:
+            follow(tenants, share, str(payload.get("base", "")))
+
+    tenants.default.outbox.register(SHARE_TOPIC, catch_up)
+
+
 class Sharing:
     """The share operations of one hospital (``stack``), reaching the others through ``tenants``."""
 
@@ -90,14 +145,6 @@ class Sharing:
         self.tenants = tenants
         self.code = stack.code
         self.store = ShareStore(tenants.default.fhir.engine)
-
-    def _set_consent(self, code: str, consent_id: str, status: str) -> None:
-        def work(repo: Repository) -> None:
-            current = repo.current("Consent", consent_id)
-            if current is not None and current.content is not None:
-                repo.update("Consent", consent_id, {**current.content, "status": status})
-        self.tenants.stack(code).fhir.uow.run(
-            work, write=True, access=as_system("a patient share's Consent follows the share's status"))
 
     def share(self, req: FhirRequest, repo: Repository, _rtype: str | None, patient: str | None) -> FhirResponse:
         _require_role(repo, SHARING_ROLES, "$share")
@@ -130,50 +177,36 @@ class Sharing:
         share = Share(sid, self.code, patient, target, mode, expires.astimezone(UTC), reason[:1000],
                       ShareStatus.PROPOSED, sid, sid, now, now)
         base = req.base_url.rstrip("/")
-        # The receiving hospital's copy first (by id, so a retried unit of work writes it once), then the
-        # platform's row, then our own Consent in this request's transaction.
-        self.tenants.stack(target).fhir.uow.run(
-            lambda other: other.update("Consent", sid, consent(share, f"{base}/Patient/{patient}", "proposed")),
-            write=True, access=as_system("a patient share proposed to the receiving hospital"))
-        self.store.add(share)
-        with repo.acting_as(as_system("the sharing hospital's Consent of a patient share")):
-            version, _ = repo.update("Consent", sid, consent(share, f"Patient/{patient}", "proposed"))
-        return FhirResponse(201, version.content, headers={"Location": f"{base}/Consent/{sid}"})
+        self.store.add(share, base)  # the share exists from here on; its Consents follow (shares.py)
+        content = follow(self.tenants, share, base, own=repo)
+        return FhirResponse(201, content, headers={"Location": f"{base}/Consent/{sid}"})
 
-    def _answer(self, repo: Repository, consent_id: str | None, to: ShareStatus) -> FhirResponse:
+    def _answer(self, req: FhirRequest, repo: Repository, consent_id: str | None, to: ShareStatus) -> FhirResponse:
         consent_id = _instance("accept" if to == ShareStatus.ACTIVE else "reject", "Consent", consent_id)
         share = self.store.by_consent(self.code, consent_id)
         if share is None or share.target != self.code:
             raise FhirError(404, NOT_FOUND, f"Consent/{consent_id} is not a share proposed to this hospital")
-        if not self.store.move(share.id, ShareStatus.PROPOSED, to):
+        base = tenant_base(req.base_url.rstrip("/"), self.code, share.source)
+        if not self.store.move(share.id, ShareStatus.PROPOSED, to, base):
             raise FhirError(409, CONFLICT, f"The share is {share.status().value.lower()}, not proposed", ("status",))
-        return self._follow(repo, share, to)
+        return FhirResponse(200, follow(self.tenants, self.store.get(share.id) or share, base, own=repo))
 
-    def _follow(self, repo: Repository, share: Share, to: ShareStatus) -> FhirResponse:
-        status = CONSENT_STATUS[to]
-        other, other_id, own_id = (share.source, share.source_consent, share.target_consent) \
-            if share.target == self.code else (share.target, share.target_consent, share.source_consent)
-        self._set_consent(other, other_id, status)
-        with repo.acting_as(as_system("a patient share's Consent follows the share's status")):
-            current = repo.read("Consent", own_id)
-            version, _ = repo.update("Consent", own_id, {**(current.content or {}), "status": status})
-        return FhirResponse(200, version.content)
+    def accept(self, req: FhirRequest, repo: Repository, _t: str | None, cid: str | None) -> FhirResponse:
+        return self._answer(req, repo, cid, ShareStatus.ACTIVE)
 
-    def accept(self, _req: FhirRequest, repo: Repository, _t: str | None, cid: str | None) -> FhirResponse:
-        return self._answer(repo, cid, ShareStatus.ACTIVE)
+    def reject(self, req: FhirRequest, repo: Repository, _t: str | None, cid: str | None) -> FhirResponse:
+        return self._answer(req, repo, cid, ShareStatus.REJECTED)
 
-    def reject(self, _req: FhirRequest, repo: Repository, _t: str | None, cid: str | None) -> FhirResponse:
-        return self._answer(repo, cid, ShareStatus.REJECTED)
-
-    def revoke(self, _req: FhirRequest, repo: Repository, _t: str | None, cid: str | None) -> FhirResponse:
+    def revoke(self, req: FhirRequest, repo: Repository, _t: str | None, cid: str | None) -> FhirResponse:
         _require_role(repo, SHARING_ROLES, "$revoke")
         cid = _instance("revoke", "Consent", cid)
         share = self.store.by_consent(self.code, cid)
         if share is None or share.source != self.code:
             raise FhirError(404, NOT_FOUND, f"Consent/{cid} is not a share made by this hospital")
+        base = req.base_url.rstrip("/")
         for was in (ShareStatus.ACTIVE, ShareStatus.PROPOSED):
-            if self.store.move(share.id, was, ShareStatus.REVOKED, unexpired=False):
-                return self._follow(repo, share, ShareStatus.REVOKED)
+            if self.store.move(share.id, was, ShareStatus.REVOKED, base, unexpired=False):
+                return FhirResponse(200, follow(self.tenants, self.store.get(share.id) or share, base, own=repo))
         raise FhirError(409, CONFLICT, f"The share is {share.status().value.lower()} already", ("status",))
 
     def shares(self, req: FhirRequest, _repo: Repository, _t: str | None, _i: str | None) -> FhirResponse:
@@ -207,5 +240,6 @@ def install(tenants: Tenants, stack: TenantStack) -> None:
 
 def install_all(tenants: Tenants) -> None:
     """Every hospital of this process, those made later too."""
+    install_catch_up(tenants)
     install(tenants, tenants.default)
     tenants.on_new.append(lambda stack: install(tenants, stack))

@@ -12,6 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
+from fhir_server.errors import TRANSIENT, FhirError
+from fhir_server.hooks import HookPoint
+from fhir_server.storage.outbox import OutboxDispatcher
+from fhir_server.tenancy.shares import SHARE_TOPIC
 from tests.conftest import Backend, wait_until
 from tests.integration.tenancy_support import JSON, Network, network
 from tests.integration.test_auth_access import _user_token
@@ -191,3 +195,50 @@ def test_share_is_asked_for_properly(net: Network, people: dict[str, str]) -> No
         {"resourceType": "Parameters", "parameter": [{"name": "target", "valueString": "nowhere"},
                                                       {"name": "expires", "valueDateTime": later},
                                                       {"name": "reason", "valueString": "r"}]})).status_code == 400
+
+
+def test_consents_that_failed_to_be_written_catch_up_from_the_outbox(net: Network, people: dict[str, str]) -> None:
+    """The share's row commits first, with its catch-up in the outbox: a Consent that could not be written (A's
+    in the request itself, then B's once more in the catch-up) follows, and the share works as any other."""
+    failures = {A: 1, B: 2}
+
+    def failing(code: str) -> Any:
+        def hook(event: Any, _repo: Any) -> None:
+            if event.resource_type == "Consent" and failures[code] > 0:
+                failures[code] -= 1
+                raise FhirError(503, TRANSIENT, f"{code}'s database is away")
+        return hook
+
+    for code in (A, B):
+        net.app.state.tenants.stack(code).fhir.hooks.register(HookPoint.BEFORE_COMMIT, failing(code))
+    x, _ = _patient(net, people[A])
+    expires = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    params = {"resourceType": "Parameters", "parameter": [
+        {"name": "target", "valueString": B}, {"name": "expires", "valueDateTime": expires},
+        {"name": "reason", "valueString": "referral"}]}
+    r = net.smart[A].fhir("POST", f"Patient/{x}/$share", people["a_doctor"], headers=JSON, content=orjson.dumps(params))
+    assert r.status_code == 503 and r.json()["resourceType"] == "OperationOutcome", r.text
+    [sid] = [k for k, v in _shares(net, A, people[A], "direction=sent").items() if v["patient"] == x]
+
+    def consent_status(code: str) -> str | None:
+        found = net.smart[code].fhir("GET", f"Consent/{sid}", people[code])
+        return str(found.json()["status"]) if found.status_code == 200 else None
+
+    # The default tenant's outbox (tests run no dispatcher of their own): only the shares' topic.
+    default = net.app.state.tenants.default
+    catch_up = OutboxDispatcher(default.fhir.engine)
+    catch_up.register(SHARE_TOPIC, default.outbox.handlers[SHARE_TOPIC])
+
+    def caught_up() -> bool:
+        for item in catch_up.claim():
+            catch_up.deliver(item)
+        return consent_status(A) == "proposed" and consent_status(B) == "proposed"
+
+    wait_until(caught_up, 60, "the catch-up")
+    assert failures == {A: 0, B: 0}
+    accepted = _op(net, B, people["b_admin"], f"Consent/{sid}/$accept")
+    assert accepted.status_code == 200 and accepted.json()["status"] == "active", accepted.text
+    assert consent_status(A) == "active"
+    assert net.smart[A].fhir("GET", f"Patient/{x}", people["b_doctor"]).status_code == 200
+    history = net.smart[B].fhir("GET", f"Consent/{sid}/_history", people[B]).json()
+    assert history["total"] == 2  # proposed once, active once: a catch-up after a success writes nothing
