@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # Run the in-process outbox dispatcher inside `serve` (the embedded default needs no worker).
     outbox_dispatcher: bool = True
     db_pool_size: int = 10
+    # PostgreSQL: ANALYZE the searched tables (in a background thread) after this many committed resource
+    # writes since the last one, so fresh data plans well before autovacuum comes (storage/statistics.py).
+    # 0: never (autovacuum alone). `load` and `$import` analyse when they finish whatever this says.
+    analyze_after_rows: int = 20000
     # --- what one search may cost (fhir_server/search/parser.py SearchLimits; over a limit: 400 naming it) ---
     search_max_and_params: int = 20  # criteria ANDed in one search (each parameter occurrence counts)
     search_max_or_values: int = 100  # comma-separated values in one parameter

@@ -16,6 +16,7 @@ from fhir_server.config import Settings
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.repository import AccessPolicy
+from fhir_server.storage.statistics import analyze
 
 CHUNK = 500
 
@@ -118,6 +119,8 @@ def load_paths(settings: Settings, paths: list[str], out: IO[str], server: FhirS
                 continue
             for entry in bundle.get("entry", []):
                 counts[entry.get("resource", {}).get("resourceType", "?")] += 1
+    if counts:  # the first searches after a load plan as well as later ones (storage/statistics.py)
+        analyze(server.engine)
     for rtype, n in sorted(counts.items()):
         out.write(f"{rtype}\t{n}\n")
     out.write(f"total\t{sum(counts.values())}\n")

@@ -31,6 +31,7 @@ from fhir_server.jobs.store import Job, JobStore
 from fhir_server.outbound import request_guard
 from fhir_server.rest import integrity
 from fhir_server.storage.repository import Repository
+from fhir_server.storage.statistics import analyze
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -108,6 +109,7 @@ class ImportRun:
                     batch = []
             if not self._apply(spec, state, batch, done=True):
                 return False
+        analyze(self.jobs.engine)  # statistics for what was imported, before the job says done
         return self.jobs.finish(self.job, self.progress, self.expiry_seconds)
 
     def _parse(self, spec: dict[str, Any], line: bytes) -> tuple[str, dict[str, Any]]:

@@ -71,6 +71,9 @@ class FhirServer:
         from fhir_server.workflows import install as install_workflows
 
         install_workflows(self)  # the hospital's rules, the areas FHIR_WORKFLOWS names (fhir_server/workflows)
+        from fhir_server.storage.statistics import Analyzer
+
+        Analyzer(self.engine, settings.analyze_after_rows).install(self.hooks)  # statistics for fresh data
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
         self._capability_version = -1
