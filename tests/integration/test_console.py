@@ -5,8 +5,8 @@ clients, the resource browser, sign-out. The pages in a real browser: test_conso
 from __future__ import annotations
 
 import re
-from contextlib import closing
 from collections.abc import Iterator
+from contextlib import closing
 
 import httpx
 import pytest
