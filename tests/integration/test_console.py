@@ -15,7 +15,14 @@ from fhir_server.console.session import CLIENT_ID, CSRF, REFRESH, SESSION
 from interfaces.mllp.store import MessageStore
 from tests.conftest import TENANT_BACKENDS, Backend
 from tests.integration.test_auth_support import PASSWORD, Smart, smart_server
-from tests.integration.test_console_support import BAD_BIRTH_DATE, csrf_of, dead_outbox_row, seed_hl7, sign_in
+from tests.integration.test_console_support import (
+    BAD_BIRTH_DATE,
+    csrf_of,
+    dead_outbox_row,
+    running_job,
+    seed_hl7,
+    sign_in,
+)
 
 pytestmark = pytest.mark.parametrize("backend", TENANT_BACKENDS, indirect=True)
 PAGES = ("", "/hl7", "/outbox", "/jobs", "/subscriptions", "/people", "/resources")
@@ -166,6 +173,21 @@ def test_outbox_retry_and_discard(smart: Smart, admin: httpx.Client) -> None:
     admin.post(f"{smart.root}/console/outbox/{other}/discard", data={"csrf_token": csrf_of(page.text)})
     done = admin.get(f"{smart.root}/console/outbox", params={"status": "done"}).text
     assert f'id="row-{other}"' in done and "discarded by an operator" in done
+
+
+def test_a_running_job_cancelled(smart: Smart, admin: httpx.Client) -> None:
+    job = running_job(smart)
+    page = admin.get(f"{smart.root}/console/jobs", params={"status": "running"})
+    assert f'id="job-{job}"' in page.text and "7 resources exported" in page.text
+    r = admin.post(f"{smart.root}/console/jobs/{job}/cancel", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 303
+    cancelled = admin.get(f"{smart.root}/console/jobs", params={"status": "cancelled"}).text
+    assert re.search(rf'id="job-{job}">.*?class="status">cancelled<', cancelled, re.S)
+    assert f'id="cancel-{job}"' not in cancelled  # nothing left to cancel
+    again = admin.post(f"{smart.root}/console/jobs/{job}/cancel", data={"csrf_token": csrf_of(page.text)})
+    assert "nothing to cancel" in admin.get(smart.root.split("/t/")[0] + again.headers["location"]
+                                            if again.headers["location"].startswith("/") else
+                                            again.headers["location"]).text
 
 
 def test_users_and_clients(smart: Smart, admin: httpx.Client) -> None:

@@ -69,3 +69,17 @@ def dead_outbox_row(smart: Smart, error: str = "HTTP 503 from the lab system") -
         return int(conn.execute(insert(OUTBOX).values(
             topic="console-test", key=f"console/{uuid.uuid4().hex}", payload={}, status="dead", attempts=5,
             max_attempts=5, next_attempt_at=now, created_at=now, last_error=error).returning(OUTBOX.c.pk)).scalar_one())
+
+
+def running_job(smart: Smart) -> str:
+    """A bulk export some runner holds (its lease far ahead, so no runner here takes it over)."""
+    from fhir_server.jobs.tables import BULK_JOB
+
+    job_id = uuid.uuid4().hex
+    now = datetime.now(UTC)
+    with smart.backend.engine.begin() as conn:
+        conn.execute(insert(BULK_JOB).values(
+            id=job_id, kind="export", status="running", request=f"{smart.base}/$export", params={}, access=None,
+            owner="someone else", transaction_time=now, created_at=now, updated_at=now, lease_token="held",
+            lease_until=now.replace(year=now.year + 1), progress={"exported": 7, "types": ["Patient"], "cursor": {}}))
+    return job_id
