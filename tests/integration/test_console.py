@@ -69,6 +69,15 @@ def test_every_page_for_an_admin(smart: Smart, admin: httpx.Client) -> None:
         assert "<script" not in r.text and "http://" not in r.text.split("<main", 1)[0].replace(smart.root, "")
 
 
+def test_a_session_is_its_hospitals_alone(smart: Smart, admin: httpx.Client) -> None:
+    """A console session of one tenant is nothing at another's console (another issuer, other keys)."""
+    host = smart.root.split("/t/")[0]
+    elsewhere = f"{host}/console" if "/t/" in smart.root else f"{host}/t/nowhere/console"
+    with httpx.Client(timeout=30) as thief:
+        r = thief.get(elsewhere, headers={"Cookie": f"{SESSION}={admin.cookies.get(SESSION)}"})
+        assert r.status_code in (401, 404), r.status_code  # /t/nowhere: no such hospital
+
+
 def test_no_session_is_refused(smart: Smart) -> None:
     token = smart.system_token("system/*.cruds")  # a bearer token, even an all-powerful one, is no session
     with httpx.Client(timeout=30) as anonymous:
@@ -104,6 +113,11 @@ def test_an_interface_analyst_has_the_interfaces_and_nothing_more(smart: Smart, 
                                data={"csrf_token": csrf, "username": "sneaky", "role": "admin"})
         assert created.status_code == 403
         assert browser.get(f"{smart.root}/console/resources/Patient/1").status_code == 403
+        sub = smart.as_admin("POST", "Subscription", json={
+            "resourceType": "Subscription", "status": "requested", "reason": "ward board",
+            "criteria": "Observation?code=potassium", "channel": {"type": "websocket"}}).json()
+        shown = browser.get(f"{smart.root}/console/subscriptions/{sub['id']}")
+        assert shown.status_code == 200 and "ward board" in shown.text
         # Its token reads Subscriptions and nothing else, even where the console is not in between.
         access = browser.cookies.get(SESSION)
         assert smart.fhir("GET", "Subscription", access).status_code == 200
