@@ -16,6 +16,7 @@ from fhir_server.api import admin, auth, docs, fhir, health, hl7_admin, landing,
 from fhir_server.api.access_log import AccessLogMiddleware
 from fhir_server.api.tenants import TenantRouting
 from fhir_server.config import Settings, get_settings
+from fhir_server.console import install as install_console
 from fhir_server.errors import EXCEPTION, INVALID, NOT_FOUND, NOT_SUPPORTED, FhirError, Issue, operation_outcome
 from fhir_server.jobs.background import Background
 from fhir_server.rest.server import FhirServer
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app.include_router(platform.router)  # /platform/tenants: the hospitals on this server (FHIR_PLATFORM_TOKEN)
     app.include_router(subscriptions_ws.router)  # the Subscription websocket channel
     app.include_router(landing.router)  # GET /: links to the entry points
+    install_console(app)  # /console: the operators' pages (fhir_server/console)
     docs.install(app)  # /docs (Swagger UI, local files), /openapi/fhir.json (from the CapabilityStatement)
     app.include_router(health.router)  # /health/live, /health/ready
     app.include_router(metrics.router)  # /metrics (Prometheus)

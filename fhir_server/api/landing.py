@@ -17,6 +17,7 @@ LINKS = (
     ("SMART configuration", "/fhir/.well-known/smart-configuration"),
     ("OpenAPI (Swagger UI)", "/docs"),
     ("Health", "/health/ready"),
+    ("Console (operators)", "/console"),
 )
 
 

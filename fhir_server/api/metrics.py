@@ -65,7 +65,7 @@ def labels(method: str, path: str) -> tuple[str, str]:
         rtype = found.resource_type or ""
         return found.code, rtype if rtype in resource_types() else ("" if not rtype else "unknown")
     area = path.strip("/").split("/", 1)[0]
-    return (area if area in ("auth", "admin", "health", "metrics") else "other"), ""
+    return (area if area in ("auth", "admin", "console", "health", "metrics") else "other"), ""
 
 
 class StoreCollector(Collector):

@@ -103,7 +103,9 @@ class SmartAuthorizationServer(AuthorizationServer):
 
     def query_client(self, client_id: str) -> Client | None:
         row = self.store.client_row(client_id) if client_id else None
-        return Client.from_row(row) if row is not None else None
+        if row is None or self.store.any_revoked([f"client:{client_id}"]):  # a revoked client is no client
+            return None
+        return Client.from_row(row)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         pass  # access tokens are self-contained JWTs; refresh tokens are saved when issued
@@ -184,7 +186,10 @@ class SmartAuthorizationServer(AuthorizationServer):
                               exp={"essential": True}, jti={"essential": True}).validate(claims)
         except (JoseError, ValueError):
             return None
-        revocable = [str(claims["jti"])] + ([f"fam:{claims['fam']}"] if claims.get("fam") else [])
+        # The token itself, its sign-in (refresh family), its client (revoked) and its user (deactivated):
+        # fhir_server/auth/manage.py.
+        revocable = [str(claims["jti"]), f"client:{claims.get('client_id')}", f"user:{claims.get('sub')}"] + \
+            ([f"fam:{claims['fam']}"] if claims.get("fam") else [])
         if self.store.any_revoked(revocable):
             return None
         return claims

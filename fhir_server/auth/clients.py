@@ -83,7 +83,13 @@ class Client(ClientMixin):
         return grantable(scope, self.scope)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return redirect_uri in self.redirect_uris  # exact match only, no prefix or pattern
+        if redirect_uri in self.redirect_uris:  # exact match only, no prefix or pattern
+            return True
+        # A registered path ("/console/callback", the server's own console): that page on this server, at the
+        # address the browser reached the sign-in page by (never a host a request could name elsewhere).
+        urls = CURRENT_URLS.get(None)
+        root = urls.authorize.removesuffix("/auth/authorize") if urls is not None else None
+        return root is not None and any(u.startswith("/") and redirect_uri == root + u for u in self.redirect_uris)
 
     def check_client_secret(self, client_secret: str) -> bool:
         # Generated 256-bit secrets need no slow hash (unlike passwords): SHA-256, compared in constant time.

@@ -35,6 +35,9 @@ ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
                     "Media": "crus"},
     # A patient reads their own record; the compartment restriction is applied apart (access.py).
     "patient": {"*": READ},
+    # Runs the interfaces from the console (fhir_server/console): HL7 v2 messages, the outbox, bulk jobs and
+    # Subscriptions (their status); no patient record. Users, clients and the resource browser are admins'.
+    "interface-analyst": {"Subscription": READ},
 }
 # The audit trail: only admins read it, and nobody writes it through the API (fhir_server.audit).
 for _role, _table in ROLE_PERMISSIONS.items():
@@ -42,7 +45,9 @@ for _role, _table in ROLE_PERMISSIONS.items():
 ROLES = tuple(ROLE_PERMISSIONS)
 # EHR-side users who may open an app in a chart (POST /auth/launch), for a patient they may read; a patient
 # user never creates launch contexts, and a backend needs the ``launch`` scope (fhir_server/auth/launch.py).
-EHR_LAUNCH_ROLES = frozenset(ROLES) - {"patient"}
+EHR_LAUNCH_ROLES = frozenset(ROLES) - {"patient", "interface-analyst"}
+# Who may sign in to the operator console (fhir_server/console); only admins manage users and clients there.
+CONSOLE_ROLES = frozenset({"admin", "interface-analyst"})
 
 
 def role_allows(role: str, resource_type: str, permission: str) -> bool:

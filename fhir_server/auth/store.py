@@ -148,8 +148,10 @@ class AuthStore:
 
     def create_client(self, name: str, grant_types: list[str], scope: str, redirect_uris: list[str],
                       public: bool = False, jwks: dict[str, Any] | None = None,
-                      jwks_uri: str | None = None, resource_server: bool = False) -> dict[str, Any]:
-        client_id = str(uuid.uuid4())
+                      jwks_uri: str | None = None, resource_server: bool = False,
+                      client_id: str | None = None) -> dict[str, Any]:
+        """``client_id``: a fixed id for the server's own clients (the console's); otherwise a new UUID."""
+        client_id = client_id or str(uuid.uuid4())
         secret: str | None = None
         if public:
             method = "none"

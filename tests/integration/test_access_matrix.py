@@ -40,6 +40,7 @@ from tests.integration.access_matrix_support import (
 from tests.integration.bulk_support import kick_off, poll
 from tests.integration.test_auth_access import _user_token
 from tests.integration.test_auth_support import Smart, smart_server
+from tests.integration.test_console_support import sign_in
 
 JSON = {"Content-Type": "application/fhir+json"}
 # What each token must never see of patient B: every type for the patient user and the narrow launch,
@@ -53,6 +54,11 @@ TOKENS: dict[str, tuple[str, ...]] = {
 }
 # Routes that only an administrator (or an EHR-side user who may read the patient) may use.
 ADMIN_ROUTES = ("/admin/", "/platform/")  # operators and the platform administrator only
+# The console (fhir_server/console) takes no bearer token, only its own session: every route but the sign-in's
+# own two doors refuses each token (401). An interface analyst's session is refused the admins' pages and,
+# without the form's CSRF token, every POST (403).
+CONSOLE, CONSOLE_DOORS, CONSOLE_ADMIN = "/console", ("/console/sign-in", "/console/callback"), \
+    ("/console/people", "/console/resources")
 LAUNCH_REFUSED = ("patient", "narrow", "backend")
 COUNTED = ("search-type ", "search-type-id", "search-type-count", "search-type-post", "search-system-id",
            "search-system-post", "search-compartment", "search-chain", "search-has", "history-instance")
@@ -323,6 +329,29 @@ def test_matrix(smart: Smart, world: dict[str, Any], case: Case, wrap: str, toke
         assert status in allowed, f"the administrative {case.name} answered {status} to a {token_name} token"
     if case.path.startswith(ADMIN_ROUTES) or (case.path == "/auth/launch" and token_name in LAUNCH_REFUSED):
         assert status in (401, 403), f"{case.path} answered {status} to a {token_name} token"
+    if case.path.startswith(CONSOLE) and case.path not in CONSOLE_DOORS:
+        assert status == 401, f"{case.path} answered {status} to a {token_name} token"
+        if token_name == "patient":  # once per route: an interface analyst's console session
+            analyst = _analyst(smart, world)
+            r = analyst.request(case.method, smart.root + fill(case.path, world),
+                                data=fill(case.body, world) if case.method == "POST" else None)
+            if case.method == "POST" or case.path.startswith(CONSOLE_ADMIN):
+                assert r.status_code == 403, f"{case.path} answered {r.status_code} to an interface analyst"
+            # B's content, and the ids of B's records: the analyst reads Subscriptions, whose criteria name
+            # patient B (Observation?subject=Patient/B), and nothing else.
+            hidden_here = [world[f"marker:{t}"] for t in DATA_TYPES] + [world[t] for t in DATA_TYPES if t != "Patient"]
+            leaked = [s for s in hidden_here if s in r.text]
+            assert not leaked, f"B's data came back to the console ({', '.join(leaked)})"
+
+
+def _analyst(smart: Smart, world: dict[str, Any]) -> httpx.Client:
+    """An interface analyst signed in to the console (once per module)."""
+    if "analyst" not in world:
+        browser, done = sign_in(smart, smart.user("interface-analyst"))
+        assert done.status_code == 303, done.text
+        world["analyst"] = browser
+    client: httpx.Client = world["analyst"]
+    return client
 
 
 def test_the_matrix_covers_every_interaction_the_server_declares() -> None:

@@ -30,12 +30,15 @@ def obs(patient: str, category: str = "laboratory") -> dict[str, Any]:
 
 def test_every_issue_role_is_in_the_table() -> None:
     assert set(ROLES) == {"admin", "doctor", "nurse", "receptionist", "billing_officer", "lab_technician",
-                          "pharmacist", "radiologist", "patient"}
+                          "pharmacist", "radiologist", "patient", "interface-analyst"}
     assert all(set(p) <= set("cruds") for table in ROLE_PERMISSIONS.values() for p in table.values())
 
 
 @pytest.mark.parametrize(("role", "rtype", "letter", "allowed"), [
     ("receptionist", "Observation", "r", False),
+    ("interface-analyst", "Subscription", "s", True),  # the console's operator: Subscriptions, no record
+    ("interface-analyst", "Patient", "r", False),
+    ("interface-analyst", "Subscription", "u", False),
     ("receptionist", "Patient", "c", True),
     ("receptionist", "Appointment", "d", True),
     ("billing_officer", "Observation", "r", True),
