@@ -73,7 +73,7 @@ def test_rotating_the_authorization_header_mid_stream_loses_no_event(
         api: LiveServer, hook: Receiver, receiver_down: bool) -> None:
     topic(api)
     sid = backport(api, hook.url, content="id-only", header=["Authorization: Bearer old"]).json()["id"]
-    d = OutboxDispatcher(api.backend.engine, backoff_base=0.2)
+    d = OutboxDispatcher(api.backend.engine, backoff_base=0.5)  # the re-handshake has ~7 s after its 2nd try
     install_delivery(api.fhir, d, timeout=5)
     d.start(poll_seconds=0.02)
     try:
