@@ -76,6 +76,8 @@ class Hook:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+            do_PUT = do_POST  # R4 with a payload: PUT [endpoint]/Observation/[id] (issue 21 item 6)
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
