@@ -76,6 +76,11 @@ class Hook:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+            def do_PUT(self) -> None:
+                """R4 with a payload: PUT [endpoint]/Observation/[id] (issue 21 item 6); kept as the endpoint's."""
+                self.path = self.path.rsplit("/", 2)[0]
+                self.do_POST()
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 

@@ -11,7 +11,7 @@ from fhir_server.storage.models import OUTBOX
 from fhir_server.storage.repository import instant
 
 OB = OUTBOX
-STATUSES = ("pending", "delivering", "done", "dead")
+STATUSES = ("pending", "held", "delivering", "done", "dead")  # held: awaiting a subscription's handshake
 
 
 def list_rows(engine: Engine, status: str | None = None, limit: int = 100) -> dict[str, Any]:

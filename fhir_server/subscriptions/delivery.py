@@ -7,8 +7,18 @@ subscription shows ``status: error`` (``error`` says why, written once, not per 
 its notifications is dead-lettered it stays ``error`` with their count, until they are retried and
 delivered (``fhir-server outbox retry``) or discarded. A success with none dead sets it ``active`` again.
 The outbox key is ``Subscription/<id>/event/<n>``: a retry after a
-crash resends the same event number, which the receiver drops as a duplicate. A failed handshake makes the
-subscription ``error`` at once (the endpoint is not there to take notifications).
+crash resends the same event number, which the receiver drops as a duplicate.
+
+Handshakes are retried with the outbox's backoff (``HANDSHAKE_ATTEMPTS``); the subscription stays
+``requested`` meanwhile and turns ``error`` when the last fails. Only a successful handshake verifies a
+channel (``subscription_state.verified``); a notification whose subscription is not verified (its changed
+channel awaits or failed its handshake, or it is off) is not sent and not dropped: it is kept as a ``held``
+outbox row, released by the next successful handshake (engine.py). Only a deleted subscription drops them.
+
+What is sent: the Backport IG's notification Bundles (POST) for topic-based subscriptions; for a plain R4
+subscription the R4 Subscription page's rest-hook: with ``channel.payload`` the endpoint is a FHIR base and
+the resource is sent as an update, ``PUT [endpoint]/[type]/[id]`` (a deletion as ``DELETE`` there), without
+it an empty POST to the endpoint. ``channel.header`` lines go with every request, the handshake's too.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, insert, select
 
 from fhir_server.auth.stored import load_access
 from fhir_server.errors import FhirError
@@ -32,7 +42,15 @@ from fhir_server.storage.repository import Repository, Version
 from fhir_server.subscriptions import spec as specs
 from fhir_server.subscriptions import store
 from fhir_server.subscriptions.bundles import Event, notification_bundle
-from fhir_server.subscriptions.engine import NOTIFY_TOPIC, SERVER_WRITE, schedule_heartbeat
+from fhir_server.subscriptions.engine import (
+    HANDSHAKE_OK,
+    HANDSHAKE_TOPIC,
+    HELD,
+    LIVE,
+    NOTIFY_TOPIC,
+    SERVER_WRITE,
+    schedule_heartbeat,
+)
 from fhir_server.subscriptions.spec import SubscriptionSpec
 from fhir_server.subscriptions.tables import STATE
 from fhir_server.subscriptions.visible import readable_events
@@ -49,10 +67,10 @@ class DeliveryError(Exception):
     pass
 
 
-def _attempts(conn: Connection, key: str) -> tuple[int, int]:
-    """(attempts so far, this one included; max_attempts) of the notification's outbox row."""
+def _attempts(conn: Connection, key: str, topic: str = NOTIFY_TOPIC) -> tuple[int, int]:
+    """(attempts so far, this one included; max_attempts) of the notification's (or handshake's) outbox row."""
     row = conn.execute(select(OUTBOX.c.attempts, OUTBOX.c.max_attempts).where(
-        OUTBOX.c.topic == NOTIFY_TOPIC, OUTBOX.c.key == key).order_by(OUTBOX.c.pk.desc()).limit(1)).first()
+        OUTBOX.c.topic == topic, OUTBOX.c.key == key).order_by(OUTBOX.c.pk.desc()).limit(1)).first()
     return (int(row.attempts), int(row.max_attempts)) if row is not None else (1, 1)
 
 
@@ -91,26 +109,37 @@ class RestHook:
                                       access=BOOKKEEPING)
         return None if version is None or version.deleted or version.content is None else version
 
-    def _post(self, sub: SubscriptionSpec, body: dict[str, Any] | None) -> None:
+    def _post(self, sub: SubscriptionSpec, body: dict[str, Any] | None, *, method: str = "POST",
+              path: str = "") -> None:
+        """``path``: below the endpoint (R4 with a payload: ``/[type]/[id]``, the endpoint being a FHIR base)."""
         headers = {name: value for name, value in sub.headers}
         content = b""
         if body is not None:
             headers["Content-Type"] = sub.mime_type or "application/fhir+json"
             content = orjson.dumps(body)
         assert sub.endpoint is not None
+        url = sub.endpoint.rstrip("/") + path if path else sub.endpoint
         try:
-            response = self.client.post(sub.endpoint, content=content, headers=headers)
+            response = self.client.request(method, url, content=content, headers=headers)
         except httpx.HTTPError as exc:
-            raise DeliveryError(f"{type(exc).__name__} posting to the endpoint") from exc
+            raise DeliveryError(f"{type(exc).__name__} sending to the endpoint") from exc
         except FhirError as exc:  # the endpoint's host is not one the server may post to
             raise DeliveryError(exc.issues[0].diagnostics if exc.issues else "endpoint not allowed") from exc
         if not 200 <= response.status_code < 300:
             raise DeliveryError(f"The endpoint answered HTTP {response.status_code}")
 
+    def _verified(self, subscription_id: str) -> bool:
+        with self.server.engine.connect() as conn:
+            return bool(conn.execute(select(STATE.c.verified).where(STATE.c.subscription_id == subscription_id))
+                        .scalar())
+
     def set_status(self, subscription_id: str, status: str, error: str | None,
-                   only_from: tuple[str, ...] | None = None) -> None:
+                   only_from: tuple[str, ...] | None = None, *, version: int | None = None,
+                   verified: bool = False) -> None:
         """Record the server's view of a subscription (If-Match: a client's concurrent edit wins).
-        ``only_from``: change it only from these statuses (another delivery may have recorded it already)."""
+        ``only_from``: change it only from these statuses (another delivery may have recorded it already);
+        ``version``: only that version (a handshake speaks for the version that asked for it); ``verified``:
+        only while the channel's handshake stands (read after the version, which If-Match then pins)."""
         token = SERVER_WRITE.set(True)
         try:
             for _attempt in range(5):
@@ -118,6 +147,10 @@ class RestHook:
                 if current is None or current.content is None or current.content.get("status") == "off":
                     return
                 if only_from is not None and current.content.get("status") not in only_from:
+                    return
+                if version is not None and current.version_id != version:
+                    return
+                if verified and not self._verified(subscription_id):
                     return
                 content = {**current.content, "status": status}
                 content.pop("error", None)
@@ -137,7 +170,7 @@ class RestHook:
         finally:
             SERVER_WRITE.reset(token)
 
-    def handshake(self, _key: str, payload: dict[str, Any]) -> None:
+    def handshake(self, key: str, payload: dict[str, Any]) -> None:
         current = self._current(payload["subscription"])
         if current is None or current.version_id != payload["version"] or \
                 (current.content or {}).get("status") != "requested":
@@ -152,51 +185,90 @@ class RestHook:
         try:
             self._post(sub, body)
         except DeliveryError as exc:
-            log.warning("subscription %s handshake failed: %s", sub.id, exc)
-            self.set_status(sub.id, "error", f"Handshake failed: {exc}")
+            with self.server.engine.connect() as conn:
+                attempts, max_attempts = _attempts(conn, key, HANDSHAKE_TOPIC)
+            log.warning("subscription %s handshake attempt %d failed: %s", sub.id, attempts, exc)
+            if attempts < max_attempts:
+                raise  # retried with backoff; the subscription stays requested meanwhile
+            self.set_status(sub.id, "error", f"Handshake failed: {exc}", version=current.version_id)
             return
-        self.set_status(sub.id, "active", None)
+        ok = HANDSHAKE_OK.set(True)  # verifies the channel and releases its held notifications (engine.py)
+        try:
+            self.set_status(sub.id, "active", None, only_from=("requested",), version=current.version_id)
+        finally:
+            HANDSHAKE_OK.reset(ok)
 
     def notify(self, key: str, payload: dict[str, Any]) -> None:
         sid, number = payload["subscription"], int(payload["event"])
 
-        def read(repo: Repository) -> tuple[Version | None, list[Event], dict[str, Any] | None]:
-            """Subscription, event and focus in one read-only unit of work (one connection), under the
-            author's access: an event whose focus the author may no longer read is not delivered."""
+        def read(repo: Repository) -> tuple[Version | None, bool, list[Event], dict[str, Any] | None]:
+            """Subscription, whether it may be sent to, event and focus in one read-only unit of work (one
+            connection), under the author's access: an event whose focus the author may no longer read is
+            not delivered."""
             current = repo.current("Subscription", sid)  # the author's own subscription, whatever they may read
-            if current is None or current.deleted or (current.content or {}).get("status") not in ("active", "error"):
-                return None, [], None
+            if current is None or current.deleted:
+                return None, False, [], None
+            verified = repo.execute(select(STATE.c.verified).where(STATE.c.subscription_id == sid)).scalar()
+            if not verified or (current.content or {}).get("status") not in LIVE:
+                return current, False, [], None
             full = specs.parse(current.content or {}).content == "full-resource"
             found, contents = readable_events(repo, store.events(repo.conn, sid, number, number), full=full)
-            return current, found, contents.get(found[0].focus) if found else None
+            return current, True, found, contents.get(found[0].focus) if found else None
 
         with self.server.engine.connect() as conn:
             author = load_access(conn.execute(select(STATE.c.author).where(STATE.c.subscription_id == sid)).scalar())
             base = self._base(conn, sid)
-        current, found, resource = self.server.uow.run(read, write=False, access=author)  # auth: the author's
-        if current is None or not found:
-            return  # deleted, switched off, being re-handshaken, or not the author's to read: nothing to deliver
+        current, ready, found, resource = self.server.uow.run(read, write=False, access=author)  # auth: author's
+        if current is None:
+            return  # deleted: nobody left to tell
         sub = specs.parse(current.content or {})
+        if sub.channel_type != "rest-hook":
+            return  # now a websocket subscription: the event is in $events for it
+        if not ready:
+            self._hold(sid, key, payload)  # a changed channel awaits its handshake, or it is off
+            return
+        if not found:
+            return  # not the author's to read (any more): nothing to deliver
         event = found[0]
+        method, path = "POST", ""
         if sub.backport:
             body: dict[str, Any] | None = notification_bundle(
                 # events-since-subscription-start as of this event: the receiver sees the same bundle on a retry
                 sub, base=base, kind="event-notification", events_since=event.number, events=[event],
                 resources={event.focus: resource})
+        elif sub.mime_type:  # R4 with a payload: the endpoint is a FHIR base, the resource is PUT there
+            rtype, rid = event.focus.split("/")[:2]
+            method, path = ("DELETE" if event.interaction == "delete" else "PUT"), f"/{rtype}/{rid}"
+            body = None if event.interaction == "delete" else resource
         else:
-            body = resource  # R4: the resource itself, or an empty POST when the payload is not set
+            body = None  # R4 without a payload: an empty POST, the notification alone
         try:
-            self._post(sub, body)
+            self._post(sub, body, method=method, path=path)
         except DeliveryError as exc:
             self._failed(sid, key, exc)
             raise
         if sub.status == "error":
             with self.server.engine.connect() as conn:
                 dead = dead_letters(conn, sid)
-            if dead:
-                self.set_status(sid, "error", dead_letter_error(dead))  # no new version while the count holds
-            else:
-                self.set_status(sid, "active", None, only_from=("error",))
+            if dead:  # no new version while the count holds
+                self.set_status(sid, "error", dead_letter_error(dead), only_from=LIVE, verified=True)
+            else:  # never over a handshake that failed meanwhile: only a handshake verifies a changed channel
+                self.set_status(sid, "active", None, only_from=("error",), verified=True)
+
+    def _hold(self, sid: str, key: str, payload: dict[str, Any]) -> None:
+        """Keep the notification for the next successful handshake: a ``held`` copy of its row (this one is
+        finished by the dispatcher when the handler returns). Under the counter row's lock, so a handshake
+        that succeeded meanwhile (and released what was held) makes it a ``pending`` one instead."""
+        now = datetime.now(UTC)
+        with self.server.engine.connect() as conn:
+            conn.execution_options(fhir_write=True)
+            with conn.begin():
+                verified = conn.execute(select(STATE.c.verified).where(STATE.c.subscription_id == sid)
+                                        .with_for_update()).scalar()
+                conn.execute(insert(OUTBOX).values(
+                    topic=NOTIFY_TOPIC, key=key, payload=payload, status="pending" if verified else HELD,
+                    attempts=0, max_attempts=10, next_attempt_at=now, created_at=now,
+                    last_error=None if verified else "waiting for the subscription's handshake"))
 
     def refresh(self, _key: str, payload: dict[str, Any]) -> None:
         """After dead notifications were discarded: the count again, or ``active`` when none is left (only
@@ -209,17 +281,17 @@ class RestHook:
         with self.server.engine.connect() as conn:
             dead = dead_letters(conn, sid)
         if dead:
-            self.set_status(sid, "error", dead_letter_error(dead))
+            self.set_status(sid, "error", dead_letter_error(dead), only_from=LIVE)
         else:
-            self.set_status(sid, "active", None, only_from=("error",))
+            self.set_status(sid, "active", None, only_from=("error",), verified=True)
 
     def _failed(self, sid: str, key: str, exc: DeliveryError) -> None:
         with self.server.engine.connect() as conn:
             attempts, max_attempts = _attempts(conn, key)
             # this row is dead-lettered by the dispatcher once this handler raises on its last attempt
             dead = dead_letters(conn, sid) + (1 if attempts >= max_attempts else 0)
-        if dead:
-            self.set_status(sid, "error", dead_letter_error(dead))
+        if dead:  # not over a pending handshake (requested), which decides the status itself
+            self.set_status(sid, "error", dead_letter_error(dead), only_from=LIVE)
         elif attempts >= ERROR_AFTER:
             self.set_status(sid, "error", f"Notification failed: {exc}", only_from=("active",))
 

@@ -4,6 +4,9 @@
   server alone makes it ``active`` after a handshake, or ``error``); websocket ones start ``active``.
 - BEFORE_COMMIT on Subscription: the resource is checked (criteria, channel, topic: 422 naming the
   element), the author's access recorded, a handshake queued on the outbox, the cache generation replaced.
+  Edits lose nothing (issue 21 item 1): a subscription that was live keeps matching while its new channel
+  awaits the handshake (or after that failed); its notifications, queued ones included, wait as ``held``
+  outbox rows until a handshake succeeds, then go to the channel as it then is.
 - BEFORE_COMMIT on any other write: the active subscriptions for that type (cached per process, reloaded
   when the generation token changes) are tested against the changed resource only: one indexed query
   restricted to its id, never a re-run of the search. A match takes the next event number (an UPDATE of
@@ -45,11 +48,38 @@ if TYPE_CHECKING:
 HANDSHAKE_TOPIC = "subscription-handshake"
 NOTIFY_TOPIC = "subscription-notification"
 HEARTBEAT_TOPIC = "subscription-heartbeat"
+HANDSHAKE_ATTEMPTS = 5  # with the outbox's backoff: an endpoint down for ~15 s fails no handshake
 STATUS_TOPIC = "subscription-status"  # recompute a status after an operator discarded dead notifications
 LIVE = ("active", "error")  # error: the endpoint is failing, notifications keep queueing and retrying
+HELD = "held"  # outbox status of a notification waiting for its subscription's handshake (never claimed)
 
 # Set while the server itself records a status (active/error): such writes are not a client's change.
 SERVER_WRITE: ContextVar[bool] = ContextVar("subscription_server_write", default=False)
+# Set while the server records ``active`` because the current version's handshake succeeded: the one write
+# that verifies a channel (a later success of some notification never does).
+HANDSHAKE_OK: ContextVar[bool] = ContextVar("subscription_handshake_ok", default=False)
+
+
+def notification_key(subscription_id: str, number: int | None = None) -> str:
+    """The outbox key of a notification (``None``: the LIKE pattern of all the subscription's). FHIR ids
+    hold no ``%`` or ``_``."""
+    return f"Subscription/{subscription_id}/event/{'%' if number is None else number}"
+
+
+def release_held(conn: Connection, subscription_id: str) -> int:
+    """A handshake succeeded: the subscription's held notifications are due now (to the channel as it is)."""
+    return conn.execute(update(OUTBOX).where(
+        OUTBOX.c.status == HELD, OUTBOX.c.topic == NOTIFY_TOPIC, OUTBOX.c.key.like(notification_key(subscription_id)))
+        .values(status="pending", next_attempt_at=datetime.now(UTC))).rowcount
+
+
+def hold_pending(conn: Connection, subscription_id: str) -> int:
+    """The channel changed (or was switched off): queued notifications wait for the next handshake instead of
+    going to an endpoint not yet verified. Rows in flight are left to their handler, which holds them too."""
+    return conn.execute(update(OUTBOX).where(
+        OUTBOX.c.status == "pending", OUTBOX.c.topic == NOTIFY_TOPIC,
+        OUTBOX.c.key.like(notification_key(subscription_id)))
+        .values(status=HELD, last_error="waiting for the subscription's handshake")).rowcount
 
 
 @dataclass(frozen=True)
@@ -127,7 +157,9 @@ class SubscriptionEngine:
             raise specs.invalid("Only the server sets a subscription's status to error", "Subscription.status")
         changed = prev is None or prev.get("status") not in LIVE or any(
             prev.get(k) != res.get(k) for k in ("criteria", "_criteria", "channel"))
-        if status in ("requested", "active") and changed:
+        if status == "active" and prev is not None and prev.get("status") != "active":
+            changed = True  # only the server makes a subscription active (after a handshake)
+        if status in ("requested", "active", "error") and changed:  # error sent back with a new channel too
             channel = res.get("channel")
             websocket = isinstance(channel, dict) and channel.get("type") == "websocket"
             new = {**res, "status": "active" if websocket else "requested"}
@@ -136,6 +168,11 @@ class SubscriptionEngine:
 
     def _subscription_written(self, event: WriteEvent, repo: Repository) -> None:
         self.bump(repo)
+        if event.resource is None and event.resource_id is not None:  # deleted: nobody left to tell
+            repo.execute(update(OUTBOX).where(
+                OUTBOX.c.status.in_((HELD, "pending")), OUTBOX.c.topic == NOTIFY_TOPIC,
+                OUTBOX.c.key.like(notification_key(event.resource_id)))
+                .values(status="done", last_error="the subscription was deleted"))
         if event.resource is None or event.resource_id is None or event.version is None:
             return
         sub = specs.parse(event.resource)
@@ -149,21 +186,26 @@ class SubscriptionEngine:
         base = REQUEST_BASE_URL.get() or None
         if repo.execute(select(STATE.c.subscription_id).where(STATE.c.subscription_id == sid)).first() is None:
             repo.execute(insert(STATE).values(subscription_id=sid, events=0, author=dump_access(repo.access),
-                                              activated=sub.status == "active", base_url=base))
+                                              activated=sub.status == "active", verified=sub.status == "active",
+                                              base_url=base))
         elif not SERVER_WRITE.get():
             changes: dict[str, object] = {"author": dump_access(repo.access)}
             if base:
                 changes["base_url"] = base
             repo.execute(update(STATE).where(STATE.c.subscription_id == sid).values(**changes))
-        if sub.status in ("active", "requested"):  # requested: a new handshake must succeed first
-            repo.execute(update(STATE).where(STATE.c.subscription_id == sid)
-                         .values(activated=sub.status == "active"))
+        if sub.status == "active" and (sub.channel_type == "websocket" or HANDSHAKE_OK.get()):
+            # The state row first: its lock orders this against writers recording events (_record).
+            repo.execute(update(STATE).where(STATE.c.subscription_id == sid).values(activated=True, verified=True))
+            release_held(repo.conn, sid)
+        elif sub.status in ("requested", "off"):  # a new handshake must succeed before anything is sent
+            repo.execute(update(STATE).where(STATE.c.subscription_id == sid).values(verified=False))
+            hold_pending(repo.conn, sid)
         if sub.status == "active" and sub.backport and sub.heartbeat and sub.channel_type == "rest-hook":
             schedule_heartbeat(repo.conn, sid, event.version.version_id, sub.heartbeat)
         if sub.status == "requested" and sub.channel_type == "rest-hook":
             version = event.version.version_id
             repo.enqueue(HANDSHAKE_TOPIC, f"Subscription/{sid}/_history/{version}/handshake",
-                         {"subscription": sid, "version": version}, max_attempts=3)
+                         {"subscription": sid, "version": version}, max_attempts=HANDSHAKE_ATTEMPTS)
 
     def compile(self, sub: SubscriptionSpec, topics: dict[str, Topic], author: StoredAccess, *,
                 check: bool = False) -> list[Rule]:
@@ -213,8 +255,9 @@ class SubscriptionEngine:
                 RESOURCE.c.resource_type == "Subscription", RESOURCE.c.deleted.is_(False)).order_by(RESOURCE.c.id))
             for row in rows:
                 status, known = (row.content or {}).get("status"), state.get(row.id)
-                if status != "active" and not (status == "error" and known is not None and known.activated):
-                    continue  # requested, off, or a handshake that failed: nothing to send yet
+                if status != "active" and not (status in ("error", "requested") and known is not None
+                                               and known.activated):
+                    continue  # off, or never live yet (its first handshake pending or failed)
                 try:
                     sub = specs.parse(row.content)
                 except FhirError:
@@ -300,15 +343,24 @@ class SubscriptionEngine:
 
     def _record(self, repo: Repository, sub: SubscriptionSpec, event: WriteEvent, version: Version,
                 interaction: str) -> None:
-        number = repo.execute(update(STATE).where(STATE.c.subscription_id == sub.id)
-                              .values(events=STATE.c.events + 1).returning(STATE.c.events)).scalar()
-        if number is None:  # state row lost (e.g. the subscription predates its table): start counting
+        # The counter row's lock (held to commit) orders this against a handshake's release_held: a
+        # notification is held exactly when the channel is unverified as of the counter update.
+        row = repo.execute(update(STATE).where(STATE.c.subscription_id == sub.id)
+                           .values(events=STATE.c.events + 1).returning(STATE.c.events, STATE.c.verified)).first()
+        if row is None:  # state row lost (e.g. the subscription predates its table): start counting
             # No author known: no access (auth/stored.py), so nothing reaches anyone until it is saved again.
-            repo.execute(insert(STATE).values(subscription_id=sub.id, events=1, author=None, activated=True))
-            number = 1
+            repo.execute(insert(STATE).values(subscription_id=sub.id, events=1, author=None, activated=True,
+                                              verified=True))
+            number, verified = 1, True
+        else:
+            number, verified = int(row.events), bool(row.verified)
         focus = f"{event.resource_type}/{event.resource_id}/_history/{version.version_id}"
         repo.defer_insert(EVENT, {"subscription_id": sub.id, "event_number": number,
                                   "timestamp": version.last_updated, "focus": focus, "interaction": interaction})
         if sub.channel_type == "rest-hook":
-            repo.enqueue(NOTIFY_TOPIC, f"Subscription/{sub.id}/event/{number}",
-                         {"subscription": sub.id, "event": number})
+            now = datetime.now(UTC)
+            repo.execute(insert(OUTBOX).values(
+                topic=NOTIFY_TOPIC, key=notification_key(sub.id, number), payload={"subscription": sub.id,
+                                                                                   "event": number},
+                status="pending" if verified else HELD, attempts=0, max_attempts=10, next_attempt_at=now,
+                created_at=now, last_error=None if verified else "waiting for the subscription's handshake"))

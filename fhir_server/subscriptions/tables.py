@@ -3,7 +3,8 @@
 - ``subscription_state``: one row per Subscription: the event counter (backport
   ``events-since-subscription-start``, incremented in each triggering change's own transaction, so numbers
   never skip or repeat), the author's access (a subscriber is told only what they may read) and the FHIR
-  base URL it was written through (absolute URLs in its notifications without FHIR_BASE_URL).
+  base URL it was written through (absolute URLs in its notifications without FHIR_BASE_URL), and whether
+  its channel is live (``activated``: a handshake once succeeded) and verified (the current channel's did).
 - ``subscription_event``: every event, written with the change: ``$events`` and the websocket channel read it.
 - ``subscription_generation``: generation tokens (now ``fhir_server/storage/generation.py``, shared with the
   terminology cache): row 1 is replaced on every Subscription write, so each process knows when its cache of
@@ -32,6 +33,10 @@ STATE = Table(
     # The FHIR base URL the subscription was last written through (migration 0015): rest-hook notifications
     # carry absolute URLs with it when FHIR_BASE_URL is unset. Null: none known.
     Column("base_url", String(2000)),
+    # The current channel's handshake succeeded (websocket: needs none); false while a new or changed channel
+    # awaits its handshake or after that failed (migration 0020): its notifications wait as ``held`` outbox
+    # rows, released when a handshake succeeds (issue 21 item 1).
+    Column("verified", Boolean, nullable=False, default=False),
 )
 
 EVENT = Table(

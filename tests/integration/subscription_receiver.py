@@ -1,4 +1,5 @@
-"""A real webhook receiver on loopback for the subscription tests: records every POST it gets."""
+"""A real webhook receiver on loopback for the subscription tests: records every request it gets (POST;
+PUT and DELETE: R4 rest-hook with a payload treats the endpoint as a FHIR base)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    method: str = "POST"
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -43,14 +45,30 @@ class Receiver:
         self.server.shutdown()
         self.server.server_close()
 
+    def restart(self) -> None:
+        """Listen again on the same port after ``close`` (a receiver that was down comes back)."""
+        self.release.clear()
+        self.server = _serve(self, self.server.server_address[1])
+
 
 def start_receiver() -> Receiver:
-    receiver: Receiver
+    receiver = Receiver(None)  # type: ignore[arg-type]  # the server is made for it just below
+    receiver.server = _serve(receiver, 0)
+    return receiver
 
+
+def _serve(receiver: Receiver, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.do_POST()
+
+        def do_DELETE(self) -> None:
+            self.do_POST()
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            item = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length))
+            item = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length),
+                            self.command)
             with receiver.lock:
                 receiver.received.append(item)
             if receiver.hold is not None and receiver.hold(item):
@@ -63,8 +81,7 @@ def start_receiver() -> Receiver:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
-    receiver = Receiver(server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return receiver
+    return server

@@ -84,4 +84,4 @@ def test_admin_outbox_view_needs_an_admin(smart: Smart, records: dict[str, str])
     assert smart.http.get(url, headers={"Authorization": f"Bearer {doctor}"}).status_code == 403
     admin = _user_token(smart, "admin", "user/*.rs")["access_token"]
     resp = smart.http.get(url, headers={"Authorization": f"Bearer {admin}"})
-    assert resp.status_code == 200 and set(resp.json()["counts"]) == {"pending", "delivering", "done", "dead"}
+    assert resp.status_code == 200 and set(resp.json()["counts"]) == {"pending", "held", "delivering", "done", "dead"}

@@ -62,13 +62,17 @@ def pending(api: LiveServer) -> list[Any]:
                                                       OUTBOX.c.status != "done")).all())
 
 
-def test_handshake_activates_then_matching_changes_are_posted_with_headers(api: LiveServer, hook: Receiver) -> None:
+def test_handshake_activates_then_matching_changes_are_put_below_the_endpoint_with_headers(
+        api: LiveServer, hook: Receiver) -> None:
+    """R4 rest-hook with a payload (subscription.html): the endpoint is a FHIR base and each matching
+    resource is sent as an update, PUT [endpoint]/[type]/[id]; a deletion as DELETE there."""
     sub = subscription(api, hook.url, f"Observation?code={LOINC}|1234-5&patient=Patient/X",
                        header=["Authorization: Bearer s3cret", "X-Tenant: ward-7"], payload="application/fhir+json")
     assert sub["status"] == "requested"
     d = dispatcher(api)
     assert d.run_once() == 1
     [handshake] = hook.received
+    assert (handshake.method, handshake.path) == ("POST", "/hook")
     assert handshake.body == b"" and handshake.headers["authorization"] == "Bearer s3cret"
     assert handshake.headers["x-tenant"] == "ward-7"
     assert status(api, sub["id"])["status"] == "active"
@@ -80,6 +84,7 @@ def test_handshake_activates_then_matching_changes_are_posted_with_headers(api: 
     assert len(pending(api)) == 1
     assert d.run_once() == 1
     note = hook.received[-1]
+    assert (note.method, note.path) == ("PUT", f"/hook/Observation/{obs['id']}")
     assert note.headers["content-type"] == "application/fhir+json"
     assert note.headers["authorization"] == "Bearer s3cret"
     assert note.json()["id"] == obs["id"] and note.json()["meta"]["versionId"] == "1"
@@ -87,7 +92,13 @@ def test_handshake_activates_then_matching_changes_are_posted_with_headers(api: 
     assert d.run_once() == 1
     assert hook.received[-1].json()["meta"]["versionId"] == "2"
     assert hook.received[-1].json()["valueQuantity"]["value"] == 2.0
-    assert len(hook.received) == 3
+    assert hook.received[-1].path == f"/hook/Observation/{obs['id']}"
+    assert api.http.delete(f"Observation/{obs['id']}").status_code in (200, 204)
+    assert d.run_once() == 1
+    gone = hook.received[-1]
+    assert (gone.method, gone.path, gone.body) == ("DELETE", f"/hook/Observation/{obs['id']}", b"")
+    assert gone.headers["authorization"] == "Bearer s3cret"
+    assert len(hook.received) == 4
 
 
 def test_without_payload_the_notification_is_an_empty_post(api: LiveServer, hook: Receiver) -> None:
@@ -96,7 +107,7 @@ def test_without_payload_the_notification_is_an_empty_post(api: LiveServer, hook
     d.run_once()
     observation(api, "1-1", "X")
     assert d.run_once() == 1
-    assert [r.body for r in hook.received] == [b"", b""]
+    assert [(r.method, r.path, r.body) for r in hook.received] == [("POST", "/hook", b"")] * 2
     assert "content-type" not in hook.received[-1].headers
     assert status(api, sub["id"])["status"] == "active"
 
@@ -104,7 +115,12 @@ def test_without_payload_the_notification_is_an_empty_post(api: LiveServer, hook
 def test_a_failed_handshake_puts_the_subscription_in_error(api: LiveServer, hook: Receiver) -> None:
     hook.status = 500
     sub = subscription(api, hook.url, "Observation?status=final")
-    dispatcher(api).run_once()
+    d = dispatcher(api)
+    d.run_once()
+    assert status(api, sub["id"])["status"] == "requested"  # a failed attempt is retried first
+    wait_until(lambda: d.run_once() >= 0 and status(api, sub["id"])["status"] != "requested", 10,
+               "the handshake's last attempt")
+    assert len(hook.received) == 5  # HANDSHAKE_ATTEMPTS
     stored = status(api, sub["id"])
     assert stored["status"] == "error" and "500" in stored["error"]
     observation(api, "1-1", "X")

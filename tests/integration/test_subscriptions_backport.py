@@ -106,6 +106,9 @@ def test_notification_bundles_carry_monotonic_event_numbers_and_the_resource(api
     assert notes[3]["entry"][1]["request"]["method"] == "PUT"
     deletion = notes[4]["entry"][1]
     assert deletion["request"]["method"] == "DELETE" and "resource" not in deletion
+    # Topic-based, payload set or not: notification Bundles POSTed to the endpoint itself (the Backport IG),
+    # never the plain R4 PUT of the resource below it (issue 21 item 6).
+    assert {(r.method, r.path) for r in hook.received} == {("POST", "/hook")}
 
     st = api.http.get(f"Subscription/{sid}/$status").json()
     assert st["type"] == "searchset"
