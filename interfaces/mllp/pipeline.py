@@ -27,6 +27,7 @@ from fhir_server.storage.access import SystemAccess, as_system
 from fhir_server.storage.repository import Repository
 from interfaces.mllp.ack import build_ack
 from interfaces.mllp.inflight import InFlight, Key
+from interfaces.mllp.orders import ServerOrders
 from interfaces.mllp.query import QUERY_EVENTS
 from interfaces.mllp.query import answer as answer_query
 from interfaces.mllp.store import (
@@ -135,7 +136,8 @@ class Hl7Pipeline:
         self.reused_control_id = settings.hl7_reused_control_id
         self.mapper = mapper or V2Mapper(identifier_systems=settings.hl7_identifier_systems,
                                          default_tz=settings.hl7_default_timezone,
-                                         facility_authorities=settings.hl7_facility_authorities)
+                                         facility_authorities=settings.hl7_facility_authorities,
+                                         resolver=ServerOrders(server))
         self.inflight = InFlight()
         self.inflight_wait = INFLIGHT_WAIT_SECONDS
 

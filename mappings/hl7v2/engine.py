@@ -110,10 +110,14 @@ class Planned:
     rule: dict[str, Any]
     anchor: Segment | None = None  # the group parent (e.g. its OBR) when the rule names a "group"
     resource: dict[str, Any] | None = None
+    # A resource the server already holds that this one is (an order found by barcode or placer number):
+    # "Type/id", referenced instead of written; with the subject it has.
+    existing: str | None = None
+    subject: str | None = None
 
     @property
     def full_url(self) -> str:
-        return f"urn:uuid:{self.uuid}"
+        return self.existing or f"urn:uuid:{self.uuid}"
 
 
 @dataclass
