@@ -25,11 +25,11 @@ from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import SystemAccess, as_system
 from fhir_server.storage.repository import Repository
-from interfaces.mllp.ack import build_ack
+from interfaces.mllp.ack import build_ack, wants
 from interfaces.mllp.inflight import InFlight, Key
 from interfaces.mllp.orders import ServerOrders
 from interfaces.mllp.query import QUERY_EVENTS
-from interfaces.mllp.query import answer as answer_query
+from interfaces.mllp.query import responses as query_responses
 from interfaces.mllp.store import (
     ACK_SEPARATOR,
     ERROR,
@@ -121,12 +121,6 @@ def inbound_access(*headers: Header | None) -> SystemAccess:
     return as_system(f"HL7 v2 inbound from {senders}")
 
 
-def _wants(condition: str, success: bool) -> bool:
-    """MSH-15/16 (table 0155): AL always, NE never, ER only on error, SU only on success; empty = AL."""
-    condition = condition or "AL"
-    return condition == "AL" or (condition == "SU" and success) or (condition == "ER" and not success)
-
-
 class Hl7Pipeline:
     def __init__(self, server: FhirServer, store: MessageStore, mapper: V2Mapper | None = None,
                  settings: Settings | None = None) -> None:
@@ -172,7 +166,7 @@ class Hl7Pipeline:
             return self._query(msg, header, text)
         # Enhanced mode: the accept ACK (CA) is committed with the message, then sent before processing.
         accept_ack = build_ack(header, "CA", enc=msg.enc) \
-            if header.enhanced and _wants(header.accept_ack, True) else None
+            if header.enhanced and wants(header.accept_ack, True) else None
         key = (header.sender[:255], header.control_id[:199]) if header.control_id else None
         if key is not None:
             running = self.inflight.claim(key)
@@ -220,16 +214,16 @@ class Hl7Pipeline:
                                   version=header.version, raw=text, ack=accept_ack)
 
     def _query(self, msg: V2Message, header: Header, text: str) -> Accepted:
-        """A query answered at once (RSP^K11), stored with its answer like any message (a re-send gets the
-        same answer back; the query itself writes nothing)."""
+        """A query answered at once (RSP^K11; in enhanced mode after the accept ACK MSH-15 asks for), stored
+        with its answer like any message (a re-send gets the same answer back; the query writes nothing)."""
         stored = self.store.receive(sender=header.sender, control_id=header.control_id, message_type=header.event,
                                     version=header.version, raw=text)
         if stored.duplicate and stored.acks and same_content(stored.raw, text):
             return Accepted(stored.acks, stored, header, msg)
-        response = answer_query(self.server, header, msg)
+        answers = query_responses(self.server, header, msg)
         if not stored.duplicate:
-            self.store.finish(stored.pk, status=PROCESSED, ack=response)
-        return Accepted([response], stored, header, msg)
+            self.store.finish(stored.pk, status=PROCESSED, ack=ACK_SEPARATOR.join(answers) or None)
+        return Accepted(answers, stored, header, msg)
 
     def wait_for_original(self, acc: Accepted, text: str) -> Accepted:
         """For a copy of a message in flight: block until the first copy has finished, then answer with its
@@ -326,7 +320,7 @@ class Hl7Pipeline:
             log.exception("hl7 message %s failed while mapping", stored.pk)
             return Finished(self._internal_error(acc))
         ok_ack = build_ack(header, "AA", enc=msg.enc)
-        send_ok = not header.enhanced or _wants(header.application_ack, True)
+        send_ok = not header.enhanced or wants(header.application_ack, True)
         ok_acks = ACK_SEPARATOR.join([*sent, ok_ack] if send_ok else sent) or None
         return Prepared(acc, result.bundle, result.sources, ok_ack if send_ok else None, ok_acks)
 
@@ -368,7 +362,7 @@ class Hl7Pipeline:
         sent = acc.immediate if header.enhanced else []
         error = "; ".join(d.describe() for d in details) or None
         app_ack = build_ack(header, code, details, enc=acc.msg.enc)
-        send = not header.enhanced or _wants(header.application_ack, status == PROCESSED)
+        send = not header.enhanced or wants(header.application_ack, status == PROCESSED)
         acks = [*sent, app_ack] if send else sent
         if not self.store.finish(stored.pk, status=status, ack=ACK_SEPARATOR.join(acks) or None, error=error,
                                  expect_attempts=stored.attempts):
@@ -450,8 +444,8 @@ def _rejection_acks(header: Header, detail: ErrorDetail, enc: Encoding | None) -
     MSH-15 says NE/SU, then the application AR unless MSH-16 says NE/SU (the sender waits for it)."""
     if not header.enhanced:
         return [build_ack(header, "AR", [detail], enc=enc)]
-    acks = [build_ack(header, "CR", [detail], enc=enc)] if _wants(header.accept_ack, False) else []
-    if _wants(header.application_ack, False):
+    acks = [build_ack(header, "CR", [detail], enc=enc)] if wants(header.accept_ack, False) else []
+    if wants(header.application_ack, False):
         acks.append(build_ack(header, "AR", [detail], enc=enc))
     return acks
 
