@@ -57,3 +57,18 @@ class ServerOrders:
         if response.resource.get("status") == "entered-in-error":
             return {}
         return self._found([response.resource])
+
+    def specimen_of(self, order: str, barcodes: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
+        found = self.server.handle(FhirRequest("GET", order, access=as_system(_WHY)))
+        if found.status != 200 or not isinstance(found.resource, dict):
+            return None
+        for ref in (s.get("reference", "") for s in found.resource.get("specimen", [])):
+            if not ref.startswith("Specimen/"):
+                continue
+            response = self.server.handle(FhirRequest("GET", ref, access=as_system(_WHY)))
+            specimen = response.resource if response.status == 200 and isinstance(response.resource, dict) else {}
+            held = {i.get("value") for i in specimen.get("identifier", [])} | \
+                {i.get("value") for c in specimen.get("container", []) for i in c.get("identifier", [])}
+            if held & set(barcodes):
+                return ref, specimen
+        return None

@@ -114,6 +114,7 @@ class Planned:
     # "Type/id", referenced instead of written; with the subject it has.
     existing: str | None = None
     subject: str | None = None
+    merge: dict[str, Any] | None = None  # the existing resource's content, under what the message says
 
     @property
     def full_url(self) -> str:

@@ -40,6 +40,10 @@ class OrderResolver(Protocol):
 
     def order(self, order_id: str) -> Found: ...
 
+    def specimen_of(self, order: str, barcodes: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
+        """The Specimen of ``order`` holding one of ``barcodes`` (identifier or container id): reference, content."""
+        ...
+
 
 @dataclass(frozen=True)
 class OrderMatch:
@@ -182,11 +186,27 @@ def match_order(resolver: OrderResolver, p: Planned, ctx: Context) -> OrderMatch
             chosen = agreeing or chosen
         if len(chosen) == 1:
             ref, subject = next(iter(chosen.items()))
+            if key is barcode:
+                _reuse_specimens(resolver, p, ctx, ref)
             return OrderMatch(ref, subject or None)
         raise _error(DUPLICATE_KEY_IDENTIFIER, f"{len(chosen)} orders match the {key.name} "
                      f"{', '.join(key.values)} and the other numbers do not tell them apart: "
                      f"{', '.join(sorted(chosen))}", key)
     return None
+
+
+def _reuse_specimens(resolver: OrderResolver, order: Planned, ctx: Context, order_ref: str) -> None:
+    """The tube the order was found by is the order's own Specimen: the results' SPM/SAC are written onto it
+    (merged: what the message says wins, the rest is kept), not onto a second Specimen for the same tube."""
+    for spm in specimen_group(ctx.msg, order.segment):
+        planned = next((q for q in ctx.planned if q.key == "specimen" and q.segment is spm), None)
+        if planned is None or planned.existing is not None:
+            continue
+        codes = [spm.get(2, comp=1), spm.get(2, comp=2), *(sac.get(3) for sac in containers_of(ctx.msg, spm))]
+        held = resolver.specimen_of(order_ref, tuple(c for c in codes if c))
+        if held is not None and not any(q.existing == held[0] for q in ctx.planned if q.key == "specimen"):
+            planned.existing = held[0]
+            planned.merge = {k: v for k, v in held[1].items() if k not in ("meta", "text")}
 
 
 def no_order(p: Planned, ctx: Context) -> MappingError:

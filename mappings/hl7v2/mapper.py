@@ -160,7 +160,11 @@ class V2Mapper:
             if "create" in p.rule and not self.engine._test(p.rule["create"], ctx):
                 raise no_order(p, ctx)
             mode = "update"
-        if mode == "update":
+        if mode == "update" and p.existing is not None:  # onto a resource the server holds (law.py)
+            rid = p.existing.split("/", 1)[1]
+            resource = {**(p.merge or {}), "resourceType": p.resource_type, **body, "id": rid}
+            request = {"method": "PUT", "url": p.existing}
+        elif mode == "update":
             resource = {"resourceType": p.resource_type, "id": p.uuid, **body}
             request = {"method": "PUT", "url": f"{p.resource_type}/{p.uuid}"}
         else:
@@ -170,7 +174,7 @@ class V2Mapper:
             else:  # upsert: conditional update by identifier
                 request = {"method": "PUT", "url": f"{p.resource_type}?{criteria}"}
         p.resource = resource
-        return {"fullUrl": p.full_url, "resource": resource, "request": request}
+        return {"fullUrl": f"urn:uuid:{p.uuid}", "resource": resource, "request": request}
 
     def _identity(self, resource: dict[str, Any], p: Planned) -> str:
         identifiers = [i for i in resource.get("identifier", []) if i.get("value")]

@@ -96,9 +96,12 @@ def test_a_law_analyser_queries_receives_its_work_order_and_delivers_results(api
     [report] = [e["resource"] for e in search(api, f"DiagnosticReport?subject=Patient/{patient['id']}")["entry"]]
     assert report["status"] == "corrected" and report["result"] == [{"reference": f"Observation/{result['id']}"}]
     assert report["basedOn"] == [{"reference": f"ServiceRequest/{order['id']}"}]
+    # The tube is the order's own Specimen, now with the container the analyser reported (SAC), not a second one.
+    assert result["specimen"] == {"reference": f"Specimen/{made['specimen']['id']}"}
     specimen = api.http.get(result["specimen"]["reference"]).json()
     assert specimen["container"][0]["identifier"][0]["value"] == barcode
     assert specimen["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert int(search(api, f"Specimen?identifier={barcode}&_summary=count")["total"]) == 1
 
     # The QC run is kept, with its role as category, in nobody's record and on no order.
     [qc] = [e["resource"] for e in search(api, "Observation?code=http://loinc.org|2345-7")["entry"]
