@@ -12,7 +12,7 @@ from typing import Any
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
-from mappings.hl7v2.law import Found, search_escape
+from mappings.hl7v2.law import Candidate, Found, search_escape
 
 _WHY = "HL7 v2 results in: find the order (ServiceRequest) and specimen they report on"
 # An order entered in error is not one results can be for.
@@ -34,7 +34,9 @@ class ServerOrders:
 
     @staticmethod
     def _found(orders: list[dict[str, Any]]) -> Found:
-        return {f"ServiceRequest/{o['id']}": str(o.get("subject", {}).get("reference", "")) for o in orders}
+        return {f"ServiceRequest/{o['id']}": Candidate(
+            str(o.get("subject", {}).get("reference", "")),
+            frozenset(str(c["code"]) for c in o.get("code", {}).get("coding", []) if c.get("code"))) for o in orders}
 
     def orders_for_barcode(self, barcode: str) -> Found:
         token = search_escape(barcode)

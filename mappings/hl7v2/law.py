@@ -10,7 +10,8 @@ this order, for the orders of:
    scoped by its assigning authority (the Identifier.system its namespace maps to);
 3. the filler number: OBR-3, else ORC-3.
 The first key that finds any orders decides; several are narrowed by the later keys (those that agree with
-some of them). Still several: AE 205 naming the field. None: the order is written from the message when the
+some of them), then by the test code (OBR-4 against ServiceRequest.code: one tube, several tests). Still
+several: AE 205 naming the field. None: the order is written from the message when the
 rule's ``create`` test holds (the message names the patient), else AE 204 naming SPM-2 (or OBR-2).
 Results sent without PID (analysers) take the patient of the order they were matched to (``order_subject``).
 The pure part lives here; the lookups are the resolver's (interfaces/mllp/orders.py, on the FHIR server).
@@ -28,8 +29,17 @@ from mappings.hl7v2.message import Segment, V2Message
 if TYPE_CHECKING:
     from mappings.hl7v2.engine import Context, Function, Json, Planned, Value
 
-# Orders found by one key: "ServiceRequest/id" -> its subject reference ("" when it has none).
-Found = dict[str, str]
+
+@dataclass(frozen=True)
+class Candidate:
+    """An order found on the server: its subject reference ("" when none) and its test codes (code values)."""
+
+    subject: str
+    codes: frozenset[str]
+
+
+# Orders found by one key: "ServiceRequest/id" -> what the match needs of it.
+Found = dict[str, Candidate]
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
@@ -182,13 +192,16 @@ def match_order(resolver: OrderResolver, p: Planned, ctx: Context) -> OrderMatch
         for narrower in keys[i + 1:]:
             if len(chosen) == 1:
                 break
-            agreeing = {ref: subj for ref, subj in chosen.items() if ref in lookup(narrower)}
+            agreeing = {ref: c for ref, c in chosen.items() if ref in lookup(narrower)}
             chosen = agreeing or chosen
+        tests = {p.segment.get(4, comp=1), p.segment.get(4, comp=4)} - {""}
+        if len(chosen) > 1 and tests:
+            chosen = {ref: c for ref, c in chosen.items() if c.codes & tests} or chosen
         if len(chosen) == 1:
-            ref, subject = next(iter(chosen.items()))
+            ref, candidate = next(iter(chosen.items()))
             if key is barcode:
                 _reuse_specimens(resolver, p, ctx, ref)
-            return OrderMatch(ref, subject or None)
+            return OrderMatch(ref, candidate.subject or None)
         raise _error(DUPLICATE_KEY_IDENTIFIER, f"{len(chosen)} orders match the {key.name} "
                      f"{', '.join(key.values)} and the other numbers do not tell them apart: "
                      f"{', '.join(sorted(chosen))}", key)

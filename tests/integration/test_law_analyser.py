@@ -126,18 +126,22 @@ def _oul(control_id: str, placer: str, barcode: str, pid: bool = True) -> bytes:
 def test_results_match_their_order_by_barcode_first_and_ambiguity_is_an_error(api: LiveServer,
                                                                               mllp: Running) -> None:
     made = _analyser_order(api, _free_port(), "TUBE-7")
+    second = {k: v for k, v in made["order"].items() if k not in ("id", "meta")}  # a second test on the same tube
+    sodium = _post(api, {**second, "code": {"coding": [{"system": "http://loinc.org", "code": "2951-2"}]}})
     # Two earlier orders share the placer number P-1 of authority HIS (sent twice, e.g. by two systems).
     for n in (1, 2):
         _post(api, {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
                     "identifier": [{"system": "urn:fhir-server:hl7v2:authority:HIS", "value": "P-1"}],
                     "code": {"text": f"order {n}"}, "subject": made["order"]["subject"]})
-    # The barcode decides first: the tube's order, whatever the placer number says.
+    # The barcode decides first: of the tube's two orders, the one for this test (OBR-4), whatever the placer
+    # number says.
     by_barcode, ambiguous, unknown = exchange(mllp.port, _oul("B-1", "P-1^HIS", "TUBE-7", pid=False),
                                               _oul("B-2", "P-1^HIS", "NO-SUCH-TUBE", pid=False),
                                               _oul("B-3", "P-9^HIS", "NO-SUCH-TUBE", pid=False))
     assert segment(by_barcode, "MSA")[1] == "AA", by_barcode
     [obs] = [e["resource"] for e in search(api, "Observation")["entry"]]
-    assert obs["basedOn"] == [{"reference": f"ServiceRequest/{made['order']['id']}"}]
+    assert obs["basedOn"] == [{"reference": f"ServiceRequest/{made['order']['id']}"}] != \
+        [{"reference": f"ServiceRequest/{sodium['id']}"}]
     # No tube known, two orders with that placer number: AE 205 naming OBR-2 (nothing written).
     assert segment(ambiguous, "MSA")[1] == "AE", ambiguous
     assert segment(ambiguous, "ERR")[2:4] == ["OBR^1^2", "205^Duplicate key identifier^HL70357"], ambiguous
