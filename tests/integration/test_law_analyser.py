@@ -16,7 +16,7 @@ from fhir_server.storage.outbox import OutboxDispatcher
 from interfaces.mllp.listener import MllpListener
 from interfaces.mllp.outbound import TOPIC, OrderSender
 from tests.conftest import PROCESS_START_TIMEOUT, LiveServer, _free_port, wait_until
-from tests.integration.test_mllp import Running, exchange, search, segment
+from tests.integration.test_mllp import Running, exchange, exchange_n, search, segment
 
 SIMULATOR = Path(__file__).resolve().parents[1] / "sim" / "law_analyser.py"
 ANALYSER = "urn:fhir-server:hl7v2:authority:CITYLAB"  # OBX-18 "AN-01^CITYLAB": namespace CITYLAB
@@ -148,3 +148,22 @@ def test_results_match_their_order_by_barcode_first_and_ambiguity_is_an_error(ap
     # No order at all and no PID: nowhere to file the result, AE 204 naming the barcode's SPM-2.
     assert segment(unknown, "MSA")[1] == "AE" and segment(unknown, "ERR")[2].startswith("SPM^1^2"), unknown
     assert int(search(api, "Observation?_summary=count")["total"]) == 1
+
+
+def _qbp(control_id: str, barcode: str, accept: str, application: str) -> bytes:
+    return ("\r".join([
+        f"MSH|^~\\&|ANALYSER|CITYLAB|LIS|HOSPITAL|20240305100000||QBP^Q11^QBP_Q11|{control_id}|P|2.5.1|||"
+        f"{accept}|{application}",
+        f"QPD|WOS^Work Order Step^IHE_LABTF|T-{control_id}|{barcode}", "RCP|I||R"]) + "\r").encode()
+
+
+def test_an_order_query_in_enhanced_mode_gets_what_msh_15_and_16_ask_for(api: LiveServer, mllp: Running) -> None:
+    made = _analyser_order(api, _free_port(), "TUBE-9")
+    accept, response = exchange_n(mllp.port, _qbp("E-1", "TUBE-9", "AL", "AL"), 2)
+    assert segment(accept, "MSA")[1:3] == ["CA", "E-1"] and segment(accept, "MSH")[8].startswith("ACK")
+    assert segment(response, "MSH")[8] == "RSP^K11^RSP_K11" and segment(response, "MSA")[1:3] == ["AA", "E-1"]
+    assert segment(response, "OBR")[2] == f"{made['order']['id']}^FHIR-SERVER"
+    # Only the application response (MSH-15 NE), and a re-send gets the stored answers again.
+    [only] = exchange(mllp.port, _qbp("E-2", "TUBE-9", "NE", "AL"))
+    assert segment(only, "MSH")[8] == "RSP^K11^RSP_K11" and segment(only, "QAK")[2] == "OK"
+    assert exchange_n(mllp.port, _qbp("E-1", "TUBE-9", "AL", "AL"), 2) == [accept, response]
