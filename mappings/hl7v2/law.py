@@ -222,6 +222,23 @@ def _reuse_specimens(resolver: OrderResolver, order: Planned, ctx: Context, orde
             planned.merge = {k: v for k, v in held[1].items() if k not in ("meta", "text")}
 
 
+def merged(existing: dict[str, Any], mapped: dict[str, Any]) -> dict[str, Any]:
+    """The message's view of a resource the server holds, laid over it: its identifiers added to the existing
+    ones (a label the hospital gave, with its system, stays), objects merged one level (the collector kept when
+    the message gives the collection time), anything else the message's."""
+    out = dict(existing)
+    for key, value in mapped.items():
+        old = existing.get(key)
+        if key == "identifier" and isinstance(old, list) and isinstance(value, list):
+            held = {i.get("value") for i in old if isinstance(i, dict)}
+            out[key] = [*old, *(i for i in value if i.get("value") not in held)]
+        elif isinstance(old, dict) and isinstance(value, dict):
+            out[key] = {**old, **value}
+        else:
+            out[key] = value
+    return out
+
+
 def no_order(p: Planned, ctx: Context) -> MappingError:
     """Results with neither an order on the server nor a patient in the message (PID): nowhere to file them."""
     barcode, placer, _filler, _own = order_keys(ctx, p.segment)

@@ -32,7 +32,7 @@ from mappings.hl7v2.errors import (
 )
 from mappings.hl7v2.functions import FUNCTIONS
 from mappings.hl7v2.header import Header
-from mappings.hl7v2.law import LAW_FUNCTIONS, OrderResolver, match_order, no_order
+from mappings.hl7v2.law import LAW_FUNCTIONS, OrderResolver, match_order, merged, no_order
 from mappings.hl7v2.message import V2Message
 
 ROOT = Path(__file__).parent
@@ -162,7 +162,7 @@ class V2Mapper:
             mode = "update"
         if mode == "update" and p.existing is not None:  # onto a resource the server holds (law.py)
             rid = p.existing.split("/", 1)[1]
-            resource = {**(p.merge or {}), "resourceType": p.resource_type, **body, "id": rid}
+            resource = {**merged(p.merge or {}, body), "resourceType": p.resource_type, "id": rid}
             request = {"method": "PUT", "url": p.existing}
         elif mode == "update":
             resource = {"resourceType": p.resource_type, "id": p.uuid, **body}

@@ -20,6 +20,7 @@ from tests.integration.test_mllp import Running, exchange, exchange_n, search, s
 
 SIMULATOR = Path(__file__).resolve().parents[1] / "sim" / "law_analyser.py"
 ANALYSER = "urn:fhir-server:hl7v2:authority:CITYLAB"  # OBX-18 "AN-01^CITYLAB": namespace CITYLAB
+TUBES = "https://hospital.example.org/fhir/sid/specimen-barcode"  # the labels the hospital prints
 
 
 @pytest.fixture
@@ -48,7 +49,8 @@ def _analyser_order(api: LiveServer, port: int, barcode: str) -> dict[str, Any]:
                          "location": {"reference": f"Location/{bench['id']}"}})
     patient = _post(api, {"resourceType": "Patient", "name": [{"family": "Rao", "given": ["Meera"]}],
                           "identifier": [{"system": "urn:fhir-server:hl7v2:authority:HOSP", "value": "MRN-9"}]})
-    specimen = _post(api, {"resourceType": "Specimen", "identifier": [{"value": barcode}],
+    specimen = _post(api, {"resourceType": "Specimen", "identifier": [{"system": TUBES, "value": barcode}],
+                           "collection": {"collector": {"display": "Nurse Anu"}},
                            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0487",
                                                 "code": "SER"}]},
                            "subject": {"reference": f"Patient/{patient['id']}"}})
@@ -101,6 +103,9 @@ def test_a_law_analyser_queries_receives_its_work_order_and_delivers_results(api
     specimen = api.http.get(result["specimen"]["reference"]).json()
     assert specimen["container"][0]["identifier"][0]["value"] == barcode
     assert specimen["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert specimen["identifier"][0] == {"system": TUBES, "value": barcode}  # the hospital's label stays
+    assert specimen["collection"] == {"collector": {"display": "Nurse Anu"},  # SPM-17 merged into what we had
+                                      "collectedDateTime": "2024-03-05T09:00:00+00:00"}
     assert int(search(api, f"Specimen?identifier={barcode}&_summary=count")["total"]) == 1
 
     # The QC run is kept, with its role as category, in nobody's record and on no order.

@@ -126,7 +126,7 @@ def results(placer: str, barcode: str, equipment: str, control_id: str, value: s
             enhanced: bool) -> str:
     return "\r".join([
         msh("OUL^R22^OUL_R22", control_id, enhanced),
-        f"SPM|1|{barcode}||SER^Serum^HL70487|||||||P^Patient^HL70369",
+        f"SPM|1|{barcode}||SER^Serum^HL70487|||||||P^Patient^HL70369||||||20240305090000+0000",
         f"SAC|||{barcode}",
         f"OBR|1|{placer}||2345-7^Glucose^LN|||||||||||||||||||||{status}",
         f"ORC|SC|{placer}|||CM",
