@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from fhir_server.rest.server import FhirServer
 from fhir_server.storage.outbox import OutboxDispatcher
 from interfaces.mllp.listener import MllpListener
 from interfaces.mllp.outbound import TOPIC, OrderSender
@@ -26,6 +27,16 @@ TUBES = "https://hospital.example.org/fhir/sid/specimen-barcode"  # the labels t
 @pytest.fixture
 def mllp(api: LiveServer) -> Iterator[Running]:
     running = Running(MllpListener(api.fhir, host="127.0.0.1", port=0))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def lab_mllp(api: LiveServer) -> Iterator[Running]:
+    """The listener of a hospital that enforces the laboratory's rules (FHIR_WORKFLOWS=laboratory: results need a
+    collected specimen, a final result changes only by a corrected version, barcodes are unique)."""
+    fhir = FhirServer(api.fhir.settings.model_copy(update={"workflows": "laboratory"}), api.backend.engine)
+    running = Running(MllpListener(fhir, host="127.0.0.1", port=0))
     yield running
     running.stop()
 
@@ -62,7 +73,10 @@ def _analyser_order(api: LiveServer, port: int, barcode: str) -> dict[str, Any]:
     return {"order": order, "device": device, "patient": patient, "specimen": specimen}
 
 
-def test_a_law_analyser_queries_receives_its_work_order_and_delivers_results(api: LiveServer, mllp: Running) -> None:
+@pytest.mark.parametrize("rules", ["none", "laboratory"])
+def test_a_law_analyser_queries_receives_its_work_order_and_delivers_results(api: LiveServer, rules: str,
+                                                                             request: pytest.FixtureRequest) -> None:
+    mllp: Running = request.getfixturevalue("lab_mllp" if rules == "laboratory" else "mllp")
     port, barcode = _free_port(), "TUBE-0042"
     made = _analyser_order(api, port, barcode)
     sim = subprocess.Popen([sys.executable, str(SIMULATOR), "--server", f"127.0.0.1:{mllp.port}", "--listen",
