@@ -27,9 +27,9 @@ from fhir_server.storage.access import SystemAccess, as_system
 from fhir_server.storage.repository import Repository
 from interfaces.mllp.ack import build_ack, wants
 from interfaces.mllp.inflight import InFlight, Key
-from interfaces.mllp.orders import ServerOrders
 from interfaces.mllp.query import QUERY_EVENTS
 from interfaces.mllp.query import responses as query_responses
+from interfaces.mllp.result_match import ServerOrders
 from interfaces.mllp.store import (
     ACK_SEPARATOR,
     ERROR,
@@ -121,6 +121,9 @@ def inbound_access(*headers: Header | None) -> SystemAccess:
     return as_system(f"HL7 v2 inbound from {senders}")
 
 
+_wants = wants  # MSH-15/16 (table 0155), interfaces/mllp/ack.py
+
+
 class Hl7Pipeline:
     def __init__(self, server: FhirServer, store: MessageStore, mapper: V2Mapper | None = None,
                  settings: Settings | None = None) -> None:
@@ -166,7 +169,7 @@ class Hl7Pipeline:
             return self._query(msg, header, text)
         # Enhanced mode: the accept ACK (CA) is committed with the message, then sent before processing.
         accept_ack = build_ack(header, "CA", enc=msg.enc) \
-            if header.enhanced and wants(header.accept_ack, True) else None
+            if header.enhanced and _wants(header.accept_ack, True) else None
         key = (header.sender[:255], header.control_id[:199]) if header.control_id else None
         if key is not None:
             running = self.inflight.claim(key)
@@ -320,7 +323,7 @@ class Hl7Pipeline:
             log.exception("hl7 message %s failed while mapping", stored.pk)
             return Finished(self._internal_error(acc))
         ok_ack = build_ack(header, "AA", enc=msg.enc)
-        send_ok = not header.enhanced or wants(header.application_ack, True)
+        send_ok = not header.enhanced or _wants(header.application_ack, True)
         ok_acks = ACK_SEPARATOR.join([*sent, ok_ack] if send_ok else sent) or None
         return Prepared(acc, result.bundle, result.sources, ok_ack if send_ok else None, ok_acks)
 
@@ -362,7 +365,7 @@ class Hl7Pipeline:
         sent = acc.immediate if header.enhanced else []
         error = "; ".join(d.describe() for d in details) or None
         app_ack = build_ack(header, code, details, enc=acc.msg.enc)
-        send = not header.enhanced or wants(header.application_ack, status == PROCESSED)
+        send = not header.enhanced or _wants(header.application_ack, status == PROCESSED)
         acks = [*sent, app_ack] if send else sent
         if not self.store.finish(stored.pk, status=status, ack=ACK_SEPARATOR.join(acks) or None, error=error,
                                  expect_attempts=stored.attempts):
@@ -444,8 +447,8 @@ def _rejection_acks(header: Header, detail: ErrorDetail, enc: Encoding | None) -
     MSH-15 says NE/SU, then the application AR unless MSH-16 says NE/SU (the sender waits for it)."""
     if not header.enhanced:
         return [build_ack(header, "AR", [detail], enc=enc)]
-    acks = [build_ack(header, "CR", [detail], enc=enc)] if wants(header.accept_ack, False) else []
-    if wants(header.application_ack, False):
+    acks = [build_ack(header, "CR", [detail], enc=enc)] if _wants(header.accept_ack, False) else []
+    if _wants(header.application_ack, False):
         acks.append(build_ack(header, "AR", [detail], enc=enc))
     return acks
 

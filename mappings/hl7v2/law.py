@@ -14,7 +14,7 @@ some of them), then by the test code (OBR-4 against ServiceRequest.code: one tub
 several: AE 205 naming the field. None: the order is written from the message when the
 rule's ``create`` test holds (the message names the patient), else AE 204 naming SPM-2 (or OBR-2).
 Results sent without PID (analysers) take the patient of the order they were matched to (``order_subject``).
-The pure part lives here; the lookups are the resolver's (interfaces/mllp/orders.py, on the FHIR server).
+The pure part lives here; the lookups are the resolver's (interfaces/mllp/result_match.py, on the FHIR server).
 """
 
 from __future__ import annotations
@@ -295,9 +295,10 @@ def equipment(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json
 
 
 def new_equipment(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
-    """OBX-18 naming an analyser no EQU of the message already names (one Device per analyser)."""
+    """OBX-18 naming an analyser neither an EQU nor an earlier OBX of the message names (one Device each)."""
     wanted = ctx.engine.text("OBX-18", ctx)
-    if not wanted or any(_equipment_id(ctx, s) == wanted for s in ctx.msg.all("EQU")):
+    earlier = [s for s in ctx.msg.all("OBX") if s.index < ctx.seg.index]
+    if not wanted or any(_equipment_id(ctx, s) == wanted for s in (*ctx.msg.all("EQU"), *earlier)):
         return None
     return wanted
 

@@ -135,8 +135,6 @@ class V2Mapper:
                 parts = [ctx.variables["sender"], ctx.variables["control_id"], seg.id, str(seg.occurrence)]
             anchor = ctx0.msg.nearest(rule["group"], seg) if "group" in rule else None
             uid = stable_uuid(resource_type, *parts)
-            if uid in seen and rule.get("distinct"):  # one resource per distinct thing (an analyser named by
-                continue  # every OBX-18 of a message)
             if uid in seen:  # two groups of one message the id fields do not tell apart (three orders with
                 # the same or no placer number): each is its own resource, told apart by its position
                 uid = stable_uuid(resource_type, *parts, seg.id, str(seg.occurrence))
