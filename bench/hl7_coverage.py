@@ -102,7 +102,7 @@ def exchange(port: int, message: bytes) -> list[str]:
     buf = b""
     with socket.create_connection((LOOPBACK, port), timeout=30) as sock:
         sock.sendall(START + message + END)
-        sock.settimeout(10)
+        sock.settimeout(30)  # a cold server's first Quantity loads the UCUM registry: slow, not a refusal
         while len(acks) < wanted:
             try:
                 chunk = sock.recv(65536)

@@ -65,3 +65,9 @@ def _err(e: ErrorDetail, enc: Encoding, version: str) -> str:
                   "1" if e.component else "", str(e.component or "")]).rstrip(c) if e.segment else ""
     cwe = c.join([e.code, escape(name, enc), "HL70357"])
     return f.join(["ERR", "", erl, cwe, e.severity, "", "", "", escape(e.text, enc)[:250]])
+
+
+def wants(condition: str, success: bool) -> bool:
+    """MSH-15/16 (table 0155): AL always, NE never, ER only on error, SU only on success; empty = AL."""
+    condition = condition or "AL"
+    return condition == "AL" or (condition == "SU" and success) or (condition == "ER" and not success)

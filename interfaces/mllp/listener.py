@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server.config import Settings
 from fhir_server.rest.server import FhirServer
+from fhir_server.search import ucum
 from fhir_server.tenancy.model import DEFAULT
 from interfaces.mllp.batch import handle_batch, is_batch
 from interfaces.mllp.framing import FrameTooLarge, MllpDecoder, encode
@@ -84,6 +85,9 @@ class MllpListener:
     async def start(self) -> None:
         # Messages a previous run stored but never finished (killed after an accept ACK): apply them now.
         recovered = await self._run(self.pipeline.replay, RECEIVED)
+        # The first Quantity indexed loads the UCUM registry (pint: seconds): loaded now, in the background,
+        # not inside some analyser's first ACK (which it may time out waiting for).
+        self.executor.submit(ucum.canonical, 1.0, "mg")
         if recovered:
             log.info("mllp: finished %s messages left from a previous run", recovered)
         self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=tls_context(self.settings),

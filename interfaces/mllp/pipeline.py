@@ -25,10 +25,11 @@ from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import SystemAccess, as_system
 from fhir_server.storage.repository import Repository
-from interfaces.mllp.ack import build_ack
+from interfaces.mllp.ack import build_ack, wants
 from interfaces.mllp.inflight import InFlight, Key
 from interfaces.mllp.query import QUERY_EVENTS
-from interfaces.mllp.query import answer as answer_query
+from interfaces.mllp.query import responses as query_responses
+from interfaces.mllp.result_match import ServerOrders
 from interfaces.mllp.store import (
     ACK_SEPARATOR,
     ERROR,
@@ -120,10 +121,7 @@ def inbound_access(*headers: Header | None) -> SystemAccess:
     return as_system(f"HL7 v2 inbound from {senders}")
 
 
-def _wants(condition: str, success: bool) -> bool:
-    """MSH-15/16 (table 0155): AL always, NE never, ER only on error, SU only on success; empty = AL."""
-    condition = condition or "AL"
-    return condition == "AL" or (condition == "SU" and success) or (condition == "ER" and not success)
+_wants = wants  # MSH-15/16 (table 0155), interfaces/mllp/ack.py
 
 
 class Hl7Pipeline:
@@ -135,7 +133,8 @@ class Hl7Pipeline:
         self.reused_control_id = settings.hl7_reused_control_id
         self.mapper = mapper or V2Mapper(identifier_systems=settings.hl7_identifier_systems,
                                          default_tz=settings.hl7_default_timezone,
-                                         facility_authorities=settings.hl7_facility_authorities)
+                                         facility_authorities=settings.hl7_facility_authorities,
+                                         resolver=ServerOrders(server))
         self.inflight = InFlight()
         self.inflight_wait = INFLIGHT_WAIT_SECONDS
 
@@ -218,16 +217,16 @@ class Hl7Pipeline:
                                   version=header.version, raw=text, ack=accept_ack)
 
     def _query(self, msg: V2Message, header: Header, text: str) -> Accepted:
-        """A query answered at once (RSP^K11), stored with its answer like any message (a re-send gets the
-        same answer back; the query itself writes nothing)."""
+        """A query answered at once (RSP^K11; in enhanced mode after the accept ACK MSH-15 asks for), stored
+        with its answer like any message (a re-send gets the same answer back; the query writes nothing)."""
         stored = self.store.receive(sender=header.sender, control_id=header.control_id, message_type=header.event,
                                     version=header.version, raw=text)
         if stored.duplicate and stored.acks and same_content(stored.raw, text):
             return Accepted(stored.acks, stored, header, msg)
-        response = answer_query(self.server, header, msg)
+        answers = query_responses(self.server, header, msg)
         if not stored.duplicate:
-            self.store.finish(stored.pk, status=PROCESSED, ack=response)
-        return Accepted([response], stored, header, msg)
+            self.store.finish(stored.pk, status=PROCESSED, ack=ACK_SEPARATOR.join(answers) or None)
+        return Accepted(answers, stored, header, msg)
 
     def wait_for_original(self, acc: Accepted, text: str) -> Accepted:
         """For a copy of a message in flight: block until the first copy has finished, then answer with its

@@ -11,7 +11,7 @@ from typing import Any
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
-from interfaces.mllp.ack import build_ack
+from interfaces.mllp.ack import build_ack, wants
 from mappings.hl7v2.header import Header
 from mappings.hl7v2.message import V2Message, escape
 
@@ -64,3 +64,15 @@ def answer(server: FhirServer, header: Header, msg: V2Message) -> str:
                                 escape(str(order.get("authoredOn", "")).replace("-", "")[:8], enc)]))
         segments.append(f.join(["OBR", str(n), f"{placer}{c}FHIR-SERVER", "", code]))
     return "\r".join(segments) + "\r"
+
+
+def responses(server: FhirServer, header: Header, msg: V2Message) -> list[str]:
+    """What a query gets back, as MSH-15/16 ask (HL7 v2.5.1 2.9.3 and 5.3; IHE LAW queries are sent so):
+    original mode, the RSP^K11 alone; enhanced mode, the accept ACK (CA) unless MSH-15 says NE/ER, then the
+    RSP^K11 as the application response unless MSH-16 says NE/ER."""
+    if not header.enhanced:
+        return [answer(server, header, msg)]
+    out = [build_ack(header, "CA", enc=msg.enc)] if wants(header.accept_ack, True) else []
+    if wants(header.application_ack, True):
+        out.append(answer(server, header, msg))
+    return out

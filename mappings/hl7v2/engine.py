@@ -113,7 +113,13 @@ class Planned:
 
     @property
     def full_url(self) -> str:
-        return f"urn:uuid:{self.uuid}"
+        return self.existing or f"urn:uuid:{self.uuid}"
+
+    # A resource the server already holds that this one is (an order found by barcode or placer number):
+    # "Type/id", referenced instead of written; with the subject it has (mappings/hl7v2/law.py).
+    existing: str | None = None
+    subject: str | None = None
+    merge: dict[str, Any] | None = None  # the existing resource's content, under what the message says
 
 
 @dataclass

@@ -32,6 +32,7 @@ from mappings.hl7v2.errors import (
 )
 from mappings.hl7v2.functions import FUNCTIONS
 from mappings.hl7v2.header import Header
+from mappings.hl7v2.law import LAW_FUNCTIONS, OrderResolver, match_order, merged, no_order
 from mappings.hl7v2.message import V2Message
 
 ROOT = Path(__file__).parent
@@ -54,8 +55,11 @@ class MappingResult:
 class V2Mapper:
     def __init__(self, root: Path = ROOT, identifier_systems: dict[str, str] | None = None,
                  default_tz: str = "+00:00", own_application: str = OWN_APPLICATION,
-                 facility_authorities: dict[str, str] | None = None) -> None:
+                 facility_authorities: dict[str, str] | None = None, resolver: OrderResolver | None = None) -> None:
+        """``resolver``: finds the orders results are for (rules with ``"request": "match"``, mappings/hl7v2/law.py);
+        without one (conversion alone, golden files) such an order is written as the message states it."""
         self.own_application = own_application
+        self.resolver = resolver
         self.messages = _load_dir(root / "messages")
         self.resources = _load_dir(root / "resources")
         codemaps = _load_dir(root / "codemaps")
@@ -64,7 +68,7 @@ class V2Mapper:
                                               "map": {**codemaps["identifier-systems"]["map"],
                                                       **identifier_systems}}
         codemaps["facility-authorities"] = {"map": dict(facility_authorities or {})}
-        self.engine = Engine(_load_dir(root / "datatypes"), codemaps, FUNCTIONS, default_tz)
+        self.engine = Engine(_load_dir(root / "datatypes"), codemaps, {**FUNCTIONS, **LAW_FUNCTIONS}, default_tz)
         self.events: dict[str, str] = {}
         for name, template in self.messages.items():
             for event in template["events"]:
@@ -146,7 +150,19 @@ class V2Mapper:
                                   ctx) or {}
         resource: dict[str, Any] = {"resourceType": p.resource_type, **body}
         mode = p.rule.get("request", "update")
-        if mode == "update":
+        if mode == "match":  # the order results are for: found by barcode / placer / filler number, or new
+            found = match_order(self.resolver, p, ctx) if self.resolver is not None else None
+            if found is not None:
+                p.existing, p.subject = found.reference, found.subject
+                return None
+            if "create" in p.rule and not self.engine._test(p.rule["create"], ctx):
+                raise no_order(p, ctx)
+            mode = "update"
+        if mode == "update" and p.existing is not None:  # onto a resource the server holds (law.py)
+            rid = p.existing.split("/", 1)[1]
+            resource = {**merged(p.merge or {}, body), "resourceType": p.resource_type, "id": rid}
+            request = {"method": "PUT", "url": p.existing}
+        elif mode == "update":
             resource = {"resourceType": p.resource_type, "id": p.uuid, **body}
             request = {"method": "PUT", "url": f"{p.resource_type}/{p.uuid}"}
         else:
@@ -156,7 +172,7 @@ class V2Mapper:
             else:  # upsert: conditional update by identifier
                 request = {"method": "PUT", "url": f"{p.resource_type}?{criteria}"}
         p.resource = resource
-        return {"fullUrl": p.full_url, "resource": resource, "request": request}
+        return {"fullUrl": f"urn:uuid:{p.uuid}", "resource": resource, "request": request}
 
     def _identity(self, resource: dict[str, Any], p: Planned) -> str:
         identifiers = [i for i in resource.get("identifier", []) if i.get("value")]
