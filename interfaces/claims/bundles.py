@@ -142,7 +142,7 @@ def build(repo: Repository, anchor_type: str, anchor_id: str, *, profile: str | 
     if anchor_type == "Communication":
         entries.insert(0, _deliver_task(entries[0]["fullUrl"]))
     bundle_id = str(uuid.uuid4())
-    profile = profile or BUNDLE_PROFILE.get(anchor_type)
+    profile = BUNDLE_PROFILE.get(anchor_type) if profile is None else profile  # "": no profile
     meta: dict[str, Any] = {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
                                           "code": "V", "display": "very restricted"}]}
     if profile:

@@ -66,7 +66,7 @@ class CallbackReceiver:
             self._refused(path, headers, exc.code, str(exc), anchor)
 
     def _check(self, path: str, headers: dict[str, Any], bundle: dict[str, Any] | None) -> None:
-        callback = path.rsplit("/", 1)[-1].startswith("on_")
+        callback = path.rsplit("/", 1)[-1].startswith("on_") or path == p.ERROR_RESPONSE
         p.check_headers(headers, callback=callback)
         if headers[p.RECIPIENT] != self.gateway.participant_code:
             raise Refusal(p.ERR_INVALID_RECIPIENT, "the message is addressed to another participant")
@@ -98,7 +98,7 @@ class CallbackReceiver:
             sender = headers[p.SENDER]
             if sender != cycle.payer and not (sender == self.gateway_code and headers.get(p.STATUS) == p.ERROR):
                 raise Refusal(p.ERR_INVALID_SENDER, f"{sender} is not the participant this exchange is with", anchor)
-            if path.rsplit("/", 1)[-1].startswith("on_") and not cycle.open:
+            if (path.rsplit("/", 1)[-1].startswith("on_") or path == p.ERROR_RESPONSE) and not cycle.open:
                 raise Refusal(p.ERR_INVALID_CORRELATION_ID, "the exchange is already closed", anchor)
             cycle.api_calls.append(str(headers[p.API_CALL_ID]))
             content = self.applier.apply(repo, path, headers, bundle, rtype, rid, content, cycle)

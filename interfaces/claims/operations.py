@@ -93,16 +93,19 @@ class Submit:
             action = p.ELIGIBILITY
         if anchor.get("status") != "active":
             raise FhirError(422, PROCESSING, f"Only an active {rtype} is submitted", (f"{rtype}.status",))
-        address = self.fhir_payer(repo, anchor) if rtype == "Claim" else None
-        if address is not None:  # a FHIR-native payer: Da Vinci PAS style, no HCX
-            bundle = bundles.build(repo, rtype, rid, profile=fhir_payer.PAS_BUNDLE)
-            cycle = Cycle(p.new_id(), fhir_payer.ACTION, address, "queued")
+        address = self.fhir_payer(repo, anchor)
+        if address is not None:  # a FHIR-native payer (Da Vinci PAS style): the same outbox, no HCX envelope
+            bundle = bundles.build(repo, rtype, rid, profile=fhir_payer.PAS_BUNDLE if rtype == "Claim" else "")
+            action = fhir_payer.ACTIONS[rtype]
+            cycle = Cycle(p.new_id(), action, address, "queued")
             repo.update(rtype, rid, with_cycle(anchor, cycle), if_match=current.version_id)
-            repo.enqueue(fhir_payer.TOPIC, f"{cycle.correlation_id}", {
-                "anchor": f"{rtype}/{rid}", "patient": (anchor.get("patient") or {}).get("reference"),
-                "address": address, "correlation_id": cycle.correlation_id, "bundle": bundle},
-                max_attempts=self.settings.claims_max_attempts)
-            return _accepted(cycle.correlation_id, fhir_payer.ACTION, address)
+            enqueue(repo, f"{rtype}/{rid}", Outgoing(action, address, cycle.correlation_id, p.new_id(), bundle),
+                    max_attempts=self.settings.claims_max_attempts,
+                    patient=(anchor.get("patient") or {}).get("reference"))
+            return _accepted(cycle.correlation_id, action, address)
+        if not self.settings.claims_gateway_url:
+            raise FhirError(422, PROCESSING, f"The insurer of this {rtype} has no FHIR endpoint and no HCX gateway is "
+                                             "configured", (f"{rtype}.insurer",))
         payer = self.payer_code(repo, anchor, rtype)
         extra = self.extra_headers(repo, anchor)
         bundle = bundles.build(repo, rtype, rid)  # validated against the IG profile when installed

@@ -275,31 +275,7 @@ def test_nothing_leaves_that_fails_the_profile_or_concerns_another_patient(claim
 
 
 def test_callbacks_need_the_gateways_bearer(claims: ClaimsServer) -> None:
-    base = claims.url.removesuffix("/fhir")
     body = {"x-hcx-status": "response.error", "x-hcx-correlation_id": str(uuid.uuid4())}
     for headers in ({}, {"Authorization": "Bearer not-a-jwt"}):
-        resp = claims.http.post(f"{base}/hcx/claim/on_submit", json=body, headers=headers)
+        resp = claims.http.post(f"{claims.root}/hcx/claim/on_submit", json=body, headers=headers)
         assert resp.status_code == 401 and resp.json()["error"]["code"] == "ERR_ACCESS_DENIED"
-
-
-def test_fhir_native_payer_gets_a_pas_bundle_and_answers(claims: ClaimsServer, sandbox: Sandbox) -> None:
-    s = uuid.uuid4().hex[:8]
-    resources = records(s)
-    for r in resources:
-        if r["id"] == f"payer-{s}":
-            r["endpoint"] = [{"reference": f"Endpoint/fhir-{s}"}]
-    endpoint = {"resourceType": "Endpoint", "id": f"fhir-{s}", "status": "active",
-                "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                                   "code": "hl7-fhir-rest"},
-                "payloadType": [{"text": "Claim"}], "address": f"{sandbox.url}/fhir"}
-    store(claims, [endpoint, *resources])
-    sandbox.script({"action": "fhir:Claim/$submit", "fail": 1})  # the payer is down once: retried
-    cid = submit(claims, f"Claim/final-{s}")
-    wait_until(lambda: status_of(claims, f"Claim/final-{s}", cid) == "complete", 30, "the payer's ClaimResponse")
-    [response] = claims.search("ClaimResponse", request=f"Claim/final-{s}")
-    assert response["outcome"] == "complete" and response["patient"] == {"reference": f"Patient/pat-{s}"}
-    [sent] = [b for b in sandbox.received()["fhir"] if b["entry"][0]["resource"]["identifier"][0]["value"]
-              == f"final-{s}"]
-    assert sent["type"] == "collection" and sent["meta"]["profile"] == [
-        "http://hl7.org/fhir/us/davinci-pas/StructureDefinition/profile-pas-request-bundle"]
-    assert "Bystander" not in json.dumps(sent) and "Sharma" in json.dumps(sent)

@@ -27,7 +27,7 @@ from joserfc.jwk import RSAKey
 
 from interfaces.claims import envelope, keys
 from interfaces.claims import protocol as p
-from interfaces.claims.sandbox import payer
+from interfaces.claims.sandbox import fhir_payer, payer
 
 PAYERS = ("payer01@sandbox", "payer02@sandbox")
 GATEWAY_CODE = "hcx-gateway@sandbox"
@@ -49,7 +49,7 @@ class Sandbox:
     cycles: dict[str, dict[str, Any]] = field(default_factory=dict)  # correlation id -> what the cycle is
     behaviours: list[dict[str, Any]] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
-    fhir_received: list[dict[str, Any]] = field(default_factory=list)  # as the FHIR-native payer
+    fhir: fhir_payer.FhirPayerState = field(default_factory=fhir_payer.FhirPayerState)  # FHIR-native payer
     sent: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -285,22 +285,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
     for action in GATEWAY_APIS:
         app.post(action)(gateway(action))
 
-    @app.post("/fhir/Claim/$submit")
-    async def fhir_submit(request: Request) -> JSONResponse:
-        """A FHIR-native payer (Da Vinci PAS style): the request Bundle in, a ClaimResponse Bundle back at once."""
-        behaviour = box.take("fhir:Claim/$submit")
-        if behaviour.get("fail"):
-            return JSONResponse({"resourceType": "OperationOutcome", "issue": [
-                {"severity": "error", "code": "transient", "diagnostics": "payer down (scripted)"}]}, 503)
-        bundle = await request.json()
-        with box.lock:
-            box.fhir_received.append(bundle)
-        try:
-            answer = payer.claim_response(bundle, outcome="queued" if behaviour.get("queued") else "complete")
-        except ValueError as exc:
-            return JSONResponse({"resourceType": "OperationOutcome", "issue": [
-                {"severity": "error", "code": "invalid", "diagnostics": str(exc)}]}, 400)
-        return JSONResponse(answer, 200, media_type="application/fhir+json")
+    fhir_payer.install(app, box)  # the FHIR-native payer under /fhir, SMART backend services
 
     @app.post("/_control/participants")
     async def register(request: Request) -> dict[str, Any]:
@@ -325,7 +310,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
     def received() -> dict[str, Any]:
         with box.lock:
             return {"received": list(box.received), "sent": [{k: v for k, v in s.items()} for s in box.sent],
-                    "tokens_issued": box.tokens_issued, "searches": box.searches, "fhir": list(box.fhir_received)}
+                    "tokens_issued": box.tokens_issued, "searches": box.searches, "fhir": list(box.fhir.received)}
 
     @app.post("/_control/send")
     async def originate(request: Request) -> dict[str, Any]:
