@@ -14,6 +14,7 @@ from typing import Any
 
 from fhir_server.audit.recorder import recording
 from fhir_server.storage.repository import Repository, instant
+from interfaces.claims import tables  # noqa: F401 (claims_api_call on the storage metadata)
 
 EXCHANGE = "urn:fhir-server:extension:hcx-exchange"
 CORRELATION_SYSTEM = "urn:fhir-server:hcx:correlation-id"

@@ -218,7 +218,8 @@ def test_payer_refusal_is_recorded(claims: ClaimsServer, sandbox: Sandbox) -> No
 @pytest.mark.parametrize(("case", "code"), [
     ("tampered", "ERR_INVALID_ENCRYPTION"), ("wrong_recipient", "ERR_INVALID_RECIPIENT"),
     ("expired", "ERR_INVALID_TIMESTAMP"), ("reused_api_call_id", None),
-    ("unknown_correlation", "ERR_INVALID_CORRELATION_ID"), ("wrong_sender", "ERR_INVALID_SENDER")])
+    ("unknown_correlation", "ERR_INVALID_CORRELATION_ID"), ("wrong_sender", "ERR_INVALID_SENDER"),
+    ("api_call_id_of_another_exchange", "ERR_INVALID_API_CALL_ID")])
 def test_bad_callbacks_change_nothing(claims: ClaimsServer, sandbox: Sandbox, case: str, code: str | None) -> None:
     s = uuid.uuid4().hex[:8]
     store(claims, records(s))
@@ -234,7 +235,13 @@ def test_bad_callbacks_change_nothing(claims: ClaimsServer, sandbox: Sandbox, ca
              "expired": {"timestamp": "2020-01-01T00:00:00+05:30"},
              "reused_api_call_id": {"api_call_id": first["headers"]["x-hcx-api_call_id"]},
              "unknown_correlation": {"correlation_id": str(uuid.uuid4()), "from_correlation": cid},
-             "wrong_sender": {"as": PAYER2}}[case]
+             "wrong_sender": {"as": PAYER2}, "api_call_id_of_another_exchange": {}}[case]
+    if case == "api_call_id_of_another_exchange":  # an id the eligibility check's answer already used
+        other = submit(claims, f"CoverageEligibilityRequest/cer-{s}")
+        wait_until(lambda: status_of(claims, f"CoverageEligibilityRequest/cer-{s}", other) == "complete", 30,
+                   "the other exchange")
+        used = next(x for x in sandbox.received()["sent"] if x["headers"]["x-hcx-correlation_id"] == other)
+        extra = {"api_call_id": used["headers"]["x-hcx-api_call_id"]}
     sent = sandbox.send(**{**common, **extra, "to": "hospital01@sandbox"})
     if code is not None:
         wait_until(lambda: audits(claims, code), 30, f"the refusal {code}")
