@@ -56,7 +56,7 @@ class Applier:
         elif status == p.REDIRECT:
             self._redirect(repo, headers, rtype, rid, anchor, cycle)
         elif path == p.on_action(p.STATUS_REQUEST):
-            pass  # the status is in the audit trail; nothing else to change
+            self._status(repo, headers, bundle, rtype, rid, anchor, cycle)
         else:
             self._response(repo, bundle, rtype, rid, anchor, cycle, status)
         return anchor
@@ -100,6 +100,18 @@ class Applier:
             cycle.response = f"{kind}/{repo.create(kind, response).id}"
         cycle.status = "partial" if status == p.PARTIAL else "complete"
         cycle.error = None
+
+    def _status(self, repo: Repository, headers: dict[str, Any], bundle: dict[str, Any] | None, rtype: str,
+                rid: str, anchor: dict[str, Any], cycle: Cycle) -> None:
+        """/hcx/on_status: the payer's Task says where our request stands (``status: businessStatus``); a
+        response it carries is applied as the on_submit / on_check would be."""
+        task = (_entries(bundle, "Task") or [{}])[0]
+        business = task.get("businessStatus") or {}
+        said = business.get("text") or next((c.get("display") or c.get("code") for c in business.get("coding") or []),
+                                            None)
+        cycle.payer_status = ": ".join(str(x) for x in (task.get("status"), said) if x)[:200] or None
+        if _entries(bundle, RESPONSE_TYPE[rtype]):
+            self._response(repo, bundle, rtype, rid, anchor, cycle, headers.get(p.STATUS))
 
     def _redirect(self, repo: Repository, headers: dict[str, Any], rtype: str, rid: str, anchor: dict[str, Any],
                   cycle: Cycle) -> None:

@@ -33,6 +33,7 @@ class Cycle:
     workflow_id: str | None = None
     error: str | None = None
     response: str | None = None  # the ClaimResponse / CoverageEligibilityResponse stored for this cycle
+    payer_status: str | None = None  # what the payer last said of it on /hcx/on_status (Task status: business)
     api_calls: list[str] = field(default_factory=list)  # inbound x-hcx-api_call_id seen on this cycle
 
     @property
@@ -50,6 +51,8 @@ class Cycle:
             parts.append({"url": "error", "valueString": self.error})
         if self.response:
             parts.append({"url": "response", "valueReference": {"reference": self.response}})
+        if self.payer_status:
+            parts.append({"url": "payerStatus", "valueString": self.payer_status})
         parts += [{"url": "apiCallId", "valueString": a} for a in self.api_calls]
         return {"url": EXCHANGE, "extension": parts}
 
@@ -68,7 +71,7 @@ class Cycle:
             return found[0] if found else None
 
         return cls(one("correlationId") or "", one("action") or "", one("payer") or "", one("status") or "queued",
-                   one("workflowId"), one("error"), one("response"), values.get("apiCallId", []))
+                   one("workflowId"), one("error"), one("response"), one("payerStatus"), values.get("apiCallId", []))
 
 
 def cycles(resource: dict[str, Any]) -> list[Cycle]:

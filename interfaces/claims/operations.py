@@ -5,6 +5,11 @@
   ``Claim.use``
 - ``POST Communication/[id]/$submit`` (the answer to an insurer's CommunicationRequest, ``basedOn`` it) ->
   ``/communication/on_request`` on that claim's exchange
+- ``POST Claim/[id]/$inquire`` (or CoverageEligibilityRequest) -> ``/hcx/status`` on its open exchange
+
+An insurer whose Organization has an active ``hl7-fhir-rest`` Endpoint is a FHIR-native payer instead
+(interfaces/claims/fhir_payer.py): ``$submit`` then goes to its ``Claim/$submit`` /
+``CoverageEligibilityRequest/$submit``, through the same outbox.
 
 The caller's access applies throughout: it must be able to read everything the bundle holds and to update
 the anchor (the new exchange is recorded on it). Answers 202 with a Parameters naming the correlation id;
@@ -13,6 +18,7 @@ the outcome arrives later as the payer's callback (poll the anchor, or search Cl
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.config import Settings
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
 
 DEFINITION = "urn:fhir-server:OperationDefinition:claims-submit"
+INQUIRE = "urn:fhir-server:OperationDefinition:claims-inquire"
 NHCX_WORKFLOW = {p.ELIGIBILITY: "1", p.PREDETERMINATION: "1", p.PREAUTH: "12", p.CLAIM: "15"}
 NHCX_ANSWER_WORKFLOW = {p.PREAUTH: "19", p.CLAIM: "151"}  # query answered (NHCX doc 3.6, [UNCONFIRMED])
 ABHA_SYSTEMS = ("https://healthid.abdm.gov.in", "https://healthid.ndhm.gov.in", "https://abha.abdm.gov.in")
@@ -144,10 +151,61 @@ class Submit:
         return _accepted(cycle.correlation_id, "/communication/on_request", cycle.payer)
 
 
+def status_request(anchor: dict[str, Any], rtype: str) -> dict[str, Any]:
+    """The /hcx/status payload: a TaskBundle whose Task (code ``status``, financialtaskcode) is about the
+    anchor, named by its own business identifier (nothing else of the patient's leaves)."""
+    task_id, bundle_id = p.new_id(), p.new_id()
+    own = [i for i in anchor.get("identifier") or [] if i.get("system") != CORRELATION_SYSTEM]
+    focus: dict[str, Any] = {"type": rtype, **({"identifier": own[0]} if own else {"display": rtype})}
+    task = {"resourceType": "Task", "id": task_id, "meta": {"profile": [bundles.NRCES + "Task"]},
+            "status": "requested", "intent": "order", "focus": focus,
+            "code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/financialtaskcode",
+                                 "code": "status"}]},
+            "authoredOn": datetime.now(UTC).isoformat(timespec="seconds")}
+    return {"resourceType": "Bundle", "id": bundle_id, "type": "collection", "identifier": {"value": bundle_id},
+            "meta": {"profile": [bundles.NRCES + "TaskBundle"]},
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "entry": [{"fullUrl": f"urn:uuid:{task_id}", "resource": task}]}
+
+
+def inquire(settings: Settings) -> Any:
+    def handler(req: FhirRequest, repo: Repository, rtype: str | None, rid: str | None) -> FhirResponse:
+        """``POST Claim/[id]/$inquire`` (or CoverageEligibilityRequest; Parameters ``correlationId``,
+        optional: else the latest open exchange): ``/hcx/status`` to the payer; its ``/hcx/on_status`` shows
+        as the exchange's ``payerStatus``."""
+        if rtype is None or rid is None:
+            raise FhirError(400, INVALID, "$inquire runs on one resource: POST [type]/[id]/$inquire")
+        anchor = repo.read(rtype, rid).content or {}
+        wanted = _string_param(req, "correlationId")
+        found = [c for c in cycles(anchor) if (c.correlation_id == wanted if wanted else c.open)
+                 and not fhir_payer.is_fhir_payer(c.payer)]
+        if not found:
+            raise FhirError(422, PROCESSING, f"This {rtype} has no open HCX exchange to ask about",
+                            ("correlationId",) if wanted else (f"{rtype}.extension",))
+        cycle = found[-1]
+        enqueue(repo, f"{rtype}/{rid}", Outgoing(p.STATUS_REQUEST, cycle.payer, cycle.correlation_id, p.new_id(),
+                                                 status_request(anchor, rtype), cycle.workflow_id),
+                max_attempts=settings.claims_max_attempts, patient=(anchor.get("patient") or {}).get("reference"))
+        return _accepted(cycle.correlation_id, p.STATUS_REQUEST, cycle.payer)
+    return handler
+
+
+def _string_param(req: FhirRequest, name: str) -> str | None:
+    if req.body or req.resource is not None:
+        body = req.json_body()
+        for param in body.get("parameter") or [] if isinstance(body, dict) else []:
+            if param.get("name") == name and param.get("valueString"):
+                return str(param["valueString"])
+    return req.param(name)
+
+
 def register(server: FhirServer) -> None:
     from interfaces.claims.invoice import register as register_invoice
 
     register_invoice(server)  # Invoice/[id]/$claim
     server.operations.register(Operation("submit", Submit(server.settings), DEFINITION,
                                          types=frozenset({"Claim", "CoverageEligibilityRequest", "Communication"}),
+                                         instance=True, affects_state=True))
+    server.operations.register(Operation("inquire", inquire(server.settings), INQUIRE,
+                                         types=frozenset({"Claim", "CoverageEligibilityRequest"}),
                                          instance=True, affects_state=True))

@@ -78,7 +78,9 @@ class RequestSender:
             current = repo.current(rtype, rid, for_update=True)
             content = current.content if current is not None and not current.deleted else None
             cycle = cycle_of(content, payload["correlation_id"]) if content else None
-            is_request = not payload["action"].rsplit("/", 1)[-1].startswith("on_")
+            # A status request (/hcx/status) asks about the cycle; its fate does not change the cycle's.
+            is_request = not payload["action"].rsplit("/", 1)[-1].startswith("on_") \
+                and payload["action"] != p.STATUS_REQUEST
             if content is not None and cycle is not None and is_request:
                 changed = True
                 if error:  # refused for good: the cycle ends here, with the gateway's reason

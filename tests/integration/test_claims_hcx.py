@@ -286,3 +286,27 @@ def test_callbacks_need_the_gateways_bearer(claims: ClaimsServer) -> None:
     for headers in ({}, {"Authorization": "Bearer not-a-jwt"}):
         resp = claims.http.post(f"{claims.root}/hcx/claim/on_submit", json=body, headers=headers)
         assert resp.status_code == 401 and resp.json()["error"]["code"] == "ERR_ACCESS_DENIED"
+
+
+def test_status_is_asked_and_the_payers_answer_recorded(claims: ClaimsServer, sandbox: Sandbox) -> None:
+    s = uuid.uuid4().hex[:8]
+    store(claims, records(s))
+    sandbox.script({"action": "/preauth/submit", "query": "Please send the admission note"})  # stays open
+    pre = submit(claims, f"Claim/pre-{s}")
+    wait_until(lambda: claims.search("CommunicationRequest", identifier=f"{CORRELATION}|{pre}"), 30, "the query")
+    asked = claims.http.post(f"Claim/pre-{s}/$inquire", json={"resourceType": "Parameters"},
+                             headers={"Content-Type": "application/fhir+json"})
+    assert asked.status_code == 202, asked.text
+    wait_until(lambda: exchange(claims.get(f"Claim/pre-{s}"), pre).get("payerStatus") == ["in-progress: Under review"],
+               30, "the payer's /hcx/on_status")
+    assert status_of(claims, f"Claim/pre-{s}", pre) == "sent"  # still open: a status answer decides nothing
+    [sent] = [r for r in sandbox.received()["received"]
+              if r["path"] == "/hcx/status" and r["headers"]["x-hcx-correlation_id"] == pre]
+    task = sent["bundle"]["entry"][0]["resource"]
+    assert task["code"]["coding"][0]["code"] == "status" and task["focus"]["identifier"]["value"] == f"pre-{s}"
+    assert "Sharma" not in json.dumps(sent["bundle"])  # nothing of the patient's
+    assert any(e["subtype"][0]["code"] == "/hcx/on_status" for e in claims.search("AuditEvent",
+                                                                                   entity=f"Claim/pre-{s}"))
+    none_open = claims.http.post(f"CoverageEligibilityRequest/cer-{s}/$inquire", json={"resourceType": "Parameters"},
+                                 headers={"Content-Type": "application/fhir+json"})
+    assert none_open.status_code == 422 and "no open HCX exchange" in none_open.text

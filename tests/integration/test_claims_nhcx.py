@@ -13,6 +13,7 @@ from interfaces.claims.token import ParticipantToken
 from tests.conftest import Backend, wait_until
 from tests.integration.claims_support import (
     PAYER,
+    PROVIDER,
     ClaimsServer,
     Sandbox,
     records,
@@ -20,7 +21,7 @@ from tests.integration.claims_support import (
     start_sandbox,
     store,
 )
-from tests.integration.test_claims_hcx import status_of, submit
+from tests.integration.test_claims_hcx import CORRELATION, exchange, status_of, submit
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,22 @@ def test_registry_entries_are_cached_until_they_expire(nhcx_sandbox: Sandbox) ->
     expiring.get(PAYER)
     expiring.get(PAYER)
     assert nhcx_sandbox.received()["searches"] == before + 3
+
+
+def test_nhcx_error_response_is_recorded_on_the_claim(nhcx: ClaimsServer, nhcx_sandbox: Sandbox) -> None:
+    s = uuid.uuid4().hex[:8]
+    store(nhcx, records(s))
+    nhcx_sandbox.script({"action": "/preauth/submit", "query": "Please send the admission note"})  # stays open
+    pre = submit(nhcx, f"Claim/pre-{s}")
+    wait_until(lambda: nhcx.search("CommunicationRequest", identifier=f"{CORRELATION}|{pre}"), 30, "the query")
+    nhcx_sandbox.send(path="/error/response", correlation_id=pre, to=PROVIDER,
+                      error_response={"code": "ERR_INVALID_PAYLOAD", "message": "Claim.item is missing"})
+    wait_until(lambda: status_of(nhcx, f"Claim/pre-{s}", pre) == "error", 30, "the error recorded")
+    assert exchange(nhcx.get(f"Claim/pre-{s}"), pre)["error"] == ["ERR_INVALID_PAYLOAD: Claim.item is missing"]
+    gone = str(uuid.uuid4())  # about no exchange of ours: refused, nothing changes
+    nhcx_sandbox.send(path="/error/response", correlation_id=gone, to=PROVIDER,
+                      error_response={"code": "ERR_INVALID_PAYLOAD", "message": "whatever"})
+    wait_until(lambda: [e for e in nhcx.search("AuditEvent", _count=200)
+                        if "ERR_INVALID_CORRELATION_ID" in e.get("outcomeDesc", "")
+                        and any(d.get("valueString") == gone for en in e["entity"] for d in en.get("detail", []))],
+               30, "the refusal")

@@ -142,6 +142,11 @@ class Sandbox:
                       extra={p.ERROR_DETAILS: {"code": error[0], "message": error[1], "trace": ""}})
             return
         assert bundle is not None
+        if action == p.STATUS_REQUEST:  # where the cycle stands, as a Task (it leaves the cycle as it is)
+            self.send(payer_code, provider, p.on_action(action), cid,
+                      payer.status_response(bundle, decided=bool((self.cycles.get(cid) or {}).get("decided"))),
+                      status=p.COMPLETE, workflow_id=wf)
+            return
         with self.lock:
             self.cycles[cid] = {"provider": provider, "payer": payer_code, "action": action, "bundle": bundle}
         if behaviour.get("redirect"):
@@ -164,6 +169,7 @@ class Sandbox:
         provider, payer_code = headers[p.SENDER], headers[p.RECIPIENT]
         cid, wf = headers[p.CORRELATION_ID], headers.get(p.WORKFLOW_ID)
         back = p.on_action(action)
+        (self.cycles.get(cid) or {})["decided"] = True
         if action == p.ELIGIBILITY:
             answers: list[dict[str, Any] | None] = [payer.eligibility_response(bundle)]
         elif action == p.STATUS_REQUEST:
@@ -319,6 +325,13 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
         "timestamp", "tamper", "recipient_code", "from_correlation"}`` -- the tests' failure cases, a demo's payment."""
         b = await request.json()
         cycle = box.cycles.get(b.get("from_correlation") or b.get("correlation_id", "")) or {}
+        if b.get("error_response"):  # NHCX /error/response: the gateway's plain ErrorResponse about a request
+            plain = {"timestamp": int(time.time() * 1000), "correlation_id": b.get("correlation_id"),
+                     "api_call_id": p.new_id(), "error": b["error_response"]}
+            target = box.participants[str(b.get("to") or cycle.get("provider") or "")]
+            box._post(f"{str(target.get('endpoint_url', '')).rstrip('/')}{b.get('path', '/error/response')}", plain,
+                      {"path": b.get("path"), "headers": {}, "bundle": None})
+            return {"headers": {p.API_CALL_ID: plain["api_call_id"]}}
         bundle_in = cycle.get("bundle") or {}
         kind = b.get("kind", "none")
         out = None if kind == "none" else \

@@ -101,3 +101,13 @@ def claim_total(request_bundle: dict[str, Any]) -> float:
     if total.get("value") is not None:
         return float(total["value"])
     return sum(float((i.get("net") or {}).get("value") or 0) for i in claim.get("item") or [])
+
+
+def status_response(request_bundle: dict[str, Any], *, decided: bool) -> dict[str, Any]:
+    """/hcx/on_status: the status Task answered (NRCeS TaskBundle), ``businessStatus`` saying where it stands."""
+    asked = next((e.get("resource") or {} for e in request_bundle.get("entry") or []
+                  if (e.get("resource") or {}).get("resourceType") == "Task"), {})
+    task = {**asked, "id": str(uuid.uuid4()), "status": "completed" if decided else "in-progress",
+            "businessStatus": {"text": "Decided" if decided else "Under review"},
+            "lastModified": datetime.now(UTC).isoformat(timespec="seconds")}
+    return _bundle("TaskBundle", [task])
