@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir_server.binary.store import open_store
 from fhir_server.config import Settings
 from fhir_server.storage.repository import Repository
 from interfaces.claims import bundles
@@ -120,8 +121,8 @@ class Applier:
             cycle.status, cycle.error = "error", f"{p.ERR_INVALID_REDIRECT_TO}: {target or 'missing'}"
             return
         cycle.payer, cycle.status = target, "queued"
-        message = Outgoing(cycle.action, target, cycle.correlation_id, p.new_id(), bundles.build(repo, rtype, rid),
-                           cycle.workflow_id)
+        bundle = bundles.build(repo, rtype, rid, store=open_store(self.settings))
+        message = Outgoing(cycle.action, target, cycle.correlation_id, p.new_id(), bundle, cycle.workflow_id)
         enqueue(repo, f"{rtype}/{rid}", message, max_attempts=self.settings.claims_max_attempts,
                 patient=(anchor.get("patient") or {}).get("reference"))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from fhir_server.binary import BinaryStorage
 from fhir_server.config import Settings
 from fhir_server.errors import INVALID, PROCESSING, FhirError
 from fhir_server.rest.operations import Operation
@@ -50,8 +51,9 @@ def _accepted(correlation_id: str, action: str, recipient: str) -> FhirResponse:
 
 
 class Submit:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, binary: BinaryStorage) -> None:
         self.settings = settings
+        self.binary = binary  # attachments pointing at our Binaries travel embedded
 
     def payer_code(self, repo: Repository, anchor: dict[str, Any], rtype: str) -> str:
         ref = (anchor.get("insurer") or {}).get("reference", "")
@@ -102,7 +104,8 @@ class Submit:
             raise FhirError(422, PROCESSING, f"Only an active {rtype} is submitted", (f"{rtype}.status",))
         address = self.fhir_payer(repo, anchor)
         if address is not None:  # a FHIR-native payer (Da Vinci PAS style): the same outbox, no HCX envelope
-            bundle = bundles.build(repo, rtype, rid, profile=fhir_payer.PAS_BUNDLE if rtype == "Claim" else "")
+            bundle = bundles.build(repo, rtype, rid, store=self.binary.store,
+                                   profile=fhir_payer.PAS_BUNDLE if rtype == "Claim" else "")
             action = fhir_payer.ACTIONS[rtype]
             cycle = Cycle(p.new_id(), action, address, "queued")
             repo.update(rtype, rid, with_cycle(anchor, cycle), if_match=current.version_id)
@@ -115,7 +118,7 @@ class Submit:
                                              "configured", (f"{rtype}.insurer",))
         payer = self.payer_code(repo, anchor, rtype)
         extra = self.extra_headers(repo, anchor)
-        bundle = bundles.build(repo, rtype, rid)  # validated against the IG profile when installed
+        bundle = bundles.build(repo, rtype, rid, store=self.binary.store)  # validated against the IG profile
         workflow = NHCX_WORKFLOW[action] if self.settings.claims_flavour == "nhcx" else p.new_id()
         cycle = Cycle(p.new_id(), action, payer, "queued", workflow)
         repo.update(rtype, rid, with_cycle(anchor, cycle), if_match=current.version_id)
@@ -141,7 +144,7 @@ class Submit:
         rtype, anchor_id = found
         anchor = repo.read(rtype, anchor_id).content or {}
         cycle = next(c for c in cycles(anchor) if c.correlation_id == correlation)
-        bundle = bundles.build(repo, "Communication", rid)
+        bundle = bundles.build(repo, "Communication", rid, store=self.binary.store)
         workflow = NHCX_ANSWER_WORKFLOW.get(cycle.action, cycle.workflow_id) \
             if self.settings.claims_flavour == "nhcx" else cycle.workflow_id
         enqueue(repo, f"{rtype}/{anchor_id}", Outgoing("/communication/on_request", cycle.payer, cycle.correlation_id,
@@ -203,7 +206,7 @@ def register(server: FhirServer) -> None:
     from interfaces.claims.invoice import register as register_invoice
 
     register_invoice(server)  # Invoice/[id]/$claim
-    server.operations.register(Operation("submit", Submit(server.settings), DEFINITION,
+    server.operations.register(Operation("submit", Submit(server.settings, server.binary), DEFINITION,
                                          types=frozenset({"Claim", "CoverageEligibilityRequest", "Communication"}),
                                          instance=True, affects_state=True))
     server.operations.register(Operation("inquire", inquire(server.settings), INQUIRE,

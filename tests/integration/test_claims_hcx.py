@@ -3,6 +3,7 @@ our real HTTP server, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -310,3 +311,36 @@ def test_status_is_asked_and_the_payers_answer_recorded(claims: ClaimsServer, sa
     none_open = claims.http.post(f"CoverageEligibilityRequest/cer-{s}/$inquire", json={"resourceType": "Parameters"},
                                  headers={"Content-Type": "application/fhir+json"})
     assert none_open.status_code == 422 and "no open HCX exchange" in none_open.text
+
+
+def test_a_stored_binary_travels_embedded_and_never_another_patients(claims: ClaimsServer, sandbox: Sandbox) -> None:
+    s = uuid.uuid4().hex[:8]
+    resources = records(s)
+    note = base64.b64encode(b"Discharge summary: appendectomy, uneventful").decode()
+    binary = {"resourceType": "Binary", "id": f"bin-{s}", "contentType": "text/plain", "data": note,
+              "securityContext": {"reference": f"Patient/pat-{s}"}}
+    others = {"resourceType": "Binary", "id": f"bin-other-{s}", "contentType": "text/plain",
+              "data": base64.b64encode(b"Ravi's scan").decode(), "securityContext": {"reference": f"Patient/other-{s}"}}
+    for r in resources:
+        if r["id"] == f"doc-{s}":
+            r["content"] = [{"attachment": {"contentType": "text/plain", "title": "Discharge summary",
+                                            "url": f"Binary/bin-{s}"}}]
+    store(claims, [binary, others, *resources])
+    cid = submit(claims, f"Claim/final-{s}")
+    wait_until(lambda: any(r["headers"]["x-hcx-correlation_id"] == cid for r in sandbox.received()["received"]), 30,
+               "the claim at the payer")
+    [got] = [r for r in sandbox.received()["received"] if r["headers"]["x-hcx-correlation_id"] == cid]
+    [doc] = [e["resource"] for e in got["bundle"]["entry"] if e["resource"]["resourceType"] == "DocumentReference"]
+    attachment = doc["content"][0]["attachment"]
+    assert attachment["data"] == note and attachment["size"] == 43 and "url" not in attachment
+    assert attachment["contentType"] == "text/plain" and attachment["title"] == "Discharge summary"
+    # the same document pointing at another patient's Binary: refused, nothing leaves
+    doc_now = claims.get(f"DocumentReference/doc-{s}")
+    doc_now["content"][0]["attachment"]["url"] = f"Binary/bin-other-{s}"
+    assert claims.http.put(f"DocumentReference/doc-{s}", json=doc_now,
+                           headers={"Content-Type": "application/fhir+json"}).status_code == 200
+    before = len(sandbox.received()["received"])
+    resp = claims.http.post(f"Claim/pre-{s}/$submit", json={"resourceType": "Parameters"},
+                            headers={"Content-Type": "application/fhir+json"})
+    assert resp.status_code == 422 and "another patient" in resp.text
+    assert len(sandbox.received()["received"]) == before
