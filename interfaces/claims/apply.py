@@ -58,6 +58,10 @@ class Applier:
             self._redirect(repo, headers, rtype, rid, anchor, cycle)
         elif path == p.on_action(p.STATUS_REQUEST):
             self._status(repo, headers, bundle, rtype, rid, anchor, cycle)
+        elif path == p.on_action(p.TASK_SUBMIT):
+            anchor = self._task(bundle, anchor, cycle, status)
+        elif path == p.on_action(p.INSURANCE_PLAN):
+            self._insurance_plan(repo, bundle, rtype, rid, anchor, cycle)
         else:
             self._response(repo, bundle, rtype, rid, anchor, cycle, status)
         return anchor
@@ -106,13 +110,46 @@ class Applier:
                 rid: str, anchor: dict[str, Any], cycle: Cycle) -> None:
         """/hcx/on_status: the payer's Task says where our request stands (``status: businessStatus``); a
         response it carries is applied as the on_submit / on_check would be."""
-        task = (_entries(bundle, "Task") or [{}])[0]
+        cycle.payer_status = self._said((_entries(bundle, "Task") or [{}])[0])
+        if _entries(bundle, RESPONSE_TYPE[rtype]):
+            self._response(repo, bundle, rtype, rid, anchor, cycle, headers.get(p.STATUS))
+
+    @staticmethod
+    def _said(task: dict[str, Any]) -> str | None:
         business = task.get("businessStatus") or {}
         said = business.get("text") or next((c.get("display") or c.get("code") for c in business.get("coding") or []),
                                             None)
-        cycle.payer_status = ": ".join(str(x) for x in (task.get("status"), said) if x)[:200] or None
-        if _entries(bundle, RESPONSE_TYPE[rtype]):
-            self._response(repo, bundle, rtype, rid, anchor, cycle, headers.get(p.STATUS))
+        return ": ".join(str(x) for x in (task.get("status"), said) if x)[:200] or None
+
+    def _task(self, bundle: dict[str, Any] | None, anchor: dict[str, Any], cycle: Cycle,
+              status: str | None) -> dict[str, Any]:
+        """/task/on_submit: the payer's Task says what became of our cancel / reprocess; a completed cancel
+        withdraws the Claim (status cancelled)."""
+        task = (_entries(bundle, "Task") or [{}])[0]
+        cycle.payer_status = self._said(task)
+        cycle.status = "partial" if status == p.PARTIAL else "complete"
+        codes = {c.get("code") for c in (task.get("code") or {}).get("coding") or []}
+        if "cancel" in codes and task.get("status") == "completed" and anchor.get("status") != "cancelled":
+            return {**anchor, "status": "cancelled"}
+        return anchor
+
+    def _insurance_plan(self, repo: Repository, bundle: dict[str, Any] | None, rtype: str, rid: str,
+                        anchor: dict[str, Any], cycle: Cycle) -> None:
+        """/insuranceplan/on_request: the payer's InsurancePlan stored (ours: owned by the insurer)."""
+        found = _entries(bundle, "InsurancePlan")
+        if not found:
+            cycle.status, cycle.error = "error", f"{p.ERR_WRONG_DOMAIN_PAYLOAD}: no InsurancePlan in the payload"
+            return
+        plan = _local(found[0], ("status", "type", "name", "alias", "period", "coverage", "plan"))
+        plan.update({"resourceType": "InsurancePlan",
+                     "identifier": [{"system": CORRELATION_SYSTEM, "value": cycle.correlation_id}]})
+        if anchor.get("insurer"):
+            plan["ownedBy"] = anchor["insurer"]
+        if cycle.response:
+            repo.update("InsurancePlan", cycle.response.split("/", 1)[1], {**plan, "id": cycle.response.split("/")[1]})
+        else:
+            cycle.response = f"InsurancePlan/{repo.create('InsurancePlan', plan).id}"
+        cycle.status, cycle.error = "complete", None
 
     def _redirect(self, repo: Repository, headers: dict[str, Any], rtype: str, rid: str, anchor: dict[str, Any],
                   cycle: Cycle) -> None:

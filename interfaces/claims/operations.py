@@ -5,7 +5,7 @@
   ``Claim.use``
 - ``POST Communication/[id]/$submit`` (the answer to an insurer's CommunicationRequest, ``basedOn`` it) ->
   ``/communication/on_request`` on that claim's exchange
-- ``POST Claim/[id]/$inquire`` (or CoverageEligibilityRequest) -> ``/hcx/status`` on its open exchange
+- ``$inquire``, ``$task``, ``$insurance-plan``: interfaces/claims/tasks.py
 
 An insurer whose Organization has an active ``hl7-fhir-rest`` Endpoint is a FHIR-native payer instead
 (interfaces/claims/fhir_payer.py): ``$submit`` then goes to its ``Claim/$submit`` /
@@ -18,7 +18,6 @@ the outcome arrives later as the payer's callback (poll the anchor, or search Cl
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.binary import BinaryStorage
@@ -37,35 +36,36 @@ if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
 
 DEFINITION = "urn:fhir-server:OperationDefinition:claims-submit"
-INQUIRE = "urn:fhir-server:OperationDefinition:claims-inquire"
 NHCX_WORKFLOW = {p.ELIGIBILITY: "1", p.PREDETERMINATION: "1", p.PREAUTH: "12", p.CLAIM: "15"}
 NHCX_ANSWER_WORKFLOW = {p.PREAUTH: "19", p.CLAIM: "151"}  # query answered (NHCX doc 3.6, [UNCONFIRMED])
 ABHA_SYSTEMS = ("https://healthid.abdm.gov.in", "https://healthid.ndhm.gov.in", "https://abha.abdm.gov.in")
 
 
-def _accepted(correlation_id: str, action: str, recipient: str) -> FhirResponse:
+def accepted(correlation_id: str, action: str, recipient: str) -> FhirResponse:
     return FhirResponse(202, {"resourceType": "Parameters", "parameter": [
         {"name": "correlationId", "valueString": correlation_id},
         {"name": "action", "valueString": action}, {"name": "recipient", "valueString": recipient},
         {"name": "status", "valueCode": "queued"}]})
 
 
+def payer_code(settings: Settings, repo: Repository, anchor: dict[str, Any], rtype: str) -> str:
+    """The participant code of the anchor's insurer (its Organization's identifier in our system)."""
+    ref = (anchor.get("insurer") or {}).get("reference", "")
+    if not ref.startswith("Organization/"):
+        raise FhirError(422, INVALID, f"{rtype}.insurer must reference the payer's Organization",
+                        (f"{rtype}.insurer",))
+    org = repo.read("Organization", ref.split("/", 1)[1]).content or {}
+    for ident in org.get("identifier") or []:
+        if ident.get("system") == settings.claims_participant_system and ident.get("value"):
+            return str(ident["value"])
+    raise FhirError(422, INVALID, f"The insurer {ref} has no participant code (Organization.identifier with "
+                                  f"system {settings.claims_participant_system})", (f"{rtype}.insurer",))
+
+
 class Submit:
     def __init__(self, settings: Settings, binary: BinaryStorage) -> None:
         self.settings = settings
         self.binary = binary  # attachments pointing at our Binaries travel embedded
-
-    def payer_code(self, repo: Repository, anchor: dict[str, Any], rtype: str) -> str:
-        ref = (anchor.get("insurer") or {}).get("reference", "")
-        if not ref.startswith("Organization/"):
-            raise FhirError(422, INVALID, f"{rtype}.insurer must reference the payer's Organization",
-                            (f"{rtype}.insurer",))
-        org = repo.read("Organization", ref.split("/", 1)[1]).content or {}
-        for ident in org.get("identifier") or []:
-            if ident.get("system") == self.settings.claims_participant_system and ident.get("value"):
-                return str(ident["value"])
-        raise FhirError(422, INVALID, f"The insurer {ref} has no participant code (Organization.identifier with "
-                                      f"system {self.settings.claims_participant_system})", (f"{rtype}.insurer",))
 
     def fhir_payer(self, repo: Repository, anchor: dict[str, Any]) -> str | None:
         ref = (anchor.get("insurer") or {}).get("reference", "")
@@ -112,11 +112,11 @@ class Submit:
             enqueue(repo, f"{rtype}/{rid}", Outgoing(action, address, cycle.correlation_id, p.new_id(), bundle),
                     max_attempts=self.settings.claims_max_attempts,
                     patient=(anchor.get("patient") or {}).get("reference"))
-            return _accepted(cycle.correlation_id, action, address)
+            return accepted(cycle.correlation_id, action, address)
         if not self.settings.claims_gateway_url:
             raise FhirError(422, PROCESSING, f"The insurer of this {rtype} has no FHIR endpoint and no HCX gateway is "
                                              "configured", (f"{rtype}.insurer",))
-        payer = self.payer_code(repo, anchor, rtype)
+        payer = payer_code(self.settings, repo, anchor, rtype)
         extra = self.extra_headers(repo, anchor)
         bundle = bundles.build(repo, rtype, rid, store=self.binary.store)  # validated against the IG profile
         workflow = NHCX_WORKFLOW[action] if self.settings.claims_flavour == "nhcx" else p.new_id()
@@ -125,7 +125,7 @@ class Submit:
         enqueue(repo, f"{rtype}/{rid}", Outgoing(action, payer, cycle.correlation_id, p.new_id(), bundle, workflow,
                                                  extra=extra),
                 max_attempts=self.settings.claims_max_attempts, patient=(anchor.get("patient") or {}).get("reference"))
-        return _accepted(cycle.correlation_id, action, payer)
+        return accepted(cycle.correlation_id, action, payer)
 
     def answer(self, repo: Repository, rid: str) -> FhirResponse:
         comm = repo.read("Communication", rid).content or {}
@@ -151,64 +151,15 @@ class Submit:
                                                        p.new_id(), bundle, workflow, p.COMPLETE),
                 max_attempts=self.settings.claims_max_attempts, patient=(anchor.get("patient") or {}).get("reference"))
         repo.update("CommunicationRequest", request_ref.split("/", 1)[1], {**request, "status": "completed"})
-        return _accepted(cycle.correlation_id, "/communication/on_request", cycle.payer)
-
-
-def status_request(anchor: dict[str, Any], rtype: str) -> dict[str, Any]:
-    """The /hcx/status payload: a TaskBundle whose Task (code ``status``, financialtaskcode) is about the
-    anchor, named by its own business identifier (nothing else of the patient's leaves)."""
-    task_id, bundle_id = p.new_id(), p.new_id()
-    own = [i for i in anchor.get("identifier") or [] if i.get("system") != CORRELATION_SYSTEM]
-    focus: dict[str, Any] = {"type": rtype, **({"identifier": own[0]} if own else {"display": rtype})}
-    task = {"resourceType": "Task", "id": task_id, "meta": {"profile": [bundles.NRCES + "Task"]},
-            "status": "requested", "intent": "order", "focus": focus,
-            "code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/financialtaskcode",
-                                 "code": "status"}]},
-            "authoredOn": datetime.now(UTC).isoformat(timespec="seconds")}
-    return {"resourceType": "Bundle", "id": bundle_id, "type": "collection", "identifier": {"value": bundle_id},
-            "meta": {"profile": [bundles.NRCES + "TaskBundle"]},
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "entry": [{"fullUrl": f"urn:uuid:{task_id}", "resource": task}]}
-
-
-def inquire(settings: Settings) -> Any:
-    def handler(req: FhirRequest, repo: Repository, rtype: str | None, rid: str | None) -> FhirResponse:
-        """``POST Claim/[id]/$inquire`` (or CoverageEligibilityRequest; Parameters ``correlationId``,
-        optional: else the latest open exchange): ``/hcx/status`` to the payer; its ``/hcx/on_status`` shows
-        as the exchange's ``payerStatus``."""
-        if rtype is None or rid is None:
-            raise FhirError(400, INVALID, "$inquire runs on one resource: POST [type]/[id]/$inquire")
-        anchor = repo.read(rtype, rid).content or {}
-        wanted = _string_param(req, "correlationId")
-        found = [c for c in cycles(anchor) if (c.correlation_id == wanted if wanted else c.open)
-                 and not fhir_payer.is_fhir_payer(c.payer)]
-        if not found:
-            raise FhirError(422, PROCESSING, f"This {rtype} has no open HCX exchange to ask about",
-                            ("correlationId",) if wanted else (f"{rtype}.extension",))
-        cycle = found[-1]
-        enqueue(repo, f"{rtype}/{rid}", Outgoing(p.STATUS_REQUEST, cycle.payer, cycle.correlation_id, p.new_id(),
-                                                 status_request(anchor, rtype), cycle.workflow_id),
-                max_attempts=settings.claims_max_attempts, patient=(anchor.get("patient") or {}).get("reference"))
-        return _accepted(cycle.correlation_id, p.STATUS_REQUEST, cycle.payer)
-    return handler
-
-
-def _string_param(req: FhirRequest, name: str) -> str | None:
-    if req.body or req.resource is not None:
-        body = req.json_body()
-        for param in body.get("parameter") or [] if isinstance(body, dict) else []:
-            if param.get("name") == name and param.get("valueString"):
-                return str(param["valueString"])
-    return req.param(name)
+        return accepted(cycle.correlation_id, "/communication/on_request", cycle.payer)
 
 
 def register(server: FhirServer) -> None:
     from interfaces.claims.invoice import register as register_invoice
+    from interfaces.claims.tasks import register as register_tasks
 
     register_invoice(server)  # Invoice/[id]/$claim
     server.operations.register(Operation("submit", Submit(server.settings, server.binary), DEFINITION,
                                          types=frozenset({"Claim", "CoverageEligibilityRequest", "Communication"}),
                                          instance=True, affects_state=True))
-    server.operations.register(Operation("inquire", inquire(server.settings), INQUIRE,
-                                         types=frozenset({"Claim", "CoverageEligibilityRequest"}),
-                                         instance=True, affects_state=True))
+    register_tasks(server)  # $inquire (/hcx/status), $task (/task/submit), $insurance-plan

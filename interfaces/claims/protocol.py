@@ -35,6 +35,8 @@ PREDETERMINATION = "/predetermination/submit"
 PREAUTH = "/preauth/submit"
 CLAIM = "/claim/submit"
 STATUS_REQUEST = "/hcx/status"
+TASK_SUBMIT = "/task/submit"  # NHCX: cancel / reprocess a claim (a TaskBundle)
+INSURANCE_PLAN = "/insuranceplan/request"  # NHCX: the policy's InsurancePlan
 COMMUNICATION_REQUEST = "/communication/request"  # payer-originated
 PAYMENT_REQUEST = "/paymentnotice/request"  # payer-originated
 REQUESTS = (ELIGIBILITY, PREDETERMINATION, PREAUTH, CLAIM, STATUS_REQUEST, COMMUNICATION_REQUEST, PAYMENT_REQUEST)
@@ -53,7 +55,8 @@ def request_action(callback: str) -> str:
 
 
 ERROR_RESPONSE = "/error/response"  # NHCX: a plain error JSON about one of our requests (care_nhcx doc 3.3)
-CALLBACKS = tuple(on_action(a) for a in (ELIGIBILITY, PREDETERMINATION, PREAUTH, CLAIM, STATUS_REQUEST))
+CALLBACKS = tuple(on_action(a) for a in (ELIGIBILITY, PREDETERMINATION, PREAUTH, CLAIM, STATUS_REQUEST,
+                                          TASK_SUBMIT, INSURANCE_PLAN))
 INBOUND = (*CALLBACKS, COMMUNICATION_REQUEST, PAYMENT_REQUEST, ERROR_RESPONSE)  # what our callback router serves
 ENTITY = {ELIGIBILITY: "coverageeligibility", PREDETERMINATION: "predetermination", PREAUTH: "preauth",
           CLAIM: "claim", STATUS_REQUEST: "status", COMMUNICATION_REQUEST: "communication",

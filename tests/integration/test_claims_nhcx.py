@@ -3,8 +3,10 @@ codes), and the participant token and registry cache, against the sandbox in its
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -92,3 +94,36 @@ def test_nhcx_error_response_is_recorded_on_the_claim(nhcx: ClaimsServer, nhcx_s
                         if "ERR_INVALID_CORRELATION_ID" in e.get("outcomeDesc", "")
                         and any(d.get("valueString") == gone for en in e["entity"] for d in en.get("detail", []))],
                30, "the refusal")
+
+
+def params(resp: Any) -> dict[str, str]:
+    assert resp.status_code == 202, resp.text
+    return {q["name"]: next(v for k, v in q.items() if k.startswith("value")) for q in resp.json()["parameter"]}
+
+
+def test_nhcx_cancel_and_insurance_plan(nhcx: ClaimsServer, nhcx_sandbox: Sandbox) -> None:
+    s = uuid.uuid4().hex[:8]
+    store(nhcx, records(s))
+    pre = submit(nhcx, f"Claim/pre-{s}")
+    wait_until(lambda: status_of(nhcx, f"Claim/pre-{s}", pre) == "complete", 30, "the pre-authorisation")
+    json_type = {"Content-Type": "application/fhir+json"}
+    cancel = params(nhcx.http.post(f"Claim/pre-{s}/$task", headers=json_type, json={
+        "resourceType": "Parameters", "parameter": [{"name": "code", "valueCode": "cancel"}]}))["correlationId"]
+    wait_until(lambda: status_of(nhcx, f"Claim/pre-{s}", cancel) == "complete", 30, "the cancellation")
+    claim = nhcx.get(f"Claim/pre-{s}")
+    assert claim["status"] == "cancelled" and exchange(claim, cancel)["payerStatus"] == ["completed: Cancelled"]
+    plan_cid = params(nhcx.http.post(f"CoverageEligibilityRequest/cer-{s}/$insurance-plan", headers=json_type,
+                                     json={"resourceType": "Parameters"}))["correlationId"]
+    wait_until(lambda: status_of(nhcx, f"CoverageEligibilityRequest/cer-{s}", plan_cid) == "complete", 30, "the plan")
+    [ref] = exchange(nhcx.get(f"CoverageEligibilityRequest/cer-{s}"), plan_cid)["response"]
+    plan = nhcx.get(ref)
+    assert plan["name"] == "Sandbox Health Shield" and plan["ownedBy"] == {"reference": f"Organization/payer-{s}"}
+    got = {r["headers"]["x-hcx-correlation_id"]: r for r in nhcx_sandbox.received()["received"]}
+    assert got[cancel]["path"] == "/task/submit" and got[cancel]["headers"]["x-hcx-workflow_id"] == "122"
+    asked = got[plan_cid]["bundle"]["entry"][0]["resource"]
+    assert got[plan_cid]["path"] == "/insuranceplan/request"
+    assert asked["input"][0]["valueIdentifier"]["value"] == "POL-778899"
+    assert "Sharma" not in json.dumps([got[cancel]["bundle"], got[plan_cid]["bundle"]])  # nothing of the patient's
+    refused = nhcx.http.post(f"Claim/final-{s}/$task", headers=json_type, json={
+        "resourceType": "Parameters", "parameter": [{"name": "code", "valueCode": "cancel"}]})
+    assert refused.status_code == 422  # never submitted

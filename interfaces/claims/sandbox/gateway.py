@@ -31,8 +31,8 @@ from interfaces.claims.sandbox import fhir_payer, payer
 
 PAYERS = ("payer01@sandbox", "payer02@sandbox")
 GATEWAY_CODE = "hcx-gateway@sandbox"
-GATEWAY_APIS = (p.ELIGIBILITY, p.PREDETERMINATION, p.PREAUTH, p.CLAIM, p.STATUS_REQUEST,
-                "/communication/on_request", "/paymentnotice/on_request")
+GATEWAY_APIS = (p.ELIGIBILITY, p.PREDETERMINATION, p.PREAUTH, p.CLAIM, p.STATUS_REQUEST, p.TASK_SUBMIT,
+                p.INSURANCE_PLAN, "/communication/on_request", "/paymentnotice/on_request")
 
 
 @dataclass
@@ -146,6 +146,10 @@ class Sandbox:
             self.send(payer_code, provider, p.on_action(action), cid,
                       payer.status_response(bundle, decided=bool((self.cycles.get(cid) or {}).get("decided"))),
                       status=p.COMPLETE, workflow_id=wf)
+            return
+        if action in (p.TASK_SUBMIT, p.INSURANCE_PLAN):  # a cancel / reprocess done, or the policy's plan
+            answer = payer.task_response(bundle) if action == p.TASK_SUBMIT else payer.insurance_plan(bundle)
+            self.send(payer_code, provider, p.on_action(action), cid, answer, status=p.COMPLETE, workflow_id=wf)
             return
         with self.lock:
             self.cycles[cid] = {"provider": provider, "payer": payer_code, "action": action, "bundle": bundle}
