@@ -1,7 +1,7 @@
 """Our HCX callback endpoints (FastAPI), under ``FHIR_CLAIMS_CALLBACK_PATH`` (the ``endpoint_url`` we
 register): ``/coverageeligibility/on_check``, ``/predetermination/on_submit``, ``/preauth/on_submit``,
 ``/claim/on_submit``, ``/communication/request``, ``/paymentnotice/request``, ``/hcx/on_status`` and NHCX's
-``/error/response``.
+``/task/on_submit``, ``/insuranceplan/on_request`` and ``/error/response``.
 
 Each answers at once: 202 with the protocol acknowledgement (``timestamp``, ``correlation_id``,
 ``api_call_id``) once the body is safely queued, 400 with the error body when it is not a protocol message

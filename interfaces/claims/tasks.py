@@ -74,7 +74,7 @@ class Tasks:
         self.settings = settings
 
     def _send(self, repo: Repository, rtype: str, rid: str, anchor: dict[str, Any], action: str, payer: str,
-              bundle: dict[str, Any], workflow: str | None, version: str) -> FhirResponse:
+              bundle: dict[str, Any], workflow: str | None, version: int) -> FhirResponse:
         """A new exchange on the anchor, its message queued."""
         cycle = Cycle(p.new_id(), action, payer, "queued", workflow)
         repo.update(rtype, rid, with_cycle(anchor, cycle), if_match=version)
