@@ -15,6 +15,7 @@ most ``FHIR_CLAIMS_POLL_MAX`` times.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,11 @@ def fhir_endpoint(repo: Repository, organization: dict[str, Any]) -> str | None:
         if endpoint.get("status") == "active" and (endpoint.get("connectionType") or {}).get("code") == CONNECTION_TYPE:
             return str(endpoint.get("address") or "").rstrip("/") or None
     return None
+
+
+def _id(value: Any) -> bool:
+    """A FHIR id (what we put in a URL path we call with our token)."""
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", value) is not None
 
 
 def is_fhir_payer(recipient: str) -> bool:
@@ -101,7 +107,8 @@ class FhirPayerGateway:
         if found.get("resourceType") == "Task" and found.get("status") in TASK_DONE:
             for out in found.get("output") or []:
                 target = str((out.get("valueReference") or {}).get("reference") or "")
-                if target.split("/")[0] in RESPONSES and not is_fhir_payer(target):
+                parts = target.split("/")
+                if len(parts) == 2 and parts[0] in RESPONSES and _id(parts[1]):  # on the payer's own base only
                     return self._call("GET", base, target)
         return found
 
@@ -113,7 +120,7 @@ class FhirPayerGateway:
             if status in TASK_FAILED or status in TASK_DONE:  # done without a response we could follow
                 reason = (body.get("statusReason") or {}).get("text") or f"the payer's Task is {status}"
                 return {p.STATUS: p.ERROR, p.ERROR_DETAILS: {"code": p.ERR_DOMAIN_PROCESSING, "message": reason}}, None
-            return {p.STATUS: p.PARTIAL, POLL: f"Task/{body.get('id')}" if body.get("id") else None}, None
+            return {p.STATUS: p.PARTIAL, POLL: f"Task/{body['id']}" if _id(body.get("id")) else None}, None
         found = [body] if kind in RESPONSES else [
             e["resource"] for e in body.get("entry") or [] if kind == "Bundle" and isinstance(e.get("resource"), dict)
             and e["resource"].get("resourceType") in RESPONSES]
@@ -124,7 +131,7 @@ class FhirPayerGateway:
         queued = response.get("outcome") == "queued"
         headers: dict[str, Any] = {p.STATUS: p.PARTIAL if queued else p.COMPLETE}
         if queued:
-            headers[POLL] = f"{response['resourceType']}/{response['id']}" if response.get("id") else None
+            headers[POLL] = f"{response['resourceType']}/{response['id']}" if _id(response.get("id")) else None
         return headers, {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": response}]}
 
 
