@@ -107,9 +107,9 @@ class Tasks:
         code = _param(req, "code")
         if code not in TASK_CODES:
             raise FhirError(400, INVALID, "code must be cancel or reprocess", ("code",))
+        anchor = repo.read(rtype, rid).content or {}  # 404 / 403 for the caller first
         current = repo.current(rtype, rid, for_update=True)
         assert current is not None
-        anchor = repo.read(rtype, rid).content or {}
         sent = [c for c in _hcx_cycles(anchor) if c.action in CLAIM_ACTIONS]
         if not sent:
             raise FhirError(422, PROCESSING, "This Claim was never submitted over HCX", ("Claim.extension",))
@@ -122,9 +122,9 @@ class Tasks:
     def insurance_plan(self, req: FhirRequest, repo: Repository, rtype: str | None, rid: str | None) -> FhirResponse:
         if rtype != "CoverageEligibilityRequest" or rid is None:
             raise FhirError(400, INVALID, "$insurance-plan runs on one CoverageEligibilityRequest")
+        anchor = repo.read(rtype, rid).content or {}  # 404 / 403 for the caller first
         current = repo.current(rtype, rid, for_update=True)
         assert current is not None
-        anchor = repo.read(rtype, rid).content or {}
         payer = payer_code(self.settings, repo, anchor, rtype)
         inputs = []
         for ins in anchor.get("insurance") or []:
