@@ -66,6 +66,8 @@ def start_sandbox(tmp: Path, flavour: str = "hcx") -> Iterator[Sandbox]:
     http = httpx.Client(base_url=url, timeout=30)
 
     def up() -> bool:
+        if proc.poll() is not None:  # it died (a port taken meanwhile, an import error): say why at once
+            raise AssertionError("the HCX sandbox exited: " + (tmp / "sandbox.log").read_text()[-2000:])
         try:
             return http.get("/_control/health").status_code == 200
         except httpx.HTTPError:
