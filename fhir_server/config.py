@@ -177,6 +177,15 @@ class Settings(BaseSettings):
     claims_max_attempts: int = 10  # outbox deliveries to the gateway before the dead letter
     # Organization.identifier.system carrying a payer's participant code (Claim.insurer -> Organization).
     claims_participant_system: str = "https://hcxprotocol.io/participant_code"
+    # FHIR-native payers (an Organization whose Endpoint is hl7-fhir-rest): SMART Backend Services client
+    # (private_key_jwt). The key (PEM file or text) is RSA (RS384) or EC P-384 (ES384); the payer holds our JWKS.
+    claims_fhir_client_id: str | None = None  # unset: requests to FHIR payers carry no bearer token
+    claims_fhir_private_key: str | None = None
+    claims_fhir_key_id: str | None = None  # the JWK kid the payer registered; unset: the key's RFC 7638 thumbprint
+    claims_fhir_scope: str = ("system/Claim.c system/ClaimResponse.r system/CoverageEligibilityRequest.c "
+                              "system/CoverageEligibilityResponse.r system/Task.r")
+    claims_poll_seconds: float = 30.0  # a queued answer is polled after this, then twice as long each time
+    claims_poll_max: int = 20  # polls of a queued answer before the exchange is recorded as an error
 
     # --- scheduling (fhir_server/workflows/scheduling; docs/workflows/scheduling.md), FHIR_WORKFLOWS=scheduling ---
     scheduling_timezone: str = "Asia/Kolkata"  # the clinic's clock: PractitionerRole.availableTime is local time

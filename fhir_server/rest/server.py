@@ -62,9 +62,10 @@ class FhirServer:
         self.bulk = register_bulk(self)  # Bulk Data $export / $import and their status URLs (fhir_server/jobs)
         register_everything(self)  # Patient/[id]/$everything (rest/operations/everything.py)
         register_validation(self)  # $validate, canonical URL table, FHIR_VALIDATE_PROFILES (fhir_server/validation)
-        # claims: HCX / NHCX payers (interfaces/claims), when FHIR_CLAIMS_GATEWAY_URL is set: $submit operations
+        # claims: HCX / NHCX and FHIR-native payers (interfaces/claims), when FHIR_CLAIMS_GATEWAY_URL or
+        # FHIR_CLAIMS_FHIR_CLIENT_ID is set: $submit operations
         self.claims: ClaimsGateway | None = None
-        if settings.claims_gateway_url:
+        if settings.claims_gateway_url or settings.claims_fhir_client_id:
             from interfaces.claims.setup import register_claims
 
             register_claims(self)

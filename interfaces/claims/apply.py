@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir_server.binary.store import open_store
 from fhir_server.config import Settings
 from fhir_server.storage.repository import Repository
 from interfaces.claims import bundles
@@ -56,7 +57,11 @@ class Applier:
         elif status == p.REDIRECT:
             self._redirect(repo, headers, rtype, rid, anchor, cycle)
         elif path == p.on_action(p.STATUS_REQUEST):
-            pass  # the status is in the audit trail; nothing else to change
+            self._status(repo, headers, bundle, rtype, rid, anchor, cycle)
+        elif path == p.on_action(p.TASK_SUBMIT):
+            anchor = self._task(bundle, anchor, cycle, status)
+        elif path == p.on_action(p.INSURANCE_PLAN):
+            self._insurance_plan(repo, bundle, rtype, rid, anchor, cycle)
         else:
             self._response(repo, bundle, rtype, rid, anchor, cycle, status)
         return anchor
@@ -101,6 +106,51 @@ class Applier:
         cycle.status = "partial" if status == p.PARTIAL else "complete"
         cycle.error = None
 
+    def _status(self, repo: Repository, headers: dict[str, Any], bundle: dict[str, Any] | None, rtype: str,
+                rid: str, anchor: dict[str, Any], cycle: Cycle) -> None:
+        """/hcx/on_status: the payer's Task says where our request stands (``status: businessStatus``); a
+        response it carries is applied as the on_submit / on_check would be."""
+        cycle.payer_status = self._said((_entries(bundle, "Task") or [{}])[0])
+        if _entries(bundle, RESPONSE_TYPE[rtype]):
+            self._response(repo, bundle, rtype, rid, anchor, cycle, headers.get(p.STATUS))
+
+    @staticmethod
+    def _said(task: dict[str, Any]) -> str | None:
+        business = task.get("businessStatus") or {}
+        said = business.get("text") or next((c.get("display") or c.get("code") for c in business.get("coding") or []),
+                                            None)
+        return ": ".join(str(x) for x in (task.get("status"), said) if x)[:200] or None
+
+    def _task(self, bundle: dict[str, Any] | None, anchor: dict[str, Any], cycle: Cycle,
+              status: str | None) -> dict[str, Any]:
+        """/task/on_submit: the payer's Task says what became of our cancel / reprocess; a completed cancel
+        withdraws the Claim (status cancelled)."""
+        task = (_entries(bundle, "Task") or [{}])[0]
+        cycle.payer_status = self._said(task)
+        cycle.status = "partial" if status == p.PARTIAL else "complete"
+        codes = {c.get("code") for c in (task.get("code") or {}).get("coding") or []}
+        if "cancel" in codes and task.get("status") == "completed" and anchor.get("status") != "cancelled":
+            return {**anchor, "status": "cancelled"}
+        return anchor
+
+    def _insurance_plan(self, repo: Repository, bundle: dict[str, Any] | None, rtype: str, rid: str,
+                        anchor: dict[str, Any], cycle: Cycle) -> None:
+        """/insuranceplan/on_request: the payer's InsurancePlan stored (ours: owned by the insurer)."""
+        found = _entries(bundle, "InsurancePlan")
+        if not found:
+            cycle.status, cycle.error = "error", f"{p.ERR_WRONG_DOMAIN_PAYLOAD}: no InsurancePlan in the payload"
+            return
+        plan = _local(found[0], ("status", "type", "name", "alias", "period", "coverage", "plan"))
+        plan.update({"resourceType": "InsurancePlan",
+                     "identifier": [{"system": CORRELATION_SYSTEM, "value": cycle.correlation_id}]})
+        if anchor.get("insurer"):
+            plan["ownedBy"] = anchor["insurer"]
+        if cycle.response:
+            repo.update("InsurancePlan", cycle.response.split("/", 1)[1], {**plan, "id": cycle.response.split("/")[1]})
+        else:
+            cycle.response = f"InsurancePlan/{repo.create('InsurancePlan', plan).id}"
+        cycle.status, cycle.error = "complete", None
+
     def _redirect(self, repo: Repository, headers: dict[str, Any], rtype: str, rid: str, anchor: dict[str, Any],
                   cycle: Cycle) -> None:
         target = str(headers.get(p.REDIRECT_TO) or "")
@@ -108,8 +158,8 @@ class Applier:
             cycle.status, cycle.error = "error", f"{p.ERR_INVALID_REDIRECT_TO}: {target or 'missing'}"
             return
         cycle.payer, cycle.status = target, "queued"
-        message = Outgoing(cycle.action, target, cycle.correlation_id, p.new_id(), bundles.build(repo, rtype, rid),
-                           cycle.workflow_id)
+        bundle = bundles.build(repo, rtype, rid, store=open_store(self.settings))
+        message = Outgoing(cycle.action, target, cycle.correlation_id, p.new_id(), bundle, cycle.workflow_id)
         enqueue(repo, f"{rtype}/{rid}", message, max_attempts=self.settings.claims_max_attempts,
                 patient=(anchor.get("patient") or {}).get("reference"))
 

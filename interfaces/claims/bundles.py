@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir_server.auth.compartment import patients_of
+from fhir_server.binary.store import BlobStore
 from fhir_server.errors import INVALID, PROCESSING, FhirError, Issue
 from fhir_server.storage.repository import Repository
 from fhir_server.validation.operation import validate_all
 from fhir_server.validation.service import StoreDefinitions
+from interfaces.claims import attachments
 from interfaces.claims.exchange import CORRELATION_SYSTEM, EXCHANGE
 
 NRCES = "https://nrces.in/ndhm/fhir/r4/StructureDefinition/"
@@ -128,10 +130,14 @@ def collect(repo: Repository, anchor_type: str, anchor_id: str) -> tuple[dict[st
     return anchor, list(found.values())
 
 
-def build(repo: Repository, anchor_type: str, anchor_id: str, *, profile: str | None = None) -> dict[str, Any]:
+def build(repo: Repository, anchor_type: str, anchor_id: str, *, store: BlobStore,
+          profile: str | None = None) -> dict[str, Any]:
     """The NRCeS bundle for the anchor (or ``profile``'s, e.g. a Da Vinci PAS request bundle: the same
-    collection with the Claim first), validated against that profile when its IG is installed."""
-    _anchor, resources = collect(repo, anchor_type, anchor_id)
+    collection with the Claim first; ``""``: none), validated against that profile when its IG is installed.
+    Attachments pointing at our Binaries are embedded from ``store`` (interfaces/claims/attachments.py)."""
+    anchor, resources = collect(repo, anchor_type, anchor_id)
+    patient_id = next(iter(_refs(anchor.get("patient") or anchor.get("subject"))), "").split("/")[-1]
+    resources = [attachments.embed(repo, store, r, patient_id) for r in resources]
     urls = {f"{r['resourceType']}/{r['id']}": full_url(f"{r['resourceType']}/{r['id']}") for r in resources}
     entries = []
     for r in resources:
@@ -142,7 +148,7 @@ def build(repo: Repository, anchor_type: str, anchor_id: str, *, profile: str | 
     if anchor_type == "Communication":
         entries.insert(0, _deliver_task(entries[0]["fullUrl"]))
     bundle_id = str(uuid.uuid4())
-    profile = profile or BUNDLE_PROFILE.get(anchor_type)
+    profile = BUNDLE_PROFILE.get(anchor_type) if profile is None else profile  # "": no profile
     meta: dict[str, Any] = {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
                                           "code": "V", "display": "very restricted"}]}
     if profile:

@@ -14,6 +14,7 @@ from typing import Any
 
 from fhir_server.audit.recorder import recording
 from fhir_server.storage.repository import Repository, instant
+from interfaces.claims import tables  # noqa: F401 (claims_api_call on the storage metadata)
 
 EXCHANGE = "urn:fhir-server:extension:hcx-exchange"
 CORRELATION_SYSTEM = "urn:fhir-server:hcx:correlation-id"
@@ -32,6 +33,7 @@ class Cycle:
     workflow_id: str | None = None
     error: str | None = None
     response: str | None = None  # the ClaimResponse / CoverageEligibilityResponse stored for this cycle
+    payer_status: str | None = None  # what the payer last said of it on /hcx/on_status (Task status: business)
     api_calls: list[str] = field(default_factory=list)  # inbound x-hcx-api_call_id seen on this cycle
 
     @property
@@ -49,6 +51,8 @@ class Cycle:
             parts.append({"url": "error", "valueString": self.error})
         if self.response:
             parts.append({"url": "response", "valueReference": {"reference": self.response}})
+        if self.payer_status:
+            parts.append({"url": "payerStatus", "valueString": self.payer_status})
         parts += [{"url": "apiCallId", "valueString": a} for a in self.api_calls]
         return {"url": EXCHANGE, "extension": parts}
 
@@ -67,7 +71,7 @@ class Cycle:
             return found[0] if found else None
 
         return cls(one("correlationId") or "", one("action") or "", one("payer") or "", one("status") or "queued",
-                   one("workflowId"), one("error"), one("response"), values.get("apiCallId", []))
+                   one("workflowId"), one("error"), one("response"), one("payerStatus"), values.get("apiCallId", []))
 
 
 def cycles(resource: dict[str, Any]) -> list[Cycle]:

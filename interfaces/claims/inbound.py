@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 from contextlib import suppress
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import insert, select
 
 from fhir_server.config import Settings
 from fhir_server.rest.server import FhirServer
@@ -24,6 +26,7 @@ from interfaces.claims.apply import Applier
 from interfaces.claims.envelope import EnvelopeError, protected_header
 from interfaces.claims.exchange import audit, cycle_of, find_anchor, with_cycle
 from interfaces.claims.gateway import ClaimsGateway
+from interfaces.claims.tables import API_CALL
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class CallbackReceiver:
             self._refused(path, headers, exc.code, str(exc), anchor)
 
     def _check(self, path: str, headers: dict[str, Any], bundle: dict[str, Any] | None) -> None:
-        callback = path.rsplit("/", 1)[-1].startswith("on_")
+        callback = path.rsplit("/", 1)[-1].startswith("on_") or path == p.ERROR_RESPONSE
         p.check_headers(headers, callback=callback)
         if headers[p.RECIPIENT] != self.gateway.participant_code:
             raise Refusal(p.ERR_INVALID_RECIPIENT, "the message is addressed to another participant")
@@ -92,15 +95,23 @@ class CallbackReceiver:
             cycle = cycle_of(content, str(headers[p.CORRELATION_ID])) if content else None
             if content is None or cycle is None:
                 raise Refusal(p.ERR_INVALID_CORRELATION_ID, "the exchange is gone", anchor)
-            if str(headers[p.API_CALL_ID]) in cycle.api_calls:
+            call = str(headers[p.API_CALL_ID])
+            if call in cycle.api_calls:
                 log.info("HCX duplicate %s on %s ignored", path, anchor)
                 return  # a duplicate: the first one was applied, this changes nothing
+            if repo.execute(select(API_CALL.c.api_call_id).where(API_CALL.c.api_call_id == call)).first():
+                raise Refusal(p.ERR_INVALID_API_CALL_ID, "this api_call_id was used before, on another exchange",
+                              anchor)
             sender = headers[p.SENDER]
             if sender != cycle.payer and not (sender == self.gateway_code and headers.get(p.STATUS) == p.ERROR):
                 raise Refusal(p.ERR_INVALID_SENDER, f"{sender} is not the participant this exchange is with", anchor)
-            if path.rsplit("/", 1)[-1].startswith("on_") and not cycle.open:
+            if (path.rsplit("/", 1)[-1].startswith("on_") or path == p.ERROR_RESPONSE) and not cycle.open:
                 raise Refusal(p.ERR_INVALID_CORRELATION_ID, "the exchange is already closed", anchor)
-            cycle.api_calls.append(str(headers[p.API_CALL_ID]))
+            cycle.api_calls.append(call)
+            # The primary key holds it unique across exchanges (and concurrent writers: the loser retries, then
+            # finds it above).
+            repo.execute(insert(API_CALL).values(api_call_id=call, correlation_id=cycle.correlation_id,
+                                                 path=path[:64], received=datetime.now(UTC)))
             content = self.applier.apply(repo, path, headers, bundle, rtype, rid, content, cycle)
             repo.update(rtype, rid, with_cycle(content, cycle))
             audit(repo, anchor, path, inbound=True, participant=sender, correlation_id=cycle.correlation_id,

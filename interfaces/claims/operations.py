@@ -5,6 +5,11 @@
   ``Claim.use``
 - ``POST Communication/[id]/$submit`` (the answer to an insurer's CommunicationRequest, ``basedOn`` it) ->
   ``/communication/on_request`` on that claim's exchange
+- ``$inquire``, ``$task``, ``$insurance-plan``: interfaces/claims/tasks.py
+
+An insurer whose Organization has an active ``hl7-fhir-rest`` Endpoint is a FHIR-native payer instead
+(interfaces/claims/fhir_payer.py): ``$submit`` then goes to its ``Claim/$submit`` /
+``CoverageEligibilityRequest/$submit``, through the same outbox.
 
 The caller's access applies throughout: it must be able to read everything the bundle holds and to update
 the anchor (the new exchange is recorded on it). Answers 202 with a Parameters naming the correlation id;
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fhir_server.binary import BinaryStorage
 from fhir_server.config import Settings
 from fhir_server.errors import INVALID, PROCESSING, FhirError
 from fhir_server.rest.operations import Operation
@@ -35,28 +41,31 @@ NHCX_ANSWER_WORKFLOW = {p.PREAUTH: "19", p.CLAIM: "151"}  # query answered (NHCX
 ABHA_SYSTEMS = ("https://healthid.abdm.gov.in", "https://healthid.ndhm.gov.in", "https://abha.abdm.gov.in")
 
 
-def _accepted(correlation_id: str, action: str, recipient: str) -> FhirResponse:
+def accepted(correlation_id: str, action: str, recipient: str) -> FhirResponse:
     return FhirResponse(202, {"resourceType": "Parameters", "parameter": [
         {"name": "correlationId", "valueString": correlation_id},
         {"name": "action", "valueString": action}, {"name": "recipient", "valueString": recipient},
         {"name": "status", "valueCode": "queued"}]})
 
 
-class Submit:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+def payer_code(settings: Settings, repo: Repository, anchor: dict[str, Any], rtype: str) -> str:
+    """The participant code of the anchor's insurer (its Organization's identifier in our system)."""
+    ref = (anchor.get("insurer") or {}).get("reference", "")
+    if not ref.startswith("Organization/"):
+        raise FhirError(422, INVALID, f"{rtype}.insurer must reference the payer's Organization",
+                        (f"{rtype}.insurer",))
+    org = repo.read("Organization", ref.split("/", 1)[1]).content or {}
+    for ident in org.get("identifier") or []:
+        if ident.get("system") == settings.claims_participant_system and ident.get("value"):
+            return str(ident["value"])
+    raise FhirError(422, INVALID, f"The insurer {ref} has no participant code (Organization.identifier with "
+                                  f"system {settings.claims_participant_system})", (f"{rtype}.insurer",))
 
-    def payer_code(self, repo: Repository, anchor: dict[str, Any], rtype: str) -> str:
-        ref = (anchor.get("insurer") or {}).get("reference", "")
-        if not ref.startswith("Organization/"):
-            raise FhirError(422, INVALID, f"{rtype}.insurer must reference the payer's Organization",
-                            (f"{rtype}.insurer",))
-        org = repo.read("Organization", ref.split("/", 1)[1]).content or {}
-        for ident in org.get("identifier") or []:
-            if ident.get("system") == self.settings.claims_participant_system and ident.get("value"):
-                return str(ident["value"])
-        raise FhirError(422, INVALID, f"The insurer {ref} has no participant code (Organization.identifier with "
-                                      f"system {self.settings.claims_participant_system})", (f"{rtype}.insurer",))
+
+class Submit:
+    def __init__(self, settings: Settings, binary: BinaryStorage) -> None:
+        self.settings = settings
+        self.binary = binary  # attachments pointing at our Binaries travel embedded
 
     def fhir_payer(self, repo: Repository, anchor: dict[str, Any]) -> str | None:
         ref = (anchor.get("insurer") or {}).get("reference", "")
@@ -93,26 +102,30 @@ class Submit:
             action = p.ELIGIBILITY
         if anchor.get("status") != "active":
             raise FhirError(422, PROCESSING, f"Only an active {rtype} is submitted", (f"{rtype}.status",))
-        address = self.fhir_payer(repo, anchor) if rtype == "Claim" else None
-        if address is not None:  # a FHIR-native payer: Da Vinci PAS style, no HCX
-            bundle = bundles.build(repo, rtype, rid, profile=fhir_payer.PAS_BUNDLE)
-            cycle = Cycle(p.new_id(), fhir_payer.ACTION, address, "queued")
+        address = self.fhir_payer(repo, anchor)
+        if address is not None:  # a FHIR-native payer (Da Vinci PAS style): the same outbox, no HCX envelope
+            bundle = bundles.build(repo, rtype, rid, store=self.binary.store,
+                                   profile=fhir_payer.PAS_BUNDLE if rtype == "Claim" else "")
+            action = fhir_payer.ACTIONS[rtype]
+            cycle = Cycle(p.new_id(), action, address, "queued")
             repo.update(rtype, rid, with_cycle(anchor, cycle), if_match=current.version_id)
-            repo.enqueue(fhir_payer.TOPIC, f"{cycle.correlation_id}", {
-                "anchor": f"{rtype}/{rid}", "patient": (anchor.get("patient") or {}).get("reference"),
-                "address": address, "correlation_id": cycle.correlation_id, "bundle": bundle},
-                max_attempts=self.settings.claims_max_attempts)
-            return _accepted(cycle.correlation_id, fhir_payer.ACTION, address)
-        payer = self.payer_code(repo, anchor, rtype)
+            enqueue(repo, f"{rtype}/{rid}", Outgoing(action, address, cycle.correlation_id, p.new_id(), bundle),
+                    max_attempts=self.settings.claims_max_attempts,
+                    patient=(anchor.get("patient") or {}).get("reference"))
+            return accepted(cycle.correlation_id, action, address)
+        if not self.settings.claims_gateway_url:
+            raise FhirError(422, PROCESSING, f"The insurer of this {rtype} has no FHIR endpoint and no HCX gateway is "
+                                             "configured", (f"{rtype}.insurer",))
+        payer = payer_code(self.settings, repo, anchor, rtype)
         extra = self.extra_headers(repo, anchor)
-        bundle = bundles.build(repo, rtype, rid)  # validated against the IG profile when installed
+        bundle = bundles.build(repo, rtype, rid, store=self.binary.store)  # validated against the IG profile
         workflow = NHCX_WORKFLOW[action] if self.settings.claims_flavour == "nhcx" else p.new_id()
         cycle = Cycle(p.new_id(), action, payer, "queued", workflow)
         repo.update(rtype, rid, with_cycle(anchor, cycle), if_match=current.version_id)
         enqueue(repo, f"{rtype}/{rid}", Outgoing(action, payer, cycle.correlation_id, p.new_id(), bundle, workflow,
                                                  extra=extra),
                 max_attempts=self.settings.claims_max_attempts, patient=(anchor.get("patient") or {}).get("reference"))
-        return _accepted(cycle.correlation_id, action, payer)
+        return accepted(cycle.correlation_id, action, payer)
 
     def answer(self, repo: Repository, rid: str) -> FhirResponse:
         comm = repo.read("Communication", rid).content or {}
@@ -131,20 +144,22 @@ class Submit:
         rtype, anchor_id = found
         anchor = repo.read(rtype, anchor_id).content or {}
         cycle = next(c for c in cycles(anchor) if c.correlation_id == correlation)
-        bundle = bundles.build(repo, "Communication", rid)
+        bundle = bundles.build(repo, "Communication", rid, store=self.binary.store)
         workflow = NHCX_ANSWER_WORKFLOW.get(cycle.action, cycle.workflow_id) \
             if self.settings.claims_flavour == "nhcx" else cycle.workflow_id
         enqueue(repo, f"{rtype}/{anchor_id}", Outgoing("/communication/on_request", cycle.payer, cycle.correlation_id,
                                                        p.new_id(), bundle, workflow, p.COMPLETE),
                 max_attempts=self.settings.claims_max_attempts, patient=(anchor.get("patient") or {}).get("reference"))
         repo.update("CommunicationRequest", request_ref.split("/", 1)[1], {**request, "status": "completed"})
-        return _accepted(cycle.correlation_id, "/communication/on_request", cycle.payer)
+        return accepted(cycle.correlation_id, "/communication/on_request", cycle.payer)
 
 
 def register(server: FhirServer) -> None:
     from interfaces.claims.invoice import register as register_invoice
+    from interfaces.claims.tasks import register as register_tasks
 
     register_invoice(server)  # Invoice/[id]/$claim
-    server.operations.register(Operation("submit", Submit(server.settings), DEFINITION,
+    server.operations.register(Operation("submit", Submit(server.settings, server.binary), DEFINITION,
                                          types=frozenset({"Claim", "CoverageEligibilityRequest", "Communication"}),
                                          instance=True, affects_state=True))
+    register_tasks(server)  # $inquire (/hcx/status), $task (/task/submit), $insurance-plan

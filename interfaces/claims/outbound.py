@@ -47,8 +47,11 @@ class RequestSender:
                            payload["api_call_id"], payload["bundle"], payload.get("workflow_id"),
                            payload.get("status"), payload.get("extra") or {})
         error: str | None = None
+        answer: dict[str, Any] | None = None
         try:
-            self.gateway.send(message)  # anything but Refused propagates: the dispatcher retries
+            ack = self.gateway.send(message)  # anything but Refused propagates: the dispatcher retries
+            if ack.get("resourceType"):  # a FHIR payer answers at once (HCX answers later, on our callbacks)
+                answer = ack
         except Refused as exc:
             if exc.code == p.ERR_INVALID_API_CALL_ID:
                 log.info("HCX %s %s was delivered before", message.action, key)
@@ -58,7 +61,7 @@ class RequestSender:
             if self._last_attempt(key):  # about to be dead-lettered: say so on the claim, still retryable
                 self._record(payload, None, undelivered=f"{p.ERR_SERVICE_UNAVAILABLE}: {exc}"[:300])
             raise
-        self._record(payload, error)
+        self._record(payload, error, answer=answer)
 
     def _last_attempt(self, key: str) -> bool:
         with self.server.engine.connect() as conn:  # the outbox's own bookkeeping, not a FHIR resource
@@ -66,7 +69,8 @@ class RequestSender:
                                .where(OUTBOX.c.topic == TOPIC, OUTBOX.c.key == key)).first()
         return row is not None and row.attempts >= row.max_attempts
 
-    def _record(self, payload: dict[str, Any], error: str | None, *, undelivered: str | None = None) -> None:
+    def _record(self, payload: dict[str, Any], error: str | None, *, undelivered: str | None = None,
+                answer: dict[str, Any] | None = None) -> None:
         anchor: str = payload["anchor"]
         rtype, rid = anchor.split("/", 1)
 
@@ -74,19 +78,32 @@ class RequestSender:
             current = repo.current(rtype, rid, for_update=True)
             content = current.content if current is not None and not current.deleted else None
             cycle = cycle_of(content, payload["correlation_id"]) if content else None
-            is_request = not payload["action"].rsplit("/", 1)[-1].startswith("on_")
+            # A status request (/hcx/status) asks about the cycle; its fate does not change the cycle's.
+            is_request = not payload["action"].rsplit("/", 1)[-1].startswith("on_") \
+                and payload["action"] != p.STATUS_REQUEST
             if content is not None and cycle is not None and is_request:
+                changed = True
                 if error:  # refused for good: the cycle ends here, with the gateway's reason
                     cycle.status, cycle.error = "error", error
-                    repo.update(rtype, rid, with_cycle(content, cycle))
                 elif undelivered and cycle.status == "queued":  # dead letter: `outbox retry` may still send it
                     cycle.status, cycle.error = "undelivered", undelivered
-                    repo.update(rtype, rid, with_cycle(content, cycle))
                 elif not undelivered and cycle.status in ("queued", "undelivered"):  # never over a later status
                     cycle.status, cycle.error = "sent", None
+                else:
+                    changed = False
+                if answer is not None and cycle.open:  # a FHIR payer's synchronous answer
+                    from interfaces.claims.fhir_payer import apply_answer
+                    from interfaces.claims.payers import Payers
+
+                    assert isinstance(self.gateway, Payers)
+                    content = apply_answer(self.server, self.gateway.fhir, repo, (rtype, rid), content, cycle,
+                                           answer, polls=0, patient=payload.get("patient"))
+                    changed = True
+                if changed:
                     repo.update(rtype, rid, with_cycle(content, cycle))
             audit(repo, anchor, payload["action"], inbound=False, participant=payload["recipient"],
-                  error=error or undelivered, status=503 if undelivered else 200,
+                  error=error or undelivered or (cycle.error if cycle is not None and answer is not None else None),
+                  status=503 if undelivered else 200,
                   correlation_id=payload["correlation_id"], api_call_id=payload["api_call_id"],
                   patient=payload.get("patient"), reason=f"HCX request for {anchor}")
 

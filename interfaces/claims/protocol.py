@@ -35,6 +35,8 @@ PREDETERMINATION = "/predetermination/submit"
 PREAUTH = "/preauth/submit"
 CLAIM = "/claim/submit"
 STATUS_REQUEST = "/hcx/status"
+TASK_SUBMIT = "/task/submit"  # NHCX: cancel / reprocess a claim (a TaskBundle)
+INSURANCE_PLAN = "/insuranceplan/request"  # NHCX: the policy's InsurancePlan
 COMMUNICATION_REQUEST = "/communication/request"  # payer-originated
 PAYMENT_REQUEST = "/paymentnotice/request"  # payer-originated
 REQUESTS = (ELIGIBILITY, PREDETERMINATION, PREAUTH, CLAIM, STATUS_REQUEST, COMMUNICATION_REQUEST, PAYMENT_REQUEST)
@@ -52,8 +54,10 @@ def request_action(callback: str) -> str:
     return f"{head}/{verb.removeprefix('on_')}"
 
 
-CALLBACKS = tuple(on_action(a) for a in (ELIGIBILITY, PREDETERMINATION, PREAUTH, CLAIM, STATUS_REQUEST))
-INBOUND = (*CALLBACKS, COMMUNICATION_REQUEST, PAYMENT_REQUEST)  # what our callback router serves
+ERROR_RESPONSE = "/error/response"  # NHCX: a plain error JSON about one of our requests (care_nhcx doc 3.3)
+CALLBACKS = tuple(on_action(a) for a in (ELIGIBILITY, PREDETERMINATION, PREAUTH, CLAIM, STATUS_REQUEST,
+                                          TASK_SUBMIT, INSURANCE_PLAN))
+INBOUND = (*CALLBACKS, COMMUNICATION_REQUEST, PAYMENT_REQUEST, ERROR_RESPONSE)  # what our callback router serves
 ENTITY = {ELIGIBILITY: "coverageeligibility", PREDETERMINATION: "predetermination", PREAUTH: "preauth",
           CLAIM: "claim", STATUS_REQUEST: "status", COMMUNICATION_REQUEST: "communication",
           PAYMENT_REQUEST: "paymentnotice"}
@@ -162,3 +166,23 @@ class Ack:
         if self.error is not None:
             out["error"] = {"code": self.error[0], "message": self.error[1], "trace": None}
         return out
+
+
+def error_response(body: dict[str, Any], gateway_code: str | None, our_code: str) -> dict[str, Any]:
+    """NHCX ``/error/response`` as a plain ProtocolResponse (``response.error``). It comes either as the
+    protocol headers themselves or as the gateway's ErrorResponse (``correlation_id``, ``api_call_id``,
+    ``timestamp``, ``error{code,message}``; its exact NHCX shape is [UNCONFIRMED]): then the gateway is the
+    sender and we the recipient."""
+    headers = {k: v for k, v in body.items() if k.startswith("x-hcx-")}
+    error = body.get("error") if isinstance(body.get("error"), dict) else None
+    headers.setdefault(CORRELATION_ID, body.get("correlation_id"))
+    headers.setdefault(API_CALL_ID, body.get("api_call_id") or new_id())
+    headers.setdefault(SENDER, body.get("sender_code") or gateway_code)
+    headers.setdefault(RECIPIENT, body.get("recipient_code") or our_code)
+    headers.setdefault(TIMESTAMP, body.get("timestamp") or timestamp())
+    headers[STATUS] = ERROR
+    if ERROR_DETAILS not in headers:
+        details = error or {"code": ERR_DOMAIN_PROCESSING, "message": str(body.get("message") or "error")}
+        headers[ERROR_DETAILS] = {k: str(details[k]) for k in ("code", "message", "trace") if details.get(k)}
+        headers[ERROR_DETAILS].setdefault("message", "")
+    return {k: v for k, v in headers.items() if v is not None}

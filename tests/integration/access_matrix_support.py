@@ -27,7 +27,8 @@ PATIENT_PARAM = {"Observation": "subject", "Condition": "subject", "Encounter": 
 # Other types operations run on: B's Group (members), a Subscription on B's Observations, terminology.
 # The hospital workflows' operations run on more types (no data of B's there: ids are "matrix-none").
 OTHER_TYPES = ("Group", "Subscription", "CodeSystem", "ValueSet", "ConceptMap", "Appointment", "PractitionerRole",
-               "Location", "Invoice", "Consent", "Account", "MedicationRequest", "ServiceRequest")
+               "Location", "Invoice", "Consent", "Account", "MedicationRequest", "ServiceRequest",
+               "Claim", "CoverageEligibilityRequest", "Communication")  # claims: $submit, $inquire
 # Every FHIR interaction the router serves (restful-interaction codes); test_capability_... checks that the
 # CapabilityStatement names no other, so a new interaction fails the matrix until it has cases here.
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
@@ -182,6 +183,21 @@ def route_cases(app: FastAPI) -> list[Case]:
 
 
 @lru_cache(maxsize=1)
+def claims_configured() -> dict[str, Any]:
+    """Settings with claims on (HCX and FHIR-native payers), nothing reachable: the matrix sees their entry points."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from interfaces.claims import keys
+
+    private_pem, _cert = keys.generate("matrix@hcx")
+    smart = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return {"claims_gateway_url": "http://127.0.0.1:9", "claims_participant_code": "matrix@hcx",
+            "claims_private_key": private_pem, "claims_fhir_client_id": "matrix", "claims_fhir_private_key": smart}
+
+
+@lru_cache(maxsize=1)
 def application() -> FastAPI:
     """The app as ``serve`` builds it, on a throwaway SQLite file, only to read its routes and registry."""
     from fhir_server.app import create_app
@@ -192,7 +208,8 @@ def application() -> FastAPI:
     tmp = Path(tempfile.mkdtemp(prefix="matrix-"))
     settings = Settings(database_url=f"sqlite:///{tmp / 'routes.sqlite3'}", outbox_dispatcher=False,
                         audit_enabled=False, binary_store_url=f"file://{tmp / 'binary'}",
-                        workflows="all")  # every hospital workflow's operations (fhir_server/workflows)
+                        workflows="all",  # every hospital workflow's operations (fhir_server/workflows)
+                        **claims_configured())  # claims: $submit, $inquire, Invoice/$claim, the HCX callbacks
     return create_app(settings, FhirServer(settings, make_engine(settings)))
 
 

@@ -35,6 +35,7 @@ from tests.integration.access_matrix_support import (
     application,
     bundle_entry,
     case_id,
+    claims_configured,
     fill,
 )
 from tests.integration.bulk_support import kick_off, poll
@@ -81,7 +82,8 @@ def _params() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def smart(backend: Backend) -> Iterator[Smart]:
     backend.truncate()
-    yield from smart_server(backend, workflows="all")  # the hospital's operations join the matrix too
+    # the hospital's operations and the claims entry points join the matrix too
+    yield from smart_server(backend, workflows="all", **claims_configured())
 
 
 def _create(smart: Smart, admin: str, resource: dict[str, Any]) -> dict[str, Any]:

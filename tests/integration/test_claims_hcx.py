@@ -3,6 +3,7 @@ our real HTTP server, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -218,7 +219,8 @@ def test_payer_refusal_is_recorded(claims: ClaimsServer, sandbox: Sandbox) -> No
 @pytest.mark.parametrize(("case", "code"), [
     ("tampered", "ERR_INVALID_ENCRYPTION"), ("wrong_recipient", "ERR_INVALID_RECIPIENT"),
     ("expired", "ERR_INVALID_TIMESTAMP"), ("reused_api_call_id", None),
-    ("unknown_correlation", "ERR_INVALID_CORRELATION_ID"), ("wrong_sender", "ERR_INVALID_SENDER")])
+    ("unknown_correlation", "ERR_INVALID_CORRELATION_ID"), ("wrong_sender", "ERR_INVALID_SENDER"),
+    ("api_call_id_of_another_exchange", "ERR_INVALID_API_CALL_ID")])
 def test_bad_callbacks_change_nothing(claims: ClaimsServer, sandbox: Sandbox, case: str, code: str | None) -> None:
     s = uuid.uuid4().hex[:8]
     store(claims, records(s))
@@ -234,7 +236,13 @@ def test_bad_callbacks_change_nothing(claims: ClaimsServer, sandbox: Sandbox, ca
              "expired": {"timestamp": "2020-01-01T00:00:00+05:30"},
              "reused_api_call_id": {"api_call_id": first["headers"]["x-hcx-api_call_id"]},
              "unknown_correlation": {"correlation_id": str(uuid.uuid4()), "from_correlation": cid},
-             "wrong_sender": {"as": PAYER2}}[case]
+             "wrong_sender": {"as": PAYER2}, "api_call_id_of_another_exchange": {}}[case]
+    if case == "api_call_id_of_another_exchange":  # an id the eligibility check's answer already used
+        other = submit(claims, f"CoverageEligibilityRequest/cer-{s}")
+        wait_until(lambda: status_of(claims, f"CoverageEligibilityRequest/cer-{s}", other) == "complete", 30,
+                   "the other exchange")
+        used = next(x for x in sandbox.received()["sent"] if x["headers"]["x-hcx-correlation_id"] == other)
+        extra = {"api_call_id": used["headers"]["x-hcx-api_call_id"]}
     sent = sandbox.send(**{**common, **extra, "to": "hospital01@sandbox"})
     if code is not None:
         wait_until(lambda: audits(claims, code), 30, f"the refusal {code}")
@@ -275,31 +283,64 @@ def test_nothing_leaves_that_fails_the_profile_or_concerns_another_patient(claim
 
 
 def test_callbacks_need_the_gateways_bearer(claims: ClaimsServer) -> None:
-    base = claims.url.removesuffix("/fhir")
     body = {"x-hcx-status": "response.error", "x-hcx-correlation_id": str(uuid.uuid4())}
     for headers in ({}, {"Authorization": "Bearer not-a-jwt"}):
-        resp = claims.http.post(f"{base}/hcx/claim/on_submit", json=body, headers=headers)
+        resp = claims.http.post(f"{claims.root}/hcx/claim/on_submit", json=body, headers=headers)
         assert resp.status_code == 401 and resp.json()["error"]["code"] == "ERR_ACCESS_DENIED"
 
 
-def test_fhir_native_payer_gets_a_pas_bundle_and_answers(claims: ClaimsServer, sandbox: Sandbox) -> None:
+def test_status_is_asked_and_the_payers_answer_recorded(claims: ClaimsServer, sandbox: Sandbox) -> None:
+    s = uuid.uuid4().hex[:8]
+    store(claims, records(s))
+    sandbox.script({"action": "/preauth/submit", "query": "Please send the admission note"})  # stays open
+    pre = submit(claims, f"Claim/pre-{s}")
+    wait_until(lambda: claims.search("CommunicationRequest", identifier=f"{CORRELATION}|{pre}"), 30, "the query")
+    asked = claims.http.post(f"Claim/pre-{s}/$inquire", json={"resourceType": "Parameters"},
+                             headers={"Content-Type": "application/fhir+json"})
+    assert asked.status_code == 202, asked.text
+    wait_until(lambda: exchange(claims.get(f"Claim/pre-{s}"), pre).get("payerStatus") == ["in-progress: Under review"],
+               30, "the payer's /hcx/on_status")
+    assert status_of(claims, f"Claim/pre-{s}", pre) == "sent"  # still open: a status answer decides nothing
+    [sent] = [r for r in sandbox.received()["received"]
+              if r["path"] == "/hcx/status" and r["headers"]["x-hcx-correlation_id"] == pre]
+    task = sent["bundle"]["entry"][0]["resource"]
+    assert task["code"]["coding"][0]["code"] == "status" and task["focus"]["identifier"]["value"] == f"pre-{s}"
+    assert "Sharma" not in json.dumps(sent["bundle"])  # nothing of the patient's
+    assert any(e["subtype"][0]["code"] == "/hcx/on_status" for e in claims.search("AuditEvent",
+                                                                                   entity=f"Claim/pre-{s}"))
+    none_open = claims.http.post(f"CoverageEligibilityRequest/cer-{s}/$inquire", json={"resourceType": "Parameters"},
+                                 headers={"Content-Type": "application/fhir+json"})
+    assert none_open.status_code == 422 and "no open HCX exchange" in none_open.text
+
+
+def test_a_stored_binary_travels_embedded_and_never_another_patients(claims: ClaimsServer, sandbox: Sandbox) -> None:
     s = uuid.uuid4().hex[:8]
     resources = records(s)
+    note = base64.b64encode(b"Discharge summary: appendectomy, uneventful").decode()
+    binary = {"resourceType": "Binary", "id": f"bin-{s}", "contentType": "text/plain", "data": note,
+              "securityContext": {"reference": f"Patient/pat-{s}"}}
+    others = {"resourceType": "Binary", "id": f"bin-other-{s}", "contentType": "text/plain",
+              "data": base64.b64encode(b"Ravi's scan").decode(), "securityContext": {"reference": f"Patient/other-{s}"}}
     for r in resources:
-        if r["id"] == f"payer-{s}":
-            r["endpoint"] = [{"reference": f"Endpoint/fhir-{s}"}]
-    endpoint = {"resourceType": "Endpoint", "id": f"fhir-{s}", "status": "active",
-                "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                                   "code": "hl7-fhir-rest"},
-                "payloadType": [{"text": "Claim"}], "address": f"{sandbox.url}/fhir"}
-    store(claims, [endpoint, *resources])
-    sandbox.script({"action": "fhir:Claim/$submit", "fail": 1})  # the payer is down once: retried
+        if r["id"] == f"doc-{s}":
+            r["content"] = [{"attachment": {"contentType": "text/plain", "title": "Discharge summary",
+                                            "url": f"Binary/bin-{s}"}}]
+    store(claims, [binary, others, *resources])
     cid = submit(claims, f"Claim/final-{s}")
-    wait_until(lambda: status_of(claims, f"Claim/final-{s}", cid) == "complete", 30, "the payer's ClaimResponse")
-    [response] = claims.search("ClaimResponse", request=f"Claim/final-{s}")
-    assert response["outcome"] == "complete" and response["patient"] == {"reference": f"Patient/pat-{s}"}
-    [sent] = [b for b in sandbox.received()["fhir"] if b["entry"][0]["resource"]["identifier"][0]["value"]
-              == f"final-{s}"]
-    assert sent["type"] == "collection" and sent["meta"]["profile"] == [
-        "http://hl7.org/fhir/us/davinci-pas/StructureDefinition/profile-pas-request-bundle"]
-    assert "Bystander" not in json.dumps(sent) and "Sharma" in json.dumps(sent)
+    wait_until(lambda: any(r["headers"]["x-hcx-correlation_id"] == cid for r in sandbox.received()["received"]), 30,
+               "the claim at the payer")
+    [got] = [r for r in sandbox.received()["received"] if r["headers"]["x-hcx-correlation_id"] == cid]
+    [doc] = [e["resource"] for e in got["bundle"]["entry"] if e["resource"]["resourceType"] == "DocumentReference"]
+    attachment = doc["content"][0]["attachment"]
+    assert attachment["data"] == note and attachment["size"] == 43 and "url" not in attachment
+    assert attachment["contentType"] == "text/plain" and attachment["title"] == "Discharge summary"
+    # the same document pointing at another patient's Binary: refused, nothing leaves
+    doc_now = claims.get(f"DocumentReference/doc-{s}")
+    doc_now["content"][0]["attachment"]["url"] = f"Binary/bin-other-{s}"
+    assert claims.http.put(f"DocumentReference/doc-{s}", json=doc_now,
+                           headers={"Content-Type": "application/fhir+json"}).status_code == 200
+    before = len(sandbox.received()["received"])
+    resp = claims.http.post(f"Claim/pre-{s}/$submit", json={"resourceType": "Parameters"},
+                            headers={"Content-Type": "application/fhir+json"})
+    assert resp.status_code == 422 and "another patient" in resp.text
+    assert len(sandbox.received()["received"]) == before

@@ -3,8 +3,10 @@ codes), and the participant token and registry cache, against the sandbox in its
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,7 @@ from interfaces.claims.token import ParticipantToken
 from tests.conftest import Backend, wait_until
 from tests.integration.claims_support import (
     PAYER,
+    PROVIDER,
     ClaimsServer,
     Sandbox,
     records,
@@ -20,7 +23,7 @@ from tests.integration.claims_support import (
     start_sandbox,
     store,
 )
-from tests.integration.test_claims_hcx import status_of, submit
+from tests.integration.test_claims_hcx import CORRELATION, exchange, status_of, submit
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +75,55 @@ def test_registry_entries_are_cached_until_they_expire(nhcx_sandbox: Sandbox) ->
     expiring.get(PAYER)
     expiring.get(PAYER)
     assert nhcx_sandbox.received()["searches"] == before + 3
+
+
+def test_nhcx_error_response_is_recorded_on_the_claim(nhcx: ClaimsServer, nhcx_sandbox: Sandbox) -> None:
+    s = uuid.uuid4().hex[:8]
+    store(nhcx, records(s))
+    nhcx_sandbox.script({"action": "/preauth/submit", "query": "Please send the admission note"})  # stays open
+    pre = submit(nhcx, f"Claim/pre-{s}")
+    wait_until(lambda: nhcx.search("CommunicationRequest", identifier=f"{CORRELATION}|{pre}"), 30, "the query")
+    nhcx_sandbox.send(path="/error/response", correlation_id=pre, to=PROVIDER,
+                      error_response={"code": "ERR_INVALID_PAYLOAD", "message": "Claim.item is missing"})
+    wait_until(lambda: status_of(nhcx, f"Claim/pre-{s}", pre) == "error", 30, "the error recorded")
+    assert exchange(nhcx.get(f"Claim/pre-{s}"), pre)["error"] == ["ERR_INVALID_PAYLOAD: Claim.item is missing"]
+    gone = str(uuid.uuid4())  # about no exchange of ours: refused, nothing changes
+    nhcx_sandbox.send(path="/error/response", correlation_id=gone, to=PROVIDER,
+                      error_response={"code": "ERR_INVALID_PAYLOAD", "message": "whatever"})
+    wait_until(lambda: [e for e in nhcx.search("AuditEvent", _count=200)
+                        if "ERR_INVALID_CORRELATION_ID" in e.get("outcomeDesc", "")
+                        and any(d.get("valueString") == gone for en in e["entity"] for d in en.get("detail", []))],
+               30, "the refusal")
+
+
+def params(resp: Any) -> dict[str, str]:
+    assert resp.status_code == 202, resp.text
+    return {q["name"]: next(v for k, v in q.items() if k.startswith("value")) for q in resp.json()["parameter"]}
+
+
+def test_nhcx_cancel_and_insurance_plan(nhcx: ClaimsServer, nhcx_sandbox: Sandbox) -> None:
+    s = uuid.uuid4().hex[:8]
+    store(nhcx, records(s))
+    pre = submit(nhcx, f"Claim/pre-{s}")
+    wait_until(lambda: status_of(nhcx, f"Claim/pre-{s}", pre) == "complete", 30, "the pre-authorisation")
+    json_type = {"Content-Type": "application/fhir+json"}
+    cancel = params(nhcx.http.post(f"Claim/pre-{s}/$task", headers=json_type, json={
+        "resourceType": "Parameters", "parameter": [{"name": "code", "valueCode": "cancel"}]}))["correlationId"]
+    wait_until(lambda: status_of(nhcx, f"Claim/pre-{s}", cancel) == "complete", 30, "the cancellation")
+    claim = nhcx.get(f"Claim/pre-{s}")
+    assert claim["status"] == "cancelled" and exchange(claim, cancel)["payerStatus"] == ["completed: Cancelled"]
+    plan_cid = params(nhcx.http.post(f"CoverageEligibilityRequest/cer-{s}/$insurance-plan", headers=json_type,
+                                     json={"resourceType": "Parameters"}))["correlationId"]
+    wait_until(lambda: status_of(nhcx, f"CoverageEligibilityRequest/cer-{s}", plan_cid) == "complete", 30, "the plan")
+    [ref] = exchange(nhcx.get(f"CoverageEligibilityRequest/cer-{s}"), plan_cid)["response"]
+    plan = nhcx.get(ref)
+    assert plan["name"] == "Sandbox Health Shield" and plan["ownedBy"] == {"reference": f"Organization/payer-{s}"}
+    got = {r["headers"]["x-hcx-correlation_id"]: r for r in nhcx_sandbox.received()["received"]}
+    assert got[cancel]["path"] == "/task/submit" and got[cancel]["headers"]["x-hcx-workflow_id"] == "122"
+    asked = got[plan_cid]["bundle"]["entry"][0]["resource"]
+    assert got[plan_cid]["path"] == "/insuranceplan/request"
+    assert asked["input"][0]["valueIdentifier"]["value"] == "POL-778899"
+    assert "Sharma" not in json.dumps([got[cancel]["bundle"], got[plan_cid]["bundle"]])  # nothing of the patient's
+    refused = nhcx.http.post(f"Claim/final-{s}/$task", headers=json_type, json={
+        "resourceType": "Parameters", "parameter": [{"name": "code", "valueCode": "cancel"}]})
+    assert refused.status_code == 422  # never submitted

@@ -49,7 +49,7 @@ ACTS_AS_SYSTEM = {
     "interfaces/abdm/service.py": "ABDM outbox jobs: gateway callbacks, data pushes, erasure at dataEraseAt",
     "interfaces/abdm/transfer.py": "ABDM health information: only records within a granted, current Consent",
     "interfaces/claims/api.py": "HCX callbacks in: admitted by the gateway's signed, encrypted envelope",
-    "interfaces/claims/fhir_payer.py": "a FHIR payer's ClaimResponse, stored on the claim it answers",
+    "interfaces/claims/fhir_payer.py": "a FHIR payer's polled answer, stored on the claim it answers",
     "interfaces/claims/inbound.py": "HCX callbacks: a verified response applied to its own claim",
     "interfaces/claims/outbound.py": "HCX requests out from the outbox: the claim's own records only",
     "interfaces/claims/sandbox/demo.py": "the claims demo (not the server): installs the IG, seeds data",

@@ -27,12 +27,12 @@ from joserfc.jwk import RSAKey
 
 from interfaces.claims import envelope, keys
 from interfaces.claims import protocol as p
-from interfaces.claims.sandbox import payer
+from interfaces.claims.sandbox import fhir_payer, payer
 
 PAYERS = ("payer01@sandbox", "payer02@sandbox")
 GATEWAY_CODE = "hcx-gateway@sandbox"
-GATEWAY_APIS = (p.ELIGIBILITY, p.PREDETERMINATION, p.PREAUTH, p.CLAIM, p.STATUS_REQUEST,
-                "/communication/on_request", "/paymentnotice/on_request")
+GATEWAY_APIS = (p.ELIGIBILITY, p.PREDETERMINATION, p.PREAUTH, p.CLAIM, p.STATUS_REQUEST, p.TASK_SUBMIT,
+                p.INSURANCE_PLAN, "/communication/on_request", "/paymentnotice/on_request")
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Sandbox:
     cycles: dict[str, dict[str, Any]] = field(default_factory=dict)  # correlation id -> what the cycle is
     behaviours: list[dict[str, Any]] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
-    fhir_received: list[dict[str, Any]] = field(default_factory=list)  # as the FHIR-native payer
+    fhir: fhir_payer.FhirPayerState = field(default_factory=fhir_payer.FhirPayerState)  # FHIR-native payer
     sent: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -142,6 +142,15 @@ class Sandbox:
                       extra={p.ERROR_DETAILS: {"code": error[0], "message": error[1], "trace": ""}})
             return
         assert bundle is not None
+        if action == p.STATUS_REQUEST:  # where the cycle stands, as a Task (it leaves the cycle as it is)
+            self.send(payer_code, provider, p.on_action(action), cid,
+                      payer.status_response(bundle, decided=bool((self.cycles.get(cid) or {}).get("decided"))),
+                      status=p.COMPLETE, workflow_id=wf)
+            return
+        if action in (p.TASK_SUBMIT, p.INSURANCE_PLAN):  # a cancel / reprocess done, or the policy's plan
+            answer = payer.task_response(bundle) if action == p.TASK_SUBMIT else payer.insurance_plan(bundle)
+            self.send(payer_code, provider, p.on_action(action), cid, answer, status=p.COMPLETE, workflow_id=wf)
+            return
         with self.lock:
             self.cycles[cid] = {"provider": provider, "payer": payer_code, "action": action, "bundle": bundle}
         if behaviour.get("redirect"):
@@ -164,6 +173,7 @@ class Sandbox:
         provider, payer_code = headers[p.SENDER], headers[p.RECIPIENT]
         cid, wf = headers[p.CORRELATION_ID], headers.get(p.WORKFLOW_ID)
         back = p.on_action(action)
+        (self.cycles.get(cid) or {})["decided"] = True
         if action == p.ELIGIBILITY:
             answers: list[dict[str, Any] | None] = [payer.eligibility_response(bundle)]
         elif action == p.STATUS_REQUEST:
@@ -285,22 +295,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
     for action in GATEWAY_APIS:
         app.post(action)(gateway(action))
 
-    @app.post("/fhir/Claim/$submit")
-    async def fhir_submit(request: Request) -> JSONResponse:
-        """A FHIR-native payer (Da Vinci PAS style): the request Bundle in, a ClaimResponse Bundle back at once."""
-        behaviour = box.take("fhir:Claim/$submit")
-        if behaviour.get("fail"):
-            return JSONResponse({"resourceType": "OperationOutcome", "issue": [
-                {"severity": "error", "code": "transient", "diagnostics": "payer down (scripted)"}]}, 503)
-        bundle = await request.json()
-        with box.lock:
-            box.fhir_received.append(bundle)
-        try:
-            answer = payer.claim_response(bundle, outcome="queued" if behaviour.get("queued") else "complete")
-        except ValueError as exc:
-            return JSONResponse({"resourceType": "OperationOutcome", "issue": [
-                {"severity": "error", "code": "invalid", "diagnostics": str(exc)}]}, 400)
-        return JSONResponse(answer, 200, media_type="application/fhir+json")
+    fhir_payer.install(app, box)  # the FHIR-native payer under /fhir, SMART backend services
 
     @app.post("/_control/participants")
     async def register(request: Request) -> dict[str, Any]:
@@ -325,7 +320,7 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
     def received() -> dict[str, Any]:
         with box.lock:
             return {"received": list(box.received), "sent": [{k: v for k, v in s.items()} for s in box.sent],
-                    "tokens_issued": box.tokens_issued, "searches": box.searches, "fhir": list(box.fhir_received)}
+                    "tokens_issued": box.tokens_issued, "searches": box.searches, "fhir": list(box.fhir.received)}
 
     @app.post("/_control/send")
     async def originate(request: Request) -> dict[str, Any]:
@@ -334,6 +329,13 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> FastAPI:
         "timestamp", "tamper", "recipient_code", "from_correlation"}`` -- the tests' failure cases, a demo's payment."""
         b = await request.json()
         cycle = box.cycles.get(b.get("from_correlation") or b.get("correlation_id", "")) or {}
+        if b.get("error_response"):  # NHCX /error/response: the gateway's plain ErrorResponse about a request
+            plain = {"timestamp": int(time.time() * 1000), "correlation_id": b.get("correlation_id"),
+                     "api_call_id": p.new_id(), "error": b["error_response"]}
+            target = box.participants[str(b.get("to") or cycle.get("provider") or "")]
+            box._post(f"{str(target.get('endpoint_url', '')).rstrip('/')}{b.get('path', '/error/response')}", plain,
+                      {"path": b.get("path"), "headers": {}, "bundle": None})
+            return {"headers": {p.API_CALL_ID: plain["api_call_id"]}}
         bundle_in = cycle.get("bundle") or {}
         kind = b.get("kind", "none")
         out = None if kind == "none" else \

@@ -101,3 +101,34 @@ def claim_total(request_bundle: dict[str, Any]) -> float:
     if total.get("value") is not None:
         return float(total["value"])
     return sum(float((i.get("net") or {}).get("value") or 0) for i in claim.get("item") or [])
+
+
+def status_response(request_bundle: dict[str, Any], *, decided: bool) -> dict[str, Any]:
+    """/hcx/on_status: the status Task answered (NRCeS TaskBundle), ``businessStatus`` saying where it stands."""
+    asked = next((e.get("resource") or {} for e in request_bundle.get("entry") or []
+                  if (e.get("resource") or {}).get("resourceType") == "Task"), {})
+    task = {**asked, "id": str(uuid.uuid4()), "status": "completed" if decided else "in-progress",
+            "businessStatus": {"text": "Decided" if decided else "Under review"},
+            "lastModified": datetime.now(UTC).isoformat(timespec="seconds")}
+    return _bundle("TaskBundle", [task])
+
+
+def task_response(request_bundle: dict[str, Any]) -> dict[str, Any]:
+    """/task/on_submit: the cancel / reprocess Task, done."""
+    asked = next((e.get("resource") or {} for e in request_bundle.get("entry") or []
+                  if (e.get("resource") or {}).get("resourceType") == "Task"), {})
+    codes = {c.get("code") for c in (asked.get("code") or {}).get("coding") or []}
+    task = {**asked, "id": str(uuid.uuid4()), "status": "completed",
+            "businessStatus": {"text": "Cancelled" if "cancel" in codes else "Reprocessed"}}
+    return _bundle("TaskBundle", [task])
+
+
+def insurance_plan(request_bundle: dict[str, Any]) -> dict[str, Any]:
+    """/insuranceplan/on_request: the policy's plan (NRCeS InsurancePlanBundle)."""
+    limit = {"value": {"value": 5000, "unit": "INR"}}
+    plan = {"resourceType": "InsurancePlan", "id": str(uuid.uuid4()), "meta": {"profile": [NRCES + "InsurancePlan"]},
+            "status": "active", "name": "Sandbox Health Shield", "period": {"start": "2026-01-01", "end": "2026-12-31"},
+            "coverage": [{"type": {"text": "Inpatient"}, "benefit": [
+                {"type": {"text": "Room rent per day"}, "limit": [limit]}]}],
+            "plan": [{"type": {"text": "Individual"}, "generalCost": [{"cost": {"value": 500000, "currency": "INR"}}]}]}
+    return _bundle("InsurancePlanBundle", [plan])
