@@ -2,7 +2,7 @@
 rows): at 2% (plus 1,000 rows), so the planner's picture follows a growing hospital. PostgreSQL only.
 
 Revision ID: 0028_statistics
-Revises: 0020_subscription_edits
+Revises: 0025_claims
 Create Date: 2026-12-07
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 from fhir_server.storage.statistics import SEARCHED_TABLES
 
 revision = "0028_statistics"
-down_revision = "0020_subscription_edits"
+down_revision = "0025_claims"
 branch_labels = None
 depends_on = None
 
