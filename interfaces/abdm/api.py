@@ -37,6 +37,7 @@ HIP_ROUTES: dict[str, Handler] = {
     "/api/v3/consent/request/hip/notify": hip.consent_notify,
     "/api/v3/hip/health-information/request": hip.hi_request,
     "/api/v3/hip/token/on-generate-token": hip_linking.on_generate_token,
+    "/api/v3/link/on_carecontext": hip_linking.on_carecontext,
 }
 HIU_ROUTES: dict[str, Handler] = {
     "/api/v3/hiu/consent/request/on-init": hiu.on_init,
@@ -46,7 +47,7 @@ HIU_ROUTES: dict[str, Handler] = {
 }
 # Callbacks we accept and only acknowledge (nothing depends on them yet).
 ACKNOWLEDGED = ("/api/v3/hiu/consent/request/on-status", "/api/v3/links/context/on-notify",
-                "/api/v3/link/on_carecontext")
+                "/api/v3/patients/sms/on-notify")
 
 
 def _error(status: int, message: str) -> JSONResponse:

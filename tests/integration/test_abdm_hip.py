@@ -12,6 +12,7 @@ import pytest
 from fhir_server.rest.request import FhirRequest
 from fhir_server.storage.access import as_system
 from interfaces.abdm import hip as hip_module
+from interfaces.abdm.hip_linking import CONTEXT_NOTIFY, SMS_NOTIFY
 from interfaces.abdm.identity import ABHA_ADDRESS_SYSTEM, ABHA_NUMBER_SYSTEM
 from tests.conftest import wait_until
 from tests.integration.abdm_support import (
@@ -277,17 +278,106 @@ def test_abha_identifiers_are_validated(hospital: Hospital) -> None:
 
 def test_a_new_visit_is_linked_to_the_patients_abha_by_the_hip(hospital: Hospital, sim: Simulator) -> None:
     address = f"visit{uuid.uuid4().hex[:8]}@sbx"
-    data = visit_data(hospital, address=address)  # its Encounters are created after the ABHA address is known
+    data = visit_data(hospital, address=address)  # its care contexts are created after the ABHA address is known
     links: list[dict[str, Any]] = []
 
     def linked() -> bool:
         links[:] = [e for e in sim.log("/hip/v3/link/carecontext") if e["body"]["abhaAddress"] == address]
-        return len(links) == 2
+        return len(links) == 3
 
-    wait_until(linked, 30, "both visits linked")
+    wait_until(linked, 30, "both visits and the standalone report linked")
     tokens = [e for e in sim.log("/v3/token/generate-token") if e["body"]["abhaAddress"] == address]
     assert tokens[0]["body"]["abhaNumber"].isdigit() and len(tokens[0]["body"]["abhaNumber"]) == 14
     assert tokens[0]["headers"]["x-hip-id"] == HIP_ID
     assert all(e["headers"]["x-link-token"].startswith("sim-link-token-") for e in links)
     contexts = {cc["referenceNumber"] for e in links for g in e["body"]["patient"] for cc in g["careContexts"]}
-    assert contexts == {data["e1"], data["e2"]}
+    assert contexts == {data["e1"], data["e2"], data["dr"]}
+    # once the gateway confirmed each link, the patient's app is told of the new record (context notify)
+    notices: list[dict[str, Any]] = []
+
+    def notified() -> bool:
+        notices[:] = [e for e in sim.log(CONTEXT_NOTIFY) if e["body"]["notification"]["patient"]["id"] == address]
+        return len(notices) == 3
+
+    wait_until(notified, 30, "the new-record notifications")
+    by_context = {n["body"]["notification"]["careContext"]["careContextReference"]: n for n in notices}
+    assert set(by_context) == {data["e1"], data["e2"], data["dr"]}
+    first = by_context[data["e1"]]
+    assert first["headers"]["x-hip-id"] == HIP_ID
+    assert first["body"]["notification"]["hiTypes"] == ["OPConsultation"]
+    assert first["body"]["notification"]["careContext"]["patientReference"] == f"Patient/{data['patient']}"
+    assert first["body"]["notification"]["hip"]["id"] == HIP_ID
+    assert by_context[data["dr"]]["body"]["notification"]["hiTypes"] == ["DiagnosticReport"]
+    links_done: list[dict[str, Any]] = []
+
+    def all_completed() -> bool:
+        found = hospital.read("Task", [("patient", f"Patient/{data['patient']}"), ("_count", "50")])
+        links_done[:] = [e["resource"] for e in found.get("entry", [])
+                         if e["resource"]["identifier"][0]["system"] == "urn:fhir-server:abdm-task/hip-link"]
+        return len(links_done) == 3 and all(t["status"] == "completed" for t in links_done)
+
+    wait_until(all_completed, 20, "the link Tasks completed")
+
+
+def test_a_patient_without_abha_gets_the_sms_deep_link(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital)  # no ABHA address: nothing to link, the gateway texts the deep link instead
+    sent: list[dict[str, Any]] = []
+
+    def texted() -> bool:
+        sent[:] = [e for e in sim.log(SMS_NOTIFY) if e["headers"]["request-id"] in _sms_requests(hospital, data)]
+        return len(sent) == 3  # E1, E2 and the standalone report
+
+    wait_until(texted, 30, "the SMS deep links")
+    assert {e["body"]["notification"]["phoneNo"] for e in sent} == {"+919800083232"}
+    assert {e["body"]["notification"]["hip"]["id"] for e in sent} == {HIP_ID}
+    assert not [e for e in sim.log("/v3/token/generate-token") if e["body"]["name"] == data["name"]]
+    ack = sim.post("/sim/call", {"path": "/api/v3/patients/sms/on-notify", "hipId": HIP_ID, "body": {
+        "acknowledgement": {"status": "SUCCESS"}, "response": {"requestId": sent[0]["headers"]["request-id"]}}})
+    assert ack["status"] == 202  # the gateway's acknowledgement is taken
+
+
+def _sms_requests(h: Hospital, data: dict[str, Any]) -> set[str]:
+    """Our REQUEST-IDs of the deep links for this patient's care contexts (derived from their outbox keys)."""
+    keys = [f"callback:{SMS_NOTIFY}:sms:{ref}" for ref in (data["e1"], data["e2"], data["dr"])]
+    return {str(uuid.uuid5(uuid.NAMESPACE_URL, k)) for k in keys}
+
+
+def test_a_gateway_token_for_another_audience_is_refused(hospital: Hospital, sim: Simulator) -> None:
+    body = {"transactionId": str(uuid.uuid4()), "patient": {"name": "Nobody", "gender": "F", "yearOfBirth": 1990}}
+    wrong = sim.post("/sim/call", {"path": DISCOVER, "hipId": HIP_ID, "audience": "some-other-service", "body": body})
+    assert wrong["status"] == 401 and "aud" in wrong["body"]
+    right = sim.post("/sim/call", {"path": DISCOVER, "hipId": HIP_ID, "audience": "account", "body": body})
+    assert right["status"] == 202
+
+
+def test_a_consent_without_the_managers_signature_is_not_honoured(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital)
+    sim.post("/sim/config", {"badSignatures": True})
+    try:
+        result = sim.post("/sim/consent/grant", {
+            "patientReference": f"Patient/{data['patient']}", "careContexts": [data["e1"]], "hiTypes": ["Prescription"],
+            "from": "2024-01-01T00:00:00.000Z", "to": "2024-12-31T00:00:00.000Z",
+            "dataEraseAt": "2030-01-01T00:00:00.000Z", "hipId": HIP_ID})
+    finally:
+        sim.post("/sim/config", {"badSignatures": False})
+    ack = sim.answer("/consent/v3/request/hip/on-notify", result["requestId"])["body"]
+    assert ack["error"]["code"] == "ABDM-1030" and ack["acknowledgement"]["status"] == "UNKNOWN"
+    stored = hospital.read("Consent", [("identifier", f"https://abdm.gov.in/consent-artefact|{result['consentId']}")])
+    assert stored.get("entry", []) == []
+    pull = request_data(sim, result["consentId"])
+    assert sim.answer("/data-flow/v3/health-information/hip/on-request",
+                      pull["requestId"])["body"]["error"]["code"] == "ABDM-1009"
+
+
+def test_the_consents_frequency_limits_the_pulls(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital)
+    consent = grant(sim, data, ["Prescription"], frequency={"unit": "HOUR", "value": 1, "repeats": 1})
+    first, second, third = (request_data(sim, consent) for _ in range(3))
+    for pull in (first, second):  # repeats 1: the request and one repeat within the hour
+        ack = sim.answer("/data-flow/v3/health-information/hip/on-request", pull["requestId"])
+        assert ack["body"]["hiRequest"]["sessionStatus"] == "ACKNOWLEDGED"
+    refused = sim.answer("/data-flow/v3/health-information/hip/on-request", third["requestId"])["body"]
+    assert refused["error"]["code"] == "ABDM-1014" and refused["hiRequest"]["sessionStatus"] == "FAILED"
+    transfer_notice(sim, second["transactionId"])
+    assert sim.http.get("/sim/hiu/received", params={"transactionId": second["transactionId"]}).json()["documents"]
+    assert sim.http.get("/sim/hiu/received", params={"transactionId": third["transactionId"]}).json()["pages"] == []

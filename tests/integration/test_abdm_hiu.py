@@ -150,6 +150,39 @@ def test_tampered_pushes_are_refused(hospital: Hospital, sim: Simulator) -> None
     assert sim.http.get("/sim/state").json()["pushes"][before]["status"] == 400
 
 
+def test_an_artefact_without_the_managers_signature_is_not_stored(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital, address=f"sign{uuid.uuid4().hex[:8]}@sbx")
+    resp = hospital.http.post("/abdm/hiu/consent-requests", headers=hospital.admin, json={
+        "patient": f"Patient/{data['patient']}", "hiTypes": ["Prescription"],
+        "from": "2024-01-01T00:00:00.000Z", "to": "2024-12-31T00:00:00.000Z",
+        "dataEraseAt": "2030-01-01T00:00:00.000Z"})
+    request_consent = resp.json()["consent"]
+    ids: list[str] = []
+
+    def registered() -> bool:
+        ids[:] = [i["value"] for i in hospital.read(request_consent)["identifier"]
+                  if i["system"] == "https://abdm.gov.in/consent-request"]
+        return bool(ids)
+
+    wait_until(registered, 20, "the consent request's on-init")
+    sim.post("/sim/config", {"badSignatures": True})
+    try:
+        artefact = sim.post("/sim/cm/grant", {"consentRequestId": ids[0]})["consentId"]
+
+        def refused() -> bool:
+            events = hospital.read("AuditEvent", [("subtype", "urn:fhir-server:abdm|abdm-consent-fetch"),
+                                                  ("_count", "100")])
+            return any("bad signature" in str(e["resource"]) for e in events.get("entry", []))
+
+        wait_until(refused, 20, "the forged artefact refused")
+    finally:
+        sim.post("/sim/config", {"badSignatures": False})
+    found = hospital.read("Consent", [("identifier", f"https://abdm.gov.in/consent-artefact|{artefact}")])
+    assert found.get("entry", []) == []  # not stored, and no data asked for under it
+    assert not [e for e in sim.log("/data-flow/v3/health-information/request")
+                if e["body"]["hiRequest"]["consent"]["id"] == artefact]
+
+
 def test_gateway_session_is_refreshed_before_it_expires(sim: Simulator) -> None:
     from interfaces.abdm.gateway import Gateway
     from interfaces.abdm.settings import AbdmSettings

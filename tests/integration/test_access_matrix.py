@@ -31,6 +31,7 @@ from tests.integration.access_matrix_support import (
     OTHER_TYPES,
     WRAPS,
     Case,
+    abdm_configured,
     all_cases,
     application,
     bundle_entry,
@@ -53,6 +54,9 @@ TOKENS: dict[str, tuple[str, ...]] = {
 }
 # Routes that only an administrator (or an EHR-side user who may read the patient) may use.
 ADMIN_ROUTES = ("/admin/", "/platform/")  # operators and the platform administrator only
+# ABDM: gateway calls in need the gateway's token, a push its transaction's secret, the HIU's staff endpoints
+# an administrator.
+ABDM_ROUTES = ("/abdm/",)
 LAUNCH_REFUSED = ("patient", "narrow", "backend")
 COUNTED = ("search-type ", "search-type-id", "search-type-count", "search-type-post", "search-system-id",
            "search-system-post", "search-compartment", "search-chain", "search-has", "history-instance")
@@ -75,7 +79,11 @@ def _params() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def smart(backend: Backend) -> Iterator[Smart]:
     backend.truncate()
-    yield from smart_server(backend, workflows="all")  # the hospital's operations join the matrix too
+    servers = smart_server(backend, workflows="all")  # the hospital's operations join the matrix too
+    with abdm_configured():  # and ABDM's endpoints
+        smart = next(servers)
+    yield smart
+    next(servers, None)  # the server stops (the code after its yield)
 
 
 def _create(smart: Smart, admin: str, resource: dict[str, Any]) -> dict[str, Any]:
@@ -321,7 +329,8 @@ def test_matrix(smart: Smart, world: dict[str, Any], case: Case, wrap: str, toke
     if case.extra.get("admin"):  # refused; inside a Bundle an entry may be refused before routing (400/404)
         allowed = (401, 403) if wrap == "top" else (400, 401, 403, 404)
         assert status in allowed, f"the administrative {case.name} answered {status} to a {token_name} token"
-    if case.path.startswith(ADMIN_ROUTES) or (case.path == "/auth/launch" and token_name in LAUNCH_REFUSED):
+    if case.path.startswith(ADMIN_ROUTES + ABDM_ROUTES) or \
+            (case.path == "/auth/launch" and token_name in LAUNCH_REFUSED):
         assert status in (401, 403), f"{case.path} answered {status} to a {token_name} token"
 
 
