@@ -128,9 +128,12 @@ def test_discharge_summaries_are_valid_records(hospital: Hospital, sim: Simulato
     ref = {"reference": f"Encounter/{admission}"}
     hospital.create({"resourceType": "Condition", "subject": subject, "encounter": ref,
                      "code": {"text": "Dengue fever"}, "recordedDate": "2024-05-02"})
+    doctor = hospital.create({"resourceType": "Practitioner", "name": [{"prefix": ["Dr."], "given": ["Asha"]}],
+                              "identifier": [{"system": "https://doctor.ndhm.gov.in", "value": "22-1521-3828-3227"}]})
     hospital.create({"resourceType": "MedicationRequest", "status": "completed", "intent": "order", "subject": subject,
                      "encounter": ref, "medicationCodeableConcept": {"text": "Paracetamol 650 mg"},
-                     "authoredOn": "2024-05-02"})
+                     "authoredOn": "2024-05-02", "requester": {"reference": f"Practitioner/{doctor}"},
+                     "dosageInstruction": [{"text": "One tablet every six hours for three days"}]})
     statuses, documents = received(sim, hospital, data, ["DischargeSummary"], contexts=[f"Encounter/{admission}",
                                                                                         data["e1"]])
     assert statuses == {f"Encounter/{admission}": ("DELIVERED", "Delivered"),
