@@ -86,6 +86,10 @@ def _gateway_endpoint(handler: Handler | None) -> Callable[[Request], Any]:
 async def _transfer(request: Request) -> Response:
     """Our dataPushUrl: a HIP pushes pages of encrypted documents here directly."""
     abdm: Abdm = request.app.state.abdm
+    try:  # the URL's secret first: a caller without it learns nothing, not even what a body should be
+        pull = await run_in_threadpool(hiu.authorize_push, abdm, request.path_params["secret"])
+    except FhirError as exc:
+        return _error(exc.status, exc.outcome()["issue"][0].get("diagnostics", "refused"))
     try:
         body = await request.json()
     except ValueError:
@@ -93,7 +97,7 @@ async def _transfer(request: Request) -> Response:
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")
     try:
-        await run_in_threadpool(hiu.receive, abdm, request.path_params["secret"], body)
+        await run_in_threadpool(hiu.receive, abdm, pull, body)
     except FhirError as exc:
         return _error(exc.status, exc.outcome()["issue"][0].get("diagnostics", "refused"))
     return Response(status_code=202)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hmac
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -227,11 +226,11 @@ def request_data(abdm: Abdm, repo: Repository, cid: str, consent: dict[str, Any]
     task_id = f"abdm-hiu-pull-{uuid.uuid5(uuid.NAMESPACE_URL, f'{PULL_SYSTEM}/{request_id}')}"
     task: dict[str, Any] = {
         "resourceType": "Task", "id": task_id, "status": "requested", "intent": "order",
-        "identifier": [{"system": PULL_SYSTEM + "/request", "value": request_id}],
+        "identifier": [{"system": PULL_SYSTEM + "/request", "value": request_id},
+                       {"system": PULL_SYSTEM + "/push-secret", "value": secret_digest(secret)}],
         "code": {"text": "ABDM health information pull"}, "focus": {"reference": f"Consent/{cid}"},
         "authoredOn": instant(datetime.now(UTC)), "restriction": {"period": {"end": instant(expiry)}},
-        "input": [{"type": {"text": "keyMaterial"}, "valueString": seal(abdm.settings, keys, task_id)},
-                  {"type": {"text": "pushSecret"}, "valueString": secret_digest(secret)}]}
+        "input": [{"type": {"text": "keyMaterial"}, "valueString": seal(abdm.settings, keys, task_id)}]}
     if "patient" in consent:
         task["for"] = consent["patient"]
     repo.create("Task", task, resource_id=task_id, method="PUT")
@@ -279,19 +278,26 @@ def _input(task: dict[str, Any], name: str) -> str | None:
     return next((str(i.get("valueString")) for i in task.get("input") or [] if i["type"]["text"] == name), None)
 
 
-def _pull(repo: Repository, txn: str) -> Version | None:
-    return _find(repo, "Task", [("identifier", f"{PULL_SYSTEM}/transaction|{txn}")]) if txn else None
+def authorize_push(abdm: Abdm, secret: str) -> Version:
+    """The pull a push URL's secret belongs to (only its SHA-256 is kept), before the body is even read:
+    403 for any other."""
+    digest = secret_digest(secret)
+    found = abdm.run("ABDM health information push", lambda repo: _find(
+        repo, "Task", [("identifier", f"{PULL_SYSTEM}/push-secret|{digest}")]), write=False)
+    if found is None or found.content is None:
+        raise FhirError(403, FORBIDDEN, "Unknown push URL", ("dataPushUrl",))
+    return found
 
 
-def receive(abdm: Abdm, secret: str, body: dict[str, Any]) -> None:
-    """A pushed page: every entry must decrypt (else 400, nothing stored); documents stored idempotently."""
+def receive(abdm: Abdm, found: Version, body: dict[str, Any]) -> None:
+    """A pushed page for the pull ``found``: every entry must decrypt (else 400, nothing stored); documents
+    stored idempotently."""
+    task = found.content or {}
     txn = str(body.get("transactionId", ""))
-    found = abdm.run(f"ABDM health information push {txn}", lambda repo: _pull(repo, txn), write=False)
-    task = found.content if found is not None else None
-    sealed, digest = (_input(task, "keyMaterial"), _input(task, "pushSecret")) if task else (None, None)
-    if found is None or task is None or digest is None or \
-            not hmac.compare_digest(digest, secret_digest(secret)):
+    known = [i["value"] for i in task.get("identifier", []) if i.get("system") == PULL_SYSTEM + "/transaction"]
+    if txn not in known:
         raise FhirError(403, FORBIDDEN, "Unknown transaction for this push URL", ("transactionId",))
+    sealed = _input(task, "keyMaterial")
     if sealed is None:
         raise FhirError(409, INVALID, "Every page of this transaction has come already", ("transactionId",))
     try:
@@ -358,7 +364,9 @@ def _record_page(abdm: Abdm, repo: Repository, task_id: str, txn: str, body: dic
     pages = sum(1 for o in outputs if o["type"]["text"] == "page")
     if pages >= int(body.get("pageCount") or 1):
         task["status"] = "completed"
-        task["input"] = [i for i in task["input"] if i["type"]["text"] != "keyMaterial"]  # spent
+        task["input"] = [i for i in task.get("input", []) if i["type"]["text"] != "keyMaterial"]  # spent
+        if not task["input"]:
+            del task["input"]
         responses = [{"careContextReference": o["type"]["text"].split(" ", 1)[1], "hiStatus": o["valueString"],
                       "description": "Stored" if o["valueString"] == "OK" else "Not a care context of the consent"}
                      for o in outputs if o["type"]["text"].startswith("careContext ")]

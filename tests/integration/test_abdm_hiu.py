@@ -65,7 +65,10 @@ def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simula
                 if any(x["what"]["reference"].startswith("Consent/abdm-hiu-") for x in e["resource"]["entity"])
                 and e["resource"]["policy"][0].rsplit("/", 1)[1] in sim.http.get("/sim/state").json()["artefacts"]]
 
-    wait_until(lambda: len(stored()) >= 2, 30, "the pulled documents")
+    try:
+        wait_until(lambda: len(stored()) >= 2, 30, "the pulled documents")
+    except AssertionError:
+        raise AssertionError(f"not stored: {sim.http.get('/sim/state').json()['pushes']}") from None
     provenance = stored()
     assert {p["agent"][0]["who"]["identifier"]["value"] for p in provenance} == {"SIM-HIP"}
     bundles = [hospital.read(p["target"][0]["reference"]) for p in provenance]

@@ -213,10 +213,10 @@ class Sim:
                     "keyMaterial": keys.to_json(x509=number % 2 == 0)}  # both key encodings, as HIPs send them
             try:
                 resp = self.http.post(str(hi_request.get("dataPushUrl")), json=body)
-                status = resp.status_code
-            except httpx.HTTPError:
-                status = 0
-            self.pushes.append({"transactionId": txn, "page": number, "status": status})
+                status, answer = resp.status_code, resp.text[:500]
+            except httpx.HTTPError as exc:
+                status, answer = 0, type(exc).__name__
+            self.pushes.append({"transactionId": txn, "page": number, "status": status, "answer": answer})
         self.tamper_next = False
 
 
