@@ -3,10 +3,14 @@ process drives our endpoints; what it received and decrypted is inspected here."
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from fhir_server.rest.request import FhirRequest
@@ -14,6 +18,7 @@ from fhir_server.storage.access import as_system
 from interfaces.abdm import hip as hip_module
 from interfaces.abdm.hip_linking import CONTEXT_NOTIFY, SMS_NOTIFY
 from interfaces.abdm.identity import ABHA_ADDRESS_SYSTEM, ABHA_NUMBER_SYSTEM
+from interfaces.abdm.records import DateRange, DocumentBuilder
 from tests.conftest import wait_until
 from tests.integration.abdm_support import (
     DISCOVER,
@@ -89,6 +94,22 @@ def test_a_patient_links_their_visits_to_their_abha(hospital: Hospital, sim: Sim
     patient = hospital.read(f"Patient/{data['patient']}")
     assert {"system": ABHA_ADDRESS_SYSTEM, "value": address} in [
         {k: i[k] for k in ("system", "value")} for i in patient["identifier"]]
+
+
+def test_without_the_front_desk_discovery_wants_the_exact_name(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital)  # this hospital runs no workflows: no master patient index
+    number = next(i["value"] for i in hospital.read(f"Patient/{data['patient']}")["identifier"]
+                  if i["system"] == ABHA_NUMBER_SYSTEM).replace("-", "")
+    answers = []
+    for name in (data["name"].replace("Hina", "Heena"), data["name"].upper()):
+        call = sim.post("/sim/call", {"path": DISCOVER, "hipId": HIP_ID, "body": {
+            "transactionId": str(uuid.uuid4()), "patient": {
+                "name": name, "gender": "F", "yearOfBirth": 1979,
+                "verifiedIdentifiers": [{"type": "ABHA_NUMBER", "value": number}]}}})
+        answers.append(sim.answer("/user-initiated-linking/v3/patient/care-context/on-discover",
+                                  call["requestId"])["body"])
+    assert answers[0]["error"]["code"] == "ABDM-1010"  # a spelling variant is another name here
+    assert answers[1]["patient"][0]["referenceNumber"] == f"Patient/{data['patient']}"  # case aside, the same
 
 
 def test_a_consented_request_receives_exactly_the_consented_records(hospital: Hospital, sim: Simulator) -> None:
@@ -381,3 +402,66 @@ def test_the_consents_frequency_limits_the_pulls(hospital: Hospital, sim: Simula
     transfer_notice(sim, second["transactionId"])
     assert sim.http.get("/sim/hiu/received", params={"transactionId": second["transactionId"]}).json()["documents"]
     assert sim.http.get("/sim/hiu/received", params={"transactionId": third["transactionId"]}).json()["pages"] == []
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "abdm"
+UPDATE_GOLDEN = os.environ.get("ABDM_GOLDEN_UPDATE") == "1"
+
+
+def _put(h: Hospital, resource: dict[str, Any]) -> None:
+    resp = h.fhir.handle(FhirRequest("PUT", f"{resource['resourceType']}/{resource['id']}", resource=resource,
+                                     headers={"content-type": "application/fhir+json"}, access=as_system("golden")))
+    assert resp.status in (200, 201), resp.resource
+
+
+@pytest.mark.parametrize("hi_type", ["OPConsultation", "Prescription", "WellnessRecord"])
+def test_documents_match_their_golden_files(hospital: Hospital, hi_type: str) -> None:
+    """The mapping (records.json) as a whole: one fixed visit built into each record, compared with the
+    document kept under tests/golden/abdm (ABDM_GOLDEN_UPDATE=1 rewrites them), and valid against the IG."""
+    patient = {"resourceType": "Patient", "id": "golden-patient", "gender": "female", "birthDate": "1979-03-02",
+               "name": [{"text": "Hina Patel"}],
+               "identifier": [{"system": ABHA_NUMBER_SYSTEM, "value": "91-1111-2222-3333"}]}
+    subject, visit = {"reference": "Patient/golden-patient"}, {"reference": "Encounter/golden-visit"}
+    loinc = "http://loinc.org"
+    vitals = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                           "code": "vital-signs"}]}]
+    for resource in (
+            patient,
+            {"resourceType": "Practitioner", "id": "golden-doctor", "name": [{"prefix": ["Dr."], "given": ["Manju"]}],
+             "identifier": [{"system": "https://doctor.ndhm.gov.in", "value": "21-1521-3828-3227"}]},
+            {"resourceType": "Encounter", "id": "golden-visit", "status": "finished", "subject": subject,
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+             "participant": [{"individual": {"reference": "Practitioner/golden-doctor"}}],
+             "type": [{"text": "General OPD"}], "period": {"start": "2024-03-01T10:00:00+05:30"}},
+            {"resourceType": "Condition", "id": "golden-fever", "subject": subject, "encounter": visit,
+             "code": {"text": "Fever"}, "recordedDate": "2024-03-01"},
+            {"resourceType": "Observation", "id": "golden-pulse", "status": "final", "category": vitals,
+             "code": {"coding": [{"system": loinc, "code": "8867-4", "display": "Heart rate"}]}, "subject": subject,
+             "encounter": visit, "effectiveDateTime": "2024-03-01T10:05:00+05:30",
+             "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}},
+            {"resourceType": "Observation", "id": "golden-weight", "status": "final", "category": vitals,
+             "code": {"coding": [{"system": loinc, "code": "29463-7", "display": "Body weight"}]}, "subject": subject,
+             "encounter": visit, "effectiveDateTime": "2024-03-01T10:06:00+05:30",
+             "valueQuantity": {"value": 61, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}},
+            {"resourceType": "MedicationRequest", "id": "golden-rx", "status": "active", "intent": "order",
+             "subject": subject, "encounter": visit, "medicationCodeableConcept": {"text": "Paracetamol 500 mg"},
+             "authoredOn": "2024-03-01", "requester": {"reference": "Practitioner/golden-doctor"},
+             "dosageInstruction": [{"text": "One tablet three times a day"}]}):
+        _put(hospital, resource)
+    dates = DateRange(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 12, 31, tzinfo=UTC))
+    documents = hospital.fhir.uow.run(
+        lambda repo: DocumentBuilder(repo, HIP_ID, "Test Hospital", "https://hospital.example/abdm/documents")
+        .build("Encounter/golden-visit", hi_type, dates), write=False, access=as_system("golden documents"))
+    assert len(documents) == 1
+    document = documents[0]
+    outcome = hospital.fhir.handle(FhirRequest("POST", "Bundle/$validate", resource=document,
+                                               headers={"content-type": "application/fhir+json"},
+                                               access=as_system("test")))
+    assert [i for i in (outcome.resource or {})["issue"] if i["severity"] in ("error", "fatal")] == []
+    document["meta"].pop("lastUpdated")  # the moment it was built: all else is the mapping's
+    document.pop("timestamp")
+    path = GOLDEN / f"{hi_type}.json"
+    if UPDATE_GOLDEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    assert document == orjson.loads(path.read_bytes())
