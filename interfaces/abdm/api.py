@@ -23,7 +23,7 @@ from fhir_server.api.admin import admin_access
 from fhir_server.errors import FhirError
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
-from interfaces.abdm import hip, hip_linking, hiu
+from interfaces.abdm import hip, hip_linking, hiu, hiu_receive
 from interfaces.abdm.service import Abdm, abdm_for
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ async def _transfer(request: Request) -> Response:
     """Our dataPushUrl: a HIP pushes pages of encrypted documents here directly."""
     abdm: Abdm = request.app.state.abdm
     try:  # the URL's secret first: a caller without it learns nothing, not even what a body should be
-        pull = await run_in_threadpool(hiu.authorize_push, abdm, request.path_params["secret"])
+        pull = await run_in_threadpool(hiu_receive.authorize_push, abdm, request.path_params["secret"])
     except FhirError as exc:
         return _error(exc.status, exc.outcome()["issue"][0].get("diagnostics", "refused"))
     try:
@@ -97,7 +97,7 @@ async def _transfer(request: Request) -> Response:
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")
     try:
-        await run_in_threadpool(hiu.receive, abdm, pull, body)
+        await run_in_threadpool(hiu_receive.receive, abdm, pull, body)
     except FhirError as exc:
         return _error(exc.status, exc.outcome()["issue"][0].get("diagnostics", "refused"))
     return Response(status_code=202)
