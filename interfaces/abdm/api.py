@@ -23,7 +23,7 @@ from fhir_server.api.admin import admin_access
 from fhir_server.errors import FhirError
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
-from interfaces.abdm import hip, hip_linking, hiu
+from interfaces.abdm import hip, hip_linking, hiu, hiu_receive
 from interfaces.abdm.service import Abdm, abdm_for
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ HIP_ROUTES: dict[str, Handler] = {
     "/api/v3/consent/request/hip/notify": hip.consent_notify,
     "/api/v3/hip/health-information/request": hip.hi_request,
     "/api/v3/hip/token/on-generate-token": hip_linking.on_generate_token,
+    "/api/v3/link/on_carecontext": hip_linking.on_carecontext,
 }
 HIU_ROUTES: dict[str, Handler] = {
     "/api/v3/hiu/consent/request/on-init": hiu.on_init,
@@ -46,7 +47,7 @@ HIU_ROUTES: dict[str, Handler] = {
 }
 # Callbacks we accept and only acknowledge (nothing depends on them yet).
 ACKNOWLEDGED = ("/api/v3/hiu/consent/request/on-status", "/api/v3/links/context/on-notify",
-                "/api/v3/link/on_carecontext")
+                "/api/v3/patients/sms/on-notify")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -85,6 +86,10 @@ def _gateway_endpoint(handler: Handler | None) -> Callable[[Request], Any]:
 async def _transfer(request: Request) -> Response:
     """Our dataPushUrl: a HIP pushes pages of encrypted documents here directly."""
     abdm: Abdm = request.app.state.abdm
+    try:  # the URL's secret first: a caller without it learns nothing, not even what a body should be
+        pull = await run_in_threadpool(hiu_receive.authorize_push, abdm, request.path_params["secret"])
+    except FhirError as exc:
+        return _error(exc.status, exc.outcome()["issue"][0].get("diagnostics", "refused"))
     try:
         body = await request.json()
     except ValueError:
@@ -92,7 +97,7 @@ async def _transfer(request: Request) -> Response:
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")
     try:
-        await run_in_threadpool(hiu.receive, abdm, request.path_params["secret"], body)
+        await run_in_threadpool(hiu_receive.receive, abdm, pull, body)
     except FhirError as exc:
         return _error(exc.status, exc.outcome()["issue"][0].get("diagnostics", "refused"))
     return Response(status_code=202)

@@ -10,10 +10,17 @@ The Consent id is derived from the artefact id, so a repeated notification updat
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from interfaces.abdm.records import DateRange, parse_instant
 
@@ -170,6 +177,40 @@ def check_request(consent: dict[str, Any] | None, requested: DateRange | None, n
     return grant
 
 
+UNITS = {"HOUR": timedelta(hours=1), "DAY": timedelta(days=1), "WEEK": timedelta(weeks=1),
+         "MONTH": timedelta(days=30), "YEAR": timedelta(days=365)}
+
+
+def frequency(consent: dict[str, Any]) -> tuple[int, timedelta, str] | None:
+    """(requests allowed, window, the window in words) of the artefact's ``permission.frequency``, or None.
+
+    ``{"unit": "HOUR", "value": 1, "repeats": 0}``: our reading is that a request may be repeated ``repeats``
+    times within any ``value`` ``unit``s, so at most ``repeats + 1`` requests in that window (every published
+    example sends repeats 0, which cannot mean "never"; NHA publishes no rule, PROTOCOLS.md §B7)."""
+    text = extension(consent, "frequency")
+    if not isinstance(text, str):
+        return None
+    try:
+        repeats, _per, value, unit = text.split()
+        window = UNITS[unit.upper()] * max(1, int(value))
+        return max(0, int(repeats)) + 1, window, f"{value} {unit.lower()}"
+    except (ValueError, KeyError):
+        return None
+
+
+def check_frequency(consent: dict[str, Any], earlier: list[str], now: datetime | None = None) -> None:
+    """ConsentRefused when the requests already served (``earlier``: their authoredOn) use up the window."""
+    limit = frequency(consent)
+    if limit is None:
+        return
+    allowed, window, words = limit
+    since = (now or datetime.now(UTC)) - window
+    recent = [m for m in (parse_instant(e) for e in earlier) if m is not None and m > since]
+    if len(recent) >= allowed:
+        raise ConsentRefused("ABDM-1014", f"The consent allows {allowed} request(s) per {words}; "
+                                          f"{len(recent)} already made")
+
+
 def date_range(body: Any, element: str) -> DateRange:
     if not isinstance(body, dict):
         raise ValueError(f"{element} is missing")
@@ -177,3 +218,30 @@ def date_range(body: Any, element: str) -> DateRange:
     if start is None or end is None or end < start:
         raise ValueError(f"{element} needs from <= to as date-times")
     return DateRange(start, end)
+
+
+def signed_bytes(detail: dict[str, Any]) -> bytes:
+    """What the consent manager signs: ``consentDetail`` as compact JSON, its members in the order they came
+    (projectEKA's consent manager signs its Jackson serialization with SHA256withRSA; which bytes NHA's CM
+    signs is not published, PROTOCOLS.md §C)."""
+    return json.dumps(detail, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def signature_valid(detail: dict[str, Any], signature: Any, public_keys: list[Any]) -> bool:
+    """The artefact's ``signature`` (base64 SHA256withRSA) verifies with one of the consent manager's keys."""
+    if not isinstance(signature, str) or not signature:
+        return False
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    message = signed_bytes(detail)
+    for key in public_keys:
+        if not isinstance(key, rsa.RSAPublicKey):
+            continue
+        try:
+            key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
+            return True
+        except InvalidSignature:
+            continue
+    return False

@@ -107,12 +107,30 @@ class GatewayTokenVerifier:
 
     def __init__(self, settings: AbdmSettings, client: httpx.Client | None = None, cache_seconds: float = 300) -> None:
         self.url = (settings.gateway_url or "").rstrip("/") + CERTS
+        # The audience the gateway's tokens carry (care_abdm ``authentication.py`` checks "account"): a token
+        # the gateway's key signed for another audience is not a call meant for us.
+        self.claims_options = {"aud": {"essential": True, "values": [settings.gateway_audience]}} \
+            if settings.gateway_audience else {}
         self.http = client or httpx.Client(timeout=settings.http_timeout_seconds)
         self.cache_seconds = cache_seconds
         self._keys: Any = None
         self._fetched = 0.0
         self._lock = threading.Lock()
         self.jwt = JsonWebToken(["RS256"])
+
+    def public_keys(self) -> list[Any]:
+        """The gateway's public keys as ``cryptography`` keys (the consent manager signs artefacts with its
+        key; refetched when none verifies, as for an unknown key id)."""
+        try:
+            return [k.get_public_key() for k in self._key_set(False).keys]
+        except (httpx.HTTPError, ValueError):
+            return []
+
+    def refreshed_public_keys(self) -> list[Any]:
+        try:
+            return [k.get_public_key() for k in self._key_set(True).keys]
+        except (httpx.HTTPError, ValueError):
+            return []
 
     def _key_set(self, refresh: bool) -> Any:
         with self._lock:
@@ -130,12 +148,12 @@ class GatewayTokenVerifier:
         token = authorization[7:].strip()
         for refresh in (False, True):
             try:
-                claims = self.jwt.decode(token, self._key_set(refresh))
+                claims = self.jwt.decode(token, self._key_set(refresh), claims_options=self.claims_options)
                 claims.validate(leeway=30)
                 return dict(claims)
             except JoseError as exc:
                 if refresh or ("kid" not in str(exc).lower() and "key" not in str(exc).lower()):
-                    raise PermissionError(f"the gateway token is not valid: {exc.error}") from None
+                    raise PermissionError(f"the gateway token is not valid: {exc.description or exc.error}") from None
             except (httpx.HTTPError, ValueError):
                 raise PermissionError("the gateway's keys could not be fetched") from None
         raise PermissionError("the gateway token is not valid")

@@ -20,6 +20,7 @@ from typing import Any
 from fhir_server.errors import FhirError
 from fhir_server.outbound import check_url
 from fhir_server.storage.repository import Repository, Version, instant
+from fhir_server.workflows import enabled_areas
 from interfaces.abdm import consent as consents
 from interfaces.abdm import identity
 from interfaces.abdm.fidelius import FideliusError, peer_key
@@ -71,8 +72,12 @@ def discover(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
     txn = str(_need(body, "transactionId"))
     query = _need(body, "patient")
 
+    # The front desk's master patient index, when that workflow is on (issue 17), else exact demographics.
+    mpi = "frontdesk" in enabled_areas(abdm.server.settings.workflows)
+    mr_system = abdm.settings.mr_system or (abdm.server.settings.mrn_system if mpi else None)
+
     def work(repo: Repository) -> None:
-        found, matched_by = identity.discover(repo, query, abdm.settings.mr_system)
+        found, matched_by = identity.discover(repo, query, mr_system, mpi=mpi)
         if found is None:
             answer: dict[str, Any] = {"transactionId": txn,
                                       "error": {"code": "ABDM-1010", "message": "Patient not found"}}
@@ -242,9 +247,20 @@ def consent_notify(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
     artefact = str(notification.get("consentId") or _need(notification, "consentDetail", "consentId"))
     detail = notification.get("consentDetail")
     cid = consents.consent_id("hip", artefact)
+    # A grant must carry the consent manager's signature over its detail (a revocation or expiry, which only
+    # takes away, names the artefact alone and is honoured as it is).
+    forged = isinstance(detail, dict) and not abdm.consent_signed(notification)
 
     def work(repo: Repository) -> None:
         current = _current(repo, "Consent", cid)
+        if forged:
+            abdm.callback(repo, ON_CONSENT_NOTIFY, {"acknowledgement": {"status": "UNKNOWN", "consentId": artefact},
+                                                    "error": {"code": "ABDM-1030",
+                                                              "message": "The consent signature is not valid"}},
+                          answering=request_id, headers=abdm.hip_headers())
+            abdm.audit(repo, "abdm-consent-notify", "ABDM consent notification with a bad signature", 401,
+                       [f"Consent/{cid}" if current is not None else ""], action="U")
+            return
         if isinstance(detail, dict):
             refs = {cc.get("patientReference") for cc in detail.get("careContexts") or [] if isinstance(cc, dict)}
             patient = next((r for r in refs if isinstance(r, str) and r.startswith("Patient/")
@@ -294,6 +310,7 @@ def hi_request(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
         try:
             dates = consents.date_range(request.get("dateRange"), "hiRequest.dateRange")
             grant = consents.check_request(consent, dates)
+            consents.check_frequency(grant.consent, _served(repo, grant.reference))
             peer_key(key_material)
             check_url(push_url, abdm.server.settings, "hiRequest.dataPushUrl")
         except (consents.ConsentRefused, FideliusError, ValueError, FhirError) as exc:
@@ -324,6 +341,12 @@ def hi_request(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
                    [grant.reference, grant.consent.get("patient", {}).get("reference", "")])
 
     abdm.run(f"ABDM health information request {artefact}", work)
+
+
+def _served(repo: Repository, consent: str) -> list[str]:
+    """When each earlier request under the consent was accepted (its Task's authoredOn)."""
+    ids = [i for i in repo.find_ids("Task", [("focus", consent)], limit=1000) if i.startswith("abdm-hi-request-")]
+    return [str((v.content or {}).get("authoredOn", "")) for v in repo.read_many([("Task", i) for i in ids])]
 
 
 def _refusal(exc: Exception) -> tuple[str, str]:

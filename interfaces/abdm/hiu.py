@@ -9,28 +9,29 @@ naming the source HIP and the Consent -> we notify the gateway -> at ``dataErase
 everything stored under the consent is deleted.
 
 The dataPushUrl carries a per-request secret, and only a push that decrypts with our key for that
-transaction is stored (AES-GCM authenticates every entry).
+transaction is stored (AES-GCM authenticates every entry). Each request is a ``Task`` in the tenant's store
+(focus: the Consent) holding the key pair sealed (keystore.py), the push secret's digest, the gateway's
+transaction id once known, and the pages and care-context statuses received: a push is decrypted by
+whichever API process it reaches, after a restart too. The key is dropped once every page has come. The
+receiving side (push URL, decryption, storage, our transfer notification) is hiu_receive.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hmac
 import secrets
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
-from fhir_server.errors import FORBIDDEN, INVALID, FhirError
+from fhir_server.errors import INVALID, FhirError
 from fhir_server.storage.repository import Repository, Version, instant
 from interfaces.abdm import consent as consents
 from interfaces.abdm import identity
-from interfaces.abdm.fidelius import FideliusError, KeyMaterial
+from interfaces.abdm.fidelius import KeyMaterial
 from interfaces.abdm.gateway import timestamp
+from interfaces.abdm.keystore import seal, secret_digest
 from interfaces.abdm.records import parse_instant
 from interfaces.abdm.service import Abdm
 
@@ -41,16 +42,8 @@ HI_REQUEST = "/data-flow/v3/health-information/request"
 HI_NOTIFY = "/data-flow/v3/health-information/notify"
 INIT_REQUEST_SYSTEM = "urn:fhir-server:abdm-consent-init"
 DOCUMENT = "urn:fhir-server:abdm-document"
-
-
-@dataclass
-class PendingPull:
-    keys: KeyMaterial
-    secret: str
-    consent: str  # our artefact Consent id
-    transaction: str | None = None
-    pages: set[int] = field(default_factory=set)  # page numbers received (0- or 1-based: senders differ)
-    statuses: dict[str, dict[str, str]] = field(default_factory=dict)  # care context -> its hiStatus so far
+PULL_SYSTEM = "urn:fhir-server:abdm-task/hiu-pull"
+KEY_HOURS = 24  # how long our key pair for one request is offered (keyMaterial.dhPublicKey.expiry)
 
 
 def _find(repo: Repository, rtype: str, params: list[tuple[str, str]]) -> Version | None:
@@ -180,6 +173,14 @@ def on_fetch(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
     if not artefact:
         return
     cid = consents.consent_id("hiu", artefact)
+    if not abdm.consent_signed(consent):  # not the consent manager's artefact: nothing stored, nothing asked
+        def refused(repo: Repository) -> None:
+            known = repo.current("Consent", cid) is not None
+            abdm.audit(repo, "abdm-consent-fetch", "ABDM consent artefact with a bad signature", 401,
+                       [f"Consent/{cid}" if known else ""])
+
+        abdm.run(f"ABDM consent artefact {artefact} refused", refused)
+        return
 
     def work(repo: Repository) -> None:
         address = (detail.get("patient") or {}).get("id", "")
@@ -208,18 +209,30 @@ def on_fetch(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
 
 
 def request_data(abdm: Abdm, repo: Repository, cid: str, consent: dict[str, Any]) -> str:
-    """Enqueue a health-information request for the whole consented range, with a fresh key pair."""
+    """Enqueue a health-information request for the whole consented range, with a fresh key pair kept
+    (sealed) in the pull's Task."""
     grant = consents.granted(consent)
     keys, secret = KeyMaterial.generate(), secrets.token_urlsafe(24)
+    expiry = datetime.now(UTC) + timedelta(hours=KEY_HOURS)
     base = (abdm.settings.public_url or "").rstrip("/") + abdm.settings.base_path.rstrip("/")
     body = {"hiRequest": {"consent": {"id": grant.artefact},
                           "dateRange": {"from": timestamp(grant.data_period.start),
                                         "to": timestamp(grant.data_period.end)},
                           "dataPushUrl": f"{base}/api/v3/hiu/health-information/transfer/{secret}",
-                          "keyMaterial": keys.to_json()}}
+                          "keyMaterial": keys.to_json(expiry)}}
     request_id = abdm.callback(repo, HI_REQUEST, body, answering=None, headers=abdm.hiu_headers(),
                                key=f"hi-request:{cid}:{secret}")
-    abdm.hiu_pending[request_id] = PendingPull(keys, secret, cid)
+    task_id = f"abdm-hiu-pull-{uuid.uuid5(uuid.NAMESPACE_URL, f'{PULL_SYSTEM}/{request_id}')}"
+    task: dict[str, Any] = {
+        "resourceType": "Task", "id": task_id, "status": "requested", "intent": "order",
+        "identifier": [{"system": PULL_SYSTEM + "/request", "value": request_id},
+                       {"system": PULL_SYSTEM + "/push-secret", "value": secret_digest(secret)}],
+        "code": {"text": "ABDM health information pull"}, "focus": {"reference": f"Consent/{cid}"},
+        "authoredOn": instant(datetime.now(UTC)), "restriction": {"period": {"end": instant(expiry)}},
+        "input": [{"type": {"text": "keyMaterial"}, "valueString": seal(abdm.settings, keys, task_id)}]}
+    if "patient" in consent:
+        task["for"] = consent["patient"]
+    repo.create("Task", task, resource_id=task_id, method="PUT")
     return request_id
 
 
@@ -235,94 +248,27 @@ def pull_again(abdm: Abdm, access: Any, cid: str) -> None:
 
 
 def on_request(abdm: Abdm, request_id: str, body: dict[str, Any]) -> None:
+    """The gateway's transaction id for our request: the push will name it."""
     answered = str((body.get("response") or {}).get("requestId", ""))
     txn = (body.get("hiRequest") or {}).get("transactionId")
-    pending = abdm.hiu_pending.pop(answered, None)
-    if pending is None or not txn or body.get("error"):
-        return
-    pending.transaction = str(txn)
-    abdm.hiu_by_transaction[str(txn)] = pending
 
+    def work(repo: Repository) -> None:
+        found = _find(repo, "Task", [("identifier", f"{PULL_SYSTEM}/request|{answered}")])
+        if found is None or found.content is None:
+            return
+        task = _strip(found.content)
+        if any(i.get("system") == PULL_SYSTEM + "/transaction" for i in task["identifier"]):
+            return  # a repeated callback
+        if not txn or body.get("error"):
+            task["status"] = "failed"
+        else:
+            task["status"] = "in-progress"
+            task["identifier"].append({"system": PULL_SYSTEM + "/transaction", "value": str(txn)})
+        repo.update("Task", found.id, task)
+        abdm.audit(repo, "abdm-hi-on-request", "ABDM health information request acknowledged",
+                   200 if task["status"] == "in-progress" else 422, [task["focus"]["reference"]])
 
-# --- receiving the data ------------------------------------------------------------------------------------
-
-def receive(abdm: Abdm, secret: str, body: dict[str, Any]) -> None:
-    """A pushed page: every entry must decrypt (else 400, nothing stored); documents stored idempotently."""
-    txn = str(body.get("transactionId", ""))
-    pending = abdm.hiu_by_transaction.get(txn)
-    if pending is None or not hmac.compare_digest(pending.secret, secret):
-        raise FhirError(403, FORBIDDEN, "Unknown transaction for this push URL", ("transactionId",))
-    documents: list[tuple[str, dict[str, Any]]] = []
-    for i, entry in enumerate(body.get("entries") or []):
-        try:
-            plain = pending.keys.decrypt(str(entry.get("content", "")), body.get("keyMaterial"))
-            document = orjson.loads(plain)
-        except (FideliusError, orjson.JSONDecodeError) as exc:
-            raise FhirError(400, INVALID, f"entries[{i}] cannot be used: {exc}", (f"entries[{i}].content",)) from None
-        if not isinstance(document, dict) or document.get("resourceType") != "Bundle" or \
-                document.get("type") != "document" or not (document.get("identifier") or {}).get("value"):
-            raise FhirError(400, INVALID, f"entries[{i}] is not a document Bundle with an identifier",
-                            (f"entries[{i}].content",))
-        documents.append((str(entry.get("careContextReference", "")), document))
-    cid = pending.consent
-
-    def work(repo: Repository) -> list[dict[str, str]]:
-        version = repo.current("Consent", cid)
-        try:
-            grant = consents.check_request(version.content if version else None, None)
-        except consents.ConsentRefused as exc:
-            raise FhirError(403, FORBIDDEN, exc.message, ("Consent",)) from None
-        hip = (next((a["reference"] for a in grant.consent["provision"].get("actor", [])
-                     if a["reference"]["identifier"]["system"] == consents.HIP_SYSTEM), None)
-               or {"display": "unknown HIP"})
-        statuses = []
-        for cc, document in documents:
-            if grant.care_contexts and cc not in grant.care_contexts:
-                statuses.append({"careContextReference": cc, "hiStatus": "ERRORED",
-                                 "description": "Not a care context of the consent"})
-                continue
-            _store(repo, cid, grant, hip, document)
-            statuses.append({"careContextReference": cc, "hiStatus": "OK", "description": "Stored"})
-        abdm.audit(repo, "abdm-hi-receive", f"ABDM health information received ({len(documents)} documents)", 200,
-                   [f"Consent/{cid}", grant.consent.get("patient", {}).get("reference", "")], action="C",
-                   from_gateway=False)
-        pending.pages.add(int(body.get("pageNumber") or 0))
-        for status in statuses:
-            if pending.statuses.get(status["careContextReference"], {}).get("hiStatus") != "OK":
-                pending.statuses[status["careContextReference"]] = status
-        if len(pending.pages) >= int(body.get("pageCount") or 1):  # every page has come (whatever the numbering)
-            abdm.callback(repo, HI_NOTIFY, {"notification": {
-                "consentId": grant.artefact, "transactionId": txn, "doneAt": timestamp(),
-                "notifier": {"type": "HIU", "id": abdm.settings.hiu_id},
-                "statusNotification": {"sessionStatus": "TRANSFERRED", "hipId": hip.get("identifier", {}).get("value"),
-                                       "statusResponses": list(pending.statuses.values())}}},
-                answering=None, headers=abdm.hiu_headers(), key=f"hiu-notify:{txn}")
-        return statuses
-
-    abdm.run(f"ABDM health information receipt {txn}", work)
-
-
-def _store(repo: Repository, cid: str, grant: consents.Granted, hip: dict[str, Any], document: dict[str, Any]) -> None:
-    identifier = document["identifier"]
-    key = f"{identifier.get('system', '')}|{identifier['value']}"
-    bundle_id = f"abdm-doc-{uuid.uuid5(uuid.NAMESPACE_URL, DOCUMENT + '/' + key)}"
-    stored = {k: v for k, v in document.items() if k != "meta"}
-    stored["id"] = bundle_id
-    current = repo.current("Bundle", bundle_id)
-    if current is None or current.deleted or _strip(current.content) != stored:
-        repo.update("Bundle", bundle_id, stored)  # the same document pulled again replaces, never duplicates
-    provenance_id = f"abdm-prov-{uuid.uuid5(uuid.NAMESPACE_URL, f'{DOCUMENT}/{key}/{cid}')}"
-    provenance = {"resourceType": "Provenance", "id": provenance_id,
-                  "target": [{"reference": f"Bundle/{bundle_id}"}], "recorded": instant(datetime.now(UTC)),
-                  "policy": [f"{consents.ARTEFACT_SYSTEM}/{grant.artefact}"],
-                  "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
-                                           "code": "CREATE"}]},
-                  "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                                                            "provenance-participant-type", "code": "author"}]},
-                             "who": hip}],
-                  "entity": [{"role": "source", "what": {"reference": f"Consent/{cid}"}}]}
-    if repo.current("Provenance", provenance_id) is None:
-        repo.update("Provenance", provenance_id, provenance)
+    abdm.run(f"ABDM health information on-request {answered}", work)
 
 
 # --- outbox jobs -------------------------------------------------------------------------------------------

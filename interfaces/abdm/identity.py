@@ -95,10 +95,23 @@ def _normal(name: str) -> str:
     return " ".join(name.lower().split())
 
 
-def demographics_match(patient: dict[str, Any], name: str, gender: str, year_of_birth: Any) -> bool:
-    """Exact demographics (the spec's rule, tightened: no fuzzy names until the MPI lands): same name
-    (case and spacing aside), same gender, year of birth within 2."""
-    if not name or _normal(patient_name(patient)) != _normal(name):
+def demographics_match(patient: dict[str, Any], name: str, gender: str, year_of_birth: Any, *,
+                       mpi: bool = False) -> bool:
+    """The spec's rule: the name alike, the same gender, the year of birth within 2. With the front desk's
+    master patient index on (``mpi``), names are compared as it compares them (tokens in any order, spelling
+    variants, initials: a score of at least its "probable" grade) and a patient merged into another is never
+    found; otherwise the names must be equal (case and spacing aside)."""
+    if not name:
+        return False
+    if mpi:
+        # local: the front desk imports this module (its ABHA checks)
+        from fhir_server.workflows.frontdesk.registration import merged
+        from fhir_server.workflows.frontdesk.scoring import match_config, name_score
+
+        similar = name_score({"name": [{"text": name}]}, patient)
+        if merged(patient) or similar is None or similar < match_config().probable:
+            return False
+    elif _normal(patient_name(patient)) != _normal(name):
         return False
     if gender and GENDER.get(patient.get("gender", ""), "") != gender.upper():
         return False
@@ -109,11 +122,12 @@ def demographics_match(patient: dict[str, Any], name: str, gender: str, year_of_
         return False
 
 
-def discover(repo: Repository, query: dict[str, Any], mr_system: str | None) -> tuple[Version | None, list[str]]:
+def discover(repo: Repository, query: dict[str, Any], mr_system: str | None, *,
+             mpi: bool = False) -> tuple[Version | None, list[str]]:
     """The one patient a discovery request designates, and what matched; (None, []) for none or several.
 
     A verified identifier (ABHA number, ABHA address, mobile) must match, and the demographics too; our own
-    medical record number (unverified) matches with the demographics."""
+    medical record number (unverified) matches with the demographics (``mpi``: demographics_match)."""
     name, gender, yob = query.get("name", ""), query.get("gender", ""), query.get("yearOfBirth")
     candidates: dict[str, tuple[Version, set[str]]] = {}
 
@@ -146,7 +160,7 @@ def discover(repo: Repository, query: dict[str, Any], mr_system: str | None) -> 
         with contextlib.suppress(ValueError):
             search([("identifier", f"{ABHA_ADDRESS_SYSTEM}|{abha_address(patient_id)}")], "abhaAddress")
     matches = [(v, by) for v, by in candidates.values()
-               if v.content is not None and demographics_match(v.content, name, gender, yob)]
+               if v.content is not None and demographics_match(v.content, name, gender, yob, mpi=mpi)]
     if len(matches) != 1:
         return None, []
     return matches[0][0], sorted(matches[0][1])

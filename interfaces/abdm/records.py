@@ -7,17 +7,19 @@ refers to. References between included resources are rewritten to the entries' `
 
 Only what the consent covers goes in: the caller passes the HI type and the date range, and each clinical
 resource whose own date lies outside the range is left out (a care context outside it is never built).
-Profiles, HI types and section codes: PROTOCOLS.md §B10 and the IG's StructureDefinitions under
-shared/india (OPConsultRecord, PrescriptionRecord, DiagnosticReportRecord, DischargeSummaryRecord,
-HealthDocumentRecord, ImmunizationRecord; not yet WellnessRecord and InvoiceRecord).
+What goes where is data, in records.json: each HI type's profile, Composition.type and title, its sections,
+and how a billing Invoice meets the IG's Invoice profile (invoice_record.py). Profiles, HI types and
+section codes: PROTOCOLS.md §B10 and the IG's StructureDefinitions under shared/india.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fhir_server.storage.repository import Repository, instant
@@ -26,43 +28,48 @@ PROFILE = "https://nrces.in/ndhm/fhir/r4/StructureDefinition/"
 SNOMED = "http://snomed.info/sct"
 DOCUMENT_BUNDLE = PROFILE + "DocumentBundle"
 NAMESPACE = uuid.UUID("6f1c1b3e-4a4d-4c35-9d59-0a5f3c7d2b11")  # our uuid5 namespace for document ids
+MAPPING: dict[str, Any] = json.loads((Path(__file__).parent / "records.json").read_text())
+RECORDS: dict[str, dict[str, Any]] = MAPPING["records"]
+ALIASES: dict[str, str] = MAPPING["aliases"]
+HI_TYPES = tuple(RECORDS)
+BODY_MEASUREMENT = frozenset(MAPPING["bodyMeasurement"])
 
 
 def _code(code: str, display: str) -> dict[str, Any]:
     return {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": display}
 
 
-# HI type -> (record profile, Composition.type, title)
-RECORDS: dict[str, tuple[str, dict[str, Any], str]] = {
-    "OPConsultation": ("OPConsultRecord", _code("371530004", "Clinical consultation report"), "Consultation Report"),
-    "Prescription": ("PrescriptionRecord", _code("440545006", "Prescription record"), "Prescription record"),
-    "DiagnosticReport": ("DiagnosticReportRecord", _code("721981007", "Diagnostic studies report"),
-                         "Diagnostic Report"),
-    "DischargeSummary": ("DischargeSummaryRecord", _code("373942005", "Discharge summary"), "Discharge Summary"),
-    "HealthDocumentRecord": ("HealthDocumentRecord", _code("419891008", "Record artifact"), "Health Document"),
-    "ImmunizationRecord": ("ImmunizationRecord", _code("41000179103", "Immunization record"), "Immunization record"),
-}
-HI_TYPES = tuple(RECORDS)
+def _type(spec: dict[str, Any]) -> dict[str, Any]:
+    """Composition.type: a SNOMED coding with its display as text, or (Wellness, Invoice) the fixed text."""
+    if "code" in spec:
+        return {"coding": [dict(spec)], "text": spec["display"]}
+    return {"text": spec["text"]}
 
-# Sections (slice code, display, resource type, search parameters beside encounter=)
-OP_SECTIONS = (("422843007", "Chief complaint section", "Condition"),
-               ("425044008", "Physical exam section", "Observation"),
-               ("722446000", "Allergy record", "AllergyIntolerance"),
-               ("721963009", "Order document", "ServiceRequest"),
-               ("721912009", "Medication summary document", "MedicationRequest"),
-               ("371525003", "Clinical procedure report", "Procedure"))
-DISCHARGE_SECTIONS = (("422843007", "Chief complaint section", "Condition"),
-                      ("425044008", "Physical exam section", "Observation"),
-                      ("722446000", "Allergy record", "AllergyIntolerance"),
-                      ("721981007", "Diagnostic studies report", "DiagnosticReport"),
-                      ("1003606003", "Medication history section", "MedicationRequest"),
-                      ("1003640003", "History of Procedures Section", "Procedure"))
+
+def hi_type_of(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
 NO_ENCOUNTER_PARAMETER = {"AllergyIntolerance", "Immunization"}  # R4 defines no encounter search parameter
-# Resources pulled in when referenced (authors, performers, medications, a report's results, specimens).
-FOLLOWED = {"Practitioner", "PractitionerRole", "Organization", "Medication", "Observation", "Specimen"}
+# Resources pulled in when referenced (authors, performers, medications, a report's results, specimens,
+# an invoice's charges).
+FOLLOWED = {"Practitioner", "PractitionerRole", "Organization", "Medication", "Observation", "Specimen",
+            "ChargeItem"}
 # Each clinical resource's own date (left out when outside the consented range).
 DATE_ELEMENTS = ("effectiveDateTime", "issued", "authoredOn", "recordedDate", "onsetDateTime", "performedDateTime",
                  "occurrenceDateTime", "date", "created")
+INPATIENT = ("IMP", "ACUTE", "NONAC")
+
+
+def observation_kind(observation: dict[str, Any]) -> str:
+    """laboratory | body-measurement | vital-signs | other: where an Observation goes in a document."""
+    categories = {c.get("code") for cat in observation.get("category", []) for c in cat.get("coding", [])}
+    if "laboratory" in categories:
+        return "laboratory"
+    codes = {c.get("code") for c in (observation.get("code") or {}).get("coding", [])}
+    if codes & BODY_MEASUREMENT:
+        return "body-measurement"
+    return "vital-signs" if "vital-signs" in categories else "other"
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,7 @@ class DocumentBuilder:
 
     def build(self, care_context: str, hi_type: str, dates: DateRange) -> list[dict[str, Any]]:
         """The documents of ``hi_type`` for ``care_context`` (``Encounter/1``...) within ``dates``."""
+        hi_type = hi_type_of(hi_type)
         context = self._get(care_context)
         if context is None or hi_type not in RECORDS:
             return []
@@ -154,7 +162,7 @@ class DocumentBuilder:
         return []
 
     def _encounter(self, ref: str, encounter: dict[str, Any], hi_type: str, dates: DateRange) -> list[dict[str, Any]]:
-        inpatient = (encounter.get("class") or {}).get("code") in ("IMP", "ACUTE", "NONAC")
+        inpatient = (encounter.get("class") or {}).get("code") in INPATIENT
         if hi_type == "Prescription":
             orders = self._linked("MedicationRequest", ref, dates)
             return [self._document(hi_type, encounter, encounter, [("Prescription record", "440545006", orders)])] \
@@ -166,20 +174,25 @@ class DocumentBuilder:
             doses = self._linked("Immunization", ref, dates)
             return [self._document(hi_type, encounter, encounter, [("Immunization record", "41000179103", doses)])] \
                 if doses else []
-        if hi_type not in ("OPConsultation", "DischargeSummary") or (hi_type == "DischargeSummary") != inpatient:
+        if hi_type == "Invoice":
+            from interfaces.abdm.invoice_record import encounter_invoices
+
+            return [self._document(hi_type, invoice, encounter, [("Invoice Details", None, [invoice])])
+                    for invoice in encounter_invoices(self.repo, ref, encounter, dates)]
+        if hi_type in ("OPConsultation", "DischargeSummary") and (hi_type == "DischargeSummary") != inpatient:
             return []
         sections = []
-        for code, display, rtype in (DISCHARGE_SECTIONS if inpatient else OP_SECTIONS):
-            found = self._linked(rtype, ref, dates)
-            if rtype == "Observation":  # lab results travel in DiagnosticReport records, not as examination
-                found = [o for o in found if not _is_lab(o)]
+        for section in MAPPING["sections"].get(hi_type, []):
+            found = self._linked(section["resource"], ref, dates)
+            if section["resource"] == "Observation":  # lab results travel in DiagnosticReport records
+                found = [o for o in found if observation_kind(o) in section["observations"]]
             if found:
-                sections.append((display, code, found))
+                sections.append((section["title"], section.get("code"), found))
         return [self._document(hi_type, encounter, encounter, sections)] if sections else []
 
     def _document(self, hi_type: str, anchor: dict[str, Any], encounter: dict[str, Any] | None,
-                  sections: list[tuple[str, str, list[dict[str, Any]]]]) -> dict[str, Any]:
-        profile, type_, title = RECORDS[hi_type]
+                  sections: list[tuple[str, str | None, list[dict[str, Any]]]]) -> dict[str, Any]:
+        record = RECORDS[hi_type]
         entries: dict[str, dict[str, Any]] = {}  # stored reference -> resource (insertion order kept)
 
         def include(resource: dict[str, Any]) -> None:
@@ -210,13 +223,13 @@ class DocumentBuilder:
         now = instant(datetime.now(UTC))
         composition: dict[str, Any] = {
             "resourceType": "Composition", "id": document_id,
-            "meta": {"profile": [PROFILE + profile]},
+            "meta": {"profile": [PROFILE + record["profile"]]},
             "identifier": {"system": self.identifier_system, "value": document_id},
-            "status": "final", "type": type_, "title": title,
+            "status": "final", "type": _type(record["type"]), "title": record["title"],
             "date": _own_date(anchor) or now,
             "author": [self._author(anchor, encounter, entries) or {"reference": custodian, "display": self.hip_name}],
             "custodian": {"reference": custodian, "display": self.hip_name},
-            "section": [{"title": display, "code": _code(code, display),
+            "section": [{"title": display, **({"code": _code(code, display)} if code else {}),
                          "entry": [{"reference": self._urn(f"{r['resourceType']}/{r['id']}"),
                                     "type": r["resourceType"]} for r in resources]}
                         for display, code, resources in sections],
@@ -227,7 +240,8 @@ class DocumentBuilder:
             composition["encounter"] = {"reference": self._urn(f"Encounter/{encounter['id']}")}
         bundle_entries = [{"fullUrl": f"urn:uuid:{document_id}", "resource": composition}]
         for key, resource in [*entries.items(), (f"Organization/{organization['id']}", organization)]:
-            bundle_entries.append({"fullUrl": self._urn(key), "resource": self._rewrite(resource, entries, key)})
+            bundle_entries.append({"fullUrl": self._urn(key),
+                                   "resource": self._rewrite(resource, entries, key, encounter)})
         return {"resourceType": "Bundle", "id": document_id,
                 "meta": {"versionId": "1", "lastUpdated": now, "profile": [DOCUMENT_BUNDLE]},
                 "identifier": {"system": self.identifier_system, "value": document_id},
@@ -243,8 +257,13 @@ class DocumentBuilder:
                 return {"reference": self._urn(target)}
         return None
 
-    def _rewrite(self, resource: dict[str, Any], entries: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
+    def _rewrite(self, resource: dict[str, Any], entries: dict[str, dict[str, Any]], key: str,
+                 encounter: dict[str, Any] | None) -> dict[str, Any]:
         out = copy.deepcopy(resource)
+        if out.get("resourceType") in ("Invoice", "ChargeItem"):  # before ids and meta go: they are used
+            from interfaces.abdm.invoice_record import conform
+
+            conform(out, encounter, self.identifier_system)
         out["id"] = self._urn(key).removeprefix("urn:uuid:")
         out.pop("meta", None)  # our versions and tags are ours; the document carries its own
 
@@ -309,11 +328,6 @@ def _references(resource: dict[str, Any]) -> list[str]:
 
     walk(resource)
     return found
-
-
-def _is_lab(observation: dict[str, Any]) -> bool:
-    return any(c.get("code") == "laboratory" for cat in observation.get("category", [])
-               for c in cat.get("coding", []))
 
 
 def _name(patient: dict[str, Any]) -> str:

@@ -26,7 +26,6 @@ from interfaces.abdm.settings import AbdmSettings, settings_for
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
     from fhir_server.storage.outbox import OutboxDispatcher
-    from interfaces.abdm.hiu import PendingPull
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,13 +40,9 @@ class Abdm:
         self.server = server
         self.settings = settings
         self.gateway = Gateway(settings)
-        self.verifier = GatewayTokenVerifier(settings) if settings.verify_gateway_token else None
+        self.gateway_keys = GatewayTokenVerifier(settings)
+        self.verifier = self.gateway_keys if settings.verify_gateway_token else None
         self.http = httpx.Client(timeout=settings.http_timeout_seconds)
-        # HIU: our ephemeral key pairs per health-information request (transaction id -> keys). Kept in this
-        # process's memory only, never stored: a push that arrives after a restart cannot be decrypted and
-        # the request is made again (the keys expire with the request anyway).
-        self.hiu_pending: dict[str, PendingPull] = {}  # our HI request's REQUEST-ID -> keys, push secret
-        self.hiu_by_transaction: dict[str, PendingPull] = {}  # the gateway's transaction id -> the same
 
     # --- units of work ----------------------------------------------------------------------------------
 
@@ -71,6 +66,19 @@ class Abdm:
     def enqueue(self, repo: Repository, kind: str, key: str, payload: dict[str, Any], *,
                 not_before: datetime | None = None) -> None:
         repo.enqueue(TOPIC, f"{kind}:{key}", {"kind": kind, **payload}, not_before=not_before)
+
+    def consent_signed(self, consent: dict[str, Any]) -> bool:
+        """The consent manager's signature on an artefact (``{"consentDetail", "signature"}``) checks out (or
+        the check is off)."""
+        if not self.settings.verify_consent_signature:
+            return True
+        from interfaces.abdm.consent import signature_valid
+
+        detail, signature = consent.get("consentDetail"), consent.get("signature")
+        if not isinstance(detail, dict):
+            return False
+        return signature_valid(detail, signature, self.gateway_keys.public_keys()) or \
+            signature_valid(detail, signature, self.gateway_keys.refreshed_public_keys())
 
     def hip_headers(self) -> dict[str, str]:
         return {"X-HIP-ID": self.settings.hip_id or ""}

@@ -20,6 +20,9 @@ class AbdmSettings(BaseSettings):
     gateway_url: str | None = None
     client_id: str = ""  # the bridge's client credentials, issued by NHA on registration
     client_secret: SecretStr = SecretStr("")
+    # Seals our HIU's ephemeral private keys in the tenant's store until the HIP's push comes (keystore.py);
+    # empty: derived from client_secret. Changing it strands only the pulls in flight.
+    key_secret: SecretStr = SecretStr("")
     cm_id: str = "sbx"  # X-CM-ID: "sbx" in the sandbox, "abdm" in production
     hip_id: str | None = None  # our facility's HFR id, as a HIP (None: not a HIP)
     hip_name: str = "Hospital"
@@ -31,8 +34,15 @@ class AbdmSettings(BaseSettings):
     # Link OTPs go to the patient's phone through this SMS/notification webhook (POST {"to","message"}).
     otp_webhook_url: str | None = None
     otp_seconds: int = 600
+    # A new care context of a patient without an ABHA address: the gateway texts them the deep link to link
+    # this hospital (sms/notify2) when they have a phone number.
+    sms_deep_link: bool = True
     # Check the gateway's RS256 JWT on every incoming call against {gateway_url}/gateway/v3/certs.
     verify_gateway_token: bool = True
+    gateway_audience: str = "account"  # the token's aud must name it ("": not checked)
+    # The consent manager's signature on consent artefacts (notify, on-fetch), checked against the gateway's
+    # keys: SHA256withRSA over the compact JSON of consentDetail, base64.
+    verify_consent_signature: bool = True
     # Refresh the session token this long before it expires.
     token_refresh_margin_seconds: float = 120.0
     entries_per_page: int = 10  # documents per data-push page

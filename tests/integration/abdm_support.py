@@ -69,20 +69,24 @@ def start_simulator() -> Iterator[Simulator]:
     proc = subprocess.Popen([sys.executable, "-m", "interfaces.abdm.sandbox", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url, timeout=30) as http:
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"the simulator exited: {proc.stderr.read() if proc.stderr else ''}")
-            try:
-                return http.get("/gateway/v3/certs").status_code == 200
-            except httpx.HTTPError:
-                return False
+    try:  # the process is stopped whatever happens, its start failing included
+        with httpx.Client(base_url=url, timeout=30) as http:
+            def up() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(f"the simulator exited: {proc.stderr.read() if proc.stderr else ''}")
+                try:
+                    return http.get("/gateway/v3/certs").status_code == 200
+                except httpx.HTTPError:
+                    return False
 
-        wait_until(up, PROCESS_START_TIMEOUT, "the ABDM simulator to start")
-        try:
+            wait_until(up, PROCESS_START_TIMEOUT, "the ABDM simulator to start")
             yield Simulator(url, http)
-        finally:
-            proc.terminate()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
             proc.wait(timeout=10)
 
 
@@ -119,12 +123,16 @@ class Hospital:
         return resp.resource
 
 
-def start_hospital(backend: Backend, sim: Simulator, *, install_ig: bool = True) -> Iterator[Hospital]:
-    settings = backend.settings.model_copy(update={"audit_enabled": True,
+def start_hospital(backend: Backend, sim: Simulator, *, install_ig: bool = True,
+                   port: int | None = None, workflows: str = "") -> Iterator[Hospital]:
+    """A hospital server on ``backend`` (a fresh FhirServer, app and outbox dispatcher each time: starting it
+    again on the same backend and port is a restart). Whatever fails before the yield, the server it started
+    is stopped."""
+    settings = backend.settings.model_copy(update={"audit_enabled": True, "workflows": workflows,
                                                    "outbox_dispatcher": True, "outbox_poll_seconds": 0.1})
     fhir = FhirServer(settings, backend.engine)
     ENGINES[:] = [backend.engine]
-    port = _free_port()
+    port = port or _free_port()
     configure(fhir, AbdmSettings(gateway_url=sim.url, client_id="hospital", client_secret="secret",
                                  hip_id=HIP_ID, hip_name="Test Hospital", hiu_id=HIU_ID,
                                  public_url=f"http://127.0.0.1:{port}", otp_webhook_url=sim.url + "/sim/sms",
@@ -139,26 +147,30 @@ def start_hospital(backend: Backend, sim: Simulator, *, install_ig: bool = True)
     server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_until(lambda: server.started, 20, "uvicorn to start")
-    url = f"http://127.0.0.1:{port}"
-    sim.post("/sim/config", {"hipUrl": url + "/abdm", "hiuUrl": url + "/abdm"})
-    with httpx.Client(base_url=url, timeout=60) as http:
-        from fhir_server.auth.store import AuthStore
-        from tests.integration.test_auth_support import Smart
-        from tests.integration.test_hl7_admin import user_token
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 20, "uvicorn to start")
+        assert server.started, "the hospital server did not start"
+        url = f"http://127.0.0.1:{port}"
+        sim.post("/sim/config", {"hipUrl": url + "/abdm", "hiuUrl": url + "/abdm"})
+        with httpx.Client(base_url=url, timeout=60) as http:
+            from fhir_server.auth.store import AuthStore
+            from tests.integration.test_auth_support import Smart
+            from tests.integration.test_hl7_admin import user_token
 
-        smart = Smart(url, url + "/fhir", http, AuthStore(backend.engine), app.state.auth, backend)
-        admin = {"Authorization": f"Bearer {user_token(smart, 'admin')}"}
-        yield Hospital(url, url + "/abdm", fhir, http, admin)
-    server.should_exit = True
-    thread.join(timeout=20)
-    if fhir.audit is not None:
-        fhir.audit.recorder.close()
+            smart = Smart(url, url + "/fhir", http, AuthStore(backend.engine), app.state.auth, backend)
+            admin = {"Authorization": f"Bearer {user_token(smart, 'admin')}"}
+            yield Hospital(url, url + "/abdm", fhir, http, admin)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        if fhir.audit is not None:
+            fhir.audit.recorder.close()
 
 
-def hospital_on(backend_name: str, sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
+def hospital_on(backend_name: str, sim: Simulator, tmp_path_factory: pytest.TempPathFactory, *,
+                workflows: str = "") -> Iterator[Hospital]:
     for backend in make_backend(backend_name, tmp_path_factory.mktemp(f"abdm-{backend_name}")):
-        yield from start_hospital(backend, sim)
+        yield from start_hospital(backend, sim, workflows=workflows)
 
 
 def visit_data(h: Hospital, address: str | None = None) -> dict[str, Any]:

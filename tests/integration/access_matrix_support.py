@@ -10,8 +10,11 @@ operation added later joins the matrix without anyone listing it here. Placehold
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +38,25 @@ INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance"
                 "search-type", "history-system", "search-system", "transaction", "batch")
 WRAPS = ("top", "batch", "transaction")
 FHIR_CATCH_ALL = "/fhir/{path:path}"
+# ABDM's endpoints (interfaces/abdm) join the matrix too: the server is built with ABDM configured, its
+# gateway unreachable (a gateway call in needs the gateway's signed token; no user token is one).
+ABDM_ENV = {"FHIR_ABDM_GATEWAY_URL": "http://127.0.0.1:9", "FHIR_ABDM_HIP_ID": "MATRIX-HIP",
+            "FHIR_ABDM_HIU_ID": "MATRIX-HIU", "FHIR_ABDM_CLIENT_SECRET": "matrix"}
+
+
+@contextlib.contextmanager
+def abdm_configured() -> Iterator[None]:
+    """ABDM's settings in the environment while an app is built (each server reads them once, at mount)."""
+    saved = {k: os.environ.get(k) for k in ABDM_ENV}
+    os.environ.update(ABDM_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass(frozen=True)
@@ -210,7 +232,8 @@ def application() -> FastAPI:
                         audit_enabled=False, binary_store_url=f"file://{tmp / 'binary'}",
                         workflows="all",  # every hospital workflow's operations (fhir_server/workflows)
                         **claims_configured())  # claims: $submit, $inquire, Invoice/$claim, the HCX callbacks
-    return create_app(settings, FhirServer(settings, make_engine(settings)))
+    with abdm_configured():
+        return create_app(settings, FhirServer(settings, make_engine(settings)))
 
 
 def all_cases() -> list[Case]:

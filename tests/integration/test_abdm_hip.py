@@ -3,16 +3,22 @@ process drives our endpoints; what it received and decrypted is inspected here."
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from fhir_server.rest.request import FhirRequest
 from fhir_server.storage.access import as_system
 from interfaces.abdm import hip as hip_module
+from interfaces.abdm.hip_linking import CONTEXT_NOTIFY, SMS_NOTIFY
 from interfaces.abdm.identity import ABHA_ADDRESS_SYSTEM, ABHA_NUMBER_SYSTEM
+from interfaces.abdm.records import DateRange, DocumentBuilder
 from tests.conftest import wait_until
 from tests.integration.abdm_support import (
     DISCOVER,
@@ -88,6 +94,22 @@ def test_a_patient_links_their_visits_to_their_abha(hospital: Hospital, sim: Sim
     patient = hospital.read(f"Patient/{data['patient']}")
     assert {"system": ABHA_ADDRESS_SYSTEM, "value": address} in [
         {k: i[k] for k in ("system", "value")} for i in patient["identifier"]]
+
+
+def test_without_the_front_desk_discovery_wants_the_exact_name(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital)  # this hospital runs no workflows: no master patient index
+    number = next(i["value"] for i in hospital.read(f"Patient/{data['patient']}")["identifier"]
+                  if i["system"] == ABHA_NUMBER_SYSTEM).replace("-", "")
+    answers = []
+    for name in (data["name"].replace("Hina", "Heena"), data["name"].upper()):
+        call = sim.post("/sim/call", {"path": DISCOVER, "hipId": HIP_ID, "body": {
+            "transactionId": str(uuid.uuid4()), "patient": {
+                "name": name, "gender": "F", "yearOfBirth": 1979,
+                "verifiedIdentifiers": [{"type": "ABHA_NUMBER", "value": number}]}}})
+        answers.append(sim.answer("/user-initiated-linking/v3/patient/care-context/on-discover",
+                                  call["requestId"])["body"])
+    assert answers[0]["error"]["code"] == "ABDM-1010"  # a spelling variant is another name here
+    assert answers[1]["patient"][0]["referenceNumber"] == f"Patient/{data['patient']}"  # case aside, the same
 
 
 def test_a_consented_request_receives_exactly_the_consented_records(hospital: Hospital, sim: Simulator) -> None:
@@ -277,17 +299,169 @@ def test_abha_identifiers_are_validated(hospital: Hospital) -> None:
 
 def test_a_new_visit_is_linked_to_the_patients_abha_by_the_hip(hospital: Hospital, sim: Simulator) -> None:
     address = f"visit{uuid.uuid4().hex[:8]}@sbx"
-    data = visit_data(hospital, address=address)  # its Encounters are created after the ABHA address is known
+    data = visit_data(hospital, address=address)  # its care contexts are created after the ABHA address is known
     links: list[dict[str, Any]] = []
 
     def linked() -> bool:
         links[:] = [e for e in sim.log("/hip/v3/link/carecontext") if e["body"]["abhaAddress"] == address]
-        return len(links) == 2
+        return len(links) == 3
 
-    wait_until(linked, 30, "both visits linked")
+    wait_until(linked, 30, "both visits and the standalone report linked")
     tokens = [e for e in sim.log("/v3/token/generate-token") if e["body"]["abhaAddress"] == address]
     assert tokens[0]["body"]["abhaNumber"].isdigit() and len(tokens[0]["body"]["abhaNumber"]) == 14
     assert tokens[0]["headers"]["x-hip-id"] == HIP_ID
     assert all(e["headers"]["x-link-token"].startswith("sim-link-token-") for e in links)
     contexts = {cc["referenceNumber"] for e in links for g in e["body"]["patient"] for cc in g["careContexts"]}
-    assert contexts == {data["e1"], data["e2"]}
+    assert contexts == {data["e1"], data["e2"], data["dr"]}
+    # once the gateway confirmed each link, the patient's app is told of the new record (context notify)
+    notices: list[dict[str, Any]] = []
+
+    def notified() -> bool:
+        notices[:] = [e for e in sim.log(CONTEXT_NOTIFY) if e["body"]["notification"]["patient"]["id"] == address]
+        return len(notices) == 3
+
+    wait_until(notified, 30, "the new-record notifications")
+    by_context = {n["body"]["notification"]["careContext"]["careContextReference"]: n for n in notices}
+    assert set(by_context) == {data["e1"], data["e2"], data["dr"]}
+    first = by_context[data["e1"]]
+    assert first["headers"]["x-hip-id"] == HIP_ID
+    assert first["body"]["notification"]["hiTypes"] == ["OPConsultation"]
+    assert first["body"]["notification"]["careContext"]["patientReference"] == f"Patient/{data['patient']}"
+    assert first["body"]["notification"]["hip"]["id"] == HIP_ID
+    assert by_context[data["dr"]]["body"]["notification"]["hiTypes"] == ["DiagnosticReport"]
+    links_done: list[dict[str, Any]] = []
+
+    def all_completed() -> bool:
+        found = hospital.read("Task", [("patient", f"Patient/{data['patient']}"), ("_count", "50")])
+        links_done[:] = [e["resource"] for e in found.get("entry", [])
+                         if e["resource"]["identifier"][0]["system"] == "urn:fhir-server:abdm-task/hip-link"]
+        return len(links_done) == 3 and all(t["status"] == "completed" for t in links_done)
+
+    wait_until(all_completed, 20, "the link Tasks completed")
+
+
+def test_a_patient_without_abha_gets_the_sms_deep_link(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital)  # no ABHA address: nothing to link, the gateway texts the deep link instead
+    sent: list[dict[str, Any]] = []
+
+    def texted() -> bool:
+        sent[:] = [e for e in sim.log(SMS_NOTIFY) if e["headers"]["request-id"] in _sms_requests(hospital, data)]
+        return len(sent) == 3  # E1, E2 and the standalone report
+
+    wait_until(texted, 30, "the SMS deep links")
+    assert {e["body"]["notification"]["phoneNo"] for e in sent} == {"+919800083232"}
+    assert {e["body"]["notification"]["hip"]["id"] for e in sent} == {HIP_ID}
+    assert not [e for e in sim.log("/v3/token/generate-token") if e["body"]["name"] == data["name"]]
+    ack = sim.post("/sim/call", {"path": "/api/v3/patients/sms/on-notify", "hipId": HIP_ID, "body": {
+        "acknowledgement": {"status": "SUCCESS"}, "response": {"requestId": sent[0]["headers"]["request-id"]}}})
+    assert ack["status"] == 202  # the gateway's acknowledgement is taken
+
+
+def _sms_requests(h: Hospital, data: dict[str, Any]) -> set[str]:
+    """Our REQUEST-IDs of the deep links for this patient's care contexts (derived from their outbox keys)."""
+    keys = [f"callback:{SMS_NOTIFY}:sms:{ref}" for ref in (data["e1"], data["e2"], data["dr"])]
+    return {str(uuid.uuid5(uuid.NAMESPACE_URL, k)) for k in keys}
+
+
+def test_a_gateway_token_for_another_audience_is_refused(hospital: Hospital, sim: Simulator) -> None:
+    body = {"transactionId": str(uuid.uuid4()), "patient": {"name": "Nobody", "gender": "F", "yearOfBirth": 1990}}
+    wrong = sim.post("/sim/call", {"path": DISCOVER, "hipId": HIP_ID, "audience": "some-other-service", "body": body})
+    assert wrong["status"] == 401 and "aud" in wrong["body"]
+    right = sim.post("/sim/call", {"path": DISCOVER, "hipId": HIP_ID, "audience": "account", "body": body})
+    assert right["status"] == 202
+
+
+def test_a_consent_without_the_managers_signature_is_not_honoured(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital)
+    sim.post("/sim/config", {"badSignatures": True})
+    try:
+        result = sim.post("/sim/consent/grant", {
+            "patientReference": f"Patient/{data['patient']}", "careContexts": [data["e1"]], "hiTypes": ["Prescription"],
+            "from": "2024-01-01T00:00:00.000Z", "to": "2024-12-31T00:00:00.000Z",
+            "dataEraseAt": "2030-01-01T00:00:00.000Z", "hipId": HIP_ID})
+    finally:
+        sim.post("/sim/config", {"badSignatures": False})
+    ack = sim.answer("/consent/v3/request/hip/on-notify", result["requestId"])["body"]
+    assert ack["error"]["code"] == "ABDM-1030" and ack["acknowledgement"]["status"] == "UNKNOWN"
+    stored = hospital.read("Consent", [("identifier", f"https://abdm.gov.in/consent-artefact|{result['consentId']}")])
+    assert stored.get("entry", []) == []
+    pull = request_data(sim, result["consentId"])
+    assert sim.answer("/data-flow/v3/health-information/hip/on-request",
+                      pull["requestId"])["body"]["error"]["code"] == "ABDM-1009"
+
+
+def test_the_consents_frequency_limits_the_pulls(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital)
+    consent = grant(sim, data, ["Prescription"], frequency={"unit": "HOUR", "value": 1, "repeats": 1})
+    first, second, third = (request_data(sim, consent) for _ in range(3))
+    for pull in (first, second):  # repeats 1: the request and one repeat within the hour
+        ack = sim.answer("/data-flow/v3/health-information/hip/on-request", pull["requestId"])
+        assert ack["body"]["hiRequest"]["sessionStatus"] == "ACKNOWLEDGED"
+    refused = sim.answer("/data-flow/v3/health-information/hip/on-request", third["requestId"])["body"]
+    assert refused["error"]["code"] == "ABDM-1014" and refused["hiRequest"]["sessionStatus"] == "FAILED"
+    transfer_notice(sim, second["transactionId"])
+    assert sim.http.get("/sim/hiu/received", params={"transactionId": second["transactionId"]}).json()["documents"]
+    assert sim.http.get("/sim/hiu/received", params={"transactionId": third["transactionId"]}).json()["pages"] == []
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "abdm"
+UPDATE_GOLDEN = os.environ.get("ABDM_GOLDEN_UPDATE") == "1"
+
+
+def _put(h: Hospital, resource: dict[str, Any]) -> None:
+    resp = h.fhir.handle(FhirRequest("PUT", f"{resource['resourceType']}/{resource['id']}", resource=resource,
+                                     headers={"content-type": "application/fhir+json"}, access=as_system("golden")))
+    assert resp.status in (200, 201), resp.resource
+
+
+@pytest.mark.parametrize("hi_type", ["OPConsultation", "Prescription", "WellnessRecord"])
+def test_documents_match_their_golden_files(hospital: Hospital, hi_type: str) -> None:
+    """The mapping (records.json) as a whole: one fixed visit built into each record, compared with the
+    document kept under tests/golden/abdm (ABDM_GOLDEN_UPDATE=1 rewrites them), and valid against the IG."""
+    patient = {"resourceType": "Patient", "id": "golden-patient", "gender": "female", "birthDate": "1979-03-02",
+               "name": [{"text": "Hina Patel"}],
+               "identifier": [{"system": ABHA_NUMBER_SYSTEM, "value": "91-1111-2222-3333"}]}
+    subject, visit = {"reference": "Patient/golden-patient"}, {"reference": "Encounter/golden-visit"}
+    loinc = "http://loinc.org"
+    vitals = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                           "code": "vital-signs"}]}]
+    for resource in (
+            patient,
+            {"resourceType": "Practitioner", "id": "golden-doctor", "name": [{"prefix": ["Dr."], "given": ["Manju"]}],
+             "identifier": [{"system": "https://doctor.ndhm.gov.in", "value": "21-1521-3828-3227"}]},
+            {"resourceType": "Encounter", "id": "golden-visit", "status": "finished", "subject": subject,
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+             "participant": [{"individual": {"reference": "Practitioner/golden-doctor"}}],
+             "type": [{"text": "General OPD"}], "period": {"start": "2024-03-01T10:00:00+05:30"}},
+            {"resourceType": "Condition", "id": "golden-fever", "subject": subject, "encounter": visit,
+             "code": {"text": "Fever"}, "recordedDate": "2024-03-01"},
+            {"resourceType": "Observation", "id": "golden-pulse", "status": "final", "category": vitals,
+             "code": {"coding": [{"system": loinc, "code": "8867-4", "display": "Heart rate"}]}, "subject": subject,
+             "encounter": visit, "effectiveDateTime": "2024-03-01T10:05:00+05:30",
+             "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}},
+            {"resourceType": "Observation", "id": "golden-weight", "status": "final", "category": vitals,
+             "code": {"coding": [{"system": loinc, "code": "29463-7", "display": "Body weight"}]}, "subject": subject,
+             "encounter": visit, "effectiveDateTime": "2024-03-01T10:06:00+05:30",
+             "valueQuantity": {"value": 61, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}},
+            {"resourceType": "MedicationRequest", "id": "golden-rx", "status": "active", "intent": "order",
+             "subject": subject, "encounter": visit, "medicationCodeableConcept": {"text": "Paracetamol 500 mg"},
+             "authoredOn": "2024-03-01", "requester": {"reference": "Practitioner/golden-doctor"},
+             "dosageInstruction": [{"text": "One tablet three times a day"}]}):
+        _put(hospital, resource)
+    dates = DateRange(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 12, 31, tzinfo=UTC))
+    documents = hospital.fhir.uow.run(
+        lambda repo: DocumentBuilder(repo, HIP_ID, "Test Hospital", "https://hospital.example/abdm/documents")
+        .build("Encounter/golden-visit", hi_type, dates), write=False, access=as_system("golden documents"))
+    assert len(documents) == 1
+    document = documents[0]
+    outcome = hospital.fhir.handle(FhirRequest("POST", "Bundle/$validate", resource=document,
+                                               headers={"content-type": "application/fhir+json"},
+                                               access=as_system("test")))
+    assert [i for i in (outcome.resource or {})["issue"] if i["severity"] in ("error", "fatal")] == []
+    document["meta"].pop("lastUpdated")  # the moment it was built: all else is the mapping's
+    document.pop("timestamp")
+    path = GOLDEN / f"{hi_type}.json"
+    if UPDATE_GOLDEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    assert document == orjson.loads(path.read_bytes())

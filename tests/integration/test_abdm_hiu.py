@@ -65,7 +65,10 @@ def test_our_hiu_pulls_another_facilitys_records(hospital: Hospital, sim: Simula
                 if any(x["what"]["reference"].startswith("Consent/abdm-hiu-") for x in e["resource"]["entity"])
                 and e["resource"]["policy"][0].rsplit("/", 1)[1] in sim.http.get("/sim/state").json()["artefacts"]]
 
-    wait_until(lambda: len(stored()) >= 2, 30, "the pulled documents")
+    try:
+        wait_until(lambda: len(stored()) >= 2, 30, "the pulled documents")
+    except AssertionError:
+        raise AssertionError(f"not stored: {sim.http.get('/sim/state').json()['pushes']}") from None
     provenance = stored()
     assert {p["agent"][0]["who"]["identifier"]["value"] for p in provenance} == {"SIM-HIP"}
     bundles = [hospital.read(p["target"][0]["reference"]) for p in provenance]
@@ -148,6 +151,39 @@ def test_tampered_pushes_are_refused(hospital: Hospital, sim: Simulator) -> None
     sim.post("/sim/cm/grant", {"consentRequestId": ids[0]})
     wait_until(lambda: len(sim.http.get("/sim/state").json()["pushes"]) > before, 30, "the tampered push")
     assert sim.http.get("/sim/state").json()["pushes"][before]["status"] == 400
+
+
+def test_an_artefact_without_the_managers_signature_is_not_stored(hospital: Hospital, sim: Simulator) -> None:
+    data = visit_data(hospital, address=f"sign{uuid.uuid4().hex[:8]}@sbx")
+    resp = hospital.http.post("/abdm/hiu/consent-requests", headers=hospital.admin, json={
+        "patient": f"Patient/{data['patient']}", "hiTypes": ["Prescription"],
+        "from": "2024-01-01T00:00:00.000Z", "to": "2024-12-31T00:00:00.000Z",
+        "dataEraseAt": "2030-01-01T00:00:00.000Z"})
+    request_consent = resp.json()["consent"]
+    ids: list[str] = []
+
+    def registered() -> bool:
+        ids[:] = [i["value"] for i in hospital.read(request_consent)["identifier"]
+                  if i["system"] == "https://abdm.gov.in/consent-request"]
+        return bool(ids)
+
+    wait_until(registered, 20, "the consent request's on-init")
+    sim.post("/sim/config", {"badSignatures": True})
+    try:
+        artefact = sim.post("/sim/cm/grant", {"consentRequestId": ids[0]})["consentId"]
+
+        def refused() -> bool:
+            events = hospital.read("AuditEvent", [("subtype", "urn:fhir-server:abdm|abdm-consent-fetch"),
+                                                  ("_count", "100")])
+            return any("bad signature" in str(e["resource"]) for e in events.get("entry", []))
+
+        wait_until(refused, 20, "the forged artefact refused")
+    finally:
+        sim.post("/sim/config", {"badSignatures": False})
+    found = hospital.read("Consent", [("identifier", f"https://abdm.gov.in/consent-artefact|{artefact}")])
+    assert found.get("entry", []) == []  # not stored, and no data asked for under it
+    assert not [e for e in sim.log("/data-flow/v3/health-information/request")
+                if e["body"]["hiRequest"]["consent"]["id"] == artefact]
 
 
 def test_gateway_session_is_refreshed_before_it_expires(sim: Simulator) -> None:

@@ -31,6 +31,7 @@ from tests.integration.access_matrix_support import (
     OTHER_TYPES,
     WRAPS,
     Case,
+    abdm_configured,
     all_cases,
     application,
     bundle_entry,
@@ -60,6 +61,9 @@ ADMIN_ROUTES = ("/admin/", "/platform/")  # operators and the platform administr
 # without the form's CSRF token, every POST (403).
 CONSOLE, CONSOLE_DOORS, CONSOLE_ADMIN = "/console", ("/console/sign-in", "/console/callback"), \
     ("/console/people", "/console/resources")
+# ABDM: gateway calls in need the gateway's token, a push its transaction's secret, the HIU's staff endpoints
+# an administrator.
+ABDM_ROUTES = ("/abdm/",)
 LAUNCH_REFUSED = ("patient", "narrow", "backend")
 COUNTED = ("search-type ", "search-type-id", "search-type-count", "search-type-post", "search-system-id",
            "search-system-post", "search-compartment", "search-chain", "search-has", "history-instance")
@@ -82,8 +86,12 @@ def _params() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def smart(backend: Backend) -> Iterator[Smart]:
     backend.truncate()
-    # the hospital's operations and the claims entry points join the matrix too
-    yield from smart_server(backend, workflows="all", **claims_configured())
+    # the hospital's operations, the claims entry points and ABDM's endpoints join the matrix too
+    servers = smart_server(backend, workflows="all", **claims_configured())
+    with abdm_configured():
+        smart = next(servers)
+    yield smart
+    next(servers, None)  # the server stops (the code after its yield)
 
 
 def _create(smart: Smart, admin: str, resource: dict[str, Any]) -> dict[str, Any]:
@@ -329,7 +337,8 @@ def test_matrix(smart: Smart, world: dict[str, Any], case: Case, wrap: str, toke
     if case.extra.get("admin"):  # refused; inside a Bundle an entry may be refused before routing (400/404)
         allowed = (401, 403) if wrap == "top" else (400, 401, 403, 404)
         assert status in allowed, f"the administrative {case.name} answered {status} to a {token_name} token"
-    if case.path.startswith(ADMIN_ROUTES) or (case.path == "/auth/launch" and token_name in LAUNCH_REFUSED):
+    if case.path.startswith(ADMIN_ROUTES + ABDM_ROUTES) or \
+            (case.path == "/auth/launch" and token_name in LAUNCH_REFUSED):
         assert status in (401, 403), f"{case.path} answered {status} to a {token_name} token"
     if case.path.startswith(CONSOLE) and case.path not in CONSOLE_DOORS:
         assert status == 401, f"{case.path} answered {status} to a {token_name} token"

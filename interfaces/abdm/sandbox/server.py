@@ -16,6 +16,7 @@ Fidelius:  interfaces.abdm.fidelius, the same module (its vector test checks it 
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import uuid
@@ -25,6 +26,8 @@ from typing import Any
 import httpx
 import orjson
 from authlib.jose import JsonWebKey, JsonWebToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -55,14 +58,23 @@ class Sim:
         self.artefacts: dict[str, dict[str, Any]] = {}  # artefact id -> detail (both directions)
         self.pushes: list[dict[str, Any]] = []  # what the remote HIP pushed to our HIU, and the answers
         self.tamper_next = False
+        self.bad_signatures = False  # sign artefacts wrongly (a forged consent)
+        self.hold_pushes = False  # the remote HIP keeps its pages until /sim/hip/release
+        self.held: list[Any] = []
         self.link_tokens: set[str] = set()
         self.http = httpx.Client(timeout=30)
 
     # --- calling our server ----------------------------------------------------------------------------
 
-    def token(self) -> str:
+    def sign(self, detail: dict[str, Any]) -> str:
+        """The consent manager's signature over an artefact's detail: SHA256withRSA over its compact JSON."""
+        message = orjson.dumps(detail) + (b" forged" if self.bad_signatures else b"")
+        return base64.b64encode(self.key.get_private_key().sign(message, padding.PKCS1v15(),
+                                                                hashes.SHA256())).decode()
+
+    def token(self, audience: str = "account") -> str:
         now = int(time.time())
-        claims = {"iss": self.base_url, "sub": "gateway", "aud": "account", "iat": now, "exp": now + 600}
+        claims = {"iss": self.base_url, "sub": "gateway", "aud": audience, "iat": now, "exp": now + 600}
         return self.jwt.encode({"alg": "RS256", "kid": "sim-gateway"}, claims, self.key).decode()
 
     def call(self, url: str, body: dict[str, Any], *, request_id: str | None = None, token: str | None = None,
@@ -130,7 +142,7 @@ class Sim:
             detail = self.artefacts.get(artefact)
             if detail is not None:
                 self.later(lambda: self.call(self.hiu_url + "/api/v3/hiu/consent/on-fetch", {
-                    "consent": {"status": "GRANTED", "consentDetail": detail, "signature": "sim"},
+                    "consent": {"status": "GRANTED", "consentDetail": detail, "signature": self.sign(detail)},
                     "response": {"requestId": request_id}}))
         elif path == "/v3/token/generate-token":
             link_token = f"sim-link-token-{uuid.uuid4()}"
@@ -146,6 +158,12 @@ class Sim:
                 "response": {"requestId": request_id}}))
         elif path == "/data-flow/v3/health-information/request":
             self.later(lambda: self._serve(request_id, body.get("hiRequest") or {}))
+        elif path == "/hip/v3/link/context/notify":
+            self.later(lambda: self.call(self.hip_url + "/api/v3/links/context/on-notify", {
+                "acknowledgement": {"status": "SUCCESS"}, "response": {"requestId": request_id}}))
+        elif path == "/hip/v3/link/patient/links/sms/notify2":
+            self.later(lambda: self.call(self.hip_url + "/api/v3/patients/sms/on-notify", {
+                "acknowledgement": {"status": "SUCCESS"}, "response": {"requestId": request_id}}))
 
     def grant(self, gateway_id: str) -> str:
         request = self.consent_requests[gateway_id]
@@ -175,6 +193,12 @@ class Sim:
         keys = KeyMaterial.generate()
         documents = remote_documents(detail.get("hiTypes") or [], (detail.get("patient") or {}).get("id", ""))
         pages = [documents[:1], documents[1:]] if len(documents) > 1 else [documents]
+        if self.hold_pushes:  # pushed later, on /sim/hip/release (our HIU restarts in between)
+            self.held.append(lambda: self._push(txn, keys, pages, hi_request))
+            return
+        self._push(txn, keys, pages, hi_request)
+
+    def _push(self, txn: str, keys: KeyMaterial, pages: list[Any], hi_request: dict[str, Any]) -> None:
         for number, page in enumerate(pages, start=1):
             entries = []
             for cc, doc in page:
@@ -189,10 +213,10 @@ class Sim:
                     "keyMaterial": keys.to_json(x509=number % 2 == 0)}  # both key encodings, as HIPs send them
             try:
                 resp = self.http.post(str(hi_request.get("dataPushUrl")), json=body)
-                status = resp.status_code
-            except httpx.HTTPError:
-                status = 0
-            self.pushes.append({"transactionId": txn, "page": number, "status": status})
+                status, answer = resp.status_code, resp.text[:500]
+            except httpx.HTTPError as exc:
+                status, answer = 0, type(exc).__name__
+            self.pushes.append({"transactionId": txn, "page": number, "status": status, "answer": answer})
         self.tamper_next = False
 
 
@@ -226,6 +250,8 @@ def create_app(base_url: str) -> FastAPI:
         sim.hiu_url = body.get("hiuUrl", sim.hiu_url).rstrip("/")
         sim.token_seconds = int(body.get("tokenSeconds", sim.token_seconds))
         sim.tamper_next = bool(body.get("tamperNext", sim.tamper_next))
+        sim.bad_signatures = bool(body.get("badSignatures", sim.bad_signatures))
+        sim.hold_pushes = bool(body.get("holdPushes", sim.hold_pushes))
         return {"ok": True}
 
     @app.post("/sim/fail")
@@ -241,7 +267,7 @@ def create_app(base_url: str) -> FastAPI:
     @app.get("/sim/state")
     def state() -> dict[str, Any]:
         return {"sessions": sim.sessions, "outgoing": sim.outgoing[-20:], "consentRequests": sim.consent_requests,
-                "pushes": sim.pushes,
+                "pushes": sim.pushes, "held": len(sim.held),
                 "artefacts": list(sim.artefacts)}
 
     @app.post("/sim/sms")
@@ -257,9 +283,17 @@ def create_app(base_url: str) -> FastAPI:
     # into this one (the JWKS) while they wait.
     @app.post("/sim/call")
     def call(spec: dict[str, Any] = Body()) -> dict[str, Any]:
+        token = spec.get("token") if "audience" not in spec else sim.token(spec["audience"])
         return sim.call(sim.hip_url + spec["path"] if spec.get("to", "hip") == "hip" else sim.hiu_url + spec["path"],
-                        spec["body"], request_id=spec.get("requestId"), token=spec.get("token"),
-                        hip_id=spec.get("hipId"))
+                        spec["body"], request_id=spec.get("requestId"), token=token, hip_id=spec.get("hipId"))
+
+    @app.post("/sim/hip/release")
+    def release() -> dict[str, Any]:
+        """Push the pages the remote HIP held back."""
+        held, sim.held = sim.held, []
+        for push in held:
+            push()
+        return {"released": len(held)}
 
     @app.post("/sim/consent/{action}")
     def consent(action: str, spec: dict[str, Any] = Body()) -> dict[str, Any]:
@@ -267,7 +301,7 @@ def create_app(base_url: str) -> FastAPI:
         if action == "grant" and artefact in sim.artefacts:  # the very same notification again
             detail = sim.artefacts[artefact]
             body = {"notification": {"status": "GRANTED", "consentId": artefact, "consentDetail": detail,
-                                     "signature": "sim", "grantAcknowledgement": False}}
+                                     "signature": sim.sign(detail), "grantAcknowledgement": False}}
         elif action == "grant":
             detail = {"schemaVersion": "v3", "consentId": artefact, "createdAt": timestamp(),
                       "patient": {"id": spec.get("abhaAddress", "")},
@@ -280,10 +314,11 @@ def create_app(base_url: str) -> FastAPI:
                       "consentManager": {"id": "sbx"}, "hiTypes": spec["hiTypes"],
                       "permission": {"accessMode": "VIEW", "dateRange": {"from": spec["from"], "to": spec["to"]},
                                      "dataEraseAt": spec["dataEraseAt"],
-                                     "frequency": {"unit": "HOUR", "value": 1, "repeats": 0}}}
+                                     "frequency": spec.get("frequency") or {"unit": "HOUR", "value": 1,
+                                                                            "repeats": 0}}}
             sim.artefacts[artefact] = detail
             body = {"notification": {"status": "GRANTED", "consentId": artefact, "consentDetail": detail,
-                                     "signature": "sim", "grantAcknowledgement": False}}
+                                     "signature": sim.sign(detail), "grantAcknowledgement": False}}
         else:
             body = {"notification": {"status": "REVOKED" if action == "revoke" else "EXPIRED", "consentId": artefact}}
         result = sim.call(sim.hip_url + "/api/v3/consent/request/hip/notify", body, request_id=spec.get("requestId"),
