@@ -30,7 +30,7 @@ def obs(patient: str, category: str = "laboratory") -> dict[str, Any]:
 
 def test_every_issue_role_is_in_the_table() -> None:
     assert set(ROLES) == {"admin", "doctor", "nurse", "receptionist", "billing_officer", "lab_technician",
-                          "pharmacist", "radiologist", "patient"}
+                          "pharmacist", "radiologist", "manager", "patient"}
     assert all(set(p) <= set("cruds") for table in ROLE_PERMISSIONS.values() for p in table.values())
 
 
