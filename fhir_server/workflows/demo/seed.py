@@ -77,41 +77,50 @@ class Seeder:
     # --- the hospital ---------------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """The hospital's structure in two transactions (entries refer to each other by urn:uuid)."""
         c, admin = self.calls, self.admin
         c.call(admin, "POST", "", json.loads(PRICELIST.read_text()))
-        self.h.org = c.call(admin, "POST", "Organization", {"resourceType": "Organization", "name": DATA["hospital"],
-                                                            "identifier": [{"system": DATA["marker"], "value": "1"}]})["id"]
-        self.h.insurer = c.call(admin, "POST", "Organization", {"resourceType": "Organization",
-                                                                "name": DATA["insurer"]})["id"]
+        entries: list[tuple[str, str, dict[str, Any] | None, str | None]] = []
+
+        def add(resource: dict[str, Any]) -> dict[str, str]:
+            full = self._urn()
+            entries.append(("POST", resource["resourceType"], resource, full))
+            return {"reference": full}
+
+        org = add({"resourceType": "Organization", "name": DATA["hospital"],
+                   "identifier": [{"system": DATA["marker"], "value": "1"}]})
+        add({"resourceType": "Organization", "name": DATA["insurer"]})
         dept = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "dept"}]}
-        for name in DATA["departments"]:
-            self.h.departments.append(c.call(admin, "POST", "Organization", {
-                "resourceType": "Organization", "name": name, "type": [dept], "partOf": _ref("Organization", self.h.org)})["id"])
+        departments = [add({"resourceType": "Organization", "name": name, "type": [dept], "partOf": org})
+                       for name in DATA["departments"]]
         for w, name in enumerate(DATA["wards"]):
-            ward = c.call(admin, "POST", "Location", {"resourceType": "Location", "name": name, "physicalType": _kind("wa"),
-                                                      "managingOrganization": _ref("Organization", self.h.departments[w])})
+            ward = add({"resourceType": "Location", "name": name, "physicalType": _kind("wa"),
+                        "managingOrganization": departments[w]})
             for r in range(2):
-                room = c.call(admin, "POST", "Location", {"resourceType": "Location", "name": f"{name} room {r + 1}",
-                                                          "physicalType": _kind("ro"), "partOf": _ref("Location", ward["id"])})
+                room = add({"resourceType": "Location", "name": f"{name} room {r + 1}", "physicalType": _kind("ro"),
+                            "partOf": ward})
                 for b in range(5):
-                    self.h.beds.append(c.call(admin, "POST", "Location", {
-                        "resourceType": "Location", "name": f"{name} {r + 1}{'ABCDE'[b]}", "physicalType": _kind("bd"),
-                        "partOf": _ref("Location", room["id"]),
-                        "operationalStatus": {"system": "http://terminology.hl7.org/CodeSystem/v2-0116", "code": "U"}})["id"])
-        self.h.store = c.call(admin, "POST", "Location", {"resourceType": "Location", "name": "Main pharmacy",
-                                                          "managingOrganization": _ref("Organization", self.h.org)})["id"]
+                    add({"resourceType": "Location", "name": f"{name} {r + 1}{'ABCDE'[b]}", "physicalType": _kind("bd"),
+                         "partOf": room,
+                         "operationalStatus": {"system": "http://terminology.hl7.org/CodeSystem/v2-0116", "code": "U"}})
+        add({"resourceType": "Location", "name": "Main pharmacy", "managingOrganization": org})
+        made = c.transaction(admin, entries)
+        orgs = [r["id"] for r in made if r["resourceType"] == "Organization"]
+        self.h.org, self.h.insurer, self.h.departments = orgs[0], orgs[1], orgs[2:]
+        places = [r for r in made if r["resourceType"] == "Location"]
+        self.h.beds = [r["id"] for r in places if (r.get("physicalType") or {}).get("coding", [{}])[0].get("code") == "bd"]
+        self.h.store = places[-1]["id"]
+        entries = []
         for i in range(20):
             given, family = DATA["doctors"][i]
-            doctor = c.call(admin, "POST", "Practitioner", {"resourceType": "Practitioner", "name": [
-                {"prefix": ["Dr."], "given": [given], "family": family}]})["id"]
-            self.h.doctors.append(doctor)
-            start = ("09:00:00", "14:00:00")[i % 2]
-            end = ("13:00:00", "18:00:00")[i % 2]
-            c.call(admin, "POST", "PractitionerRole", {
-                "resourceType": "PractitionerRole", "active": True, "practitioner": _ref("Practitioner", doctor),
-                "organization": _ref("Organization", self.h.departments[i % len(self.h.departments)]),
-                "availableTime": [{"daysOfWeek": ["mon", "tue", "wed", "thu", "fri", "sat"],
-                                   "availableStartTime": start, "availableEndTime": end}]})
+            doctor = add({"resourceType": "Practitioner", "name": [{"prefix": ["Dr."], "given": [given], "family": family}]})
+            add({"resourceType": "PractitionerRole", "active": True, "practitioner": doctor,
+                 "organization": _ref("Organization", self.h.departments[i % len(self.h.departments)]),
+                 "availableTime": [{"daysOfWeek": ["mon", "tue", "wed", "thu", "fri", "sat"],
+                                    "availableStartTime": ("09:00:00", "14:00:00")[i % 2],
+                                    "availableEndTime": ("13:00:00", "18:00:00")[i % 2]}]})
+        made = c.transaction(admin, entries)
+        self.h.doctors = [r["id"] for r in made if r["resourceType"] == "Practitioner"]
         self._count("practitioners", 20)
         # The pharmacy receives two batches of the demo medicine.
         medicine = DATA["medicine"]
@@ -219,7 +228,8 @@ class Seeder:
                 "priority": rng.choice(["routine", "routine", "urgent", "stat"]),
                 "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "108252007"}]}],
                 "code": {"coding": [{"system": LOINC, "code": "58410-2", "display": "CBC panel"}]},
-                "subject": _ref("Patient", pid), "encounter": _ref("Encounter", enc["id"])}, order))
+                "subject": _ref("Patient", pid), "encounter": _ref("Encounter", enc["id"]),
+                "requester": _ref("Practitioner", doctor_id), "authoredOn": now.isoformat()}, order))
             entries.append(("POST", "MedicationRequest", {
                 "resourceType": "MedicationRequest", "status": "active", "intent": "order",
                 "medicationCodeableConcept": DATA["medicine"], "subject": _ref("Patient", pid),
