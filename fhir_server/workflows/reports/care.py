@@ -151,18 +151,20 @@ GROUP BY x.priority ORDER BY x.priority"""
 
 
 def workload(q: Query) -> list[dict[str, Any]]:
-    """Per practitioner: encounters (Encounter.participant) and appointments (Appointment.participant) in the
-    period. Department: an Organization (its PractitionerRoles' practitioners)."""
+    """Per practitioner: encounters (Encounter.participant) during the period and appointments
+    (Appointment.participant) starting in it. Department: an Organization (its PractitionerRoles' practitioners)."""
     dept = f"AND x.who IN ({q.staff_sql()})" if q.department is not None else ""
+    # an encounter counts when it overlaps the period (a stay may have only its end); an appointment by its start
+    during, starting = "d.low < :pe_t AND d.high >= :ps_t", "d.low >= :ps_t AND d.low < :pe_t"
     part = """SELECT p.target_id AS who, '{kind}' AS kind, p.resource_id AS rid
        FROM search_reference p JOIN search_date d ON d.resource_type = '{rtype}' AND d.resource_id = p.resource_id
                                                   AND d.param = 'date'
        WHERE p.resource_type = '{rtype}' AND p.param = 'practitioner' AND p.target_type = 'Practitioner'
-         AND d.low >= :ps_t AND d.low < :pe_t"""
+         AND {window}"""
     statement = f"""
 SELECT x.who, x.kind, count(DISTINCT x.rid) AS n
-FROM ({part.format(kind='encounters', rtype='Encounter')} UNION ALL
-      {part.format(kind='appointments', rtype='Appointment')}) x
+FROM ({part.format(kind='encounters', rtype='Encounter', window=during)} UNION ALL
+      {part.format(kind='appointments', rtype='Appointment', window=starting)}) x
 WHERE 1 = 1 {dept}
 GROUP BY x.who, x.kind ORDER BY x.who, x.kind"""
     figures: dict[str, dict[str, int]] = {}
