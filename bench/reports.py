@@ -27,15 +27,15 @@ from common import bench_database, libpq, log
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fhir_server.auth.access import AccessContext  # noqa: E402
-from fhir_server.auth.scopes import resource_scopes  # noqa: E402
-from fhir_server.config import Settings  # noqa: E402
-from fhir_server.rest.request import FhirRequest  # noqa: E402
-from fhir_server.rest.server import FhirServer  # noqa: E402
-from fhir_server.search.values import hash64  # noqa: E402
-from fhir_server.storage.database import make_engine  # noqa: E402
-from fhir_server.storage.migrate import upgrade  # noqa: E402
-from fhir_server.workflows.reports import REPORTS  # noqa: E402
+from fhir_server.auth.access import AccessContext
+from fhir_server.auth.scopes import resource_scopes
+from fhir_server.config import Settings
+from fhir_server.rest.request import FhirRequest
+from fhir_server.rest.server import FhirServer
+from fhir_server.search.values import hash64
+from fhir_server.storage.database import make_engine
+from fhir_server.storage.migrate import upgrade
+from fhir_server.workflows.reports import REPORTS
 
 LOINC = "http://loinc.org"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -43,7 +43,8 @@ CODES = ("8867-4", "29463-7", "718-7", "2823-3", "2345-7", "8480-6")
 
 
 def _token(rid: str, param: str, system: str | None, code: str) -> str:
-    return (f"Observation\t{rid}\t{param}\t{system or chr(92) + 'N'}\t{code}\t\\N\t{hash64('Observation', param, code)}\t"
+    null = chr(92) + "N"  # COPY's NULL
+    return (f"Observation\t{rid}\t{param}\t{system or null}\t{code}\t{null}\t{hash64('Observation', param, code)}\t"
             f"{hash64('Observation', param, system, code)}\t{hash64('Observation', param, system)}\n")
 
 

@@ -38,7 +38,8 @@ def smart(backend: Backend) -> Iterator[Smart]:
 
 
 def _as(smart: Smart, role: str, fhir_user: str | None = None) -> Desk:
-    return Desk(smart, str(_user_token(smart, role, "openid fhirUser user/*.cruds", fhir_user=fhir_user)["access_token"]))
+    token = _user_token(smart, role, "openid fhirUser user/*.cruds", fhir_user=fhir_user)
+    return Desk(smart, str(token["access_token"]))
 
 
 def _refused(r: httpx.Response, status: int, rule: str) -> None:
@@ -97,13 +98,15 @@ def test_order_to_paid_invoice_and_the_dashboard(smart: Smart) -> None:
                            "code": {"coding": [{"system": LOINC, "code": "58410-2"}]}, "subject": subject,
                            "encounter": encounter, "requester": {"reference": f"Practitioner/{dr}"},
                            "authoredOn": datetime.now(UTC).isoformat()})
-    potassium = {"resourceType": "Observation", "status": "final", "basedOn": [{"reference": f"ServiceRequest/{order['id']}"}],
+    based_on = [{"reference": f"ServiceRequest/{order['id']}"}]
+    potassium = {"resourceType": "Observation", "status": "final", "basedOn": based_on,
                  "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                            "code": "laboratory"}]}],
                  "code": {"coding": [{"system": LOINC, "code": "2823-3"}]}, "subject": subject, "encounter": encounter,
                  "valueQuantity": {"value": 7.1, "unit": "mmol/L", "system": UCUM, "code": "mmol/L"}}
     _refused(lab.call("POST", "Observation", potassium), 409, "lab-specimen-not-collected")
-    lab.create({"resourceType": "Specimen", "identifier": [{"system": "https://hospital.example/barcode", "value": "J42"}],
+    lab.create({"resourceType": "Specimen",
+                "identifier": [{"system": "https://hospital.example/barcode", "value": "J42"}],
                 "request": [{"reference": f"ServiceRequest/{order['id']}"}], "subject": subject,
                 "collection": {"collectedDateTime": datetime.now(UTC).isoformat()}})
     result = lab.create(potassium)
@@ -125,7 +128,8 @@ def test_order_to_paid_invoice_and_the_dashboard(smart: Smart) -> None:
     dispense = pharmacist.create({"resourceType": "MedicationDispense", "status": "completed", "subject": subject,
                                   "context": encounter, "medicationCodeableConcept": PARACETAMOL,
                                   "authorizingPrescription": [{"reference": f"MedicationRequest/{prescription['id']}"}],
-                                  "quantity": {"value": 10, "unit": "tablet"}, "location": {"reference": f"Location/{store}"}})
+                                  "quantity": {"value": 10, "unit": "tablet"},
+                                  "location": {"reference": f"Location/{store}"}})
     assert any("dispensed-batch" in x["url"] for x in dispense["extension"])
 
     # Transfer to bed 2, then discharge (only after the signed summary).
@@ -154,19 +158,22 @@ def test_order_to_paid_invoice_and_the_dashboard(smart: Smart) -> None:
         "DiagnosticReport", "MedicationDispense"}
     invoice = officer.create({"resourceType": "Invoice", "status": "issued", "subject": subject,
                               "issuer": {"reference": f"Organization/{org}"},
-                              "lineItem": [{"chargeItemReference": {"reference": f"ChargeItem/{i['id']}"}} for i in items]})
+                              "lineItem": [{"chargeItemReference": {"reference": f"ChargeItem/{i['id']}"}}
+                                           for i in items]})
     total = invoice["totalGross"]["value"]
     claims = admin.search(f"Claim?patient=Patient/{patient}")
     assert len(claims) == 1 and claims[0]["total"]["value"] == total
     for amount in (100.0, round(total - 100.0, 2)):
         body = {"resourceType": "PaymentReconciliation", "status": "active",
                 "paymentAmount": {"value": amount, "currency": "INR"},
-                "detail": [{"type": {"coding": [{"code": "payment"}]}, "request": {"reference": f"Invoice/{invoice['id']}"}}]}
+                "detail": [{"type": {"coding": [{"code": "payment"}]},
+                            "request": {"reference": f"Invoice/{invoice['id']}"}}]}
         assert officer.call("POST", "PaymentReconciliation", body).status_code == 201
     assert admin.read(f"Invoice/{invoice['id']}")["status"] == "balanced"
     officer.create({"resourceType": "ClaimResponse", "status": "active", "outcome": "complete", "use": "claim",
                     "type": claims[0]["type"], "patient": subject, "created": now,
-                    "insurer": {"reference": f"Organization/{insurer}"}, "request": {"reference": f"Claim/{claims[0]['id']}"}})
+                    "insurer": {"reference": f"Organization/{insurer}"},
+                    "request": {"reference": f"Claim/{claims[0]['id']}"}})
     assert any(x["url"].endswith("claim-outcome") for x in admin.read(f"Claim/{claims[0]['id']}")["extension"])
 
     # The dashboard: the manager's reports reflect the day; a nurse gets none of them.

@@ -93,7 +93,8 @@ def world(smart: Smart) -> dict[str, str]:
             "batch": {"lotNumber": f"L{units}", "expirationDate": expiry.isoformat()}})
         make(smart, {"resourceType": "Basic", "code": {"coding": [{"system": PHARMACY, "code": "medication-stock"}]},
                      "subject": {"reference": f"Medication/{batch}"},
-                     "extension": [{"url": SD + "stock-location", "valueReference": {"reference": f"Location/{w['store']}"}},
+                     "extension": [{"url": SD + "stock-location",
+                                    "valueReference": {"reference": f"Location/{w['store']}"}},
                                    {"url": SD + "stock-quantity", "valueQuantity": {"value": units}}]})
     return w
 

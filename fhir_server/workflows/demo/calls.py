@@ -4,6 +4,7 @@ as a user of the role that would make it, so every workflow rule holds for the d
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,8 @@ class Caller:
             raise SeedError(f"{method} {path} as {access.role}: {res.status} {orjson.dumps(res.resource).decode()}")
         return res.resource or {}
 
-    def transaction(self, access: AccessContext, entries: list[tuple[str, str, dict[str, Any] | None, str | None]],
-                    ) -> list[dict[str, Any]]:
+    def transaction(self, access: AccessContext,
+                    entries: Sequence[tuple[str, str, dict[str, Any] | None, str | None]]) -> list[dict[str, Any]]:
         """One transaction Bundle of (method, url, resource, fullUrl) entries; the created/updated resources
         in entry order."""
         if not entries:

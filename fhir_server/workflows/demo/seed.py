@@ -108,12 +108,14 @@ class Seeder:
         orgs = [r["id"] for r in made if r["resourceType"] == "Organization"]
         self.h.org, self.h.insurer, self.h.departments = orgs[0], orgs[1], orgs[2:]
         places = [r for r in made if r["resourceType"] == "Location"]
-        self.h.beds = [r["id"] for r in places if (r.get("physicalType") or {}).get("coding", [{}])[0].get("code") == "bd"]
+        self.h.beds = [r["id"] for r in places
+                       if (r.get("physicalType") or {}).get("coding", [{}])[0].get("code") == "bd"]
         self.h.store = places[-1]["id"]
         entries = []
         for i in range(20):
             given, family = DATA["doctors"][i]
-            doctor = add({"resourceType": "Practitioner", "name": [{"prefix": ["Dr."], "given": [given], "family": family}]})
+            doctor = add({"resourceType": "Practitioner",
+                          "name": [{"prefix": ["Dr."], "given": [given], "family": family}]})
             add({"resourceType": "PractitionerRole", "active": True, "practitioner": doctor,
                  "organization": _ref("Organization", self.h.departments[i % len(self.h.departments)]),
                  "availableTime": [{"daysOfWeek": ["mon", "tue", "wed", "thu", "fri", "sat"],
@@ -151,7 +153,8 @@ class Seeder:
         people = []
         for i in range(first, first + n):
             given = rng.choice(DATA["given"])
-            family = DATA["family"][i % len(DATA["family"])] + DATA["suffix"][(i // len(DATA["family"])) % len(DATA["suffix"])]
+            families, suffixes = DATA["family"], DATA["suffix"]
+            family = families[i % len(families)] + suffixes[(i // len(families)) % len(suffixes)]
             born = datetime(1940, 1, 1) + timedelta(days=rng.randrange(0, 365 * 80))
             people.append({"resourceType": "Patient", "name": [{"given": [given], "family": family}],
                            "gender": rng.choice(["female", "male"]), "birthDate": born.date().isoformat(),
@@ -164,7 +167,8 @@ class Seeder:
         c.transaction(self.desk, [("POST", "Coverage", {
             "resourceType": "Coverage", "status": "active", "beneficiary": _ref("Patient", pid),
             "payor": [_ref("Organization", self.h.insurer)],
-            "period": {"start": (datetime.now(UTC) - timedelta(days=365)).date().isoformat()}}, None) for pid in insured])
+            "period": {"start": (datetime.now(UTC) - timedelta(days=365)).date().isoformat()}}, None)
+            for pid in insured])
         # The receptionist books each a free slot; most come (check-in), some do not, a few cancel.
         booked = []
         for pid in pids:
@@ -219,7 +223,8 @@ class Seeder:
             enc = dict(encounters[appt["id"]])
             enc.update(status="finished", participant=[{"individual": _ref("Practitioner", doctor_id)}],
                        serviceProvider=_ref("Organization", self.h.departments[0]),
-                       period={"start": (enc.get("period") or {}).get("start") or now.isoformat(), "end": now.isoformat()})
+                       period={"start": (enc.get("period") or {}).get("start") or now.isoformat(),
+                               "end": now.isoformat()})
             entries.append(("PUT", f"Encounter/{enc['id']}", enc, None))
             order = self._urn()
             orders.append((order, pid, enc["id"]))

@@ -31,7 +31,8 @@ WHERE r.resource_type = 'Invoice' AND r.deleted = :no AND {sql.text('status')} I
                AND d.low >= :ps_t AND d.low < :pe_t) {_issuer(q, 'r.id')}"""
     payments = f"""
 SELECT sum(CASE WHEN p.amount > 0 THEN 1 ELSE 0 END) AS paid_n, sum(CASE WHEN p.amount > 0 THEN p.amount END) AS paid,
-       sum(CASE WHEN p.amount < 0 THEN 1 ELSE 0 END) AS refund_n, sum(CASE WHEN p.amount < 0 THEN p.amount END) AS refunds
+       sum(CASE WHEN p.amount < 0 THEN 1 ELSE 0 END) AS refund_n,
+       sum(CASE WHEN p.amount < 0 THEN p.amount END) AS refunds
 FROM billing_payment p WHERE p.recorded_at >= :ps_t AND p.recorded_at < :pe_t {_issuer(q, 'p.invoice_id')}"""
     dept = q.department[1] if q.department else None
     inv = q.rows(invoices, dept=dept)[0]
