@@ -48,6 +48,8 @@ def test_every_issue_role_is_in_the_table() -> None:
     ("nurse", "Patient", "d", False),
     ("doctor", "Observation", "d", True),
     ("patient", "Observation", "c", False),
+    ("manager", "Patient", "r", False),
+    ("manager", "MeasureReport", "r", True),
     ("nobody", "Patient", "r", False),
 ])
 def test_role_table(role: str, rtype: str, letter: str, allowed: bool) -> None:
