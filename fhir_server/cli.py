@@ -20,6 +20,7 @@ from fhir_server.packages import cli as packages_cli
 from fhir_server.tenancy import cli as tenants_cli
 from fhir_server.tenancy.engines import tenant_settings
 from fhir_server.tenancy.model import DEFAULT
+from fhir_server.workflows import demo
 from terminology import cli as terminology_cli
 
 
@@ -66,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     packages_cli.add_parsers(sub)  # packages install (fhir_server/packages/cli.py)
     jobs_cli.add_parsers(sub)  # worker, outbox list|retry (fhir_server/jobs/cli.py)
     tenants_cli.add_parsers(sub)  # tenants create|list|show|suspend|activate|delete (fhir_server/tenancy/cli.py)
+    demo.add_parser(sub)  # seed-demo (fhir_server/workflows/demo)
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
@@ -142,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from interfaces.mllp.cli import run_command
 
         return run_command(settings, args)
+    if args.command == "seed-demo":
+        return demo.run(args, settings)
     if args.command == "load":
         from fhir_server.loader import load_paths
         from fhir_server.rest.server import FhirServer

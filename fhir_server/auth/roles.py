@@ -33,6 +33,10 @@ ROLE_PERMISSIONS: dict[str, dict[str, str]] = {
                    "MedicationKnowledge": "crus", "SupplyDelivery": "crus", "SupplyRequest": "crus"},
     "radiologist": {"*": READ, "ImagingStudy": "crus", "DiagnosticReport": "crus", "Observation": "crus",
                     "Media": "crus"},
+    # Hospital management: the dashboard's reports (Measure/$evaluate-measure, fhir_server/workflows/reports:
+    # aggregate figures only) and the hospital's structure they are broken down by; no patient's record.
+    "manager": {**dict.fromkeys(["Organization", "Location", "HealthcareService", "Practitioner",
+                                 "PractitionerRole", "Measure", "MeasureReport"], READ)},
     # A patient reads their own record; the compartment restriction is applied apart (access.py).
     "patient": {"*": READ},
     # Runs the interfaces from the console (fhir_server/console): HL7 v2 messages, the outbox, bulk jobs and

@@ -26,6 +26,7 @@ AREAS: dict[str, str] = {
     "frontdesk": "fhir_server.workflows.frontdesk",
     "laboratory": "fhir_server.workflows.laboratory",
     "wards": "fhir_server.workflows.wards",
+    "reports": "fhir_server.workflows.reports",
 }
 
 

@@ -30,7 +30,7 @@ PATIENT_PARAM = {"Observation": "subject", "Condition": "subject", "Encounter": 
 # Other types operations run on: B's Group (members), a Subscription on B's Observations, terminology.
 # The hospital workflows' operations run on more types (no data of B's there: ids are "matrix-none").
 OTHER_TYPES = ("Group", "Subscription", "CodeSystem", "ValueSet", "ConceptMap", "Appointment", "PractitionerRole",
-               "Location", "Invoice", "Consent", "Account", "MedicationRequest", "ServiceRequest",
+               "Location", "Invoice", "Consent", "Account", "MedicationRequest", "ServiceRequest", "Measure",
                "Claim", "CoverageEligibilityRequest", "Communication")  # claims: $submit, $inquire
 # Every FHIR interaction the router serves (restful-interaction codes); test_capability_... checks that the
 # CapabilityStatement names no other, so a new interaction fails the matrix until it has cases here.

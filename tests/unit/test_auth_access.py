@@ -30,7 +30,7 @@ def obs(patient: str, category: str = "laboratory") -> dict[str, Any]:
 
 def test_every_issue_role_is_in_the_table() -> None:
     assert set(ROLES) == {"admin", "doctor", "nurse", "receptionist", "billing_officer", "lab_technician",
-                          "pharmacist", "radiologist", "patient", "interface-analyst"}
+                          "pharmacist", "radiologist", "manager", "patient", "interface-analyst"}
     assert all(set(p) <= set("cruds") for table in ROLE_PERMISSIONS.values() for p in table.values())
 
 
@@ -51,6 +51,8 @@ def test_every_issue_role_is_in_the_table() -> None:
     ("nurse", "Patient", "d", False),
     ("doctor", "Observation", "d", True),
     ("patient", "Observation", "c", False),
+    ("manager", "Patient", "r", False),
+    ("manager", "MeasureReport", "r", True),
     ("nobody", "Patient", "r", False),
 ])
 def test_role_table(role: str, rtype: str, letter: str, allowed: bool) -> None:

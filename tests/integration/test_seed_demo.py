@@ -1,0 +1,155 @@
+"""``fhir-server seed-demo`` (issue 18 item 10) as an operator runs it, on SQLite and PostgreSQL: a real process
+writes a small demo hospital through the server's rules; its printed users sign in; the data holds together
+(beds, orders, dispenses, invoices, payments, claims) and the dashboard's reports count it; the same seed writes
+the same hospital; a second run on the same database is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fhir_server.workflows.laboratory.turnaround import TURNAROUND as TURNAROUND_URL
+from tests.conftest import Backend
+from tests.integration.test_auth_access import REDIRECT
+from tests.integration.test_auth_support import Smart, code_from, exchange, pkce, smart_server
+from tests.integration.test_auth_support import authorize as sign_in
+
+CLI = [sys.executable, "-m", "fhir_server.cli"]
+PATIENTS = 8
+ENV = {"FHIR_SCHEDULING_HORIZON_DAYS": "4", "FHIR_OUTBOX_DISPATCHER": "false"}
+
+
+def seed_demo(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **ENV, "FHIR_DATABASE_URL": database_url}
+    return subprocess.run([*CLI, "seed-demo", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def seeded(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Smart, dict[str, Any]]]:
+    backend.truncate()
+    out = seed_demo(backend.settings.database_url, tmp_path_factory.mktemp("seed"), "--patients", str(PATIENTS),
+                    "--seed", "7")
+    assert out.returncode == 0, out.stderr[-3000:]
+    users = {m[0]: (m[1], m[2]) for m in re.findall(r"^  (\w+) +(demo-\S+) +(\S+)$", out.stdout, re.M)}
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) ([a-z ]+?)(?:,|$)", out.stdout.splitlines()[0])}
+    for smart in smart_server(backend, workflows="all"):
+        yield smart, {"users": users, "counts": counts, "stdout": out.stdout}
+
+
+def _token(smart: Smart, username: str, password: str) -> str:
+    client = smart.client(["authorization_code"], "openid fhirUser user/*.cruds", redirect_uris=[REDIRECT],
+                          public=True)
+    verifier, challenge = pkce()
+    code = code_from(sign_in(smart, client["client_id"], REDIRECT, "openid fhirUser user/*.cruds", username,
+                             password=password, challenge=challenge), REDIRECT)
+    r = exchange(smart, client["client_id"], code, REDIRECT, verifier)
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
+def _all(smart: Smart, token: str, query: str) -> list[dict[str, Any]]:
+    r = smart.fhir("GET", f"{query}{'&' if '?' in query else '?'}_count=1000", token)
+    assert r.status_code == 200, r.text
+    return [e["resource"] for e in r.json().get("entry") or [] if e.get("search", {}).get("mode") == "match"]
+
+
+def test_the_printed_users_sign_in_with_their_roles(seeded: tuple[Smart, dict[str, Any]]) -> None:
+    smart, world = seeded
+    assert set(world["users"]) == {"admin", "manager", "doctor", "nurse", "receptionist", "lab_technician",
+                                   "pharmacist", "billing_officer"}
+    nurse = _token(smart, *world["users"]["nurse"])
+    assert smart.fhir("GET", "Patient?_count=1", nurse).status_code == 200
+    desk = _token(smart, *world["users"]["receptionist"])
+    assert smart.fhir("GET", "Observation?_count=1", desk).status_code == 403  # the role still holds
+    assert world["counts"]["patients"] == PATIENTS and world["counts"]["practitioners"] == 20
+
+
+def test_the_demo_hospital_holds_together(seeded: tuple[Smart, dict[str, Any]]) -> None:
+    smart, world = seeded
+    admin = smart.system_token("system/*.rs")
+    counts = world["counts"]
+    assert len(_all(smart, admin, "Patient")) == PATIENTS
+    assert len(_all(smart, admin, "PractitionerRole")) == 20 and _all(smart, admin, "Slot?status=busy")
+    # beds: occupied exactly while an inpatient stay holds them
+    stays = _all(smart, admin, "Encounter?class=IMP")
+    held = {loc["location"]["reference"] for e in stays if e["status"] == "in-progress"
+            for loc in e["location"] if loc.get("status") == "active"}
+    beds = [b for b in _all(smart, admin, "Location")
+            if (b.get("physicalType") or {}).get("coding", [{}])[0].get("code") == "bd"]
+    occupied = {f"Location/{b['id']}" for b in beds if b.get("operationalStatus", {}).get("code") == "O"}
+    assert held and occupied == held
+    assert len(stays) == counts["admissions"]
+    # every order collected, reported, completed with its turnaround; every prescription dispensed from stock
+    orders = _all(smart, admin, "ServiceRequest")
+    assert len(orders) == counts["lab orders"] > 0
+    assert all(o["status"] == "completed" and any(x["url"] == TURNAROUND_URL for x in o["extension"]) for o in orders)
+    dispenses = _all(smart, admin, "MedicationDispense")
+    assert len(dispenses) == counts["prescriptions"]
+    assert all(any("dispensed-batch" in x["url"] for x in d["extension"]) for d in dispenses)
+    # invoices: balanced exactly when paid in full; the insured patients' invoices have their claims
+    invoices = _all(smart, admin, "Invoice")
+    payments = _all(smart, admin, "PaymentReconciliation")
+    paid: dict[str, float] = {}
+    for p in payments:
+        ref = p["detail"][0]["request"]["reference"]
+        paid[ref] = paid.get(ref, 0) + p["paymentAmount"]["value"]
+    for inv in invoices:
+        full = abs(paid.get(f"Invoice/{inv['id']}", 0) - inv["totalGross"]["value"]) < 0.005
+        assert inv["status"] == ("balanced" if full else "issued"), inv["id"]
+    insured = {c["beneficiary"]["reference"] for c in _all(smart, admin, "Coverage")}
+    claims = _all(smart, admin, "Claim")
+    assert len(claims) == sum(1 for inv in invoices if inv["subject"]["reference"] in insured)
+
+
+def test_the_reports_count_the_demo(seeded: tuple[Smart, dict[str, Any]]) -> None:
+    smart, world = seeded
+    manager = _token(smart, *world["users"]["manager"])
+
+    def figure(measure: str, code: str) -> dict[str, Any]:
+        r = smart.fhir("GET", f"Measure/$evaluate-measure?measure={measure}&periodStart=2025-01-01"
+                              f"&periodEnd=2029-12-31", manager)
+        assert r.status_code == 200, r.text
+        return next(g for g in r.json()["group"] if g["code"]["coding"][0]["code"] == code)
+
+    counts = world["counts"]
+    assert figure("appointments", "appointments")["population"][0]["count"] == counts["appointments"]
+    assert figure("revenue", "revenue")["population"][0]["count"] == counts["invoices"]
+    assert figure("lab-turnaround", "lab-volume")["population"][0]["count"] == counts["lab orders"]
+    assert figure("patient-demographics", "patients")["population"][0]["count"] == PATIENTS
+    stock = figure("pharmacy-stock", "stock-value")
+    assert stock["population"][0]["count"] == 15000 - 10 * counts["dispenses"]
+
+
+def _digest(path: Path) -> str:
+    """What the demo says, without the server's ids and clocks."""
+    import sqlite3
+    rows = sqlite3.connect(path).execute("SELECT resource_type, content FROM resource WHERE resource_type IN "
+                                         "('Patient', 'Appointment', 'ServiceRequest', 'Invoice') ").fetchall()
+    keep = ("name", "gender", "birthDate", "priority", "status", "totalGross")
+    facts = sorted(orjson.dumps({k: v for k, v in orjson.loads(c).items() if k in keep}, option=orjson.OPT_SORT_KEYS)
+                   .decode() + t for t, c in rows)
+    return hashlib.sha256("\n".join(facts).encode()).hexdigest()
+
+
+def test_the_same_seed_writes_the_same_hospital_once(backend: Backend, seeded: tuple[Smart, dict[str, Any]],
+                                                     tmp_path: Path) -> None:
+    again = seed_demo(backend.settings.database_url, tmp_path, "--patients", "2")
+    assert again.returncode == 1 and "already holds the demo hospital" in again.stderr
+    if backend.name != "sqlite":
+        return  # the digest reads two SQLite files; the refusal above is the PostgreSQL case
+    digests = []
+    for n in (1, 2):
+        db = tmp_path / f"demo{n}.sqlite3"
+        out = seed_demo(f"sqlite:///{db}", tmp_path, "--patients", "2", "--seed", "11")
+        assert out.returncode == 0, out.stderr[-2000:]
+        digests.append(_digest(db))
+    assert digests[0] == digests[1]
