@@ -66,14 +66,20 @@ class _Attempt:
 _CURRENT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("outbox_attempt", default=None)
 
 
+class LeaseLost(Exception):
+    """The row is no longer this dispatcher's (its lease lapsed and another took it): do not send it."""
+
+
 def count_attempt(_request: object = None) -> None:
     """Record that the row being delivered is being attempted now (once per delivery; a no-op outside one).
-    Call it right before the request leaves; it fits httpx's ``event_hooks={"request": [...]}``."""
+    Call it right before the request leaves; it fits httpx's ``event_hooks={"request": [...]}``. Raises
+    LeaseLost (so nothing is sent) when another dispatcher holds the row now."""
     attempt = _CURRENT.get()
     if attempt is None or attempt.counted:
         return
     attempt.counted = True
-    attempt.dispatcher._update(attempt.item.pk, {"attempts": attempt.item.attempts + 1})
+    if not attempt.dispatcher._update(attempt.item.pk, {"attempts": attempt.item.attempts + 1}):
+        raise LeaseLost(f"outbox row {attempt.item.pk} is held by another dispatcher now")
 
 
 def backoff(attempts: int, base: float = 1.0, cap: float = 3600.0) -> timedelta:
@@ -212,6 +218,11 @@ class OutboxDispatcher:
         token = _CURRENT.set(attempt)
         try:
             self.handlers[item.topic](item.key, item.payload)
+        except LeaseLost:
+            with self._held.lock:
+                self._held.pks.discard(item.pk)
+            log.warning("outbox %s %s: lease lost before the request, left to its new holder", item.topic, item.key)
+            return False
         except Exception as exc:  # any failure of a receiver means: try again later
             attempts = item.attempts + 1  # the request this handler made (or tried to)
             dead = attempts >= item.max_attempts

@@ -116,3 +116,22 @@ def test_a_row_held_by_one_dispatcher_is_not_claimed_by_another_while_its_heartb
         release.set()
         runner.join(30)
     assert taken == [] and _rows(api) == {"a/1": ("done", 1)}
+
+
+def test_a_dispatcher_that_lost_its_lease_sends_nothing(api: LiveServer) -> None:
+    _enqueue(api, [("a", 1)])
+    sent: list[str] = []
+
+    def handler(key: str, _payload: dict[str, Any]) -> None:
+        count_attempt()  # as the request leaves
+        sent.append(key)
+
+    stale = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=200))
+    stale.register("lane-topic", handler)
+    [item] = stale.claim()
+    stale.stop()  # frozen (SIGSTOP, a long pause): its heartbeat stops, the lease lapses
+    fresh = OutboxDispatcher(api.backend.engine)
+    fresh.register("lane-topic", handler)
+    wait_until(lambda: fresh.run_once() == 1, 10, "the row taken over after the lease")
+    assert stale.deliver(item) is False  # thawed: its request would be a second delivery, so none leaves
+    assert sent == ["a/1"] and _rows(api) == {"a/1": ("done", 1)}
