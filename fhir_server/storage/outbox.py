@@ -30,12 +30,12 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.pool import StaticPool
 
 from fhir_server.storage.models import OUTBOX
@@ -82,6 +82,9 @@ def count_attempt(_request: object = None) -> None:
         raise LeaseLost(f"outbox row {attempt.item.pk} is held by another dispatcher now")
 
 
+HAND_BACK = timedelta(milliseconds=500)  # rows of a partition busy elsewhere are due again this soon
+
+
 def backoff(attempts: int, base: float = 1.0, cap: float = 3600.0) -> timedelta:
     return timedelta(seconds=min(cap, base * 2 ** max(attempts - 1, 0)))
 
@@ -113,7 +116,8 @@ class OutboxDispatcher:
         self._thread: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._cycle = threading.Lock()  # one claim-and-deliver cycle at a time (order within a partition)
+        self._busy: set[str] = set()  # partitions a lane of this dispatcher is delivering
+        self._busy_lock = threading.Lock()
 
     def register(self, topic: str, handler: OutboxHandler, *, partition: Partition | None = None) -> None:
         """``partition``: rows in the same partition are delivered one after another in outbox order (default:
@@ -242,40 +246,78 @@ class OutboxDispatcher:
         partition = self.partitions.get(item.topic)
         return partition(item.key, item.payload) if partition is not None else item.topic
 
+    def _held_elsewhere(self) -> dict[str, int]:
+        """Partition -> the earliest row of it another dispatcher holds now (partitioned topics only)."""
+        now = datetime.now(UTC)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(OUTBOX.c.pk, OUTBOX.c.topic, OUTBOX.c.key, OUTBOX.c.payload).where(
+                OUTBOX.c.status == "delivering", OUTBOX.c.next_attempt_at > now,
+                OUTBOX.c.topic.in_(list(self.partitions)),
+                or_(OUTBOX.c.lease_owner.is_(None), OUTBOX.c.lease_owner != self.owner))).all()
+        earliest: dict[str, int] = {}
+        for r in rows:
+            key = self.partition_of(Claimed(r.pk, r.topic, r.key, r.payload, 0, 0))
+            earliest[key] = min(earliest.get(key, r.pk), r.pk)
+        return earliest
+
+    def _sort_out(self, claimed: list[Claimed]) -> list[list[Claimed]]:
+        """The claimed rows by partition, each partition marked busy; rows of a partition being delivered
+        already (by a lane here, or by another dispatcher holding an earlier row of it) go back, due shortly:
+        one partition is never delivered by two lanes at once, so its order holds."""
+        groups: dict[str, list[Claimed]] = {}
+        for item in claimed:
+            groups.setdefault(self.partition_of(item), []).append(item)
+        elsewhere = self._held_elsewhere() if any(i.topic in self.partitions for i in claimed) else {}
+        back: list[Claimed] = []
+        with self._busy_lock:
+            for key, items in list(groups.items()):
+                if key in self._busy or elsewhere.get(key, items[0].pk) < items[0].pk:
+                    back.extend(groups.pop(key))
+                else:
+                    self._busy.add(key)
+        self.release(back, datetime.now(UTC) + HAND_BACK)
+        return list(groups.values())
+
     def _deliver_partition(self, items: list[Claimed]) -> int:
         delivered = 0
-        for index, item in enumerate(items):
-            if self._stop.is_set():  # shutting down: what was not started goes back at once
-                self.release(items[index:])
+        try:
+            for index, item in enumerate(items):
+                if self._stop.is_set():  # shutting down: what was not started goes back at once
+                    self.release(items[index:])
+                    break
+                if self.deliver(item):
+                    delivered += 1
+                    continue
+                # Keep the order: the rest waits for the failed row (due with it, claimed after it by pk).
+                self.release(items[index + 1:], datetime.now(UTC) + backoff(item.attempts + 1, self.backoff_base))
                 break
-            if self.deliver(item):
-                delivered += 1
-                continue
-            # Keep the order: the rest waits for the failed row (due with it, claimed after it by pk).
-            self.release(items[index + 1:], datetime.now(UTC) + backoff(item.attempts + 1, self.backoff_base))
-            break
+        finally:
+            with self._busy_lock:
+                self._busy.discard(self.partition_of(items[0]))
+            self._wake.set()  # a lane is free: the loop may claim again
         return delivered
 
-    def _deliver_all(self, claimed: list[Claimed]) -> int:
-        partitions: dict[str, list[Claimed]] = {}
-        for item in claimed:
-            partitions.setdefault(self.partition_of(item), []).append(item)
-        groups = list(partitions.values())
-        if len(groups) == 1 or self.lanes == 1:
-            return sum(self._deliver_partition(group) for group in groups)
+    def _submit(self, groups: list[list[Claimed]]) -> list[Future[int]]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="outbox-lane")
-        return sum(future.result() for future in [self._pool.submit(self._deliver_partition, g) for g in groups])
+        return [self._pool.submit(self._deliver_partition, group) for group in groups]
 
     def run_once(self) -> int:
-        """Claim and deliver what is due; returns how many were delivered."""
-        delivered, _claimed = self._run_cycle()
-        return delivered
+        """Claim what is due and deliver it, waiting for every lane; returns how many were delivered."""
+        groups = self._sort_out(self.claim())
+        if len(groups) <= 1 or self.lanes == 1:
+            return sum(self._deliver_partition(group) for group in groups)
+        return sum(future.result() for future in self._submit(groups))
 
-    def _run_cycle(self) -> tuple[int, int]:
-        with self._cycle:
-            claimed = self.claim()
-            return (self._deliver_all(claimed) if claimed else 0), len(claimed)
+    def _start_some(self) -> int:
+        """The background loop's step: claim while a lane is free and hand the partitions to the lanes
+        without waiting for them (a hanging endpoint holds its own lane only); how many partitions started."""
+        with self._busy_lock:
+            if len(self._busy) >= self.lanes:
+                return 0
+        groups = self._sort_out(self.claim())
+        self._submit(groups)
+        return len(groups)
 
     def wake(self) -> None:
         self._wake.set()
@@ -283,21 +325,23 @@ class OutboxDispatcher:
     def start(self, poll_seconds: float = 1.0) -> None:
         def loop() -> None:
             while not self._stop.is_set():
-                claimed = 0
+                self._wake.clear()
+                started = 0
                 try:
-                    _delivered, claimed = self._run_cycle()
+                    started = self._start_some()
                 except Exception:
                     log.exception("outbox dispatch failed")
-                if claimed:
+                if started:
                     continue  # more may be due: look again at once
                 self._wake.wait(poll_seconds)
-                self._wake.clear()
 
         self._stop.clear()
         self._thread = threading.Thread(target=loop, name="outbox-dispatcher", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, release: bool = True) -> None:
+        """Stop the loop, the lanes (each after its current row) and the heartbeat. ``release``: hand back
+        at once the rows claimed and not started (a clean shutdown); else they wait for their lease."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -306,3 +350,14 @@ class OutboxDispatcher:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if release:
+            with self._held.lock:
+                pks = list(self._held.pks)
+                self._held.pks.clear()
+            if pks:
+                with self.engine.connect() as conn:
+                    conn.execution_options(fhir_write=True)
+                    with conn.begin():
+                        conn.execute(update(OUTBOX).where(OUTBOX.c.pk.in_(pks), OUTBOX.c.lease_owner == self.owner,
+                                                          OUTBOX.c.status == "delivering")
+                                     .values(status="pending", lease_owner=None, next_attempt_at=datetime.now(UTC)))

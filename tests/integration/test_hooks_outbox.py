@@ -122,7 +122,7 @@ def test_a_crashed_delivery_is_claimed_again_after_its_lease(api: LiveServer) ->
     crashed = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=200))
     crashed.register("test-topic", lambda _k, _p: None)
     assert len(crashed.claim()) == 1  # claimed, then the process "dies" before delivering ...
-    crashed.stop()  # ... and its heartbeat with it: the lease is no longer renewed
+    crashed.stop(release=False)  # ... and its heartbeat with it: the lease is no longer renewed
     survivor = OutboxDispatcher(api.backend.engine)
     got: list[str] = []
     survivor.register("test-topic", lambda key, _p: got.append(key))

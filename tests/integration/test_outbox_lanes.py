@@ -129,9 +129,36 @@ def test_a_dispatcher_that_lost_its_lease_sends_nothing(api: LiveServer) -> None
     stale = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=200))
     stale.register("lane-topic", handler)
     [item] = stale.claim()
-    stale.stop()  # frozen (SIGSTOP, a long pause): its heartbeat stops, the lease lapses
+    stale.stop(release=False)  # frozen (SIGSTOP, a long pause): its heartbeat stops, the lease lapses
     fresh = OutboxDispatcher(api.backend.engine)
     fresh.register("lane-topic", handler)
     wait_until(lambda: fresh.run_once() == 1, 10, "the row taken over after the lease")
     assert stale.deliver(item) is False  # thawed: its request would be a second delivery, so none leaves
     assert sent == ["a/1"] and _rows(api) == {"a/1": ("done", 1)}
+
+
+def test_the_running_loop_keeps_other_partitions_flowing_while_one_endpoint_hangs(api: LiveServer) -> None:
+    _enqueue(api, [("slow", 1), ("slow", 2)])
+    release = threading.Event()
+    entered = threading.Event()
+    got: list[str] = []
+
+    def handler(key: str, _payload: dict[str, Any]) -> None:
+        if key == "slow/1":
+            entered.set()
+            release.wait(30)
+        got.append(key)
+
+    d = _dispatcher(api, handler)
+    d.start(poll_seconds=0.05)
+    try:
+        assert entered.wait(30)
+        _enqueue(api, [("fast", 1), ("fast", 2), ("slow", 3)])  # written while slow/1 hangs
+        wait_until(lambda: got == ["fast/1", "fast/2"], 30, "the other partition, while the first one hangs")
+        release.set()
+        wait_until(lambda: len(got) == 5, 30, "the rest of the slow partition")
+    finally:
+        release.set()
+        d.stop()
+    assert [k for k in got if k.startswith("slow/")] == ["slow/1", "slow/2", "slow/3"]
+    assert all(row == ("done", 1) for row in _rows(api).values())
