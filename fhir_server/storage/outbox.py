@@ -29,6 +29,7 @@ import os
 import socket
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ def count_attempt(_request: object = None) -> None:
 
 
 HAND_BACK = timedelta(milliseconds=500)  # rows of a partition busy elsewhere are due again this soon
+QUEUED = 500  # rows a busy partition may have waiting in this process (beyond: handed back)
 
 
 def backoff(attempts: int, base: float = 1.0, cap: float = 3600.0) -> timedelta:
@@ -116,7 +118,9 @@ class OutboxDispatcher:
         self._thread: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._busy: set[str] = set()  # partitions a lane of this dispatcher is delivering
+        # Partitions a lane of this dispatcher is delivering -> the rows still to go, in order (newly claimed
+        # rows of a busy partition join its queue: the lane goes on with them).
+        self._queues: dict[str, deque[Claimed]] = {}
         self._busy_lock = threading.Lock()
 
     def register(self, topic: str, handler: OutboxHandler, *, partition: Partition | None = None) -> None:
@@ -260,64 +264,83 @@ class OutboxDispatcher:
             earliest[key] = min(earliest.get(key, r.pk), r.pk)
         return earliest
 
-    def _sort_out(self, claimed: list[Claimed]) -> list[list[Claimed]]:
-        """The claimed rows by partition, each partition marked busy; rows of a partition being delivered
-        already (by a lane here, or by another dispatcher holding an earlier row of it) go back, due shortly:
-        one partition is never delivered by two lanes at once, so its order holds."""
+    def _sort_out(self, claimed: list[Claimed]) -> list[str]:
+        """Queue the claimed rows by partition; the partitions that need a lane now. A row joins the queue of a
+        partition a lane here is delivering already (up to QUEUED rows); it goes back, due shortly, when the
+        queue is full or another dispatcher holds an earlier row of its partition: a partition is never
+        delivered by two lanes or two processes at once, so its order holds."""
         groups: dict[str, list[Claimed]] = {}
         for item in claimed:
             groups.setdefault(self.partition_of(item), []).append(item)
         elsewhere = self._held_elsewhere() if any(i.topic in self.partitions for i in claimed) else {}
         back: list[Claimed] = []
+        fresh: list[str] = []
         with self._busy_lock:
-            for key, items in list(groups.items()):
-                if key in self._busy or elsewhere.get(key, items[0].pk) < items[0].pk:
-                    back.extend(groups.pop(key))
+            for key, items in groups.items():
+                queue = self._queues.get(key)
+                if elsewhere.get(key, items[0].pk) < items[0].pk or (queue is not None and len(queue) >= QUEUED):
+                    back.extend(items)
+                elif queue is not None:
+                    queue.extend(items)
                 else:
-                    self._busy.add(key)
+                    self._queues[key] = deque(items)
+                    fresh.append(key)
         self.release(back, datetime.now(UTC) + HAND_BACK)
-        return list(groups.values())
+        return fresh
 
-    def _deliver_partition(self, items: list[Claimed]) -> int:
+    def _next(self, key: str) -> Claimed | None:
+        with self._busy_lock:
+            queue = self._queues[key]
+            if queue:
+                return queue.popleft()
+            del self._queues[key]  # empty: the partition is free (a later claim starts a lane for it)
+            return None
+
+    def _drop(self, key: str) -> list[Claimed]:
+        with self._busy_lock:
+            return list(self._queues.pop(key, ()))
+
+    def _deliver_partition(self, key: str) -> int:
         delivered = 0
         try:
-            for index, item in enumerate(items):
+            while (item := self._next(key)) is not None:
                 if self._stop.is_set():  # shutting down: what was not started goes back at once
-                    self.release(items[index:])
+                    self.release([item, *self._drop(key)])
                     break
                 if self.deliver(item):
                     delivered += 1
                     continue
                 # Keep the order: the rest waits for the failed row (due with it, claimed after it by pk).
-                self.release(items[index + 1:], datetime.now(UTC) + backoff(item.attempts + 1, self.backoff_base))
+                self.release(self._drop(key), datetime.now(UTC) + backoff(item.attempts + 1, self.backoff_base))
                 break
+        except BaseException:
+            self.release(self._drop(key))
+            raise
         finally:
-            with self._busy_lock:
-                self._busy.discard(self.partition_of(items[0]))
             self._wake.set()  # a lane is free: the loop may claim again
         return delivered
 
-    def _submit(self, groups: list[list[Claimed]]) -> list[Future[int]]:
+    def _submit(self, keys: list[str]) -> list[Future[int]]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="outbox-lane")
-        return [self._pool.submit(self._deliver_partition, group) for group in groups]
+        return [self._pool.submit(self._deliver_partition, key) for key in keys]
 
     def run_once(self) -> int:
         """Claim what is due and deliver it, waiting for every lane; returns how many were delivered."""
-        groups = self._sort_out(self.claim())
-        if len(groups) <= 1 or self.lanes == 1:
-            return sum(self._deliver_partition(group) for group in groups)
-        return sum(future.result() for future in self._submit(groups))
+        keys = self._sort_out(self.claim())
+        if len(keys) <= 1 or self.lanes == 1:
+            return sum(self._deliver_partition(key) for key in keys)
+        return sum(future.result() for future in self._submit(keys))
 
     def _start_some(self) -> int:
-        """The background loop's step: claim while a lane is free and hand the partitions to the lanes
-        without waiting for them (a hanging endpoint holds its own lane only); how many partitions started."""
+        """The background loop's step: claim while a lane is free and hand new partitions to the lanes
+        without waiting for them (a hanging endpoint holds its own lane only); how many rows it claimed."""
         with self._busy_lock:
-            if len(self._busy) >= self.lanes:
+            if len(self._queues) >= self.lanes:
                 return 0
-        groups = self._sort_out(self.claim())
-        self._submit(groups)
-        return len(groups)
+        claimed = self.claim()
+        self._submit(self._sort_out(claimed))
+        return len(claimed)
 
     def wake(self) -> None:
         self._wake.set()
@@ -350,6 +373,8 @@ class OutboxDispatcher:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        with self._busy_lock:
+            self._queues.clear()  # what cancelled lanes left: still held, handed back below or left to lapse
         if release:
             with self._held.lock:
                 pks = list(self._held.pks)
