@@ -211,6 +211,22 @@ def live_run(server: Any, url: str, hook: Hook, mode: str, subscriptions: int, n
     return row(mode, paths, sent, seconds, pairs, meter, errors, began)
 
 
+def ceiling(rows: list[list[Any]]) -> str:
+    """What the CPU per notification of the in-process drain allows on idle cores: one process delivers on
+    about one core (the GIL), PostgreSQL has the other."""
+    drain = next((r for r in rows if r[0] == "in-process, backlog"), None)
+    if drain is None:
+        return ""
+    server, postgres = float(drain[11]), float(drain[12])
+    limit = 1000.0 / max(server, postgres, 1e-9)
+    return (f"CPU-bound ceiling of one delivering process on otherwise idle cores: 1000 / {server:.1f} ms = "
+            f"{limit:.0f} notifications/s (PostgreSQL {postgres:.1f} ms each). {GOAL_RATE:.0f}/s needs the CPU per "
+            f"notification below {1000.0 / GOAL_RATE:.1f} ms, or more delivering processes. A cProfile of the drain "
+            "(one lane, busy machine) put about a third of its time in the outbox's two row updates per "
+            "notification (the attempt, then the result) and the rest in the handler's reads (subscription, "
+            "author, event and focus under the author's access) and its HTTP client.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200, help="writes per row")
@@ -297,6 +313,7 @@ def main() -> None:
         f"{'met' if best_rate >= GOAL_RATE else '**NOT met**'}); worst lag p95 of the live rows (from "
         f"lastUpdated) {worst_p95:.0f} ms (goal {'met' if worst_p95 < GOAL_P95_MS else '**NOT met**'}). "
         f"Whole bench took {(time.monotonic() - began) / 60:.1f} minutes.",
+        ceiling(rows),
     ])
     print(body)
     if not args.quick:
