@@ -1,14 +1,19 @@
-"""Subscription notification latency, from the change to the webhook, through a real ``fhir-server serve``
-on loopback (PostgreSQL, the in-process outbox dispatcher) and a webhook receiver in this process.
+"""Subscription notification throughput and lag, from the change to the webhook, through a real
+``fhir-server serve`` on loopback (PostgreSQL): delivered by the in-process outbox dispatcher (the embedded
+default) and by a ``fhir-server worker`` (celery, when FHIR_TEST_REDIS_URL is set).
 
-An R4 rest-hook Subscription (``Observation?code=...``, full-resource payload) is made active by its
-handshake; then clients create matching Observations. For each notification the receiver notes when it
-arrived; latency is measured from the write's response (the change has committed by then: a lower bound)
-and from the resource's ``meta.lastUpdated`` (stamped inside the transaction, before the commit: an upper
-bound). Writes the ``notify`` section of RESULTS.md; the bench database is dropped at the end.
+Each run makes its own R4 rest-hook Subscriptions (``Observation?code=<the run's code>``, full-resource
+payload), each to its own endpoint path of a keep-alive webhook receiver in this process, active by their
+handshakes; then 4 clients create matching Observations as fast as they can, so every write is one
+notification per subscription. The receiver notes each arrival; lag is measured from the write's response
+(the change has committed by then: a lower bound) and from the resource's ``meta.lastUpdated`` (stamped
+inside the transaction, before the commit: an upper bound). notifications/s is what arrived divided by the
+time from the first write to the last arrival. A "backlog" row queues the notifications with no dispatcher
+running, then starts one and times the drain (first to last arrival): the delivery rate alone, whatever
+the writers manage. Writes the ``notify`` section of RESULTS.md; the bench database is dropped at the end.
 
-    .venv/bin/python bench/notify.py                  # 2 x 500 notifications
-    .venv/bin/python bench/notify.py --n 50 --quick   # smoke run, no RESULTS.md
+    .venv/bin/python bench/notify.py                  # 200 writes per row
+    .venv/bin/python bench/notify.py --n 40 --quick   # smoke run, no RESULTS.md
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -49,29 +55,35 @@ from common import (
     write_section,
 )
 
-GOAL_P95_MS = 500.0
-CODE = "http://loinc.org|2345-7"
-HEADERS = ["delivery", "clients", "notifications", "writes/s", "p50 ms (from response)", "p95 ms (from response)",
-           "p50 ms (from lastUpdated)", "p95 ms (from lastUpdated)", "max ms", "server CPU ms/notification",
-           "PostgreSQL CPU ms/notification", "missing"]
+GOAL_RATE = 300.0  # notifications/s
+GOAL_P95_MS = 1000.0  # lag p95 with 4 writers
+CLIENTS = 4
+SYSTEM = "http://loinc.org"
+HEADERS = ["delivery", "subscriptions", "writes", "notifications", "writes/s", "notifications/s",
+           "p50 ms (from response)", "p95 ms (from response)", "p50 ms (from lastUpdated)",
+           "p95 ms (from lastUpdated)", "max ms", "server CPU ms/notification", "PostgreSQL CPU ms/notification",
+           "missing"]
+_codes = count(1)
 
 
 class Hook:
-    """The webhook: arrival time per (id, version)."""
+    """The webhook (HTTP/1.1 keep-alive, as a real receiver): arrival time per (path, id, version)."""
 
     def __init__(self) -> None:
-        self.arrived: dict[tuple[str, str], tuple[float, float]] = {}  # -> (monotonic, wall)
+        self.arrived: dict[tuple[str, str, str], tuple[float, float]] = {}  # -> (monotonic, wall)
         self.lock = threading.Lock()
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 now, wall = time.monotonic(), time.time()
                 if body:
                     res = json.loads(body)
                     with hook.lock:
-                        hook.arrived.setdefault((res["id"], res["meta"]["versionId"]), (now, wall))
+                        hook.arrived.setdefault((self.path, res["id"], res["meta"]["versionId"]), (now, wall))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -88,21 +100,20 @@ class Hook:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
 
 
 @contextmanager
 def celery_worker(database_url: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """One ``fhir-server worker`` (2 threads) on the bench database and broker."""
+    """One ``fhir-server worker`` on the bench database and broker."""
     log_path = Path(tempfile.mkdtemp(prefix="fhir-bench-worker-")) / "worker.log"
     full = {**os.environ, "FHIR_DATABASE_URL": database_url, "FHIR_TERMINOLOGY_PRELOAD": "false", **env}
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "worker", "--concurrency", "2"],
                                 cwd=SOURCE_DIR, env=full, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while b"ready." not in log_path.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the worker did not start: {log_path}")
@@ -116,25 +127,29 @@ def celery_worker(database_url: str, env: dict[str, str]) -> Iterator[subprocess
             proc.kill()
 
 
-def subscribe(base: str, hook: Hook) -> None:
-    with httpx.Client(base_url=base + "/", timeout=30) as client:
-        sub = client.post("Subscription", json={
+def subscribe(base: str, hook: Hook, code: str, subscriptions: int, *, wait: bool = True) -> list[str]:
+    """``subscriptions`` R4 rest-hook Subscriptions on the code, each to its own path; active unless not wait."""
+    paths = [f"/hook/{code}/{i}" for i in range(subscriptions)]
+    with httpx.Client(base_url=base + "/", timeout=60) as client:
+        ids = [client.post("Subscription", json={
             "resourceType": "Subscription", "status": "requested", "reason": "bench",
-            "criteria": f"Observation?code={CODE}",
-            "channel": {"type": "rest-hook", "endpoint": hook.url, "payload": "application/fhir+json"}}).json()
-        deadline = time.monotonic() + 30
-        while client.get(f"Subscription/{sub['id']}").json()["status"] != "active":
+            "criteria": f"Observation?code={SYSTEM}|{code}",
+            "channel": {"type": "rest-hook", "endpoint": hook.url(path), "payload": "application/fhir+json"}}
+        ).json()["id"] for path in paths]
+        deadline = time.monotonic() + 120
+        while wait and any(client.get(f"Subscription/{sid}").json()["status"] != "active" for sid in ids):
             if time.monotonic() > deadline:
-                raise SystemExit("the subscription never became active (handshake)")
+                raise SystemExit("a subscription never became active (handshake)")
             time.sleep(0.05)
+    return paths
 
 
-def measure(server: Any, database_url: str, hook: Hook, clients: int, n: int, *, subscribed: bool = True,
-            mode: str = "in-process", worker: subprocess.Popen[bytes] | None = None) -> list[Any]:
-    sent: dict[tuple[str, str], tuple[float, float]] = {}  # -> (response monotonic, lastUpdated wall)
+def write(base: str, code: str, n: int) -> tuple[dict[tuple[str, str], tuple[float, float]], float, int]:
+    """n matching creates from CLIENTS clients: (id, version) -> (response monotonic, lastUpdated wall),
+    the wall seconds the writes took, and how many failed."""
+    sent: dict[tuple[str, str], tuple[float, float]] = {}
     lock = threading.Lock()
-    system, code = CODE.split("|")
-    body = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": system, "code": code}]},
+    body = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": SYSTEM, "code": code}]},
             "subject": {"reference": "Patient/bench"}, "valueQuantity": {"value": 5.4, "unit": "mmol/L"}}
 
     def job(client: httpx.Client) -> int:
@@ -149,93 +164,161 @@ def measure(server: Any, database_url: str, hook: Hook, clients: int, n: int, *,
         return 1
 
     # The Observations' subject must exist (referential integrity); a PUT of it is harmless when it does.
-    httpx.put(f"{server.base}/Patient/bench", json={"resourceType": "Patient", "id": "bench"},
-              timeout=60).raise_for_status()
-    meter = CpuMeter(server.process.pid, database_url)
-    meter.start()
-    worker_cpu = process_tree_cpu(worker.pid) if worker is not None else 0.0
+    httpx.put(f"{base}/Patient/bench", json={"resourceType": "Patient", "id": "bench"}, timeout=60).raise_for_status()
     started = time.monotonic()
-    result = run_load(server.base, [job] * n, clients, max_seconds=600)
-    elapsed = time.monotonic() - started
-    deadline = time.monotonic() + (60 if subscribed else 0)
+    result = run_load(base, [job] * n, CLIENTS, max_seconds=600)
+    return sent, time.monotonic() - started, len(result.errors)
+
+
+def arrivals(hook: Hook, paths: list[str], sent: dict[tuple[str, str], tuple[float, float]],
+             timeout: float) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """(arrival, sent) pairs, once every expected notification arrived or the deadline passed."""
+    expected = [(path, *key) for path in paths for key in sent]
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with hook.lock:
-            if all(k in hook.arrived for k in sent):
+            if all(k in hook.arrived for k in expected):
                 break
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling the receiver, bounded by the deadline
+    with hook.lock:
+        return [(hook.arrived[k], sent[k[1:]]) for k in expected if k in hook.arrived]
+
+
+def row(mode: str, paths: list[str], sent: dict[tuple[str, str], tuple[float, float]], seconds: float,
+        pairs: list[tuple[tuple[float, float], tuple[float, float]]], meter: CpuMeter, errors: int,
+        since: float) -> list[Any]:
+    """A table row; ``since``: when the timed window began (the first write, or the drain's first arrival)."""
+    from_response = [arr[0] - snd[0] for arr, snd in pairs]
+    from_stamp = [arr[1] - snd[1] for arr, snd in pairs]
+    last = max((arr[0] for arr, _snd in pairs), default=since)
+    per = max(len(pairs), 1)
+    missing = len(paths) * len(sent) - len(pairs) + errors
+    return [mode, len(paths), len(sent), len(pairs), f"{len(sent) / seconds:.0f}" if seconds else "-",
+            f"**{len(pairs) / max(last - since, 1e-9):.0f}**", ms(percentile(from_response, 50)),
+            f"**{ms(percentile(from_response, 95))}**", ms(percentile(from_stamp, 50)),
+            f"**{ms(percentile(from_stamp, 95))}**", ms(max(from_stamp, default=0.0)),
+            f"{meter.server * 1000 / per:.2f}", f"{meter.postgres * 1000 / per:.2f}", missing]
+
+
+def live_run(server: Any, url: str, hook: Hook, mode: str, subscriptions: int, n: int,
+             worker: subprocess.Popen[bytes] | None = None) -> list[Any]:
+    code = f"bench-{next(_codes)}"
+    paths = subscribe(server.base, hook, code, subscriptions)
+    meter = CpuMeter(server.process.pid, url)
+    meter.start()
+    worker_cpu = process_tree_cpu(worker.pid) if worker is not None else 0.0
+    began = time.monotonic()
+    sent, seconds, errors = write(server.base, code, n)
+    pairs = arrivals(hook, paths, sent, 120)
     meter.stop()
     if worker is not None:  # the worker delivers: its CPU counts with the server's
         meter.server += process_tree_cpu(worker.pid) - worker_cpu
-    with hook.lock:
-        pairs = [(hook.arrived[k], v) for k, v in sent.items() if k in hook.arrived]
-    from_response = [arr[0] - snd[0] for arr, snd in pairs]
-    from_stamp = [arr[1] - snd[1] for arr, snd in pairs]
-    if not subscribed:  # the baseline: what the same writes cost with no subscription at all
-        per = max(result.units, 1)
-        return [mode, f"{clients} (no subscription)", 0, f"{result.units / elapsed:.0f}", "-", "-", "-", "-", "-",
-                f"{meter.server * 1000 / per:.2f}", f"{meter.postgres * 1000 / per:.2f}", len(result.errors)]
-    count = max(len(pairs), 1)
-    return [mode, clients, len(pairs), f"{result.units / elapsed:.0f}", ms(percentile(from_response, 50)),
-            f"**{ms(percentile(from_response, 95))}**", ms(percentile(from_stamp, 50)),
-            f"**{ms(percentile(from_stamp, 95))}**", ms(max(from_stamp, default=0.0)),
-            f"{meter.server * 1000 / count:.2f}", f"{meter.postgres * 1000 / count:.2f}",
-            len(sent) - len(pairs) + len(result.errors)]
+    return row(mode, paths, sent, seconds, pairs, meter, errors, began)
+
+
+def ceiling(rows: list[list[Any]]) -> str:
+    """What the CPU per notification of the in-process drain allows on idle cores: one process delivers on
+    about one core (the GIL), PostgreSQL has the other."""
+    drain = next((r for r in rows if r[0] == "in-process, backlog"), None)
+    if drain is None:
+        return ""
+    server, postgres = float(drain[11]), float(drain[12])
+    limit = 1000.0 / max(server, postgres, 1e-9)
+    return (f"CPU-bound ceiling of one delivering process on otherwise idle cores: 1000 / {server:.1f} ms = "
+            f"{limit:.0f} notifications/s (PostgreSQL {postgres:.1f} ms each). {GOAL_RATE:.0f}/s needs the CPU per "
+            f"notification below {1000.0 / GOAL_RATE:.1f} ms, or more delivering processes. A cProfile of the drain "
+            "(one lane, busy machine) put about a third of its time in the outbox's two row updates per "
+            "notification (the attempt, then the result) and the rest in the handler's reads (subscription, "
+            "author, event and focus under the author's access) and its HTTP client.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=500, help="notifications per run")
+    parser.add_argument("--n", type=int, default=200, help="writes per row")
+    parser.add_argument("--subscriptions", type=int, default=8, help="subscriptions in the wide rows")
     parser.add_argument("--quick", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
     began = time.monotonic()
-    rows = []
+    rows: list[list[Any]] = []
+    wide = args.subscriptions
     with bench_database("notify") as url:
         facts = machine_facts(url)
         hook = Hook()
-        with fhir_server(url, 1, extra_env={"FHIR_OUTBOX_POLL_SECONDS": "1"}) as server:
-            log(f"baseline: {args.n} creates, no subscription")
-            rows.append(measure(server, url, hook, 1, args.n, subscribed=False))
-            subscribe(server.base, hook)
-            for clients in (1, 4):
-                log(f"{clients} client(s), {args.n} matching creates")
-                rows.append(measure(server, url, hook, clients, args.n))
+        env = {"FHIR_OUTBOX_POLL_SECONDS": "1", "FHIR_AUDIT_ENABLED": "false"}
+        with fhir_server(url, 1, extra_env=env) as server:
+            for subs in (1, wide):
+                log(f"in-process: {subs} subscription(s), {args.n} writes from {CLIENTS} clients")
+                rows.append(live_run(server, url, hook, "in-process", subs, args.n))
                 print(table(HEADERS, rows[-1:]))
+            log(f"in-process backlog: {wide} subscriptions, {args.n} writes queued with the dispatcher off")
+            code = f"bench-{next(_codes)}"
+            paths = subscribe(server.base, hook, code, wide)
+        with fhir_server(url, 1, extra_env={**env, "FHIR_OUTBOX_DISPATCHER": "false"}) as server:
+            sent, _seconds, errors = write(server.base, code, args.n)
+        with fhir_server(url, 1, extra_env=env) as server:  # its dispatcher starts draining at once
+            meter = CpuMeter(server.process.pid, url)
+            meter.start()
+            pairs = arrivals(hook, paths, sent, 300)
+            meter.stop()  # (the CPU of the server's start-up is counted too: an upper bound)
+            first = min((arr[0] for arr, _snd in pairs), default=time.monotonic())
+            rows.append(row("in-process, backlog", paths, sent, 0.0, pairs, meter, errors, first))
+            print(table(HEADERS, rows[-1:]))
         broker = os.environ.get("FHIR_TEST_REDIS_URL")
         if broker:  # production's shape: the API only nudges celery, a `fhir-server worker` delivers
-            env = {"FHIR_BROKER_URL": broker, "FHIR_BROKER_QUEUE": f"fhir-bench-{uuid.uuid4().hex[:8]}",
-                   "FHIR_JOB_POLL_SECONDS": "1"}
-            with fhir_server(url, 1, extra_env=env) as server, celery_worker(url, env) as worker:
-                subscribe(server.base, hook)
-                for clients in (1, 4):
-                    log(f"celery worker: {clients} client(s), {args.n} matching creates")
-                    rows.append(measure(server, url, hook, clients, args.n, mode="fhir-server worker",
-                                        worker=worker))
-                    print(table(HEADERS, rows[-1:]))
-    p95s = [float(str(r[7]).strip("*")) for r in rows if r[2]]
-    lower = [float(str(r[5]).strip("*")) for r in rows if r[2]]
+            benv = {**env, "FHIR_BROKER_URL": broker, "FHIR_BROKER_QUEUE": f"fhir-bench-{uuid.uuid4().hex[:8]}",
+                    "FHIR_JOB_POLL_SECONDS": "1"}
+            with fhir_server(url, 1, extra_env=benv) as server:
+                with celery_worker(url, benv) as worker:
+                    for subs in (1, wide):
+                        log(f"worker: {subs} subscription(s), {args.n} writes from {CLIENTS} clients")
+                        rows.append(live_run(server, url, hook, "fhir-server worker", subs, args.n, worker))
+                        print(table(HEADERS, rows[-1:]))
+                    code = f"bench-{next(_codes)}"
+                    paths = subscribe(server.base, hook, code, wide)
+                log(f"worker backlog: {wide} subscriptions, {args.n} writes queued with no worker running")
+                sent, _seconds, errors = write(server.base, code, args.n)
+                meter = CpuMeter(server.process.pid, url)
+                meter.start()
+                with celery_worker(url, benv) as worker:
+                    pairs = arrivals(hook, paths, sent, 300)
+                    worker_cpu = process_tree_cpu(worker.pid)  # since its start: an upper bound
+                    meter.stop()
+                meter.server += worker_cpu
+                first = min((arr[0] for arr, _snd in pairs), default=time.monotonic())
+                rows.append(row("fhir-server worker, backlog", paths, sent, 0.0, pairs, meter, errors, first))
+                print(table(HEADERS, rows[-1:]))
 
-    def verdict(values: list[float]) -> str:
-        return "met" if max(values) < GOAL_P95_MS else "**NOT met**"
+    def number(cell: Any) -> float:
+        return float(str(cell).strip("*"))
 
+    live = [r for r in rows if "backlog" not in r[0] and r[3]]
+    wide_rows = [r for r in rows if r[1] == wide and r[3]]
+    best_rate = max((number(r[5]) for r in wide_rows), default=0.0)
+    worst_p95 = max((number(r[9]) for r in live), default=float("nan"))
+    load = os.getloadavg()
     body = "\n\n".join([
-        "## Subscription notification latency (`bench/notify.py`)",
+        "## Subscription notification throughput and lag (`bench/notify.py`)",
         facts_markdown(facts),
-        "An R4 rest-hook Subscription (`Observation?code=...`, payload `application/fhir+json`) on "
-        "`fhir-server serve --workers 1` with PostgreSQL: delivered by the in-process outbox dispatcher (woken "
-        "after each commit; the embedded default), and by one `fhir-server worker` (2 threads, Redis broker, "
-        "the API only nudges it; its CPU is added to the server's) when FHIR_TEST_REDIS_URL is set; the "
-        "webhook receiver runs in the bench process on loopback. Clients create matching "
-        "Observations as fast as they can; latency is from the create's response (after the commit; a lower "
-        "bound) and from its `meta.lastUpdated` (stamped before the commit; an upper bound) to the "
-        "notification's arrival. CPU per notification covers the write, matching, the outbox row and the "
-        "delivery; the first row is the same creates with no subscription (CPU per write). "
-        "The machine's 2 cores were shared with other engineers' work (load average above).",
-        f"Goal: p95 < {GOAL_P95_MS:.0f} ms from commit to webhook.",
+        f"R4 rest-hook Subscriptions (`Observation?code=...`, payload `application/fhir+json`), each to its own "
+        f"endpoint path of a keep-alive webhook receiver in the bench process, on `fhir-server serve --workers 1` "
+        f"with PostgreSQL; {CLIENTS} clients create matching Observations as fast as they can ({args.n} writes per "
+        f"row; every write is one notification per subscription). `in-process`: the embedded dispatcher "
+        f"(`FHIR_OUTBOX_LANES` 8 lanes, one per subscription at a time, each subscription in order); "
+        f"`fhir-server worker`: one worker process runs the same dispatcher, the API only nudges it through Redis "
+        f"(its CPU is added to the server's). notifications/s = arrived / (last arrival - first write); lag from "
+        f"the create's response (after the commit: a lower bound) and from its `meta.lastUpdated` (before the "
+        f"commit: an upper bound). `backlog` rows: the notifications of {args.n} writes queued with no dispatcher "
+        f"running, then one started: the drain rate (first to last arrival), whatever the writers manage; their "
+        f"lag includes the wait and means nothing. The machine's 2 cores were shared with 8 other developers' "
+        f"builds and tests during the run (load averages above; {load[0]:.1f} at the end), so wall-clock numbers "
+        f"are low and noisy; CPU per notification is the steadier figure.",
+        f"Goal: >= {GOAL_RATE:.0f} notifications/s and lag p95 < {GOAL_P95_MS:.0f} ms with {CLIENTS} writers.",
         table(HEADERS, rows),
-        f"Commit to webhook lies between the two: worst p95 from the response {max(lower):.1f} ms (goal "
-        f"{verdict(lower)} by this lower bound), from lastUpdated {max(p95s):.1f} ms (goal {verdict(p95s)} by "
-        "this upper bound, which also holds the write's own indexing and commit). Whole bench took "
-        f"{(time.monotonic() - began) / 60:.1f} minutes.",
+        f"Best rate with {wide} subscriptions: {best_rate:.0f} notifications/s (goal "
+        f"{'met' if best_rate >= GOAL_RATE else '**NOT met**'}); worst lag p95 of the live rows (from "
+        f"lastUpdated) {worst_p95:.0f} ms (goal {'met' if worst_p95 < GOAL_P95_MS else '**NOT met**'}). "
+        f"Whole bench took {(time.monotonic() - began) / 60:.1f} minutes.",
+        ceiling(rows),
     ])
     print(body)
     if not args.quick:

@@ -32,7 +32,8 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
                dispatcher: OutboxDispatcher | None = None) -> FastAPI:
     settings = settings or get_settings()
     server = server or FhirServer(settings)
-    dispatcher = dispatcher or OutboxDispatcher(server.engine, lease=timedelta(seconds=settings.outbox_lease_seconds))
+    dispatcher = dispatcher or OutboxDispatcher(server.engine, lease=timedelta(seconds=settings.outbox_lease_seconds),
+                                                lanes=settings.outbox_lanes)
     background = Background(server, dispatcher, settings)  # celery workers, or in-process runners (embedded)
     from fhir_server.jobs.topics import install_outbox_topics
 

@@ -115,7 +115,10 @@ class Settings(BaseSettings):
     # Celery broker (redis://host:6379/0, amqp://user:pass@host//); unset: jobs run inside `serve`.
     broker_url: str | None = None
     broker_queue: str = "fhir"  # celery queue the API sends to and workers consume (one per deployment)
-    outbox_lease_seconds: float = 300.0  # a claimed outbox row is retried once its dispatcher is silent this long
+    # A claimed outbox row is taken over once its dispatcher stops renewing it this long (it renews while it
+    # works, however slow the receiver: short, so a crashed dispatcher's rows wait only seconds).
+    outbox_lease_seconds: float = 10.0
+    outbox_lanes: int = 8  # outbox rows delivered in parallel per process (one subscription's rows in order)
     worker_concurrency: int = 2  # threads per `fhir-server worker`
     job_poll_seconds: float = 1.0  # how often workers look for due outbox rows and stalled jobs
     job_lease_seconds: float = 60.0  # a job whose runner stops renewing this long is resumed by another

@@ -2,8 +2,9 @@
 
 Tasks carry only ids: the state lives in the database (outbox rows with leases and backoff, bulk jobs
 with leases and checkpoints), so a lost or repeated message costs nothing. The broker only says "look
-now"; a ticker thread in every worker says it again every FHIR_JOB_POLL_SECONDS, for outbox retries that
-have come due and for jobs whose runner died (lease lapsed).
+now". Each worker runs one outbox dispatcher (storage/outbox.py: parallel lanes, leases it renews while it
+works) that a sweep message wakes and that polls every FHIR_JOB_POLL_SECONDS for retries that came due and
+rows whose dispatcher died; a ticker thread looks every FHIR_JOB_POLL_SECONDS for jobs whose runner died.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def run_worker(settings: Settings, concurrency: int | None = None) -> None:
 
     app = make_celery(settings)
     server = FhirServer(settings)
-    dispatcher = OutboxDispatcher(server.engine, lease=timedelta(seconds=settings.outbox_lease_seconds))
+    dispatcher = OutboxDispatcher(server.engine, lease=timedelta(seconds=settings.outbox_lease_seconds),
+                                  lanes=settings.outbox_lanes)
     install_outbox_topics(server, dispatcher)  # the same topics as the API process
     if settings.tenant == DEFAULT:  # patient shares' Consents catch up from the default tenant's outbox
         from fhir_server.tenancy.sharing import install_catch_up
@@ -91,14 +93,10 @@ def run_worker(settings: Settings, concurrency: int | None = None) -> None:
     jobs = job_store(server)
 
     @app.task(name=OUTBOX_SWEEP, ignore_result=True)
-    def sweep() -> int:
-        delivered = 0
-        for _ in range(100):  # bounded: a flood is finished by the next message or tick
-            claimed = dispatcher.claim()
-            if not claimed:
-                break
-            delivered += sum(dispatcher.deliver(item) for item in claimed)
-        return delivered
+    def sweep() -> None:
+        # The process's own dispatcher delivers (its lanes in parallel, each subscription in order, leases
+        # renewed while it works); a nudge only makes it look now rather than at its next poll.
+        dispatcher.wake()
 
     @app.task(name=BULK_RUN, ignore_result=True)
     def bulk_run(job_id: str) -> str | None:
@@ -109,7 +107,6 @@ def run_worker(settings: Settings, concurrency: int | None = None) -> None:
     def tick() -> None:
         while not stop.wait(settings.job_poll_seconds):
             try:
-                app.send_task(OUTBOX_SWEEP)
                 for job_id in jobs.due():
                     app.send_task(BULK_RUN, args=[job_id])
             except Exception:
@@ -119,8 +116,10 @@ def run_worker(settings: Settings, concurrency: int | None = None) -> None:
     argv: list[Any] = ["worker", "--pool=threads", f"--concurrency={concurrency or settings.worker_concurrency}",
                        "--loglevel=INFO", "--without-gossip", "--without-mingle",
                        f"--hostname=fhir-{socket.gethostname()}-{os.getpid()}"]
+    dispatcher.start(settings.job_poll_seconds)  # polls for retries that came due and rows whose lease lapsed
     try:
         app.worker_main(argv)
     finally:
         stop.set()
         jobs.stopping.set()
+        dispatcher.stop()  # rows claimed and not yet started go back at once

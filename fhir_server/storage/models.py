@@ -108,6 +108,8 @@ class OutboxRow(Base):
     next_attempt_at: Mapped[datetime]
     created_at: Mapped[datetime]
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The dispatcher holding the row while ``delivering`` (its heartbeat renews next_attempt_at, the lease).
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (Index("ix_outbox_status_next", "status", "next_attempt_at"),)
 

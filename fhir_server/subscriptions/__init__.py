@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.config import Settings
 from fhir_server.hooks import HookPoint, WriteEvent
@@ -60,11 +60,17 @@ def install_delivery(server: FhirServer, dispatcher: OutboxDispatcher, *, timeou
     the handlers record status changes, which must renew every process's cache)."""
     install_matching(server)
     hook = RestHook(server, timeout=timeout)
-    dispatcher.register(HANDSHAKE_TOPIC, hook.handshake)
-    dispatcher.register(NOTIFY_TOPIC, hook.notify)
-    dispatcher.register(HEARTBEAT_TOPIC, hook.heartbeat)
-    dispatcher.register(STATUS_TOPIC, hook.refresh)
+    # One ordered stream per subscription (handshake before notifications, event numbers in order);
+    # different subscriptions are delivered in parallel.
+    dispatcher.register(HANDSHAKE_TOPIC, hook.handshake, partition=by_subscription)
+    dispatcher.register(NOTIFY_TOPIC, hook.notify, partition=by_subscription)
+    dispatcher.register(HEARTBEAT_TOPIC, hook.heartbeat, partition=by_subscription)
+    dispatcher.register(STATUS_TOPIC, hook.refresh, partition=by_subscription)
     return hook
+
+
+def by_subscription(_key: str, payload: dict[str, Any]) -> str:
+    return f"Subscription/{payload.get('subscription')}"
 
 
 def install(server: FhirServer, dispatcher: OutboxDispatcher) -> None:

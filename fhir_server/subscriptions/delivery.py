@@ -38,6 +38,7 @@ from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
 from fhir_server.storage.models import OUTBOX
+from fhir_server.storage.outbox import count_attempt
 from fhir_server.storage.repository import Repository, Version
 from fhir_server.subscriptions import spec as specs
 from fhir_server.subscriptions import store
@@ -95,7 +96,9 @@ class RestHook:
         self.base = server.settings.base_url or ""
         # Every request is checked against where the server may send (a name may resolve elsewhere later).
         guard = request_guard(server.settings, "Subscription.channel.endpoint")
-        self.client = httpx.Client(timeout=timeout, follow_redirects=False, event_hooks={"request": [guard]})
+        # count_attempt: the outbox row's attempt is recorded as the request leaves, after the guard passed it.
+        self.client = httpx.Client(timeout=timeout, follow_redirects=False,
+                                   event_hooks={"request": [guard, count_attempt]})
 
     def _base(self, conn: Connection, subscription_id: str) -> str:
         """FHIR_BASE_URL, else the base the subscription was written through: absolute URLs either way."""

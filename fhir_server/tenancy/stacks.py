@@ -96,7 +96,8 @@ class Tenants:
                                                "job_poll_seconds": settings.job_poll_seconds * scale})
         fhir = FhirServer(settings, tenant_engine(self.default.fhir.engine, self.settings, code, serving=True))
         install_limits(fhir, self.store)  # max patients (and users) as they are reached
-        dispatcher = OutboxDispatcher(fhir.engine, lease=timedelta(seconds=settings.outbox_lease_seconds))
+        dispatcher = OutboxDispatcher(fhir.engine, lease=timedelta(seconds=settings.outbox_lease_seconds),
+                                      lanes=settings.outbox_lanes)
         background = Background(fhir, dispatcher, settings)
         install_outbox_topics(fhir, dispatcher)
         stack = TenantStack(code, fhir, dispatcher, background)

@@ -64,7 +64,8 @@ def every_tenant(settings: Settings, server: FhirServer) -> Tenants | None:
     from fhir_server.tenancy.stacks import Tenants, TenantStack
 
     # Orders a tenant's writes queue go out from its own outbox, delivered by `serve` or a worker.
-    outbox = OutboxDispatcher(server.engine, lease=timedelta(seconds=settings.outbox_lease_seconds))
+    outbox = OutboxDispatcher(server.engine, lease=timedelta(seconds=settings.outbox_lease_seconds),
+                              lanes=settings.outbox_lanes)
     return Tenants(settings, TenantStack(DEFAULT, server, outbox, None))
 
 

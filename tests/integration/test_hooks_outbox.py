@@ -121,13 +121,15 @@ def test_a_crashed_delivery_is_claimed_again_after_its_lease(api: LiveServer) ->
     api.fhir.uow.run(lambda repo: repo.enqueue("test-topic", "k2", {"n": 1}), write=True, access=SYSTEM)
     crashed = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=200))
     crashed.register("test-topic", lambda _k, _p: None)
-    assert len(crashed.claim()) == 1  # claimed, then the process "dies" before delivering
+    assert len(crashed.claim()) == 1  # claimed, then the process "dies" before delivering ...
+    crashed.stop(release=False)  # ... and its heartbeat with it: the lease is no longer renewed
     survivor = OutboxDispatcher(api.backend.engine)
     got: list[str] = []
     survivor.register("test-topic", lambda key, _p: got.append(key))
     assert survivor.run_once() == 0  # still leased
     wait_until(lambda: survivor.run_once() == 1, 10, "re-delivery after the lease")
     assert got == ["k2"]
+    assert outbox_rows(api)[0].attempts == 1  # the crashed claim made no request: it cost no attempt
 
 
 def test_two_dispatchers_never_deliver_the_same_row_twice_at_once(api: LiveServer) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from fhir_server.storage.models import OUTBOX
+from fhir_server.storage.outbox import count_attempt
 from fhir_server.storage.repository import Repository, instant
 from fhir_server.workflows.notifications.contacts import opted_out
 from fhir_server.workflows.notifications.record import NOTIFY, REASONS, TOPIC, coding
@@ -62,6 +63,7 @@ class NotificationSender:
         text = str((communication.get("payload") or [{}])[0].get("contentString", ""))
         subject = str(communication.get("topic", {}).get("text", ""))
         settings = self.server.settings
+        count_attempt()  # the outbox counts this attempt now, as the message leaves (_last_attempt reads it)
         try:
             if payload["channel"] == "email":
                 send_email(settings, str(payload["to"]), subject, text, cid)

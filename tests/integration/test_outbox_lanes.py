@@ -1,0 +1,164 @@
+"""The outbox dispatcher's lanes and attempt counting, in process, on SQLite and PostgreSQL: partitions are
+delivered in parallel, each in outbox order; a failure hands the rest of its partition back unattempted; an
+attempt is counted once per delivery, when the handler says its request leaves (``count_attempt``)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from fhir_server.storage.models import OUTBOX
+from fhir_server.storage.outbox import OutboxDispatcher, count_attempt
+from tests.conftest import SYSTEM, LiveServer, wait_until
+
+
+def _enqueue(api: LiveServer, rows: list[tuple[str, int]]) -> None:
+    def work(repo: Any) -> None:
+        for part, n in rows:
+            repo.enqueue("lane-topic", f"{part}/{n}", {"part": part, "n": n})
+
+    api.fhir.uow.run(work, write=True, access=SYSTEM)
+
+
+def _rows(api: LiveServer) -> dict[str, tuple[str, int]]:
+    with api.backend.engine.connect() as conn:
+        return {r.key: (r.status, r.attempts) for r in conn.execute(select(OUTBOX).order_by(OUTBOX.c.pk))}
+
+
+def _dispatcher(api: LiveServer, handler: Any) -> OutboxDispatcher:
+    d = OutboxDispatcher(api.backend.engine, backoff_base=0.001, lanes=4)
+    d.register("lane-topic", handler, partition=lambda _key, payload: str(payload["part"]))
+    return d
+
+
+def test_partitions_go_in_parallel_and_each_in_order(api: LiveServer) -> None:
+    _enqueue(api, [(part, n) for n in range(1, 6) for part in ("slow", "fast", "other")])
+    got: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    fast_done = threading.Event()
+    waited: list[bool] = []
+
+    def handler(_key: str, payload: dict[str, Any]) -> None:
+        with lock:
+            got.append((payload["part"], payload["n"]))
+            if payload["part"] == "fast" and payload["n"] == 5:
+                fast_done.set()
+        if payload["part"] == "slow" and payload["n"] == 1:
+            waited.append(fast_done.wait(30))  # only another lane can finish "fast" meanwhile
+
+    d = _dispatcher(api, handler)
+    try:
+        assert d.run_once() == 15
+    finally:
+        d.stop()
+    assert waited == [True]
+    for part in ("slow", "fast", "other"):
+        assert [n for p, n in got if p == part] == [1, 2, 3, 4, 5]
+    assert all(row == ("done", 1) for row in _rows(api).values())
+
+
+def test_a_failure_hands_the_rest_of_its_partition_back_unattempted(api: LiveServer) -> None:
+    _enqueue(api, [("a", n) for n in range(1, 5)] + [("b", 1)])
+    calls: list[str] = []
+
+    def handler(key: str, _payload: dict[str, Any]) -> None:
+        calls.append(key)
+        count_attempt()
+        count_attempt()  # twice in one delivery: still one attempt
+        if key == "a/2" and calls.count(key) == 1:
+            raise ConnectionError("receiver down")
+
+    d = _dispatcher(api, handler)
+    d.run_once()
+    rows = _rows(api)
+    assert rows["a/1"] == ("done", 1) and rows["b/1"] == ("done", 1)
+    assert rows["a/2"] == ("pending", 1)
+    assert rows["a/3"] == ("pending", 0) and rows["a/4"] == ("pending", 0)  # handed back, never sent
+    wait_until(lambda: (d.run_once(), _rows(api)["a/4"][0])[1] == "done", 10, "the rest of partition a")
+    assert [c for c in calls if c.startswith("a/")] == ["a/1", "a/2", "a/2", "a/3", "a/4"]
+    assert _rows(api) == {"a/1": ("done", 1), "a/2": ("done", 2), "a/3": ("done", 1), "a/4": ("done", 1),
+                          "b/1": ("done", 1)}
+
+
+def test_a_row_held_by_one_dispatcher_is_not_claimed_by_another_while_its_heartbeat_runs(api: LiveServer) -> None:
+    _enqueue(api, [("a", 1)])
+    release = threading.Event()
+    entered = threading.Event()
+
+    def slow(_key: str, _payload: dict[str, Any]) -> None:
+        entered.set()
+        release.wait(30)
+
+    first = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=300))
+    first.register("lane-topic", slow)
+    second = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=300))
+    taken: list[str] = []
+    second.register("lane-topic", lambda key, _p: taken.append(key))
+    runner = threading.Thread(target=first.run_once)
+    runner.start()
+    try:
+        assert entered.wait(30)
+        with api.backend.engine.connect() as conn:
+            claimed_until = conn.execute(select(OUTBOX.c.next_attempt_at)).scalar_one()
+
+        # Polled until the lease has been renewed well past several of its own lengths: never claimable.
+        def renewed() -> bool:
+            assert second.run_once() == 0
+            with api.backend.engine.connect() as conn:
+                return bool(conn.execute(select(OUTBOX.c.next_attempt_at)).scalar_one()
+                            > claimed_until + timedelta(seconds=1.2))
+
+        wait_until(renewed, 30, "the lease to be renewed")
+    finally:
+        release.set()
+        runner.join(30)
+    assert taken == [] and _rows(api) == {"a/1": ("done", 1)}
+
+
+def test_a_dispatcher_that_lost_its_lease_sends_nothing(api: LiveServer) -> None:
+    _enqueue(api, [("a", 1)])
+    sent: list[str] = []
+
+    def handler(key: str, _payload: dict[str, Any]) -> None:
+        count_attempt()  # as the request leaves
+        sent.append(key)
+
+    stale = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=200))
+    stale.register("lane-topic", handler)
+    [item] = stale.claim()
+    stale.stop(release=False)  # frozen (SIGSTOP, a long pause): its heartbeat stops, the lease lapses
+    fresh = OutboxDispatcher(api.backend.engine)
+    fresh.register("lane-topic", handler)
+    wait_until(lambda: fresh.run_once() == 1, 10, "the row taken over after the lease")
+    assert stale.deliver(item) is False  # thawed: its request would be a second delivery, so none leaves
+    assert sent == ["a/1"] and _rows(api) == {"a/1": ("done", 1)}
+
+
+def test_the_running_loop_keeps_other_partitions_flowing_while_one_endpoint_hangs(api: LiveServer) -> None:
+    _enqueue(api, [("slow", 1), ("slow", 2)])
+    release = threading.Event()
+    entered = threading.Event()
+    got: list[str] = []
+
+    def handler(key: str, _payload: dict[str, Any]) -> None:
+        if key == "slow/1":
+            entered.set()
+            release.wait(30)
+        got.append(key)
+
+    d = _dispatcher(api, handler)
+    d.start(poll_seconds=0.05)
+    try:
+        assert entered.wait(30)
+        _enqueue(api, [("fast", 1), ("fast", 2), ("slow", 3)])  # written while slow/1 hangs
+        wait_until(lambda: got == ["fast/1", "fast/2"], 30, "the other partition, while the first one hangs")
+        release.set()
+        wait_until(lambda: len(got) == 5, 30, "the rest of the slow partition")
+    finally:
+        release.set()
+        d.stop()
+    assert [k for k in got if k.startswith("slow/")] == ["slow/1", "slow/2", "slow/3"]
+    assert all(row == ("done", 1) for row in _rows(api).values())
