@@ -39,6 +39,7 @@ from typing import Any
 from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.pool import StaticPool
 
+from fhir_server.errors import FhirError
 from fhir_server.storage.models import OUTBOX
 
 log = logging.getLogger(__name__)
@@ -352,6 +353,8 @@ class OutboxDispatcher:
                 started = 0
                 try:
                     started = self._start_some()
+                except FhirError as exc:  # a suspended hospital's transactions are refused: its rows wait
+                    log.debug("outbox: %s", exc)
                 except Exception:
                     log.exception("outbox dispatch failed")
                 if started:

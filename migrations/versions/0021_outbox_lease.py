@@ -2,7 +2,7 @@
 ``delivering``. Its heartbeat renews only its own rows, and it finishes a row only while it still holds it.
 
 Revision ID: 0021_outbox_lease
-Revises: 0019_patient_share
+Revises: 0020_subscription_edits
 Create Date: 2026-12-07
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0021_outbox_lease"
-down_revision = "0019_patient_share"
+down_revision = "0020_subscription_edits"
 branch_labels = None
 depends_on = None
 

@@ -2,7 +2,7 @@
 exchanges (interfaces/claims/tables.py). In each tenant's schema or file.
 
 Revision ID: 0025_claims
-Revises: 0020_subscription_edits
+Revises: 0021_outbox_lease
 Create Date: 2026-12-07
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from fhir_server.storage.models import UTCDateTime
 
 revision = "0025_claims"
-down_revision = "0020_subscription_edits"
+down_revision = "0021_outbox_lease"
 branch_labels = None
 depends_on = None
 
