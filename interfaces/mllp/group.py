@@ -60,6 +60,8 @@ def apply_group(pipeline: Hl7Pipeline, group: list[Prepared]) -> list[str | None
 
     def record(repo: Repository, responses: list[FhirResponse | None]) -> None:
         for p, (start, end) in zip(group, spans, strict=True):
+            if p.after is not None:  # a front-desk merge (merges.py), after what the messages wrote
+                p.after(repo, responses[start:end])
             if not record_outcome(repo, p, responses[start:end]):
                 raise FhirError(409, CONFLICT, "Another copy of an HL7 message of the group was processed first")
 
