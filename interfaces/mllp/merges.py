@@ -68,7 +68,8 @@ def plan_merge(header: Header, bundle: dict[str, Any], sources: Sources
             continue
         resource = e["resource"]
         if e["fullUrl"] == target_url:  # its "replaces" link is the merge's to write, to the stored prior
-            links = [lk for lk in resource.get("link") or [] if lk.get("other", {}).get("reference") != prior["fullUrl"]]
+            links = [lk for lk in resource.get("link") or []
+                     if lk.get("other", {}).get("reference") != prior["fullUrl"]]
             resource = {k: v for k, v in resource.items() if k != "link"} | ({"link": links} if links else {})
         if resource.get("resourceType") == "Provenance":
             resource = {**resource, "target": [t for t in resource["target"] if t["reference"] != prior["fullUrl"]]}

@@ -67,7 +67,8 @@ def test_adt_practitioners_locations_and_identifiers(api: LiveServer, mllp: Runn
     locations = {loc["identifier"][0]["value"]: loc for loc in _resources(api, "Location?_count=50")}
     assert set(locations) == {"4N", "4N^401", "4N^401^B"}
     ward, room, bed = locations["4N"], locations["4N^401"], locations["4N^401^B"]
-    assert bed["partOf"]["reference"] == f"Location/{room['id']}" and room["partOf"]["reference"] == f"Location/{ward['id']}"
+    assert bed["partOf"]["reference"] == f"Location/{room['id']}"
+    assert room["partOf"]["reference"] == f"Location/{ward['id']}"
     assert encounter["location"][0]["location"]["reference"] == f"Location/{bed['id']}"
     assert bed["name"] == "Bed B, room 401" and ward["name"] == "Fourth floor north ward"
     # the M05 came after the A20: a master file's update of the bed keeps no status it did not send
@@ -129,7 +130,8 @@ def test_orders_referrals_problems_and_staff(api: LiveServer, mllp: Running) -> 
     orders = _resources(api, "ServiceRequest?_count=50")
     [ecg] = [o for o in orders if o["code"]["coding"][0]["code"] == "11524-6"]
     [referral] = [o for o in orders if o.get("category")]
-    assert referral["category"][0]["coding"][0]["code"] == "3457005" and referral["requester"]["display"] == "Meera Iyer"
+    assert referral["category"][0]["coding"][0]["code"] == "3457005"
+    assert referral["requester"]["display"] == "Meera Iyer"
     reason = api.http.get(referral["reasonReference"][0]["reference"]).json()
     assert reason["code"]["coding"][0]["code"] == "I20.9"
     assert api.http.get(referral["supportingInfo"][0]["reference"]).json()["valueQuantity"]["value"] == 96
@@ -175,7 +177,8 @@ def test_merge_follows_the_front_desks_rules(frontdesk: LiveServer) -> None:
     running = Running(MllpListener(frontdesk.fhir, host="127.0.0.1", port=0))
     try:
         acks = exchange(running.port, _adt("M-1", "A01", "FD-1", "Kulkarni", "V-1"),
-                        _adt("M-2", "A01", "FD-2", "Kulkarni", "V-2"), _adt("M-3", "A40", "FD-2", "Kulkarni", prior="FD-1"),
+                        _adt("M-2", "A01", "FD-2", "Kulkarni", "V-2"),
+                        _adt("M-3", "A40", "FD-2", "Kulkarni", prior="FD-1"),
                         _adt("M-4", "A40", "FD-2", "Kulkarni", prior="FD-1"))  # the merge again: nothing to do
         assert _codes(acks) == ["AA"] * 4, acks
         [old] = _resources(frontdesk, "Patient?identifier=FD-1")
