@@ -146,6 +146,25 @@ def role_participants(_value: Value | None, ctx: Context, _node: dict[str, Any])
     return out or None
 
 
+# ROL-3 (table 0443) roles that make a patient-level ROL the patient's general practitioner.
+_GP_ROLES = frozenset({"PP", "FHCP"})
+
+
+def patient_roles(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
+    """Patient.generalPractitioner from the patient's own ROL segments (after PID, before PV1) whose role is
+    primary care provider or family health care professional (IG ROL[Patient-GeneralPractitioner]): the
+    PractitionerRole planned for each."""
+    out = []
+    for seg in ctx.msg.segments[ctx.seg.index + 1:]:
+        if seg.id in ("PID", "PV1", "MRG"):
+            break
+        if seg.id == "ROL" and seg.get(3).upper() in _GP_ROLES:
+            role = next((p for p in ctx.planned if p.resource_type == "PractitionerRole" and p.segment is seg), None)
+            if role is not None:
+                out.append({"reference": role.full_url})
+    return out or None
+
+
 def provider_by_role(_value: Value | None, ctx: Context, node: dict[str, Any]) -> Json:
     """REF: the first PRD whose provider role (PRD-1) is one of ``roles`` -> a Reference by its provider
     identifier (PRD-7) and name (PRD-2); RP/RF the referring provider, RT/CP the one referred to."""
@@ -163,5 +182,5 @@ FUNCTIONS: dict[str, Function] = {
     "practitioner_reference": practitioner_reference, "participant": participant,
     "location_identifier": location_identifier, "location_part_of": location_part_of,
     "location_reference": location_reference, "location_name": location_name,
-    "role_participants": role_participants, "provider_by_role": provider_by_role,
+    "role_participants": role_participants, "provider_by_role": provider_by_role, "patient_roles": patient_roles,
 }
