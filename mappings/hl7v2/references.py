@@ -59,8 +59,10 @@ def participant(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
 
 # -- PV1-3 (PL) -> Location hierarchy ------------------------------------------------------------------------
 def _location_parts(value: Value, level: int) -> list[str] | None:
+    """PL components 1..level when the point of care and the level's own component are given (a bed may
+    be named without its room: ``4N^^B``); None when this level is not named."""
     parts = [value.part(i) for i in range(1, level + 1)]
-    return parts if all(parts) else None
+    return parts if parts[0] and parts[-1] else None
 
 
 def _facility(value: Value, ctx: Context) -> str:
@@ -122,7 +124,7 @@ def location_reference(value: Value, ctx: Context, node: dict[str, Any]) -> Json
 def location_name(value: Value, _ctx: Context, node: dict[str, Any]) -> Json:
     """A readable name of one level: "4N", "4N 401", "4N 401 B"."""
     parts = _location_parts(value, _level(value, node))
-    return " ".join(parts) if parts else None
+    return " ".join(p for p in parts if p) if parts else None
 
 
 def role_participants(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:

@@ -85,6 +85,12 @@ def test_bed_status_update(api: LiveServer, mllp: Running) -> None:
     [bed] = _resources(api, f"Location?identifier={LOCATION}|4N^401^B")
     assert bed["operationalStatus"]["code"] == "U"  # the latest status
     assert len(_resources(api, "Location")) == 3
+    # a bed named without its room is part of its ward
+    [ack] = exchange(mllp.port, _again("ADT_A20/bed_status.hl7", "ADT-0202-D", ("4N^401^B", "4N^^C")))
+    assert segment(ack, "MSA")[1] == "AA", ack
+    [ward] = _resources(api, f"Location?identifier={LOCATION}|4N")
+    [roomless] = _resources(api, f"Location?identifier={LOCATION}|4N^^C")
+    assert roomless["partOf"]["reference"] == f"Location/{ward['id']}" and roomless["name"] == "4N C"
     [bad] = exchange(mllp.port, _again("ADT_A20/bed_status.hl7", "ADT-0202-C", ("|H\r", "|Z\r")))
     assert segment(bad, "MSA")[1] == "AE" and segment(bad, "ERR")[2].startswith("NPU^1^2"), bad
 
