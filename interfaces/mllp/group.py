@@ -11,7 +11,10 @@ load); messages arriving meanwhile queue and go together as the next group. A gr
 transaction Bundles concatenated, with each message's outcome row updated inside the same transaction.
 Messages that touch the same resource (same entry fullUrl, same request URL or conditional criteria) never
 share a group: one transaction may change a resource only once, and two conditional creates of one
-patient in one transaction would both create it. If the group's transaction fails for any reason (a bad
+patient in one transaction would both create it. Reference data many messages name (the attending doctor,
+the ward: a found-or-created Practitioner or Location) does not split groups: the group keeps the first
+message's lookup entry and the others refer to it; only a message that writes one by its criteria (an A20's
+bed, a master file) waits for the group that looks it up. If the group's transaction fails for any reason (a bad
 message, another copy of a message processed first), nothing of it is committed and each message is applied
 again on its own, exactly as without grouping: it gets its own outcome, error and ACK.
 ACKs leave only after the group's commit.
@@ -24,6 +27,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from fhir_server.errors import CONFLICT, FhirError
 from fhir_server.rest.request import FhirRequest, FhirResponse
 from fhir_server.storage.repository import Repository
@@ -35,10 +40,24 @@ MAX_GROUP = 16  # messages per transaction: bounds the work lost (redone one by 
 SLOTS = 1  # groups applied at the same time by one listener process (more: smaller groups, more CPU)
 
 
+# Found-or-created reference data (interfaces: references.py in mappings): looked up, shared in a group.
+SHARED_LOOKUPS = frozenset({"Practitioner", "Location"})
+
+
+def _lookup(entry: dict[str, Any]) -> str | None:
+    request = entry.get("request", {})
+    if request.get("method") == "POST" and "ifNoneExist" in request and request.get("url") in SHARED_LOOKUPS:
+        return f"{request['url']}?{request['ifNoneExist']}"
+    return None
+
+
 def identities(p: Prepared) -> set[str]:
-    """What a message's transaction touches: entry fullUrls, request URLs and conditional criteria."""
+    """What a message's transaction touches: entry fullUrls, request URLs and conditional criteria (but not
+    its shared lookups, see ``lookups``)."""
     keys: set[str] = set()
     for entry in p.bundle.get("entry", []):
+        if _lookup(entry) is not None:
+            continue
         request = entry.get("request", {})
         if entry.get("fullUrl"):
             keys.add(entry["fullUrl"])
@@ -47,20 +66,52 @@ def identities(p: Prepared) -> set[str]:
     return keys
 
 
+def lookups(p: Prepared) -> set[str]:
+    """The Practitioners and Locations a message finds or creates (criteria): several messages of one group
+    may look up the same one, but not one another message writes by those criteria."""
+    return {key for entry in p.bundle.get("entry", []) if (key := _lookup(entry)) is not None}
+
+
+def _combine(group: list[Prepared]) -> tuple[list[dict[str, Any]], list[list[int]]]:
+    """The group's entries, a lookup made by an earlier message of the group kept once (later messages refer
+    to its entry), and for each message the positions of its own entries' responses."""
+    entries: list[dict[str, Any]] = []
+    positions: list[list[int]] = []
+    first: dict[str, tuple[int, str]] = {}  # lookup criteria -> (position, fullUrl) of the kept entry
+    for p in group:
+        mine = p.bundle.get("entry", [])
+        renamed = {e["fullUrl"]: first[key][1] for e in mine if (key := _lookup(e)) in first and key is not None}
+        own: list[int] = []
+        for entry in mine:
+            key = _lookup(entry)
+            if key is not None and key in first and entry["fullUrl"] in renamed:
+                own.append(first[key][0])
+                continue
+            if key is not None:
+                first[key] = (len(entries), entry["fullUrl"])
+            if renamed:
+                text = orjson.dumps(entry).decode()
+                for old, new in renamed.items():
+                    text = text.replace(f'"{old}"', f'"{new}"')
+                entry = orjson.loads(text)
+            own.append(len(entries))
+            entries.append(entry)
+        positions.append(own)
+    return entries, positions
+
+
 def apply_group(pipeline: Hl7Pipeline, group: list[Prepared]) -> list[str | None]:
     """Apply mapped messages in one transaction; the ACK of each (blocking: runs in the executor)."""
     if len(group) == 1:
         return [pipeline.apply(group[0])]
-    entries: list[dict[str, Any]] = []
-    spans: list[tuple[int, int]] = []
-    for p in group:
-        mine = p.bundle.get("entry", [])
-        spans.append((len(entries), len(entries) + len(mine)))
-        entries.extend(mine)
+    entries, positions = _combine(group)
 
     def record(repo: Repository, responses: list[FhirResponse | None]) -> None:
-        for p, (start, end) in zip(group, spans, strict=True):
-            if not record_outcome(repo, p, responses[start:end]):
+        for p, own in zip(group, positions, strict=True):
+            mine = [responses[i] for i in own]
+            if p.after is not None:  # a front-desk merge (merges.py), after what the messages wrote
+                p.after(repo, mine)
+            if not record_outcome(repo, p, mine):
                 raise FhirError(409, CONFLICT, "Another copy of an HL7 message of the group was processed first")
 
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
@@ -94,7 +145,8 @@ class GroupCommitter:
         self.run = run
         self.max_group = max(1, max_group)
         self.slots = max(1, slots)
-        self.pending: list[tuple[Prepared, set[str], asyncio.Future[str | None]]] = []
+        # (message, what it touches, what it looks up, its ACK to come)
+        self.pending: list[tuple[Prepared, set[str], set[str], asyncio.Future[str | None]]] = []
         self.active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.groups = 0  # groups applied, and the messages in them (tests, logs)
@@ -106,7 +158,7 @@ class GroupCommitter:
         if isinstance(prepared, Finished):
             return prepared.ack
         done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self.pending.append((prepared, identities(prepared), done))
+        self.pending.append((prepared, identities(prepared), lookups(prepared), done))
         self._start()
         return await done
 
@@ -115,16 +167,19 @@ class GroupCommitter:
             group: list[tuple[Prepared, asyncio.Future[str | None]]] = []
             taken: set[int] = set()
             keys: set[str] = set()
-            for n, (p, ids, done) in enumerate(self.pending):
+            looked: set[str] = set()
+            for n, (p, ids, shared, done) in enumerate(self.pending):
                 if len(group) == self.max_group:
                     break
-                if done.cancelled() or ids & keys:  # a message touching what this group does waits for the next
+                # a message touching what this group does (or writing what it looks up) waits for the next
+                if done.cancelled() or ids & keys or ids & looked or shared & keys:
                     continue
                 group.append((p, done))
                 taken.add(n)
                 keys |= ids
+                looked |= shared
             self.pending = [item for n, item in enumerate(self.pending)
-                            if n not in taken and not item[2].cancelled()]
+                            if n not in taken and not item[3].cancelled()]
             if not group:
                 return
             self.active += 1

@@ -27,6 +27,7 @@ from fhir_server.storage.access import SystemAccess, as_system
 from fhir_server.storage.repository import Repository
 from interfaces.mllp.ack import build_ack, wants
 from interfaces.mllp.inflight import InFlight, Key
+from interfaces.mllp.merges import AfterWrite, frontdesk_on, plan_merge
 from interfaces.mllp.query import QUERY_EVENTS
 from interfaces.mllp.query import responses as query_responses
 from interfaces.mllp.result_match import ServerOrders
@@ -94,6 +95,7 @@ class Prepared:
     sources: list[tuple[str, int]]  # (segment, occurrence) each entry came from, for ERR on failure
     ack: str | None  # the application ACK to send on success (None: the sender wants none)
     ok_acks: str | None  # every ACK of the message on success, as stored
+    after: AfterWrite | None = None  # a step inside the message's transaction (a front-desk merge, merges.py)
 
 
 @dataclass
@@ -136,6 +138,7 @@ class Hl7Pipeline:
                                          facility_authorities=settings.hl7_facility_authorities,
                                          resolver=ServerOrders(server))
         self.inflight = InFlight()
+        self.frontdesk = frontdesk_on(settings.workflows)  # merges follow the front desk's rules (merges.py)
         self.inflight_wait = INFLIGHT_WAIT_SECONDS
 
     # -- step 1 ----------------------------------------------------------------------------------------
@@ -325,7 +328,9 @@ class Hl7Pipeline:
         ok_ack = build_ack(header, "AA", enc=msg.enc)
         send_ok = not header.enhanced or _wants(header.application_ack, True)
         ok_acks = ACK_SEPARATOR.join([*sent, ok_ack] if send_ok else sent) or None
-        return Prepared(acc, result.bundle, result.sources, ok_ack if send_ok else None, ok_acks)
+        bundle, sources, after = plan_merge(header, result.bundle, result.sources) if self.frontdesk \
+            else (result.bundle, result.sources, None)
+        return Prepared(acc, bundle, sources, ok_ack if send_ok else None, ok_acks, after)
 
     def apply(self, p: Prepared) -> str | None:
         """Apply one mapped message as its own FHIR transaction, outcome included; the ACK to send."""
@@ -337,6 +342,8 @@ class Hl7Pipeline:
             # The outcome commits with the resources (one commit, nothing half-written); and only if no
             # other copy of the message recorded one since we read the row (then that one answers).
             nonlocal superseded
+            if p.after is not None:
+                p.after(repo, responses)
             if not record_outcome(repo, p, responses):
                 superseded = True
                 raise FhirError(409, CONFLICT, "Another copy of this HL7 message was processed first")

@@ -21,7 +21,8 @@ Template language (kept deliberately small; see mappings/hl7v2/README.md):
 - on any directive: ``required`` (empty -> AE 101 at that path, only where its ``$when`` holds; ``because``
   says why in the error text), ``default`` (used when empty), ``with``
   (constant members merged into the result, e.g. an identifier type), ``following`` (read the field from
-  the segments right after the current one, e.g. RXR after RXA).
+  the segments right after the current one, e.g. RXR after RXA; ``"group"``: any later segment before the
+  next ORC/PID/MFE or the next segment like the current one, e.g. RXR after RXE and its TQ1s).
 Empty values are pruned, and an object left with only constants is dropped (a coding system without a code).
 """
 
@@ -110,6 +111,7 @@ class Planned:
     rule: dict[str, Any]
     anchor: Segment | None = None  # the group parent (e.g. its OBR) when the rule names a "group"
     resource: dict[str, Any] | None = None
+    value: Value | None = None  # the field repetition it is made from, when the rule names a "field" (PV1-7)
 
     @property
     def full_url(self) -> str:
@@ -176,7 +178,7 @@ class Engine:
         self.default_tz = default_tz
 
     # -- paths ---------------------------------------------------------------------------------------
-    def resolve(self, path: str, ctx: Context, following: bool = False) -> list[Value]:
+    def resolve(self, path: str, ctx: Context, following: bool | str = False) -> list[Value]:
         """All values at ``path`` (one per repetition of the field)."""
         seg_id, seq, subpath = _parse_path(path)
         if not seg_id:
@@ -197,7 +199,9 @@ class Engine:
                     out.append(value)
         return out
 
-    def _segments(self, seg_id: str, ctx: Context, following: bool) -> list[Segment]:
+    def _segments(self, seg_id: str, ctx: Context, following: bool | str) -> list[Segment]:
+        if following == "group":  # any later segment of the current one's group (RXR after RXE and its TQ1s)
+            return [seg for seg in _rest_of_group(ctx.msg, ctx.seg) if seg.id == seg_id]
         if following:  # the segments right after the current one (NTE after OBX)
             out = []
             for seg in ctx.msg.segments[ctx.seg.index + 1:]:
@@ -301,7 +305,7 @@ class Engine:
                                         numbers[0] if numbers else 0, numbers[1] if len(numbers) > 1 else 0))
 
     def _directive(self, node: dict[str, Any], ctx: Context) -> Json:
-        values = self.resolve(node["$"], ctx, bool(node.get("following")))
+        values = self.resolve(node["$"], ctx, node.get("following") or False)
         if not node.get("each"):
             values = values[:1]
         results = [r for r in (self._apply(node, v, ctx) for v in values) if not _empty(r)]
@@ -388,6 +392,19 @@ class Engine:
                                      # a segment heading its group (SPM before its OBRs in OUL^R22/OML^O33)
                                      else p.segment.index < ctx.seg.index
                                      and ctx.msg.nearest(p.segment.id, ctx.seg) is p.segment)]
+
+
+# Segments that start a new group: what follows one of them belongs to another order or patient.
+_GROUP_STARTS = frozenset({"MSH", "PID", "ORC", "MFE"})
+
+
+def _rest_of_group(msg: V2Message, current: Segment) -> list[Segment]:
+    out = []
+    for seg in msg.segments[current.index + 1:]:
+        if seg.id in _GROUP_STARTS or seg.id == current.id:
+            break
+        out.append(seg)
+    return out
 
 
 def _has_content(value: Value) -> bool:

@@ -10,6 +10,7 @@ from urllib.parse import quote
 from mappings.hl7v2 import convert
 from mappings.hl7v2.engine import Context, Function, Json, Value
 from mappings.hl7v2.errors import DATA_TYPE_ERROR
+from mappings.hl7v2.references import FUNCTIONS as REFERENCE_FUNCTIONS
 
 UCUM = "http://unitsofmeasure.org"
 
@@ -221,16 +222,6 @@ def encounter_status(_value: Value | None, ctx: Context, _node: dict[str, Any]) 
     return ctx.engine.lookup("encounter-status-by-event", event)
 
 
-def participant(value: Value, ctx: Context, node: dict[str, Any]) -> Json:
-    """An XCN in PV1 -> Encounter.participant with its v3 ParticipationType."""
-    individual = ctx.engine.render(ctx.engine.partials["XCN"], ctx.with_value(value))
-    if not individual:
-        return None
-    return {"type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                  "code": node["code"], "display": node["display"]}]}],
-            "individual": individual}
-
-
 def event_lookup(_value: Value | None, ctx: Context, node: dict[str, Any]) -> Json:
     """A code map keyed by the message's event (e.g. SIU^S15 -> cancelled)."""
     return ctx.engine.lookup(node["map"], ctx.variables.get("event", ""))
@@ -331,7 +322,9 @@ FUNCTIONS: dict[str, Function] = {
     "components_text": components_text, "reference_range": reference_range,
     "joined_text": joined_text, "person_name": person_name, "location_display": location_display,
     "telecom_value": telecom_value, "telecom_system": telecom_system, "encounter_status": encounter_status,
-    "participant": participant, "event_lookup": event_lookup, "document_attachment": document_attachment,
+    "event_lookup": event_lookup, "document_attachment": document_attachment,
     "own_order": own_order, "presented_form": presented_form, "sender_authority": sender_authority,
     "text_concept": text_concept, "qc_role": qc_role, "person_display": person_display,
 }
+# Practitioners and locations the message names (references.py), and what item 6's families need.
+FUNCTIONS.update(REFERENCE_FUNCTIONS)

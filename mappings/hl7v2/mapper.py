@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mappings.hl7v2.checks import message_errors
-from mappings.hl7v2.engine import Context, Engine, Planned, stable_uuid
+from mappings.hl7v2.engine import Context, Engine, Planned, Value, stable_uuid
 from mappings.hl7v2.errors import (
     REQUIRED_FIELD_MISSING,
     UNSUPPORTED_EVENT_CODE,
@@ -39,6 +39,9 @@ ROOT = Path(__file__).parent
 MESSAGE_SYSTEM = "urn:fhir-server:hl7v2-message"
 # MSH-3 of what we send (orders out) and the placer namespace in ORC-2/OBR-2 of our own orders.
 OWN_APPLICATION = "FHIR-SERVER"  # Provenance.entity identifier: "<sender>|<control id>"
+# Requests that find a resource by identifier: two rules naming the same one (a doctor in PV1-7 and PV1-17)
+# make one entry, not two creates of one thing.
+SHARED = ("create-if-absent", "upsert")
 
 
 def _load_dir(path: Path) -> dict[str, Any]:
@@ -101,6 +104,10 @@ class V2Mapper:
                      "message_type": header.message_type, "trigger": header.trigger_event,
                      "sending_application": header.sending_application,
                      "sending_facility": header.sending_facility, "own_application": self.own_application}
+        wanted = template.get("requires_one_of", [])
+        if wanted and not any(msg.first(seg_id) for seg_id in wanted):  # ORM: an OBR, or an RXO, ODS or RQD
+            raise MappingError(ErrorDetail(REQUIRED_FIELD_MISSING, f"Segment {wanted[0]} is required (or one of "
+                                           f"{', '.join(wanted[1:])})", wanted[0], 1))
         planned: list[Planned] = []
         ctx0 = Context(self.engine, msg, msg.msh, variables, planned)
         for rule in template["resources"]:
@@ -127,22 +134,35 @@ class V2Mapper:
         seen: set[str] = set()
         resource_type = self.resources[rule["template"]]["resourceType"]
         for seg in segments:
-            ctx = ctx0.at(seg)
-            if "when" in rule and not self.engine._test(rule["when"], ctx):
-                continue
-            parts = [str(self.engine.render(expr, ctx) or "") for expr in rule.get("id", [])]
-            if not any(parts):  # nothing identifies it: unique to this message (and stable on replay)
-                parts = [ctx.variables["sender"], ctx.variables["control_id"], seg.id, str(seg.occurrence)]
-            anchor = ctx0.msg.nearest(rule["group"], seg) if "group" in rule else None
-            uid = stable_uuid(resource_type, *parts)
-            if uid in seen:  # two groups of one message the id fields do not tell apart (three orders with
-                # the same or no placer number): each is its own resource, told apart by its position
-                uid = stable_uuid(resource_type, *parts, seg.id, str(seg.occurrence))
-            seen.add(uid)
-            out.append(Planned(rule["key"], resource_type, seg, uid, rule, anchor))
+            for value in self._values(rule, ctx0.at(seg)):
+                ctx = ctx0.at(seg) if value is None else ctx0.at(seg).with_value(value)
+                if "when" in rule and not self.engine._test(rule["when"], ctx):
+                    continue
+                parts = [str(self.engine.render(expr, ctx) or "") for expr in rule.get("id", [])]
+                if not any(parts):  # nothing identifies it: unique to this message (and stable on replay)
+                    parts = [ctx.variables["sender"], ctx.variables["control_id"], seg.id, str(seg.occurrence)]
+                anchor = ctx0.msg.nearest(rule["group"], seg) if "group" in rule else None
+                uid = stable_uuid(resource_type, *parts)
+                if rule.get("request") in SHARED and any(p.uuid == uid for p in (*ctx0.planned, *out)):
+                    continue  # one practitioner named in PV1-7 and PV1-17, one ward of two beds: one entry
+                if uid in seen:  # two groups of one message the id fields do not tell apart (three orders with
+                    # the same or no placer number): each is its own resource, told apart by its position
+                    uid = stable_uuid(resource_type, *parts, seg.id, str(seg.occurrence))
+                seen.add(uid)
+                out.append(Planned(rule["key"], resource_type, seg, uid, rule, anchor, value=value))
         return out
 
+    def _values(self, rule: dict[str, Any], ctx: Context) -> list[Value | None]:
+        """A rule naming a ``field`` (PV1-7, PV1-3) makes one resource per repetition of that field (the
+        template reads it with relative paths, ``$.1``); else one per segment."""
+        if "field" not in rule:
+            return [None]
+        values = self.engine.resolve(rule["field"], ctx)
+        return list(values if rule.get("repetitions", True) else values[:1])
+
     def _entry(self, p: Planned, ctx: Context) -> dict[str, Any] | None:
+        if p.value is not None:
+            ctx = ctx.with_value(p.value)
         template = self.resources[p.rule["template"]]
         for check in template.get("$checks", []):  # refuse what the template cannot map, before mapping
             self.engine.render(check, ctx)

@@ -115,3 +115,20 @@ def test_identities_name_what_a_message_touches(api: LiveServer) -> None:
     assert isinstance(one, Prepared) and isinstance(other, Prepared) and isinstance(same_patient, Prepared)
     assert not identities(one) & identities(other)
     assert any("IP-1" in key for key in identities(one) & identities(same_patient))
+
+
+def test_a_group_looks_up_a_shared_doctor_and_ward_once(api: LiveServer) -> None:
+    """Two patients admitted to one ward by one doctor share a group: the ward and the doctor are found or
+    created once (the second message refers to the first one's entry), and each message records its own."""
+    from interfaces.mllp.group import apply_group, lookups
+
+    pipeline = Hl7Pipeline(api.fhir, MessageStore(api.backend.engine))
+    one, other = (pipeline.prepare(pipeline.accept(m)) for m in (adt("L-1", "LP-1"), adt("L-2", "LP-2")))
+    assert isinstance(one, Prepared) and isinstance(other, Prepared)
+    assert lookups(one) & lookups(other) and not identities(one) & identities(other)
+    assert [segment(a or "", "MSA")[1] for a in apply_group(pipeline, [one, other])] == ["AA", "AA"]
+    assert search(api, "Location?_summary=count")["total"] == 1
+    assert search(api, "Practitioner?_summary=count")["total"] == 1
+    encounters = [e["resource"] for e in search(api, "Encounter")["entry"]]
+    assert len({e["location"][0]["location"]["reference"] for e in encounters}) == 1
+    assert MessageStore(api.backend.engine).counts() == {PROCESSED: 2}

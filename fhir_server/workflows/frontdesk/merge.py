@@ -128,7 +128,7 @@ def _versioned(v: Version) -> dict[str, str]:
     return {"reference": f"{v.reference}/_history/{v.version_id}"}
 
 
-def _provenance(req: FhirRequest, repo: Repository, activity: str, changed: list[tuple[Version, Version]],
+def _provenance(repo: Repository, activity: str, changed: list[tuple[Version, Version]],
                 extra_entities: list[dict[str, Any]]) -> Version:
     """A Provenance of what changed: targets the new versions, entities (role revision) the ones before."""
     fhir_user = getattr(repo.access, "fhir_user", None)
@@ -146,6 +146,25 @@ def _provenance(req: FhirRequest, repo: Repository, activity: str, changed: list
     return repo.create("Provenance", content)
 
 
+def merge_patients(repo: Repository, base: str, source: Version, target: Version, result: dict[str, Any] | None,
+                   referrers: list[tuple[str, str]], entities: list[dict[str, Any]] | None = None
+                   ) -> tuple[Version, Version]:
+    """The merge itself, inside the caller's transaction with full access (the caller checked the rules and
+    read both patients for update): every reference to ``source`` moves to ``target``, ``source`` gets
+    ``replaced-by`` and ``active=false``, ``target`` (or ``result``, its new content) ``replaces``; a
+    Provenance (activity merge, ``entities`` added, e.g. the HL7 v2 message) records the versions before.
+    Returns the target's new version and the Provenance. Also what an HL7 v2 merge (A34/A39/A40/A47) runs
+    when the front desk is on (interfaces/mllp/merges.py)."""
+    changed = Merge._move(repo, base, referrers, source.id, target.id)
+    src_new = {**_link(source.content or {}, f"Patient/{target.id}", "replaced-by"), "active": False}
+    after_source, _ = repo.update("Patient", source.id, src_new)
+    new_target = _link(result if result is not None else copy.deepcopy(target.content or {}),
+                       f"Patient/{source.id}", "replaces")
+    after_target, _ = repo.update("Patient", target.id, new_target)
+    changed += [(source, after_source), (target, after_target)]
+    return after_target, _provenance(repo, "merge", changed, entities or [])
+
+
 class Merge:
     """``POST [base]/Patient/$merge``."""
 
@@ -158,7 +177,7 @@ class Merge:
             raise rule_violation(422, "merge-same-patient", "A patient cannot be merged into itself",
                                  ("Parameters.parameter",))
         seen_source, seen_target = repo.read("Patient", source_id), repo.read("Patient", target_id)  # auth: caller's
-        self._check(seen_source, seen_target)
+        self.check(seen_source, seen_target)
         result = self._result(params, seen_target)
         if result is not None:  # elements masked for the caller's role keep their stored values
             result = repo.access.restore_masked("Patient", result, repo.current("Patient", target_id))
@@ -167,22 +186,15 @@ class Merge:
             source = repo.current("Patient", source_id, for_update=True)
             target = repo.current("Patient", target_id, for_update=True)
             assert source is not None and target is not None
-            referrers = self._referrers(repo, source_id, target_id)
+            referrers = self.referrers(repo, source_id, target_id)
             if preview:
                 return self._answer(req, params, seen_target.content or {}, None, len(referrers), preview=True)
-            changed = self._move(repo, req.base_url, referrers, source_id, target_id)
-            src_new = {**_link(source.content or {}, f"Patient/{target_id}", "replaced-by"), "active": False}
-            after_source, _ = repo.update("Patient", source_id, src_new)
-            new_target = _link(result if result is not None else copy.deepcopy(target.content or {}),
-                               f"Patient/{source_id}", "replaces")
-            after_target, _ = repo.update("Patient", target_id, new_target)
-            changed += [(source, after_source), (target, after_target)]
-            provenance = _provenance(req, repo, "merge", changed, [])
+            after_target, provenance = merge_patients(repo, req.base_url, source, target, result, referrers)
         shown = repo.access.mask(after_target)  # the caller's view of the result
         return self._answer(req, params, shown.content or {}, provenance, len(referrers), preview=False)
 
     @staticmethod
-    def _check(source: Version, target: Version) -> None:
+    def check(source: Version, target: Version) -> None:
         if merged(source.content or {}):
             raise rule_violation(409, "merge-source-merged", f"{source.reference} is already merged",
                                  ("source-patient",))
@@ -202,7 +214,7 @@ class Merge:
         return {k: v for k, v in result.items() if k != "meta"}
 
     @staticmethod
-    def _referrers(repo: Repository, source_id: str, target_id: str) -> list[tuple[str, str]]:
+    def referrers(repo: Repository, source_id: str, target_id: str) -> list[tuple[str, str]]:
         rows = repo.execute(select(REFERENCE.c.resource_type, REFERENCE.c.resource_id).distinct().where(
             REFERENCE.c.target_type == "Patient", REFERENCE.c.target_id == source_id))
         return sorted((r.resource_type, r.resource_id) for r in rows if r.resource_type not in RECORD_KEEPING
@@ -281,7 +293,7 @@ class Unmerge:
             after_target, _ = repo.update("Patient", target.id,
                                           _unlink(tgt_now.content or {}, f"Patient/{source.id}", "replaces"))
             changed += [(src_now, after_source), (tgt_now, after_target)]
-            provenance = _provenance(req, repo, "unmerge", changed,
+            provenance = _provenance(repo, "unmerge", changed,
                                      [{"role": "source", "what": {"reference": prov.reference}}])
         shown = repo.access.mask(after_source)  # the caller's view of the result
         return FhirResponse(200, {"resourceType": "Parameters", "parameter": [
