@@ -16,6 +16,7 @@ from sqlalchemy import select
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
 from fhir_server.storage.models import OUTBOX
+from fhir_server.storage.outbox import count_attempt
 from fhir_server.storage.repository import Repository
 from interfaces.claims import protocol as p
 from interfaces.claims.exchange import audit, cycle_of, with_cycle
@@ -49,6 +50,7 @@ class RequestSender:
         error: str | None = None
         answer: dict[str, Any] | None = None
         try:
+            count_attempt()  # the outbox counts this attempt as it leaves (_last_attempt reads that count)
             ack = self.gateway.send(message)  # anything but Refused propagates: the dispatcher retries
             if ack.get("resourceType"):  # a FHIR payer answers at once (HCX answers later, on our callbacks)
                 answer = ack
