@@ -49,6 +49,22 @@ TENANT_BACKENDS = [*BACKENDS, "postgresql-tenant"]
 PROCESS_START_TIMEOUT = 180.0
 
 
+def shared_dir() -> Path:
+    """The project's shared folder (FHIR definitions, the NRCeS IG, samples): ``FHIR_TEST_SHARED``, else
+    ``../shared`` beside this checkout, else beside the checkout this one was cloned from (a CI clone in /tmp)."""
+    if os.environ.get("FHIR_TEST_SHARED"):
+        return Path(os.environ["FHIR_TEST_SHARED"])
+    here = Path(__file__).resolve().parents[2] / "shared"
+    if here.is_dir():
+        return here
+    import subprocess
+
+    origin = subprocess.run(["git", "config", "--get", "remote.origin.url"], cwd=Path(__file__).parent,
+                            capture_output=True, text=True, check=False).stdout.strip()
+    beside_origin = Path(origin).parent / "shared" if origin.startswith("/") else here
+    return beside_origin if beside_origin.is_dir() else here
+
+
 def wait_until(predicate, timeout: float = 10.0, message: str = "condition") -> None:  # type: ignore[no-untyped-def]
     """Poll with a deadline (tests never sleep a fixed time)."""
     deadline = time.monotonic() + timeout

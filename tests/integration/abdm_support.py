@@ -24,7 +24,16 @@ from fhir_server.storage.access import as_system
 from fhir_server.storage.outbox import OutboxDispatcher
 from interfaces.abdm.identity import ABHA_ADDRESS_SYSTEM, ABHA_NUMBER_SYSTEM
 from interfaces.abdm.settings import AbdmSettings, configure
-from tests.conftest import PROCESS_START_TIMEOUT, SYSTEM, Backend, _free_port, make_backend, uvicorn_config, wait_until
+from tests.conftest import (
+    PROCESS_START_TIMEOUT,
+    SYSTEM,
+    Backend,
+    _free_port,
+    make_backend,
+    shared_dir,
+    uvicorn_config,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DISCOVER = "/api/v3/hip/patient/care-context/discover"
@@ -142,7 +151,7 @@ def start_hospital(backend: Backend, sim: Simulator, *, install_ig: bool = True,
     if install_ig:
         from fhir_server.packages.install import install, read_package
 
-        install(fhir, read_package(Path(__file__).resolve().parents[3] / "shared" / "india" / "ndhm.in-6.5.0"),
+        install(fhir, read_package(shared_dir() / "india" / "ndhm.in-6.5.0"),
                 access=SYSTEM)
     server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -28,13 +28,13 @@ from interfaces.claims.payers import Payers
 from interfaces.claims.sandbox.records import PAYER, PROVIDER, records
 
 __all__ = ["PAYER", "PAYER2", "PROVIDER", "records"]
-from tests.conftest import PROCESS_START_TIMEOUT, SYSTEM, Backend, _free_port, uvicorn_config, wait_until
+from tests.conftest import PROCESS_START_TIMEOUT, SYSTEM, Backend, _free_port, shared_dir, uvicorn_config, wait_until
 
 PAYER2 = "payer02@sandbox"
 SMART_CLIENT = "hospital01-backend"
 GATEWAY = "hcx-gateway@sandbox"
 # The NRCeS "FHIR IG for ABDM" package, in ../shared beside the checkout (shared/README.md).
-IG = Path(__file__).resolve().parents[3] / "shared" / "india" / "ndhm.in-6.5.0"
+IG = shared_dir() / "india" / "ndhm.in-6.5.0"
 
 
 @dataclass
