@@ -1,0 +1,164 @@
+"""`fhir-server seed-demo` speed (issue 18 item 10: 500 patients in under a minute on PostgreSQL).
+
+Runs what the command runs (``write_demo``: the hospital through every workflow rule, each step as its role;
+the run's AuditEvent; ANALYZE; the 8 demo users) in-process on a fresh PostgreSQL database, and measures wall
+time and CPU time: this process (Python) and the PostgreSQL backends serving the database, so the figures stay
+comparable on the loaded shared machine. Also counted: SQL statements and transactions (SQLAlchemy's), rows
+PostgreSQL inserted (pg_stat_database; COPY included), resources written.
+Usage: .venv/bin/python bench/seed_demo.py [--patients 500] [--seed 1] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg
+from common import _proc_stat, bench_database, facts_markdown, libpq, log, machine_facts, table, write_section
+from sqlalchemy import event
+
+from fhir_server.config import Settings
+from fhir_server.storage.database import make_engine
+from fhir_server.storage.migrate import upgrade
+from fhir_server.workflows.demo import write_demo
+
+
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends serving one database, polled so that a backend which ends
+    between two samples (a pool connection closed) still counts what it used up to the last poll."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.at_start: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _sample(self) -> dict[int, float]:
+        with psycopg.connect(libpq(self.url)) as conn:
+            pids = [int(r[0]) for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        found = {pid: stat[1] for pid in pids if (stat := _proc_stat(pid)) is not None}
+        self.last.update(found)
+        return found
+
+    def _poll(self) -> None:
+        while not self._stop.wait(1.0):
+            self._sample()
+
+    def start(self) -> None:
+        self.at_start = self._sample()
+        self._thread.start()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        # a backend started during the run (a new pool connection) counts from zero
+        return sum(cpu - self.at_start.get(pid, 0.0) for pid, cpu in self.last.items())
+
+
+def inserted(url: str) -> tuple[int, int]:
+    """(rows inserted, transactions committed) in the database so far, as PostgreSQL counts them."""
+    with psycopg.connect(libpq(url)) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        row = conn.execute("SELECT tup_inserted, xact_commit FROM pg_stat_database "
+                           "WHERE datname = current_database()").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def measure(url: str, patients: int, seed: int) -> dict[str, Any]:
+    settings = Settings(database_url=url)
+    engine = make_engine(settings)
+    upgrade(engine)
+    counted = {"statements": 0, "transactions": 0}
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _statement(*_args: Any) -> None:
+        counted["statements"] += 1
+
+    @event.listens_for(engine, "commit")
+    def _commit(*_args: Any) -> None:
+        counted["transactions"] += 1
+
+    with engine.connect() as conn:  # the pool's first connection exists before the meter starts
+        conn.exec_driver_sql("SELECT 1")
+    backends = BackendCpu(url)
+    backends.start()
+    rows_before, _ = inserted(url)
+    wall, cpu = time.perf_counter(), time.process_time()
+    demo = write_demo(settings, engine, seed=seed, patients=patients)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    postgres = backends.stop()
+    rows_after, _ = inserted(url)
+    with psycopg.connect(libpq(url)) as conn:
+        resources = {str(t): int(n) for t, n in conn.execute(
+            "SELECT resource_type, count(*) FROM resource GROUP BY 1 ORDER BY 2 DESC")}
+        audit = resources.get("AuditEvent", 0)
+    engine.dispose()
+    return {"wall": wall, "python": cpu, "postgres": postgres, "rows": rows_after - rows_before,
+            "resources": resources, "audit": audit, "counts": demo.hospital.counts, **counted}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patients", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    args = parser.parse_args()
+    with bench_database("seed_demo") as url:
+        facts = machine_facts(url)
+        log(f"seed-demo --patients {args.patients} --seed {args.seed} on a fresh database")
+        m = measure(url, args.patients, args.seed)
+    n = args.patients
+    total = m["python"] + m["postgres"]
+    written = sum(m["resources"].values())
+    rows = [
+        ("wall time", f"{m['wall']:.1f} s", f"{m['wall'] / n * 1000:.0f} ms"),
+        ("CPU: this process (Python)", f"{m['python']:.1f} s", f"{m['python'] / n * 1000:.0f} ms"),
+        ("CPU: PostgreSQL backends", f"{m['postgres']:.1f} s", f"{m['postgres'] / n * 1000:.0f} ms"),
+        ("CPU: total", f"{total:.1f} s", f"{total / n * 1000:.0f} ms"),
+        ("SQL statements (SQLAlchemy; COPYs not included)", f"{m['statements']:,}", f"{m['statements'] / n:.0f}"),
+        ("transactions committed", f"{m['transactions']:,}", f"{m['transactions'] / n:.2f}"),
+        ("rows inserted (pg_stat_database; index rows included)", f"{m['rows']:,}", f"{m['rows'] / n:.0f}"),
+        ("resources written (current versions)", f"{written:,}", f"{written / n:.1f}"),
+        ("AuditEvents", f"{m['audit']}", ""),
+    ]
+    result = table(["seed-demo", f"{n} patients", "per patient"], rows)
+    print(result)
+    print(", ".join(f"{v} {k}" for k, v in m["counts"].items()))
+    if args.no_write:
+        return
+    kinds = ", ".join(f"{count:,} {rtype}" for rtype, count in m["resources"].items())
+    body = f"""## `fhir-server seed-demo` speed (`bench/seed_demo.py`)
+
+Goal (issue 18 item 10): 500 patients in under a minute on PostgreSQL. What the command does, in-process on a
+fresh database: the hospital written through every workflow rule (each step as its role, transaction Bundles
+per step of 25 patients), one AuditEvent for the run, ANALYZE, the 8 demo users (argon2 once each).
+Run: `.venv/bin/python bench/seed_demo.py --patients {n}` (seed {args.seed}; defaults: 500 and 1).
+
+{facts_markdown(facts)}
+
+Dataset: {n} patients; seed-demo's counts: {", ".join(f"{v} {k}" for k, v in m["counts"].items())}.
+Resources: {kinds}.
+
+{result}
+
+The wall time moves with the machine's load; the CPU figures barely do (CPU total = this process plus the
+PostgreSQL backends; on an idle 2-core machine the wall time is about their sum, since each statement waits
+for its answer).
+"""
+    write_section("seed-demo", body)
+    log("bench/RESULTS.md: section seed-demo written")
+
+
+if __name__ == "__main__":
+    main()
