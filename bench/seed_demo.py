@@ -5,7 +5,7 @@ the run's AuditEvent; ANALYZE; the 8 demo users) in-process on a fresh PostgreSQ
 time and CPU time: this process (Python) and the PostgreSQL backends serving the database, so the figures stay
 comparable on the loaded shared machine. Also counted: SQL statements and transactions (SQLAlchemy's), rows
 PostgreSQL inserted (pg_stat_database; COPY included), resources written.
-Usage: .venv/bin/python bench/seed_demo.py [--patients 500] [--seed 1] [--no-write]
+Usage: .venv/bin/python bench/seed_demo.py [--patients 500] [--seed 1] [--quick: 25 patients, RESULTS.md left alone]
 """
 
 from __future__ import annotations
@@ -112,8 +112,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    parser.add_argument("--quick", action="store_true", help="25 patients, printed only (RESULTS.md left alone)")
     args = parser.parse_args()
+    if args.quick:
+        args.patients = 25
     with bench_database("seed_demo") as url:
         facts = machine_facts(url)
         log(f"seed-demo --patients {args.patients} --seed {args.seed} on a fresh database")
@@ -135,7 +137,7 @@ def main() -> None:
     result = table(["seed-demo", f"{n} patients", "per patient"], rows)
     print(result)
     print(", ".join(f"{v} {k}" for k, v in m["counts"].items()))
-    if args.no_write:
+    if args.quick:
         return
     kinds = ", ".join(f"{count:,} {rtype}" for rtype, count in m["resources"].items())
     body = f"""## `fhir-server seed-demo` speed (`bench/seed_demo.py`)
