@@ -38,9 +38,15 @@ def _backend_cpu(server: Any) -> float:
     return sum(stat[1] for pid in pids if (stat := _proc_stat(pid)) is not None)
 
 
-def copy_ab(url: str, bundles: list[dict[str, Any]], rounds: int) -> list[list[Any]]:
-    from profile_ingest import requests_for
+def requests_for(bundles: list[dict[str, Any]]) -> list[Any]:
+    from fhir_server.rest.request import FhirRequest
+    from fhir_server.storage.access import as_system
 
+    return [FhirRequest("POST", "", [], {"content-type": "application/fhir+json"}, orjson.dumps(b),
+                        base_url="http://127.0.0.1/fhir", access=as_system("benchmark load")) for b in bundles]
+
+
+def copy_ab(url: str, bundles: list[dict[str, Any]], rounds: int) -> list[list[Any]]:
     from fhir_server.config import Settings
     from fhir_server.rest.server import FhirServer
     from fhir_server.storage import bulk
