@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -79,60 +78,11 @@ def _copy(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     raw = conn.connection.driver_connection
     assert raw is not None
     sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    data = _copy_text(columns, json_columns, rows)
     try:
         with raw.cursor() as cursor, cursor.copy(sql) as copy:
-            if data is not None:
-                copy.write(data)
-            else:  # a value _copy_text does not write itself: psycopg's own dumpers, row by row
-                for row in rows:
-                    copy.write_row([Jsonb(row[c], dumps=_orjson_text) if c in json_columns and row.get(c) is not None
-                                    else row.get(c) for c in columns])
+            for row in rows:
+                copy.write_row([Jsonb(row[c], dumps=_orjson_text) if c in json_columns and row.get(c) is not None
+                                else row.get(c) for c in columns])
     except psycopg.Error as exc:
         # As SQLAlchemy would wrap it, so the unit of work sees (and retries) unique violations and the like.
         raise DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
-
-
-# COPY's text format (postgresql.org/docs/current/sql-copy.html, "Text Format"): columns split by a tab,
-# rows by a newline, NULL as \N, and backslash, tab, newline and carriage return escaped with a backslash.
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_FLOATS = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
-
-
-class _Unwritable(Exception):
-    """A value whose COPY text is not written here (left to psycopg's dumpers)."""
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "\\N"
-    kind = type(value)
-    if kind is str:
-        if "\x00" in value:
-            raise _Unwritable  # PostgreSQL text cannot hold NUL: psycopg's error, as before
-        if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-            return value.translate(_ESCAPES)
-        return value
-    if kind is bool:
-        return "t" if value else "f"
-    if kind is int:
-        return str(value)
-    if kind is float:
-        return _FLOATS.get(value) or ("NaN" if value != value else repr(value))
-    if kind is datetime and value.tzinfo is not None:
-        return value.isoformat()
-    raise _Unwritable
-
-
-def _copy_text(columns: tuple[str, ...], json_columns: set[str], rows: list[dict[str, Any]]) -> str | None:
-    """All the rows as one block of COPY text: one write instead of psycopg's per-row, per-value dumping
-    (a tenth of a millisecond of CPU per resource on ingest; bench/RESULTS.md "write path"). None when a
-    value is of a type not written here."""
-    try:
-        lines = []
-        for row in rows:
-            lines.append("\t".join(_text(row.get(c)) if c not in json_columns or row.get(c) is None
-                                    else _text(_orjson_text(row[c])) for c in columns))
-        return "\n".join(lines) + "\n"
-    except _Unwritable:
-        return None
