@@ -52,7 +52,6 @@ class Accepted:
     errors: list[ErrorDetail] = field(default_factory=list)
 
 
-
 class Acceptor:
     """The accept half of ``Hl7Pipeline`` (pipeline.py builds both halves over one server and store)."""
 
