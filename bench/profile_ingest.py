@@ -14,6 +14,7 @@ import pstats
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,57 @@ def requests_for(bundles: list[dict[str, Any]]) -> list[Any]:
                         base_url="http://127.0.0.1/fhir", access=as_system("benchmark load")) for b in bundles]
 
 
+# Parts of the write path timed on their own, without the profiler (whose overhead inflates Python-heavy
+# code), on the very resources of the timed phase: what each costs per resource, in CPU microseconds.
+def components(server: Any, bundles: list[dict[str, Any]], rounds: int = 3) -> list[tuple[str, float]]:
+    from fhir_server.rest.bundle import Plan, _rewrite
+    from fhir_server.rest.json_body import parse_json
+    from fhir_server.search.fulltext.documents import content, narrative
+
+    bodies = [orjson.dumps(b) for b in bundles]
+    work = []
+    for b in bundles:
+        plan = Plan([])
+        plan.targets = {e["fullUrl"]: f"{e['resource']['resourceType']}/{i}" for i, e in enumerate(b["entry"])
+                        if e.get("fullUrl")}
+        work += [(e["resource"]["resourceType"], str(i), e["resource"], plan) for i, e in enumerate(b["entry"])]
+    extractor = server.search.indexer.extractor
+    validator = server.validator
+    parts: list[tuple[str, Callable[[], object]]] = [
+        ("parse the request body (orjson + repeated-key check)", lambda: [parse_json(x) for x in bodies]),
+        ("rewrite fullUrl references (rest/bundle.py)",
+         lambda: [_rewrite(None, r, p.targets, p.absolute(), 0) for _t, _i, r, p in work]),  # type: ignore[arg-type]
+        ("validate (StructureDefinitions)", lambda: [validator.validate(r, t) for t, _i, r, _p in work]),
+        ("search index rows (extract.py)", lambda: [extractor.extract(t, i, r) for t, i, r, _p in work]),
+        ("full-text document (_text, _content)", lambda: [(content(r), narrative(r)) for _t, _i, r, _p in work]),
+        ("resource JSON for the row (orjson.dumps)", lambda: [orjson.dumps(r) for _t, _i, r, _p in work]),
+    ]
+    out = []
+    for name, run in parts:
+        best = float("inf")
+        for _ in range(rounds):
+            c0 = time.process_time()
+            run()
+            best = min(best, time.process_time() - c0)
+        out.append((name, best * 1e6 / max(1, len(work))))
+    return out
+
+
+def prime(server: Any, bundles: list[dict[str, Any]]) -> None:
+    """Build the per-type caches (SearchParameter plans, StructureDefinition trees, the UCUM registry) for every
+    resource of ``bundles`` before anything is timed: one-time costs, which a few warm-up Bundles need not
+    all reach, must not be counted as the cost of a write."""
+    from fhir_server.search.fulltext.documents import content
+
+    extractor = server.search.indexer.extractor
+    for b in bundles:
+        for i, e in enumerate(b["entry"]):
+            r = e["resource"]
+            extractor.extract(r["resourceType"], str(i), r)
+            server.validator.validate(r, r["resourceType"])
+            content(r)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundles", type=int, default=30, help="Bundles per phase (timed, then profiled)")
@@ -89,19 +141,21 @@ def main(argv: list[str] | None = None) -> int:
                                  requests_for(bundles[3 + args.bundles:]))
         for req in warm:
             assert server.handle(req).status == 200
+        prime(server, bundles)
         entries = sum(len(b["entry"]) for b in bundles[3:3 + args.bundles])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for req in timed:
             assert server.handle(req).status == 200
-        plain = time.perf_counter() - t0
-        log(f"in-process, no profiler: {entries / plain:,.0f} resources/s")
+        plain, cpu = time.perf_counter() - t0, time.process_time() - c0
+        log(f"in-process, no profiler: {entries / plain:,.0f} resources/s, {cpu * 1000 / entries:.3f} ms CPU/resource")
+        parts = components(server, bundles[3:3 + args.bundles])
         profile = cProfile.Profile()
         profile.enable()
         for req in profiled:
             assert server.handle(req).status == 200
         profile.disable()
         server.engine.dispose()
-    report = render(pstats.Stats(profile), facts, kind, args, entries, plain)
+    report = render(pstats.Stats(profile), facts, kind, args, entries, plain, cpu, parts)
     print(report)
     if not args.quick:
         write_section("ingest-profile", report)
@@ -110,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(stats: pstats.Stats, facts: dict[str, str], kind: str, args: argparse.Namespace, entries: int,
-           plain: float) -> str:
+           plain: float, cpu: float, parts: list[tuple[str, float]]) -> str:
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = stats.stats  # type: ignore[attr-defined]
     total = sum(tt for (_cc, _nc, tt, _ct, _callers) in raw.values())
 
@@ -138,13 +192,26 @@ def render(stats: pstats.Stats, facts: dict[str, str], kind: str, args: argparse
     # Every query psycopg sends goes through one of these: statements per resource = round-trip pressure.
     sends = sum(v[1] for k, v in raw.items() if "psycopg" in k[0] and k[2] in SEND_FUNCTIONS)
     resources = entries  # the profiled phase posts as many Bundles as the timed one, of the same kind
+    per_resource = cpu * 1e6 / max(1, entries)
+    part_rows = [[name, f"{us:,.0f}", f"{us / per_resource:.0%}"] for name, us in parts]
+    rest = per_resource - sum(us for _n, us in parts)
+    part_rows += [["everything else (transaction machinery, hooks, audit, COPY encoding, driver, ...)",
+                   f"{rest:,.0f}", f"{rest / per_resource:.0%}"],
+                  ["**whole write, in-process (server CPU, no HTTP)**", f"**{per_resource:,.0f}**", "100%"]]
     return f"""## Ingest profile (`bench/profile_ingest.py`)
 
 {facts_markdown(facts)}
 
 In-process (`FhirServer.handle`, no HTTP) on PostgreSQL, {kind} patient transaction Bundles as in the
 ingest bench. Without the profiler, {args.bundles} Bundles ({entries:,} resources) took {plain:.1f}s:
-**{entries / plain:,.0f} resources/s on one thread** — the ceiling one server worker can reach before HTTP.
+**{entries / plain:,.0f} resources/s on one thread**, **{cpu * 1000 / max(1, entries):.3f} ms of this process's CPU per
+resource** (PostgreSQL's own CPU not included; `bench/ingest.py` measures both through HTTP).
+
+Where a resource's server CPU goes, each part timed on its own over the same resources without the profiler
+(best of 3; microseconds of CPU per resource):
+
+{table(["part of the write path", "CPU us/resource", "share"], part_rows)}
+
 Then {args.bundles} more Bundles under cProfile (profiled time {total:.1f}s; cProfile inflates Python-heavy
 code, so read the shares, not the absolute times).
 

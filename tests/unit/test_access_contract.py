@@ -56,7 +56,7 @@ ACTS_AS_SYSTEM = {
     "interfaces/mllp/outbound.py": "HL7 v2 orders out: read the order, record the lab's ACK",
     "interfaces/mllp/result_match.py": "HL7 v2 results from an admitted sender: find the order they report on",
     "interfaces/mllp/query.py": "HL7 v2 QBP^Q11 from an admitted analyser: its pending orders by barcode",
-    "interfaces/mllp/pipeline.py": "HL7 v2 inbound, per sender (the listener's configuration admits senders)",
+    "interfaces/mllp/process.py": "HL7 v2 inbound, per sender (the listener's configuration admits senders)",
     "terminology/cache.py": "the ValueSet cache shared by every caller (the caller's access applies after)",
     "terminology/cli.py": "fhir-server terminology load-core / import, and the core preload on serve",
 }
