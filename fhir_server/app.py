@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_server.api import admin, auth, docs, fhir, health, hl7_admin, landing, metrics, platform, subscriptions_ws
 from fhir_server.api.access_log import AccessLogMiddleware
+from fhir_server.api.fhir_fast_path import FhirFastPath
 from fhir_server.api.tenants import TenantRouting
 from fhir_server.config import Settings, get_settings
 from fhir_server.console import install as install_console
@@ -60,6 +61,9 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     app.state.fhir = server  # the default tenant's; routes take the request's own with stack_of(request)
     app.state.outbox = dispatcher
     app.state.tenants = tenants
+    # Innermost middleware (added first): a FHIR request goes straight to the FHIR endpoint, inside CORS,
+    # tenancy and the access log, past the router's walk over every other route (api/fhir_fast_path.py).
+    app.add_middleware(FhirFastPath, endpoint=fhir.fhir_endpoint, methods=fhir.METHODS, own=fhir.router.routes)
     auth.install(app, server)  # SMART on FHIR: /auth/*, /fhir/.well-known/* (before the catch-all), CORS
     install_sharing(tenants)  # a patient shared between hospitals: $share and friends (tenancy/sharing.py)
     app.include_router(admin.router)  # /admin/outbox (operators)

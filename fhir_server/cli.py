@@ -123,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers > 1:
             if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every worker's requests
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fhir-metrics-")
+            from fhir_server.preload import fork_workers, preload
+
+            engine.dispose()  # no connection of this process may be inherited by the forked workers
+            preload()  # the definitions, parsed once here and shared by the workers (fhir_server/preload.py)
+            fork_workers()
             uvicorn.run("fhir_server.asgi:app", host=host, port=port, workers=args.workers,
                         http="fhir_server.api.http_protocol:FhirHttpProtocol", log_level="info", access_log=False)
         else:

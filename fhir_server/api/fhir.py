@@ -51,8 +51,12 @@ def render(resp: FhirResponse, *, pretty: bool, head: bool, media_type: str = FH
             return render(FhirResponse(406, outcome), pretty=pretty, head=head)
         return Response(b"" if head else xml, status_code=resp.status, headers=headers,
                         media_type=f"{FHIR_XML}; charset=utf-8")
-    option = orjson.OPT_INDENT_2 if pretty else 0
-    body = b"" if head else orjson.dumps(resp.resource, option=option)
+    if head:
+        body = b""
+    elif resp.json is not None and not pretty:
+        body = resp.json  # serialised once, served many times (metadata)
+    else:
+        body = orjson.dumps(resp.resource, option=orjson.OPT_INDENT_2 if pretty else 0)
     return Response(body, status_code=resp.status, headers=headers, media_type=f"{FHIR_JSON}; charset=utf-8")
 
 

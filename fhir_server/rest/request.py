@@ -101,6 +101,8 @@ class FhirResponse:
     media_type: str | None = None
     # A write's warnings as an OperationOutcome when the body is the resource (Bundle.entry.response.outcome).
     outcome: dict[str, Any] | None = None
+    # ``resource`` already serialised as compact JSON (the cached CapabilityStatement): sent as it is.
+    json: bytes | None = None
 
 
 def parse_version(value: str, what: str) -> int:

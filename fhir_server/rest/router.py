@@ -45,7 +45,7 @@ def route(server: FhirServer, req: FhirRequest, repo: Repository) -> FhirRespons
     if head == "metadata" and len(parts) == 1:
         if method != "GET":
             raise not_allowed(req.method, req.path)
-        return FhirResponse(200, server.capability_statement(req.base_url, repo))
+        return server.capability_response(req, repo)
     if head == "_history" and len(parts) == 1:
         if method != "GET":
             raise not_allowed(req.method, req.path)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy import Engine
 
 from fhir_server.audit import Auditor
@@ -24,12 +25,13 @@ from fhir_server.rest.operations.everything import register as register_everythi
 from fhir_server.rest.request import REQUEST_BASE_URL, FhirRequest, FhirResponse, routing
 from fhir_server.rest.router import READ_METHODS, route
 from fhir_server.search.services import SearchServices
+from fhir_server.search.summary import check_summary, shape
 from fhir_server.storage.database import make_engine
 from fhir_server.storage.repository import Finder, Repository
 from fhir_server.storage.uow import UnitOfWork
 from fhir_server.validation import ResourceValidator
+from fhir_server.validation.setup import profiles_fingerprint, supported_profiles, with_profiles
 from fhir_server.validation.setup import register as register_validation
-from fhir_server.validation.setup import supported_profiles, with_profiles
 from terminology.operations import register as register_terminology
 
 if TYPE_CHECKING:
@@ -78,6 +80,9 @@ class FhirServer:
         self.started = datetime.now(UTC)
         self._capability: dict[str, Any] | None = None
         self._capability_version = -1
+        # metadata: (what it was made of, statement, its JSON) by (base URL, _summary, _elements)
+        self._capability_json: dict[tuple[str, str | None, str | None], tuple[Any, dict[str, Any], bytes]] = {}
+        self._profiles: tuple[Any, dict[str, list[str]]] = (None, {})  # (fingerprint, supportedProfile)
         # auth: CapabilityStatement.rest.security for a base URL (fhir_server.auth sets it; None: no SMART).
         self.security: Callable[[str], dict[str, Any]] | None = None
         # audit: an AuditEvent for every access (fhir_server.audit); None when FHIR_AUDIT_ENABLED=false.
@@ -98,6 +103,29 @@ class FhirServer:
         if self.security is not None:  # auth
             return with_security(statement, self.security(self.settings.base_url or base_url))
         return statement
+
+    def capability_response(self, req: FhirRequest, repo: Repository) -> FhirResponse:
+        """``metadata``: built, shaped (``_summary``, ``_elements``) and serialised once, then served from that
+        cache until what it is made of changes: runtime SearchParameters, the installed profiles (one indexed
+        query per request), the base URL, the SMART security block."""
+        url = self.settings.base_url or req.base_url
+        summary, elements = check_summary(req.param("_summary")), req.param("_elements")
+        fingerprint = profiles_fingerprint(repo)
+        security = self.security(url) if self.security is not None else None
+        made = (self.search_registry.version, fingerprint, security)
+        cached = self._capability_json.get((url, summary, elements))
+        if cached is None or cached[0] != made:
+            if self._profiles[0] != fingerprint:
+                self._profiles = (fingerprint, supported_profiles(repo))
+            statement = with_profiles(self.capability_statement(url), self._profiles[1])
+            if security is not None:
+                statement = with_security(statement, security)
+            wanted = [e.strip().split(".")[-1] for e in elements.split(",") if e.strip()] if elements else None
+            statement = shape(statement, summary, wanted)
+            if len(self._capability_json) >= 32:  # base URLs come from Host headers: bounded
+                self._capability_json.clear()
+            cached = self._capability_json[(url, summary, elements)] = (made, statement, orjson.dumps(statement))
+        return FhirResponse(200, cached[1], json=cached[2])
 
     def route(self, req: FhirRequest, repo: Repository) -> FhirResponse:
         if req.access is not repo.access:  # auth: an interaction runs with the access of whoever asked for it

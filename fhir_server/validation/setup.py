@@ -30,6 +30,16 @@ def supported_profiles(repo: Repository) -> dict[str, list[str]]:
         return _profiles(repo)
 
 
+def profiles_fingerprint(repo: Repository) -> tuple[tuple[str, str, int], ...]:
+    """What the supported profiles depend on, in one indexed query: every stored StructureDefinition's
+    (url, id, version). The CapabilityStatement is rebuilt (and serialised) only when this changes."""
+    with repo.acting_as(as_system("CapabilityStatement.supportedProfile: the server describes itself")):
+        c = canonical.CANONICAL.c
+        rows = repo.execute(select(c.url, c.resource_id, c.version_id).where(
+            c.resource_type == "StructureDefinition").order_by(c.url, c.resource_id)).all()
+    return tuple((r.url, r.resource_id, r.version_id) for r in rows)
+
+
 def _profiles(repo: Repository) -> dict[str, list[str]]:
     rows = repo.execute(select(canonical.CANONICAL.c.url).where(
         canonical.CANONICAL.c.resource_type == "StructureDefinition").order_by(canonical.CANONICAL.c.url)).all()
