@@ -126,6 +126,20 @@ def ack_codes(acks: list[str]) -> list[str]:
     return codes
 
 
+def ack_errors(acks: list[str]) -> list[str]:
+    """Each ERR of the ACKs: severity (ERR-4), location (ERR-2) and text (ERR-8, else ERR-3's text)."""
+    out = []
+    for ack in acks:
+        for seg in ack.split("\r"):
+            if seg.startswith("ERR") and len(seg) > 4:
+                f = seg.split(seg[3])
+                get = (lambda i: f[i] if len(f) > i else "")
+                where = get(2).replace("^", "-").strip("-")
+                text = get(8) or (get(3).split("^")[1] if "^" in get(3) else get(3))
+                out.append(f"{get(4) or 'E'} {where} {text}".strip())
+    return out
+
+
 def accepted(codes: list[str]) -> bool:
     return bool(codes) and all(c in ("AA", "CA") for c in codes)
 
@@ -147,9 +161,10 @@ def run(samples: Path, verbose: bool) -> tuple[dict[str, Counter[str]], list[str
                     if kind in RESPONSES:
                         by_family[kind]["response"] += 1
                         continue
-                    codes = ack_codes(exchange(port, asking_for_an_outcome(with_control_id(message, f"COV{n:05d}"))))
+                    acks = exchange(port, asking_for_an_outcome(with_control_id(message, f"COV{n:05d}")))
+                    codes = ack_codes(acks)
                     if verbose:
-                        log(f"{path.name} #{n} {kind}: {'/'.join(codes)}")
+                        log(f"{path.name} #{n} {kind}: {'/'.join(codes)} {' | '.join(ack_errors(acks))}")
                     outcome = "accepted" if accepted(codes) else "refused"
                     by_family[kind][outcome] += 1
                     if outcome == "refused" or verbose:
