@@ -127,16 +127,20 @@ def ack_codes(acks: list[str]) -> list[str]:
 
 
 def ack_errors(acks: list[str]) -> list[str]:
-    """Each ERR of the ACKs: severity (ERR-4), location (ERR-2) and text (ERR-8, else ERR-3's text)."""
+    """Each ERR of the ACKs as "severity location: text" (2.5+: ERR-4, ERR-2, ERR-8; before: ERR-1 and MSA-3)."""
     out = []
     for ack in acks:
-        for seg in ack.split("\r"):
-            if seg.startswith("ERR") and len(seg) > 4:
-                f = seg.split(seg[3])
-                get = (lambda i: f[i] if len(f) > i else "")
-                where = get(2).replace("^", "-").strip("-")
-                text = get(8) or (get(3).split("^")[1] if "^" in get(3) else get(3))
-                out.append(f"{get(4) or 'E'} {where} {text}".strip())
+        segs = ack.split("\r")
+        msa_text = next((s.split(s[3])[3] for s in segs if s.startswith("MSA") and s.count(s[3]) >= 3), "")
+        for seg in segs:
+            if not seg.startswith("ERR") or len(seg) < 5:
+                continue
+            f = seg.split(seg[3]) + [""] * 9
+            if f[2] or f[3]:  # ERL, CWE, severity, text
+                out.append(f"{f[4] or 'E'} {'-'.join(f[2].split('^')[:3])}: {f[8] or f[3]}")
+            else:  # ERR-1 (ELD): segment ^ sequence ^ field ^ code&text&table
+                eld = f[1].split("^")
+                out.append(f"E {'-'.join(eld[:3])}: {msa_text or (eld[3] if len(eld) > 3 else '')}")
     return out
 
 

@@ -51,7 +51,7 @@ from mappings.hl7v2.errors import (
     MappingError,
     RejectedMessage,
 )
-from mappings.hl7v2.header import Header, read_header
+from mappings.hl7v2.header import LEGACY_VERSIONS, Header, read_header, version_warnings
 from mappings.hl7v2.mapper import V2Mapper
 from mappings.hl7v2.message import (
     Encoding,
@@ -96,6 +96,7 @@ class Prepared:
     ack: str | None  # the application ACK to send on success (None: the sender wants none)
     ok_acks: str | None  # every ACK of the message on success, as stored
     after: AfterWrite | None = None  # a step inside the message's transaction (a front-desk merge, merges.py)
+    warnings: list[ErrorDetail] = field(default_factory=list)  # what was not mapped (ERR severity W in the AA)
 
 
 @dataclass
@@ -111,7 +112,8 @@ def record_outcome(repo: Repository, p: Prepared, responses: Sequence[FhirRespon
     assert p.acc.stored is not None
     resources = [ref for r in responses if r is not None if (ref := _reference(r.headers.get("Location", "")))]
     # A processed message keeps a warning where an error would be (`hl7 stats` counts them).
-    warning = REUSED_WARNING if REUSED_MARK in (p.acc.stored.control_id or "") else None
+    notes = [REUSED_WARNING] if REUSED_MARK in (p.acc.stored.control_id or "") else []
+    warning = "; ".join([*notes, *(f"warning: {w.describe()}" for w in p.warnings)])[:2000] or None
     return bool(repo.execute(finish_statement(p.acc.stored.pk, status=PROCESSED, ack=p.ok_acks, resources=resources,
                                               error=warning, expect_attempts=p.acc.stored.attempts)).rowcount)
 
@@ -133,6 +135,7 @@ class Hl7Pipeline:
         self.store = store
         settings = settings or server.settings
         self.reused_control_id = settings.hl7_reused_control_id
+        self.legacy_versions = settings.hl7_legacy_versions  # 2.1/2.2 read as 2.3 (header.py)
         self.mapper = mapper or V2Mapper(identifier_systems=settings.hl7_identifier_systems,
                                          default_tz=settings.hl7_default_timezone,
                                          facility_authorities=settings.hl7_facility_authorities,
@@ -154,8 +157,9 @@ class Hl7Pipeline:
         if oversize is not None:
             detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, _too_large(oversize))
             return self._store_rejected(msg, header, text, detail)
-        if not header.version_supported():
-            detail = ErrorDetail(UNSUPPORTED_VERSION_ID, f"Unsupported version {header.version or '(none)'}",
+        if not header.version_supported(self.legacy_versions):
+            off = " (2.1 and 2.2 are turned off: hl7_legacy_versions)" if header.version in LEGACY_VERSIONS else ""
+            detail = ErrorDetail(UNSUPPORTED_VERSION_ID, f"Unsupported version {header.version or '(none)'}{off}",
                                  "MSH", 1, 12, 1)
             return self._store_rejected(msg, header, text, detail)
         try:
@@ -325,12 +329,13 @@ class Hl7Pipeline:
         except Exception:  # a bug must not lose the message: it stays stored for replay
             log.exception("hl7 message %s failed while mapping", stored.pk)
             return Finished(self._internal_error(acc))
-        ok_ack = build_ack(header, "AA", enc=msg.enc)
+        warnings = [*version_warnings(header), *result.warnings]
+        ok_ack = build_ack(header, "AA", warnings, enc=msg.enc)
         send_ok = not header.enhanced or _wants(header.application_ack, True)
         ok_acks = ACK_SEPARATOR.join([*sent, ok_ack] if send_ok else sent) or None
         bundle, sources, after = plan_merge(header, result.bundle, result.sources) if self.frontdesk \
             else (result.bundle, result.sources, None)
-        return Prepared(acc, bundle, sources, ok_ack if send_ok else None, ok_acks, after)
+        return Prepared(acc, bundle, sources, ok_ack if send_ok else None, ok_acks, after, warnings)
 
     def apply(self, p: Prepared) -> str | None:
         """Apply one mapped message as its own FHIR transaction, outcome included; the ACK to send."""
@@ -438,7 +443,7 @@ class Hl7Pipeline:
         except MessageError:
             return row.status
         header = read_header(msg)
-        if not header.version_supported():  # still not something we take: it stays as it was
+        if not header.version_supported(self.legacy_versions):  # still not something we take: it stays as it was
             return row.status
         original = Header(**{**header.__dict__, "accept_ack": "NE", "application_ack": "AL"}) \
             if header.enhanced else header

@@ -8,8 +8,8 @@ Template language (kept deliberately small; see mappings/hl7v2/README.md):
   render it with a datatype partial or convert it to a primitive (``as``), look it up in a JSON code map
   (``map``) or hand it to a named function (``fn``);
 - ``{"$when": {"$": path, "in": [...]} | {"$": path, "present": true}, ...}``: the node only if the test holds
-  (``present``: the first component has text; ``valued``: any component of any repetition has; ``all``: a
-  list of tests that must all hold);
+  (``present``: the first component has text; ``valued``: any component of any repetition has; ``all`` /
+  ``any``: a list of tests that must all / at least one hold);
 - ``{"$first": [node, ...]}``: the first non-empty; ``{"$literal": x}``: x as is;
 - ``{"$ref": key}`` / ``{"$refs": key}``: Reference(s) to resources produced by another rule (nearest / all in
   this group); ``{"$segments": "NK1", "template": {...}}``: render a template once per such segment
@@ -360,6 +360,8 @@ class Engine:
             return ctx.variables.get("event") in test["event"]
         if "all" in test:
             return all(self._test(t, ctx) for t in test["all"])
+        if "any" in test:
+            return any(self._test(t, ctx) for t in test["any"])
         if "fn" in test:
             return _empty(self.functions[test["fn"]](ctx.value, ctx, test)) != bool(test.get("present", True))
         text = self.text(test["$"], ctx).upper() if "$" in test else ""

@@ -267,17 +267,29 @@ def document_attachment(_value: Value | None, ctx: Context, _node: dict[str, Any
     return {"contentType": "text/plain; charset=utf-8", "data": base64.b64encode("\n".join(lines).encode()).decode()}
 
 
+TEXT_TYPES = ("TX", "FT", "ST")
+
+
 def presented_form(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
-    """ORU: the ED results of this OBR's group (a PDF report) -> DiagnosticReport.presentedForm."""
+    """ORU: the ED results of this OBR's group (a PDF report) -> DiagnosticReport.presentedForm; and its text
+    lines without an observation id (OBX-3 empty, OBX-2 TX/FT/ST: a narrative report sent line by line, not
+    observations) as one text/plain attachment."""
     out = []
+    lines: list[str] = []
     for seg in ctx.msg.segments[ctx.seg.index + 1:]:
         if seg.id == ctx.seg.id:
             break  # the next order group
-        if seg.id == "OBX" and seg.get(2).upper() == "ED":
+        kind = seg.get(2).upper() if seg.id == "OBX" else ""
+        if kind == "ED":
             for value in ctx.engine.resolve("OBX-5", ctx.at(seg)):
                 attachment = _ed_attachment(value)
                 if attachment:
                     out.append({**attachment, "title": seg.get(3, comp=2) or seg.get(3)})
+        elif kind in TEXT_TYPES and not seg.get(3):
+            lines.extend(v.text(formatted=True) for v in ctx.engine.resolve("OBX-5", ctx.at(seg)))
+    if any(lines):
+        out.append({"contentType": "text/plain; charset=utf-8", "title": "Report text",
+                    "data": base64.b64encode("\n".join(lines).strip().encode()).decode()})
     return out or None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import threading
 from collections.abc import Iterator
@@ -130,10 +131,12 @@ def test_content_error_is_ae_with_err_and_writes_nothing(api: LiveServer, mllp: 
     [row] = MessageStore(api.backend.engine).with_status(ERROR)
     assert row.error == "PID[1]-7: '196203520' is not a valid date" and "CNTRL-3456" in row.raw
 
-    [ack] = exchange(mllp.port, golden("errors/lfh_oru_obx3_missing.hl7"))
-    assert segment(ack, "MSA")[1] == "AE"
-    assert segment(ack, "ERR")[2:4] == ["OBX^1^3", "101^Required field missing^HL70357"]
+    # Text lines without an observation id (OBX-3 empty) are the report's text, not refused observations.
+    [ack] = exchange(mllp.port, golden("ORU_R01/lfh_oru_text_lines_without_code.hl7"))
+    assert segment(ack, "MSA")[1] == "AA"
     assert search(api, "Observation?_summary=count")["total"] == 0
+    [report] = [e["resource"] for e in search(api, "DiagnosticReport")["entry"]]
+    assert "Emergency Department" in base64.b64decode(report["presentedForm"][0]["data"]).decode()
 
 
 def test_rejections_are_ar(api: LiveServer, mllp: Running) -> None:
@@ -143,9 +146,10 @@ def test_rejections_are_ar(api: LiveServer, mllp: Running) -> None:
     assert segment(z, "ERR")[2:4] == ["MSH^1^9^1^1", "200^Unsupported message type^HL70357"]
     assert segment(bad, "MSA")[1] == "AR"
     assert segment(noise, "MSA")[1] == "AR"
-    old = b"MSH|^~\\&|A|B|||20240101||ADT^A01|V21|P|2.1\rPID|1||1^^^H^MR"
+    old = b"MSH|^~\\&|A|B|||20240101||ADT^A01|V20|P|2.0\rPID|1||1^^^H^MR"
     [ack] = exchange(mllp.port, old)
-    assert segment(ack, "MSA")[1] == "AR" and segment(ack, "ERR")[1].startswith("MSH^1^12^203&")  # 2.1: ERR-1
+    assert segment(ack, "MSA")[1] == "AR"
+    assert segment(ack, "ERR")[2:4] == ["MSH^1^12^1^1", "203^Unsupported version id^HL70357"]
     counts = MessageStore(api.backend.engine).counts()
     assert counts == {REJECTED: 4}  # every message is accounted for, even unreadable ones
     assert search(api, "Patient?_summary=count")["total"] == 0
