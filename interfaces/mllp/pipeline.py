@@ -152,7 +152,8 @@ class Hl7Pipeline:
         try:
             msg = parse(text)
         except MessageError as exc:  # (a cut-off oversize frame may not parse: the size is the reason then)
-            return self._reject_unreadable(text, _too_large(oversize) if oversize is not None else str(exc))
+            return self._reject_unreadable(text, _too_large(oversize) if oversize is not None else str(exc),
+                                           0 if oversize is not None else exc.field)
         header = read_header(msg)
         if oversize is not None:
             detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, _too_large(oversize))
@@ -268,8 +269,9 @@ class Hl7Pipeline:
             return self._reject_unreadable(text, detail.text)
         return self._store_rejected(msg, read_header(msg), text, detail)
 
-    def _reject_unreadable(self, text: str, reason: str) -> Accepted:
-        detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, reason, "MSH", 1)
+    def _reject_unreadable(self, text: str, reason: str, msh_field: int = 0) -> Accepted:
+        detail = ErrorDetail(DATA_TYPE_ERROR, reason, "MSH", 1, msh_field) if msh_field \
+            else ErrorDetail(APPLICATION_INTERNAL_ERROR, reason, "MSH", 1)
         msh = parse_msh(text)
         if msh is None:  # not even MSH: a minimal ACK
             ack = build_ack(None, "AR", [detail])

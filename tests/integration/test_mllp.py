@@ -140,9 +140,13 @@ def test_content_error_is_ae_with_err_and_writes_nothing(api: LiveServer, mllp: 
 
 
 def test_rejections_are_ar(api: LiveServer, mllp: Running) -> None:
-    z, bad, noise = exchange(mllp.port, golden("rejected/hl7apy_zdt_z01.hl7"),
-                             golden("rejected/lfh_bad_encoding_chars.hl7"), b"hello, not HL7")
-    assert segment(z, "MSA")[1] == "CR"  # enhanced mode (MSH-15 AL): a commit reject
+    with connect(mllp.port) as sock:  # enhanced mode (MSH-16 AL): a commit reject, then the application AR
+        sock.sendall(encode(golden("rejected/hl7apy_zdt_z01.hl7")))
+        z, _ = read_acks(sock, 2)
+        sock.sendall(encode(golden("rejected/hl7apy_duplicate_encoding_chars.hl7")))
+        _, bad = read_acks(sock, 2)
+    [noise] = exchange(mllp.port, b"hello, not HL7")
+    assert segment(z, "MSA")[1] == "CR"
     assert segment(z, "ERR")[2:4] == ["MSH^1^9^1^1", "200^Unsupported message type^HL70357"]
     assert segment(bad, "MSA")[1] == "AR"
     assert segment(noise, "MSA")[1] == "AR"
