@@ -8,13 +8,16 @@ BHS-12 naming the batch it answers and BTS-1 counting its messages.
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from datetime import UTC, datetime
 
 from interfaces.mllp.pipeline import Hl7Pipeline
+from interfaces.mllp.store import REJECTED
 from mappings.hl7v2.message import decode
 
 _counter = itertools.count(1)
+log = logging.getLogger(__name__)
 
 
 def is_batch(frame: bytes) -> bool:
@@ -56,7 +59,7 @@ def _field(segment: str, seq: int) -> str:
 def handle_batch(pipeline: Hl7Pipeline, raw: bytes) -> str:
     # Split on the bytes (read as Latin-1: one character per byte, so every message keeps its exact bytes),
     # then each message is decoded, and its bytes checked, by its own MSH-18, as if it had come alone.
-    headers, messages, _stray = split_batch(raw.lstrip(b"\r\n ").removeprefix(b"\xef\xbb\xbf").decode("latin-1"))
+    headers, messages, stray = split_batch(raw.lstrip(b"\r\n ").removeprefix(b"\xef\xbb\xbf").decode("latin-1"))
     headers = [decode(h.encode("latin-1")) for h in headers]
     acks: list[str] = []
     for message in messages:
@@ -66,13 +69,29 @@ def handle_batch(pipeline: Hl7Pipeline, raw: bytes) -> str:
     now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     sep = bhs[3:4] or "|"
     enc = _field(bhs, 2) or "^~\\&"
+    comment = _not_processed(pipeline, bhs, stray) if stray else ""
 
     def envelope(tag: str, source: str) -> str:
-        # Sender and receiver swapped; field 11 our control id, field 12 the one we answer.
+        # Sender and receiver swapped; field 10 the comment, 11 our control id, 12 the one we answer.
         return sep.join([tag, enc, _field(source, 5), _field(source, 6), _field(source, 3), _field(source, 4),
-                         now, "", "", "", f"B{next(_counter)}", _field(source, 11)])
+                         now, "", "", comment if tag == "BHS" else "", f"B{next(_counter)}", _field(source, 11)])
 
     out = [envelope("BHS", bhs), *(a.rstrip("\r") for a in acks), f"BTS{sep}{len(acks)}"]
     if fhs is not None:
         out = [envelope("FHS", fhs), *out, f"FTS{sep}1"]
     return "\r".join(out) + "\r"
+
+
+def _not_processed(pipeline: Hl7Pipeline, bhs: str, stray: list[str]) -> str:
+    """Segments outside any message (a batch cut by a stray BHS, a message without its MSH): never dropped
+    silently. Stored as a rejected entry under the batch's sender (``hl7 stats --errors`` shows it) and named
+    in the reply's BHS-10 (batch comment); the batch's whole messages are processed all the same."""
+    ids = ", ".join(dict.fromkeys(line[:3] for line in stray))
+    reason = (f"{len(stray)} segment(s) outside any message ({ids}) not processed: each message of a batch "
+              "must start with MSH")
+    sender = f"{_field(bhs, 3)}|{_field(bhs, 4)}"
+    pipeline.store.receive(sender=sender, control_id=None, message_type="", version="", raw="\r".join(stray) + "\r",
+                           status=REJECTED, error=reason)
+    log.warning("hl7 batch from %s: %d segments outside any message, stored as rejected", sender, len(stray))
+    sep = bhs[3:4] or "|"
+    return reason.replace(sep, " ").replace("^", " ")

@@ -10,7 +10,7 @@ import pytest
 from interfaces.mllp.framing import encode
 from interfaces.mllp.listener import MllpListener
 from interfaces.mllp.pipeline import Hl7Pipeline
-from interfaces.mllp.store import PROCESSED, REJECTED, MessageStore
+from interfaces.mllp.store import ERROR, PROCESSED, REJECTED, MessageStore
 from tests.conftest import BACKENDS, LiveServer
 from tests.integration.test_mllp import GOLDEN, Running, connect, exchange, read_acks, search, segment
 
@@ -81,3 +81,20 @@ def test_msh_2_doubled_escape_is_read_and_broken_msh_2_is_refused_naming_it(api:
     [err] = err_segments(refused)
     assert err[2] == "MSH^1^2" and err[3].startswith("102^") and "MSH-2 encoding characters" in err[8]
     assert search(api, "Patient?_summary=count")["total"] == 1
+
+
+def test_a_cut_batch_processes_its_whole_messages_and_names_what_was_left_over(api: LiveServer,
+                                                                              mllp: Running) -> None:
+    # A stray BHS cuts the only message after its EVN: the message gets what it deserves (AE, PID missing),
+    # the segments after the stray BHS are stored as rejected and named in the reply's BHS-10.
+    batch = (GOLDEN.parent / "hl7v2-batches" / "python_hl7_bad_batch1.hl7").read_bytes()
+    [reply] = exchange(mllp.port, batch.replace(b"|||NE|NE|AU|", b"|||NE|AL|AU|"))
+    segments = reply.rstrip("\r").split("\r")
+    bhs = segments[0].split("|")
+    assert bhs[0] == "BHS" and "(PID, PD1, NK1, PV1) not processed" in bhs[9]
+    assert [s.split("|")[1] for s in segments if s.startswith("MSA|")] == ["AE"]
+    assert any(s.startswith("ERR|") and "PID is required" in s for s in segments) and segments[-1] == "BTS|1"
+    store = MessageStore(api.backend.engine)
+    assert store.counts() == {ERROR: 1, REJECTED: 1}
+    [left] = store.with_status(REJECTED)
+    assert left.raw.startswith("PID|1||0000112234") and "outside any message" in (left.error or "")
