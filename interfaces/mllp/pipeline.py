@@ -28,7 +28,7 @@ from fhir_server.storage.repository import Repository
 from interfaces.mllp.ack import build_ack, wants
 from interfaces.mllp.inflight import InFlight, Key
 from interfaces.mllp.merges import AfterWrite, frontdesk_on, plan_merge
-from interfaces.mllp.query import QUERY_EVENTS
+from interfaces.mllp.query import QUERY_EVENTS, QUERY_TYPES
 from interfaces.mllp.query import responses as query_responses
 from interfaces.mllp.result_match import ServerOrders
 from interfaces.mllp.store import (
@@ -46,6 +46,7 @@ from mappings.hl7v2.errors import (
     DATA_TYPE_ERROR,
     DUPLICATE_KEY_IDENTIFIER,
     REQUIRED_FIELD_MISSING,
+    UNSUPPORTED_EVENT_CODE,
     UNSUPPORTED_VERSION_ID,
     ErrorDetail,
     MappingError,
@@ -162,6 +163,10 @@ class Hl7Pipeline:
             off = " (2.1 and 2.2 are turned off: hl7_legacy_versions)" if header.version in LEGACY_VERSIONS else ""
             detail = ErrorDetail(UNSUPPORTED_VERSION_ID, f"Unsupported version {header.version or '(none)'}{off}",
                                  "MSH", 1, 12, 1)
+            return self._store_rejected(msg, header, text, detail)
+        if header.message_type in QUERY_TYPES and header.event not in QUERY_EVENTS:  # QRY^Q01, QBP^Q22, ...
+            detail = ErrorDetail(UNSUPPORTED_EVENT_CODE, f"Unsupported query {header.event}: queries answered here "
+                                 f"are {', '.join(QUERY_EVENTS)}", "MSH", 1, 9, 2)
             return self._store_rejected(msg, header, text, detail)
         try:
             if header.event not in QUERY_EVENTS:

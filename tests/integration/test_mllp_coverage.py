@@ -98,3 +98,28 @@ def test_a_cut_batch_processes_its_whole_messages_and_names_what_was_left_over(a
     assert store.counts() == {ERROR: 1, REJECTED: 1}
     [left] = store.with_status(REJECTED)
     assert left.raw.startswith("PID|1||0000112234") and "outside any message" in (left.error or "")
+
+
+def test_qry_a19_is_answered_with_adr_a19_and_omd_becomes_a_nutrition_order(api: LiveServer,
+                                                                            mllp: Running) -> None:
+    [ack] = exchange(mllp.port, (GOLDEN / "ADT_A04" / "register_outpatient.hl7").read_bytes())  # Patient ADT-100
+    assert segment(ack, "MSA")[1] == "AA"
+    query = ("MSH|^~\\&|CLINIC|HOSP|FHIR|HOSP|20240301090000||QRY^A19|Q-{n}|P|2.3\r"
+             "QRD|20240301090000|R|I|QID-{n}|||1^RD|{who}|DEM\r")
+    found, missing = exchange(mllp.port, query.format(n=1, who="ADT-100").encode(),
+                              query.format(n=2, who="NOBODY").encode())
+    lines = found.rstrip("\r").split("\r")
+    assert lines[0].split("|")[8] == "ADR^A19^ADR_A19" and segment(found, "MSA")[1:3] == ["AA", "Q-1"]
+    assert segment(found, "QAK")[1:3] == ["QID-1", "OK"] and segment(found, "QRD")[8] == "ADT-100"
+    pid = segment(found, "PID")
+    assert pid[3].split("^")[0] == "ADT-100" and pid[5].startswith("Okafor^Chidi") and pid[8] == "M"
+    assert segment(missing, "QAK")[2] == "NF" and "PID|" not in missing
+    [other] = exchange(mllp.port, query.replace("QRY^A19", "QRY^Q01").format(n=3, who="ADT-100").encode())
+    assert segment(other, "MSA")[1] == "AR" and segment(other, "ERR")[1].startswith("MSH^1^9^201&")  # 2.3: ERR-1
+
+    omd = (GOLDEN / "OMD_O03" / "hapi_omd_o03.hl7").read_bytes()  # MSH-15 ER, MSH-16 AL: the AA alone
+    [ack] = exchange(mllp.port, omd)
+    assert segment(ack, "MSA")[1] == "AA"
+    [order] = [e["resource"] for e in search(api, "NutritionOrder")["entry"]]
+    assert order["oralDiet"]["type"][0]["coding"][0]["code"] == "PAN4"
+    assert [m["text"] for m in order["foodPreferenceModifier"]] == ["LACT", "SIN SAL", "DIABETICO"]
