@@ -1,4 +1,5 @@
-"""HL7 batches (FHS/BHS ... BTS/FTS, v2 section 2.10.3) in one MLLP frame: each message on its own, one reply.
+"""HL7 batches (FHS/BHS ... BTS/FTS, v2 section 2.10.3) in one MLLP frame: each message on its own, one reply;
+and files of messages or batches (``fhir-server hl7 load FILE``), read the same way.
 
 Every message of the batch goes through the pipeline exactly as if it had come alone (stored, de-duplicated
 by control id, mapped, acknowledged as its MSH-15/16 ask); the reply is one batch holding those ACKs, with
@@ -95,3 +96,28 @@ def _not_processed(pipeline: Hl7Pipeline, bhs: str, stray: list[str]) -> str:
     log.warning("hl7 batch from %s: %d segments outside any message, stored as rejected", sender, len(stray))
     sep = bhs[3:4] or "|"
     return reason.replace(sep, " ").replace("^", " ")
+
+
+def load_file(pipeline: Hl7Pipeline, raw: bytes) -> dict[str, object]:
+    """A file of messages (one after another, or a batch/file envelope; CR, LF or CRLF segment ends): each
+    message through the pipeline as if it had come over MLLP. What each got (MSA-1 of its last ACK; "none"
+    when MSH-15/16 asked for no ACK: ``hl7 stats`` has its outcome), and what was not processed."""
+    text = raw.lstrip(b"\r\n ").removeprefix(b"\xef\xbb\xbf").decode("latin-1")
+    headers, messages, stray = split_batch(text)
+    outcomes: dict[str, int] = {}
+    for message in messages:
+        acks = pipeline.handle(message.encode("latin-1"))
+        code = _msa_code(acks[-1]) if acks else "none"
+        outcomes[code] = outcomes.get(code, 0) + 1
+    out: dict[str, object] = {"messages": len(messages), "outcomes": outcomes}
+    if stray:
+        bhs = next((h for h in headers if h.startswith("BHS")), headers[0] if headers else "BHS|^~\\&")
+        out["notProcessed"] = _not_processed(pipeline, bhs, stray)
+    return out
+
+
+def _msa_code(ack: str) -> str:
+    for seg in ack.split("\r"):
+        if seg.startswith("MSA") and len(seg) > 4:
+            return seg.split(seg[3])[1]
+    return "none"
