@@ -102,7 +102,7 @@ def test_oru_becomes_resources_and_a_resend_creates_nothing(api: LiveServer, mll
     obs = search(api, "Observation?code=http://loinc.org|2345-7")["entry"][0]["resource"]
     assert obs["valueQuantity"]["code"] == "mg/dL" and obs["meta"]["versionId"] == "1"
     prov = search(api, "Provenance")["entry"][0]["resource"]
-    assert len(prov["target"]) == 16
+    assert len(prov["target"]) == 17  # with the ordering provider (OBR-16) as a Practitioner
 
     [again] = exchange(mllp.port, message)
     assert again == ack  # the stored original ACK, byte for byte
