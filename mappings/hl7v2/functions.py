@@ -252,6 +252,11 @@ def _ed_attachment(ed: Value) -> dict[str, Any] | None:
             "data": base64.b64encode(payload).decode()}
 
 
+def ed_attachment(value: Value, _ctx: Context, _node: dict[str, Any]) -> Json:
+    """An ED value (OBX-5 of an ED result: a referral's letter or scan) -> Attachment."""
+    return _ed_attachment(value)
+
+
 def document_attachment(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
     """MDM document content from the OBX segments: an ED (encapsulated data) OBX as is, else the text lines."""
     obx = [seg for seg in ctx.msg.segments[ctx.seg.index + 1:] if seg.id == "OBX"]
@@ -334,7 +339,7 @@ FUNCTIONS: dict[str, Function] = {
     "components_text": components_text, "reference_range": reference_range,
     "joined_text": joined_text, "person_name": person_name, "location_display": location_display,
     "telecom_value": telecom_value, "telecom_system": telecom_system, "encounter_status": encounter_status,
-    "event_lookup": event_lookup, "document_attachment": document_attachment,
+    "event_lookup": event_lookup, "document_attachment": document_attachment, "ed_attachment": ed_attachment,
     "own_order": own_order, "presented_form": presented_form, "sender_authority": sender_authority,
     "text_concept": text_concept, "qc_role": qc_role, "person_display": person_display,
 }
