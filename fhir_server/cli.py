@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -40,13 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     mllp.add_argument("--host", default=None)
     mllp.add_argument("--port", type=int, default=None, help="default FHIR_MLLP_PORT or 2575")
     mllp.add_argument("--workers", type=int, default=1, help="listener processes sharing the port (SO_REUSEPORT)")
-    hl7 = sub.add_parser("hl7", help="HL7 v2 message store: stats, replay")
+    hl7 = sub.add_parser("hl7", help="HL7 v2 message store: stats, replay, load")
     hl7_sub = hl7.add_subparsers(dest="hl7_command", required=True)
     hl7_stats = hl7_sub.add_parser("stats", help="message counts by status (and the latest failures)")
     hl7_stats.add_argument("--errors", type=int, default=0, help="also list the N latest error/rejected messages")
     replay = hl7_sub.add_parser("replay", help="re-run stored messages (after a fix)")
     replay.add_argument("--status", default="error", choices=["error", "received", "rejected"])
     replay.add_argument("--limit", type=int, default=100_000)
+    load = hl7_sub.add_parser("load", help="process files of HL7 v2 messages or batches as if sent over MLLP")
+    load.add_argument("files", nargs="+", type=Path)
     routes = hl7_sub.add_parser("routes", help="HL7 v2 routing: which hospital takes a receiving facility (MSH-6)")
     routes_sub = routes.add_subparsers(dest="routes_action", required=True)
     add_route = routes_sub.add_parser("add", help="send MSH-6 FACILITY (and MSH-5 APP) to a hospital")

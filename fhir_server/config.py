@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     # MSH-10 reused by the same sender with other content: "process" (as a new message, with a warning in
     # `hl7 stats`) or "reject" (AR naming MSH-10). Equal content apart from MSH-7 is always a duplicate.
     hl7_reused_control_id: Literal["process", "reject"] = "process"
+    # v2.1/2.2 messages read with the 2.3 structures and accepted with a warning (false: AR naming MSH-12).
+    hl7_legacy_versions: bool = True
     # --- requests the server makes for callers: rest-hooks, $import URLs (fhir_server/outbound.py) ---
     outbound_block_private: bool | None = None  # unset: block non-public addresses unless environment=local
     outbound_allowed_hosts: list[str] = []  # JSON list of host names exempt from that, e.g. ["lab-gw.hospital"]

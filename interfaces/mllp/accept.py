@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fhir_server.rest.server import FhirServer
 from interfaces.mllp.ack import build_ack, wants
 from interfaces.mllp.inflight import InFlight, Key
-from interfaces.mllp.query import QUERY_EVENTS
+from interfaces.mllp.query import QUERY_EVENTS, QUERY_TYPES
 from interfaces.mllp.query import responses as query_responses
 from interfaces.mllp.store import ACK_SEPARATOR, PROCESSED, RECEIVED, REJECTED, MessageStore, StoredMessage
 from mappings.hl7v2.errors import (
@@ -23,11 +23,12 @@ from mappings.hl7v2.errors import (
     DATA_TYPE_ERROR,
     DUPLICATE_KEY_IDENTIFIER,
     REQUIRED_FIELD_MISSING,
+    UNSUPPORTED_EVENT_CODE,
     UNSUPPORTED_VERSION_ID,
     ErrorDetail,
     RejectedMessage,
 )
-from mappings.hl7v2.header import Header, read_header
+from mappings.hl7v2.header import LEGACY_VERSIONS, Header, read_header
 from mappings.hl7v2.mapper import V2Mapper
 from mappings.hl7v2.message import Encoding, MessageError, V2Message, charset_error, decode, parse, parse_msh
 
@@ -60,6 +61,7 @@ class Acceptor:
     mapper: V2Mapper
     inflight: InFlight
     reused_control_id: str
+    legacy_versions: bool
     inflight_wait: float
 
     def accept(self, raw: bytes, oversize: int | None = None) -> Accepted:
@@ -69,14 +71,20 @@ class Acceptor:
         try:
             msg = parse(text)
         except MessageError as exc:  # (a cut-off oversize frame may not parse: the size is the reason then)
-            return self._reject_unreadable(text, _too_large(oversize) if oversize is not None else str(exc))
+            return self._reject_unreadable(text, _too_large(oversize) if oversize is not None else str(exc),
+                                           0 if oversize is not None else exc.field)
         header = read_header(msg)
         if oversize is not None:
             detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, _too_large(oversize))
             return self._store_rejected(msg, header, text, detail)
-        if not header.version_supported():
-            detail = ErrorDetail(UNSUPPORTED_VERSION_ID, f"Unsupported version {header.version or '(none)'}",
+        if not header.version_supported(self.legacy_versions):
+            off = " (2.1 and 2.2 are turned off: hl7_legacy_versions)" if header.version in LEGACY_VERSIONS else ""
+            detail = ErrorDetail(UNSUPPORTED_VERSION_ID, f"Unsupported version {header.version or '(none)'}{off}",
                                  "MSH", 1, 12, 1)
+            return self._store_rejected(msg, header, text, detail)
+        if header.message_type in QUERY_TYPES and header.event not in QUERY_EVENTS:  # QRY^Q01, QBP^Q22, ...
+            detail = ErrorDetail(UNSUPPORTED_EVENT_CODE, f"Unsupported query {header.event}: queries answered here "
+                                 f"are {', '.join(QUERY_EVENTS)}", "MSH", 1, 9, 2)
             return self._store_rejected(msg, header, text, detail)
         try:
             if header.event not in QUERY_EVENTS:
@@ -184,8 +192,9 @@ class Acceptor:
             return self._reject_unreadable(text, detail.text)
         return self._store_rejected(msg, read_header(msg), text, detail)
 
-    def _reject_unreadable(self, text: str, reason: str) -> Accepted:
-        detail = ErrorDetail(APPLICATION_INTERNAL_ERROR, reason, "MSH", 1)
+    def _reject_unreadable(self, text: str, reason: str, msh_field: int = 0) -> Accepted:
+        detail = ErrorDetail(DATA_TYPE_ERROR, reason, "MSH", 1, msh_field) if msh_field \
+            else ErrorDetail(APPLICATION_INTERNAL_ERROR, reason, "MSH", 1)
         msh = parse_msh(text)
         if msh is None:  # not even MSH: a minimal ACK
             ack = build_ack(None, "AR", [detail])

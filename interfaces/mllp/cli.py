@@ -1,4 +1,4 @@
-"""`fhir-server mllp` and `fhir-server hl7 stats|replay` (wired in fhir_server/cli.py)."""
+"""`fhir-server mllp` and `fhir-server hl7 stats|replay|load` (wired in fhir_server/cli.py)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,18 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
                              for r in store.recent(("error", "rejected"), args.errors)]
         print(json.dumps(out, sort_keys=True))
         return 0
+    if args.hl7_command == "load":
+        from interfaces.mllp.batch import load_file
+
+        pipeline = Hl7Pipeline(server, store)
+        failed = False
+        for path in args.files:
+            loaded = load_file(pipeline, path.read_bytes())
+            codes = loaded["outcomes"]
+            assert isinstance(codes, dict)
+            failed = failed or bool(loaded.get("notProcessed")) or any(c not in ("AA", "CA", "none") for c in codes)
+            print(json.dumps({"file": str(path), **loaded}, sort_keys=True))
+        return 1 if failed else 0
     if args.hl7_command == "replay":
         outcome = Hl7Pipeline(server, store).replay(args.status, args.limit)
         print(json.dumps(outcome, sort_keys=True))

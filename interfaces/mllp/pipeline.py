@@ -48,6 +48,7 @@ class Hl7Pipeline(Acceptor, Processor):
         self.store = store
         settings = settings or server.settings
         self.reused_control_id = settings.hl7_reused_control_id
+        self.legacy_versions = settings.hl7_legacy_versions  # 2.1/2.2 read as 2.3 (header.py)
         self.mapper = mapper or V2Mapper(identifier_systems=settings.hl7_identifier_systems,
                                          default_tz=settings.hl7_default_timezone,
                                          facility_authorities=settings.hl7_facility_authorities,

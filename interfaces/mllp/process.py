@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_server.errors import CONFLICT, FhirError
@@ -30,7 +30,7 @@ from interfaces.mllp.store import (
     finish_statement,
 )
 from mappings.hl7v2.errors import APPLICATION_INTERNAL_ERROR, ErrorDetail, MappingError, RejectedMessage
-from mappings.hl7v2.header import Header, read_header
+from mappings.hl7v2.header import Header, read_header, version_warnings
 from mappings.hl7v2.mapper import V2Mapper
 from mappings.hl7v2.message import MessageError, parse
 
@@ -49,6 +49,7 @@ class Prepared:
     ack: str | None  # the application ACK to send on success (None: the sender wants none)
     ok_acks: str | None  # every ACK of the message on success, as stored
     after: AfterWrite | None = None  # a step inside the message's transaction (a front-desk merge, merges.py)
+    warnings: list[ErrorDetail] = field(default_factory=list)  # what was not mapped (ERR severity W in the AA)
 
 
 @dataclass
@@ -64,7 +65,8 @@ def record_outcome(repo: Repository, p: Prepared, responses: Sequence[FhirRespon
     assert p.acc.stored is not None
     resources = [ref for r in responses if r is not None if (ref := _reference(r.headers.get("Location", "")))]
     # A processed message keeps a warning where an error would be (`hl7 stats` counts them).
-    warning = REUSED_WARNING if REUSED_MARK in (p.acc.stored.control_id or "") else None
+    notes = [REUSED_WARNING] if REUSED_MARK in (p.acc.stored.control_id or "") else []
+    warning = "; ".join([*notes, *(f"warning: {w.describe()}" for w in p.warnings)])[:2000] or None
     return bool(repo.execute(finish_statement(p.acc.stored.pk, status=PROCESSED, ack=p.ok_acks, resources=resources,
                                               error=warning, expect_attempts=p.acc.stored.attempts)).rowcount)
 
@@ -84,6 +86,7 @@ class Processor:
     mapper: V2Mapper
     inflight: InFlight
     frontdesk: bool
+    legacy_versions: bool
 
     def process(self, acc: Accepted) -> str | None:
         """Map and apply the message, commit its outcome, return the application ACK to send (if any)."""
@@ -118,12 +121,13 @@ class Processor:
         except Exception:  # a bug must not lose the message: it stays stored for replay
             log.exception("hl7 message %s failed while mapping", stored.pk)
             return Finished(self._internal_error(acc))
-        ok_ack = build_ack(header, "AA", enc=msg.enc)
+        warnings = [*version_warnings(header), *result.warnings]
+        ok_ack = build_ack(header, "AA", warnings, enc=msg.enc)
         send_ok = not header.enhanced or _wants(header.application_ack, True)
         ok_acks = ACK_SEPARATOR.join([*sent, ok_ack] if send_ok else sent) or None
         bundle, sources, after = plan_merge(header, result.bundle, result.sources) if self.frontdesk \
             else (result.bundle, result.sources, None)
-        return Prepared(acc, bundle, sources, ok_ack if send_ok else None, ok_acks, after)
+        return Prepared(acc, bundle, sources, ok_ack if send_ok else None, ok_acks, after, warnings)
 
     def apply(self, p: Prepared) -> str | None:
         """Apply one mapped message as its own FHIR transaction, outcome included; the ACK to send."""
@@ -214,7 +218,7 @@ class Processor:
         except MessageError:
             return row.status
         header = read_header(msg)
-        if not header.version_supported():  # still not something we take: it stays as it was
+        if not header.version_supported(self.legacy_versions):  # still not something we take: it stays as it was
             return row.status
         original = Header(**{**header.__dict__, "accept_ack": "NE", "application_ack": "AL"}) \
             if header.enhanced else header

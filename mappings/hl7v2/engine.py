@@ -8,12 +8,13 @@ Template language (kept deliberately small; see mappings/hl7v2/README.md):
   render it with a datatype partial or convert it to a primitive (``as``), look it up in a JSON code map
   (``map``) or hand it to a named function (``fn``);
 - ``{"$when": {"$": path, "in": [...]} | {"$": path, "present": true}, ...}``: the node only if the test holds
-  (``present``: the first component has text; ``valued``: any component of any repetition has; ``all``: a
-  list of tests that must all hold);
+  (``present``: the first component has text; ``valued``: any component of any repetition has; ``all`` /
+  ``any``: a list of tests that must all / at least one hold);
 - ``{"$first": [node, ...]}``: the first non-empty; ``{"$literal": x}``: x as is;
 - ``{"$ref": key}`` / ``{"$refs": key}``: Reference(s) to resources produced by another rule (nearest / all in
   this group); ``{"$segments": "NK1", "template": {...}}``: render a template once per such segment
-  (``following``: only the segments right after the current one, e.g. NTE after OBX; ``joined``: as one text);
+  (``following``: only the segments right after the current one, e.g. NTE after OBX, or ``"group"`` as
+  below; ``joined``: as one text);
 - ``{"$fn": name}``: a named function of the current datatype value (see functions.py);
 - on a ``map`` directive, ``strict``: a code the map does not hold is an error at that path, 102 when the map
   lists it under ``refused`` (with the reason), else 103 (not a ``what`` of the map's ``table``);
@@ -252,6 +253,9 @@ class Engine:
         return result
 
     def _render_node(self, node: dict[str, Any], ctx: Context) -> Json:
+        if "$in" in node:  # internal ($segments): the rest, its $when included, at another segment
+            seg = ctx.msg.segments[node["$in"]]
+            return self._render_object({k: v for k, v in node.items() if k != "$in"}, ctx.at(seg))
         if "$when" in node:
             if not self._test(node["$when"], ctx):
                 return None
@@ -270,15 +274,12 @@ class Engine:
         if "$refs" in node:
             return [{"reference": p.full_url} for p in self._group_planned(node["$refs"], ctx)] or None
         if "$segments" in node:
-            segs = (self._segments(node["$segments"], ctx, True) if node.get("following")
+            segs = (self._segments(node["$segments"], ctx, node["following"]) if node.get("following")
                     else ctx.msg.all(node["$segments"]))
             rendered = self.render([{"$in": s.index, **node["template"]} for s in segs], ctx) if segs else None
             if node.get("joined") and rendered:
                 return "\n".join(rendered)
             return rendered
-        if "$in" in node:  # internal: render the rest at another segment
-            seg = ctx.msg.segments[node["$in"]]
-            return self.render({k: v for k, v in node.items() if k != "$in"}, ctx.at(seg))
         if "$fn" in node:
             return self.functions[node["$fn"]](ctx.value, ctx, node)
         if "$" in node:
@@ -360,6 +361,8 @@ class Engine:
             return ctx.variables.get("event") in test["event"]
         if "all" in test:
             return all(self._test(t, ctx) for t in test["all"])
+        if "any" in test:
+            return any(self._test(t, ctx) for t in test["any"])
         if "fn" in test:
             return _empty(self.functions[test["fn"]](ctx.value, ctx, test)) != bool(test.get("present", True))
         text = self.text(test["$"], ctx).upper() if "$" in test else ""

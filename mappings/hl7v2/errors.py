@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MESSAGE_ACCEPTED = "0"  # with severity W: accepted, but something it said was not mapped
 SEGMENT_SEQUENCE_ERROR = "100"
 REQUIRED_FIELD_MISSING = "101"
 DATA_TYPE_ERROR = "102"
@@ -17,8 +18,9 @@ DUPLICATE_KEY_IDENTIFIER = "205"
 APPLICATION_INTERNAL_ERROR = "207"
 
 ERROR_TEXT = {
-    "100": "Segment sequence error", "101": "Required field missing", "102": "Data type error",
-    "103": "Table value not found", "200": "Unsupported message type", "201": "Unsupported event code",
+    "0": "Message accepted", "100": "Segment sequence error", "101": "Required field missing",
+    "102": "Data type error", "103": "Table value not found", "200": "Unsupported message type",
+    "201": "Unsupported event code",
     "202": "Unsupported processing id", "203": "Unsupported version id", "204": "Unknown key identifier",
     "205": "Duplicate key identifier", "207": "Application internal error",
 }

@@ -252,6 +252,11 @@ def _ed_attachment(ed: Value) -> dict[str, Any] | None:
             "data": base64.b64encode(payload).decode()}
 
 
+def ed_attachment(value: Value, _ctx: Context, _node: dict[str, Any]) -> Json:
+    """An ED value (OBX-5 of an ED result: a referral's letter or scan) -> Attachment."""
+    return _ed_attachment(value)
+
+
 def document_attachment(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
     """MDM document content from the OBX segments: an ED (encapsulated data) OBX as is, else the text lines."""
     obx = [seg for seg in ctx.msg.segments[ctx.seg.index + 1:] if seg.id == "OBX"]
@@ -267,17 +272,29 @@ def document_attachment(_value: Value | None, ctx: Context, _node: dict[str, Any
     return {"contentType": "text/plain; charset=utf-8", "data": base64.b64encode("\n".join(lines).encode()).decode()}
 
 
+TEXT_TYPES = ("TX", "FT", "ST")
+
+
 def presented_form(_value: Value | None, ctx: Context, _node: dict[str, Any]) -> Json:
-    """ORU: the ED results of this OBR's group (a PDF report) -> DiagnosticReport.presentedForm."""
+    """ORU: the ED results of this OBR's group (a PDF report) -> DiagnosticReport.presentedForm; and its text
+    lines without an observation id (OBX-3 empty, OBX-2 TX/FT/ST: a narrative report sent line by line, not
+    observations) as one text/plain attachment."""
     out = []
+    lines: list[str] = []
     for seg in ctx.msg.segments[ctx.seg.index + 1:]:
         if seg.id == ctx.seg.id:
             break  # the next order group
-        if seg.id == "OBX" and seg.get(2).upper() == "ED":
+        kind = seg.get(2).upper() if seg.id == "OBX" else ""
+        if kind == "ED":
             for value in ctx.engine.resolve("OBX-5", ctx.at(seg)):
                 attachment = _ed_attachment(value)
                 if attachment:
                     out.append({**attachment, "title": seg.get(3, comp=2) or seg.get(3)})
+        elif kind in TEXT_TYPES and not seg.get(3):
+            lines.extend(v.text(formatted=True) for v in ctx.engine.resolve("OBX-5", ctx.at(seg)))
+    if any(lines):
+        out.append({"contentType": "text/plain; charset=utf-8", "title": "Report text",
+                    "data": base64.b64encode("\n".join(lines).strip().encode()).decode()})
     return out or None
 
 
@@ -322,7 +339,7 @@ FUNCTIONS: dict[str, Function] = {
     "components_text": components_text, "reference_range": reference_range,
     "joined_text": joined_text, "person_name": person_name, "location_display": location_display,
     "telecom_value": telecom_value, "telecom_system": telecom_system, "encounter_status": encounter_status,
-    "event_lookup": event_lookup, "document_attachment": document_attachment,
+    "event_lookup": event_lookup, "document_attachment": document_attachment, "ed_attachment": ed_attachment,
     "own_order": own_order, "presented_form": presented_form, "sender_authority": sender_authority,
     "text_concept": text_concept, "qc_role": qc_role, "person_display": person_display,
 }

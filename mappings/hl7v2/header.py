@@ -6,10 +6,14 @@ from dataclasses import dataclass
 
 import hl7apy
 
+from mappings.hl7v2.errors import UNSUPPORTED_VERSION_ID, ErrorDetail
 from mappings.hl7v2.message import Segment, V2Message
 
 # 2.3-2.8 as the issue asks; hl7apy's reference library decides which of these it knows (2.7.1 reads as 2.7).
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
+# Still sent by real senders (HAPI takes them): read with the 2.3 structures, which are backward compatible
+# (later versions only add fields and segments), and accepted with a warning unless hl7_legacy_versions=false.
+LEGACY_VERSIONS = ("2.1", "2.2")
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,27 @@ class Header:
     def enhanced(self) -> bool:
         return bool(self.accept_ack or self.application_ack)
 
-    def version_supported(self) -> bool:
+    def version_supported(self, legacy: bool = True) -> bool:
+        if legacy and self.version in LEGACY_VERSIONS:
+            return True
         if self.version not in SUPPORTED_VERSIONS:
             return False
         return self.library_version in hl7apy.SUPPORTED_LIBRARIES
 
     @property
     def library_version(self) -> str:
+        if self.version in LEGACY_VERSIONS:
+            return "2.3"
         return "2.7" if self.version == "2.7.1" else self.version
+
+
+def version_warnings(header: Header) -> list[ErrorDetail]:
+    """A legacy version is read as 2.3: said in the ACK (severity W), so its sender's team can know."""
+    if header.version not in LEGACY_VERSIONS:
+        return []
+    return [ErrorDetail(UNSUPPORTED_VERSION_ID, f"Version {header.version} read with the 2.3 message "
+                        "structures (backward compatible); please upgrade the interface", "MSH", 1, 12,
+                        severity="W")]
 
 
 def _hd(seg: Segment, seq: int) -> str:

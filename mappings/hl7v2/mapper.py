@@ -14,7 +14,7 @@ Patients are matched by PID-3 identifiers: a conditional create (results, orders
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from urllib.parse import quote
 from mappings.hl7v2.checks import message_errors
 from mappings.hl7v2.engine import Context, Engine, Planned, Value, stable_uuid
 from mappings.hl7v2.errors import (
+    MESSAGE_ACCEPTED,
     REQUIRED_FIELD_MISSING,
     UNSUPPORTED_EVENT_CODE,
     UNSUPPORTED_MESSAGE_TYPE,
@@ -53,6 +54,16 @@ class MappingResult:
     bundle: dict[str, Any]
     # Per bundle entry: the segment it came from, e.g. ("OBX", 3) — to place a transaction error in ERR.
     sources: list[tuple[str, int]]
+    # What was not mapped (ERR severity W in the AA; kept with the stored message): Z-segments.
+    warnings: list[ErrorDetail] = field(default_factory=list)
+
+
+def z_segments(msg: V2Message) -> list[ErrorDetail]:
+    """Z-segments (locally defined, v2 section 2.5.5) are never a reason to refuse a message: each is named in
+    a warning, its content stays in the stored message (``hl7 replay`` once a template maps it)."""
+    return [ErrorDetail(MESSAGE_ACCEPTED, f"Segment {seg.id} (locally defined) is not mapped; kept in the "
+                        "stored message", seg.id, seg.occurrence, severity="W")
+            for seg in msg.segments if seg.id.startswith("Z")]
 
 
 class V2Mapper:
@@ -121,7 +132,8 @@ class V2Mapper:
                 sources.append((p.segment.id, p.segment.occurrence))
         entries.append(self._provenance(header, entries, received, template))
         sources.append(("MSH", 1))
-        return MappingResult({"resourceType": "Bundle", "type": "transaction", "entry": entries}, sources)
+        return MappingResult({"resourceType": "Bundle", "type": "transaction", "entry": entries}, sources,
+                             z_segments(msg))
 
     def _plan(self, rule: dict[str, Any], ctx0: Context) -> list[Planned]:
         segments = ctx0.msg.all(rule["segment"])

@@ -25,7 +25,12 @@ CHARSETS = {
 
 
 class MessageError(ValueError):
-    """The bytes are not an HL7 v2 message (no MSH, bad encoding characters): rejected with AR."""
+    """The bytes are not an HL7 v2 message (no MSH, bad encoding characters): rejected with AR; ``field``: the
+    MSH field at fault when there is one (MSH-2)."""
+
+    def __init__(self, text: str, field: int = 0) -> None:
+        super().__init__(text)
+        self.field = field
 
 
 def declared_charset(raw: bytes) -> str:
@@ -208,11 +213,31 @@ def parse_msh(text: str) -> V2Message | None:
     first = re.split(r"\r\n|\r|\n", text.lstrip("\ufeff\r\n "), maxsplit=1)[0]
     try:
         return parse(first)
+    except MessageError as exc:
+        if exc.field != 2 or len(first) < 8:
+            return None
+    # MSH-2 unusable: the other fields are still read (with the standard delimiters) to answer the sender.
+    sep = first[3]
+    fields = first.split(sep)
+    try:
+        return parse(sep.join(["MSH", "^~\\&", *fields[2:]]))
     except MessageError:
         return None
 
 
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+
+
+def _lenient_msh2(chars: str, text: str) -> str:
+    """MSH-2 variants real senders send where HAPI reads them and no meaning is lost: ``^~\\\\&`` (the escape
+    character doubled, as a source-code string literal leaves it) is ``^~\\&``; three characters (no
+    subcomponent separator, as some 2.1-2.3 senders write it) get ``&`` when the message holds no ``&``
+    (else which ``&`` separates what cannot be known, and the message is refused naming MSH-2)."""
+    if len(chars) == 5 and chars[2] == chars[3] == "\\":
+        return chars[:3] + chars[4]
+    if len(chars) == 3 and "&" not in text and "&" not in chars:
+        return chars + "&"
+    return chars
 
 
 def parse(text: str) -> V2Message:
@@ -223,11 +248,12 @@ def parse(text: str) -> V2Message:
     sep = text[3]
     msh2_end = text.find(sep, 4)
     if msh2_end < 0:
-        raise MessageError("MSH has no encoding characters")
-    chars = text[4:msh2_end]
+        raise MessageError("MSH has no encoding characters", 2)
+    chars = _lenient_msh2(text[4:msh2_end], text)
     if (len(chars) < 4 or len(set(chars + sep)) != len(chars) + 1 or sep.isalnum() or not sep.isprintable()
             or any(c.isalnum() or not c.isprintable() for c in chars)):
-        raise MessageError("MSH-2 encoding characters are invalid")
+        raise MessageError(f"MSH-2 encoding characters {chars[:10]!r} are invalid: four distinct delimiters "
+                           "(component, repetition, escape, subcomponent) are required", 2)
     enc = Encoding(sep, chars[0], chars[1], chars[2], chars[3], chars[4] if len(chars) > 4 else "")
     segments: list[Segment] = []
     seen: dict[str, int] = {}

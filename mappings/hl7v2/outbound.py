@@ -59,7 +59,7 @@ class OutboundMapper:
 
     def _field(self, node: Node, item: Any, variables: dict[str, Any]) -> str:
         if isinstance(node, dict) and "repeat" in node:
-            reps = fhirpathpy.evaluate({}, node["repeat"], variables)
+            reps = fhirpathpy.evaluate(item if item is not None else {}, node["repeat"], variables)
             inner = {k: v for k, v in node.items() if k != "repeat"}
             return self.enc.repetition.join(self._field(inner, rep, variables) for rep in reps)
         if isinstance(node, dict) and "components" in node:

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from interfaces.mllp.framing import encode
-from interfaces.mllp.store import ERROR, PROCESSED, MessageStore
+from interfaces.mllp.store import ERROR, PROCESSED, REJECTED, MessageStore
 from tests.conftest import PROCESS_START_TIMEOUT, Backend, _free_port, wait_until
 from tests.integration.test_mllp import GOLDEN, connect, read_acks, segment
 
@@ -50,7 +52,10 @@ def test_mllp_command_serves_and_hl7_commands_report_and_replay(backend: Backend
     store.finish(row.pk, status=ERROR, ack=None, error="simulated failure")
     stats = subprocess.run([*CLI, "hl7", "stats"], cwd=tmp_path, env=_env(backend), capture_output=True,
                            text=True, timeout=120)
-    assert json.loads(stats.stdout) == {"counts": {ERROR: 1, PROCESSED: 1}}, stats.stderr
+    reported = json.loads(stats.stdout)
+    assert reported["counts"] == {ERROR: 1, PROCESSED: 1}, stats.stderr
+    # The A04's Z-segment: processed, with a warning an operator can see
+    assert reported["warnings"] == 1 and "ZPI[1]" in reported["latestWarnings"][0]["warning"]
     listed = subprocess.run([*CLI, "hl7", "stats", "--errors", "5"], cwd=tmp_path, env=_env(backend),
                             capture_output=True, text=True, timeout=120)
     [failed] = json.loads(listed.stdout)["errors"]
@@ -88,3 +93,18 @@ def test_serve_starts_the_listener_beside_http(backend: Backend, tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=90)  # drains its output: a full pipe would block its exit
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # a process of its own: on one database
+def test_hl7_load_processes_a_file_of_batches_and_names_what_it_could_not(backend: Backend, tmp_path: Path) -> None:
+    backend.truncate()
+    batches = GOLDEN.parent / "hl7v2-batches"
+    load = subprocess.run([*CLI, "hl7", "load", str(batches / "python_hl7_file1.hl7"),
+                           str(batches / "python_hl7_bad_batch1.hl7")], cwd=tmp_path, env=_env(backend),
+                          capture_output=True, text=True, timeout=120)
+    whole, cut = (json.loads(line) for line in load.stdout.splitlines())
+    # Two batches of three messages (MSH-15/16 NE: no ACK asked), the third a re-send of the first.
+    assert whole["messages"] == 3 and whole["outcomes"] == {"none": 3} and "notProcessed" not in whole
+    assert cut["messages"] == 1 and "(PID, PD1, NK1, PV1) not processed" in cut["notProcessed"]
+    assert load.returncode == 1, load.stderr  # something was not processed: the operator must look
+    assert MessageStore(backend.engine).counts() == {PROCESSED: 2, ERROR: 1, REJECTED: 1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import threading
 from collections.abc import Iterator
@@ -101,7 +102,7 @@ def test_oru_becomes_resources_and_a_resend_creates_nothing(api: LiveServer, mll
     obs = search(api, "Observation?code=http://loinc.org|2345-7")["entry"][0]["resource"]
     assert obs["valueQuantity"]["code"] == "mg/dL" and obs["meta"]["versionId"] == "1"
     prov = search(api, "Provenance")["entry"][0]["resource"]
-    assert len(prov["target"]) == 16
+    assert len(prov["target"]) == 17  # with the ordering provider (OBR-16) as a Practitioner
 
     [again] = exchange(mllp.port, message)
     assert again == ack  # the stored original ACK, byte for byte
@@ -130,22 +131,29 @@ def test_content_error_is_ae_with_err_and_writes_nothing(api: LiveServer, mllp: 
     [row] = MessageStore(api.backend.engine).with_status(ERROR)
     assert row.error == "PID[1]-7: '196203520' is not a valid date" and "CNTRL-3456" in row.raw
 
-    [ack] = exchange(mllp.port, golden("errors/lfh_oru_obx3_missing.hl7"))
-    assert segment(ack, "MSA")[1] == "AE"
-    assert segment(ack, "ERR")[2:4] == ["OBX^1^3", "101^Required field missing^HL70357"]
+    # Text lines without an observation id (OBX-3 empty) are the report's text, not refused observations.
+    [ack] = exchange(mllp.port, golden("ORU_R01/lfh_oru_text_lines_without_code.hl7"))
+    assert segment(ack, "MSA")[1] == "AA"
     assert search(api, "Observation?_summary=count")["total"] == 0
+    [report] = [e["resource"] for e in search(api, "DiagnosticReport")["entry"]]
+    assert "Emergency Department" in base64.b64decode(report["presentedForm"][0]["data"]).decode()
 
 
 def test_rejections_are_ar(api: LiveServer, mllp: Running) -> None:
-    z, bad, noise = exchange(mllp.port, golden("rejected/hl7apy_zdt_z01.hl7"),
-                             golden("rejected/lfh_bad_encoding_chars.hl7"), b"hello, not HL7")
-    assert segment(z, "MSA")[1] == "CR"  # enhanced mode (MSH-15 AL): a commit reject
+    with connect(mllp.port) as sock:  # enhanced mode (MSH-16 AL): a commit reject, then the application AR
+        sock.sendall(encode(golden("rejected/hl7apy_zdt_z01.hl7")))
+        z, _ = read_acks(sock, 2)
+        sock.sendall(encode(golden("rejected/hl7apy_duplicate_encoding_chars.hl7")))
+        _, bad = read_acks(sock, 2)
+    [noise] = exchange(mllp.port, b"hello, not HL7")
+    assert segment(z, "MSA")[1] == "CR"
     assert segment(z, "ERR")[2:4] == ["MSH^1^9^1^1", "200^Unsupported message type^HL70357"]
     assert segment(bad, "MSA")[1] == "AR"
     assert segment(noise, "MSA")[1] == "AR"
-    old = b"MSH|^~\\&|A|B|||20240101||ADT^A01|V21|P|2.1\rPID|1||1^^^H^MR"
+    old = b"MSH|^~\\&|A|B|||20240101||ADT^A01|V20|P|2.0\rPID|1||1^^^H^MR"
     [ack] = exchange(mllp.port, old)
-    assert segment(ack, "MSA")[1] == "AR" and segment(ack, "ERR")[1].startswith("MSH^1^12^203&")  # 2.1: ERR-1
+    assert segment(ack, "MSA")[1] == "AR"
+    assert segment(ack, "ERR")[2:4] == ["MSH^1^12^1^1", "203^Unsupported version id^HL70357"]
     counts = MessageStore(api.backend.engine).counts()
     assert counts == {REJECTED: 4}  # every message is accounted for, even unreadable ones
     assert search(api, "Patient?_summary=count")["total"] == 0

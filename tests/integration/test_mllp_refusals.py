@@ -116,7 +116,7 @@ def test_a_rejection_echoes_msa_2_and_swaps_msh_whenever_msh_parsed(api: LiveSer
     bad_segment = oru("BAD-SEG-1") + "obx|3|ST|x||y\r"  # MSH parses; the message as a whole does not
     second_msh = oru("BAD-MSH-1") + oru("BAD-MSH-2")
     enhanced = oru("BAD-SEG-2", tail="|||AL|AL") + "zz\r"
-    unsupported = oru("OLD-1").replace("|2.5.1\r", "|2.1\r", 1)
+    unsupported = oru("OLD-1").replace("|2.5.1\r", "|2.0\r", 1)
     with connect(mllp.port) as sock:
         sock.sendall(b"".join(encode(m.encode()) for m in (bad_segment, second_msh, enhanced, unsupported)))
         acks = read_acks(sock, 5)  # the enhanced one asked for both ACKs (MSH-15/16 AL): CR, then its AR

@@ -58,7 +58,22 @@ def test_msh_alone_when_the_rest_does_not_parse() -> None:
         parse(text)
     msh = parse_msh(text)
     assert msh is not None and read_header(msh).control_id == "C9"
-    assert parse_msh("MSH|^^~\\&|A") is None and parse_msh("hello") is None
+    assert parse_msh("hello") is None and parse_msh("MSH|") is None
+    # MSH-2 unusable: the other fields are still read with the standard delimiters, to answer the sender
+    broken = parse_msh("MSH|^&&^|A|B|||20240101||ADT^A01|C10|P|2.6\rPID|1")
+    assert broken is not None and read_header(broken).control_id == "C10"
+    with pytest.raises(MessageError) as refused:
+        parse("MSH|^&&^|A|B|||20240101||ADT^A01|C10|P|2.6\rPID|1")
+    assert refused.value.field == 2
+
+
+def test_msh_2_variants_read_where_no_meaning_is_lost() -> None:
+    doubled = parse("MSH|^~\\\\&|A|B|||20240101||ADT^A01|C1|P|2.6\rPID|1||X^^^H&1.2&ISO")
+    assert doubled.enc.msh2 == "^~\\&" and doubled.segments[1].get(3, comp=4, sub=2) == "1.2"
+    three = parse("MSH|^~}|A|B|||20240101||BAR^P01|C2|P|2.4\rPID|1||X}F}Y")
+    assert three.enc.escape == "}" and three.segments[1].get(3) == "X|Y"
+    with pytest.raises(MessageError):  # an "&" in the message: whether it separates cannot be known
+        parse("MSH|^~}|A|B|||20240101||BAR^P01|C2|P|2.4\rPID|1||X&Y")
 
 
 def test_nul_is_never_a_delimiter_and_never_keyed() -> None:
