@@ -17,10 +17,12 @@ SQLite: one database file per tenant, beside the default one.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, ExceptionContext, ExecutionContext
 
 from fhir_server.config import Settings
 from fhir_server.errors import FORBIDDEN, FhirError
@@ -64,9 +66,20 @@ class TenantUnavailable(FhirError):
         self.tenant = tenant
 
 
-def tenant_engine(base: Engine, settings: Settings, tenant: str, *, serving: bool = False) -> Engine:
+class StatusView(Protocol):
+    """A process's recent reads of the hospitals' status (tenancy/store.py TenantStore)."""
+
+    def seen(self, code: str, max_age: float) -> tuple[TenantStatus | None] | None: ...
+
+    def note(self, code: str, status: TenantStatus | None) -> None: ...
+
+
+def tenant_engine(base: Engine, settings: Settings, tenant: str, *, serving: bool = False,
+                  view: StatusView | None = None, status_age: float = 0.0) -> Engine:
     """``base``: the default tenant's engine (the shared pool on PostgreSQL). ``serving``: the engine of the
-    hospital's own requests and background work (its status checked per transaction on PostgreSQL)."""
+    hospital's own requests and background work (its status checked per transaction on PostgreSQL).
+    ``view`` and ``status_age`` (serving only): reads take the hospital's status from ``view`` when it is at
+    most ``status_age`` seconds old and run as single schema-qualified statements, no transaction at all."""
     if tenant == DEFAULT:
         return base
     if base.dialect.name == "sqlite":
@@ -75,16 +88,22 @@ def tenant_engine(base: Engine, settings: Settings, tenant: str, *, serving: boo
         file_settings = settings.model_copy(update={"database_url": f"sqlite:///{sqlite_file(settings, tenant)}"})
         return sqlite_engine(file_settings).execution_options(**{TENANT: tenant})
     schema = schema_name(tenant)
-    engine = base.execution_options(**{TENANT: tenant, TENANT_SCHEMA: schema})
+    qualified = serving and view is not None and status_age > 0
+    options: dict[str, Any] = {TENANT: tenant, TENANT_SCHEMA: schema}
+    if qualified:
+        # Every table of SQLAlchemy statements is written "tenant_CODE".name; the guard below scopes the rest.
+        options["schema_translate_map"] = {None: schema}
+    engine = base.execution_options(**options)
 
     # The code is [a-z0-9-] (model.CODE): safe as a literal, so the whole start of a transaction is one
     # simple-protocol statement. set_config(..., true) is SET LOCAL; the status comes back with it.
     status_of = f"(SELECT status FROM {PLATFORM_SCHEMA}.tenant WHERE code = '{tenant}')" if serving else "NULL"
     start = f"""SELECT set_config('search_path', '"{schema}"', true), {status_of}"""
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+    def scope(conn: Connection, autocommit: bool) -> None:
+        """The transaction on the tenant's schema alone, and (serving) its status checked in the same trip."""
+        conn.info[UNSCOPED] = False
+        if autocommit:
             # A read (storage/uow.py): the driver sends no BEGIN of its own, so ours goes in the same round
             # trip; its COMMIT (or ROLLBACK) still follows, as the server is in a transaction.
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -96,10 +115,98 @@ def tenant_engine(base: Engine, settings: Settings, tenant: str, *, serving: boo
                 cursor.close()
         else:
             row = conn.exec_driver_sql(start).first()
-        if serving and (row is None or row[1] not in SERVED):
-            raise TenantUnavailable(tenant, row[1] if row is not None else None)
+        if serving:
+            status = row[1] if row is not None else None
+            if view is not None:
+                view.note(tenant, TenantStatus(status) if status is not None else None)
+            if status not in SERVED:
+                raise TenantUnavailable(tenant, status)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        if autocommit and view is not None and qualified:
+            known = view.seen(tenant, status_age)
+            if known is not None:  # fresh enough: no statement of ours at all
+                status = known[0].value if known[0] is not None else None
+                if status not in SERVED:
+                    raise TenantUnavailable(tenant, status)
+                conn.info[UNSCOPED] = True
+                return
+        scope(conn, autocommit)
+
+    if qualified:
+        names = _Unqualified()
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _guard(conn: Connection, _cursor: Any, statement: str, _parameters: Any,
+                   context: ExecutionContext | None, _many: bool) -> None:
+            # The guard: a statement naming, unqualified, a table the default search_path would find (the
+            # default tenant's) never runs outside the tenant's schema: its transaction is scoped first.
+            if conn.info.get(UNSCOPED) and not names.qualified(conn, statement, context):
+                scope(conn, autocommit=True)
+
+        @event.listens_for(engine, "handle_error")
+        def _gone(context: ExceptionContext) -> None:
+            # A hospital deleted (its schema dropped) or suspended since this process's view of it: its status,
+            # not a missing table, is the answer. No transaction is open, so the connection can still ask.
+            conn = context.connection
+            sqlstate = getattr(context.original_exception, "sqlstate", None)
+            if conn is None or sqlstate not in MISSING or not conn.info.get(UNSCOPED) or conn.invalidated:
+                return
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(f"SELECT status FROM {PLATFORM_SCHEMA}.tenant WHERE code = '{tenant}'")
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+            status = row[0] if row is not None else None
+            if view is not None:
+                view.note(tenant, TenantStatus(status) if status is not None else None)
+            if status not in SERVED:
+                raise TenantUnavailable(tenant, status) from context.original_exception
 
     return engine
+
+
+MISSING = {"42P01", "3F000"}  # undefined_table, invalid_schema_name
+
+
+UNSCOPED = "fhir_tenant_unscoped"  # connection info: this transaction runs with no search_path of the tenant's
+_VERDICT = "_fhir_tenant_qualified"  # on a compiled statement (shared by every tenant): its verdict
+
+
+class _Unqualified:
+    """Which statements name a relation of the default search_path (the default tenant's public schema) bare.
+    The names come from the database itself once per tenant engine: every table, view and sequence an
+    unqualified name could reach. Text SQL is judged the same way; anything in doubt is scoped (slower, safe)."""
+
+    def __init__(self) -> None:
+        self.pattern: re.Pattern[str] | None = None
+
+    def qualified(self, conn: Connection, statement: str, context: ExecutionContext | None) -> bool:
+        compiled = getattr(context, "compiled", None)
+        if compiled is not None:
+            verdict = getattr(compiled, _VERDICT, None)
+            if verdict is None:
+                verdict = self._judge(conn, compiled.string)
+                setattr(compiled, _VERDICT, verdict)
+            return bool(verdict)
+        return self._judge(conn, statement)
+
+    def _judge(self, conn: Connection, sql: str) -> bool:
+        if self.pattern is None:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute("SELECT c.relname FROM pg_class c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') "
+                               "AND c.relnamespace = ANY(SELECT s::regnamespace FROM unnest(current_schemas(false)) s)")
+                found = sorted({str(r[0]) for r in cursor.fetchall()}, key=len, reverse=True)
+            finally:
+                cursor.close()
+            # A name not after a dot (a qualified one is "schema".name) and not part of a longer identifier.
+            alternatives = "|".join(map(re.escape, found or ["\0"]))
+            self.pattern = re.compile(rf'(?<![\w.$"])"?(?:{alternatives})"?(?![\w$])', re.IGNORECASE)
+        return self.pattern.search(sql) is None
 
 
 def is_tenant_engine(engine: Engine | Connection) -> bool:
