@@ -1,16 +1,20 @@
 """A tenant's view of the database: its own schema on the shared PostgreSQL pool, its own SQLite file.
 
-PostgreSQL: one pool for every tenant (200 tenants are not 200 pools). A tenant's engine is a light
-option view of the shared engine whose every transaction starts with ``SET LOCAL search_path`` to the
-tenant's schema alone: the setting ends with the transaction, so a pooled connection never carries one
-tenant's schema into the next request, and with no other schema on the path a table missing there is an
-error, never another hospital's rows. On an autocommit connection (the reads of storage/uow.py) the engine
-sends BEGIN itself, in the same round trip: a tenant's statements always run in a transaction.
+PostgreSQL: one pool for every tenant (200 tenants are not 200 pools). A tenant's engine is a light option
+view of the shared engine. Nothing of a tenant stays on a pooled connection after a unit of work:
 
-The engine that serves a hospital's requests (``serving=True``) also reads the hospital's status in that
-same statement and refuses a transaction of a suspended or deleted hospital: suspension holds at once in
-every process, at no extra round trip, so the HTTP layer may use a status a second old (api/tenants.py).
-The platform's own work on a tenant (migrations, password resets, metrics) uses an engine without it.
+- A transaction starts with ``BEGIN`` and ``SET LOCAL search_path`` to the tenant's schema alone, in one round
+  trip (the driver then sends no BEGIN of its own): the setting ends with the transaction, and with no other
+  schema on the path a table missing there is an error, never another hospital's rows.
+- The serving engine (``serving=True``, the hospital's own requests and background work) also reads the
+  hospital's status in that statement and refuses a transaction of a suspended or deleted hospital.
+- Its reads (autocommit at the driver, storage/uow.py) run as the default tenant's do, one statement each and
+  no transaction: SQLAlchemy's ``schema_translate_map`` writes every table as "tenant_CODE".name, and the
+  status comes from the process's view of it, at most ``status_age`` old (the view the HTTP layer checks
+  anyway). A guard scopes, as above, any statement that names bare a table the default search path would
+  find; an older view scopes the read too, reading the status afresh.
+
+The platform's own work on a tenant (migrations, password resets, metrics) uses an engine without status.
 
 SQLite: one database file per tenant, beside the default one.
 """
@@ -21,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import Connection, ExceptionContext, ExecutionContext
 
@@ -100,21 +105,10 @@ def tenant_engine(base: Engine, settings: Settings, tenant: str, *, serving: boo
     status_of = f"(SELECT status FROM {PLATFORM_SCHEMA}.tenant WHERE code = '{tenant}')" if serving else "NULL"
     start = f"""SELECT set_config('search_path', '"{schema}"', true), {status_of}"""
 
-    def scope(conn: Connection, autocommit: bool) -> None:
+    def scope(conn: Connection) -> None:
         """The transaction on the tenant's schema alone, and (serving) its status checked in the same trip."""
         conn.info[UNSCOPED] = False
-        if autocommit:
-            # A read (storage/uow.py): the driver sends no BEGIN of its own, so ours goes in the same round
-            # trip; its COMMIT (or ROLLBACK) still follows, as the server is in a transaction.
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(f"BEGIN; {start}")
-                cursor.nextset()
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        else:
-            row = conn.exec_driver_sql(start).first()
+        row = _begin_with(conn.connection.dbapi_connection, start)
         if serving:
             status = row[1] if row is not None else None
             if view is not None:
@@ -133,7 +127,7 @@ def tenant_engine(base: Engine, settings: Settings, tenant: str, *, serving: boo
                     raise TenantUnavailable(tenant, status)
                 conn.info[UNSCOPED] = True
                 return
-        scope(conn, autocommit)
+        scope(conn)
 
     if qualified:
         names = _Unqualified()
@@ -144,7 +138,7 @@ def tenant_engine(base: Engine, settings: Settings, tenant: str, *, serving: boo
             # The guard: a statement naming, unqualified, a table the default search_path would find (the
             # default tenant's) never runs outside the tenant's schema: its transaction is scoped first.
             if conn.info.get(UNSCOPED) and not names.qualified(conn, statement, context):
-                scope(conn, autocommit=True)
+                scope(conn)
 
         @event.listens_for(engine, "handle_error")
         def _gone(context: ExceptionContext) -> None:
@@ -170,6 +164,18 @@ def tenant_engine(base: Engine, settings: Settings, tenant: str, *, serving: boo
 
 
 MISSING = {"42P01", "3F000"}  # undefined_table, invalid_schema_name
+
+
+def _begin_with(dbapi_conn: Any, sql: str) -> tuple[Any, ...] | None:
+    """``BEGIN`` and ``sql`` in one simple-protocol round trip; the first row of ``sql``. The driver then finds
+    the transaction open and sends no BEGIN of its own (a read, autocommit at the driver, sends none anyway);
+    its COMMIT or ROLLBACK follows as usual, as the server is in a transaction."""
+    result = dbapi_conn.pgconn.exec_(f"BEGIN; {sql}".encode())
+    if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+        raise psycopg.errors.error_from_result(result, encoding=dbapi_conn.info.encoding)
+    if result.ntuples == 0:
+        return None
+    return tuple(None if (v := result.get_value(0, i)) is None else v.decode() for i in range(result.nfields))
 
 
 UNSCOPED = "fhir_tenant_unscoped"  # connection info: this transaction runs with no search_path of the tenant's
