@@ -52,6 +52,17 @@ def memory_mib(pid: int) -> tuple[float, float]:
     return fields.get("Rss", 0) / 1024, (fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)) / 1024
 
 
+def server_connections(url: str) -> int:
+    """Connections to the bench database other than this one's (the server's pool)."""
+    import psycopg
+    from common import libpq
+
+    with psycopg.connect(libpq(url)) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid()").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 class RoundTrips:
     """Round trips to PostgreSQL, counted from libpq's protocol trace of every pooled connection: each simple
     Query and each Sync is one wait for the server."""
@@ -266,6 +277,7 @@ def main() -> None:
             log(f"measuring {args.reads} reads and searches on default and {last} over HTTP")
             rows = measure(http, bases, ids, args.reads, CpuMeter(pid, url))
             mem_end = memory_mib(pid)
+            connections = server_connections(url)
     per_tenant = (mem_all[0] - mem_two[0]) / max(1, args.tenants - 2) * 1024
     body = f"""## Many tenants on one PostgreSQL (`bench/tenants.py`)
 
@@ -297,7 +309,8 @@ Server memory (RSS / USS of the one process, MiB; `serve` makes every active ten
 {mem_start[0]:.0f} / {mem_start[1]:.0f} at start, {mem_two[0]:.0f} / {mem_two[1]:.0f} serving 2 tenants,
 {mem_all[0]:.0f} / {mem_all[1]:.0f} after all {args.tenants} (first requests to all took {touch_seconds:.1f} s),
 {mem_end[0]:.0f} / {mem_end[1]:.0f} at the end: {per_tenant:.0f} KiB RSS per further tenant. One connection pool
-for all of them (a tenant's engine is an option view of the default one).
+for all of them (a tenant's engine is an option view of the default one): {connections} connections to the
+database at the end, serving {args.tenants + 1} tenants.
 
 Whole bench took {(time.monotonic() - started) / 60:.1f} minutes; the bench database was dropped afterwards.
 Run: `.venv/bin/python bench/tenants.py` ({'--full' if args.full else 'default mode'})."""
