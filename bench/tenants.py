@@ -6,7 +6,7 @@ Each tenant is a schema migrated to the current head (created in this process wi
 interleaved between the default tenant, the last tenant, and the last tenant through the engine as it was
 before (BEGIN, schema and status, query, COMMIT), with the round trips of each counted from libpq's protocol
 trace. Then one `fhir-server serve` process serves every tenant on its one connection pool, over HTTP.
-Usage: .venv/bin/python bench/tenants.py [--tenants 200] [--reads 500] [--core 2000] [--full] [--quick]
+Usage: .venv/bin/python bench/tenants.py [--tenants 200] [--reads 300] [--core 1000] [--full] [--quick]
 (about 3 minutes; --full: 1,000 HTTP and 3,000 core requests per tenant and kind).
 """
 
@@ -241,8 +241,8 @@ def measure(http: httpx.Client, bases: dict[str, str], ids: dict[str, list[str]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tenants", type=int, default=200)
-    parser.add_argument("--reads", type=int, default=500, help="HTTP reads and searches per tenant measured")
-    parser.add_argument("--core", type=int, default=2000, help="in-process reads per tenant (searches: a quarter)")
+    parser.add_argument("--reads", type=int, default=300, help="HTTP reads and searches per tenant measured")
+    parser.add_argument("--core", type=int, default=1000, help="in-process reads per tenant (searches: a quarter)")
     parser.add_argument("--patients", type=int, default=200, help="patients in each measured tenant")
     parser.add_argument("--full", action="store_true", help="1,000 HTTP and 3,000 in-process reads")
     parser.add_argument("--quick", action="store_true", help="10 tenants, 100 reads; RESULTS.md untouched")
