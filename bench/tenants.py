@@ -35,6 +35,7 @@ from common import (
     machine_facts,
     ms,
     percentile,
+    process_tree_cpu,
     table,
     write_section,
 )
@@ -50,6 +51,19 @@ def memory_mib(pid: int) -> tuple[float, float]:
         name, _, value = line.partition(":")
         fields[name] = int(value.split()[0])
     return fields.get("Rss", 0) / 1024, (fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)) / 1024
+
+
+def settle(pid: int, deadline: float = 1.0) -> None:
+    """Until the server spends no CPU for 0.1 s (its background work for the last requests done), at most
+    ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    last = process_tree_cpu(pid)
+    while time.monotonic() < end:
+        time.sleep(0.1)
+        now = process_tree_cpu(pid)
+        if now == last:
+            return
+        last = now
 
 
 def server_connections(url: str) -> int:
@@ -208,7 +222,7 @@ def timed(http: httpx.Client, url: str) -> float:
 def measure(http: httpx.Client, bases: dict[str, str], ids: dict[str, list[str]], reads: int,
             meter: CpuMeter) -> list[list[Any]]:
     """Reads and searches interleaved between the tenants, so machine load falls on both alike: wall time per
-    request, one at a time; CPU of the server and of PostgreSQL per request, in alternating blocks of 25."""
+    request, one at a time; CPU of the server and of PostgreSQL per request, in blocks of 25."""
     samples: dict[tuple[str, str], list[float]] = {(t, k): [] for t in bases for k in ("read", "search")}
     cpu = {key: [0.0, 0.0] for key in samples}
     rng = random.Random(7)
@@ -223,16 +237,19 @@ def measure(http: httpx.Client, bases: dict[str, str], ids: dict[str, list[str]]
         for tenant in bases:
             for kind in ("read", "search"):
                 samples[(tenant, kind)].append(timed(http, url(tenant, kind)))
-    block = 25
-    for _ in range(max(1, reads // (block * 4))):
-        for key in cpu:
+    block, rounds = 25, max(2, reads // 50)
+    keys = list(cpu)
+    for round_ in range(rounds):
+        for key in keys[round_ % len(keys):] + keys[:round_ % len(keys)]:  # each kind after each other in turn
+            settle(meter.server_pid)  # the work the previous block left (audit writes) is not this block's
             meter.start()
             for _ in range(block):
                 timed(http, url(*key))
+            settle(meter.server_pid)
             meter.stop()
             cpu[key][0] += meter.server
             cpu[key][1] += meter.postgres
-    blocks = max(1, reads // (block * 4)) * block
+    blocks = rounds * block
     return [[tenant, kind, len(v), ms(percentile(v, 50)), ms(percentile(v, 95)),
              f"{cpu[(tenant, kind)][0] / blocks * 1000:.2f}", f"{cpu[(tenant, kind)][1] / blocks * 1000:.2f}"]
             for (tenant, kind), v in samples.items()]
@@ -301,7 +318,7 @@ round trips are counted from libpq's protocol trace over 50 more requests (each 
 tenant) served them all: {args.patients} Patients loaded into the default tenant and into {last}, every tenant got
 a create and a search, then {args.reads} reads of a random Patient and {args.reads} name searches were timed on
 the default and on {last}, interleaved, one client, keep-alive. CPU per request (the server process and the
-PostgreSQL backends) from alternating blocks of 25 requests.
+PostgreSQL backends) from blocks of 25 requests, each kind first in turn, the server idle before and after each.
 
 {table(["tenant", "request", "n", "p50 ms", "p95 ms", "server CPU ms", "PostgreSQL CPU ms"], rows)}
 
