@@ -94,7 +94,9 @@ class Tenants:
         scale = max(1.0, len(self._stacks) / 10)
         settings = settings.model_copy(update={"outbox_poll_seconds": settings.outbox_poll_seconds * scale,
                                                "job_poll_seconds": settings.job_poll_seconds * scale})
-        fhir = FhirServer(settings, tenant_engine(self.default.fhir.engine, self.settings, code, serving=True))
+        engine = tenant_engine(self.default.fhir.engine, self.settings, code, serving=True, view=self.store,
+                               status_age=self._status_age)
+        fhir = FhirServer(settings, engine)
         install_limits(fhir, self.store)  # max patients (and users) as they are reached
         dispatcher = OutboxDispatcher(fhir.engine, lease=timedelta(seconds=settings.outbox_lease_seconds),
                                       lanes=settings.outbox_lanes)

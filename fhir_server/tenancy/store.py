@@ -77,6 +77,10 @@ class TenantStore:
         self._seen[code] = (now, status)
         return status
 
+    def note(self, code: str, status: TenantStatus | None) -> None:
+        """A status read elsewhere just now (a tenant's transaction reads it as it starts: tenancy/engines.py)."""
+        self._seen[code] = (time.monotonic(), status)
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(tenant_table)).scalar_one())
