@@ -96,8 +96,9 @@ class Tenants:
                                                "job_poll_seconds": settings.job_poll_seconds * scale})
         fhir = FhirServer(settings, tenant_engine(self.default.fhir.engine, self.settings, code, serving=True))
         install_limits(fhir, self.store)  # max patients (and users) as they are reached
+        # The default tenant's lanes serve every tenant: FHIR_OUTBOX_LANES threads per process, not per tenant.
         dispatcher = OutboxDispatcher(fhir.engine, lease=timedelta(seconds=settings.outbox_lease_seconds),
-                                      lanes=settings.outbox_lanes)
+                                      lanes=self.default.outbox.pool)
         background = Background(fhir, dispatcher, settings)
         install_outbox_topics(fhir, dispatcher)
         stack = TenantStack(code, fhir, dispatcher, background)
