@@ -29,11 +29,11 @@ dispatcher serves the embedded default; a ``fhir-server worker`` runs the same o
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -47,84 +47,24 @@ from sqlalchemy.pool import StaticPool
 
 from fhir_server.errors import FhirError
 from fhir_server.storage.models import OUTBOX
-from fhir_server.storage.outbox_lanes import TURN, Lanes
+from fhir_server.storage.outbox_attempt import (  # noqa: F401  (handlers import these from here)
+    _CURRENT,
+    Batch,
+    Claimed,
+    Done,
+    LeaseLost,
+    _Attempt,
+    attempt_number,
+    count_attempt,
+    current_batch,
+    last_attempt,
+)
+from fhir_server.storage.outbox_lanes import TURN, TURN_SECONDS, Lanes
 
 log = logging.getLogger(__name__)
 
 OutboxHandler = Callable[[str, dict[str, Any]], None]  # (key, payload); raise to retry
 Partition = Callable[[str, dict[str, Any]], str]  # (key, payload) -> the ordered stream the row belongs to
-
-
-class Batch:
-    """The rows of one partition claimed together (outbox order), delivered one after another by one lane:
-    ``cache`` is the handler's, for what they share (read after the claim, so no older than any of them)."""
-
-    def __init__(self) -> None:
-        self.items: list[Claimed] = []
-        self.cache: dict[str, Any] = {}
-
-
-@dataclass(frozen=True)
-class Claimed:
-    pk: int
-    topic: str
-    key: str
-    payload: dict[str, Any]
-    attempts: int  # real attempts before this one
-    max_attempts: int
-    batch: Batch | None = field(default=None, compare=False, repr=False)
-
-
-# Delivered rows not yet finished in the database: (row, whether its attempt was counted already).
-Done = list[tuple[Claimed, bool]]
-
-
-@dataclass
-class _Attempt:
-    dispatcher: OutboxDispatcher
-    item: Claimed
-    done: Done
-    counted: bool = False
-
-
-_CURRENT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("outbox_attempt", default=None)
-
-
-class LeaseLost(Exception):
-    """The row is no longer this dispatcher's (its lease lapsed and another took it): do not send it."""
-
-
-def count_attempt(_request: object = None) -> None:
-    """Record that the row being delivered is being attempted now (once per delivery; a no-op outside one).
-    Call it right before the request leaves; it fits httpx's ``event_hooks={"request": [...]}``. Raises
-    LeaseLost (so nothing is sent) when another dispatcher holds the row now."""
-    attempt = _CURRENT.get()
-    if attempt is None or attempt.counted:
-        return
-    attempt.counted = True
-    if not attempt.dispatcher._write(attempt.done, attempt.item.pk, {"attempts": attempt.item.attempts + 1}):
-        raise LeaseLost(f"outbox row {attempt.item.pk} is held by another dispatcher now")
-
-
-def current_batch() -> Batch | None:
-    """The batch of the row being delivered (None outside a delivery)."""
-    attempt = _CURRENT.get()
-    return attempt.item.batch if attempt is not None else None
-
-
-def last_attempt() -> bool:
-    """Whether the row being delivered is on its last attempt (counted: the dispatcher dead-letters it if
-    this one fails). False outside a delivery."""
-    attempt = _CURRENT.get()
-    if attempt is None:
-        return False
-    return attempt.item.attempts + 1 >= attempt.item.max_attempts
-
-
-def attempt_number() -> tuple[int, int]:
-    """(this attempt's number, max_attempts) of the row being delivered; (1, 1) outside a delivery."""
-    attempt = _CURRENT.get()
-    return (attempt.item.attempts + 1, attempt.item.max_attempts) if attempt is not None else (1, 1)
 
 
 HAND_BACK = timedelta(milliseconds=500)  # rows of a partition busy elsewhere are due again this soon
@@ -366,8 +306,9 @@ class OutboxDispatcher:
         delivered = 0
         done: Done = []
         again = False
+        ends = time.monotonic() + TURN_SECONDS
         try:
-            while turn is None or delivered < turn or not (again := True):
+            while turn is None or (delivered < turn and time.monotonic() < ends) or not (again := True):
                 if (item := self._next(key)) is None:
                     break
                 if self._stop.is_set():  # shutting down: what was not started goes back at once

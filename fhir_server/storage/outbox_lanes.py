@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TURN = 20  # rows a partition delivers on a shared lane before it queues again behind the others
+TURN = 20  # rows a partition delivers on a lane before it queues again behind the others ...
+TURN_SECONDS = 0.25  # ... or this long (a slow endpoint's turn is short in rows)
 
 
 class Lanes:

@@ -153,7 +153,8 @@ def test_a_success_in_flight_never_activates_a_channel_whose_handshake_failed(
         api: LiveServer, hook: Receiver) -> None:
     """The subscription is in error (its endpoint failed twice); the third try of that notification is on the
     wire when the subscriber moves it to an endpoint that fails its handshake. The old endpoint then answers
-    200: the subscription stays in error (no handshake succeeded for the channel it now has)."""
+    200: the subscription is not activated by it, and ends in error (no handshake succeeded for the channel
+    it now has)."""
     import threading
 
     sub = subscription(api, hook.url, "Observation?status=final", payload="application/fhir+json")
@@ -179,13 +180,15 @@ def test_a_success_in_flight_never_activates_a_channel_whose_handshake_failed(
         current = status(api, sid)
         current["channel"]["endpoint"] = f"http://127.0.0.1:{_closed_port()}/hook"
         assert api.http.put(f"Subscription/{sid}", json=current).status_code == 200
-        other = dispatcher(api)
-        wait_until(lambda: other.run_once() >= 0 and status(api, sid)["status"] == "error", 20,
-                   "the new endpoint's handshake to fail")
     finally:
-        hook.release.set()
+        hook.release.set()  # the old endpoint answers 200 now, after the edit
         in_flight.join(60)
     assert not in_flight.is_alive() and delivered[-1] == 1, "the try in flight was not delivered: no race was run"
+    assert status(api, sid)["status"] != "active"  # that success speaks for the old channel only
+    # The subscription's stream is ordered: its handshake goes once the try in flight has finished.
+    other = dispatcher(api)
+    wait_until(lambda: other.run_once() >= 0 and status(api, sid)["status"] == "error", 30,
+               "the new endpoint's handshake to fail")
     stored = status(api, sid)
     assert stored["status"] == "error" and "Handshake failed" in stored["error"]
     observation(api, "1-1", "X")  # still matched (it was live), kept for the next successful handshake
