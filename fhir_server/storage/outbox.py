@@ -76,6 +76,13 @@ QUEUED = 500  # rows a busy partition may have waiting in this process (beyond: 
 _FINISH = text(f"UPDATE {OUTBOX.name} SET status = 'done', last_error = NULL, lease_owner = NULL, "
                "attempts = attempts + :extra WHERE pk IN :pks AND lease_owner = :owner AND status = 'delivering'"
                ).bindparams(bindparam("pks", expanding=True))
+_COUNT_AND_FINISH = text(
+    f"UPDATE {OUTBOX.name} SET attempts = CASE WHEN pk = :pk THEN :attempts ELSE attempts END, "
+    "status = CASE WHEN pk = :pk THEN status ELSE 'done' END, "
+    "last_error = CASE WHEN pk = :pk THEN last_error ELSE NULL END, "
+    "lease_owner = CASE WHEN pk = :pk THEN lease_owner ELSE NULL END "
+    "WHERE pk IN :pks AND lease_owner = :owner AND status = 'delivering' RETURNING pk"
+).bindparams(bindparam("pks", expanding=True))
 _COUNT = text(f"UPDATE {OUTBOX.name} SET attempts = :attempts "
               "WHERE pk = :pk AND lease_owner = :owner AND status = 'delivering'")
 
@@ -93,7 +100,7 @@ class _Held:
 
 
 class OutboxDispatcher:
-    def __init__(self, engine: Engine, *, lease: timedelta = timedelta(seconds=10), batch: int = 50,
+    def __init__(self, engine: Engine, *, lease: timedelta = timedelta(seconds=10), batch: int = 200,
                  backoff_base: float = 1.0, lanes: int | Lanes = 8) -> None:
         """``lanes``: how many threads deliver (a pool of its own), or the process's shared ``Lanes``."""
         self.engine = engine
@@ -166,6 +173,13 @@ class OutboxDispatcher:
             conn.execution_options(fhir_write=True)
             with conn.begin():
                 lost = len(done)
+                if pk is not None and values is not None and set(values) == {"attempts"} and not uncounted:
+                    # The hot path, one statement: count this row's attempt, finish the delivered ones.
+                    taken = {r[0] for r in conn.execute(_COUNT_AND_FINISH, {
+                        "pk": pk, "pks": [pk, *counted], "attempts": values["attempts"], "owner": self.owner})}
+                    changed = pk in taken
+                    lost -= len(taken - {pk})
+                    counted, pk = [], None  # done
                 # a handler that made no counted request: its attempt counts as it finishes (extra 1)
                 for pks, extra in ((counted, 0), (uncounted, 1)):
                     if pks:
@@ -179,7 +193,7 @@ class OutboxDispatcher:
                                                 .values(**(values or {}))).rowcount)
         if done:
             with self._held.lock:
-                self._held.pks.difference_update(counted + uncounted)
+                self._held.pks.difference_update(item.pk for item, _counted in done)
             if lost:
                 log.warning("outbox: %d row(s) delivered after their lease was lost", lost)
             done.clear()
