@@ -94,9 +94,10 @@ def test_a_row_held_by_one_dispatcher_is_not_claimed_by_another_while_its_heartb
         entered.set()
         release.wait(30)
 
-    first = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=300))
+    lease = timedelta(milliseconds=600)  # renewed every 200 ms: a busy machine's stalls stay well inside it
+    first = OutboxDispatcher(api.backend.engine, lease=lease)
     first.register("lane-topic", slow)
-    second = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=300))
+    second = OutboxDispatcher(api.backend.engine, lease=lease)
     taken: list[str] = []
     second.register("lane-topic", lambda key, _p: taken.append(key))
     runner = threading.Thread(target=first.run_once)
@@ -111,7 +112,7 @@ def test_a_row_held_by_one_dispatcher_is_not_claimed_by_another_while_its_heartb
             assert second.run_once() == 0
             with api.backend.engine.connect() as conn:
                 return bool(conn.execute(select(OUTBOX.c.next_attempt_at)).scalar_one()
-                            > claimed_until + timedelta(seconds=1.2))
+                            > claimed_until + 4 * lease)
 
         wait_until(renewed, 30, "the lease to be renewed")
     finally:
