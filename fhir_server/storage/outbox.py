@@ -354,7 +354,7 @@ class OutboxDispatcher:
             elif again:
                 self.release(self._drop(key))
             else:
-                self._wake.set()  # a lane is free: the loop may claim again
+                self.wake()  # a lane is free: the loop may claim again
         return delivered
 
     def _submit(self, keys: list[str]) -> list[Future[int]]:
@@ -389,23 +389,39 @@ class OutboxDispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+        if self.shared:
+            self.pool.wake()
+
+    def woken(self) -> bool:
+        return self._wake.is_set()
+
+    def step(self) -> int:
+        """The polling loop's step: claim and start what is due; how many rows it claimed."""
+        self._wake.clear()
+        if self._stop.is_set():
+            return 0
+        try:
+            return self._start_some()
+        except FhirError as exc:  # a suspended hospital's transactions are refused: its rows wait
+            log.debug("outbox: %s", exc)
+        except Exception:
+            log.exception("outbox dispatch failed")
+        return 0
 
     def start(self, poll_seconds: float = 1.0) -> None:
+        """Poll every ``poll_seconds`` (and at once when woken). On shared lanes the process's one scheduler
+        thread polls every tenant's dispatcher; a dispatcher with lanes of its own has its own loop."""
+        self._stop.clear()
+        if self.shared:
+            self.pool.serve(self, poll_seconds)
+            return
+
         def loop() -> None:
             while not self._stop.is_set():
-                self._wake.clear()
-                started = 0
-                try:
-                    started = self._start_some()
-                except FhirError as exc:  # a suspended hospital's transactions are refused: its rows wait
-                    log.debug("outbox: %s", exc)
-                except Exception:
-                    log.exception("outbox dispatch failed")
-                if started:
+                if self.step():
                     continue  # more may be due: look again at once
                 self._wake.wait(poll_seconds)
 
-        self._stop.clear()
         self._thread = threading.Thread(target=loop, name="outbox-dispatcher", daemon=True)
         self._thread.start()
 
@@ -418,6 +434,7 @@ class OutboxDispatcher:
             self._thread.join(timeout=10)
             self._thread = None
         if self.shared:  # the lanes serve other tenants: wait for this one's turns only
+            self.pool.leave(self)
             with self._busy_lock:
                 futures = list(self._futures)
             for future in futures:
