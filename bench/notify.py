@@ -12,7 +12,7 @@ time from the first write to the last arrival. A "backlog" row queues the notifi
 running, then starts one and times the drain (first to last arrival): the delivery rate alone, whatever
 the writers manage. Writes the ``notify`` section of RESULTS.md; the bench database is dropped at the end.
 
-    .venv/bin/python bench/notify.py                  # 200 writes per row
+    .venv/bin/python bench/notify.py                  # 100 writes per row, 8 subscriptions (under 4 minutes)
     .venv/bin/python bench/notify.py --n 40 --quick   # smoke run, no RESULTS.md
 """
 
@@ -62,7 +62,7 @@ SYSTEM = "http://loinc.org"
 HEADERS = ["delivery", "subscriptions", "writes", "notifications", "writes/s", "notifications/s",
            "p50 ms (from response)", "p95 ms (from response)", "p50 ms (from lastUpdated)",
            "p95 ms (from lastUpdated)", "max ms", "server CPU ms/notification", "PostgreSQL CPU ms/notification",
-           "missing"]
+           "receiver CPU ms/notification", "missing"]
 _codes = count(1)
 
 
@@ -72,12 +72,14 @@ class Hook:
     def __init__(self) -> None:
         self.arrived: dict[tuple[str, str, str], tuple[float, float]] = {}  # -> (monotonic, wall)
         self.lock = threading.Lock()
+        self.cpu = 0.0  # CPU seconds its handlers spent (thread time): the receiver's cost per notification
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                began = time.thread_time()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 now, wall = time.monotonic(), time.time()
                 if body:
@@ -87,6 +89,8 @@ class Hook:
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                with hook.lock:
+                    hook.cpu += time.thread_time() - began
 
             def do_PUT(self) -> None:
                 """R4 with a payload: PUT [endpoint]/Observation/[id] (issue 21 item 6); kept as the endpoint's."""
@@ -186,7 +190,7 @@ def arrivals(hook: Hook, paths: list[str], sent: dict[tuple[str, str], tuple[flo
 
 def row(mode: str, paths: list[str], sent: dict[tuple[str, str], tuple[float, float]], seconds: float,
         pairs: list[tuple[tuple[float, float], tuple[float, float]]], meter: CpuMeter, errors: int,
-        since: float) -> list[Any]:
+        since: float, receiver_cpu: float) -> list[Any]:
     """A table row; ``since``: when the timed window began (the first write, or the drain's first arrival)."""
     from_response = [arr[0] - snd[0] for arr, snd in pairs]
     from_stamp = [arr[1] - snd[1] for arr, snd in pairs]
@@ -197,7 +201,8 @@ def row(mode: str, paths: list[str], sent: dict[tuple[str, str], tuple[float, fl
             f"**{len(pairs) / max(last - since, 1e-9):.0f}**", ms(percentile(from_response, 50)),
             f"**{ms(percentile(from_response, 95))}**", ms(percentile(from_stamp, 50)),
             f"**{ms(percentile(from_stamp, 95))}**", ms(max(from_stamp, default=0.0)),
-            f"{meter.server * 1000 / per:.2f}", f"{meter.postgres * 1000 / per:.2f}", missing]
+            f"{meter.server * 1000 / per:.2f}", f"{meter.postgres * 1000 / per:.2f}",
+            f"{receiver_cpu * 1000 / per:.2f}", missing]
 
 
 def live_run(server: Any, url: str, hook: Hook, mode: str, subscriptions: int, n: int,
@@ -207,13 +212,14 @@ def live_run(server: Any, url: str, hook: Hook, mode: str, subscriptions: int, n
     meter = CpuMeter(server.process.pid, url)
     meter.start()
     worker_cpu = process_tree_cpu(worker.pid) if worker is not None else 0.0
+    receiver_cpu = hook.cpu
     began = time.monotonic()
     sent, seconds, errors = write(server.base, code, n)
     pairs = arrivals(hook, paths, sent, 120)
     meter.stop()
     if worker is not None:  # the worker delivers: its CPU counts with the server's
         meter.server += process_tree_cpu(worker.pid) - worker_cpu
-    return row(mode, paths, sent, seconds, pairs, meter, errors, began)
+    return row(mode, paths, sent, seconds, pairs, meter, errors, began, hook.cpu - receiver_cpu)
 
 
 def ceiling(rows: list[list[Any]]) -> str:
@@ -226,27 +232,27 @@ def ceiling(rows: list[list[Any]]) -> str:
     limit = 1000.0 / max(server, postgres, 1e-9)
     return (f"CPU-bound ceiling of one delivering process on otherwise idle cores: 1000 / {server:.1f} ms = "
             f"{limit:.0f} notifications/s (PostgreSQL {postgres:.1f} ms each). {GOAL_RATE:.0f}/s needs the CPU per "
-            f"notification below {1000.0 / GOAL_RATE:.1f} ms, or more delivering processes. A cProfile of the drain "
-            "(one lane, busy machine) put about a third of its time in the outbox's two row updates per "
-            "notification (the attempt, then the result) and the rest in the handler's reads (subscription, "
-            "author, event and focus under the author's access) and its HTTP client.")
-
+            f"notification below {1000.0 / GOAL_RATE:.1f} ms, or more delivering processes. Where a delivering "
+            "process's CPU goes, per part: `bench/profile_notify.py` (its own section).")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=200, help="writes per row")
+    parser.add_argument("--n", type=int, default=100, help="writes per row")
+    parser.add_argument("--single", action="store_true", help="also live rows with one subscription (slow: "
+                        "they measure the writers more than the delivery)")
     parser.add_argument("--subscriptions", type=int, default=8, help="subscriptions in the wide rows")
     parser.add_argument("--quick", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
     began = time.monotonic()
     rows: list[list[Any]] = []
     wide = args.subscriptions
+    counts = (1, wide) if args.single else (wide,)
     with bench_database("notify") as url:
         facts = machine_facts(url)
         hook = Hook()
         env = {"FHIR_OUTBOX_POLL_SECONDS": "1", "FHIR_AUDIT_ENABLED": "false"}
         with fhir_server(url, 1, extra_env=env) as server:
-            for subs in (1, wide):
+            for subs in counts:
                 log(f"in-process: {subs} subscription(s), {args.n} writes from {CLIENTS} clients")
                 rows.append(live_run(server, url, hook, "in-process", subs, args.n))
                 print(table(HEADERS, rows[-1:]))
@@ -258,10 +264,12 @@ def main() -> None:
         with fhir_server(url, 1, extra_env=env) as server:  # its dispatcher starts draining at once
             meter = CpuMeter(server.process.pid, url)
             meter.start()
+            receiver_cpu = hook.cpu
             pairs = arrivals(hook, paths, sent, 300)
             meter.stop()  # (the CPU of the server's start-up is counted too: an upper bound)
             first = min((arr[0] for arr, _snd in pairs), default=time.monotonic())
-            rows.append(row("in-process, backlog", paths, sent, 0.0, pairs, meter, errors, first))
+            rows.append(row("in-process, backlog", paths, sent, 0.0, pairs, meter, errors, first,
+                            hook.cpu - receiver_cpu))
             print(table(HEADERS, rows[-1:]))
         broker = os.environ.get("FHIR_TEST_REDIS_URL")
         if broker:  # production's shape: the API only nudges celery, a `fhir-server worker` delivers
@@ -269,7 +277,7 @@ def main() -> None:
                     "FHIR_JOB_POLL_SECONDS": "1"}
             with fhir_server(url, 1, extra_env=benv) as server:
                 with celery_worker(url, benv) as worker:
-                    for subs in (1, wide):
+                    for subs in counts:
                         log(f"worker: {subs} subscription(s), {args.n} writes from {CLIENTS} clients")
                         rows.append(live_run(server, url, hook, "fhir-server worker", subs, args.n, worker))
                         print(table(HEADERS, rows[-1:]))
@@ -279,13 +287,15 @@ def main() -> None:
                 sent, _seconds, errors = write(server.base, code, args.n)
                 meter = CpuMeter(server.process.pid, url)
                 meter.start()
+                receiver_cpu = hook.cpu
                 with celery_worker(url, benv) as worker:
                     pairs = arrivals(hook, paths, sent, 300)
                     worker_cpu = process_tree_cpu(worker.pid)  # since its start: an upper bound
                     meter.stop()
                 meter.server += worker_cpu
                 first = min((arr[0] for arr, _snd in pairs), default=time.monotonic())
-                rows.append(row("fhir-server worker, backlog", paths, sent, 0.0, pairs, meter, errors, first))
+                rows.append(row("fhir-server worker, backlog", paths, sent, 0.0, pairs, meter, errors, first,
+                                hook.cpu - receiver_cpu))
                 print(table(HEADERS, rows[-1:]))
 
     def number(cell: Any) -> float:
@@ -303,9 +313,12 @@ def main() -> None:
         f"endpoint path of a keep-alive webhook receiver in the bench process, on `fhir-server serve --workers 1` "
         f"with PostgreSQL; {CLIENTS} clients create matching Observations as fast as they can ({args.n} writes per "
         f"row; every write is one notification per subscription). `in-process`: the embedded dispatcher "
-        f"(`FHIR_OUTBOX_LANES` 8 lanes, one per subscription at a time, each subscription in order); "
+        f"(`FHIR_OUTBOX_LANES` 8 lanes per process, shared by every tenant; one per subscription at a time, each "
+        f"subscription in order; the rows of a subscription claimed together read their subscription and events "
+        f"once and are finished together); "
         f"`fhir-server worker`: one worker process runs the same dispatcher, the API only nudges it through Redis "
-        f"(its CPU is added to the server's). notifications/s = arrived / (last arrival - first write); lag from "
+        f"(its CPU is added to the server's). Receiver CPU: the webhook handlers' own thread time. "
+        f"notifications/s = arrived / (last arrival - first write); lag from "
         f"the create's response (after the commit: a lower bound) and from its `meta.lastUpdated` (before the "
         f"commit: an upper bound). `backlog` rows: the notifications of {args.n} writes queued with no dispatcher "
         f"running, then one started: the drain rate (first to last arrival), whatever the writers manage; their "

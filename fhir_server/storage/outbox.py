@@ -15,7 +15,13 @@ Concurrency. Rows are delivered in ``lanes`` threads, one partition per lane at 
 default the topic; subscriptions partition by subscription) is delivered in outbox order, so a Backport
 subscription's event numbers reach its endpoint in order while other subscriptions go in parallel. A failure
 hands the rest of its partition back (pending, due with the failed row), so the order holds and a dead
-endpoint costs one timeout, not one per row.
+endpoint costs one timeout, not one per row. The lanes (and the heartbeat) are one pool per process shared
+by every tenant's dispatcher (outbox_lanes.py).
+
+Batches. The rows of one partition claimed together are a ``Batch``: a handler may read once what they
+share (``current_batch()``: the subscription, its events). Delivered rows are finished together: in the
+transaction that counts the next row's attempt, or when the lane's turn ends, so a row costs one
+transaction, not two. A crash before that finish re-sends those rows (handlers are idempotent by key).
 
 Handlers must be idempotent by the row's ``key`` (a crash after the request re-sends it). This in-process
 dispatcher serves the embedded default; a ``fhir-server worker`` runs the same one (fhir_server/jobs).
@@ -23,24 +29,37 @@ dispatcher serves the embedded default; a ``fhir-server worker`` runs the same o
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, bindparam, or_, select, text, update
 from sqlalchemy.pool import StaticPool
 
 from fhir_server.errors import FhirError
 from fhir_server.storage.models import OUTBOX
+from fhir_server.storage.outbox_attempt import (  # noqa: F401  (handlers import these from here)
+    _CURRENT,
+    Batch,
+    Claimed,
+    Done,
+    LeaseLost,
+    _Attempt,
+    attempt_number,
+    count_attempt,
+    current_batch,
+    last_attempt,
+)
+from fhir_server.storage.outbox_lanes import TURN, TURN_SECONDS, Lanes
 
 log = logging.getLogger(__name__)
 
@@ -48,44 +67,24 @@ OutboxHandler = Callable[[str, dict[str, Any]], None]  # (key, payload); raise t
 Partition = Callable[[str, dict[str, Any]], str]  # (key, payload) -> the ordered stream the row belongs to
 
 
-@dataclass(frozen=True)
-class Claimed:
-    pk: int
-    topic: str
-    key: str
-    payload: dict[str, Any]
-    attempts: int  # real attempts before this one
-    max_attempts: int
-
-
-@dataclass
-class _Attempt:
-    dispatcher: OutboxDispatcher
-    item: Claimed
-    counted: bool = False
-
-
-_CURRENT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("outbox_attempt", default=None)
-
-
-class LeaseLost(Exception):
-    """The row is no longer this dispatcher's (its lease lapsed and another took it): do not send it."""
-
-
-def count_attempt(_request: object = None) -> None:
-    """Record that the row being delivered is being attempted now (once per delivery; a no-op outside one).
-    Call it right before the request leaves; it fits httpx's ``event_hooks={"request": [...]}``. Raises
-    LeaseLost (so nothing is sent) when another dispatcher holds the row now."""
-    attempt = _CURRENT.get()
-    if attempt is None or attempt.counted:
-        return
-    attempt.counted = True
-    if not attempt.dispatcher._update(attempt.item.pk, {"attempts": attempt.item.attempts + 1}):
-        raise LeaseLost(f"outbox row {attempt.item.pk} is held by another dispatcher now")
-
-
 HAND_BACK = timedelta(milliseconds=500)  # rows of a partition busy elsewhere are due again this soon
 QUEUED = 500  # rows a busy partition may have waiting in this process (beyond: handed back)
+
+
+# The two statements every delivery runs, as text: built and compiled once (SQLAlchemy's statement building
+# cost more CPU than PostgreSQL's work). The table is found on the search path (a tenant's schema).
+_FINISH = text(f"UPDATE {OUTBOX.name} SET status = 'done', last_error = NULL, lease_owner = NULL, "
+               "attempts = attempts + :extra WHERE pk IN :pks AND lease_owner = :owner AND status = 'delivering'"
+               ).bindparams(bindparam("pks", expanding=True))
+_COUNT_AND_FINISH = text(
+    f"UPDATE {OUTBOX.name} SET attempts = CASE WHEN pk = :pk THEN :attempts ELSE attempts END, "
+    "status = CASE WHEN pk = :pk THEN status ELSE 'done' END, "
+    "last_error = CASE WHEN pk = :pk THEN last_error ELSE NULL END, "
+    "lease_owner = CASE WHEN pk = :pk THEN lease_owner ELSE NULL END "
+    "WHERE pk IN :pks AND lease_owner = :owner AND status = 'delivering' RETURNING pk"
+).bindparams(bindparam("pks", expanding=True))
+_COUNT = text(f"UPDATE {OUTBOX.name} SET attempts = :attempts "
+              "WHERE pk = :pk AND lease_owner = :owner AND status = 'delivering'")
 
 
 def backoff(attempts: int, base: float = 1.0, cap: float = 3600.0) -> timedelta:
@@ -94,15 +93,16 @@ def backoff(attempts: int, base: float = 1.0, cap: float = 3600.0) -> timedelta:
 
 @dataclass
 class _Held:
-    """The rows this dispatcher holds (claimed, not finished): what its heartbeat renews."""
+    """The rows this dispatcher holds (claimed, not finished): what the heartbeat renews."""
 
     pks: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class OutboxDispatcher:
-    def __init__(self, engine: Engine, *, lease: timedelta = timedelta(seconds=10), batch: int = 50,
-                 backoff_base: float = 1.0, lanes: int = 8) -> None:
+    def __init__(self, engine: Engine, *, lease: timedelta = timedelta(seconds=10), batch: int = 200,
+                 backoff_base: float = 1.0, lanes: int | Lanes = 8) -> None:
+        """``lanes``: how many threads deliver (a pool of its own), or the process's shared ``Lanes``."""
         self.engine = engine
         self.handlers: dict[str, OutboxHandler] = {}
         self.partitions: dict[str, Partition] = {}
@@ -110,15 +110,18 @@ class OutboxDispatcher:
         self.batch = batch
         self.backoff_base = backoff_base
         # One shared in-memory SQLite connection (StaticPool) cannot hold two transactions at once.
-        self.lanes = 1 if isinstance(engine.pool, StaticPool) else max(1, lanes)
+        single = isinstance(engine.pool, StaticPool)
+        self.shared = isinstance(lanes, Lanes) and not single
+        self.pool: Lanes = lanes if isinstance(lanes, Lanes) and not single else \
+            Lanes(1 if single else lanes if isinstance(lanes, int) else lanes.size)
+        self.lanes = 1 if single else self.pool.size
         # Unique per dispatcher object (a restarted process is a new owner): host and pid say whose it was.
         self.owner = f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._held = _Held()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._heartbeat: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._futures: set[Future[int]] = set()  # this dispatcher's turns on the lanes
         # Partitions a lane of this dispatcher is delivering -> the rows still to go, in order (newly claimed
         # rows of a busy partition join its queue: the lane goes on with them).
         self._queues: dict[str, deque[Claimed]] = {}
@@ -153,22 +156,53 @@ class OutboxDispatcher:
         if claimed:
             with self._held.lock:
                 self._held.pks.update(c.pk for c in claimed)
-            self._ensure_heartbeat()
+            self.pool.holding(self)
         return claimed
 
-    def _update(self, pk: int, values: dict[str, Any]) -> bool:
-        """Change a row this dispatcher holds; False when it no longer does (its lease lapsed, another took it)."""
+    def holds(self) -> bool:
+        with self._held.lock:
+            return bool(self._held.pks)
+
+    def _write(self, done: Done, pk: int | None = None, values: dict[str, Any] | None = None) -> bool:
+        """In one transaction: finish the delivered rows in ``done`` (then empty it), and change row ``pk``;
+        False when this dispatcher no longer holds ``pk`` (its lease lapsed, another took it)."""
+        counted = [item.pk for item, was_counted in done if was_counted]
+        uncounted = [item.pk for item, was_counted in done if not was_counted]
+        changed = True
         with self.engine.connect() as conn:
             conn.execution_options(fhir_write=True)
             with conn.begin():
-                result = conn.execute(update(OUTBOX).where(OUTBOX.c.pk == pk, OUTBOX.c.lease_owner == self.owner,
-                                                           OUTBOX.c.status == "delivering").values(**values))
-        return bool(result.rowcount)
+                lost = len(done)
+                if pk is not None and values is not None and set(values) == {"attempts"} and not uncounted:
+                    # The hot path, one statement: count this row's attempt, finish the delivered ones.
+                    taken = {r[0] for r in conn.execute(_COUNT_AND_FINISH, {
+                        "pk": pk, "pks": [pk, *counted], "attempts": values["attempts"], "owner": self.owner})}
+                    changed = pk in taken
+                    lost -= len(taken - {pk})
+                    counted, pk = [], None  # done
+                # a handler that made no counted request: its attempt counts as it finishes (extra 1)
+                for pks, extra in ((counted, 0), (uncounted, 1)):
+                    if pks:
+                        lost -= conn.execute(_FINISH, {"pks": pks, "extra": extra, "owner": self.owner}).rowcount or 0
+                if pk is not None and values is not None and set(values) == {"attempts"}:  # the hot path: text
+                    changed = bool(conn.execute(_COUNT, {"pk": pk, "attempts": values["attempts"],
+                                                         "owner": self.owner}).rowcount)
+                elif pk is not None:
+                    changed = bool(conn.execute(update(OUTBOX).where(
+                        OUTBOX.c.pk == pk, OUTBOX.c.lease_owner == self.owner, OUTBOX.c.status == "delivering")
+                                                .values(**(values or {}))).rowcount)
+        if done:
+            with self._held.lock:
+                self._held.pks.difference_update(item.pk for item, _counted in done)
+            if lost:
+                log.warning("outbox: %d row(s) delivered after their lease was lost", lost)
+            done.clear()
+        return changed
 
-    def _finish(self, pk: int, values: dict[str, Any]) -> None:
+    def _finish(self, done: Done, pk: int, values: dict[str, Any]) -> None:
         with self._held.lock:
             self._held.pks.discard(pk)
-        if not self._update(pk, {**values, "lease_owner": None}):
+        if not self._write(done, pk, {**values, "lease_owner": None}):
             log.warning("outbox row %d: the lease was lost before it was finished", pk)
 
     def release(self, items: list[Claimed], when: datetime | None = None) -> None:
@@ -200,30 +234,13 @@ class OutboxDispatcher:
                                       .values(next_attempt_at=datetime.now(UTC) + self.lease))
         return int(result.rowcount or 0)
 
-    def _ensure_heartbeat(self) -> None:
-        with self._held.lock:
-            if self._heartbeat is not None and self._heartbeat.is_alive():
-                return
-            self._heartbeat = threading.Thread(target=self._beat, name="outbox-heartbeat", daemon=True)
-            self._heartbeat.start()
-
-    def _beat(self) -> None:
-        """Renew three times per lease while anything is held; end when nothing is (the next claim restarts it)."""
-        interval = max(self.lease.total_seconds() / 3, 0.05)
-        while not self._stop.wait(interval):
-            with self._held.lock:
-                if not self._held.pks:
-                    self._heartbeat = None
-                    return
-            try:
-                self.renew()
-            except Exception:  # the database is away: the next beat tries again (the lease still runs)
-                log.exception("outbox lease renewal failed")
-
     # --- delivering ---------------------------------------------------------------------------------------
 
-    def deliver(self, item: Claimed) -> bool:
-        attempt = _Attempt(self, item)
+    def deliver(self, item: Claimed, done: Done | None = None) -> bool:
+        """Deliver one row. ``done``: the lane's delivered rows not yet finished (this one joins them on
+        success); without it the row is finished at once."""
+        pending: Done = [] if done is None else done
+        attempt = _Attempt(self, item, pending)
         token = _CURRENT.set(attempt)
         try:
             self.handlers[item.topic](item.key, item.payload)
@@ -238,13 +255,15 @@ class OutboxDispatcher:
             values: dict[str, Any] = {"status": "dead" if dead else "pending", "last_error": str(exc)[:2000],
                                       "attempts": attempts,
                                       "next_attempt_at": datetime.now(UTC) + backoff(attempts, self.backoff_base)}
-            self._finish(item.pk, values)
+            self._finish(pending, item.pk, values)
             log.warning("outbox %s %s attempt %d failed%s", item.topic, item.key, attempts,
                         " (dead-lettered)" if dead else "")
             return False
         finally:
             _CURRENT.reset(token)
-        self._finish(item.pk, {"status": "done", "last_error": None, "attempts": item.attempts + 1})
+        pending.append((item, attempt.counted))
+        if done is None:
+            self._write(pending)
         return True
 
     def partition_of(self, item: Claimed) -> str:
@@ -273,6 +292,9 @@ class OutboxDispatcher:
         groups: dict[str, list[Claimed]] = {}
         for item in claimed:
             groups.setdefault(self.partition_of(item), []).append(item)
+        for key, items in groups.items():
+            batch = Batch()
+            batch.items = groups[key] = [replace(item, batch=batch) for item in items]
         elsewhere = self._held_elsewhere() if any(i.topic in self.partitions for i in claimed) else {}
         back: list[Claimed] = []
         fresh: list[str] = []
@@ -301,14 +323,21 @@ class OutboxDispatcher:
         with self._busy_lock:
             return list(self._queues.pop(key, ()))
 
-    def _deliver_partition(self, key: str) -> int:
+    def _deliver_partition(self, key: str, turn: int | None = None) -> int:
+        """Deliver the partition's queue in order; ``turn``: at most that many rows, then queue again on
+        the lanes behind the other partitions (the partition stays this lane's meanwhile: order holds)."""
         delivered = 0
+        done: Done = []
+        again = False
+        ends = time.monotonic() + TURN_SECONDS
         try:
-            while (item := self._next(key)) is not None:
+            while turn is None or (delivered < turn and time.monotonic() < ends) or not (again := True):
+                if (item := self._next(key)) is None:
+                    break
                 if self._stop.is_set():  # shutting down: what was not started goes back at once
                     self.release([item, *self._drop(key)])
                     break
-                if self.deliver(item):
+                if self.deliver(item, done):
                     delivered += 1
                     continue
                 # Keep the order: the rest waits for the failed row (due with it, claimed after it by pk).
@@ -318,20 +347,35 @@ class OutboxDispatcher:
             self.release(self._drop(key))
             raise
         finally:
-            self._wake.set()  # a lane is free: the loop may claim again
+            if done:
+                self._write(done)
+            if again and not self._stop.is_set():
+                self._submit([key])
+            elif again:
+                self.release(self._drop(key))
+            else:
+                self.wake()  # a lane is free: the loop may claim again
         return delivered
 
     def _submit(self, keys: list[str]) -> list[Future[int]]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="outbox-lane")
-        return [self._pool.submit(self._deliver_partition, key) for key in keys]
+        futures = [self.pool.submit(self._deliver_partition, key, TURN) for key in keys]
+        with self._busy_lock:
+            self._futures.update(futures)
+        for future in futures:
+            future.add_done_callback(self._turn_ended)
+        return futures
+
+    def _turn_ended(self, future: Future[int]) -> None:
+        with self._busy_lock:
+            self._futures.discard(future)
 
     def run_once(self) -> int:
         """Claim what is due and deliver it, waiting for every lane; returns how many were delivered."""
         keys = self._sort_out(self.claim())
         if len(keys) <= 1 or self.lanes == 1:
             return sum(self._deliver_partition(key) for key in keys)
-        return sum(future.result() for future in self._submit(keys))
+        futures = [self.pool.submit(self._deliver_partition, key) for key in keys]  # whole partitions
+        return sum(future.result() for future in futures)
 
     def _start_some(self) -> int:
         """The background loop's step: claim while a lane is free and hand new partitions to the lanes
@@ -345,23 +389,39 @@ class OutboxDispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+        if self.shared:
+            self.pool.wake()
+
+    def woken(self) -> bool:
+        return self._wake.is_set()
+
+    def step(self) -> int:
+        """The polling loop's step: claim and start what is due; how many rows it claimed."""
+        self._wake.clear()
+        if self._stop.is_set():
+            return 0
+        try:
+            return self._start_some()
+        except FhirError as exc:  # a suspended hospital's transactions are refused: its rows wait
+            log.debug("outbox: %s", exc)
+        except Exception:
+            log.exception("outbox dispatch failed")
+        return 0
 
     def start(self, poll_seconds: float = 1.0) -> None:
+        """Poll every ``poll_seconds`` (and at once when woken). On shared lanes the process's one scheduler
+        thread polls every tenant's dispatcher; a dispatcher with lanes of its own has its own loop."""
+        self._stop.clear()
+        if self.shared:
+            self.pool.serve(self, poll_seconds)
+            return
+
         def loop() -> None:
             while not self._stop.is_set():
-                self._wake.clear()
-                started = 0
-                try:
-                    started = self._start_some()
-                except FhirError as exc:  # a suspended hospital's transactions are refused: its rows wait
-                    log.debug("outbox: %s", exc)
-                except Exception:
-                    log.exception("outbox dispatch failed")
-                if started:
+                if self.step():
                     continue  # more may be due: look again at once
                 self._wake.wait(poll_seconds)
 
-        self._stop.clear()
         self._thread = threading.Thread(target=loop, name="outbox-dispatcher", daemon=True)
         self._thread.start()
 
@@ -373,9 +433,21 @@ class OutboxDispatcher:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self.shared:  # the lanes serve other tenants: wait for this one's turns only
+            self.pool.leave(self)
+            with self._busy_lock:
+                futures = list(self._futures)
+            for future in futures:
+                future.cancel()
+            for future in futures:
+                if not future.cancelled():
+                    try:
+                        future.result(timeout=30)
+                    except Exception:
+                        log.exception("outbox lane failed while stopping")
+        else:
+            self.pool.shutdown()
+        self.pool.forget(self)
         with self._busy_lock:
             self._queues.clear()  # what cancelled lanes left: still held, handed back below or left to lapse
         if release:

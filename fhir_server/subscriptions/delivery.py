@@ -24,6 +24,7 @@ it an empty POST to the endpoint. ``channel.header`` lines go with every request
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,14 +39,13 @@ from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
 from fhir_server.storage.models import OUTBOX
-from fhir_server.storage.outbox import count_attempt
+from fhir_server.storage.outbox import attempt_number, count_attempt, current_batch
 from fhir_server.storage.repository import Repository, Version
 from fhir_server.subscriptions import spec as specs
 from fhir_server.subscriptions import store
 from fhir_server.subscriptions.bundles import Event, notification_bundle
 from fhir_server.subscriptions.engine import (
     HANDSHAKE_OK,
-    HANDSHAKE_TOPIC,
     HELD,
     LIVE,
     NOTIFY_TOPIC,
@@ -68,11 +68,19 @@ class DeliveryError(Exception):
     pass
 
 
-def _attempts(conn: Connection, key: str, topic: str = NOTIFY_TOPIC) -> tuple[int, int]:
-    """(attempts so far, this one included; max_attempts) of the notification's (or handshake's) outbox row."""
-    row = conn.execute(select(OUTBOX.c.attempts, OUTBOX.c.max_attempts).where(
-        OUTBOX.c.topic == topic, OUTBOX.c.key == key).order_by(OUTBOX.c.pk.desc()).limit(1)).first()
-    return (int(row.attempts), int(row.max_attempts)) if row is not None else (1, 1)
+@dataclass
+class _Batch:
+    """What the notifications of one subscription claimed together share, read once after their claim (so
+    no older than any of their events): the Subscription, whether it may be sent to, its base, and the
+    events with their focus (under the author's access)."""
+
+    current: Version | None
+    ready: bool
+    base: str
+    numbers: frozenset[int]
+    events: dict[int, Event] = field(default_factory=dict)
+    resources: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    status_checked: bool = False  # a success already brought the status up to date in this batch
 
 
 def dead_letters(conn: Connection, subscription_id: str) -> int:
@@ -188,8 +196,7 @@ class RestHook:
         try:
             self._post(sub, body)
         except DeliveryError as exc:
-            with self.server.engine.connect() as conn:
-                attempts, max_attempts = _attempts(conn, key, HANDSHAKE_TOPIC)
+            attempts, max_attempts = attempt_number()
             log.warning("subscription %s handshake attempt %d failed: %s", sub.id, attempts, exc)
             if attempts < max_attempts:
                 raise  # retried with backoff; the subscription stays requested meanwhile
@@ -201,43 +208,60 @@ class RestHook:
         finally:
             HANDSHAKE_OK.reset(ok)
 
-    def notify(self, key: str, payload: dict[str, Any]) -> None:
-        sid, number = payload["subscription"], int(payload["event"])
+    def _batch(self, sid: str, number: int) -> _Batch:
+        """The notification's batch: read for every row of the subscription the dispatcher claimed with this
+        one (current_batch), once; a row outside any batch reads alone."""
+        claimed = current_batch()
+        cache = claimed.cache if claimed is not None else {}
+        found = cache.get(f"notify {sid}")
+        if isinstance(found, _Batch) and number in found.numbers:
+            return found
+        numbers = frozenset({number} | {int(i.payload["event"]) for i in (claimed.items if claimed else [])
+                                        if i.topic == NOTIFY_TOPIC and i.payload.get("subscription") == sid})
+        lo, hi = min(numbers), max(numbers)
 
-        def read(repo: Repository) -> tuple[Version | None, bool, list[Event], dict[str, Any] | None]:
-            """Subscription, whether it may be sent to, event and focus in one read-only unit of work (one
+        def read(repo: Repository) -> _Batch:
+            """Subscription, whether it may be sent to, events and focus in one read-only unit of work (one
             connection), under the author's access: an event whose focus the author may no longer read is
             not delivered."""
             current = repo.current("Subscription", sid)  # the author's own subscription, whatever they may read
             if current is None or current.deleted:
-                return None, False, [], None
+                return _Batch(None, False, base, numbers)
             verified = repo.execute(select(STATE.c.verified).where(STATE.c.subscription_id == sid)).scalar()
             if not verified or (current.content or {}).get("status") not in LIVE:
-                return current, False, [], None
+                return _Batch(current, False, base, numbers)
             full = specs.parse(current.content or {}).content == "full-resource"
-            found, contents = readable_events(repo, store.events(repo.conn, sid, number, number), full=full)
-            return current, True, found, contents.get(found[0].focus) if found else None
+            wanted = [e for e in store.events(repo.conn, sid, lo, hi, limit=hi - lo + 1) if e.number in numbers]
+            kept, contents = readable_events(repo, wanted, full=full)
+            return _Batch(current, True, base, numbers, {e.number: e for e in kept}, contents)
 
         with self.server.engine.connect() as conn:
             author = load_access(conn.execute(select(STATE.c.author).where(STATE.c.subscription_id == sid)).scalar())
             base = self._base(conn, sid)
-        current, ready, found, resource = self.server.uow.run(read, write=False, access=author)  # auth: author's
-        if current is None:
+        batch = self.server.uow.run(read, write=False, access=author)  # auth: the author's
+        cache[f"notify {sid}"] = batch
+        return batch
+
+    def notify(self, key: str, payload: dict[str, Any]) -> None:
+        sid, number = payload["subscription"], int(payload["event"])
+        batch = self._batch(sid, number)
+        if batch.current is None:
             return  # deleted: nobody left to tell
-        sub = specs.parse(current.content or {})
+        sub = specs.parse(batch.current.content or {})
         if sub.channel_type != "rest-hook":
             return  # now a websocket subscription: the event is in $events for it
-        if not ready:
+        if not batch.ready:
             self._hold(sid, key, payload)  # a changed channel awaits its handshake, or it is off
             return
-        if not found:
+        event = batch.events.get(number)
+        if event is None:
             return  # not the author's to read (any more): nothing to deliver
-        event = found[0]
+        resource = batch.resources.get(event.focus)
         method, path = "POST", ""
         if sub.backport:
             body: dict[str, Any] | None = notification_bundle(
                 # events-since-subscription-start as of this event: the receiver sees the same bundle on a retry
-                sub, base=base, kind="event-notification", events_since=event.number, events=[event],
+                sub, base=batch.base, kind="event-notification", events_since=event.number, events=[event],
                 resources={event.focus: resource})
         elif sub.mime_type:  # R4 with a payload: the endpoint is a FHIR base, the resource is PUT there
             rtype, rid = event.focus.split("/")[:2]
@@ -248,9 +272,10 @@ class RestHook:
         try:
             self._post(sub, body, method=method, path=path)
         except DeliveryError as exc:
-            self._failed(sid, key, exc)
+            self._failed(sid, exc)
             raise
-        if sub.status == "error":
+        if sub.status == "error" and not batch.status_checked:
+            batch.status_checked = True  # the rest of the batch would find the same
             with self.server.engine.connect() as conn:
                 dead = dead_letters(conn, sid)
             if dead:  # no new version while the count holds
@@ -288,9 +313,9 @@ class RestHook:
         else:
             self.set_status(sid, "active", None, only_from=("error",), verified=True)
 
-    def _failed(self, sid: str, key: str, exc: DeliveryError) -> None:
+    def _failed(self, sid: str, exc: DeliveryError) -> None:
+        attempts, max_attempts = attempt_number()
         with self.server.engine.connect() as conn:
-            attempts, max_attempts = _attempts(conn, key)
             # this row is dead-lettered by the dispatcher once this handler raises on its last attempt
             dead = dead_letters(conn, sid) + (1 if attempts >= max_attempts else 0)
         if dead:  # not over a pending handshake (requested), which decides the status itself

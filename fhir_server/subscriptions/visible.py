@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+
 from fhir_server.errors import FhirError
-from fhir_server.storage.repository import Repository
+from fhir_server.storage.models import RESOURCE as RES
+from fhir_server.storage.repository import Repository, Version
 from fhir_server.subscriptions.bundles import Event
 
 
@@ -23,6 +26,7 @@ def readable_events(repo: Repository, events: list[Event], *,
     checked against the version it removed (the tombstone has no content)."""
     kept: list[Event] = []
     resources: dict[str, dict[str, Any] | None] = {}
+    currents = _currents(repo, [e for e in events if e.interaction != "delete"])
     for event in events:
         rtype, rid, _h, vid = event.focus.split("/")
         deleted = event.interaction == "delete"
@@ -32,7 +36,12 @@ def readable_events(repo: Repository, events: list[Event], *,
                 if int(vid) > 1:
                     repo.vread(rtype, rid, int(vid) - 1)
             else:
-                version = repo.vread(rtype, rid, int(vid))
+                current = currents.get((rtype, rid))
+                if current is not None and current.version_id == int(vid) and not current.deleted:
+                    repo.access.check_read(current)  # auth: as vread of that version (it is the current one)
+                    version = repo.access.mask(current)
+                else:
+                    version = repo.vread(rtype, rid, int(vid))
         except FhirError as exc:
             if exc.status in (403, 404, 410):
                 continue  # not theirs to know of (or gone from the history): left out
@@ -41,3 +50,19 @@ def readable_events(repo: Repository, events: list[Event], *,
         if full and not deleted:
             resources[event.focus] = version.content
     return kept, resources
+
+
+def _currents(repo: Repository, events: list[Event]) -> dict[tuple[str, str], Version]:
+    """The current versions of the events' foci, one read per type (the usual case: the event's version is
+    still the current one, so a batch of notifications needs no read per event). Not yet checked for access."""
+    by_type: dict[str, set[str]] = {}
+    for event in events:
+        rtype, rid = event.focus.split("/")[:2]
+        by_type.setdefault(rtype, set()).add(rid)
+    found: dict[tuple[str, str], Version] = {}
+    for rtype, ids in by_type.items():
+        rows = repo.execute(select(RES.c.id, RES.c.version_id, RES.c.last_updated, RES.c.deleted, RES.c.content)
+                            .where(RES.c.resource_type == rtype, RES.c.id.in_(sorted(ids))))
+        found.update({(rtype, r.id): Version(rtype, r.id, r.version_id, r.last_updated, r.deleted, r.content)
+                      for r in rows})
+    return found

@@ -98,8 +98,9 @@ class Tenants:
                                status_age=self._status_age)
         fhir = FhirServer(settings, engine)
         install_limits(fhir, self.store)  # max patients (and users) as they are reached
+        # The default tenant's lanes serve every tenant: FHIR_OUTBOX_LANES threads per process, not per tenant.
         dispatcher = OutboxDispatcher(fhir.engine, lease=timedelta(seconds=settings.outbox_lease_seconds),
-                                      lanes=settings.outbox_lanes)
+                                      lanes=self.default.outbox.pool)
         background = Background(fhir, dispatcher, settings)
         install_outbox_topics(fhir, dispatcher)
         stack = TenantStack(code, fhir, dispatcher, background)
@@ -131,7 +132,8 @@ class Tenants:
     def stop(self) -> None:
         with self._lock:
             self._running = False
-            stacks = list(self._stacks.values())
+            # The default's last: its outbox lanes deliver every tenant's rows until those have stopped.
+            stacks = sorted(self._stacks.values(), key=lambda stack: stack.code == DEFAULT)
         for stack in stacks:
             if stack.background is not None:
                 stack.background.stop()

@@ -11,12 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select
-
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
-from fhir_server.storage.models import OUTBOX
-from fhir_server.storage.outbox import count_attempt
+from fhir_server.storage.outbox import count_attempt, last_attempt
 from fhir_server.storage.repository import Repository
 from interfaces.claims import protocol as p
 from interfaces.claims.exchange import audit, cycle_of, with_cycle
@@ -50,7 +47,7 @@ class RequestSender:
         error: str | None = None
         answer: dict[str, Any] | None = None
         try:
-            count_attempt()  # the outbox counts this attempt as it leaves (_last_attempt reads that count)
+            count_attempt()  # the outbox counts this attempt as it leaves (last_attempt() knows it)
             ack = self.gateway.send(message)  # anything but Refused propagates: the dispatcher retries
             if ack.get("resourceType"):  # a FHIR payer answers at once (HCX answers later, on our callbacks)
                 answer = ack
@@ -60,16 +57,11 @@ class RequestSender:
                 return
             error = str(exc)
         except Exception as exc:
-            if self._last_attempt(key):  # about to be dead-lettered: say so on the claim, still retryable
+            if last_attempt():  # about to be dead-lettered: say so on the claim, still retryable
                 self._record(payload, None, undelivered=f"{p.ERR_SERVICE_UNAVAILABLE}: {exc}"[:300])
             raise
         self._record(payload, error, answer=answer)
 
-    def _last_attempt(self, key: str) -> bool:
-        with self.server.engine.connect() as conn:  # the outbox's own bookkeeping, not a FHIR resource
-            row = conn.execute(select(OUTBOX.c.attempts, OUTBOX.c.max_attempts)
-                               .where(OUTBOX.c.topic == TOPIC, OUTBOX.c.key == key)).first()
-        return row is not None and row.attempts >= row.max_attempts
 
     def _record(self, payload: dict[str, Any], error: str | None, *, undelivered: str | None = None,
                 answer: dict[str, Any] | None = None) -> None:

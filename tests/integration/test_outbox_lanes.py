@@ -8,10 +8,12 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from fhir_server.storage.models import OUTBOX
 from fhir_server.storage.outbox import OutboxDispatcher, count_attempt
+from fhir_server.storage.outbox_lanes import Lanes
 from tests.conftest import SYSTEM, LiveServer, wait_until
 
 
@@ -92,9 +94,10 @@ def test_a_row_held_by_one_dispatcher_is_not_claimed_by_another_while_its_heartb
         entered.set()
         release.wait(30)
 
-    first = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=300))
+    lease = timedelta(milliseconds=600)  # renewed every 200 ms: a busy machine's stalls stay well inside it
+    first = OutboxDispatcher(api.backend.engine, lease=lease)
     first.register("lane-topic", slow)
-    second = OutboxDispatcher(api.backend.engine, lease=timedelta(milliseconds=300))
+    second = OutboxDispatcher(api.backend.engine, lease=lease)
     taken: list[str] = []
     second.register("lane-topic", lambda key, _p: taken.append(key))
     runner = threading.Thread(target=first.run_once)
@@ -109,7 +112,7 @@ def test_a_row_held_by_one_dispatcher_is_not_claimed_by_another_while_its_heartb
             assert second.run_once() == 0
             with api.backend.engine.connect() as conn:
                 return bool(conn.execute(select(OUTBOX.c.next_attempt_at)).scalar_one()
-                            > claimed_until + timedelta(seconds=1.2))
+                            > claimed_until + 4 * lease)
 
         wait_until(renewed, 30, "the lease to be renewed")
     finally:
@@ -162,3 +165,60 @@ def test_the_running_loop_keeps_other_partitions_flowing_while_one_endpoint_hang
         d.stop()
     assert [k for k in got if k.startswith("slow/")] == ["slow/1", "slow/2", "slow/3"]
     assert all(row == ("done", 1) for row in _rows(api).values())
+
+
+def test_fifty_tenants_share_one_set_of_lanes_and_a_busy_one_does_not_starve_the_rest(api: LiveServer) -> None:
+    """Every tenant's dispatcher hands its partitions to the process's one ``Lanes`` (FHIR_OUTBOX_LANES
+    threads, one heartbeat and one scheduler, whatever the number of tenants); a partition queues again after a turn, so
+    a backlog of one tenant does not hold back the others' rows."""
+    if api.backend.name == "sqlite":
+        pytest.skip("the lanes are the same on both databases: once is enough for CI's budget")
+    tenants, lanes, hog_rows = 50, 4, 4 * 25
+    pool = Lanes(lanes)
+    quiet_done = threading.Event()
+    delivered: dict[str, int] = {}
+    lock = threading.Lock()
+    hog_when_quiet_done: list[int] = []
+
+    def handler(_key: str, payload: dict[str, Any]) -> None:
+        with lock:
+            delivered[payload["topic"]] = delivered.get(payload["topic"], 0) + 1
+            if len(delivered) == tenants + 1 and not quiet_done.is_set() and all(
+                    n == 1 for t, n in delivered.items() if t != "hog"):
+                hog_when_quiet_done.append(delivered.get("hog", 0))
+                quiet_done.set()
+        if payload["topic"] == "hog":
+            quiet_done.wait(1.0)  # the busy tenant's endpoint is slow until the quiet ones were served
+
+    def work(repo: Any) -> None:
+        for n in range(hog_rows):
+            repo.enqueue("hog", f"hog/{n}", {"topic": "hog", "part": n % 4})
+        for i in range(tenants):
+            repo.enqueue(f"quiet-{i}", f"quiet-{i}/1", {"topic": f"quiet-{i}", "part": 0})
+
+    dispatchers = []
+    for topic in ["hog", *(f"quiet-{i}" for i in range(tenants))]:
+        d = OutboxDispatcher(api.backend.engine, lanes=pool)
+        d.register(topic, handler, partition=lambda _key, payload: str(payload["part"]))
+        dispatchers.append(d)
+    api.fhir.uow.run(work, write=True, access=SYSTEM)
+    before = set(threading.enumerate())
+    try:
+        dispatchers[0].start(0.05)
+        wait_until(lambda: delivered.get("hog", 0) > 0, 30, "the busy tenant to start")
+        for d in dispatchers[1:]:
+            d.start(0.05)
+        wait_until(quiet_done.is_set, 60, "every quiet tenant's row")
+        names = [t.name for t in threading.enumerate() if t not in before]  # (other tests' servers have lanes)
+        assert sum(n.startswith("outbox-lane") for n in names) <= lanes
+        assert sum(n == "outbox-heartbeat" for n in names) <= 1
+        assert sum(n == "outbox-scheduler" for n in names) <= 1  # one thread polls every tenant's outbox
+        assert not [n for n in names if n == "outbox-dispatcher"]  # no polling loop per tenant
+        wait_until(lambda: delivered.get("hog") == hog_rows, 60, "the busy tenant's backlog")
+    finally:
+        for d in dispatchers:
+            d.stop()
+        pool.shutdown()
+    # served while the backlog was still mostly waiting
+    assert hog_when_quiet_done[0] < hog_rows // 2, hog_when_quiet_done
+    assert all(status == "done" for status, _attempts in _rows(api).values())

@@ -153,31 +153,42 @@ def test_a_success_in_flight_never_activates_a_channel_whose_handshake_failed(
         api: LiveServer, hook: Receiver) -> None:
     """The subscription is in error (its endpoint failed twice); the third try of that notification is on the
     wire when the subscriber moves it to an endpoint that fails its handshake. The old endpoint then answers
-    200: the subscription stays in error (no handshake succeeded for the channel it now has)."""
+    200: the subscription is not activated by it, and ends in error (no handshake succeeded for the channel
+    it now has)."""
     import threading
 
     sub = subscription(api, hook.url, "Observation?status=final", payload="application/fhir+json")
     sid = sub["id"]
-    d = dispatcher(api)
+    # A client timeout longer than the whole edit: the held try must come back a success, not a timeout.
+    d = OutboxDispatcher(api.backend.engine, backoff_base=0.001)
+    install_delivery(api.fhir, d, timeout=120)
     d.run_once()
     hook.status = 503
     observation(api, "1-1", "X")
     wait_until(lambda: d.run_once() >= 0 and status(api, sid)["status"] == "error", 20, "two failures")
     hook.status = 200
     hook.hold = lambda item: bool(item.body)  # the notification (a handshake is an empty POST)
-    in_flight = threading.Thread(target=lambda: wait_until(lambda: d.run_once() > 0, 20, "the held try"))
+    delivered: list[int] = []
+
+    def held_try() -> None:
+        wait_until(lambda: bool(delivered.append(d.run_once()) or delivered[-1] > 0), 120, "the held try")
+
+    in_flight = threading.Thread(target=held_try)
     in_flight.start()
     try:
         assert hook.holding.wait(20)
         current = status(api, sid)
         current["channel"]["endpoint"] = f"http://127.0.0.1:{_closed_port()}/hook"
         assert api.http.put(f"Subscription/{sid}", json=current).status_code == 200
-        other = dispatcher(api)
-        wait_until(lambda: other.run_once() >= 0 and status(api, sid)["status"] == "error", 20,
-                   "the new endpoint's handshake to fail")
     finally:
-        hook.release.set()
-        in_flight.join(30)
+        hook.release.set()  # the old endpoint answers 200 now, after the edit
+        in_flight.join(60)
+    assert not in_flight.is_alive() and delivered[-1] == 1, "the try in flight was not delivered: no race was run"
+    assert status(api, sid)["status"] != "active"  # that success speaks for the old channel only
+    # The subscription's stream is ordered: its handshake goes once the try in flight has finished.
+    other = dispatcher(api)
+    wait_until(lambda: other.run_once() >= 0 and status(api, sid)["status"] == "error", 30,
+               "the new endpoint's handshake to fail")
     stored = status(api, sid)
     assert stored["status"] == "error" and "Handshake failed" in stored["error"]
     observation(api, "1-1", "X")  # still matched (it was live), kept for the next successful handshake

@@ -164,3 +164,30 @@ def test_the_platform_administers_hospitals_without_their_clinical_data(net: Net
     assert reset.status_code == 200, reset.text
     assert net.smart[A].store.login(admin, reset.json()["password"]) is not None
     assert net.http.post(f"{url}/{A}/users/nobody-here/password", headers=platform).status_code == 404
+
+
+def test_every_hospital_s_outbox_is_delivered_by_the_one_set_of_lanes(net: Network) -> None:
+    """A hospital's dispatcher has no threads of its own for delivery: the process's lanes (the default's)
+    deliver its rows, so the lane threads do not grow with the number of hospitals."""
+    import threading
+    from typing import Any
+
+    from fhir_server.storage.access import as_system
+
+    tenants = net.app.state.tenants
+    stack = tenants.stack(A)
+    assert stack.outbox.pool is tenants.default.outbox.pool
+    ran: list[str] = []
+    stack.outbox.register("tenancy-lane-test", lambda key, _payload: ran.append(threading.current_thread().name))
+
+    def work(repo: Any) -> None:
+        for n in range(3):
+            repo.enqueue("tenancy-lane-test", f"lane/{n}", {"n": n})
+
+    stack.fhir.uow.run(work, write=True, access=as_system("test: rows in hospital A's outbox"))
+    stack.outbox.start(0.05)
+    try:
+        wait_until(lambda: len(ran) == 3, 20, "hospital A's rows")
+    finally:
+        stack.outbox.stop()
+    assert all(name.startswith("outbox-lane") for name in ran)

@@ -15,13 +15,10 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
-from fhir_server.storage.models import OUTBOX
-from fhir_server.storage.outbox import count_attempt
+from fhir_server.storage.outbox import count_attempt, last_attempt
 from fhir_server.storage.repository import Repository, instant
 from fhir_server.workflows.notifications.contacts import opted_out
-from fhir_server.workflows.notifications.record import NOTIFY, REASONS, TOPIC, coding
+from fhir_server.workflows.notifications.record import NOTIFY, REASONS, coding
 from fhir_server.workflows.notifications.transport import TransportError, send_email, send_sms
 
 if TYPE_CHECKING:
@@ -63,24 +60,19 @@ class NotificationSender:
         text = str((communication.get("payload") or [{}])[0].get("contentString", ""))
         subject = str(communication.get("topic", {}).get("text", ""))
         settings = self.server.settings
-        count_attempt()  # the outbox counts this attempt now, as the message leaves (_last_attempt reads it)
+        count_attempt()  # the outbox counts this attempt now, as the message leaves (last_attempt() knows it)
         try:
             if payload["channel"] == "email":
                 send_email(settings, str(payload["to"]), subject, text, cid)
             else:
                 send_sms(settings, str(payload["to"]), text, cid)
         except TransportError as exc:
-            if self._last_attempt(key):
+            if last_attempt():
                 self._finish(cid, "not-done", str(exc))
                 log.warning("notification %s dead-lettered: %s", cid, exc)
             raise
         self._finish(cid, "completed", None)
 
-    def _last_attempt(self, key: str) -> bool:
-        with self.server.engine.connect() as conn:
-            row = conn.execute(select(OUTBOX.c.attempts, OUTBOX.c.max_attempts).where(
-                OUTBOX.c.topic == TOPIC, OUTBOX.c.key == key, OUTBOX.c.status == "delivering")).first()
-        return row is not None and row.attempts >= row.max_attempts
 
     def _finish(self, cid: str, status: str, failure: str | None, *, reason: str = "delivery-failed") -> None:
         def work(repo: Repository) -> None:
