@@ -128,7 +128,7 @@ def _plan_entry(repo: Repository, result: Plan, e: Entry) -> None:
         existing = None
         if "if-none-exist" in e.headers:
             existing = ix.conditional_match(repo, rtype, ix.criteria_params(e.headers["if-none-exist"]),
-                                            "ifNoneExist")
+                                            "ifNoneExist", create=True)
         e.matched = existing is not None
         e.assigned_id = existing.id if existing else str(uuid.uuid4())
         _target(result, e, f"{rtype}/{e.assigned_id}")

@@ -68,7 +68,7 @@ def create(req: FhirRequest, repo: Repository, resource_type: str) -> FhirRespon
     if key is not None and not criteria:  # a retried POST answers with what the first one made
         criteria = idempotency.idempotent_criteria(resource, resource_type, key)
     if criteria:
-        existing = conditional_match(repo, resource_type, criteria_params(criteria), "If-None-Exist")
+        existing = conditional_match(repo, resource_type, criteria_params(criteria), "If-None-Exist", create=True)
         if existing is not None:
             return existing_response(req, existing)
     version = repo.create(resource_type, resource)
@@ -81,12 +81,19 @@ def existing_response(req: FhirRequest, version: Version) -> FhirResponse:
 
 
 def conditional_match(repo: Repository, resource_type: str, params: list[tuple[str, str]],
-                       what: str) -> Version | None:
-    """Lock the criteria for this transaction, then find at most one match (several -> 412)."""
+                       what: str, create: bool = False) -> Version | None:
+    """Lock the criteria for this transaction, then find at most one match (several -> 412).
+
+    A conditional create (``create``) looks first and locks only when nothing matched, then looks again:
+    every creator holds the lock, so two never both create, while a match, which writes nothing, never
+    waits on another writer's transaction (bench/mllp.py: 4 senders naming one doctor queued on its lock).
+    Conditional update, patch and delete always lock: what they change must still match when they do."""
     if not params:
         raise FhirError(400, INVALID, f"{what} has no search criteria")
-    repo.lock(f"{resource_type}?{sorted(params)}")
-    ids = repo.find_ids(resource_type, params)
+    ids = repo.find_ids(resource_type, params) if create else []
+    if not ids:
+        repo.lock(f"{resource_type}?{sorted(params)}")
+        ids = repo.find_ids(resource_type, params)
     if len(ids) > 1:
         raise FhirError(412, PROCESSING, f"{what} criteria matched {len(ids)} {resource_type} resources; "
                                          "they must match at most one")
