@@ -9,18 +9,14 @@ those, and the methods the FHIR route does not serve, still go through the route
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable
 
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fhir_server.errors import EXCEPTION, FhirError, Issue, operation_outcome
-
-log = logging.getLogger(__name__)
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -54,13 +50,18 @@ class FhirFastPath:
         request = Request(scope, receive, send)
         try:
             response = await self.endpoint(request)
-        except FhirError as exc:  # as the app's FhirError handler answers
-            response = JSONResponse(exc.outcome(), status_code=exc.status, media_type="application/fhir+json")
-        except Exception as exc:  # as the app's last-resort handler: never a stack trace to the client
-            log.error("unhandled error: %s", type(exc).__name__)
-            response = JSONResponse(operation_outcome([Issue(EXCEPTION, "Internal server error")]), status_code=500,
-                                    media_type="application/fhir+json")
+        except Exception as exc:  # answered by the app's own handler for it, as if the router had run
+            response = await _handler(scope, exc)(request, exc)
         await response(scope, receive, send)
+
+
+def _handler(scope: Scope, exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The app's exception handler for ``exc`` (the nearest class in its MRO: FhirError, else Exception)."""
+    handlers = scope["app"].exception_handlers
+    for cls in type(exc).__mro__:
+        if cls in handlers:
+            return handlers[cls]
+    raise exc  # no handler at all: the server's own last resort, as for any other route
 
 
 def _leaves(routes: list[BaseRoute]) -> list[BaseRoute]:
