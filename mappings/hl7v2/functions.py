@@ -8,9 +8,9 @@ from typing import Any
 from urllib.parse import quote
 
 from mappings.hl7v2 import convert
-from mappings.hl7v2.engine import Context, Function, Json, Value
 from mappings.hl7v2.errors import DATA_TYPE_ERROR
 from mappings.hl7v2.references import FUNCTIONS as REFERENCE_FUNCTIONS
+from mappings.hl7v2.values import Context, Function, Json, Value
 
 UCUM = "http://unitsofmeasure.org"
 

@@ -27,7 +27,7 @@ from mappings.hl7v2.errors import DUPLICATE_KEY_IDENTIFIER, UNKNOWN_KEY_IDENTIFI
 from mappings.hl7v2.message import Segment, V2Message
 
 if TYPE_CHECKING:
-    from mappings.hl7v2.engine import Context, Function, Json, Planned, Value
+    from mappings.hl7v2.values import Context, Function, Json, Planned, Value
 
 
 @dataclass(frozen=True)

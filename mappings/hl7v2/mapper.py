@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mappings.hl7v2.checks import message_errors
-from mappings.hl7v2.engine import Context, Engine, Planned, Value, stable_uuid
+from mappings.hl7v2.engine import Engine
 from mappings.hl7v2.errors import (
     MESSAGE_ACCEPTED,
     REQUIRED_FIELD_MISSING,
@@ -35,6 +35,7 @@ from mappings.hl7v2.functions import FUNCTIONS
 from mappings.hl7v2.header import Header
 from mappings.hl7v2.law import LAW_FUNCTIONS, OrderResolver, match_order, merged, no_order
 from mappings.hl7v2.message import V2Message
+from mappings.hl7v2.values import Context, Planned, Value, stable_uuid
 
 ROOT = Path(__file__).parent
 MESSAGE_SYSTEM = "urn:fhir-server:hl7v2-message"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from mappings.hl7v2.engine import Context, Function, Json, Planned, Value
+from mappings.hl7v2.values import Context, Function, Json, Planned, Value
 
 PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"
 # Planned Location keys by PL level: 1 = point of care (a ward), 2 = room, 3 = bed.
