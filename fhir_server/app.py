@@ -104,7 +104,8 @@ def create_app(settings: Settings | None = None, server: FhirServer | None = Non
     @app.exception_handler(FhirError)
     async def fhir_error(_request: Request, exc: FhirError) -> Response:
         """A FhirError outside the FHIR routes' own handling (a suspended hospital's token request, say)."""
-        return JSONResponse(exc.outcome(), status_code=exc.status, media_type="application/fhir+json")
+        return JSONResponse(exc.outcome(), status_code=exc.status, headers=exc.headers,
+                            media_type="application/fhir+json")
 
     @app.exception_handler(Exception)
     async def unhandled(_request: Request, exc: Exception) -> Response:

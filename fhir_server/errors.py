@@ -58,8 +58,9 @@ class FhirError(Exception):
     issues: list[Issue] = field(default_factory=list)
 
     def __init__(self, status: int, code: str | list[Issue], diagnostics: str = "",
-                 expression: tuple[str, ...] | list[str] = ()) -> None:
+                 expression: tuple[str, ...] | list[str] = (), *, headers: dict[str, str] | None = None) -> None:
         self.status = status
+        self.headers = headers or {}  # sent with the OperationOutcome (e.g. a 503's Retry-After)
         if isinstance(code, list):
             self.issues = code
         else:

@@ -65,6 +65,7 @@ def preload_in_background(settings: Settings) -> threading.Thread | None:
     """On ``serve``: load the core terminology once (about 5 s on SQLite) without delaying the start."""
     from fhir_server.rest.server import FhirServer
     from fhir_server.storage.database import make_engine
+    from terminology import preloading
     from terminology.core import core_loaded, load_core
 
     if os.environ.get("FHIR_TERMINOLOGY_PRELOAD", "true").lower() in ("false", "0", "no"):
@@ -73,6 +74,8 @@ def preload_in_background(settings: Settings) -> threading.Thread | None:
     if core_loaded(engine):
         engine.dispose()
         return None
+
+    preloading.started(engine)  # until it ends, a core ValueSet not stored yet is a 503, not a 404
 
     def work() -> None:
         try:
@@ -83,6 +86,7 @@ def preload_in_background(settings: Settings) -> threading.Thread | None:
         except Exception:  # the server serves without it; `fhir-server terminology load-core` retries
             log.exception("loading the FHIR R4 core terminology failed")
         finally:
+            preloading.finished(engine)
             engine.dispose()
 
     thread = threading.Thread(target=work, name="terminology-preload", daemon=True)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, or_, select
 
 from fhir_server.errors import NOT_FOUND, FhirError
+from terminology import preloading
 from terminology.tables import CLOSURE, CODE_SYSTEM, CONCEPT
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def by_url(repo: Repository, resource_type: str, url: str, version: str | None =
         url, version = url.split("|", 1)
     found = canonical.find(repo, resource_type, url, version)
     if found is None:
-        raise unknown(resource_type, url, version, expression)
+        raise preloading.not_yet(resource_type, url, repo.conn) or unknown(resource_type, url, version, expression)
     return found
 
 

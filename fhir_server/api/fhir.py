@@ -112,7 +112,7 @@ def handle(server: FhirServer, req: FhirRequest, interrupt: Interrupt | None = N
         with server.binary.staged(req) as staged, cancellable(interrupt or Interrupt()):
             return server.handle(staged)
     except FhirError as exc:
-        return FhirResponse(exc.status, exc.outcome())
+        return FhirResponse(exc.status, exc.outcome(), dict(exc.headers))
 
 
 async def handle_read(request: Request, server: FhirServer, req: FhirRequest) -> FhirResponse:

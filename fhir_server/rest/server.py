@@ -154,7 +154,7 @@ class FhirServer:
                 and not self.operations.reads_only(req.path)  # POST ValueSet/$validate-code and the like
             return self.uow.run(lambda repo: self.route(req, repo), write=write, access=req.access)  # auth
         except FhirError as exc:
-            return FhirResponse(exc.status, exc.outcome())
+            return FhirResponse(exc.status, exc.outcome(), dict(exc.headers))
         except Exception:  # never a stack trace to the client; the log keeps it
             log.exception("unhandled error in %s /%s", req.method, req.path)
             return FhirResponse(500, operation_outcome([Issue(EXCEPTION, "Internal server error")]))

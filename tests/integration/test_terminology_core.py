@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from terminology import preloading
 from terminology.core import core_loaded, core_resources, load_core
 from tests.conftest import SYSTEM, _free_port, wait_until
 from tests.integration.test_terminology_operations import params
@@ -94,9 +95,40 @@ def test_serve_preloads_the_core_when_missing(api) -> None:  # type: ignore[no-u
         r = httpx.get(f"{base}/ValueSet", params={"_summary": "count"}, timeout=5)
         return r.status_code == 200 and r.json().get("total") == 1316
 
+    last = core_resources()[-1]["url"]  # the last ValueSet the preload stores
+    answers: list[int] = []
+
+    def last_answers() -> bool:  # "not yet" while loading (503, Retry-After), never "no such ValueSet"
+        r = httpx.get(f"{base}/ValueSet/$validate-code", params={"url": last, "code": "x"}, timeout=5)
+        answers.append(r.status_code)
+        assert r.status_code in (200, 503), r.text
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "5" and r.json()["issue"][0]["code"] == "transient"
+        return r.status_code == 200
+
     try:
         wait_until(gender_known, 120, "the core terminology to be loaded by serve")
+        wait_until(last_answers, 120, "the last core ValueSet to be answered")
         wait_until(all_loaded, 120, "every core ValueSet")  # never stop the server mid-load
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+def test_a_core_value_set_not_stored_yet_is_503_while_the_preload_runs(api) -> None:  # type: ignore[no-untyped-def]
+    """During serve's preload a core ValueSet not stored yet is "retry soon" (503, Retry-After), not a 404;
+    once the preload ends, or for a URL that is not core, or in a hospital's schema, a missing one is a 404."""
+    query = {"url": GENDER_VS, "code": "male"}
+    assert api.http.get("ValueSet/$validate-code", params=query).status_code == 404
+    preloading.started(api.backend.engine)
+    try:
+        r = api.http.get("ValueSet/$validate-code", params=query)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        assert r.json()["issue"][0]["code"] == "transient" and GENDER_VS in r.json()["issue"][0]["diagnostics"]
+        assert api.http.get("ValueSet/$expand", params={"url": GENDER_VS}).status_code == 503
+        other = api.http.get("ValueSet/$expand", params={"url": "http://example.org/ValueSet/none"})
+        assert other.status_code == 404
+    finally:
+        preloading.finished(api.backend.engine)
+    assert api.http.get("ValueSet/$validate-code", params=query).status_code == 404
+
