@@ -60,6 +60,7 @@ from fhir_server.storage.outbox_attempt import (  # noqa: F401  (handlers import
     last_attempt,
 )
 from fhir_server.storage.outbox_lanes import TURN, TURN_SECONDS, Lanes
+from fhir_server.storage.outbox_window import Windowed, deliver_window
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class OutboxDispatcher:
         self.engine = engine
         self.handlers: dict[str, OutboxHandler] = {}
         self.partitions: dict[str, Partition] = {}
+        self.windows: dict[str, Windowed] = {}
         self.lease = lease
         self.batch = batch
         self.backoff_base = backoff_base
@@ -133,6 +135,13 @@ class OutboxDispatcher:
         self.handlers[topic] = handler
         if partition is not None:
             self.partitions[topic] = partition
+
+    def register_window(self, topic: str, handler: OutboxHandler, sender: Windowed, *,
+                        partition: Partition | None = None) -> None:
+        """Rows of ``topic`` go several at a time from a lane (outbox_window.py); ``handler`` delivers one
+        alone (the same request as ``sender`` would make)."""
+        self.register(topic, handler, partition=partition)
+        self.windows[topic] = sender
 
     # --- claiming and finishing ---------------------------------------------------------------------------
 
@@ -250,14 +259,7 @@ class OutboxDispatcher:
             log.warning("outbox %s %s: lease lost before the request, left to its new holder", item.topic, item.key)
             return False
         except Exception as exc:  # any failure of a receiver means: try again later
-            attempts = item.attempts + 1  # the request this handler made (or tried to)
-            dead = attempts >= item.max_attempts
-            values: dict[str, Any] = {"status": "dead" if dead else "pending", "last_error": str(exc)[:2000],
-                                      "attempts": attempts,
-                                      "next_attempt_at": datetime.now(UTC) + backoff(attempts, self.backoff_base)}
-            self._finish(pending, item.pk, values)
-            log.warning("outbox %s %s attempt %d failed%s", item.topic, item.key, attempts,
-                        " (dead-lettered)" if dead else "")
+            self._failed(item, pending, exc)
             return False
         finally:
             _CURRENT.reset(token)
@@ -265,6 +267,17 @@ class OutboxDispatcher:
         if done is None:
             self._write(pending)
         return True
+
+    def _failed(self, item: Claimed, done: Done, exc: BaseException) -> None:
+        """The row's attempt failed: due again after its backoff, or dead-lettered after its last."""
+        attempts = item.attempts + 1  # the request this handler made (or tried to)
+        dead = attempts >= item.max_attempts
+        values: dict[str, Any] = {"status": "dead" if dead else "pending", "last_error": str(exc)[:2000],
+                                  "attempts": attempts,
+                                  "next_attempt_at": datetime.now(UTC) + backoff(attempts, self.backoff_base)}
+        self._finish(done, item.pk, values)
+        log.warning("outbox %s %s attempt %d failed%s", item.topic, item.key, attempts,
+                    " (dead-lettered)" if dead else "")
 
     def partition_of(self, item: Claimed) -> str:
         partition = self.partitions.get(item.topic)
@@ -319,6 +332,18 @@ class OutboxDispatcher:
             del self._queues[key]  # empty: the partition is free (a later claim starts a lane for it)
             return None
 
+    def _next_of(self, key: str, topic: str) -> Claimed | None:
+        """The partition's next row if it is of ``topic`` (a window goes on with it), else None."""
+        with self._busy_lock:
+            queue = self._queues.get(key)
+            if queue and queue[0].topic == topic:
+                return queue.popleft()
+            return None
+
+    def _put_back(self, key: str, item: Claimed) -> None:
+        with self._busy_lock:
+            self._queues[key].appendleft(item)
+
     def _drop(self, key: str) -> list[Claimed]:
         with self._busy_lock:
             return list(self._queues.pop(key, ()))
@@ -337,7 +362,13 @@ class OutboxDispatcher:
                 if self._stop.is_set():  # shutting down: what was not started goes back at once
                     self.release([item, *self._drop(key)])
                     break
-                if self.deliver(item, done):
+                if item.topic in self.windows:
+                    sent, failed = deliver_window(self, key, item, done, turn - delivered if turn else 1 << 30)
+                    delivered += sent
+                    if failed is None:
+                        continue
+                    item = failed
+                elif self.deliver(item, done):
                     delivered += 1
                     continue
                 # Keep the order: the rest waits for the failed row (due with it, claimed after it by pk).
