@@ -306,7 +306,7 @@ class SubscriptionEngine:
         before = self._before.pop(id(event), {})
         if not candidates:
             return
-        fired: set[str] = set()
+        fired: dict[str, SubscriptionSpec] = {}
         seen_at = event.version.last_updated if event.version is not None else datetime.now(UTC)
         rtype, rid = event.resource_type, seen.id
         for rule in candidates:
@@ -330,9 +330,10 @@ class SubscriptionEngine:
                     self._matches(repo, rtype, rid, rule.previous)
             if not combine(previous, current, trig.require_both):
                 continue
-            fired.add(sid)
+            fired[sid] = rule.spec
+        if fired:
             assert event.version is not None
-            self._record(repo, rule.spec, event, event.version, interaction)
+            self._record(repo, list(fired.values()), event, event.version, interaction)
 
     def _matches(self, repo: Repository, rtype: str, rid: str, criteria: tuple[AnyCriterion, ...]) -> bool:
         r = RESOURCE
@@ -341,26 +342,37 @@ class SubscriptionEngine:
                                          *(predicate(self.ctx, r, rtype, c) for c in criteria))).limit(1)
         return repo.execute(stmt).first() is not None
 
-    def _record(self, repo: Repository, sub: SubscriptionSpec, event: WriteEvent, version: Version,
+    def _record(self, repo: Repository, subs: list[SubscriptionSpec], event: WriteEvent, version: Version,
                 interaction: str) -> None:
+        """Number the event for every subscription it fired: one statement takes their counter rows (locked
+        to commit, in subscription id order: concurrent writers queue instead of deadlocking), one inserts
+        their notifications. Every query of the matching came before: the writers queue for the counters
+        as briefly as the transaction allows."""
         # The counter row's lock (held to commit) orders this against a handshake's release_held: a
         # notification is held exactly when the channel is unverified as of the counter update.
-        row = repo.execute(update(STATE).where(STATE.c.subscription_id == sub.id)
-                           .values(events=STATE.c.events + 1).returning(STATE.c.events, STATE.c.verified)).first()
-        if row is None:  # state row lost (e.g. the subscription predates its table): start counting
-            # No author known: no access (auth/stored.py), so nothing reaches anyone until it is saved again.
-            repo.execute(insert(STATE).values(subscription_id=sub.id, events=1, author=None, activated=True,
-                                              verified=True))
-            number, verified = 1, True
-        else:
-            number, verified = int(row.events), bool(row.verified)
+        ids = sorted(sub.id for sub in subs)
+        in_order = select(STATE.c.subscription_id).where(STATE.c.subscription_id.in_(ids)) \
+            .order_by(STATE.c.subscription_id).with_for_update()
+        counted = {r.subscription_id: (int(r.events), bool(r.verified)) for r in repo.execute(
+            update(STATE).where(STATE.c.subscription_id.in_(in_order.scalar_subquery()))
+            .values(events=STATE.c.events + 1).returning(STATE.c.subscription_id, STATE.c.events, STATE.c.verified))}
         focus = f"{event.resource_type}/{event.resource_id}/_history/{version.version_id}"
-        repo.defer_insert(EVENT, {"subscription_id": sub.id, "event_number": number,
-                                  "timestamp": version.last_updated, "focus": focus, "interaction": interaction})
-        if sub.channel_type == "rest-hook":
-            now = datetime.now(UTC)
-            repo.execute(insert(OUTBOX).values(
-                topic=NOTIFY_TOPIC, key=notification_key(sub.id, number), payload={"subscription": sub.id,
-                                                                                   "event": number},
-                status="pending" if verified else HELD, attempts=0, max_attempts=10, next_attempt_at=now,
-                created_at=now, last_error=None if verified else "waiting for the subscription's handshake"))
+        now = datetime.now(UTC)
+        notifications: list[dict[str, object]] = []
+        for sub in subs:
+            if sub.id not in counted:  # state row lost (e.g. the subscription predates its table): start counting
+                # No author known: no access (auth/stored.py), so nothing reaches anyone until it is saved again.
+                repo.execute(insert(STATE).values(subscription_id=sub.id, events=1, author=None, activated=True,
+                                                  verified=True))
+                counted[sub.id] = (1, True)
+            number, verified = counted[sub.id]
+            repo.defer_insert(EVENT, {"subscription_id": sub.id, "event_number": number,
+                                      "timestamp": version.last_updated, "focus": focus, "interaction": interaction})
+            if sub.channel_type == "rest-hook":
+                notifications.append({
+                    "topic": NOTIFY_TOPIC, "key": notification_key(sub.id, number),
+                    "payload": {"subscription": sub.id, "event": number}, "status": "pending" if verified else HELD,
+                    "attempts": 0, "max_attempts": 10, "next_attempt_at": now, "created_at": now,
+                    "last_error": None if verified else "waiting for the subscription's handshake"})
+        if notifications:
+            repo.execute(insert(OUTBOX).values(notifications))
