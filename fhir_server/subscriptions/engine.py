@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 HANDSHAKE_TOPIC = "subscription-handshake"
 NOTIFY_TOPIC = "subscription-notification"
+MATCH_CHUNK = 50  # criteria tested in one query per write
 HEARTBEAT_TOPIC = "subscription-heartbeat"
 HANDSHAKE_ATTEMPTS = 5  # with the outbox's backoff: an endpoint down for ~15 s fails no handshake
 STATUS_TOPIC = "subscription-status"  # recompute a status after an operator discarded dead notifications
@@ -309,25 +310,32 @@ class SubscriptionEngine:
         fired: dict[str, SubscriptionSpec] = {}
         seen_at = event.version.last_updated if event.version is not None else datetime.now(UTC)
         rtype, rid = event.resource_type, seen.id
-        for rule in candidates:
+        eligible = [rule for rule in candidates if interaction in rule.trigger.interactions
+                    and (rule.spec.end is None or rule.spec.end > seen_at)  # past Subscription.end
+                    and rule.author.can_read(seen)]  # the subscriber may not read it: they are not told of it
+        # Every criteria test the rules need, answered in one query (not one round trip per subscription).
+        tests: dict[int, tuple[AnyCriterion, ...]] = {}
+        for rule in eligible:
+            trig = rule.trigger
+            if rule.filters:
+                tests[id(rule.filters)] = rule.filters
+            if rule.current is not None and not (interaction == "delete" and trig.result_for_delete):
+                tests[id(rule.current)] = rule.current
+            if rule.previous is not None and interaction == "delete":
+                tests[id(rule.previous)] = rule.previous
+        passed = self._matches_all(repo, rtype, rid, tests)
+        for rule in eligible:
             sid, trig = rule.spec.id, rule.trigger
-            if sid in fired or interaction not in trig.interactions:
-                continue
-            if rule.spec.end is not None and rule.spec.end <= seen_at:
-                continue  # past Subscription.end
-            if not rule.author.can_read(seen):
-                continue  # the subscriber may not read this resource: they are not told of it
-            if rule.filters and not self._matches(repo, rtype, rid, rule.filters):
+            if sid in fired or (rule.filters and not passed[id(rule.filters)]):
                 continue
             current: bool | None = None
             if rule.current is not None:
                 current = trig.result_for_delete == "test-passes" if interaction == "delete" and \
-                    trig.result_for_delete else self._matches(repo, rtype, rid, rule.current)
+                    trig.result_for_delete else passed[id(rule.current)]
             previous: bool | None = None
             if rule.previous is not None:
                 previous = trig.result_for_create != "test-fails" if interaction == "create" else \
-                    before.get(id(rule), False) if interaction == "update" else \
-                    self._matches(repo, rtype, rid, rule.previous)
+                    before.get(id(rule), False) if interaction == "update" else passed[id(rule.previous)]
             if not combine(previous, current, trig.require_both):
                 continue
             fired[sid] = rule.spec
@@ -341,6 +349,21 @@ class SubscriptionEngine:
         stmt = select(r.c.id).where(and_(r.c.resource_type == rtype, r.c.id == rid,
                                          *(predicate(self.ctx, r, rtype, c) for c in criteria))).limit(1)
         return repo.execute(stmt).first() is not None
+
+    def _matches_all(self, repo: Repository, rtype: str, rid: str,
+                     tests: dict[int, tuple[AnyCriterion, ...]]) -> dict[int, bool]:
+        """Whether the resource matches each criteria, in one query per MATCH_CHUNK of them."""
+        r = RESOURCE
+        keys = list(tests)
+        passed: dict[int, bool] = {}
+        for start in range(0, len(keys), MATCH_CHUNK):
+            chunk = keys[start:start + MATCH_CHUNK]
+            stmt = select(*(select(r.c.id).where(and_(r.c.resource_type == rtype, r.c.id == rid, *(
+                predicate(self.ctx, r, rtype, c) for c in tests[key]))).exists().label(f"m{i}")
+                            for i, key in enumerate(chunk)))
+            row = repo.execute(stmt).one()
+            passed.update((key, bool(row[i])) for i, key in enumerate(chunk))
+        return passed
 
     def _record(self, repo: Repository, subs: list[SubscriptionSpec], event: WriteEvent, version: Version,
                 interaction: str) -> None:
