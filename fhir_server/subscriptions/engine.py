@@ -21,9 +21,9 @@ import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from fhir_server.auth.stored import NO_ACCESS, StoredAccess, dump_access, load_access
 from fhir_server.errors import FhirError
@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 
 HANDSHAKE_TOPIC = "subscription-handshake"
 NOTIFY_TOPIC = "subscription-notification"
-MATCH_CHUNK = 50  # criteria tested in one query per write
+# criteria tested, the statement testing them (a select), which of its columns answers each
+_MatchStatement = tuple[list[tuple[AnyCriterion, ...]], Any, list[int]]
+MATCH_CHUNK = 12  # criteria tested in one query (a longer one misses psycopg's statement cache)
 HEARTBEAT_TOPIC = "subscription-heartbeat"
 HANDSHAKE_ATTEMPTS = 5  # with the outbox's backoff: an endpoint down for ~15 s fails no handshake
 STATUS_TOPIC = "subscription-status"  # recompute a status after an operator discarded dead notifications
@@ -133,6 +135,8 @@ class SubscriptionEngine:
         self.registry = registry
         # Criteria are tested in SQL as the server; each rule's author is checked on the resource itself (_match).
         self.ctx = SqlContext(registry, base_url, access=as_system("subscription matching (authors checked apart)"))
+        # (resource type, criteria ids) -> (those criteria, the statement testing them, column per criteria)
+        self._match_statements: dict[tuple[str, tuple[int, ...]], _MatchStatement] = {}
         self.base_url = base_url
         self._lock = threading.Lock()
         self._generation: str | None = "unloaded"
@@ -352,18 +356,41 @@ class SubscriptionEngine:
 
     def _matches_all(self, repo: Repository, rtype: str, rid: str,
                      tests: dict[int, tuple[AnyCriterion, ...]]) -> dict[int, bool]:
-        """Whether the resource matches each criteria, in one query per MATCH_CHUNK of them."""
-        r = RESOURCE
+        """Whether the resource matches each criteria: one query per MATCH_CHUNK distinct criteria, built
+        once per set of rules (the resource's id is its parameter)."""
         keys = list(tests)
         passed: dict[int, bool] = {}
         for start in range(0, len(keys), MATCH_CHUNK):
             chunk = keys[start:start + MATCH_CHUNK]
-            stmt = select(*(select(r.c.id).where(and_(r.c.resource_type == rtype, r.c.id == rid, *(
-                predicate(self.ctx, r, rtype, c) for c in tests[key]))).exists().label(f"m{i}")
-                            for i, key in enumerate(chunk)))
-            row = repo.execute(stmt).one()
-            passed.update((key, bool(row[i])) for i, key in enumerate(chunk))
+            criteria = [tests[key] for key in chunk]
+            cache_key = (rtype, tuple(chunk))
+            cached = self._match_statements.get(cache_key)
+            # (the criteria objects are compared too: an id may be reused once a rule set is dropped)
+            if cached is None or any(a is not b for a, b in zip(cached[0], criteria, strict=True)):
+                cached = self._match_statement(rtype, criteria)
+                if len(self._match_statements) > 256:
+                    self._match_statements.clear()
+                self._match_statements[cache_key] = cached
+            _criteria, stmt, columns = cached
+            row = repo.execute(stmt, {"match_rid": rid}).one()
+            passed.update((key, bool(row[column])) for key, column in zip(chunk, columns, strict=True))
         return passed
+
+    def _match_statement(self, rtype: str, criteria: list[tuple[AnyCriterion, ...]]
+                         ) -> _MatchStatement:
+        """One EXISTS per distinct criteria (subscribers often ask the same); which column answers each."""
+        r = RESOURCE
+        distinct: list[tuple[AnyCriterion, ...]] = []
+        columns: list[int] = []
+        for c in criteria:
+            found = next((i for i, d in enumerate(distinct) if d == c), None)
+            if found is None:
+                distinct.append(c)
+                found = len(distinct) - 1
+            columns.append(found)
+        stmt = select(*(select(r.c.id).where(and_(r.c.resource_type == rtype, r.c.id == bindparam("match_rid"), *(
+            predicate(self.ctx, r, rtype, one) for one in c))).exists().label(f"m{i}") for i, c in enumerate(distinct)))
+        return criteria, stmt, columns
 
     def _record(self, repo: Repository, subs: list[SubscriptionSpec], event: WriteEvent, version: Version,
                 interaction: str) -> None:
@@ -397,5 +424,5 @@ class SubscriptionEngine:
                     "payload": {"subscription": sub.id, "event": number}, "status": "pending" if verified else HELD,
                     "attempts": 0, "max_attempts": 10, "next_attempt_at": now, "created_at": now,
                     "last_error": None if verified else "waiting for the subscription's handshake"})
-        if notifications:
-            repo.execute(insert(OUTBOX).values(notifications))
+        if notifications:  # executemany: compiled once (a multi-row VALUES is compiled afresh every time)
+            repo.execute(insert(OUTBOX), notifications)
