@@ -3,7 +3,7 @@
 default) and by a ``fhir-server worker`` (celery, when FHIR_TEST_REDIS_URL is set).
 
 Each run makes its own R4 rest-hook Subscriptions (``Observation?code=<the run's code>``, full-resource
-payload), each to its own endpoint path of a keep-alive webhook receiver in this process, active by their
+payload), each to its own endpoint path of a keep-alive webhook receiver in a process of its own, active by their
 handshakes; then 4 clients create matching Observations as fast as they can, so every write is one
 notification per subscription. The receiver notes each arrival; lag is measured from the write's response
 (the change has committed by then: a lower bound) and from the resource's ``meta.lastUpdated`` (stamped
@@ -19,7 +19,7 @@ the writers manage. Writes the ``notify`` section of RESULTS.md; the bench datab
 from __future__ import annotations
 
 import argparse
-import json
+import atexit
 import os
 import subprocess
 import sys
@@ -30,7 +30,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -66,46 +65,76 @@ HEADERS = ["delivery", "subscriptions", "writes", "notifications", "writes/s", "
 _codes = count(1)
 
 
+RECEIVER = r"""
+import json, os, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+arrived, lock = [], threading.Lock()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        now, wall = time.monotonic(), time.time()
+        if body:
+            res = json.loads(body)
+            path = self.path.rsplit("/", 2)[0] if self.command == "PUT" else self.path  # R4: [endpoint]/[type]/[id]
+            with lock:
+                arrived.append((path, res["id"], res["meta"]["versionId"], now, wall))
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    do_PUT = do_POST
+    def do_GET(self):  # the bench asks what arrived since its last look, and the receiver's CPU so far
+        since = int(self.path.rsplit("=", 1)[1])
+        with lock:
+            out = json.dumps({"arrived": arrived[since:], "cpu": time.process_time()}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(out))); self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a): pass
+def orphaned(parent=os.getppid()):  # the bench died without stopping it: go too
+    while os.getppid() == parent: time.sleep(1)
+    os._exit(0)
+threading.Thread(target=orphaned, daemon=True).start()
+s = ThreadingHTTPServer(("127.0.0.1", 0), H); s.daemon_threads = True
+print(s.server_address[1], flush=True); s.serve_forever()
+"""
+
+
 class Hook:
-    """The webhook (HTTP/1.1 keep-alive, as a real receiver): arrival time per (path, id, version)."""
+    """The webhook (HTTP/1.1 keep-alive, as a real receiver), in a process of its own so that neither the
+    bench's writers nor its bookkeeping slow its answers: arrival time per (path, id, version), read from
+    it (CLOCK_MONOTONIC is the machine's, so its times compare with the bench's)."""
 
     def __init__(self) -> None:
         self.arrived: dict[tuple[str, str, str], tuple[float, float]] = {}  # -> (monotonic, wall)
         self.lock = threading.Lock()
-        self.cpu = 0.0  # CPU seconds its handlers spent (thread time): the receiver's cost per notification
-        hook = self
+        self._seen = 0
+        self._cpu = 0.0
+        self.process = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE)
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+        self.http = httpx.Client(timeout=30)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def refresh(self) -> None:
+        data = self.http.get(f"http://127.0.0.1:{self.port}/arrivals?since={self._seen}").json()
+        with self.lock:
+            for path, rid, version, now, wall in data["arrived"]:
+                self.arrived.setdefault((path, rid, version), (now, wall))
+            self._seen += len(data["arrived"])
+            self._cpu = float(data["cpu"])
 
-            def do_POST(self) -> None:
-                began = time.thread_time()
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                now, wall = time.monotonic(), time.time()
-                if body:
-                    res = json.loads(body)
-                    with hook.lock:
-                        hook.arrived.setdefault((self.path, res["id"], res["meta"]["versionId"]), (now, wall))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                with hook.lock:
-                    hook.cpu += time.thread_time() - began
+    @property
+    def cpu(self) -> float:
+        """CPU seconds the receiver process has used: its cost per notification."""
+        self.refresh()
+        return self._cpu
 
-            def do_PUT(self) -> None:
-                """R4 with a payload: PUT [endpoint]/Observation/[id] (issue 21 item 6); kept as the endpoint's."""
-                self.path = self.path.rsplit("/", 2)[0]
-                self.do_POST()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def close(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.http.close()
+        self.process.terminate()
+        self.process.wait(timeout=10)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return f"http://127.0.0.1:{self.port}{path}"
 
 
 @contextmanager
@@ -180,10 +209,12 @@ def arrivals(hook: Hook, paths: list[str], sent: dict[tuple[str, str], tuple[flo
     expected = [(path, *key) for path in paths for key in sent]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        hook.refresh()
         with hook.lock:
             if all(k in hook.arrived for k in expected):
                 break
         time.sleep(0.05)  # polling the receiver, bounded by the deadline
+    hook.refresh()
     with hook.lock:
         return [(hook.arrived[k], sent[k[1:]]) for k in expected if k in hook.arrived]
 
@@ -252,6 +283,7 @@ def main() -> None:
     with bench_database("notify") as url:
         facts = machine_facts(url)
         hook = Hook()
+        atexit.register(hook.close)
         env = {"FHIR_OUTBOX_POLL_SECONDS": "1", "FHIR_AUDIT_ENABLED": "false"}
         with fhir_server(url, 1, extra_env=env) as server:
             for subs in counts:
@@ -315,7 +347,7 @@ def main() -> None:
         "## Subscription notification throughput and lag (`bench/notify.py`)",
         facts_markdown(facts),
         f"R4 rest-hook Subscriptions (`Observation?code=...`, payload `application/fhir+json`), each to its own "
-        f"endpoint path of a keep-alive webhook receiver in the bench process, on `fhir-server serve --workers 1` "
+        f"endpoint path of a keep-alive webhook receiver (a process of its own), on `fhir-server serve --workers 1` "
         f"with PostgreSQL; {CLIENTS} clients create matching Observations as fast as they can ({args.n} writes per "
         f"row; every write is one notification per subscription). `in-process`: the embedded dispatcher "
         f"(`FHIR_OUTBOX_LANES` 8 lanes per process, shared by every tenant; one per subscription at a time, "
@@ -324,7 +356,8 @@ def main() -> None:
         f"once, one statement counts a window's attempts and finishes the one before; woken by writes, a "
         f"dispatcher claims at most every 0.2 s so several writes' notifications share a claim); "
         f"`fhir-server worker`: one worker process runs the same dispatcher, the API only nudges it through Redis "
-        f"(its CPU is added to the server's). Receiver CPU: the webhook handlers' own thread time. "
+        f"(its CPU is added to the server's). Receiver CPU: the receiver's own process (a thread per "
+        f"keep-alive connection). "
         f"notifications/s = arrived / (last arrival - first write); lag from "
         f"the create's response (after the commit: a lower bound) and from its `meta.lastUpdated` (before the "
         f"commit: an upper bound). `backlog` rows: the notifications of {args.n} writes queued with no dispatcher "
