@@ -29,6 +29,7 @@ from fhir_server.errors import FhirError
 
 USER_AGENT = "fhir-server rest-hook"
 IDLE_PER_ORIGIN = 16  # keep-alive connections kept per origin per thread (beyond: closed after use)
+IDLE_PER_THREAD = 64  # and in all per thread: the least recently used origin's are closed first
 
 
 class WebhookError(Exception):
@@ -77,11 +78,17 @@ class Webhook:
         return http.client.HTTPConnection(host, port, timeout=self.timeout)
 
     def _keep(self, origin: Origin, conn: http.client.HTTPConnection) -> None:
-        pool = self._idle().setdefault(origin, [])
-        if len(pool) < IDLE_PER_ORIGIN:
-            pool.append(conn)
-        else:
+        idle = self._idle()
+        pool = idle.pop(origin, [])  # re-inserted last: the dict's order is least recently used first
+        idle[origin] = pool
+        if len(pool) >= IDLE_PER_ORIGIN:
             conn.close()
+            return
+        pool.append(conn)
+        while sum(len(p) for p in idle.values()) > IDLE_PER_THREAD:  # many endpoints: bound the open sockets
+            oldest = next(iter(idle))
+            for stale in idle.pop(oldest):
+                stale.close()
 
     def send(self, request: Request) -> None:
         """One request; raises WebhookError unless it was answered 2xx."""
