@@ -93,7 +93,10 @@ def orphaned(parent=os.getppid()):  # the bench died without stopping it: go too
     while os.getppid() == parent: time.sleep(1)
     os._exit(0)
 threading.Thread(target=orphaned, daemon=True).start()
-s = ThreadingHTTPServer(("127.0.0.1", 0), H); s.daemon_threads = True
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # socketserver's 5 drops the SYNs of a burst of new connections: 1 s retries
+s = Server(("127.0.0.1", 0), H)
 print(s.server_address[1], flush=True); s.serve_forever()
 """
 

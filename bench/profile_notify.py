@@ -42,6 +42,7 @@ class H(BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
     do_PUT = do_POST
     def log_message(self, *a): pass
+ThreadingHTTPServer.request_queue_size = 1024  # socketserver's 5 drops a burst of new connections' SYNs
 s = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H); s.daemon_threads = True
 print("ready", flush=True); s.serve_forever()
 '''

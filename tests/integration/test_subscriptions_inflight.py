@@ -63,8 +63,11 @@ def slow() -> Iterator[SlowReceiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    receiver.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    receiver.server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 64  # a window opens several connections at once (socketserver's 5 drops SYNs)
+
+    receiver.server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=receiver.server.serve_forever, daemon=True).start()
     yield receiver
     receiver.server.shutdown()
