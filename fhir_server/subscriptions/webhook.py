@@ -7,7 +7,8 @@ What httpx gave and this keeps: every request passes the SSRF guard first (fhir_
 name that now resolves to a private address is refused), redirects are not followed (a 3xx is a failure),
 one timeout bounds connecting and answering (for a window of requests: all of them together), https with
 the system's verified TLS. A connection that sat idle is checked before reuse (the receiver may have
-closed it: reusing it would fail a POST it never saw), and dropped after any error.
+closed it: reusing it would fail a POST it never saw), and dropped after any error. Proxies as httpx took
+them: ``HTTP_PROXY``/``HTTPS_PROXY`` (``NO_PROXY`` exempts hosts; https through a CONNECT tunnel).
 
 ``exchange`` sends a window of requests on one connection each (written first, answers read after), so a
 lane keeps several notifications in flight without a thread per request; the receiver answers them in
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
 from fhir_server.errors import FhirError
 
@@ -54,6 +56,7 @@ class Webhook:
         self.timeout = timeout
         self._local = threading.local()
         self._tls: ssl.SSLContext | None = None
+        self._proxies = {k: v for k, v in getproxies_environment().items() if k in ("http", "https")}
 
     def _idle(self) -> dict[Origin, list[http.client.HTTPConnection]]:
         idle: dict[Origin, list[http.client.HTTPConnection]] | None = getattr(self._local, "idle", None)
@@ -71,11 +74,23 @@ class Webhook:
                 return conn
             conn.close()
         scheme, host, port = origin
+        proxy = self._proxy(origin)
         if scheme == "https":
             if self._tls is None:
                 self._tls = ssl.create_default_context()
+            if proxy is not None:  # a CONNECT tunnel through the proxy, TLS with the endpoint inside it
+                conn = http.client.HTTPSConnection(proxy[0], proxy[1], timeout=self.timeout, context=self._tls)
+                conn.set_tunnel(host, port)
+                return conn
             return http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._tls)
-        return http.client.HTTPConnection(host, port, timeout=self.timeout)
+        return http.client.HTTPConnection(*(proxy or (host, port)), timeout=self.timeout)
+
+    def _proxy(self, origin: Origin) -> tuple[str, int] | None:
+        url = self._proxies.get(origin[0])
+        if not url or proxy_bypass_environment(origin[1]):
+            return None
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        return parts.hostname or "", parts.port or 80
 
     def _keep(self, origin: Origin, conn: http.client.HTTPConnection) -> None:
         idle = self._idle()
@@ -111,6 +126,8 @@ class Webhook:
                 continue
             conn = self._connection(origin)
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            if origin[0] == "http" and self._proxy(origin) is not None:
+                target = request.url  # a plain-http proxy is asked for the absolute URL
             headers = {"User-Agent": USER_AGENT, "Accept": "*/*", **request.headers,
                        "Content-Length": str(len(request.body))}
             try:

@@ -120,3 +120,12 @@ def test_a_window_to_a_receiver_that_never_answers_costs_one_timeout() -> None:
         assert time.monotonic() - began < 1.5  # not 4 x 0.5 s
     finally:
         silent.close()
+
+
+def test_an_http_proxy_from_the_environment_is_asked_for_the_absolute_url(
+        receiver: _Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", receiver.url(""))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    Webhook(_open, timeout=5).send(Request("POST", "http://receiver.example/hook", {}))
+    assert receiver.requests[0][1] == "http://receiver.example/hook"
