@@ -7,11 +7,13 @@ long a receiver takes to answer; so no other dispatcher claims a row in flight, 
 dispatcher still holding it.
 
 Attempts. ``attempts`` counts requests actually made, not claims: a handler's HTTP client calls
-``count_attempt`` just before it sends (an httpx request hook), which records the attempt before anything
+``count_attempt`` just before it sends (a windowed topic's window is counted in one statement as it
+leaves: outbox_window.py), which records the attempt before anything
 reaches the receiver; a handler that does not counts when it returns or raises. A crash between claim and
 request therefore costs no attempt, and a row is dead-lettered only after ``max_attempts`` real attempts.
 
-Concurrency. Rows are delivered in ``lanes`` threads, one partition per lane at a time: a partition (by
+Concurrency. Rows are delivered in ``lanes`` threads, one partition per lane at a time (several of its
+rows in flight at once where the topic says which may overlap: outbox_window.py): a partition (by
 default the topic; subscriptions partition by subscription) is delivered in outbox order, so a Backport
 subscription's event numbers reach its endpoint in order while other subscriptions go in parallel. A failure
 hands the rest of its partition back (pending, due with the failed row), so the order holds and a dead
