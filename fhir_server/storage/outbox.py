@@ -247,8 +247,11 @@ class OutboxDispatcher:
         with self.engine.connect() as conn:
             conn.execution_options(fhir_write=True)
             with conn.begin():
-                result = conn.execute(update(OUTBOX).where(OUTBOX.c.lease_owner == self.owner,
-                                                           OUTBOX.c.status == "delivering")
+                # SKIP LOCKED: a row a lane is counting or finishing right now is skipped, not waited for (a
+                # lane's statement locks several rows: waiting here made deadlocks, PostgreSQL's 1 s each).
+                held = select(OUTBOX.c.pk).where(OUTBOX.c.lease_owner == self.owner, OUTBOX.c.status == "delivering") \
+                    .with_for_update(skip_locked=True)
+                result = conn.execute(update(OUTBOX).where(OUTBOX.c.pk.in_(held.scalar_subquery()))
                                       .values(next_attempt_at=datetime.now(UTC) + self.lease))
         return int(result.rowcount or 0)
 

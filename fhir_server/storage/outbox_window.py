@@ -121,7 +121,12 @@ def deliver_window(dispatcher: OutboxDispatcher, key: str, first: Claimed, done:
             break
         item = dispatcher._next_of(key, first.topic)
     if window:
-        taken = count_window(dispatcher, done, [i.pk for i, _a, _p in window])
+        try:
+            taken = count_window(dispatcher, done, [i.pk for i, _a, _p in window])
+        except BaseException:  # nothing sent: the window goes back to the queue (the lane hands it back)
+            for i, _a, _p in reversed(window):
+                dispatcher._put_back(key, i)
+            raise
         lost = [i for i, _a, _p in window if i.pk not in taken]
         for i in lost:
             log.warning("outbox %s %s: lease lost before the request, left to its new holder", i.topic, i.key)
