@@ -9,12 +9,16 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import insert, update
 
+from fhir_server.storage.models import OUTBOX
+from fhir_server.storage.outbox import OutboxDispatcher
 from tests.conftest import LiveServer, wait_until
 from tests.integration.test_subscriptions import dispatcher, observation, status, subscription
 from tests.integration.test_subscriptions_backport import backport, event_numbers, params, topic
@@ -117,3 +121,29 @@ def _numbers(slow: SlowReceiver) -> list[int]:
     with slow.lock:
         bodies = [body for _m, body in slow.arrived if body is not None]
     return [n for b in bodies if str(params(b)["type"][0]) == "event-notification" for n in event_numbers(b)]
+
+
+def test_the_lease_heartbeat_never_waits_for_a_row_a_lane_has_locked(api: LiveServer) -> None:
+    """A lane's statement locks several of its rows at once; the heartbeat renewing every held row used to
+    wait for them, and the two deadlocked (PostgreSQL aborted one a second later, rows stuck held)."""
+    _postgres_only(api)
+    engine = api.backend.engine
+    d = OutboxDispatcher(engine, lanes=1)
+    d.register("test-heartbeat-skip", lambda _key, _payload: None)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(insert(OUTBOX), [{"topic": "test-heartbeat-skip", "key": f"k{i}", "payload": {},
+                                       "status": "pending", "attempts": 0, "max_attempts": 3, "next_attempt_at": now,
+                                       "created_at": now} for i in range(2)])
+    claimed = d.claim()
+    assert len(claimed) == 2
+    renewed: list[int] = []
+    with engine.connect() as conn, conn.begin():  # what a lane's count holds until its commit
+        conn.execute(update(OUTBOX).where(OUTBOX.c.pk == claimed[0].pk).values(attempts=OUTBOX.c.attempts))
+        beat = threading.Thread(target=lambda: renewed.append(d.renew()), daemon=True)
+        beat.start()
+        beat.join(timeout=5)
+        assert not beat.is_alive(), "the heartbeat waited for a row a lane holds"
+    assert renewed == [1]  # the other row's lease was renewed
+    d.release(claimed)
+    d.stop()
