@@ -63,7 +63,7 @@ def install_delivery(server: FhirServer, dispatcher: OutboxDispatcher, *, timeou
     # One ordered stream per subscription (handshake before notifications, event numbers in order);
     # different subscriptions are delivered in parallel.
     dispatcher.register(HANDSHAKE_TOPIC, hook.handshake, partition=by_subscription)
-    dispatcher.register(NOTIFY_TOPIC, hook.notify, partition=by_subscription)
+    dispatcher.register_window(NOTIFY_TOPIC, hook.notify, hook, partition=by_subscription)
     dispatcher.register(HEARTBEAT_TOPIC, hook.heartbeat, partition=by_subscription)
     dispatcher.register(STATUS_TOPIC, hook.refresh, partition=by_subscription)
     return hook

@@ -28,18 +28,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 from sqlalchemy import Connection, func, insert, select
 
 from fhir_server.auth.stored import load_access
-from fhir_server.errors import FhirError
-from fhir_server.outbound import request_guard
+from fhir_server.outbound import check_url
 from fhir_server.rest.request import FhirRequest
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.access import as_system
 from fhir_server.storage.models import OUTBOX
 from fhir_server.storage.outbox import attempt_number, count_attempt, current_batch
+from fhir_server.storage.outbox_window import Prepared
 from fhir_server.storage.repository import Repository, Version
 from fhir_server.subscriptions import spec as specs
 from fhir_server.subscriptions import store
@@ -55,6 +54,7 @@ from fhir_server.subscriptions.engine import (
 from fhir_server.subscriptions.spec import SubscriptionSpec
 from fhir_server.subscriptions.tables import STATE
 from fhir_server.subscriptions.visible import readable_events
+from fhir_server.subscriptions.webhook import Request, Webhook, WebhookError
 
 log = logging.getLogger(__name__)
 # Handshakes, heartbeats and status: the server's bookkeeping of the subscription, no resource it reports on.
@@ -62,6 +62,7 @@ BOOKKEEPING = as_system("rest-hook delivery reads the Subscription it serves")
 
 
 ERROR_AFTER = 2  # failed attempts of one notification before the subscription shows error
+IN_FLIGHT = 8  # notifications of one subscription a lane sends at once (outbox_window.py)
 
 
 class DeliveryError(Exception):
@@ -75,6 +76,7 @@ class _Batch:
     events with their focus (under the author's access)."""
 
     current: Version | None
+    spec: SubscriptionSpec | None
     ready: bool
     base: str
     numbers: frozenset[int]
@@ -102,11 +104,11 @@ class RestHook:
     def __init__(self, server: FhirServer, *, timeout: float = 10.0) -> None:
         self.server = server
         self.base = server.settings.base_url or ""
+        self.width = IN_FLIGHT
+        settings = server.settings
         # Every request is checked against where the server may send (a name may resolve elsewhere later).
-        guard = request_guard(server.settings, "Subscription.channel.endpoint")
-        # count_attempt: the outbox row's attempt is recorded as the request leaves, after the guard passed it.
-        self.client = httpx.Client(timeout=timeout, follow_redirects=False,
-                                   event_hooks={"request": [guard, count_attempt]})
+        self.webhook = Webhook(lambda url: check_url(url, settings, "Subscription.channel.endpoint"),
+                               timeout=timeout)
 
     def _base(self, conn: Connection, subscription_id: str) -> str:
         """FHIR_BASE_URL, else the base the subscription was written through: absolute URLs either way."""
@@ -120,8 +122,9 @@ class RestHook:
                                       access=BOOKKEEPING)
         return None if version is None or version.deleted or version.content is None else version
 
-    def _post(self, sub: SubscriptionSpec, body: dict[str, Any] | None, *, method: str = "POST",
-              path: str = "") -> None:
+    @staticmethod
+    def _request(sub: SubscriptionSpec, body: dict[str, Any] | None, *, method: str = "POST",
+                 path: str = "") -> Request:
         """``path``: below the endpoint (R4 with a payload: ``/[type]/[id]``, the endpoint being a FHIR base)."""
         headers = {name: value for name, value in sub.headers}
         content = b""
@@ -129,15 +132,16 @@ class RestHook:
             headers["Content-Type"] = sub.mime_type or "application/fhir+json"
             content = orjson.dumps(body)
         assert sub.endpoint is not None
-        url = sub.endpoint.rstrip("/") + path if path else sub.endpoint
+        return Request(method, sub.endpoint.rstrip("/") + path if path else sub.endpoint, headers, content)
+
+    def _post(self, sub: SubscriptionSpec, body: dict[str, Any] | None) -> None:
+        """A handshake or heartbeat: one request, its attempt counted as it leaves."""
+        request = self._request(sub, body)
+        count_attempt()
         try:
-            response = self.client.request(method, url, content=content, headers=headers)
-        except httpx.HTTPError as exc:
-            raise DeliveryError(f"{type(exc).__name__} sending to the endpoint") from exc
-        except FhirError as exc:  # the endpoint's host is not one the server may post to
-            raise DeliveryError(exc.issues[0].diagnostics if exc.issues else "endpoint not allowed") from exc
-        if not 200 <= response.status_code < 300:
-            raise DeliveryError(f"The endpoint answered HTTP {response.status_code}")
+            self.webhook.send(request)
+        except WebhookError as exc:
+            raise DeliveryError(str(exc)) from exc
 
     def _verified(self, subscription_id: str) -> bool:
         with self.server.engine.connect() as conn:
@@ -226,14 +230,15 @@ class RestHook:
             not delivered."""
             current = repo.current("Subscription", sid)  # the author's own subscription, whatever they may read
             if current is None or current.deleted:
-                return _Batch(None, False, base, numbers)
+                return _Batch(None, None, False, base, numbers)
+            spec = specs.parse(current.content or {})
             verified = repo.execute(select(STATE.c.verified).where(STATE.c.subscription_id == sid)).scalar()
             if not verified or (current.content or {}).get("status") not in LIVE:
-                return _Batch(current, False, base, numbers)
-            full = specs.parse(current.content or {}).content == "full-resource"
+                return _Batch(current, spec, False, base, numbers)
+            full = spec.content == "full-resource"
             wanted = [e for e in store.events(repo.conn, sid, lo, hi, limit=hi - lo + 1) if e.number in numbers]
             kept, contents = readable_events(repo, wanted, full=full)
-            return _Batch(current, True, base, numbers, {e.number: e for e in kept}, contents)
+            return _Batch(current, spec, True, base, numbers, {e.number: e for e in kept}, contents)
 
         with self.server.engine.connect() as conn:
             author = load_access(conn.execute(select(STATE.c.author).where(STATE.c.subscription_id == sid)).scalar())
@@ -243,38 +248,63 @@ class RestHook:
         return batch
 
     def notify(self, key: str, payload: dict[str, Any]) -> None:
+        """One notification alone (a lane sends them several at a time: prepare, send, sent)."""
+        prepared = self.prepare(key, payload)
+        if prepared is None:
+            return
+        count_attempt()
+        error = self.webhook.exchange([prepared.request])[0]
+        self.sent(key, payload, error)
+        if error is not None:
+            raise DeliveryError(str(error)) from error
+
+    def prepare(self, key: str, payload: dict[str, Any]) -> Prepared | None:
+        """The notification's request, or None when there is nothing to send. Its order key: a Backport
+        subscription's events go one after another (event numbers); R4 with a payload updates the focus
+        resource (``PUT``), so one focus's changes go in order; R4 without a payload, in any order."""
         sid, number = payload["subscription"], int(payload["event"])
         batch = self._batch(sid, number)
-        if batch.current is None:
-            return  # deleted: nobody left to tell
-        sub = specs.parse(batch.current.content or {})
+        sub = batch.spec
+        if batch.current is None or sub is None:
+            return None  # deleted: nobody left to tell
         if sub.channel_type != "rest-hook":
-            return  # now a websocket subscription: the event is in $events for it
+            return None  # now a websocket subscription: the event is in $events for it
         if not batch.ready:
             self._hold(sid, key, payload)  # a changed channel awaits its handshake, or it is off
-            return
+            return None
         event = batch.events.get(number)
         if event is None:
-            return  # not the author's to read (any more): nothing to deliver
+            return None  # not the author's to read (any more): nothing to deliver
         resource = batch.resources.get(event.focus)
-        method, path = "POST", ""
+        method, path, order = "POST", "", None
         if sub.backport:
             body: dict[str, Any] | None = notification_bundle(
                 # events-since-subscription-start as of this event: the receiver sees the same bundle on a retry
                 sub, base=batch.base, kind="event-notification", events_since=event.number, events=[event],
                 resources={event.focus: resource})
+            order = ""
         elif sub.mime_type:  # R4 with a payload: the endpoint is a FHIR base, the resource is PUT there
             rtype, rid = event.focus.split("/")[:2]
             method, path = ("DELETE" if event.interaction == "delete" else "PUT"), f"/{rtype}/{rid}"
             body = None if event.interaction == "delete" else resource
+            order = f"{rtype}/{rid}"
         else:
             body = None  # R4 without a payload: an empty POST, the notification alone
-        try:
-            self._post(sub, body, method=method, path=path)
-        except DeliveryError as exc:
-            self._failed(sid, exc)
-            raise
-        if sub.status == "error" and not batch.status_checked:
+        return Prepared(self._request(sub, body, method=method, path=path), order)
+
+    def send(self, requests: list[Any]) -> list[BaseException | None]:
+        return list(self.webhook.exchange(requests))
+
+    def sent(self, key: str, payload: dict[str, Any], error: BaseException | None) -> None:
+        """After a notification's request: a failure may turn the subscription ``error``; a success brings
+        it back (once per batch)."""
+        sid = payload["subscription"]
+        if error is not None:
+            self._failed(sid, DeliveryError(str(error)))
+            return
+        batch = self._batch(sid, int(payload["event"]))
+        sub = batch.spec
+        if sub is not None and sub.status == "error" and not batch.status_checked:
             batch.status_checked = True  # the rest of the batch would find the same
             with self.server.engine.connect() as conn:
                 dead = dead_letters(conn, sid)

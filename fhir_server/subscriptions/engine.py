@@ -21,9 +21,9 @@ import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from fhir_server.auth.stored import NO_ACCESS, StoredAccess, dump_access, load_access
 from fhir_server.errors import FhirError
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 HANDSHAKE_TOPIC = "subscription-handshake"
 NOTIFY_TOPIC = "subscription-notification"
+# criteria tested, the statement testing them (a select), which of its columns answers each
+_MatchStatement = tuple[list[tuple[AnyCriterion, ...]], Any, list[int]]
+MATCH_CHUNK = 12  # criteria tested in one query (a longer one misses psycopg's statement cache)
 HEARTBEAT_TOPIC = "subscription-heartbeat"
 HANDSHAKE_ATTEMPTS = 5  # with the outbox's backoff: an endpoint down for ~15 s fails no handshake
 STATUS_TOPIC = "subscription-status"  # recompute a status after an operator discarded dead notifications
@@ -132,6 +135,8 @@ class SubscriptionEngine:
         self.registry = registry
         # Criteria are tested in SQL as the server; each rule's author is checked on the resource itself (_match).
         self.ctx = SqlContext(registry, base_url, access=as_system("subscription matching (authors checked apart)"))
+        # (resource type, criteria ids) -> (those criteria, the statement testing them, column per criteria)
+        self._match_statements: dict[tuple[str, tuple[int, ...]], _MatchStatement] = {}
         self.base_url = base_url
         self._lock = threading.Lock()
         self._generation: str | None = "unloaded"
@@ -306,33 +311,41 @@ class SubscriptionEngine:
         before = self._before.pop(id(event), {})
         if not candidates:
             return
-        fired: set[str] = set()
+        fired: dict[str, SubscriptionSpec] = {}
         seen_at = event.version.last_updated if event.version is not None else datetime.now(UTC)
         rtype, rid = event.resource_type, seen.id
-        for rule in candidates:
+        eligible = [rule for rule in candidates if interaction in rule.trigger.interactions
+                    and (rule.spec.end is None or rule.spec.end > seen_at)  # past Subscription.end
+                    and rule.author.can_read(seen)]  # the subscriber may not read it: they are not told of it
+        # Every criteria test the rules need, answered in one query (not one round trip per subscription).
+        tests: dict[int, tuple[AnyCriterion, ...]] = {}
+        for rule in eligible:
+            trig = rule.trigger
+            if rule.filters:
+                tests[id(rule.filters)] = rule.filters
+            if rule.current is not None and not (interaction == "delete" and trig.result_for_delete):
+                tests[id(rule.current)] = rule.current
+            if rule.previous is not None and interaction == "delete":
+                tests[id(rule.previous)] = rule.previous
+        passed = self._matches_all(repo, rtype, rid, tests)
+        for rule in eligible:
             sid, trig = rule.spec.id, rule.trigger
-            if sid in fired or interaction not in trig.interactions:
-                continue
-            if rule.spec.end is not None and rule.spec.end <= seen_at:
-                continue  # past Subscription.end
-            if not rule.author.can_read(seen):
-                continue  # the subscriber may not read this resource: they are not told of it
-            if rule.filters and not self._matches(repo, rtype, rid, rule.filters):
+            if sid in fired or (rule.filters and not passed[id(rule.filters)]):
                 continue
             current: bool | None = None
             if rule.current is not None:
                 current = trig.result_for_delete == "test-passes" if interaction == "delete" and \
-                    trig.result_for_delete else self._matches(repo, rtype, rid, rule.current)
+                    trig.result_for_delete else passed[id(rule.current)]
             previous: bool | None = None
             if rule.previous is not None:
                 previous = trig.result_for_create != "test-fails" if interaction == "create" else \
-                    before.get(id(rule), False) if interaction == "update" else \
-                    self._matches(repo, rtype, rid, rule.previous)
+                    before.get(id(rule), False) if interaction == "update" else passed[id(rule.previous)]
             if not combine(previous, current, trig.require_both):
                 continue
-            fired.add(sid)
+            fired[sid] = rule.spec
+        if fired:
             assert event.version is not None
-            self._record(repo, rule.spec, event, event.version, interaction)
+            self._record(repo, list(fired.values()), event, event.version, interaction)
 
     def _matches(self, repo: Repository, rtype: str, rid: str, criteria: tuple[AnyCriterion, ...]) -> bool:
         r = RESOURCE
@@ -341,26 +354,75 @@ class SubscriptionEngine:
                                          *(predicate(self.ctx, r, rtype, c) for c in criteria))).limit(1)
         return repo.execute(stmt).first() is not None
 
-    def _record(self, repo: Repository, sub: SubscriptionSpec, event: WriteEvent, version: Version,
+    def _matches_all(self, repo: Repository, rtype: str, rid: str,
+                     tests: dict[int, tuple[AnyCriterion, ...]]) -> dict[int, bool]:
+        """Whether the resource matches each criteria: one query per MATCH_CHUNK distinct criteria, built
+        once per set of rules (the resource's id is its parameter)."""
+        keys = list(tests)
+        passed: dict[int, bool] = {}
+        for start in range(0, len(keys), MATCH_CHUNK):
+            chunk = keys[start:start + MATCH_CHUNK]
+            criteria = [tests[key] for key in chunk]
+            cache_key = (rtype, tuple(chunk))
+            cached = self._match_statements.get(cache_key)
+            # (the criteria objects are compared too: an id may be reused once a rule set is dropped)
+            if cached is None or any(a is not b for a, b in zip(cached[0], criteria, strict=True)):
+                cached = self._match_statement(rtype, criteria)
+                if len(self._match_statements) > 256:
+                    self._match_statements.clear()
+                self._match_statements[cache_key] = cached
+            _criteria, stmt, columns = cached
+            row = repo.execute(stmt, {"match_rid": rid}).one()
+            passed.update((key, bool(row[column])) for key, column in zip(chunk, columns, strict=True))
+        return passed
+
+    def _match_statement(self, rtype: str, criteria: list[tuple[AnyCriterion, ...]]
+                         ) -> _MatchStatement:
+        """One EXISTS per distinct criteria (subscribers often ask the same); which column answers each."""
+        r = RESOURCE
+        distinct: list[tuple[AnyCriterion, ...]] = []
+        columns: list[int] = []
+        for c in criteria:
+            found = next((i for i, d in enumerate(distinct) if d == c), None)
+            if found is None:
+                distinct.append(c)
+                found = len(distinct) - 1
+            columns.append(found)
+        stmt = select(*(select(r.c.id).where(and_(r.c.resource_type == rtype, r.c.id == bindparam("match_rid"), *(
+            predicate(self.ctx, r, rtype, one) for one in c))).exists().label(f"m{i}") for i, c in enumerate(distinct)))
+        return criteria, stmt, columns
+
+    def _record(self, repo: Repository, subs: list[SubscriptionSpec], event: WriteEvent, version: Version,
                 interaction: str) -> None:
+        """Number the event for every subscription it fired: one statement takes their counter rows (locked
+        to commit, in subscription id order: concurrent writers queue instead of deadlocking), one inserts
+        their notifications. Every query of the matching came before: the writers queue for the counters
+        as briefly as the transaction allows."""
         # The counter row's lock (held to commit) orders this against a handshake's release_held: a
         # notification is held exactly when the channel is unverified as of the counter update.
-        row = repo.execute(update(STATE).where(STATE.c.subscription_id == sub.id)
-                           .values(events=STATE.c.events + 1).returning(STATE.c.events, STATE.c.verified)).first()
-        if row is None:  # state row lost (e.g. the subscription predates its table): start counting
-            # No author known: no access (auth/stored.py), so nothing reaches anyone until it is saved again.
-            repo.execute(insert(STATE).values(subscription_id=sub.id, events=1, author=None, activated=True,
-                                              verified=True))
-            number, verified = 1, True
-        else:
-            number, verified = int(row.events), bool(row.verified)
+        ids = sorted(sub.id for sub in subs)
+        in_order = select(STATE.c.subscription_id).where(STATE.c.subscription_id.in_(ids)) \
+            .order_by(STATE.c.subscription_id).with_for_update()
+        counted = {r.subscription_id: (int(r.events), bool(r.verified)) for r in repo.execute(
+            update(STATE).where(STATE.c.subscription_id.in_(in_order.scalar_subquery()))
+            .values(events=STATE.c.events + 1).returning(STATE.c.subscription_id, STATE.c.events, STATE.c.verified))}
         focus = f"{event.resource_type}/{event.resource_id}/_history/{version.version_id}"
-        repo.defer_insert(EVENT, {"subscription_id": sub.id, "event_number": number,
-                                  "timestamp": version.last_updated, "focus": focus, "interaction": interaction})
-        if sub.channel_type == "rest-hook":
-            now = datetime.now(UTC)
-            repo.execute(insert(OUTBOX).values(
-                topic=NOTIFY_TOPIC, key=notification_key(sub.id, number), payload={"subscription": sub.id,
-                                                                                   "event": number},
-                status="pending" if verified else HELD, attempts=0, max_attempts=10, next_attempt_at=now,
-                created_at=now, last_error=None if verified else "waiting for the subscription's handshake"))
+        now = datetime.now(UTC)
+        notifications: list[dict[str, object]] = []
+        for sub in subs:
+            if sub.id not in counted:  # state row lost (e.g. the subscription predates its table): start counting
+                # No author known: no access (auth/stored.py), so nothing reaches anyone until it is saved again.
+                repo.execute(insert(STATE).values(subscription_id=sub.id, events=1, author=None, activated=True,
+                                                  verified=True))
+                counted[sub.id] = (1, True)
+            number, verified = counted[sub.id]
+            repo.defer_insert(EVENT, {"subscription_id": sub.id, "event_number": number,
+                                      "timestamp": version.last_updated, "focus": focus, "interaction": interaction})
+            if sub.channel_type == "rest-hook":
+                notifications.append({
+                    "topic": NOTIFY_TOPIC, "key": notification_key(sub.id, number),
+                    "payload": {"subscription": sub.id, "event": number}, "status": "pending" if verified else HELD,
+                    "attempts": 0, "max_attempts": 10, "next_attempt_at": now, "created_at": now,
+                    "last_error": None if verified else "waiting for the subscription's handshake"})
+        if notifications:  # executemany: compiled once (a multi-row VALUES is compiled afresh every time)
+            repo.execute(insert(OUTBOX), notifications)
