@@ -32,6 +32,7 @@ from fhir_server.errors import FhirError
 USER_AGENT = "fhir-server rest-hook"
 IDLE_PER_ORIGIN = 16  # keep-alive connections kept per origin per thread (beyond: closed after use)
 IDLE_PER_THREAD = 64  # and in all per thread: the least recently used origin's are closed first
+MAX_ANSWER = 65_536  # bytes of a receiver's answer read; a longer one closes its connection
 
 
 class WebhookError(Exception):
@@ -143,14 +144,14 @@ class Webhook:
                 if conn.sock is not None:  # the window shares one timeout: a hung receiver costs it once
                     conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 response = conn.getresponse()
-                response.read()
+                response.read(MAX_ANSWER)  # the answer's body means nothing to us: a bounded read
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 results[i] = WebhookError(f"{type(exc).__name__} waiting for the endpoint's answer")
                 continue
             if conn.sock is not None:
                 conn.sock.settimeout(self.timeout)
-            if response.will_close:
+            if response.will_close or not response.isclosed():  # closed, or a body longer than we read
                 conn.close()
             else:
                 self._keep(origin, conn)
