@@ -20,6 +20,7 @@ from fhir_server.errors import CONFLICT, DELETED, NOT_FOUND, FhirError, not_foun
 from fhir_server.hooks import HookPoint, Hooks, WriteEvent
 from fhir_server.storage.bulk import BulkRows
 from fhir_server.storage.database import lock_key
+from fhir_server.storage.known import KnownVersions
 from fhir_server.storage.models import OUTBOX, RESOURCE, RESOURCE_HISTORY
 from fhir_server.validation import ResourceValidator
 
@@ -28,6 +29,10 @@ HIST = RESOURCE_HISTORY
 _VERSION_COLUMNS: dict[str, Any] = {c: bindparam(c) for c in ("version_id", "last_updated", "deleted", "content")}
 _UPDATE_CURRENT = update(RES).where(RES.c.resource_type == bindparam("rt"), RES.c.id == bindparam("rid")) \
     .values(**_VERSION_COLUMNS)
+# The hottest read, built once (SQLAlchemy then only looks its compiled form up in its cache).
+_CURRENT = select(RES.c.version_id, RES.c.last_updated, RES.c.deleted, RES.c.content).where(
+    RES.c.resource_type == bindparam("rt"), RES.c.id == bindparam("rid"))
+_CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,8 @@ class Repository:
     pending: BulkRows = field(default_factory=BulkRows)
     # Current rows read (and locked) ahead by ``prefetch_current``; each is used by one update/delete.
     prefetched: dict[tuple[str, str], Version | None] = field(default_factory=dict)
+    # Current versions this transaction wrote or read (known.py): not read from the database again.
+    known: KnownVersions = field(default_factory=KnownVersions)
     # Work run once per unit of work, just before it commits, keyed by purpose: e.g. one AuditEvent for
     # all of a transaction's writes instead of one per resource.
     finishers: dict[str, Callable[[Repository], None]] = field(default_factory=dict)
@@ -202,15 +209,20 @@ class Repository:
     def current(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Version | None:
         key = (resource_type, resource_id)
         if for_update and key in self.prefetched:  # locked by prefetch_current; good for one write
-            return self.prefetched.pop(key)
-        stmt = select(RES.c.version_id, RES.c.last_updated, RES.c.deleted, RES.c.content).where(
-            RES.c.resource_type == resource_type, RES.c.id == resource_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        row = self.execute(stmt).first()
+            version = self.prefetched.pop(key)
+            if version is not None:
+                self.known.remember(version, locked=True)
+            return version
+        known = self.known.get(resource_type, resource_id, for_update=for_update)
+        if known is not None:
+            return known
+        row = self.execute(_CURRENT_FOR_UPDATE if for_update else _CURRENT,
+                           {"rt": resource_type, "rid": resource_id}).first()
         if row is None:
             return None
-        return Version(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.content)
+        version = Version(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.content)
+        self.known.remember(version, locked=for_update)
+        return version
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Version:
         self.visible(resource_type, resource_id)  # auth: 403 before "no such version" or "a deletion"
@@ -395,6 +407,7 @@ class Repository:
             self.execute(_UPDATE_CURRENT, {**row, "rt": event.resource_type, "rid": resource_id})
         self.defer_insert(HIST, {**row, "method": method})
         version = Version(event.resource_type, resource_id, version_id, now, deleted, content, method)
+        self.known.remember(version, locked=True)  # ours: a new row nobody else sees, or an updated one we lock
         event.resource_id = resource_id
         event.resource = content
         event.version = version
