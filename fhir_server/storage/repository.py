@@ -161,6 +161,11 @@ class Repository:
         database in this transaction (any ``execute`` flushes first), at the latest before the commit."""
         self.pending.add(table, row)
 
+    def defer_delete(self, table: Table, resource_type: str, resource_id: str) -> None:
+        """Queue the deletion of a resource's rows in ``table`` (its old search index rows): run at the next
+        flush, before the deferred inserts, and dropping those of the resource still queued."""
+        self.pending.delete_rows(table, resource_type, resource_id)
+
     def flush(self) -> None:
         if self.pending:
             self.pending.flush(self.conn)
