@@ -30,6 +30,9 @@ class KnownVersions:
         blob = None if version.content is None else orjson.dumps(version.content)
         self.entries[(version.resource_type, version.id)] = (replace(version, content=None, method="PUT"), blob, locked)
 
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self.entries
+
     def get(self, resource_type: str, resource_id: str, *, for_update: bool) -> Version | None:
         """A fresh copy of the known current version; None when unknown (or known unlocked but a lock is asked)."""
         hit = self.entries.get((resource_type, resource_id))
