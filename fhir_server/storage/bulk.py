@@ -42,6 +42,7 @@ class _PgTable:
     json: tuple[bool, ...]
     insert: str  # INSERT ... SELECT ... FROM jsonb_to_recordset(%s) AS r(column type, ...)
     delete: str  # DELETE ... WHERE resource_type = %s AND resource_id = ANY(%s)
+    update: str  # UPDATE ... FROM jsonb_to_recordset(%s) ... WHERE resource_type = %s AND id = ANY(%s)
 
 
 @dataclass
@@ -49,6 +50,8 @@ class BulkRows:
     rows: dict[Table, list[dict[str, Any]]] = field(default_factory=dict)
     # (resource_type, resource_id) whose rows in the table go at the next flush, before its inserts
     deletes: dict[Table, set[tuple[str, str]]] = field(default_factory=dict)
+    # PostgreSQL only: new values of rows keyed (resource_type, id) that this transaction holds locked
+    updates: dict[Table, dict[tuple[str, str], dict[str, Any]]] = field(default_factory=dict)
 
     def add(self, table: Table, row: dict[str, Any]) -> None:
         self.rows.setdefault(table, []).append(row)
@@ -63,15 +66,28 @@ class BulkRows:
                 self.rows[table] = kept
         self.deletes.setdefault(table, set()).add((resource_type, resource_id))
 
+    def update(self, table: Table, row: dict[str, Any]) -> None:
+        """Queue new values for the row keyed by ``row``'s (resource_type, id), which the caller holds locked
+        (a resource's current row): a queued insert of that row takes them instead (one WITH clause would
+        not see another's new row), a queued update gives way to them."""
+        rtype, rid = row["resource_type"], row["id"]
+        for queued in reversed(self.rows.get(table, ())):
+            if queued["id"] == rid and queued["resource_type"] == rtype:
+                queued.update(row)
+                return
+        self.updates.setdefault(table, {})[(rtype, rid)] = row
+
     def __bool__(self) -> bool:
-        return bool(self.rows) or bool(self.deletes)
+        return bool(self.rows) or bool(self.deletes) or bool(self.updates)
 
     def flush(self, conn: Connection) -> None:
         pending, self.rows = {t: rows for t, rows in self.rows.items() if rows}, {}
         deletes, self.deletes = self.deletes, {}
+        updates, self.updates = self.updates, {}
         if conn.dialect.name == "postgresql":
-            _flush_postgresql(conn, pending, deletes)
+            _flush_postgresql(conn, pending, deletes, updates)
             return
+        assert not updates, "updates are queued on PostgreSQL only"
         for table, keys in deletes.items():
             mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
             conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE resource_type = {mark} AND resource_id = {mark}",
@@ -87,6 +103,7 @@ class BulkRows:
 COPY_ABOVE = 2000
 _PLANS: dict[tuple[str, str], _Plan] = {}
 _PG: dict[str, _PgTable] = {}
+_KEY = ("resource_type", "id")
 
 
 def _columns(table: Table) -> tuple[str, ...]:
@@ -118,12 +135,17 @@ def _pg_table(dialect: Dialect, table: Table) -> _PgTable:
             columns, tuple(isinstance(t, JSON) for t in types),
             f"INSERT INTO {table.name} ({names}) SELECT {names} FROM jsonb_to_recordset(%s::jsonb) AS r({record})",
             # one type and its ids: the (resource_type, resource_id) index serves it on a table of any size
-            f"DELETE FROM {table.name} WHERE resource_type = %s AND resource_id = ANY(%s::varchar[])")
+            f"DELETE FROM {table.name} WHERE resource_type = %s AND resource_id = ANY(%s::varchar[])",
+            # the ANY: an index scan of the table's key whatever the planner guesses of the recordset
+            f"UPDATE {table.name} AS t SET {', '.join(f'{c} = r.{c}' for c in columns if c not in _KEY)} "
+            f"FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "
+            f"WHERE t.resource_type = %s AND t.id = ANY(%s::varchar[]) AND t.id = r.id")
     return plan
 
 
 def _flush_postgresql(conn: Connection, pending: dict[Table, list[dict[str, Any]]],
-                      deletes: dict[Table, set[tuple[str, str]]]) -> None:
+                      deletes: dict[Table, set[tuple[str, str]]],
+                      updates: dict[Table, dict[tuple[str, str], dict[str, Any]]]) -> None:
     """Every queued deletion and insert in one statement: one round trip per flush (a big one: COPY).
     Each table's rows travel as one JSON array (orjson writes it in C; psycopg's array parameters cost far
     more Python), which ``jsonb_to_recordset`` turns back into typed rows."""
@@ -142,6 +164,13 @@ def _flush_postgresql(conn: Connection, pending: dict[Table, list[dict[str, Any]
     for table, rows in pending.items():
         clauses.append(_pg_table(conn.dialect, table).insert)
         params.append(orjson.dumps(rows).decode())
+    for table, changed in updates.items():
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for (rtype, _rid), row in sorted(changed.items()):
+            grouped.setdefault(rtype, []).append(row)
+        for rtype, rows in grouped.items():
+            clauses.append(_pg_table(conn.dialect, table).update)
+            params += [orjson.dumps(rows).decode(), rtype, [row["id"] for row in rows]]
     if clauses:
         # data-modifying WITH clauses all run, and see the tables as they were before the statement
         sql = clauses[0] if len(clauses) == 1 else \

@@ -427,6 +427,8 @@ class Repository:
                "last_updated": now, "deleted": deleted, "content": content}
         if insert_current:
             self.defer_insert(RES, row)
+        elif self.dialect == "postgresql":  # the row is locked (current(for_update=True)): sent with the next flush
+            self.pending.update(RES, row)
         else:
             self.execute(_UPDATE_CURRENT, {**row, "rt": event.resource_type, "rid": resource_id})
         self.defer_insert(HIST, {**row, "method": method})
