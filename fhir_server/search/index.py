@@ -2,8 +2,9 @@
 
 For each version written: queue the deletion of the resource's old rows (not for a first version;
 ``Repository.defer_delete``), extract the new rows and hand them to the repository's deferred inserts
-(``Repository.defer_insert``): both are written in bulk (one statement per flush on PostgreSQL, an executemany
-per table elsewhere: ``storage/bulk.py``) before the next statement of the transaction or at the commit, so a transaction Bundle of 500 resources costs a handful of statements, and a search in the
+(``Repository.defer_insert``): both are written in bulk (one statement per flush on PostgreSQL, an
+executemany per table elsewhere: ``storage/bulk.py``) before the next statement of the transaction or at
+the commit, so a transaction Bundle of 500 resources costs a handful of statements, and a search in the
 same transaction still sees them. A rollback drops them with everything else. A deletion only removes rows.
 """
 
