@@ -130,10 +130,10 @@ def worker(n: int, settings: Settings, seed: int, turns: SharedTurns, plans: Any
         results.put((n, "stopped", None))
     except SeedError as exc:
         turns.stop()
-        results.put((n, "failed", str(exc)))
+        results.put((n, "failed", f"worker {n + 1}: {exc}"))
     except BaseException as exc:  # a bug or a lost database: the run stops all the same, saying why
         turns.stop()
-        results.put((n, "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"))
+        results.put((n, "failed", f"worker {n + 1}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"))
     finally:
         if engine is not None:
             engine.dispose()

@@ -47,6 +47,7 @@ class Hospital:
     beds: list[str] = field(default_factory=list)
     store: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    workers: int = 1  # processes that wrote the patients
 
 
 @dataclass(frozen=True)
@@ -171,14 +172,12 @@ class Seeder:
     # --- the patients ---------------------------------------------------------------------------------------
 
     def plan(self, total: int, size: int = GROUP) -> list[Group]:
-        """The groups of ``size`` patients, each with its own slots (the earliest free ones, shuffled by the
-        seed) and beds (3 a group while they last)."""
+        """The groups of ``size`` patients, each with its own slots (the earliest free ones, in the order of the
+        doctors' creation at equal times, shuffled by the seed) and beds (3 a group while they last)."""
         doctor = {f"Practitioner/{pid}": i for i, pid in enumerate(self.h.doctors)}
         schedules = {s["id"]: next(doctor[a["reference"]] for a in s["actor"] if a["reference"] in doctor)
                      for s in self.calls.search(self.admin, "Schedule", [])}
-        found = self.calls.search(self.admin, "Slot", [("status", "free"), ("_sort", "start")])
-        if len(found) == 1000:  # a full page: its last start time may be cut off among the doctors, leave it out
-            found = [s for s in found if s["start"] != found[-1]["start"]]
+        found = self.calls.search(self.admin, "Slot", [("status", "free")], every=True)  # sorted here: by doctor
         slots = sorted((s["start"], schedules[s["schedule"]["reference"].split("/")[1]], s["id"]) for s in found)
         picked = [(sid, d) for _, d, sid in slots[:total]]
         self.rng.shuffle(picked)
@@ -399,10 +398,11 @@ def seed(server: FhirServer, *, seed: int = 1, patients: int = 500, workers: int
     marker = seeder.calls.search(seeder.admin, "Organization", [("identifier", f"{DATA['marker']}|1")])
     if marker:
         raise SeedError("this database already holds the demo hospital (seed-demo runs once, on an empty database)")
-    if workers > 1:
+    seeder.h.workers = min(workers, -(-patients // group))  # no more processes than groups
+    if seeder.h.workers > 1:
         from fhir_server.workflows.demo.parallel import write_in_parallel
 
-        groups = write_in_parallel(seeder, patients, workers, group)
+        groups = write_in_parallel(seeder, patients, seeder.h.workers, group)
     else:
         seeder.setup()
         groups = [seeder.run_group(g) for g in seeder.plan(patients, group)]
