@@ -56,9 +56,9 @@ class SearchIndexer:
             return
         rtype, rid = event.resource_type, event.resource_id
         first = event.previous is None or (event.version is not None and event.version.version_id == 1)
-        if not first:
-            repo.flush()  # rows of an earlier version written in this same transaction must go too
-            self._delete(repo.conn, rtype, rid)
+        if not first:  # at the next flush, before the new rows (queued ones of an earlier version dropped)
+            for kind in self.kinds(rtype):
+                repo.defer_delete(TABLES[kind], rtype, rid)
         if event.resource is not None:
             rows = self.extractor.extract(rtype, rid, event.resource)
             for kind, batch in rows.rows.items():

@@ -20,6 +20,7 @@ from fhir_server.errors import CONFLICT, DELETED, NOT_FOUND, FhirError, not_foun
 from fhir_server.hooks import HookPoint, Hooks, WriteEvent
 from fhir_server.storage.bulk import BulkRows
 from fhir_server.storage.database import lock_key
+from fhir_server.storage.known import KnownVersions
 from fhir_server.storage.models import OUTBOX, RESOURCE, RESOURCE_HISTORY
 from fhir_server.validation import ResourceValidator
 
@@ -28,6 +29,10 @@ HIST = RESOURCE_HISTORY
 _VERSION_COLUMNS: dict[str, Any] = {c: bindparam(c) for c in ("version_id", "last_updated", "deleted", "content")}
 _UPDATE_CURRENT = update(RES).where(RES.c.resource_type == bindparam("rt"), RES.c.id == bindparam("rid")) \
     .values(**_VERSION_COLUMNS)
+# The hottest read, built once (SQLAlchemy then only looks its compiled form up in its cache).
+_CURRENT = select(RES.c.version_id, RES.c.last_updated, RES.c.deleted, RES.c.content).where(
+    RES.c.resource_type == bindparam("rt"), RES.c.id == bindparam("rid"))
+_CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,10 @@ class Repository:
     pending: BulkRows = field(default_factory=BulkRows)
     # Current rows read (and locked) ahead by ``prefetch_current``; each is used by one update/delete.
     prefetched: dict[tuple[str, str], Version | None] = field(default_factory=dict)
+    # Current versions this transaction wrote or read (known.py): not read from the database again.
+    known: KnownVersions = field(default_factory=KnownVersions)
+    # Advisory lock keys this transaction holds (until it ends): taking one again is a round trip for nothing.
+    locked: set[str] = field(default_factory=set)
     # Work run once per unit of work, just before it commits, keyed by purpose: e.g. one AuditEvent for
     # all of a transaction's writes instead of one per resource.
     finishers: dict[str, Callable[[Repository], None]] = field(default_factory=dict)
@@ -153,6 +162,11 @@ class Repository:
         """Queue a row whose insert nobody reads back; it is written before anything else touches the
         database in this transaction (any ``execute`` flushes first), at the latest before the commit."""
         self.pending.add(table, row)
+
+    def defer_delete(self, table: Table, resource_type: str, resource_id: str) -> None:
+        """Queue the deletion of a resource's rows in ``table`` (its old search index rows): run at the next
+        flush, before the deferred inserts, and dropping those of the resource still queued."""
+        self.pending.delete_rows(table, resource_type, resource_id)
 
     def flush(self) -> None:
         if self.pending:
@@ -199,18 +213,39 @@ class Repository:
             for key in chunk:
                 self.prefetched[key] = found.get(key)
 
+    def preload(self, references: list[tuple[str, str]]) -> None:
+        """Read the current versions of resources about to be read one by one, (type, id) pairs, in one SELECT
+        per type and 500 ids (a rule reading the whole price list); unlocked. Every later ``read`` still checks
+        the caller's access: this only saves the round trips."""
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in references:
+            if (rtype, rid) not in self.known:
+                by_type.setdefault(rtype, []).append(rid)
+        for rtype, ids in by_type.items():
+            for start in range(0, len(ids), 500):
+                for r in self.execute(select(RES.c.id, RES.c.version_id, RES.c.last_updated, RES.c.deleted,
+                                             RES.c.content).where(RES.c.resource_type == rtype,
+                                                                  RES.c.id.in_(ids[start:start + 500]))):
+                    self.known.remember(Version(rtype, r.id, r.version_id, r.last_updated, r.deleted, r.content),
+                                        locked=False)
+
     def current(self, resource_type: str, resource_id: str, *, for_update: bool = False) -> Version | None:
         key = (resource_type, resource_id)
         if for_update and key in self.prefetched:  # locked by prefetch_current; good for one write
-            return self.prefetched.pop(key)
-        stmt = select(RES.c.version_id, RES.c.last_updated, RES.c.deleted, RES.c.content).where(
-            RES.c.resource_type == resource_type, RES.c.id == resource_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        row = self.execute(stmt).first()
+            version = self.prefetched.pop(key)
+            if version is not None:
+                self.known.remember(version, locked=True)
+            return version
+        known = self.known.get(resource_type, resource_id, for_update=for_update)
+        if known is not None:
+            return known
+        row = self.execute(_CURRENT_FOR_UPDATE if for_update else _CURRENT,
+                           {"rt": resource_type, "rid": resource_id}).first()
         if row is None:
             return None
-        return Version(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.content)
+        version = Version(resource_type, resource_id, row.version_id, row.last_updated, row.deleted, row.content)
+        self.known.remember(version, locked=for_update)
+        return version
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Version:
         self.visible(resource_type, resource_id)  # auth: 403 before "no such version" or "a deletion"
@@ -308,8 +343,9 @@ class Repository:
         SQLite writers already hold the database lock from BEGIN IMMEDIATE; PostgreSQL takes an advisory
         transaction lock, so 50 concurrent conditional creates with the same criteria make one resource.
         """
-        if self.dialect == "postgresql":
+        if self.dialect == "postgresql" and key not in self.locked:
             self.conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (lock_key(key),))
+            self.locked.add(key)
 
     def create(self, resource_type: str, resource: dict[str, Any], *, resource_id: str | None = None,
                method: str = "POST", trusted: bool = False) -> Version:
@@ -391,10 +427,13 @@ class Repository:
                "last_updated": now, "deleted": deleted, "content": content}
         if insert_current:
             self.defer_insert(RES, row)
+        elif self.dialect == "postgresql":  # the row is locked (current(for_update=True)): sent with the next flush
+            self.pending.update(RES, row)
         else:
             self.execute(_UPDATE_CURRENT, {**row, "rt": event.resource_type, "rid": resource_id})
         self.defer_insert(HIST, {**row, "method": method})
         version = Version(event.resource_type, resource_id, version_id, now, deleted, content, method)
+        self.known.remember(version, locked=True)  # ours: a new row nobody else sees, or an updated one we lock
         event.resource_id = resource_id
         event.resource = content
         event.version = version

@@ -60,9 +60,8 @@ class DatabaseFullText:
 
     def _write(self, repo: Repository, rtype: str, rid: str, resource: dict[str, Any] | None, *,
                first: bool) -> None:
-        if not first:
-            repo.execute(SEARCH_TEXT.delete().where(SEARCH_TEXT.c.resource_type == rtype,
-                                                    SEARCH_TEXT.c.resource_id == rid))
+        if not first:  # at the next flush, before the new row
+            repo.defer_delete(SEARCH_TEXT, rtype, rid)
         if resource is not None:
             repo.defer_insert(SEARCH_TEXT, {"resource_type": rtype, "resource_id": rid,
                                             "narrative": narrative(resource), "content": content(resource)})

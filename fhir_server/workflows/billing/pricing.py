@@ -80,7 +80,9 @@ def definition_by_url(repo: Repository, url: str) -> dict[str, Any] | None:
 def price_list(repo: Repository) -> dict[tuple[str, str], dict[str, Any]]:
     """(system, code) -> active ChargeItemDefinition: the hospital's price list, a few hundred entries."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for rid in repo.find_ids(CID, [("status", "active")], limit=5000):
+    ids = repo.find_ids(CID, [("status", "active")], limit=5000)
+    repo.preload([(CID, rid) for rid in ids])  # one statement, not one per entry; each read still checks access
+    for rid in ids:
         content = repo.read(CID, rid).content or {}
         for coding in (content.get("code") or {}).get("coding") or []:
             out.setdefault((coding.get("system", ""), coding.get("code", "")), content)
