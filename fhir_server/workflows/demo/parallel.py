@@ -22,9 +22,9 @@ import multiprocessing
 import queue
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fhir_server.workflows.demo.calls import SeedError
 
@@ -34,6 +34,20 @@ if TYPE_CHECKING:
 
 STEPS = ("register", "check-in", "dispense")
 POLL = 0.5  # seconds between looks at the stop flag (and, in the parent, at its children) while waiting
+
+
+class Turns(Protocol):
+    """Runs a step of a group once every earlier group has done that step (or will never do it)."""
+
+    def turn(self, step: str, group: int) -> AbstractContextManager[None]: ...
+
+
+class InOrder:
+    """One process writing the groups in order: every turn is already its own."""
+
+    @contextmanager
+    def turn(self, step: str, group: int) -> Iterator[None]:
+        yield
 
 
 class Stopped(Exception):

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.workflows.demo.calls import Caller, SeedError, urn, user
+from fhir_server.workflows.demo.parallel import InOrder, Turns, write_in_parallel
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
@@ -59,20 +58,6 @@ class Group:
     n: int
     slots: tuple[tuple[str, int], ...]  # (Slot id, index of the slot's doctor), one per patient while they last
     beds: tuple[str, ...]  # the bed that stays taken, then the two of a stay with a transfer (or fewer: none left)
-
-
-class Turns(Protocol):
-    """Runs a step of a group once every earlier group has done that step (or will never do it)."""
-
-    def turn(self, step: str, group: int) -> AbstractContextManager[None]: ...
-
-
-class InOrder:
-    """One process writing the groups in order: every turn is already its own."""
-
-    @contextmanager
-    def turn(self, step: str, group: int) -> Iterator[None]:
-        yield
 
 
 def _ref(rtype: str, rid: str) -> dict[str, str]:
@@ -400,8 +385,6 @@ def seed(server: FhirServer, *, seed: int = 1, patients: int = 500, workers: int
         raise SeedError("this database already holds the demo hospital (seed-demo runs once, on an empty database)")
     seeder.h.workers = min(workers, -(-patients // group))  # no more processes than groups
     if seeder.h.workers > 1:
-        from fhir_server.workflows.demo.parallel import write_in_parallel
-
         groups = write_in_parallel(seeder, patients, seeder.h.workers, group)
     else:
         seeder.setup()
