@@ -195,7 +195,7 @@ def _seed_sqlite(backend: Backend, db: Path, seed: int) -> Counter[str]:
     engine = make_engine(settings)
     try:
         upgrade(engine)
-        write_hospital(FhirServer(settings, engine), seed=seed, patients=3, workers=2)  # SQLite: one process
+        assert write_hospital(FhirServer(settings, engine), seed=seed, patients=4, workers=2, group=2).workers == 1
         return _facts(engine)
     finally:
         engine.dispose()
@@ -212,6 +212,23 @@ def test_the_same_seed_writes_the_same_hospital_once(backend: Backend, seeded: t
     assert facts[0] == facts[1] != facts[2]  # the same seed, the same hospital; another seed, another
 
 
+def _after_the_worker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """This process starts its first group only once the worker has taken the second, so that two processes
+    write at once whatever their start-up times (only this process is patched: the worker runs its own code).
+    The groups this process wrote, as it goes."""
+    run_group, mine = Seeder.run_group, []
+
+    def after_the_worker(self: Seeder, group: Group) -> dict[str, int]:
+        if group.index == 0:
+            taken = self.turns.next  # type: ignore[attr-defined]  # SharedTurns (parallel.py)
+            wait_until(lambda: taken.value >= 2, PROCESS_START_TIMEOUT, "the worker to take the second group")
+        mine.append(group.index)
+        return run_group(self, group)
+
+    monkeypatch.setattr(Seeder, "run_group", after_the_worker)
+    return mine
+
+
 def _seed_postgres(backend: Backend, workers: int) -> tuple[dict[str, int], Counter[str]]:
     """8 patients in 4 groups of 2 (the command's groups are 25) into the emptied database."""
     backend.truncate()
@@ -221,13 +238,15 @@ def _seed_postgres(backend: Backend, workers: int) -> tuple[dict[str, int], Coun
     return {k: v for k, v in hospital.counts.items() if k != "seconds"}, _facts(backend.engine)
 
 
-def test_two_workers_write_the_same_hospital_as_one(backend: Backend) -> None:
+def test_two_workers_write_the_same_hospital_as_one(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     """The groups are shared by two processes as they come, yet every slot, bed, MRN, queue token and stock
     balance goes to the same patient as when one process writes them in order."""
     if backend.name == "sqlite":
         pytest.skip("SQLite has one writer at a time: seed-demo writes with one process there")
     one = _seed_postgres(backend, 1)
+    mine = _after_the_worker(monkeypatch)
     two = _seed_postgres(backend, 2)
+    assert 0 in mine and 1 not in mine  # the worker wrote the second group (at least), beside this process
     assert multiprocessing.active_children() == []  # the worker ended with the run
     assert one[0] == two[0] and one[0]["patients"] == 8 and one[0]["admissions"] > 0
     assert sum(one[1].values()) > 500 and one[1] == two[1], (one[1] - two[1], two[1] - one[1])
@@ -239,21 +258,14 @@ def test_a_refused_write_in_a_worker_stops_the_run(backend: Backend, monkeypatch
     server's answer, this process included, and no process is left behind."""
     if backend.name == "sqlite":
         pytest.skip("SQLite has one writer at a time: seed-demo writes with one process there")
-    plan, run_group = Seeder.plan, Seeder.run_group
+    plan = Seeder.plan
 
     def broken(self: Seeder, total: int, size: int = 25) -> list[Group]:
         return [Group(g.index, g.first, g.n, (("no-such-slot", 0),), g.beds) if g.index == 1 else g
                 for g in plan(self, total, size)]
 
-    def after_the_worker(self: Seeder, group: Group) -> dict[str, int]:
-        if group.index == 0:
-            taken = self.turns.next  # type: ignore[attr-defined]  # SharedTurns (parallel.py)
-            wait_until(lambda: taken.value >= 2, PROCESS_START_TIMEOUT, "the worker to take the second group")
-        return run_group(self, group)
-
-    # Only this process is patched: the plan is made here and handed to the worker, which runs its own code.
-    monkeypatch.setattr(Seeder, "plan", broken)
-    monkeypatch.setattr(Seeder, "run_group", after_the_worker)
+    monkeypatch.setattr(Seeder, "plan", broken)  # made in this process, handed to the worker
+    _after_the_worker(monkeypatch)
     backend.truncate()
     settings = backend.settings.model_copy(update={"workflows": "all", "scheduling_horizon_days": 4})
     with pytest.raises(SeedError, match=r"^worker 1: POST .*no-such-slot"):

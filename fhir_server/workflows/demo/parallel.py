@@ -176,6 +176,12 @@ def write_in_parallel(seeder: Seeder, patients: int, workers: int, size: int) ->
         for _ in children:
             plans.put((seeder.h, plan))
         written = write_groups(seeder, plan, turns)
+        if len(written) == groups:  # this process wrote them all: the others, still starting, have nothing to do
+            for child in children:
+                child.terminate()
+            for child in children:
+                child.join()
+            return [written[g] for g in range(groups)]
     except Stopped:
         pass  # a child's failure: reported below
     except BaseException as exc:

@@ -383,7 +383,8 @@ def seed(server: FhirServer, *, seed: int = 1, patients: int = 500, workers: int
     marker = seeder.calls.search(seeder.admin, "Organization", [("identifier", f"{DATA['marker']}|1")])
     if marker:
         raise SeedError("this database already holds the demo hospital (seed-demo runs once, on an empty database)")
-    seeder.h.workers = min(workers, -(-patients // group))  # no more processes than groups
+    # no more processes than groups; one on SQLite, whose single writer would queue them anyway
+    seeder.h.workers = 1 if server.engine.dialect.name == "sqlite" else min(workers, -(-patients // group))
     if seeder.h.workers > 1:
         groups = write_in_parallel(seeder, patients, seeder.h.workers, group)
     else:
