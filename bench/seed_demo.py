@@ -124,6 +124,7 @@ def measure(url: str, patients: int, seed: int, workers: int | None) -> dict[str
     engine.dispose()
     return {"wall": wall, "python": cpu, "children": children, "postgres": postgres, "rows": rows_after - rows_before,
             "resources": resources, "audit": audit, "counts": demo.hospital.counts, "workers": demo.hospital.workers,
+            "waited": demo.hospital.waited,
             **counted}
 
 
@@ -151,6 +152,8 @@ def main() -> None:
         ("worker processes (this one included)", f"{workers}", ""),
         ("CPU: this process (Python)", f"{m['python']:.1f} s", f"{m['python'] / n * 1000:.0f} ms"),
         ("CPU: the other workers (Python)", f"{m['children']:.1f} s", f"{m['children'] / n * 1000:.0f} ms"),
+        ("waiting for a turn (registration, check-in, dispensing; all workers)", f"{m['waited']:.1f} s",
+         f"{m['waited'] / n * 1000:.0f} ms"),
         ("CPU: PostgreSQL backends", f"{m['postgres']:.1f} s", f"{m['postgres'] / n * 1000:.0f} ms"),
         ("CPU: total", f"{total:.1f} s", f"{total / n * 1000:.0f} ms"),
         ("SQL statements (this process; COPYs not included)", f"{m['statements']:,}", f"{m['statements'] / n:.0f}"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -64,6 +65,7 @@ class SharedTurns:
         self.done = ctx.Array("b", len(STEPS) * groups, lock=False)
         self.next = ctx.Value("i", 0, lock=False)
         self.stopped = ctx.Value("b", 0, lock=False)
+        self.waited = ctx.Value("d", 0.0, lock=False)  # seconds the processes spent waiting for a turn
         self.watch: Callable[[], None] | None = None  # the parent's look at its children while it waits
 
     def take(self) -> int | None:
@@ -80,12 +82,14 @@ class SharedTurns:
     def turn(self, step: str, group: int) -> Iterator[None]:
         base = STEPS.index(step) * self.groups
         with self.cond:
+            since = time.monotonic()
             while not all(self.done[base:base + group]):
                 if self.stopped.value:
                     raise Stopped
                 self.cond.wait(POLL)
                 if self.watch is not None:
                     self.watch()
+            self.waited.value += time.monotonic() - since
             if self.stopped.value:
                 raise Stopped
         yield
@@ -181,6 +185,7 @@ def write_in_parallel(seeder: Seeder, patients: int, workers: int, size: int) ->
                 child.terminate()
             for child in children:
                 child.join()
+            seeder.h.waited = round(turns.waited.value, 1)
             return [written[g] for g in range(groups)]
     except Stopped:
         pass  # a child's failure: reported below
@@ -196,6 +201,7 @@ def write_in_parallel(seeder: Seeder, patients: int, workers: int, size: int) ->
     for kind, body in reports.values():
         if kind == "done":
             written.update(body)
+    seeder.h.waited = round(turns.waited.value, 1)
     if len(written) != groups:  # cannot happen unless a process vanished without a word
         raise SeedError(f"seed-demo: {groups - len(written)} group(s) of patients not written")
     return [written[g] for g in range(groups)]

@@ -47,6 +47,7 @@ class Hospital:
     store: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     workers: int = 1  # processes that wrote the patients
+    waited: float = 0.0  # seconds they spent waiting for their turn at the ordered steps (parallel.py)
 
 
 @dataclass(frozen=True)
