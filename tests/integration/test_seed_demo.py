@@ -160,14 +160,15 @@ def _facts(engine: Engine) -> Counter[str]:
     with engine.connect() as conn:
         rows = [(t, i, c or {}) for t, i, c in conn.execute(select(
             ResourceRow.resource_type, ResourceRow.id, ResourceRow.content).where(ResourceRow.deleted.is_(False)))]
-    label = {i: f"{t}:{orjson.dumps([c.get('name'), c.get('birthDate'), c.get('batch')]).decode()}"
+    named = {i: f"{t}:{orjson.dumps([c.get('name'), c.get('birthDate'), c.get('batch')]).decode()}"
              for t, i, c in rows if t in NAMED}
+    label = dict(named)
     for t, i, c in rows:
-        if i not in label:
+        if i not in named:  # by what it is about, among the named ones (whatever order the rows come in)
             refs = [c[k] for k in ("subject", "patient", "beneficiary") if isinstance(c.get(k), dict)]
             refs += [a for a in c.get("actor") or [] if isinstance(a, dict)]  # a Schedule: its doctor
             found = [m.group(0) for r in refs if (m := UUID.search(str(r.get("reference"))))]
-            label[i] = f"{t}<{','.join(sorted(label.get(f, '?') for f in found if f in label))}>"
+            label[i] = f"{t}<{','.join(sorted(named[f] for f in found if f in named))}>"
 
     def canon(value: Any) -> Any:
         if isinstance(value, dict):

@@ -70,6 +70,8 @@ class SharedTurns:
 
     def take(self) -> int | None:
         """The next group to write, or None when none is left or the run stops."""
+        if self.watch is not None:
+            self.watch()
         with self.cond:
             if self.stopped.value:
                 raise Stopped
@@ -132,12 +134,14 @@ def worker(n: int, settings: Settings, seed: int, turns: SharedTurns, plans: Any
         from fhir_server.workflows.demo.seed import Seeder
         from terminology import ucum as ucum_codes
 
+        turns.watch = _orphaned  # a parent killed outright never says stop: do not wait for it for ever
         engine = make_engine(settings)
         server = FhirServer(settings, engine)
         ucum.factor("kg"), ucum_codes.is_valid("kg")  # the UCUM registries (~2 s) load while the parent sets up
         while True:
             if turns.stopped.value:
                 raise Stopped
+            _orphaned()
             try:
                 hospital, groups = plans.get(timeout=POLL)
                 break
@@ -205,6 +209,12 @@ def write_in_parallel(seeder: Seeder, patients: int, workers: int, size: int) ->
     if len(written) != groups:  # cannot happen unless a process vanished without a word
         raise SeedError(f"seed-demo: {groups - len(written)} group(s) of patients not written")
     return [written[g] for g in range(groups)]
+
+
+def _orphaned() -> None:
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():
+        raise Stopped
 
 
 def _watch(children: list[SpawnProcess], results: Any, reports: dict[int, tuple[str, Any]],
