@@ -1,9 +1,10 @@
 """The BEFORE_COMMIT hook that keeps the search index in step with every write, in the same transaction.
 
-For each version written: delete the resource's old rows (not for a first version), extract the new rows
-and hand them to the repository's deferred inserts (``Repository.defer_insert``): they are written in bulk
-(COPY on PostgreSQL, one executemany per table elsewhere) before the next statement of the transaction or
-at the commit, so a transaction Bundle of 500 resources costs a handful of statements, and a search in the
+For each version written: queue the deletion of the resource's old rows (not for a first version;
+``Repository.defer_delete``), extract the new rows and hand them to the repository's deferred inserts
+(``Repository.defer_insert``): both are written in bulk (one statement per flush on PostgreSQL, an
+executemany per table elsewhere: ``storage/bulk.py``) before the next statement of the transaction or at
+the commit, so a transaction Bundle of 500 resources costs a handful of statements, and a search in the
 same transaction still sees them. A rollback drops them with everything else. A deletion only removes rows.
 """
 

@@ -33,6 +33,9 @@ _UPDATE_CURRENT = update(RES).where(RES.c.resource_type == bindparam("rt"), RES.
 _CURRENT = select(RES.c.version_id, RES.c.last_updated, RES.c.deleted, RES.c.content).where(
     RES.c.resource_type == bindparam("rt"), RES.c.id == bindparam("rid"))
 _CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
+_CURRENT_MANY = select(RES.c.id, RES.c.version_id, RES.c.last_updated, RES.c.deleted, RES.c.content).where(
+    RES.c.resource_type == bindparam("rt"), RES.c.id.in_(bindparam("ids", expanding=True)))
+_LIVE_MANY = _CURRENT_MANY.where(RES.c.deleted.is_(False))
 
 
 @dataclass(frozen=True)
@@ -223,9 +226,7 @@ class Repository:
                 by_type.setdefault(rtype, []).append(rid)
         for rtype, ids in by_type.items():
             for start in range(0, len(ids), 500):
-                for r in self.execute(select(RES.c.id, RES.c.version_id, RES.c.last_updated, RES.c.deleted,
-                                             RES.c.content).where(RES.c.resource_type == rtype,
-                                                                  RES.c.id.in_(ids[start:start + 500]))):
+                for r in self.execute(_CURRENT_MANY, {"rt": rtype, "ids": ids[start:start + 500]}):
                     self.known.remember(Version(rtype, r.id, r.version_id, r.last_updated, r.deleted, r.content),
                                         locked=False)
 
@@ -294,10 +295,7 @@ class Repository:
             by_type.setdefault(rtype, []).append(rid)
         for rtype, ids in by_type.items():
             for start in range(0, len(ids), 500):
-                rows = self.execute(
-                    select(RES.c.id, RES.c.version_id, RES.c.last_updated, RES.c.content).where(
-                        RES.c.resource_type == rtype, RES.c.id.in_(ids[start:start + 500]),
-                        RES.c.deleted.is_(False)))
+                rows = self.execute(_LIVE_MANY, {"rt": rtype, "ids": ids[start:start + 500]})
                 out.extend(Version(rtype, r.id, r.version_id, r.last_updated, False, r.content) for r in rows)
         # auth: what the token may not search is left out (a search's loader), masked elements taken out
         return [self.access.mask(v) for v in out if self.access.can_search(v)]
