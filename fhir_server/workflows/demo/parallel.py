@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fhir_server.workflows.demo.calls import SeedError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from fhir_server.config import Settings
     from fhir_server.workflows.demo.seed import Group, Seeder
 
@@ -161,7 +163,8 @@ def worker(n: int, settings: Settings, seed: int, turns: SharedTurns, plans: Any
             engine.dispose()
 
 
-def write_in_parallel(seeder: Seeder, patients: int, workers: int, size: int) -> list[dict[str, int]]:
+def write_in_parallel(seeder: Seeder, patients: int, workers: int, size: int,
+                      not_before: datetime | None) -> list[dict[str, int]]:
     """Set the hospital up (in this process), then write its groups with ``workers`` processes (this one
     included); each group's counts in group order."""
     ctx = multiprocessing.get_context("spawn")
@@ -180,7 +183,7 @@ def write_in_parallel(seeder: Seeder, patients: int, workers: int, size: int) ->
     failure: BaseException | None = None
     try:
         seeder.setup()
-        plan = seeder.plan(patients, size)
+        plan = seeder.plan(patients, size, not_before)
         for _ in children:
             plans.put((seeder.h, plan))
         written = write_groups(seeder, plan, turns)

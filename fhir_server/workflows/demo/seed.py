@@ -157,14 +157,18 @@ class Seeder:
 
     # --- the patients ---------------------------------------------------------------------------------------
 
-    def plan(self, total: int, size: int = GROUP) -> list[Group]:
-        """The groups of ``size`` patients, each with its own slots (the earliest free ones, in the order of the
-        doctors' creation at equal times, shuffled by the seed) and beds (3 a group while they last)."""
+    def plan(self, total: int, size: int = GROUP, not_before: datetime | None = None) -> list[Group]:
+        """The groups of ``size`` patients, each with its own slots (the earliest free ones from ``not_before``,
+        default an hour from now, in the order of the doctors' creation at equal times, shuffled by the seed) and
+        beds (3 a group while they last)."""
         doctor = {f"Practitioner/{pid}": i for i, pid in enumerate(self.h.doctors)}
         schedules = {s["id"]: next(doctor[a["reference"]] for a in s["actor"] if a["reference"] in doctor)
                      for s in self.calls.search(self.admin, "Schedule", [])}
         found = self.calls.search(self.admin, "Slot", [("status", "free")], every=True)  # sorted here: by doctor
-        slots = sorted((s["start"], schedules[s["schedule"]["reference"].split("/")[1]], s["id"]) for s in found)
+        # not the next hour's: a slot must still lie ahead when its group books it, minutes later
+        soon = not_before or datetime.now(UTC) + timedelta(hours=1)
+        slots = sorted((start, schedules[s["schedule"]["reference"].split("/")[1]], s["id"]) for s in found
+                       if (start := datetime.fromisoformat(s["start"])) >= soon)
         picked = [(sid, d) for _, d, sid in slots[:total]]
         self.rng.shuffle(picked)
         return [Group(g, first, min(size, total - first), tuple(picked[first:first + size]),
@@ -375,10 +379,11 @@ class Seeder:
         self._count("payments", len(payments))
 
 
-def seed(server: FhirServer, *, seed: int = 1, patients: int = 500, workers: int = 1,
-         group: int = GROUP) -> Hospital:
+def seed(server: FhirServer, *, seed: int = 1, patients: int = 500, workers: int = 1, group: int = GROUP,
+         not_before: datetime | None = None) -> Hospital:
     """Write the demo hospital; raises SeedError (with the server's answer) if any write is refused. With
-    ``workers`` > 1 the groups (of ``group`` patients) are written by that many processes (parallel.py)."""
+    ``workers`` > 1 the groups (of ``group`` patients) are written by that many processes (parallel.py);
+    ``not_before``: the earliest appointment (``Seeder.plan``)."""
     seeder = Seeder(server, seed)
     started = time.perf_counter()
     marker = seeder.calls.search(seeder.admin, "Organization", [("identifier", f"{DATA['marker']}|1")])
@@ -387,10 +392,10 @@ def seed(server: FhirServer, *, seed: int = 1, patients: int = 500, workers: int
     # no more processes than groups; one on SQLite, whose single writer would queue them anyway
     seeder.h.workers = 1 if server.engine.dialect.name == "sqlite" else min(workers, -(-patients // group))
     if seeder.h.workers > 1:
-        groups = write_in_parallel(seeder, patients, seeder.h.workers, group)
+        groups = write_in_parallel(seeder, patients, seeder.h.workers, group, not_before)
     else:
         seeder.setup()
-        groups = [seeder.run_group(g) for g in seeder.plan(patients, group)]
+        groups = [seeder.run_group(g) for g in seeder.plan(patients, group, not_before)]
     for counts in groups:  # in group order: the same keys in the same order whoever wrote them
         for name, n in counts.items():
             seeder.h.counts[name] = seeder.h.counts.get(name, 0) + n
