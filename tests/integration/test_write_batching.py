@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select
 
 from fhir_server.search.tables import STRING
@@ -114,3 +115,23 @@ def test_an_update_of_an_earlier_version_is_searchable_in_the_same_transaction(a
     old, new, row = api.fhir.uow.run(work, write=True, access=SYSTEM)
     assert old == [] and new == [rid]
     assert row is not None and row["meta"]["versionId"] == "2"  # the flush sent the UPDATE before the search
+
+
+def test_a_big_flush_copies_its_rows_after_the_queued_deletions_and_updates(api: LiveServer,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from fhir_server.storage import bulk
+
+    monkeypatch.setattr(bulk, "COPY_ABOVE", 3)  # PostgreSQL: this flush's inserts go by COPY
+    rid = api.http.post("Patient", json=_patient("Copied")).json()["id"]
+
+    def work(repo: Repository) -> list[str]:
+        repo.update("Patient", rid, {**_patient("Recopied"), "id": rid})
+        made = [repo.create("Patient", _patient(f"Bulk{i}")).id for i in range(4)]
+        repo.flush()
+        return made
+
+    made = api.fhir.uow.run(work, write=True, access=SYSTEM)
+    assert api.http.get("Patient", params={"family": "Copied", "_id": rid}).json()["total"] == 0
+    assert api.http.get("Patient", params={"family": "Recopied", "_id": rid}).json()["total"] == 1
+    assert api.http.get(f"Patient/{rid}").json()["meta"]["versionId"] == "2"
+    assert api.http.get("Patient", params={"_id": ",".join(made)}).json()["total"] == 4
