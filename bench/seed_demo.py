@@ -1,16 +1,20 @@
 """`fhir-server seed-demo` speed (issue 18 item 10: 500 patients in under a minute on PostgreSQL).
 
-Runs what the command runs (``write_demo``: the hospital through every workflow rule, each step as its role;
-the run's AuditEvent; ANALYZE; the 8 demo users) in-process on a fresh PostgreSQL database, and measures wall
-time and CPU time: this process (Python) and the PostgreSQL backends serving the database, so the figures stay
-comparable on the loaded shared machine. Also counted: SQL statements and transactions (SQLAlchemy's), rows
-PostgreSQL inserted (pg_stat_database; COPY included), resources written.
-Usage: .venv/bin/python bench/seed_demo.py [--patients 500] [--seed 1] [--quick: 25 patients, RESULTS.md left alone]
+Runs what the command runs (``write_demo``: the hospital through every workflow rule, each step as its role,
+the groups of patients written by ``--workers`` processes; the run's AuditEvent; ANALYZE; the 8 demo users)
+in-process on a fresh PostgreSQL database, and measures wall time and CPU time: this process (Python), its
+worker processes (RUSAGE_CHILDREN: they are joined before write_demo returns) and the PostgreSQL backends
+serving the database, so the figures stay comparable on the loaded shared machine. Also counted: SQL
+statements and transactions (SQLAlchemy's, this process only), rows PostgreSQL inserted (pg_stat_database;
+COPY included), resources written.
+Usage: .venv/bin/python bench/seed_demo.py [--patients 500] [--seed 1] [--workers N: default the command's, 2]
+       [--quick: 25 patients, RESULTS.md left alone]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import threading
 import time
@@ -21,7 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg
-from common import _proc_stat, bench_database, facts_markdown, libpq, log, machine_facts, table, write_section
+from common import (
+    _proc_stat,
+    bench_database,
+    facts_markdown,
+    libpq,
+    log,
+    machine_facts,
+    table,
+    write_section,
+)
 from sqlalchemy import event
 
 from fhir_server.config import Settings
@@ -50,7 +63,7 @@ class BackendCpu:
         return found
 
     def _poll(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(0.25):  # a worker's backends end with it: poll often to miss little
             self._sample()
 
     def start(self) -> None:
@@ -75,7 +88,12 @@ def inserted(url: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def measure(url: str, patients: int, seed: int) -> dict[str, Any]:
+def children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def measure(url: str, patients: int, seed: int, workers: int | None) -> dict[str, Any]:
     settings = Settings(database_url=url)
     engine = make_engine(settings)
     upgrade(engine)
@@ -94,9 +112,9 @@ def measure(url: str, patients: int, seed: int) -> dict[str, Any]:
     backends = BackendCpu(url)
     backends.start()
     rows_before, _ = inserted(url)
-    wall, cpu = time.perf_counter(), time.process_time()
-    demo = write_demo(settings, engine, seed=seed, patients=patients)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu, children = time.perf_counter(), time.process_time(), children_cpu()
+    demo = write_demo(settings, engine, seed=seed, patients=patients, workers=workers)
+    wall, cpu, children = time.perf_counter() - wall, time.process_time() - cpu, children_cpu() - children
     postgres = backends.stop()
     rows_after, _ = inserted(url)
     with psycopg.connect(libpq(url)) as conn:
@@ -104,32 +122,42 @@ def measure(url: str, patients: int, seed: int) -> dict[str, Any]:
             "SELECT resource_type, count(*) FROM resource GROUP BY 1 ORDER BY 2 DESC")}
         audit = resources.get("AuditEvent", 0)
     engine.dispose()
-    return {"wall": wall, "python": cpu, "postgres": postgres, "rows": rows_after - rows_before,
-            "resources": resources, "audit": audit, "counts": demo.hospital.counts, **counted}
+    return {"wall": wall, "python": cpu, "children": children, "postgres": postgres, "rows": rows_after - rows_before,
+            "resources": resources, "audit": audit, "counts": demo.hospital.counts, "workers": demo.hospital.workers,
+            "waited": demo.hospital.waited,
+            **counted}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None, help="processes writing the patients (default: the "
+                                                                   "command's, 2 on PostgreSQL)")
     parser.add_argument("--quick", action="store_true", help="25 patients, printed only (RESULTS.md left alone)")
     args = parser.parse_args()
     if args.quick:
         args.patients = 25
     with bench_database("seed_demo") as url:
         facts = machine_facts(url)
-        log(f"seed-demo --patients {args.patients} --seed {args.seed} on a fresh database")
-        m = measure(url, args.patients, args.seed)
+        log(f"seed-demo --patients {args.patients} --seed {args.seed} --workers {args.workers or 'default'} "
+            "on a fresh database")
+        m = measure(url, args.patients, args.seed, args.workers)
     n = args.patients
-    total = m["python"] + m["postgres"]
+    workers = m["workers"]
+    total = m["python"] + m["children"] + m["postgres"]
     written = sum(m["resources"].values())
     rows = [
         ("wall time", f"{m['wall']:.1f} s", f"{m['wall'] / n * 1000:.0f} ms"),
+        ("worker processes (this one included)", f"{workers}", ""),
         ("CPU: this process (Python)", f"{m['python']:.1f} s", f"{m['python'] / n * 1000:.0f} ms"),
+        ("CPU: the other workers (Python)", f"{m['children']:.1f} s", f"{m['children'] / n * 1000:.0f} ms"),
+        ("waiting for a turn (registration, check-in, dispensing; all workers)", f"{m['waited']:.1f} s",
+         f"{m['waited'] / n * 1000:.0f} ms"),
         ("CPU: PostgreSQL backends", f"{m['postgres']:.1f} s", f"{m['postgres'] / n * 1000:.0f} ms"),
         ("CPU: total", f"{total:.1f} s", f"{total / n * 1000:.0f} ms"),
-        ("SQL statements (SQLAlchemy; COPYs not included)", f"{m['statements']:,}", f"{m['statements'] / n:.0f}"),
-        ("transactions committed", f"{m['transactions']:,}", f"{m['transactions'] / n:.2f}"),
+        ("SQL statements (this process; COPYs not included)", f"{m['statements']:,}", f"{m['statements'] / n:.0f}"),
+        ("transactions committed (this process)", f"{m['transactions']:,}", f"{m['transactions'] / n:.2f}"),
         ("rows inserted (pg_stat_database; index rows included)", f"{m['rows']:,}", f"{m['rows'] / n:.0f}"),
         ("resources written (current versions)", f"{written:,}", f"{written / n:.1f}"),
         ("AuditEvents", f"{m['audit']}", ""),
@@ -144,8 +172,10 @@ def main() -> None:
 
 Goal (issue 18 item 10): 500 patients in under a minute on PostgreSQL. What the command does, in-process on a
 fresh database: the hospital written through every workflow rule (each step as its role, transaction Bundles
-per step of 25 patients), one AuditEvent for the run, ANALYZE, the 8 demo users (argon2 once each).
-Run: `.venv/bin/python bench/seed_demo.py --patients {n}` (seed {args.seed}; defaults: 500 and 1).
+per step of 25 patients; the groups of 25 shared by {workers} worker process(es), parallel.py), one AuditEvent
+for the run, ANALYZE, the 8 demo users (argon2 once each).
+Run: `.venv/bin/python bench/seed_demo.py --patients {n}{f" --workers {args.workers}" if args.workers else ""}`
+(seed {args.seed}; defaults: 500 patients, seed 1, the command's workers: 2 on PostgreSQL).
 
 {facts_markdown(facts)}
 
@@ -154,9 +184,11 @@ Resources: {kinds}.
 
 {result}
 
-The wall time moves with the machine's load; the CPU figures barely do (CPU total = this process plus the
-PostgreSQL backends; on an idle 2-core machine the wall time is about their sum, since each statement waits
-for its answer).
+The wall time moves with the machine's load; the CPU figures barely do (CPU total = this process, the other
+workers and the PostgreSQL backends). One worker: on an idle machine the wall time is about the CPU total,
+since each statement waits for its answer; two workers on 2 cores: about half of it, plus the setup (about 3 s,
+one process) and the steps taken in group order (registration, check-in, dispensing: a group waits for the
+groups before it there).
 """
     write_section("seed-demo", body)
     log("bench/RESULTS.md: section seed-demo written")

@@ -1,29 +1,35 @@
 """``fhir-server seed-demo`` (issue 18 item 10) as an operator runs it, on SQLite and PostgreSQL: a real process
 writes a small demo hospital through the server's rules; its printed users sign in; the data holds together
 (beds, orders, dispenses, invoices, payments, claims) and the dashboard's reports count it; the same seed writes
-the same hospital; a second run on the same database is refused."""
+the same hospital, with one worker process or two; a refusal in any worker stops the run; a second run on the
+same database is refused."""
 
 from __future__ import annotations
 
-import hashlib
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import Engine, select
 
 from fhir_server.rest.server import FhirServer
 from fhir_server.storage.database import make_engine
 from fhir_server.storage.migrate import upgrade
+from fhir_server.storage.models import ResourceRow
 from fhir_server.workflows.demo.calls import SeedError
+from fhir_server.workflows.demo.seed import Group, Seeder
 from fhir_server.workflows.demo.seed import seed as write_hospital
 from fhir_server.workflows.laboratory.turnaround import TURNAROUND as TURNAROUND_URL
-from tests.conftest import Backend
+from tests.conftest import PROCESS_START_TIMEOUT, Backend, wait_until
 from tests.integration.test_auth_access import REDIRECT
 from tests.integration.test_auth_support import Smart, code_from, exchange, pkce, smart_server
 from tests.integration.test_auth_support import authorize as sign_in
@@ -142,21 +148,50 @@ def test_the_reports_count_the_demo(seeded: tuple[Smart, dict[str, Any]]) -> Non
     assert stock["population"][0]["count"] == 15000 - 10 * counts["dispenses"]
 
 
-def _digest(path: Path) -> str:
-    """What the demo says, without the server's ids and clocks."""
-    import sqlite3
-    kinds = ("Patient", "Appointment", "ServiceRequest", "Invoice", "Observation", "MedicationDispense",
-             "PaymentReconciliation", "Encounter", "Coverage")
-    rows = sqlite3.connect(path).execute(f"SELECT resource_type, content FROM resource WHERE resource_type IN "
-                                         f"({', '.join('?' for _ in kinds)})", kinds).fetchall()
-    keep = ("name", "gender", "birthDate", "priority", "status", "totalGross", "valueQuantity", "quantity",
-            "paymentAmount", "class", "code")
-    facts = sorted(orjson.dumps({k: v for k, v in orjson.loads(c).items() if k in keep}, option=orjson.OPT_SORT_KEYS)
-                   .decode() + t for t, c in rows)
-    return hashlib.sha256("\n".join(facts).encode()).hexdigest()
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+INSTANT = re.compile(r"^\d{4}-\d\d-\d\dT\d")
+NAMED = ("Patient", "Practitioner", "Location", "Organization", "Medication")
 
 
-def _seed_sqlite(backend: Backend, db: Path, seed: int) -> None:
+def _facts(engine: Engine) -> Counter[str]:
+    """Every resource the demo holds, as it reads without the server's ids and clocks: a reference names what
+    it points to (a patient by name and birth date, a bed by its name, a dispense by its patient), so an MRN,
+    a queue token or a stock balance given to another patient shows; instants are left out, except the
+    booked times of appointments."""
+    with engine.connect() as conn:
+        rows = [(t, i, c or {}) for t, i, c in conn.execute(select(
+            ResourceRow.resource_type, ResourceRow.id, ResourceRow.content).where(ResourceRow.deleted.is_(False)))]
+    named = {i: f"{t}:{orjson.dumps([c.get('name'), c.get('birthDate'), c.get('batch')]).decode()}"
+             for t, i, c in rows if t in NAMED}
+    label = dict(named)
+    for t, i, c in rows:
+        if i not in named:  # by what it is about, among the named ones (whatever order the rows come in)
+            refs = [c[k] for k in ("subject", "patient", "beneficiary") if isinstance(c.get(k), dict)]
+            refs += [a for a in c.get("actor") or [] if isinstance(a, dict)]  # a Schedule: its doctor
+            found = [m.group(0) for r in refs if (m := UUID.search(str(r.get("reference"))))]
+            label[i] = f"{t}<{','.join(sorted(named[f] for f in found if f in named))}>"
+
+    def canon(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: canon(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [canon(v) for v in value]
+        if isinstance(value, str):
+            return "<instant>" if INSTANT.match(value) else UUID.sub(lambda m: label.get(m.group(0), "?"), value)
+        return value
+
+    facts: Counter[str] = Counter()
+    for t, _i, c in rows:
+        if t == "Slot":  # generated from the clock's now to now + the horizon (the booked ones: appointments)
+            continue
+        fact = {k: canon(v) for k, v in c.items() if k not in ("id", "meta", "text")}
+        if t == "Appointment":
+            fact.update(start=c.get("start"), end=c.get("end"))
+        facts[orjson.dumps(fact, option=orjson.OPT_SORT_KEYS).decode()] += 1
+    return facts
+
+
+def _seed_sqlite(backend: Backend, db: Path, seed: int, not_before: datetime) -> Counter[str]:
     """The hospital (no users) in-process into a fresh SQLite file: the rules, registries and caches already
     loaded in this process serve both runs, so the comparison costs the writes, not two process starts."""
     settings = backend.settings.model_copy(update={"database_url": f"sqlite:///{db}", "workflows": "all",
@@ -164,7 +199,10 @@ def _seed_sqlite(backend: Backend, db: Path, seed: int) -> None:
     engine = make_engine(settings)
     try:
         upgrade(engine)
-        write_hospital(FhirServer(settings, engine), seed=seed, patients=3)
+        demo = write_hospital(FhirServer(settings, engine), seed=seed, patients=4, workers=2, group=2,
+                              not_before=not_before)
+        assert demo.workers == 1
+        return _facts(engine)
     finally:
         engine.dispose()
 
@@ -175,10 +213,71 @@ def test_the_same_seed_writes_the_same_hospital_once(backend: Backend, seeded: t
         write_hospital(FhirServer(backend.settings.model_copy(update={"workflows": "all"}), backend.engine),
                        seed=7, patients=2)
     if backend.name != "sqlite":
-        return  # the digest reads SQLite files; the refusal above is the PostgreSQL case
-    digests = []
-    for n, seed in ((1, 11), (2, 11), (3, 12)):
-        db = tmp_path / f"demo{n}.sqlite3"
-        _seed_sqlite(backend, db, seed)
-        digests.append(_digest(db))
-    assert digests[0] == digests[1] != digests[2]  # the same seed, the same hospital; another seed, another
+        return  # fresh SQLite files; the refusal above is the PostgreSQL case (and workers: below)
+    not_before = datetime.now(UTC) + timedelta(hours=1)
+    facts = [_seed_sqlite(backend, tmp_path / f"demo{n}.sqlite3", seed, not_before)
+             for n, seed in ((1, 11), (2, 11), (3, 12))]
+    assert facts[0] == facts[1] != facts[2]  # the same seed, the same hospital; another seed, another
+
+
+def _after_the_worker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """This process starts its first group only once the worker has taken the second, so that two processes
+    write at once whatever their start-up times (only this process is patched: the worker runs its own code).
+    The groups this process wrote, as it goes."""
+    run_group, mine = Seeder.run_group, []
+
+    def after_the_worker(self: Seeder, group: Group) -> dict[str, int]:
+        if group.index == 0:
+            taken = self.turns.next  # type: ignore[attr-defined]  # SharedTurns (parallel.py)
+            wait_until(lambda: taken.value >= 2, PROCESS_START_TIMEOUT, "the worker to take the second group")
+        mine.append(group.index)
+        return run_group(self, group)
+
+    monkeypatch.setattr(Seeder, "run_group", after_the_worker)
+    return mine
+
+
+def _seed_postgres(backend: Backend, workers: int, not_before: datetime) -> tuple[dict[str, int], Counter[str]]:
+    """8 patients in 4 groups of 2 (the command's groups are 25) into the emptied database."""
+    backend.truncate()
+    settings = backend.settings.model_copy(update={"workflows": "all", "scheduling_horizon_days": 4})
+    hospital = write_hospital(FhirServer(settings, backend.engine), seed=5, patients=8, workers=workers, group=2,
+                              not_before=not_before)
+    assert hospital.workers == workers
+    return {k: v for k, v in hospital.counts.items() if k != "seconds"}, _facts(backend.engine)
+
+
+def test_two_workers_write_the_same_hospital_as_one(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The groups are shared by two processes as they come, yet every slot, bed, MRN, queue token and stock
+    balance goes to the same patient as when one process writes them in order."""
+    if backend.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time: seed-demo writes with one process there")
+    not_before = datetime.now(UTC) + timedelta(hours=1)  # the same slots for both, whatever the clock did between
+    one = _seed_postgres(backend, 1, not_before)
+    mine = _after_the_worker(monkeypatch)
+    two = _seed_postgres(backend, 2, not_before)
+    assert 0 in mine and 1 not in mine  # the worker wrote the second group (at least), beside this process
+    assert multiprocessing.active_children() == []  # the worker ended with the run
+    assert one[0] == two[0] and one[0]["patients"] == 8 and one[0]["admissions"] > 0
+    assert sum(one[1].values()) > 200 and one[1] == two[1], (one[1] - two[1], two[1] - one[1])
+
+
+def test_a_refused_write_in_a_worker_stops_the_run(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second of three groups books a slot that does not exist, and is left to the worker (this process
+    starts its first group once the worker has taken the second): the worker's refusal stops the run with the
+    server's answer, this process included, and no process is left behind."""
+    if backend.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time: seed-demo writes with one process there")
+    plan = Seeder.plan
+
+    def broken(self: Seeder, total: int, size: int = 25, not_before: datetime | None = None) -> list[Group]:
+        return [Group(g.index, g.first, g.n, (("no-such-slot", 0),), g.beds) if g.index == 1 else g
+                for g in plan(self, total, size, not_before)]
+
+    monkeypatch.setattr(Seeder, "plan", broken)  # made in this process, handed to the worker
+    _after_the_worker(monkeypatch)
+    backend.truncate()
+    settings = backend.settings.model_copy(update={"workflows": "all", "scheduling_horizon_days": 4})
+    with pytest.raises(SeedError, match=r"^worker 1: POST .*no-such-slot"):
+        write_hospital(FhirServer(settings, backend.engine), seed=5, patients=6, workers=2, group=2)
+    assert multiprocessing.active_children() == []

@@ -4,6 +4,7 @@ and a sign-in user for each role, printed once."""
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -33,10 +34,21 @@ def add_parser(sub: Any) -> None:
                                               "their visits, labs, medicines, stays, bills) and demo users")
     parser.add_argument("--seed", type=int, default=1, help="the same seed writes the same hospital (default 1)")
     parser.add_argument("--patients", type=int, default=500, help="how many patients (default 500)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes writing the patients (default: 2 on PostgreSQL, or the CPUs if fewer; "
+                             "always 1 on SQLite, whose one writer at a time would queue them anyway)")
 
 
-def write_demo(settings: Settings, engine: Engine, *, seed: int, patients: int) -> Demo:
-    """The hospital, its run's AuditEvent, fresh planner statistics and the demo users (the bench runs this)."""
+def worker_count(engine: Engine, asked: int | None) -> int:
+    """How many processes write the patients: SQLite has one writer at a time, so one."""
+    if engine.dialect.name == "sqlite":
+        return 1
+    return max(1, asked if asked is not None else min(2, os.cpu_count() or 1))
+
+
+def write_demo(settings: Settings, engine: Engine, *, seed: int, patients: int, workers: int | None = None) -> Demo:
+    """The hospital, its run's AuditEvent, fresh planner statistics and the demo users (the bench runs this).
+    ``workers``: processes writing the patients (``worker_count``)."""
     from fhir_server.audit.codes import own
     from fhir_server.audit.events import SERVER, Record
     from fhir_server.audit.recorder import AuditRecorder
@@ -49,7 +61,7 @@ def write_demo(settings: Settings, engine: Engine, *, seed: int, patients: int) 
     # below records the run as a whole (a bulk load by the operator's command, like `fhir-server load`).
     seeding = settings.model_copy(update={"workflows": "all", "outbox_dispatcher": False, "audit_enabled": False})
     server = FhirServer(seeding, engine)
-    hospital = write_hospital(server, seed=seed, patients=patients)
+    hospital = write_hospital(server, seed=seed, patients=patients, workers=worker_count(engine, workers))
     if settings.audit_enabled:  # the run: the server's own work at the operator's command, naming the hospital
         AuditRecorder(server.uow, background=False).record(Record(
             own(*RUN_AUDIT), "C", 201, SERVER, targets=[f"Organization/{hospital.org}"]))
@@ -78,10 +90,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.patients < 1:
         print("--patients must be at least 1", file=sys.stderr)
         return 2
+    if args.workers is not None and args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
     engine = make_engine(settings)
     upgrade(engine)
     try:
-        demo = write_demo(settings, engine, seed=args.seed, patients=args.patients)
+        demo = write_demo(settings, engine, seed=args.seed, patients=args.patients, workers=args.workers)
     except SeedError as exc:
         print(f"seed-demo stopped: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
@@ -59,8 +60,15 @@ class Caller:
         out = self.call(access, "POST", "", bundle)
         return [e.get("resource") or {} for e in out.get("entry") or []]
 
-    def search(self, access: AccessContext, rtype: str, query: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    def search(self, access: AccessContext, rtype: str, query: list[tuple[str, str]], *,
+               every: bool = False) -> list[dict[str, Any]]:
+        """The matches of the first page of 1000, or with ``every`` of every page (following ``next``)."""
         found: list[dict[str, Any]] = []
-        page = self.call(access, "GET", rtype, query=[*query, ("_count", "1000")])
-        found += [e["resource"] for e in page.get("entry") or [] if e.get("search", {}).get("mode") == "match"]
-        return found
+        query = [*query, ("_count", "1000")]
+        while True:
+            page = self.call(access, "GET", rtype, query=query)
+            found += [e["resource"] for e in page.get("entry") or [] if e.get("search", {}).get("mode") == "match"]
+            after = next((link["url"] for link in page.get("link") or [] if link.get("relation") == "next"), None)
+            if not every or after is None:
+                return found
+            query = parse_qsl(urlsplit(after).query)

@@ -5,7 +5,10 @@ the receptionist registers and books them, checks them in or marks no-shows; the
 admits some to a bed (a transfer, then the discharge after the doctor's signed summary); the doctor orders a
 blood count and prescribes; the lab collects, reports (a few critical values); the pharmacist dispenses; the
 billing officer charges, invoices, takes payments, and the insured patients' claims follow. Deterministic for a
-seed (names, dates and choices from one ``random.Random``; ids are the server's)."""
+seed whatever the number of worker processes (parallel.py): each group draws from its own ``random.Random``
+and takes its slots and beds from a plan made before any group runs; the steps whose outcome depends on the
+order of writers (server-side numbers: MRNs, queue tokens, the stock ledger's balances) take their turn in group
+order (``Turns``). Ids and time stamps are the server's."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.workflows.demo.calls import Caller, SeedError, urn, user
+from fhir_server.workflows.demo.parallel import InOrder, Turns, write_in_parallel
 
 if TYPE_CHECKING:
     from fhir_server.rest.server import FhirServer
@@ -30,6 +34,7 @@ LOINC, UCUM = "http://loinc.org", "http://unitsofmeasure.org"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 BARCODE = "https://fhir-server.dev/demo/specimen-barcode"
 GROUP = 25  # patients written per transaction
+ROOMS, BEDS = 3, 5  # per ward: 3 beds for each group of 500 patients (Group.beds)
 
 
 @dataclass
@@ -41,6 +46,19 @@ class Hospital:
     beds: list[str] = field(default_factory=list)
     store: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    workers: int = 1  # processes that wrote the patients
+    waited: float = 0.0  # seconds they spent waiting for their turn at the ordered steps (parallel.py)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One group of patients and what it takes from the hospital's shared pools, fixed before any group runs
+    (so that neither timing nor the number of workers changes who gets which slot or bed)."""
+    index: int
+    first: int  # its first patient's number
+    n: int
+    slots: tuple[tuple[str, int], ...]  # (Slot id, index of the slot's doctor), one per patient while they last
+    beds: tuple[str, ...]  # the bed that stays taken, then the two of a stay with a transfer (or fewer: none left)
 
 
 def _ref(rtype: str, rid: str) -> dict[str, str]:
@@ -56,11 +74,13 @@ def _quantity(value: float, code: str) -> dict[str, Any]:
 
 
 class Seeder:
-    def __init__(self, server: FhirServer, seed: int) -> None:
+    def __init__(self, server: FhirServer, seed: int, hospital: Hospital | None = None) -> None:
         self.calls = Caller(server)
         self.seed = seed
         self.rng = random.Random(seed)
-        self.h = Hospital()
+        self.h = hospital or Hospital()
+        self.counts = self.h.counts  # what the step being written adds to (a group's own, in run_group)
+        self.turns: Turns = InOrder()
         self.admin = user("admin")
         self.desk = user("receptionist")
         self.nurse = user("nurse")
@@ -72,7 +92,7 @@ class Seeder:
         return urn(self.rng.getrandbits(128))
 
     def _count(self, name: str, n: int = 1) -> None:
-        self.h.counts[name] = self.h.counts.get(name, 0) + n
+        self.counts[name] = self.counts.get(name, 0) + n
 
     # --- the hospital ---------------------------------------------------------------------------------------
 
@@ -96,10 +116,10 @@ class Seeder:
         for w, name in enumerate(DATA["wards"]):
             ward = add({"resourceType": "Location", "name": name, "physicalType": _kind("wa"),
                         "managingOrganization": departments[w]})
-            for r in range(2):
+            for r in range(ROOMS):
                 room = add({"resourceType": "Location", "name": f"{name} room {r + 1}", "physicalType": _kind("ro"),
                             "partOf": ward})
-                for b in range(5):
+                for b in range(BEDS):
                     add({"resourceType": "Location", "name": f"{name} {r + 1}{'ABCDE'[b]}", "physicalType": _kind("bd"),
                          "partOf": room,
                          "operationalStatus": {"system": "http://terminology.hl7.org/CodeSystem/v2-0116", "code": "U"}})
@@ -137,21 +157,36 @@ class Seeder:
 
     # --- the patients ---------------------------------------------------------------------------------------
 
-    def patients(self, total: int) -> None:
-        slots = self.calls.search(self.admin, "Slot", [("status", "free")])
-        slots.sort(key=lambda s: (s["start"], s["id"]))
-        slots = slots[:total]
-        self.rng.shuffle(slots)
-        bed_pool = list(self.h.beds)
-        for first in range(0, total, GROUP):
-            # each group's choices from its own generator: the same seed gives the same group whatever came before
-            self.rng = random.Random(f"{self.seed}-{first}")
-            self._group(first, min(GROUP, total - first), slots, bed_pool)
+    def plan(self, total: int, size: int = GROUP, not_before: datetime | None = None) -> list[Group]:
+        """The groups of ``size`` patients, each with its own slots (the earliest free ones from ``not_before``,
+        default an hour from now, in the order of the doctors' creation at equal times, shuffled by the seed) and
+        beds (3 a group while they last)."""
+        doctor = {f"Practitioner/{pid}": i for i, pid in enumerate(self.h.doctors)}
+        schedules = {s["id"]: next(doctor[a["reference"]] for a in s["actor"] if a["reference"] in doctor)
+                     for s in self.calls.search(self.admin, "Schedule", [])}
+        found = self.calls.search(self.admin, "Slot", [("status", "free")], every=True)  # sorted here: by doctor
+        # not the next hour's: a slot must still lie ahead when its group books it, minutes later
+        soon = not_before or datetime.now(UTC) + timedelta(hours=1)
+        slots = sorted((start, schedules[s["schedule"]["reference"].split("/")[1]], s["id"]) for s in found
+                       if (start := datetime.fromisoformat(s["start"])) >= soon)
+        picked = [(sid, d) for _, d, sid in slots[:total]]
+        self.rng.shuffle(picked)
+        return [Group(g, first, min(size, total - first), tuple(picked[first:first + size]),
+                      tuple(self.h.beds[3 * g:3 * g + 3]))
+                for g, first in enumerate(range(0, total, size))]
 
-    def _group(self, first: int, n: int, slots: list[dict[str, Any]], beds: list[str]) -> None:
+    def run_group(self, group: Group) -> dict[str, int]:
+        """Write one group; its counts. Its choices come from its own generator: the same seed gives the same
+        group whatever was written before or beside it."""
+        self.rng = random.Random(f"{self.seed}-{group.first}")
+        self.counts = {}
+        self._group(group)
+        return self.counts
+
+    def _group(self, group: Group) -> None:
         c, rng = self.calls, self.rng
         people = []
-        for i in range(first, first + n):
+        for i in range(group.first, group.first + group.n):
             given = rng.choice(DATA["given"])
             families, suffixes = DATA["family"], DATA["suffix"]
             family = families[i % len(families)] + suffixes[(i // len(families)) % len(suffixes)]
@@ -160,24 +195,23 @@ class Seeder:
                            "gender": rng.choice(["female", "male"]), "birthDate": born.date().isoformat(),
                            "managingOrganization": _ref("Organization", self.h.org),
                            "telecom": [{"system": "phone", "use": "mobile", "value": f"+91-98{i:08d}"}]})
-        made = c.transaction(self.desk, [("POST", "Patient", p, None) for p in people])
+        with self.turns.turn("register", group.index):  # the MRNs: the day's numbers in registration order
+            made = c.transaction(self.desk, [("POST", "Patient", p, None) for p in people])
         pids = [p["id"] for p in made]
-        self._count("patients", n)
+        self._count("patients", group.n)
         insured = [pid for pid in pids if rng.random() < 0.4]
         c.transaction(self.desk, [("POST", "Coverage", {
             "resourceType": "Coverage", "status": "active", "beneficiary": _ref("Patient", pid),
             "payor": [_ref("Organization", self.h.insurer)],
             "period": {"start": (datetime.now(UTC) - timedelta(days=365)).date().isoformat()}}, None)
             for pid in insured])
-        # The receptionist books each a free slot; most come (check-in), some do not, a few cancel.
-        booked = []
-        for pid in pids:
-            if not slots:
-                break
-            slot = slots.pop()
-            booked.append((pid, {"resourceType": "Appointment", "status": "booked", "slot": [_ref("Slot", slot["id"])],
-                                 "participant": [{"actor": _ref("Patient", pid), "status": "accepted"}]}))
-        appts = c.transaction(self.desk, [("POST", "Appointment", a, None) for _, a in booked])
+        # The receptionist books each its slot; most come (check-in), some do not, a few cancel. The bookings go
+        # in the order of the slots' doctors: a booking locks its doctor until the commit, and two groups booking
+        # at once then lock the doctors they share in one order (no deadlock).
+        booked = sorted(zip(group.slots, pids, strict=False), key=lambda b: b[0][1])
+        appts = c.transaction(self.desk, [("POST", "Appointment", {
+            "resourceType": "Appointment", "status": "booked", "slot": [_ref("Slot", sid)],
+            "participant": [{"actor": _ref("Patient", pid), "status": "accepted"}]}, None) for (sid, _), pid in booked])
         self._count("appointments", len(appts))
         fates = [rng.choices(["arrived", "noshow", "cancelled", "booked"], [70, 10, 5, 15])[0] for _ in appts]
         moves = []
@@ -188,16 +222,17 @@ class Seeder:
             if fate == "cancelled":
                 changed["cancelationReason"] = {"text": "patient asked"}
             moves.append(("PUT", f"Appointment/{appt['id']}", changed, None))
-        c.transaction(self.desk, moves)
-        came = [(appt, pid) for appt, fate, (pid, _) in zip(appts, fates, booked, strict=True) if fate == "arrived"]
+        with self.turns.turn("check-in", group.index):  # the doctors' queue tokens, in check-in order
+            c.transaction(self.desk, moves)
+        came = [(appt, pid) for appt, fate, (_, pid) in zip(appts, fates, booked, strict=True) if fate == "arrived"]
         if not came:
             return
         encounters = {e["appointment"][0]["reference"].split("/")[1]: e for e in c.search(
             self.desk, "Encounter", [("appointment", ",".join(f"Appointment/{a['id']}" for a, _ in came))])}
-        self._visits(came, encounters, beds)
+        self._visits(came, encounters, group)
 
     def _visits(self, came: list[tuple[dict[str, Any], str]], encounters: dict[str, dict[str, Any]],
-                beds: list[str]) -> None:
+                group: Group) -> None:
         c, rng = self.calls, self.rng
         doctor_id = rng.choice(self.h.doctors)
         doctor = user("doctor", f"Practitioner/{doctor_id}")
@@ -268,21 +303,24 @@ class Seeder:
                 "result": [{"reference": result}]}, None))
         c.transaction(self.lab, lab)
         self._count("lab results", len(requests))
-        # The pharmacist dispenses each prescription from the main store.
-        c.transaction(self.pharmacist, [("POST", "MedicationDispense", {
-            "resourceType": "MedicationDispense", "status": "completed", "subject": mr["subject"],
-            "context": mr["encounter"], "authorizingPrescription": [_ref("MedicationRequest", mr["id"])],
-            "medicationCodeableConcept": DATA["medicine"], "quantity": {"value": 10, "unit": "tablet"},
-            "location": _ref("Location", self.h.store), "whenHandedOver": now.isoformat()}, None)
-            for mr in prescriptions])
+        # The pharmacist dispenses each prescription from the main store (the stock ledger's balances and the
+        # first-expiry batch follow the order of dispenses).
+        with self.turns.turn("dispense", group.index):
+            c.transaction(self.pharmacist, [("POST", "MedicationDispense", {
+                "resourceType": "MedicationDispense", "status": "completed", "subject": mr["subject"],
+                "context": mr["encounter"], "authorizingPrescription": [_ref("MedicationRequest", mr["id"])],
+                "medicationCodeableConcept": DATA["medicine"], "quantity": {"value": 10, "unit": "tablet"},
+                "location": _ref("Location", self.h.store), "whenHandedOver": now.isoformat()}, None)
+                for mr in prescriptions])
         self._count("dispenses", len(prescriptions))
         visits = [(enc_id, pid) for _, pid, enc_id in orders]
-        stays = self._admissions([pid for _, pid, _ in orders[:2]], beds, doctor, doctor_id)
+        stays = self._admissions([pid for _, pid, _ in orders[:2]], group.beds, doctor, doctor_id)
         self._bill([*visits, *stays])
 
-    def _admissions(self, pids: list[str], beds: list[str], doctor: Any, doctor_id: str) -> list[tuple[str, str]]:
-        """Admit the first patients of the group to free beds; every other one moves bed; all are discharged
-        after the doctor's signed summary (a bed stays taken only while its patient lies in it)."""
+    def _admissions(self, pids: list[str], beds: tuple[str, ...], doctor: Any,
+                    doctor_id: str) -> list[tuple[str, str]]:
+        """Admit the group's first two patients to its beds: the first stays (its bed stays taken), the second
+        sometimes moves bed and is discharged after the doctor's signed summary."""
         c, out = self.calls, []
         for n, pid in enumerate(pids):
             if len(beds) < 3:
@@ -292,10 +330,10 @@ class Seeder:
                     "resourceType": "Encounter", "status": "in-progress", "class": {"system": ACT, "code": "IMP"},
                     "subject": _ref("Patient", pid), "participant": [{"individual": _ref("Practitioner", doctor_id)}],
                     "serviceProvider": _ref("Organization", self.h.departments[0]),
-                    "location": [{"location": _ref("Location", beds.pop()), "status": "active"}]})
+                    "location": [{"location": _ref("Location", beds[0]), "status": "active"}]})
                 self._count("admissions")
                 continue
-            first, second = beds[0], beds[1]
+            first, second = beds[1], beds[2]
             enc = c.call(self.nurse, "POST", "Encounter", {
                 "resourceType": "Encounter", "status": "in-progress", "class": {"system": ACT, "code": "IMP"},
                 "subject": _ref("Patient", pid), "participant": [{"individual": _ref("Practitioner", doctor_id)}],
@@ -341,14 +379,25 @@ class Seeder:
         self._count("payments", len(payments))
 
 
-def seed(server: FhirServer, *, seed: int = 1, patients: int = 500) -> Hospital:
-    """Write the demo hospital; raises SeedError (with the server's answer) if any write is refused."""
+def seed(server: FhirServer, *, seed: int = 1, patients: int = 500, workers: int = 1, group: int = GROUP,
+         not_before: datetime | None = None) -> Hospital:
+    """Write the demo hospital; raises SeedError (with the server's answer) if any write is refused. With
+    ``workers`` > 1 the groups (of ``group`` patients) are written by that many processes (parallel.py);
+    ``not_before``: the earliest appointment (``Seeder.plan``)."""
     seeder = Seeder(server, seed)
     started = time.perf_counter()
     marker = seeder.calls.search(seeder.admin, "Organization", [("identifier", f"{DATA['marker']}|1")])
     if marker:
         raise SeedError("this database already holds the demo hospital (seed-demo runs once, on an empty database)")
-    seeder.setup()
-    seeder.patients(patients)
+    # no more processes than groups; one on SQLite, whose single writer would queue them anyway
+    seeder.h.workers = 1 if server.engine.dialect.name == "sqlite" else min(workers, -(-patients // group))
+    if seeder.h.workers > 1:
+        groups = write_in_parallel(seeder, patients, seeder.h.workers, group, not_before)
+    else:
+        seeder.setup()
+        groups = [seeder.run_group(g) for g in seeder.plan(patients, group, not_before)]
+    for counts in groups:  # in group order: the same keys in the same order whoever wrote them
+        for name, n in counts.items():
+            seeder.h.counts[name] = seeder.h.counts.get(name, 0) + n
     seeder.h.counts["seconds"] = round(time.perf_counter() - started)
     return seeder.h
