@@ -13,6 +13,7 @@ is dropped instead. Nothing here goes through SQLAlchemy's statement compiler: t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import JSON, Connection, Table
+from sqlalchemy import JSON, Connection, Float, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
@@ -40,6 +41,7 @@ class _Plan:
 class _PgTable:
     columns: tuple[str, ...]
     json: tuple[bool, ...]
+    floats: tuple[str, ...]  # float columns: JSON has no inf/NaN (orjson writes null), PostgreSQL's text does
     insert: str  # INSERT ... SELECT ... FROM jsonb_to_recordset(%s) AS r(column type, ...)
     delete: str  # DELETE ... WHERE resource_type = %s AND resource_id = ANY(%s)
     update: str  # UPDATE ... FROM jsonb_to_recordset(%s) ... WHERE resource_type = %s AND id = ANY(%s)
@@ -133,6 +135,7 @@ def _pg_table(dialect: Dialect, table: Table) -> _PgTable:
         names = ", ".join(f'"{c}"' for c in columns)
         plan = _PG[table.name] = _PgTable(
             columns, tuple(isinstance(t, JSON) for t in types),
+            tuple(c for c, t in zip(columns, types, strict=True) if isinstance(t, Float)),
             f"INSERT INTO {table.name} ({names}) SELECT {names} FROM jsonb_to_recordset(%s::jsonb) AS r({record})",
             # one type and its ids: the (resource_type, resource_id) index serves it on a table of any size
             f"DELETE FROM {table.name} WHERE resource_type = %s AND resource_id = ANY(%s::varchar[])",
@@ -162,15 +165,16 @@ def _flush_postgresql(conn: Connection, pending: dict[Table, list[dict[str, Any]
             clauses.append(_pg_table(conn.dialect, table).delete)
             params += [rtype, ids]
     for table, rows in pending.items():
-        clauses.append(_pg_table(conn.dialect, table).insert)
-        params.append(orjson.dumps(rows).decode())
+        plan = _pg_table(conn.dialect, table)
+        clauses.append(plan.insert)
+        params.append(_json_rows(rows, plan.floats))
     for table, changed in updates.items():
         grouped: dict[str, list[dict[str, Any]]] = {}
         for (rtype, _rid), row in sorted(changed.items()):
             grouped.setdefault(rtype, []).append(row)
         for rtype, rows in grouped.items():
             clauses.append(_pg_table(conn.dialect, table).update)
-            params += [orjson.dumps(rows).decode(), rtype, [row["id"] for row in rows]]
+            params += [_json_rows(rows, _pg_table(conn.dialect, table).floats), rtype, [row["id"] for row in rows]]
     if clauses:
         # data-modifying WITH clauses all run, and see the tables as they were before the statement
         sql = clauses[0] if len(clauses) == 1 else \
@@ -185,6 +189,17 @@ def _flush_postgresql(conn: Connection, pending: dict[Table, list[dict[str, Any]
             raise DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
     for table, rows in copies.items():
         _copy(conn, table, rows)
+
+
+def _json_rows(rows: list[dict[str, Any]], floats: tuple[str, ...]) -> str:
+    """The rows as one JSON array; a float column's inf or NaN (a huge quantity in canonical units, say) as
+    PostgreSQL's text for it, which jsonb_to_recordset reads back as that float."""
+    for column in floats:
+        for row in rows:
+            value = row.get(column)
+            if isinstance(value, float) and not math.isfinite(value):
+                row[column] = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    return orjson.dumps(rows).decode()
 
 
 def _copy(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:

@@ -135,3 +135,14 @@ def test_a_big_flush_copies_its_rows_after_the_queued_deletions_and_updates(api:
     assert api.http.get("Patient", params={"family": "Recopied", "_id": rid}).json()["total"] == 1
     assert api.http.get(f"Patient/{rid}").json()["meta"]["versionId"] == "2"
     assert api.http.get("Patient", params={"_id": ",".join(made)}).json()["total"] == 4
+
+
+def test_a_quantity_beyond_a_float_in_canonical_units_is_stored_and_found(api: LiveServer) -> None:
+    """1e308 km is +inf metres in the index's float: JSON has no infinity (the PostgreSQL flush sends rows as
+    JSON), so it must still arrive as one, not as a null the column refuses (a 500)."""
+    huge = {"resourceType": "Observation", "status": "final", "code": {"text": "distance"},
+            "valueQuantity": {"value": 1e308, "unit": "km", "system": "http://unitsofmeasure.org", "code": "km"}}
+    created = api.http.post("Observation", json=huge)
+    assert created.status_code == 201, created.text
+    found = api.http.get("Observation", params={"value-quantity": "gt1|http://unitsofmeasure.org|m"}).json()
+    assert [e["resource"]["id"] for e in found.get("entry", [])] == [created.json()["id"]]
