@@ -40,11 +40,11 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, or_, select, text, update
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.pool import StaticPool
 
 from fhir_server.errors import FhirError
@@ -62,6 +62,7 @@ from fhir_server.storage.outbox_attempt import (  # noqa: F401  (handlers import
     last_attempt,
 )
 from fhir_server.storage.outbox_lanes import TURN, TURN_SECONDS, Lanes
+from fhir_server.storage.outbox_rows import Held, LeasedRows
 from fhir_server.storage.outbox_window import Windowed, deliver_window
 
 log = logging.getLogger(__name__)
@@ -79,35 +80,11 @@ QUEUED = 500  # rows a busy partition may have waiting in this process (beyond: 
 LINGER_SECONDS = 0.2
 
 
-# The two statements every delivery runs, as text: built and compiled once (SQLAlchemy's statement building
-# cost more CPU than PostgreSQL's work). The table is found on the search path (a tenant's schema).
-_FINISH = text(f"UPDATE {OUTBOX.name} SET status = 'done', last_error = NULL, lease_owner = NULL, "
-               "attempts = attempts + :extra WHERE pk IN :pks AND lease_owner = :owner AND status = 'delivering'"
-               ).bindparams(bindparam("pks", expanding=True))
-_COUNT_AND_FINISH = text(
-    f"UPDATE {OUTBOX.name} SET attempts = CASE WHEN pk = :pk THEN :attempts ELSE attempts END, "
-    "status = CASE WHEN pk = :pk THEN status ELSE 'done' END, "
-    "last_error = CASE WHEN pk = :pk THEN last_error ELSE NULL END, "
-    "lease_owner = CASE WHEN pk = :pk THEN lease_owner ELSE NULL END "
-    "WHERE pk IN :pks AND lease_owner = :owner AND status = 'delivering' RETURNING pk"
-).bindparams(bindparam("pks", expanding=True))
-_COUNT = text(f"UPDATE {OUTBOX.name} SET attempts = :attempts "
-              "WHERE pk = :pk AND lease_owner = :owner AND status = 'delivering'")
-
-
 def backoff(attempts: int, base: float = 1.0, cap: float = 3600.0) -> timedelta:
     return timedelta(seconds=min(cap, base * 2 ** max(attempts - 1, 0)))
 
 
-@dataclass
-class _Held:
-    """The rows this dispatcher holds (claimed, not finished): what the heartbeat renews."""
-
-    pks: set[int] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class OutboxDispatcher:
+class OutboxDispatcher(LeasedRows):
     def __init__(self, engine: Engine, *, lease: timedelta = timedelta(seconds=10), batch: int = 200,
                  backoff_base: float = 1.0, lanes: int | Lanes = 8) -> None:
         """``lanes``: how many threads deliver (a pool of its own), or the process's shared ``Lanes``."""
@@ -126,7 +103,7 @@ class OutboxDispatcher:
         self.lanes = 1 if single else self.pool.size
         # Unique per dispatcher object (a restarted process is a new owner): host and pid say whose it was.
         self.owner = f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._held = _Held()
+        self._held = Held()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,6 +114,12 @@ class OutboxDispatcher:
         self._busy_lock = threading.Lock()
         self.linger = LINGER_SECONDS
         self._next_claim = 0.0  # monotonic: a wake before this waits for it (linger)
+
+    def claim(self) -> list[Claimed]:
+        claimed = super().claim()
+        if claimed:
+            self.pool.holding(self)  # the heartbeat renews this dispatcher's rows from now on
+        return claimed
 
     def register(self, topic: str, handler: OutboxHandler, *, partition: Partition | None = None) -> None:
         """``partition``: rows in the same partition are delivered one after another in outbox order (default:
@@ -151,109 +134,6 @@ class OutboxDispatcher:
         alone (the same request as ``sender`` would make)."""
         self.register(topic, handler, partition=partition)
         self.windows[topic] = sender
-
-    # --- claiming and finishing ---------------------------------------------------------------------------
-
-    def claim(self) -> list[Claimed]:
-        now = datetime.now(UTC)
-        due = (select(OUTBOX.c.pk).where(OUTBOX.c.status.in_(("pending", "delivering")),
-                                         OUTBOX.c.next_attempt_at <= now,
-                                         OUTBOX.c.topic.in_(list(self.handlers)))
-               .order_by(OUTBOX.c.pk).limit(self.batch).with_for_update(skip_locked=True))
-        # One statement: atomic on SQLite too (two processes on one file never both take a row).
-        stmt = (update(OUTBOX).where(OUTBOX.c.pk.in_(due.scalar_subquery()))
-                .values(status="delivering", lease_owner=self.owner, next_attempt_at=now + self.lease)
-                .returning(OUTBOX.c.pk, OUTBOX.c.topic, OUTBOX.c.key, OUTBOX.c.payload, OUTBOX.c.attempts,
-                           OUTBOX.c.max_attempts))
-        with self.engine.connect() as conn:
-            conn.execution_options(fhir_write=True)
-            with conn.begin():
-                rows = conn.execute(stmt).all()
-        claimed = sorted((Claimed(r.pk, r.topic, r.key, r.payload, r.attempts, r.max_attempts) for r in rows),
-                         key=lambda c: c.pk)
-        if claimed:
-            with self._held.lock:
-                self._held.pks.update(c.pk for c in claimed)
-            self.pool.holding(self)
-        return claimed
-
-    def holds(self) -> bool:
-        with self._held.lock:
-            return bool(self._held.pks)
-
-    def _write(self, done: Done, pk: int | None = None, values: dict[str, Any] | None = None) -> bool:
-        """In one transaction: finish the delivered rows in ``done`` (then empty it), and change row ``pk``;
-        False when this dispatcher no longer holds ``pk`` (its lease lapsed, another took it)."""
-        counted = [item.pk for item, was_counted in done if was_counted]
-        uncounted = [item.pk for item, was_counted in done if not was_counted]
-        changed = True
-        with self.engine.connect() as conn:
-            conn.execution_options(fhir_write=True)
-            with conn.begin():
-                lost = len(done)
-                if pk is not None and values is not None and set(values) == {"attempts"} and not uncounted:
-                    # The hot path, one statement: count this row's attempt, finish the delivered ones.
-                    taken = {r[0] for r in conn.execute(_COUNT_AND_FINISH, {
-                        "pk": pk, "pks": [pk, *counted], "attempts": values["attempts"], "owner": self.owner})}
-                    changed = pk in taken
-                    lost -= len(taken - {pk})
-                    counted, pk = [], None  # done
-                # a handler that made no counted request: its attempt counts as it finishes (extra 1)
-                for pks, extra in ((counted, 0), (uncounted, 1)):
-                    if pks:
-                        lost -= conn.execute(_FINISH, {"pks": pks, "extra": extra, "owner": self.owner}).rowcount or 0
-                if pk is not None and values is not None and set(values) == {"attempts"}:  # the hot path: text
-                    changed = bool(conn.execute(_COUNT, {"pk": pk, "attempts": values["attempts"],
-                                                         "owner": self.owner}).rowcount)
-                elif pk is not None:
-                    changed = bool(conn.execute(update(OUTBOX).where(
-                        OUTBOX.c.pk == pk, OUTBOX.c.lease_owner == self.owner, OUTBOX.c.status == "delivering")
-                                                .values(**(values or {}))).rowcount)
-        if done:
-            with self._held.lock:
-                self._held.pks.difference_update(item.pk for item, _counted in done)
-            if lost:
-                log.warning("outbox: %d row(s) delivered after their lease was lost", lost)
-            done.clear()
-        return changed
-
-    def _finish(self, done: Done, pk: int, values: dict[str, Any]) -> None:
-        with self._held.lock:
-            self._held.pks.discard(pk)
-        if not self._write(done, pk, {**values, "lease_owner": None}):
-            log.warning("outbox row %d: the lease was lost before it was finished", pk)
-
-    def release(self, items: list[Claimed], when: datetime | None = None) -> None:
-        """Hand rows back unattempted (stopping, or their partition's earlier row failed): pending again."""
-        if not items:
-            return
-        pks = [i.pk for i in items]
-        with self._held.lock:
-            self._held.pks.difference_update(pks)
-        with self.engine.connect() as conn:
-            conn.execution_options(fhir_write=True)
-            with conn.begin():
-                conn.execute(update(OUTBOX).where(OUTBOX.c.pk.in_(pks), OUTBOX.c.lease_owner == self.owner,
-                                                  OUTBOX.c.status == "delivering")
-                             .values(status="pending", lease_owner=None, next_attempt_at=when or datetime.now(UTC)))
-
-    # --- the heartbeat ------------------------------------------------------------------------------------
-
-    def renew(self) -> int:
-        """Extend the lease of every row this dispatcher holds; how many it still holds."""
-        with self._held.lock:
-            if not self._held.pks:
-                return 0
-        with self.engine.connect() as conn:
-            conn.execution_options(fhir_write=True)
-            with conn.begin():
-                # SKIP LOCKED: a row a lane is counting or finishing right now is skipped, not waited for (a
-                # lane's statement locks several rows: waiting here made deadlocks, PostgreSQL's 1 s each).
-                held = select(OUTBOX.c.pk).where(OUTBOX.c.lease_owner == self.owner, OUTBOX.c.status == "delivering") \
-                    .with_for_update(skip_locked=True)
-                result = conn.execute(update(OUTBOX).where(OUTBOX.c.pk.in_(held.scalar_subquery()))
-                                      .values(next_attempt_at=datetime.now(UTC) + self.lease))
-        return int(result.rowcount or 0)
 
     # --- delivering ---------------------------------------------------------------------------------------
 
