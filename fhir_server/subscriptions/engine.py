@@ -302,9 +302,10 @@ class SubscriptionEngine:
             repo.flush()
             if len(self._before) > 10000:  # entries of transactions that failed between the two hooks
                 self._before.clear()
-            self._before[id(event)] = {id(rule): self._matches(repo, event.resource_type, event.resource_id,
-                                                               rule.previous)
-                                       for rule in candidates if rule.previous is not None}
+            previous = {id(rule): rule.previous for rule in candidates if rule.previous is not None}
+            passed = self._matches_all(repo, event.resource_type, event.resource_id,
+                                       {id(criteria): criteria for criteria in previous.values()})
+            self._before[id(event)] = {key: passed[id(criteria)] for key, criteria in previous.items()}
 
     def _match(self, repo: Repository, event: WriteEvent, seen: Version, interaction: str) -> None:
         candidates = self.rules(repo).get(event.resource_type)
@@ -347,13 +348,6 @@ class SubscriptionEngine:
             assert event.version is not None
             self._record(repo, list(fired.values()), event, event.version, interaction)
 
-    def _matches(self, repo: Repository, rtype: str, rid: str, criteria: tuple[AnyCriterion, ...]) -> bool:
-        r = RESOURCE
-        # Not r.deleted: a deletion is matched against the version it removes (its index rows still exist).
-        stmt = select(r.c.id).where(and_(r.c.resource_type == rtype, r.c.id == rid,
-                                         *(predicate(self.ctx, r, rtype, c) for c in criteria))).limit(1)
-        return repo.execute(stmt).first() is not None
-
     def _matches_all(self, repo: Repository, rtype: str, rid: str,
                      tests: dict[int, tuple[AnyCriterion, ...]]) -> dict[int, bool]:
         """Whether the resource matches each criteria: one query per MATCH_CHUNK distinct criteria, built
@@ -379,7 +373,7 @@ class SubscriptionEngine:
     def _match_statement(self, rtype: str, criteria: list[tuple[AnyCriterion, ...]]
                          ) -> _MatchStatement:
         """One EXISTS per distinct criteria (subscribers often ask the same); which column answers each."""
-        r = RESOURCE
+        r = RESOURCE  # not r.deleted: a deletion is matched against the version it removes (its index rows stay)
         distinct: list[tuple[AnyCriterion, ...]] = []
         columns: list[int] = []
         for c in criteria:
